@@ -1,0 +1,59 @@
+// Run-time dispatch of every kernel to its AVX-512 or scalar implementation.
+#include <vector>
+
+#include <cblas.h>
+
+#include "kernels/isa.h"
+#include "kernels/kernels.h"
+
+namespace kvsim::kernels {
+
+#define KVSIM_DISPATCH(name, ...) \
+  (active_isa() == Isa::avx512 ? avx512::name(__VA_ARGS__) : scalar::name(__VA_ARGS__))
+
+void widen_f16(const std::uint16_t* in, float* out, i64 n) { KVSIM_DISPATCH(widen_f16, in, out, n); }
+void widen_bf16(const std::uint16_t* in, float* out, i64 n) { KVSIM_DISPATCH(widen_bf16, in, out, n); }
+i64 count_nonfinite(const float* x, i64 n) { return KVSIM_DISPATCH(count_nonfinite, x, n); }
+float softmax_inplace(float* x, i64 n) { return KVSIM_DISPATCH(softmax_inplace, x, n); }
+float scaled_softmax_inplace(float* x, i64 n, float scale) {
+  return KVSIM_DISPATCH(scaled_softmax_inplace, x, n, scale);
+}
+float sum(const float* x, i64 n) { return KVSIM_DISPATCH(sum, x, n); }
+float masked_sum(const float* x, const std::uint8_t* mask, i64 n) {
+  return KVSIM_DISPATCH(masked_sum, x, mask, n);
+}
+float dot(const float* a, const float* b, i64 n) { return KVSIM_DISPATCH(dot, a, b, n); }
+float abs_sum(const float* x, i64 n) { return KVSIM_DISPATCH(abs_sum, x, n); }
+float max_value(const float* x, i64 n) { return KVSIM_DISPATCH(max_value, x, n); }
+void masked_weighted_rowsum(const float* w, const std::uint8_t* mask, const float* rows, i64 n,
+                            i64 d, i64 ld, float* out) {
+  KVSIM_DISPATCH(masked_weighted_rowsum, w, mask, rows, n, d, ld, out);
+}
+void row_abs_sums(const float* m, i64 rows, i64 cols, i64 ld, float* out) {
+  KVSIM_DISPATCH(row_abs_sums, m, rows, cols, ld, out);
+}
+void row_quadratic_forms(const float* x, i64 rows, i64 d, const float* G, float* out) {
+  KVSIM_DISPATCH(row_quadratic_forms, x, rows, d, G, out);
+}
+void avg_pool1d(const float* x, i64 n, int k, float* out) { KVSIM_DISPATCH(avg_pool1d, x, n, k, out); }
+void max_pool1d(const float* x, i64 n, int k, float* out) { KVSIM_DISPATCH(max_pool1d, x, n, k, out); }
+void group_reduce(const float* x, int g, i64 n, i64 ld, GroupOp op, float* out) {
+  KVSIM_DISPATCH(group_reduce, x, g, n, ld, op, out);
+}
+
+i64 topk(const float* score, i64 n, i64 k, i64* idx) { return scalar::topk(score, n, k, idx); }
+
+void topk_mask(const float* score, i64 n, i64 k, std::uint8_t* mask) {
+  std::vector<i64> idx(static_cast<std::size_t>(std::max<i64>(0, std::min(k, n))));
+  const i64 got = topk(score, n, k, idx.data());
+  for (i64 i = 0; i < got; ++i) mask[idx[i]] = 1;
+}
+
+void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const float* A, i64 lda,
+           const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, A,
+              static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+}
+
+}  // namespace kvsim::kernels

@@ -1,0 +1,66 @@
+#pragma once
+// The numeric kernels of kvsim. Each function dispatches at run time (isa.h) to an AVX-512
+// version (kernels/*_avx512.cpp) or to the scalar reference (kernels/*_scalar.cpp), which always
+// exists and is what the tests compare against. The scalar versions are also callable directly
+// through the kvsim::kernels::scalar namespace.
+#include <cstdint>
+
+#include "core/types.h"
+
+namespace kvsim::kernels {
+
+enum class GroupOp { mean, max, sum };
+
+#define KVSIM_KERNEL_DECLS                                                                    \
+  /* IEEE binary16 / bfloat16 -> float32. */                                                 \
+  void widen_f16(const std::uint16_t* in, float* out, i64 n);                                \
+  void widen_bf16(const std::uint16_t* in, float* out, i64 n);                               \
+  /* Count of non-finite values (NaN/Inf). */                                                 \
+  i64 count_nonfinite(const float* x, i64 n);                                                 \
+  /* Stable softmax in place: x <- exp(x - max) / sum. Returns log-sum-exp. n >= 1. */        \
+  float softmax_inplace(float* x, i64 n);                                                     \
+  /* Scale then softmax: x <- softmax(scale * x). Returns log-sum-exp of the scaled values. */ \
+  float scaled_softmax_inplace(float* x, i64 n, float scale);                                 \
+  float sum(const float* x, i64 n);                                                           \
+  /* sum_j x_j * [mask_j != 0] */                                                             \
+  float masked_sum(const float* x, const std::uint8_t* mask, i64 n);                          \
+  float dot(const float* a, const float* b, i64 n);                                           \
+  float abs_sum(const float* x, i64 n);                                                       \
+  float max_value(const float* x, i64 n);                                                     \
+  /* out[c] += sum_j w[j] * [mask_j] * rows[j*ld + c], c < d (weighted gather over a kept set). */ \
+  void masked_weighted_rowsum(const float* w, const std::uint8_t* mask, const float* rows,   \
+                              i64 n, i64 d, i64 ld, float* out);                              \
+  /* out[i] = sum_c |m[i*ld + c]| for i < rows, c < cols (row L1 norms). */                   \
+  void row_abs_sums(const float* m, i64 rows, i64 cols, i64 ld, float* out);                  \
+  /* out[i] = x_i^T G x_i for rows x_i of length d (G is d x d, row-major). */                \
+  void row_quadratic_forms(const float* x, i64 rows, i64 d, const float* G, float* out);      \
+  /* 1-D pooling, odd kernel k, output length n. avg: zero padding, divides by k (PyTorch     \
+     count_include_pad). max: padding is -inf (in-range part only). */                        \
+  void avg_pool1d(const float* x, i64 n, int k, float* out);                                  \
+  void max_pool1d(const float* x, i64 n, int k, float* out);                                  \
+  /* Reduce g rows of length n (row stride ld) element-wise into out[n]. */                   \
+  void group_reduce(const float* x, int g, i64 n, i64 ld, GroupOp op, float* out);
+
+KVSIM_KERNEL_DECLS
+
+namespace scalar {
+KVSIM_KERNEL_DECLS
+}
+namespace avx512 {
+KVSIM_KERNEL_DECLS
+}
+
+// Top-k with deterministic ties: larger score first, lower index wins a tie. NaN never
+// selected. Writes k indices to idx ordered by rank; returns the number written (min(k, n)).
+i64 topk(const float* score, i64 n, i64 k, i64* idx);
+// Same, but sets mask[j] = 1 for the selected j (mask is not cleared first).
+void topk_mask(const float* score, i64 n, i64 k, std::uint8_t* mask);
+namespace scalar {
+i64 topk(const float* score, i64 n, i64 k, i64* idx);
+}
+
+// Row-major single-precision GEMM via OpenBLAS: C[m x n] = alpha * op(A) op(B) + beta * C.
+void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const float* A, i64 lda,
+           const float* B, i64 ldb, float beta, float* C, i64 ldc);
+
+}  // namespace kvsim::kernels

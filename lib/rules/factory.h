@@ -1,0 +1,26 @@
+#pragma once
+// Spec strings -> rules, e.g. "critical(ada(snapkv(window=32,kernel=7,pool=max)),alpha=0.5)".
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rules/rule.h"
+
+namespace kvsim {
+
+// Throws kvsim::Error naming the spec and the offending part.
+std::unique_ptr<Rule> make_rule(const std::string& spec);
+// "a;b;c" -> rules; "all" expands to the default catalogue.
+std::vector<std::unique_ptr<Rule>> make_rules(const std::string& specs);
+
+struct RuleParam {
+  std::string name, type, default_value, help;
+};
+struct RuleInfo {
+  std::string name, summary;
+  std::vector<RuleParam> params;
+};
+// For `kvsim rules`.
+std::vector<RuleInfo> rule_catalogue();
+
+}  // namespace kvsim

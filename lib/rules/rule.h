@@ -1,0 +1,35 @@
+#pragma once
+// A selection rule: score -> allocate -> select, built from a spec string (rules/factory.h).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rules/budget.h"
+#include "rules/selection.h"
+#include "trace/layer_data.h"
+#include "trace/trace_meta.h"
+
+namespace kvsim {
+
+class LayerCache;
+
+// Everything a rule may read for one layer.
+struct RuleInput {
+  const TraceMeta* meta = nullptr;
+  int layer = 0;
+  const LayerData* data = nullptr;  // q rows are those of meta->q_pos (all stored queries)
+  i64 n_c = 0;                      // compression point: tokens [0, n_c) are compressible
+  std::vector<i64> eval_rows;       // rows of data->q that are evaluation queries (pos >= n_c)
+  LayerCache* cache = nullptr;      // shared per-layer computations (attention/layer_cache.h)
+};
+
+class Rule {
+ public:
+  virtual ~Rule() = default;
+  // Canonical spec string with every parameter spelled out: make_rule(spec()) rebuilds it.
+  virtual std::string spec() const = 0;
+  // One Selection per budget, in order. Budgets of one rule share its scores.
+  virtual std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const = 0;
+};
+
+}  // namespace kvsim

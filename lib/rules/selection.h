@@ -1,0 +1,39 @@
+#pragma once
+// What a rule decides for one layer and one budget: which compressible tokens [0, n_c) each
+// selection unit keeps. Units are KV heads (GQA "kv" mode: one kept set shared by the group)
+// or query heads ("query" mode: repeat_kv before compression).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/types.h"
+
+namespace kvsim {
+
+enum class GqaMode { kv, query };
+const char* gqa_mode_name(GqaMode m);
+
+struct Selection {
+  GqaMode mode = GqaMode::kv;
+  int units = 0;
+  i64 n_c = 0;
+  std::vector<std::uint8_t> kept;  // [units][n_c], 1 = kept
+
+  // Step-wise rules (H2O step-wise, TOVA step-wise, Quest) decide per evaluation query:
+  // per_query[u * n_eval + qi] is a mask over positions [0, t_qi] (length t_qi + 1).
+  // Empty for one-shot rules: then positions [n_c, t] are always kept.
+  std::vector<std::vector<std::uint8_t>> per_query;
+
+  // Key-channel pruning (ThinK): [num_kv_heads][head_dim], 1 = channel kept; empty = all kept.
+  // When set, attention of every evaluation query is recomputed with the pruned keys.
+  std::vector<std::uint8_t> key_channels;
+
+  Selection() = default;
+  Selection(GqaMode m, int n_units, i64 span) : mode(m), units(n_units), n_c(span), kept(n_units * span, 0) {}
+  std::uint8_t* unit_mask(int u) { return kept.data() + u * n_c; }
+  const std::uint8_t* unit_mask(int u) const { return kept.data() + u * n_c; }
+  i64 kept_count(int u) const;      // tokens kept in [0, n_c) by unit u
+  double mean_kept_count() const;   // over units
+};
+
+}  // namespace kvsim

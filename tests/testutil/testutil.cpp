@@ -1,0 +1,52 @@
+#include "testutil/testutil.h"
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace kvsim::test {
+
+namespace fs = std::filesystem;
+
+TempDir::TempDir(const std::string& tag) {
+  static std::atomic<int> counter{0};
+  path = fs::path(KVSIM_BINARY_DIR) / "test-tmp" /
+         (tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  fs::remove_all(path);
+  fs::create_directories(path);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+}
+
+static std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+RunResult run_command(const std::string& cmdline) {
+  TempDir tmp("run");
+  const std::string out = tmp.file("stdout"), err = tmp.file("stderr");
+  const std::string full = cmdline + " >" + out + " 2>" + err + " </dev/null";
+  const int status = std::system(full.c_str());
+  RunResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+RunResult run_kvsim(const std::string& args) { return run_command(std::string(KVSIM_CLI) + " " + args); }
+
+std::string source_dir() { return KVSIM_SOURCE_DIR; }
+std::string shared_dir() { return KVSIM_SHARED_DIR; }
+std::string stories260k_dir() { return shared_dir() + "/models/stories260K"; }
+
+}  // namespace kvsim::test

@@ -1,0 +1,29 @@
+#pragma once
+// Helpers shared by the doctest suites: temporary folders, running the CLI, shared data paths.
+#include <filesystem>
+#include <string>
+
+namespace kvsim::test {
+
+// A fresh empty folder under the build tree, removed at destruction.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag);
+  ~TempDir();
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+// Runs a shell command line, capturing stdout and stderr.
+RunResult run_command(const std::string& cmdline);
+// Runs the kvsim CLI with the given argument string.
+RunResult run_kvsim(const std::string& args);
+
+std::string source_dir();  // repository root
+std::string shared_dir();  // ../shared beside the repository
+std::string stories260k_dir();  // shared/models/stories260K
+
+}  // namespace kvsim::test
