@@ -1,0 +1,112 @@
+#include "core/table_io.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace kvsim {
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string format_double(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, res.ptr);
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out;
+}
+
+void JsonWriter::separator() {
+  if (after_key_) {
+    after_key_ = false;
+    return;
+  }
+  if (!first_.empty()) {
+    if (!first_.back()) out_ += ",";
+    first_.back() = false;
+  }
+}
+
+JsonWriter& JsonWriter::begin_object() { separator(); out_ += "{"; first_.push_back(true); return *this; }
+JsonWriter& JsonWriter::end_object() { first_.pop_back(); out_ += "}"; return *this; }
+JsonWriter& JsonWriter::begin_array() { separator(); out_ += "["; first_.push_back(true); return *this; }
+JsonWriter& JsonWriter::end_array() { first_.pop_back(); out_ += "]"; return *this; }
+JsonWriter& JsonWriter::key(const std::string& k) {
+  separator();
+  out_ += "\"" + json_escape(k) + "\":";
+  after_key_ = true;
+  return *this;
+}
+JsonWriter& JsonWriter::value(const std::string& s) { separator(); out_ += "\"" + json_escape(s) + "\""; return *this; }
+JsonWriter& JsonWriter::value(double v) {
+  separator();
+  out_ += std::isfinite(v) ? format_double(v) : "null";
+  return *this;
+}
+JsonWriter& JsonWriter::value(std::int64_t v) { separator(); out_ += std::to_string(v); return *this; }
+JsonWriter& JsonWriter::value(bool v) { separator(); out_ += v ? "true" : "false"; return *this; }
+JsonWriter& JsonWriter::null() { separator(); out_ += "null"; return *this; }
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  AtomicOutFile f(path);
+  f.stream() << content;
+  f.commit();
+}
+
+AtomicOutFile::AtomicOutFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".partial") {
+  out_.open(tmp_, std::ios::binary | std::ios::trunc);
+  if (!out_) fail(path_, "", "cannot open for writing");
+}
+
+AtomicOutFile::~AtomicOutFile() {
+  if (!committed_) {
+    out_.close();
+    std::error_code ec;
+    std::filesystem::remove(tmp_, ec);
+  }
+}
+
+void AtomicOutFile::commit() {
+  out_.flush();
+  if (!out_) fail(path_, "", "write failed (disk full?)");
+  out_.close();
+  std::error_code ec;
+  std::filesystem::rename(tmp_, path_, ec);
+  if (ec) fail(path_, "", "cannot rename from " + tmp_ + ": " + ec.message());
+  committed_ = true;
+}
+
+}  // namespace kvsim

@@ -1,0 +1,60 @@
+#pragma once
+// Tiny writers for the output files: RFC 4180 CSV fields and a JSON builder. Output files are
+// written to "<name>.partial" and renamed by commit_file(), so a crash never leaves a file that
+// looks complete.
+#include <cstdint>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace kvsim {
+
+std::string csv_field(const std::string& s);  // quotes when the field has , " or newline
+std::string format_double(double v);          // shortest round-trip form; "nan"/"inf" spelled out
+
+// Minimal streaming JSON writer with correct escaping and comma handling.
+class JsonWriter {
+ public:
+  JsonWriter& begin_object();
+  JsonWriter& end_object();
+  JsonWriter& begin_array();
+  JsonWriter& end_array();
+  JsonWriter& key(const std::string& k);
+  JsonWriter& value(const std::string& s);
+  JsonWriter& value(const char* s) { return value(std::string(s)); }
+  JsonWriter& value(double v);  // non-finite -> null
+  JsonWriter& value(std::int64_t v);
+  JsonWriter& value(int v) { return value(static_cast<std::int64_t>(v)); }
+  JsonWriter& value(bool v);
+  JsonWriter& null();
+  template <class T> JsonWriter& field(const std::string& k, const T& v) { key(k); return value(v); }
+  const std::string& str() const { return out_; }
+
+ private:
+  void separator();
+  std::string out_;
+  std::vector<bool> first_;  // per open container: next item is the first
+  bool after_key_ = false;
+};
+
+std::string json_escape(const std::string& s);
+
+// Writes `content` to path atomically (temp file + rename). Throws kvsim::Error on failure.
+void write_file_atomic(const std::string& path, const std::string& content);
+
+// Streams to "<path>.partial"; commit() renames it to path. Destruction without commit()
+// removes the partial file.
+class AtomicOutFile {
+ public:
+  explicit AtomicOutFile(std::string path);
+  ~AtomicOutFile();
+  std::ofstream& stream() { return out_; }
+  void commit();
+
+ private:
+  std::string path_, tmp_;
+  std::ofstream out_;
+  bool committed_ = false;
+};
+
+}  // namespace kvsim
