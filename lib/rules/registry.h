@@ -1,0 +1,55 @@
+#pragma once
+// Rule registry. Each rule file registers itself with a static KVSIM_RULE(...) object; the
+// kvsim_rules library is linked whole-archive so those objects are never dropped.
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rules/factory.h"
+#include "rules/rule.h"
+#include "rules/spec.h"
+
+namespace kvsim {
+
+// Typed, checked access to one spec node's parameters. Every get_* records the parameter
+// (with its default) so unknown parameters are rejected by finish() and so the canonical
+// spec string lists every parameter.
+class SpecReader {
+ public:
+  explicit SpecReader(const Spec& spec);
+  const Spec& spec() const { return spec_; }
+  long long get_int(const std::string& name, long long def, long long min, long long max);
+  double get_double(const std::string& name, double def, double min, double max);
+  bool get_bool(const std::string& name, bool def);
+  std::string get_choice(const std::string& name, const std::string& def,
+                         const std::vector<std::string>& choices);
+  // Positional nested rule number i (built through the registry); throws if absent.
+  std::unique_ptr<Rule> get_rule(std::size_t i);
+  // Nested rule i if present, else the rule built from default_spec.
+  std::unique_ptr<Rule> get_rule_or(std::size_t i, const std::string& default_spec);
+  // Throws on unknown parameters or unused positional arguments.
+  void finish();
+
+ private:
+  const Spec& spec_;
+  std::vector<std::string> used_params_;
+  std::size_t used_args_ = 0;
+};
+
+using RuleBuilder = std::function<std::unique_ptr<Rule>(SpecReader&)>;
+
+struct RuleRegistrar {
+  RuleRegistrar(RuleInfo info, RuleBuilder build);
+};
+
+// Builds a rule from a parsed spec through the registry (used by make_rule and get_rule).
+std::unique_ptr<Rule> build_rule(const Spec& spec);
+
+}  // namespace kvsim
+
+#define KVSIM_RULE_CONCAT2(a, b) a##b
+#define KVSIM_RULE_CONCAT(a, b) KVSIM_RULE_CONCAT2(a, b)
+// KVSIM_RULE(RuleInfo{...}, [](SpecReader& r) { ... return std::make_unique<X>(...); });
+#define KVSIM_RULE(info, builder) \
+  static ::kvsim::RuleRegistrar KVSIM_RULE_CONCAT(kvsim_rule_registrar_, __LINE__)(info, builder)
