@@ -1,6 +1,8 @@
 #pragma once
 // Per-layer quantities shared by every rule and budget: full causal attention of the
-// evaluation queries and projected value norms. Computed lazily, once, thread-safe.
+// evaluation queries (and of the observation-window queries), the full head outputs, and
+// projected value norms. Computed lazily, once per head or KV group, thread-safe
+// (std::call_once), so rules and the metrics can ask for them from inside OpenMP loops.
 #include <memory>
 #include <vector>
 
@@ -11,10 +13,18 @@
 namespace kvsim {
 
 enum class NormKind { l1, l2, upper };  // ||v W||_1, ||v W||_2, sum_e sum_d |v_d||W_de|
+const char* norm_kind_name(NormKind k);
+
+// The two query sets a replay evaluates: the evaluation queries (positions >= n_c) and the
+// observation window (positions n_c-w .. n_c-1, in-sample).
+enum class QuerySet { eval, window };
 
 class LayerCache {
  public:
   LayerCache(const TraceMeta& meta, const LayerData& data, i64 n_c, std::vector<i64> eval_rows);
+  // window_rows: rows of data.q of the observation-window queries (may be empty).
+  LayerCache(const TraceMeta& meta, const LayerData& data, i64 n_c, std::vector<i64> eval_rows,
+             std::vector<i64> window_rows);
   ~LayerCache();
 
   const TraceMeta& meta() const;
@@ -26,9 +36,27 @@ class LayerCache {
 
   // Causal attention probabilities of the evaluation queries for query head h:
   // [n_eval][seq_len], row qi normalised over [0, t_qi], zero after.
+  // One sgemm per KV group (the G heads' queries stacked), then a stable softmax per row.
   const float* eval_probs(int h) const;
-  // Projected value norms nu^h_j for j in [0, seq_len) (needs o_proj; throws otherwise).
+  // Projected value norms nu^h_j. W_o^h = rows h*d..h*d+d-1 of o_proj^T; without o_proj the
+  // identity (nu = ||v||_1 or ||v||_2). Computed for j in [0, norm_len()), the positions any
+  // evaluation or window query can attend to; entries beyond are NaN.
   const float* value_norms(int h, NormKind kind) const;
+  i64 norm_len() const;
+
+  // The same for either query set.
+  i64 count(QuerySet s) const;
+  const std::vector<i64>& rows(QuerySet s) const;
+  i64 pos(QuerySet s, i64 qi) const;
+  const float* probs(QuerySet s, int h) const;
+  // Full-attention head outputs o^h_t = sum_j a_j v_j: [count(s)][head_dim].
+  const float* outputs(QuerySet s, int h) const;
+  // Float32 softmax row sums (1 up to rounding), per query: used to normalise masses.
+  const double* prob_sums(QuerySet s, int h) const;
+
+  // Computes everything for the set / norm kind now, in parallel over KV groups / heads.
+  void precompute(QuerySet s) const;
+  void precompute_norms(NormKind kind) const;
 
  private:
   struct Impl;

@@ -15,11 +15,7 @@ std::uint64_t read_xcr0() {
   return (static_cast<std::uint64_t>(hi) << 32) | lo;
 }
 
-Isa detect() {
-  const char* force = std::getenv("KVSIM_FORCE_ISA");
-  if (force && std::strcmp(force, "scalar") == 0) return Isa::scalar;
-  return cpu_has_avx512() ? Isa::avx512 : Isa::scalar;
-}
+Isa detect() { return choose_isa(std::getenv("KVSIM_FORCE_ISA"), cpu_has_avx512()); }
 
 std::atomic<int> g_isa{-1};
 
@@ -49,6 +45,11 @@ Isa active_isa() {
 void set_isa_for_testing(Isa isa) {
   if (isa == Isa::avx512 && !cpu_has_avx512()) isa = Isa::scalar;
   g_isa.store(static_cast<int>(isa));
+}
+
+Isa choose_isa(const char* force_env, bool cpu_avx512) {
+  if (force_env && std::strcmp(force_env, "scalar") == 0) return Isa::scalar;
+  return cpu_avx512 ? Isa::avx512 : Isa::scalar;
 }
 
 const char* isa_name(Isa isa) { return isa == Isa::avx512 ? "avx512" : "scalar"; }

@@ -1,5 +1,5 @@
-// Run-time dispatch of every kernel to its AVX-512 or scalar implementation.
-#include <vector>
+// Run-time dispatch of every kernel to its AVX-512 or scalar implementation (topk and topk_mask
+// are ISA-independent: topk.cpp).
 
 #include <cblas.h>
 
@@ -41,13 +41,8 @@ void group_reduce(const float* x, int g, i64 n, i64 ld, GroupOp op, float* out) 
   KVSIM_DISPATCH(group_reduce, x, g, n, ld, op, out);
 }
 
-i64 topk(const float* score, i64 n, i64 k, i64* idx) { return scalar::topk(score, n, k, idx); }
-
-void topk_mask(const float* score, i64 n, i64 k, std::uint8_t* mask) {
-  std::vector<i64> idx(static_cast<std::size_t>(std::max<i64>(0, std::min(k, n))));
-  const i64 got = topk(score, n, k, idx.data());
-  for (i64 i = 0; i < got; ++i) mask[idx[i]] = 1;
-}
+void axpy(float a, const float* x, float* y, i64 n) { KVSIM_DISPATCH(axpy, a, x, y, n); }
+void scale(float* x, i64 n, float a) { KVSIM_DISPATCH(scale, x, n, a); }
 
 void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const float* A, i64 lda,
            const float* B, i64 ldb, float beta, float* C, i64 ldc) {

@@ -17,7 +17,8 @@ enum class GroupOp { mean, max, sum };
   void widen_bf16(const std::uint16_t* in, float* out, i64 n);                               \
   /* Count of non-finite values (NaN/Inf). */                                                 \
   i64 count_nonfinite(const float* x, i64 n);                                                 \
-  /* Stable softmax in place: x <- exp(x - max) / sum. Returns log-sum-exp. n >= 1. */        \
+  /* Stable softmax in place: x <- exp(x - max) / sum. Returns log-sum-exp. n >= 1. -inf     \
+     entries get weight exactly 0; all entries -inf, or any NaN, gives NaN everywhere. */      \
   float softmax_inplace(float* x, i64 n);                                                     \
   /* Scale then softmax: x <- softmax(scale * x). Returns log-sum-exp of the scaled values. */ \
   float scaled_softmax_inplace(float* x, i64 n, float scale);                                 \
@@ -39,7 +40,11 @@ enum class GroupOp { mean, max, sum };
   void avg_pool1d(const float* x, i64 n, int k, float* out);                                  \
   void max_pool1d(const float* x, i64 n, int k, float* out);                                  \
   /* Reduce g rows of length n (row stride ld) element-wise into out[n]. */                   \
-  void group_reduce(const float* x, int g, i64 n, i64 ld, GroupOp op, float* out);
+  void group_reduce(const float* x, int g, i64 n, i64 ld, GroupOp op, float* out);           \
+  /* y[i] += a * x[i] (multiply, then add: no FMA, so every ISA gives the same bits). */      \
+  void axpy(float a, const float* x, float* y, i64 n);                                        \
+  /* x[i] *= a */                                                                             \
+  void scale(float* x, i64 n, float a);
 
 KVSIM_KERNEL_DECLS
 
@@ -50,14 +55,24 @@ namespace avx512 {
 KVSIM_KERNEL_DECLS
 }
 
-// Top-k with deterministic ties: larger score first, lower index wins a tie. NaN never
-// selected. Writes k indices to idx ordered by rank; returns the number written (min(k, n)).
+// Top-k with deterministic ties: larger score first, lower index wins a tie (-0 and +0 tie).
+// NaN never selected. Writes k indices to idx ordered by rank; returns the number written
+// (min(k, number of non-NaN scores)). O(n) selection (topk.cpp), identical output to
+// scalar::topk, the std::partial_sort reference that defines the order.
 i64 topk(const float* score, i64 n, i64 k, i64* idx);
-// Same, but sets mask[j] = 1 for the selected j (mask is not cleared first).
+// Same set as topk, but sets mask[j] = 1 for the selected j (mask is not cleared first);
+// skips ordering the selection, so it is O(n) for every k.
 void topk_mask(const float* score, i64 n, i64 k, std::uint8_t* mask);
 namespace scalar {
 i64 topk(const float* score, i64 n, i64 k, i64* idx);
 }
+
+// Error bounds vs the scalar reference (tests/kernels check them): bit-exact: widen_f16/bf16
+// (a signalling f16 NaN comes out quiet), count_nonfinite, max_value, masked_weighted_rowsum,
+// avg/max_pool1d, group_reduce, axpy, scale, topk. Reassociated float32 sums (several
+// accumulators, FMA): sum, masked_sum, dot, abs_sum, row_abs_sums, row_quadratic_forms, within
+// a few eps * sum|terms|. softmax: vector exp within ~1 ulp plus the reassociated sum, so a few
+// ulp per output.
 
 // Row-major single-precision GEMM via OpenBLAS: C[m x n] = alpha * op(A) op(B) + beta * C.
 void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const float* A, i64 lda,

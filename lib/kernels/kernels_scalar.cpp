@@ -8,6 +8,10 @@
 
 #include "kernels/kernels.h"
 
+// The reference must not depend on the build flags: GCC contracts a * b + c into an FMA in C++
+// whenever the target has one (-march=native), which would change its results.
+#pragma GCC optimize("fp-contract=off")
+
 namespace kvsim::kernels::scalar {
 
 void widen_f16(const std::uint16_t* in, float* out, i64 n) {
@@ -140,6 +144,17 @@ void group_reduce(const float* x, int g, i64 n, i64 ld, GroupOp op, float* out) 
     }
     out[j] = op == GroupOp::mean ? acc / static_cast<float>(g) : acc;
   }
+}
+
+void axpy(float a, const float* x, float* y, i64 n) {
+  for (i64 i = 0; i < n; ++i) {
+    const float p = a * x[i];  // a separate statement: never contracted into an FMA
+    y[i] += p;
+  }
+}
+
+void scale(float* x, i64 n, float a) {
+  for (i64 i = 0; i < n; ++i) x[i] *= a;
 }
 
 i64 topk(const float* score, i64 n, i64 k, i64* idx) {

@@ -19,6 +19,9 @@ struct RuleParam {
 struct RuleInfo {
   std::string name, summary;
   std::vector<RuleParam> params;
+  // Part of make_rules("all")? Off for rules whose defaults need data most traces lack
+  // (e.g. chunk(snapkv) needs the queries at every chunk end).
+  bool in_all = true;
 };
 // For `kvsim rules`.
 std::vector<RuleInfo> rule_catalogue();

@@ -30,11 +30,19 @@ class SpecReader {
   std::unique_ptr<Rule> get_rule_or(std::size_t i, const std::string& default_spec);
   // Throws on unknown parameters or unused positional arguments.
   void finish();
+  // Canonical spec of what was read so far: name(base specs..., every parameter=value read,
+  // defaults included). Call after the last get_*; it is what Rule::spec() returns.
+  std::string canonical() const;
+  // Throws kvsim::Error("<name>: <what>"); make_rule prefixes the whole spec text.
+  [[noreturn]] void error(const std::string& what) const;
 
  private:
+  const std::string* find(const std::string& name);
   const Spec& spec_;
   std::vector<std::string> used_params_;
   std::size_t used_args_ = 0;
+  std::vector<std::string> canon_args_;
+  std::vector<std::pair<std::string, std::string>> canon_params_;
 };
 
 using RuleBuilder = std::function<std::unique_ptr<Rule>(SpecReader&)>;
@@ -45,6 +53,8 @@ struct RuleRegistrar {
 
 // Builds a rule from a parsed spec through the registry (used by make_rule and get_rule).
 std::unique_ptr<Rule> build_rule(const Spec& spec);
+// Names of every registered rule, sorted.
+std::vector<std::string> registered_rule_names();
 
 }  // namespace kvsim
 

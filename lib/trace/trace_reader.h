@@ -1,6 +1,7 @@
 #pragma once
 // Streams a trace one layer at a time. Every problem with the file is reported as
-// kvsim::Error("<path>: <dataset or attribute>: <what>").
+// kvsim::Error("<path>: <dataset or attribute>: <what>"). HDF5 calls are serialised by a
+// module-wide lock, so read_layer may run on a prefetch thread while another thread computes.
 #include <memory>
 #include <string>
 #include <vector>

@@ -1,0 +1,198 @@
+#include "attention/layer_cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <mutex>
+
+#include "attention/value_norms.h"
+#include "core/error.h"
+#include "kernels/kernels.h"
+
+namespace kvsim {
+
+const char* norm_kind_name(NormKind k) {
+  switch (k) {
+    case NormKind::l1: return "l1";
+    case NormKind::l2: return "l2";
+    case NormKind::upper: return "upper";
+  }
+  return "?";
+}
+
+namespace {
+
+// Uninitialised 64-byte aligned float storage: the big per-layer buffers are written once by
+// the GEMMs, so zero-filling them first would only cost time.
+struct FloatBuffer {
+  float* p = nullptr;
+  ~FloatBuffer() { std::free(p); }
+  void allocate(std::size_t n) {
+    const std::size_t bytes = ((n == 0 ? 1 : n) * sizeof(float) + 63) / 64 * 64;
+    p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+  }
+};
+
+struct SetState {
+  std::vector<i64> rows, pos;
+  i64 max_pos = -1;
+  std::once_flag alloc_once;
+  std::unique_ptr<std::once_flag[]> group_once;  // per KV group
+  FloatBuffer probs;                             // [H][n][S]
+  FloatBuffer out;                               // [H][n][d]
+  std::vector<double> sums;                      // [H][n]
+};
+
+}  // namespace
+
+struct LayerCache::Impl {
+  const TraceMeta& meta;
+  const LayerData& data;
+  i64 n_c;
+  int H, Hkv, G, d, D;
+  i64 S;
+  float scale;
+  SetState sets[2];
+  i64 norm_len = 0;
+  std::unique_ptr<std::once_flag[]> norm_once;  // [H][3]
+  std::vector<FloatBuffer> norms;               // [H][3]
+
+  Impl(const TraceMeta& m, const LayerData& l, i64 nc) : meta(m), data(l), n_c(nc) {
+    H = l.num_heads;
+    Hkv = l.num_kv_heads;
+    G = Hkv > 0 ? H / Hkv : 0;
+    d = l.head_dim;
+    D = l.hidden_size;
+    S = l.seq_len;
+    scale = m.attn_scale > 0 ? static_cast<float>(m.attn_scale) : 1.f / std::sqrt(static_cast<float>(d));
+  }
+
+  SetState& set(QuerySet s) { return sets[s == QuerySet::eval ? 0 : 1]; }
+
+  void init_set(QuerySet s, std::vector<i64> rows) {
+    SetState& st = set(s);
+    for (i64 r : rows) {
+      if (r < 0 || r >= data.num_q || r >= meta.num_queries())
+        fail(meta.path, "q_pos", "query row " + std::to_string(r) + " out of range");
+      const i64 t = meta.q_pos[r];
+      if (t < 0 || t >= S) fail(meta.path, "q_pos", "position " + std::to_string(t) + " outside [0, seq_len)");
+      st.pos.push_back(t);
+      st.max_pos = std::max(st.max_pos, t);
+    }
+    st.rows = std::move(rows);
+    st.group_once.reset(new std::once_flag[std::max(Hkv, 1)]);
+  }
+
+  // One sgemm per KV group: [G*n x d] stacked queries x K_g^T over [0, max_pos], then a
+  // stable softmax of each row over [0, t]; then the head outputs with a second sgemm.
+  void compute_group(QuerySet s, int g) {
+    SetState& st = set(s);
+    const i64 n = static_cast<i64>(st.rows.size());
+    std::call_once(st.alloc_once, [&] {
+      st.probs.allocate(static_cast<std::size_t>(H) * n * S);
+      st.out.allocate(static_cast<std::size_t>(H) * n * d);
+      st.sums.assign(static_cast<std::size_t>(H) * n, 0.0);
+    });
+    if (n == 0) return;
+    const i64 ncols = st.max_pos + 1;
+    avec<float> qstack(static_cast<std::size_t>(G) * n * d);
+    for (int r = 0; r < G; ++r)
+      for (i64 qi = 0; qi < n; ++qi)
+        std::copy_n(data.q_row(g * G + r, st.rows[qi]), d, qstack.data() + (r * n + qi) * d);
+    float* C = st.probs.p + static_cast<std::size_t>(g) * G * n * S;
+    kernels::sgemm(false, true, G * n, ncols, d, 1.f, qstack.data(), d, data.k_head(g), d, 0.f, C, S);
+    for (i64 r = 0; r < G * n; ++r) {
+      float* row = C + r * S;
+      const i64 t = st.pos[r % n];
+      kernels::scaled_softmax_inplace(row, t + 1, scale);
+      std::fill(row + t + 1, row + S, 0.f);
+      st.sums[static_cast<std::size_t>(g) * G * n + r] = kernels::sum(row, t + 1);
+    }
+    kernels::sgemm(false, false, G * n, d, ncols, 1.f, C, S, data.v_head(g), d, 0.f,
+                   st.out.p + static_cast<std::size_t>(g) * G * n * d, d);
+  }
+
+  void ensure_group(QuerySet s, int g) {
+    std::call_once(set(s).group_once[g], [&] { compute_group(s, g); });
+  }
+
+  const float* norms_of(int h, NormKind kind) {
+    const int k = static_cast<int>(kind);
+    std::call_once(norm_once[h * 3 + k], [&] {
+      FloatBuffer& buf = norms[h * 3 + k];
+      buf.allocate(static_cast<std::size_t>(S));
+      const float* v = data.v_head(h / G);
+      const float* Wt = data.has_o_proj() ? data.o_proj.data() + static_cast<i64>(h) * d : nullptr;
+      const i64 ld = static_cast<i64>(H) * d;
+      if (kind == NormKind::l1) projected_l1_norms(v, norm_len, d, Wt, ld, D, buf.p);
+      if (kind == NormKind::l2) projected_l2_norms(v, norm_len, d, Wt, ld, D, buf.p);
+      if (kind == NormKind::upper) projected_upper_norms(v, norm_len, d, Wt, ld, D, buf.p);
+      std::fill(buf.p + norm_len, buf.p + S, std::numeric_limits<float>::quiet_NaN());
+    });
+    return norms[h * 3 + k].p;
+  }
+};
+
+LayerCache::LayerCache(const TraceMeta& meta, const LayerData& data, i64 n_c, std::vector<i64> eval_rows)
+    : LayerCache(meta, data, n_c, std::move(eval_rows), {}) {}
+
+LayerCache::LayerCache(const TraceMeta& meta, const LayerData& data, i64 n_c, std::vector<i64> eval_rows,
+                       std::vector<i64> window_rows)
+    : impl_(std::make_unique<Impl>(meta, data, n_c)) {
+  Impl& m = *impl_;
+  if (m.Hkv <= 0 || m.H % m.Hkv != 0) fail(meta.path, "num_kv_heads", "must divide num_heads");
+  if (n_c < 0 || n_c > m.S) fail(meta.path, "compression point", "outside [0, seq_len]");
+  m.init_set(QuerySet::eval, std::move(eval_rows));
+  m.init_set(QuerySet::window, std::move(window_rows));
+  m.norm_len = std::min(m.S, std::max({n_c, m.sets[0].max_pos + 1, m.sets[1].max_pos + 1}));
+  m.norm_once.reset(new std::once_flag[static_cast<std::size_t>(m.H) * 3]);
+  m.norms.resize(static_cast<std::size_t>(m.H) * 3);
+}
+
+LayerCache::~LayerCache() = default;
+
+const TraceMeta& LayerCache::meta() const { return impl_->meta; }
+const LayerData& LayerCache::data() const { return impl_->data; }
+i64 LayerCache::n_c() const { return impl_->n_c; }
+i64 LayerCache::n_eval() const { return count(QuerySet::eval); }
+const std::vector<i64>& LayerCache::eval_rows() const { return rows(QuerySet::eval); }
+i64 LayerCache::eval_pos(i64 qi) const { return pos(QuerySet::eval, qi); }
+const float* LayerCache::eval_probs(int h) const { return probs(QuerySet::eval, h); }
+i64 LayerCache::norm_len() const { return impl_->norm_len; }
+
+i64 LayerCache::count(QuerySet s) const { return static_cast<i64>(impl_->set(s).rows.size()); }
+const std::vector<i64>& LayerCache::rows(QuerySet s) const { return impl_->set(s).rows; }
+i64 LayerCache::pos(QuerySet s, i64 qi) const { return impl_->set(s).pos[qi]; }
+
+const float* LayerCache::probs(QuerySet s, int h) const {
+  impl_->ensure_group(s, h / impl_->G);
+  return impl_->set(s).probs.p + static_cast<std::size_t>(h) * count(s) * impl_->S;
+}
+
+const float* LayerCache::outputs(QuerySet s, int h) const {
+  impl_->ensure_group(s, h / impl_->G);
+  return impl_->set(s).out.p + static_cast<std::size_t>(h) * count(s) * impl_->d;
+}
+
+const double* LayerCache::prob_sums(QuerySet s, int h) const {
+  impl_->ensure_group(s, h / impl_->G);
+  return impl_->set(s).sums.data() + static_cast<std::size_t>(h) * count(s);
+}
+
+const float* LayerCache::value_norms(int h, NormKind kind) const { return impl_->norms_of(h, kind); }
+
+void LayerCache::precompute(QuerySet s) const {
+  const int groups = impl_->Hkv;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int g = 0; g < groups; ++g) impl_->ensure_group(s, g);
+}
+
+void LayerCache::precompute_norms(NormKind kind) const {
+  const int heads = impl_->H;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int h = 0; h < heads; ++h) impl_->norms_of(h, kind);
+}
+
+}  // namespace kvsim

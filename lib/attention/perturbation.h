@@ -1,0 +1,39 @@
+#pragma once
+// Exact output perturbation of a Selection against full attention, and the papers' bounds
+// (spec 1.3, 3.1, 3.2), per query head and evaluation query, and for the whole layer.
+//
+// For query t of head h with support P (kept tokens of [0, n_c) plus [n_c, t] for evaluation
+// queries; kept tokens of [0, t] for window queries; the per-query mask for step-wise rules):
+//   F = sum_P a_j, delta = o - o_P / F, Delta^h = delta W_o^h, Delta = sum_h Delta^h.
+//   bound_ada (head) = 2(1 - F) max_{j<=t} nu_j; theta = sum_j a_j nu_j - (2 - 1/F) sum_P a_j nu_j;
+//   layer: 2 C sum_h (1 - F_h) with C = max_h max_{j<=t} nu^h_j, and sum_h theta_h.
+// Key-channel pruning (ThinK): attention is recomputed with pruned keys over P; bounds are NaN.
+// Window queries (t < n_c) use the static kept sets (per-query masks describe decoding steps).
+// A query whose support is empty (possible for window queries only) gets F = 0 and NaN metrics.
+// Numerics: kept and evicted masses are separate positive sums; delta uses the evicted sum when
+// F >= 1/2 and the support sum otherwise, so float32 stays within ~1e-6 of a float64 oracle.
+// Deterministic: every reduction has a fixed order, independent of the thread count.
+#include <vector>
+
+#include "attention/layer_cache.h"
+#include "attention/layer_reference.h"
+#include "rules/selection.h"
+
+namespace kvsim {
+
+struct PerturbationResult {
+  int num_heads = 0;
+  i64 n_q = 0;
+  // Per head and query, index h * n_q + qi.
+  std::vector<double> F, l1, l2, rel_l1, rel_l2, bound_ada, theta;
+  // Whole layer, per query.
+  std::vector<double> layer_F_mean, layer_F_min, layer_l1, layer_l2, layer_rel_l1, layer_rel_l2,
+      layer_ada, layer_theta;
+  std::size_t at(int h, i64 qi) const { return static_cast<std::size_t>(h) * n_q + qi; }
+};
+
+// Throws kvsim::Error when the selection does not fit the layer (units, n_c, mask lengths).
+PerturbationResult measure_perturbation(const LayerCache& cache, const LayerReference& ref,
+                                        const Selection& sel);
+
+}  // namespace kvsim

@@ -1,0 +1,17 @@
+#pragma once
+// Projected value norms nu_j = ||v_j W||, W = W_o^h in R^{d x D}, for a block of value rows.
+// W is passed as the HF o_proj slice: Wt points at column h*d of the [D][H*d] matrix, ld = H*d,
+// so W[c][e] = Wt[e * ld + c]. Wt == nullptr means W = identity (nu = ||v||).
+#include "core/types.h"
+
+namespace kvsim {
+
+// Exact L1: blocked sgemm V_block x W followed by row L1 sums; the temporary is at most
+// kRowBlock x kColBlock floats (512 KiB, fits L2), never rows x D. Deterministic: fixed block order.
+void projected_l1_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld, int D, float* out);
+// Exact L2 via the d x d Gram matrix G = W W^T: nu_j = sqrt(v_j^T G v_j).
+void projected_l2_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld, int D, float* out);
+// Cheap upper bound of the L1 norm: sum_c |v_c| * sum_e |W_ce| (>= exact L1, equal without W).
+void projected_upper_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld, int D, float* out);
+
+}  // namespace kvsim

@@ -1,0 +1,33 @@
+#pragma once
+// Output files of `kvsim prefill TRACE --out DIR` (mirroring replay's, notes/outputs.md):
+//   metrics.csv   one row per (layer, head, fusion); head = -1 is the layer row
+//   locality.csv  layer, head, delta, jaccard, pairs
+//   summary.json  config, segment counts, aggregates, timings, peak RSS (written last)
+// and the JSON of `kvsim prefill --bench --json FILE`. Every file is written atomically.
+#include <string>
+#include <vector>
+
+#include "prefill/prefill_bench.h"
+#include "prefill/prefill_run.h"
+
+namespace kvsim::prefill {
+
+std::string metrics_csv(const PrefillRunResult& res);
+std::string locality_csv(const PrefillRunResult& res);
+std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command,
+                         const std::string& version);
+void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, const PrefillRunOptions& opt,
+                           const std::string& command, const std::string& version);
+
+std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command,
+                       const std::string& version);
+
+// Mean over sparse layers of the layer rows of one fusion variant (for tables and summaries).
+struct VariantMeans {
+  std::string variant;
+  int layers = 0;
+  double retained = 0, retained_min = 1, pert_l1 = 0, pert_l2 = 0, rel_l2 = 0, recall = 0, pair_reduction = 0;
+};
+std::vector<VariantMeans> variant_means(const PrefillRunResult& res);
+
+}  // namespace kvsim::prefill

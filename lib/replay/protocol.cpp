@@ -1,0 +1,64 @@
+#include "replay/protocol.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace kvsim {
+
+const char* compression_point_name(CompressionPoint c) {
+  return c == CompressionPoint::agnostic ? "agnostic" : "aware";
+}
+const char* eval_mode_name(EvalMode e) {
+  switch (e) {
+    case EvalMode::queries: return "queries";
+    case EvalMode::window: return "window";
+    case EvalMode::both: return "both";
+  }
+  return "?";
+}
+
+CompressionPoint parse_compression_point(const std::string& s) {
+  if (s == "agnostic") return CompressionPoint::agnostic;
+  if (s == "aware") return CompressionPoint::aware;
+  fail("--compression-point", "", "'" + s + "' is not agnostic or aware");
+}
+
+EvalMode parse_eval_mode(const std::string& s) {
+  if (s == "queries") return EvalMode::queries;
+  if (s == "window") return EvalMode::window;
+  if (s == "both") return EvalMode::both;
+  fail("--eval", "", "'" + s + "' is not queries, window or both");
+}
+
+Protocol resolve_protocol(const TraceMeta& meta, const ProtocolOptions& opt) {
+  Protocol p;
+  p.n_c = opt.compression_point == CompressionPoint::agnostic ? meta.context_end() : meta.prefill_len;
+  p.eval_queries = opt.eval != EvalMode::window;
+  p.eval_window = opt.eval != EvalMode::queries;
+  const std::string cp = std::string(compression_point_name(opt.compression_point));
+  if (p.n_c <= 0)
+    fail(meta.path, cp == "agnostic" ? "tokens/segment" : "prefill_len",
+         "compression point (" + cp + ") is 0: there is no context to compress");
+  if (opt.window < 0) fail("--window", "", "must be >= 0");
+  if (opt.window > p.n_c)
+    fail("--window", "", std::to_string(opt.window) + " exceeds the compression point n_c = " + std::to_string(p.n_c));
+  for (i64 r = 0; r < meta.num_queries(); ++r) {
+    const i64 t = meta.q_pos[r];
+    if (t >= p.n_c) p.eval_rows.push_back(r);
+    if (t >= p.n_c - opt.window && t < p.n_c) p.window_rows.push_back(r);
+  }
+  if (p.eval_rows.empty())
+    fail(meta.path, "q_pos",
+         "no stored query at or after the compression point n_c = " + std::to_string(p.n_c) + " (" + cp +
+             "): nothing to evaluate" + (cp == "aware" ? "; the trace has no generated tokens" : ""));
+  if (p.eval_window && static_cast<i64>(p.window_rows.size()) != opt.window)
+    fail(meta.path, "q_pos",
+         "--eval " + std::string(eval_mode_name(opt.eval)) + " needs the queries of positions " +
+             std::to_string(p.n_c - opt.window) + ".." + std::to_string(p.n_c - 1) + " but only " +
+             std::to_string(p.window_rows.size()) + " of them are stored");
+  if (p.eval_window && p.window_rows.empty()) fail("--window", "", "must be >= 1 with --eval window|both");
+  return p;
+}
+
+}  // namespace kvsim

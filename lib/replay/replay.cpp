@@ -1,0 +1,220 @@
+#include "replay/replay.h"
+
+#include <omp.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "attention/layer_reference.h"
+#include "attention/perturbation.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/ranges.h"
+#include "core/sysinfo.h"
+#include "core/table_io.h"
+#include "kernels/isa.h"
+#include "replay/metric_rows.h"
+#include "replay/selection_file.h"
+#include "rules/factory.h"
+#include "trace/trace_reader.h"
+
+#ifndef KVSIM_VERSION
+#define KVSIM_VERSION "0.1.0"
+#endif
+
+namespace kvsim {
+
+namespace {
+
+struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
+  double budget_tokens = 0, kept = 0, F = 0, l1 = 0, l2 = 0, rel_l1 = 0, ada = 0, crit = 0, select_s = 0;
+  int layers = 0;
+};
+
+void write_summary(const ReplayOptions& opt, const TraceMeta& meta, const Protocol& p, const std::vector<int>& layers,
+                   const std::vector<std::unique_ptr<Rule>>& rules, const std::vector<Budget>& budgets,
+                   const std::vector<std::vector<Totals>>& tot, const std::map<std::string, double>& timings) {
+  JsonWriter j;
+  j.begin_object();
+  j.field("kvsim_version", KVSIM_VERSION).field("command", opt.command).field("created", iso_timestamp());
+  j.field("isa", kernels::isa_name(kernels::active_isa())).field("threads", max_threads());
+  j.key("trace").begin_object();
+  j.field("path", opt.trace_path).field("model", meta.model).field("source", meta.source);
+  j.field("num_layers", meta.num_layers).field("num_heads", meta.num_heads).field("num_kv_heads", meta.num_kv_heads);
+  j.field("head_dim", meta.head_dim).field("hidden_size", meta.hidden_size).field("seq_len", meta.seq_len);
+  j.field("prefill_len", meta.prefill_len).field("dtype", dtype_name(meta.dtype)).field("has_o_proj", meta.has_o_proj);
+  j.end_object();
+  j.key("protocol").begin_object();
+  j.field("compression_point", compression_point_name(opt.protocol.compression_point));
+  j.field("n_c", p.n_c).field("window", opt.protocol.window).field("eval", eval_mode_name(opt.protocol.eval));
+  j.field("n_eval_queries", static_cast<i64>(p.eval_rows.size()));
+  j.key("layers").begin_array();
+  for (int l : layers) j.value(l);
+  j.end_array();
+  j.end_object();
+  j.field("projected", meta.has_o_proj);
+  j.field("value_norm", norm_kind_name(opt.nu));
+  j.field("gqa_note",
+          std::string("kv mode: one kept set per KV head shared by its ") + std::to_string(meta.group_size()) +
+              " query heads (head rows report the KV head's kept count); query mode: one set per query head");
+  j.key("rules").begin_array();
+  for (std::size_t r = 0; r < rules.size(); ++r) {
+    j.begin_object().field("spec", rules[r]->spec()).key("budgets").begin_array();
+    for (std::size_t b = 0; b < budgets.size(); ++b) {
+      const Totals& t = tot[r][b];
+      const double n = t.layers > 0 ? t.layers : 1;
+      j.begin_object().field("budget", budgets[b].text);
+      j.field("budget_tokens_mean", t.budget_tokens / n).field("kept_tokens_mean", t.kept / n);
+      j.field("retained_mass_mean", t.F / n).field("pert_l1_mean", t.l1 / n).field("pert_l2_mean", t.l2 / n);
+      j.field("rel_pert_l1_mean", t.rel_l1 / n).field("bound_ada_mean", t.ada / n);
+      j.field("bound_critical_mean", t.crit / n).field("select_seconds", t.select_s);
+      j.end_object();
+    }
+    j.end_array().end_object();
+  }
+  j.end_array();
+  j.key("timings").begin_object();
+  for (const auto& [k, v] : timings) j.field(k, v);
+  j.end_object();
+  j.field("peak_rss_bytes", static_cast<i64>(peak_rss_bytes()));
+  j.end_object();
+  write_file_atomic(opt.out_dir + "/summary.json", j.str() + "\n");
+}
+
+void print_table(std::ostream& out, const std::vector<std::unique_ptr<Rule>>& rules,
+                 const std::vector<Budget>& budgets, const std::vector<std::vector<Totals>>& tot) {
+  char line[512];
+  std::snprintf(line, sizeof line, "%-44s %8s %9s %9s %12s %14s %12s\n", "rule", "budget", "kept", "mean F",
+                "pert_l1", "bound_critical", "bound_ada");
+  out << line;
+  for (std::size_t r = 0; r < rules.size(); ++r)
+    for (std::size_t b = 0; b < budgets.size(); ++b) {
+      const Totals& t = tot[r][b];
+      const double n = t.layers > 0 ? t.layers : 1;
+      std::string spec = rules[r]->spec();
+      if (spec.size() > 44) spec = spec.substr(0, 41) + "...";
+      std::snprintf(line, sizeof line, "%-44s %8s %9.1f %9.4f %12.5g %14.5g %12.5g\n", spec.c_str(),
+                    budgets[b].text.c_str(), t.kept / n, t.F / n, t.l1 / n, t.crit / n, t.ada / n);
+      out << line;
+    }
+}
+
+}  // namespace
+
+void run_replay(const ReplayOptions& opt, std::ostream& table) {
+  Stopwatch total;
+  if (opt.threads > 0) omp_set_num_threads(opt.threads);
+  if (opt.out_dir.empty()) fail("--out", "", "an output folder is required");
+  TraceReader reader(opt.trace_path);
+  const TraceMeta& meta = reader.meta();
+  const Protocol p = resolve_protocol(meta, opt.protocol);
+  const auto layers = parse_index_list(opt.layers, meta.num_layers, "--layers");
+  const auto heads = parse_index_list(opt.heads, meta.num_heads, "--heads");
+  const auto budgets = parse_budgets(opt.budgets);
+  if (budgets.empty()) fail("--budgets", "", "at least one budget is required");
+  std::vector<i64> budget_tokens;
+  for (const auto& b : budgets) {
+    try {
+      budget_tokens.push_back(b.tokens_for(p.n_c));
+    } catch (const Error& e) {
+      fail("--budgets", b.text, std::string(e.what()) + " (compressible span n_c = " + std::to_string(p.n_c) + ")");
+    }
+  }
+  const auto rules = make_rules(opt.rules);
+  if (rules.empty()) fail("--rules", "", "at least one rule is required");
+
+  std::error_code ec;
+  std::filesystem::create_directories(opt.out_dir, ec);
+  if (ec) fail(opt.out_dir, "", "cannot create output folder: " + ec.message());
+  AtomicOutFile metrics(opt.out_dir + "/metrics.csv");
+  write_metrics_header(metrics.stream());
+  std::optional<AtomicOutFile> per_query;
+  if (opt.per_query) {
+    per_query.emplace(opt.out_dir + "/metrics_per_query.csv");
+    write_per_query_header(per_query->stream());
+  }
+  std::unique_ptr<SelectionFile> selfile;
+  if (opt.save_selection) selfile = std::make_unique<SelectionFile>(opt.out_dir + "/selection.h5");
+
+  std::vector<std::vector<Totals>> tot(rules.size(), std::vector<Totals>(budgets.size()));
+  double t_read = 0, t_attn = 0, t_select = 0, t_metrics = 0;
+  std::vector<std::pair<QuerySet, std::string>> sets;
+  if (p.eval_queries) sets.push_back({QuerySet::eval, "queries"});
+  if (p.eval_window) sets.push_back({QuerySet::window, "window"});
+  const QuerySet summary_set = p.eval_queries ? QuerySet::eval : QuerySet::window;
+  const int G = meta.group_size();
+
+  Progress progress("replay", static_cast<std::int64_t>(layers.size() * rules.size()));
+  for (int l : layers) {
+    progress.set_note("layer " + std::to_string(l));
+    Stopwatch sw;
+    const LayerData data = reader.read_layer(l);  // all stored query rows
+    t_read += sw.seconds();
+    sw.reset();
+    LayerCache cache(meta, data, p.n_c, p.eval_rows, p.window_rows);
+    std::vector<std::unique_ptr<LayerReference>> refs;
+    for (const auto& s : sets) refs.push_back(std::make_unique<LayerReference>(cache, s.first, opt.nu));
+    t_attn += sw.seconds();
+    RuleInput in;
+    in.meta = &meta;
+    in.layer = l;
+    in.data = &data;
+    in.n_c = p.n_c;
+    in.eval_rows = p.eval_rows;
+    in.cache = &cache;
+    for (std::size_t r = 0; r < rules.size(); ++r) {
+      sw.reset();
+      const auto sels = rules[r]->select(in, budgets);
+      const double sel_s = sw.seconds();
+      t_select += sel_s;
+      if (sels.size() != budgets.size())
+        fail(rules[r]->spec(), "select", "returned " + std::to_string(sels.size()) + " selections for " +
+                                             std::to_string(budgets.size()) + " budgets");
+      sw.reset();
+      const std::string spec = rules[r]->spec();
+      for (std::size_t b = 0; b < budgets.size(); ++b) {
+        tot[r][b].select_s += sel_s / budgets.size();  // one select() serves all budgets
+        if (selfile) selfile->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text);
+        for (std::size_t si = 0; si < sets.size(); ++si) {
+          const auto res = measure_perturbation(cache, *refs[si], sels[b]);
+          RowKey key{spec, budgets[b].text, budget_tokens[b], l, sets[si].second};
+          const auto agg = write_metric_rows(metrics.stream(), key, sels[b], res, heads, G);
+          if (per_query) {
+            std::vector<i64> pos;
+            for (i64 qi = 0; qi < res.n_q; ++qi) pos.push_back(cache.pos(sets[si].first, qi));
+            write_per_query_rows(per_query->stream(), key, sels[b], res, pos, heads, G);
+          }
+          if (sets[si].first != summary_set) continue;
+          Totals& t = tot[r][b];
+          t.budget_tokens += static_cast<double>(budget_tokens[b]);
+          t.kept += agg.kept_tokens;
+          t.F += agg.retained_mass;
+          t.l1 += agg.pert_l1;
+          t.l2 += agg.pert_l2;
+          t.rel_l1 += agg.rel_pert_l1;
+          t.ada += agg.bound_ada;
+          t.crit += agg.bound_critical;
+          t.layers += 1;
+        }
+      }
+      t_metrics += sw.seconds();
+      progress.advance();
+    }
+  }
+  metrics.commit();
+  if (per_query) per_query->commit();
+  if (selfile) selfile->commit();
+  const std::map<std::string, double> timings = {{"read_seconds", t_read},
+                                                 {"attention_seconds", t_attn},
+                                                 {"select_seconds", t_select},
+                                                 {"metrics_seconds", t_metrics},
+                                                 {"total_seconds", total.seconds()}};
+  write_summary(opt, meta, p, layers, rules, budgets, tot, timings);
+  print_table(table, rules, budgets, tot);
+}
+
+}  // namespace kvsim

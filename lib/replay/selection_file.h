@@ -1,0 +1,25 @@
+#pragma once
+// selection.h5 (--save-selection): /<rule index>/<budget index>/layers/<l>/kept, uint8
+// [units, n_c], with attributes rule, budget, mode. Written to "<path>.partial" and renamed by
+// commit(); destroying an uncommitted file removes the partial file.
+#include <memory>
+#include <string>
+
+#include "rules/selection.h"
+
+namespace kvsim {
+
+class SelectionFile {
+ public:
+  explicit SelectionFile(std::string path);
+  ~SelectionFile();
+  void write(int rule_index, int budget_index, int layer, const Selection& sel, const std::string& rule_spec,
+             const std::string& budget_text);
+  void commit();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvsim

@@ -1,0 +1,127 @@
+#include "rules/keydiff.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "kernels/kernels.h"
+#include "rules/h2o_common.h"
+#include "rules/registry.h"
+
+namespace kvsim {
+namespace {
+
+// Scores with precomputed inverse key norms (0 for a zero key, whose cosine is taken as 0).
+void scores_with_norms(const float* keys, int d, const float* inv_norm, const i64* pos, i64 m, KeyDiffAnchor anchor,
+                       float* out) {
+  std::vector<double> mu(static_cast<std::size_t>(d), 0.0);
+  for (i64 i = 0; i < m; ++i) {
+    const float* k = keys + pos[i] * d;
+    const double w = anchor == KeyDiffAnchor::unit ? inv_norm[pos[i]] : 1.0;
+    for (int c = 0; c < d; ++c) mu[c] += w * k[c];
+  }
+  double mu_norm = 0;
+  for (double x : mu) mu_norm += x * x;
+  mu_norm = std::sqrt(mu_norm);  // the 1/m of the mean cancels in the cosine
+  avec<float> unit_mu(static_cast<std::size_t>(d));
+  for (int c = 0; c < d; ++c) unit_mu[c] = mu_norm > 0 ? static_cast<float>(mu[c] / mu_norm) : 0.0f;
+  for (i64 i = 0; i < m; ++i) out[i] = -kernels::dot(keys + pos[i] * d, unit_mu.data(), d) * inv_norm[pos[i]];
+}
+
+std::vector<float> inverse_norms(const float* keys, int d, i64 n) {
+  std::vector<float> inv(static_cast<std::size_t>(n));
+  for (i64 j = 0; j < n; ++j) {
+    const float nn = std::sqrt(kernels::dot(keys + j * d, keys + j * d, d));
+    inv[j] = nn > 0 ? 1.0f / nn : 0.0f;
+  }
+  return inv;
+}
+
+}  // namespace
+
+void keydiff_scores(const float* keys, int d, const i64* pos, i64 m, KeyDiffAnchor anchor, float* out) {
+  const i64 n = m > 0 ? *std::max_element(pos, pos + m) + 1 : 0;
+  const std::vector<float> inv = inverse_norms(keys, d, n);
+  scores_with_norms(keys, d, inv.data(), pos, m, anchor, out);
+}
+
+std::vector<i64> keydiff_select(const float* keys, int d, i64 n, i64 N, i64 block, KeyDiffAnchor anchor) {
+  if (N <= 0 || n <= 0) return {};
+  std::vector<i64> cache(static_cast<std::size_t>(std::min(N, n)));
+  std::iota(cache.begin(), cache.end(), 0);
+  if (N >= n) return cache;
+  const std::vector<float> inv = inverse_norms(keys, d, n);
+  const i64 bs = block <= 0 ? n - N : block;
+  std::vector<float> score;
+  std::vector<std::uint8_t> keep;
+  for (i64 s = N; s < n; s += bs) {
+    std::vector<i64> cand = cache;
+    for (i64 j = s; j < std::min(n, s + bs); ++j) cand.push_back(j);
+    const i64 m = static_cast<i64>(cand.size());
+    score.resize(static_cast<std::size_t>(m));
+    scores_with_norms(keys, d, inv.data(), cand.data(), m, anchor, score.data());
+    keep.assign(static_cast<std::size_t>(m), 0);
+    rules_more::keep_top(score.data(), m, N, nullptr, keep.data());  // ties: lower position (cand is sorted)
+    cache.clear();
+    for (i64 i = 0; i < m; ++i)
+      if (keep[i]) cache.push_back(cand[i]);
+  }
+  return cache;
+}
+
+namespace {
+
+class KeyDiffRule : public Rule {
+ public:
+  KeyDiffRule(std::string spec, i64 block, KeyDiffAnchor anchor, double recent)
+      : spec_(std::move(spec)), block_(block), anchor_(anchor), recent_(recent) {}
+  std::string spec() const override { return spec_; }
+
+  std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override {
+    rules_more::check_input(in, "keydiff");
+    const LayerData& D = *in.data;
+    const i64 n_c = in.n_c;
+    std::vector<Selection> out;
+    for (std::size_t b = 0; b < budgets.size(); ++b) out.emplace_back(GqaMode::kv, D.num_kv_heads, n_c);
+    std::vector<i64> N(budgets.size());
+    for (std::size_t b = 0; b < budgets.size(); ++b) N[b] = budgets[b].tokens_for(n_c);
+#pragma omp parallel for schedule(dynamic) collapse(2)
+    for (int g = 0; g < D.num_kv_heads; ++g)
+      for (std::size_t b = 0; b < budgets.size(); ++b) {
+        const i64 rec = static_cast<i64>(recent_ * static_cast<double>(N[b]) + 1e-9);
+        const i64 older = n_c - rec;
+        std::uint8_t* mask = out[b].unit_mask(g);
+        for (i64 j : keydiff_select(D.k_head(g), D.head_dim, older, N[b] - rec, block_, anchor_)) mask[j] = 1;
+        for (i64 j = older; j < n_c; ++j) mask[j] = 1;
+      }
+    return out;
+  }
+
+ private:
+  std::string spec_;
+  i64 block_;
+  KeyDiffAnchor anchor_;
+  double recent_;
+};
+
+RuleInfo keydiff_info() {
+  return {"keydiff",
+          "KeyDiff: keep the keys least similar (cosine) to the mean key direction; block-wise under a fixed "
+          "budget; per KV head, keys only",
+          {{"block", "int", "128", "prompt block size of the BlockPress process; 0 = one shot over the whole span"},
+           {"anchor", "choice unit|raw", "unit", "anchor: mean of unit-normalised keys, or the plain mean key"},
+           {"recent", "double", "0", "share of the budget reserved for the newest prompt tokens"}}};
+}
+
+std::unique_ptr<Rule> build_keydiff(SpecReader& r) {
+  const i64 block = r.get_int("block", 128, 0, 1LL << 40);
+  const std::string anchor = r.get_choice("anchor", "unit", {"unit", "raw"});
+  const double recent = r.get_double("recent", 0.0, 0.0, 1.0);
+  return std::make_unique<KeyDiffRule>(r.canonical(), block, anchor == "raw" ? KeyDiffAnchor::raw : KeyDiffAnchor::unit,
+                                       recent);
+}
+
+KVSIM_RULE(keydiff_info(), build_keydiff);
+
+}  // namespace
+}  // namespace kvsim

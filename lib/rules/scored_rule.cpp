@@ -1,0 +1,96 @@
+#include "rules/scored_rule.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "kernels/kernels.h"
+
+namespace kvsim {
+
+void UnitScores::protect_range(i64 begin, i64 end) {
+  for (i64 j = std::max<i64>(0, begin); j < std::min(end, n_c); ++j) {
+    n_protected += protect[j] == 0;
+    protect[j] = 1;
+  }
+}
+
+std::vector<i64> rank_unprotected(const float* score, const std::uint8_t* protect, i64 n, i64 k) {
+  // Compact the unprotected candidates (order-preserving, so "lower position wins a tie" holds).
+  std::vector<float> cand;
+  std::vector<i64> pos;
+  cand.reserve(n);
+  pos.reserve(n);
+  for (i64 j = 0; j < n; ++j)
+    if (!protect[j]) {
+      cand.push_back(score[j]);
+      pos.push_back(j);
+    }
+  k = std::min<i64>(k, static_cast<i64>(cand.size()));
+  std::vector<i64> idx(std::max<i64>(k, 0));
+  const i64 got = k > 0 ? kernels::topk(cand.data(), static_cast<i64>(cand.size()), k, idx.data()) : 0;
+  idx.resize(got);
+  for (auto& i : idx) i = pos[i];
+  return idx;
+}
+
+int units_for(GqaMode mode, const LayerData& d) { return mode == GqaMode::kv ? d.num_kv_heads : d.num_heads; }
+
+UnitScores ScoredRule::scores_range(const RuleInput&, i64, i64) const {
+  fail(spec(), "", "this rule cannot score a sub-span (it cannot be wrapped by chunk)");
+}
+
+i64 ScoredRule::layer_budget(const RuleInput&, const UnitScores&, i64 B) const { return B; }
+
+std::vector<i64> ScoredRule::unit_budgets(const RuleInput&, const UnitScores& s, i64 layer_budget) const {
+  return std::vector<i64>(s.units, layer_budget);
+}
+
+std::vector<Selection> ScoredRule::select_counts(const RuleInput&, const UnitScores& s,
+                                                 const std::vector<std::vector<i64>>& counts) const {
+  std::vector<Selection> out;
+  for (std::size_t b = 0; b < counts.size(); ++b) out.emplace_back(s.mode, s.units, s.n_c);
+  // One ranking per unit, deep enough for the largest budget; every budget takes a prefix
+  // (nested top-k: kept sets grow monotonically with the budget).
+#pragma omp parallel for schedule(dynamic)
+  for (int u = 0; u < s.units; ++u) {
+    i64 deepest = 0;
+    for (const auto& c : counts) deepest = std::max(deepest, c[u] - s.n_protected);
+    const std::vector<i64> rank = rank_unprotected(s.unit(u), s.protect.data(), s.n_c, deepest);
+    for (std::size_t b = 0; b < counts.size(); ++b) {
+      std::uint8_t* m = out[b].unit_mask(u);
+      for (i64 j = 0; j < s.n_c; ++j) m[j] = s.protect[j];
+      const i64 take = std::min<i64>(counts[b][u] - s.n_protected, static_cast<i64>(rank.size()));
+      for (i64 r = 0; r < take; ++r) m[rank[r]] = 1;
+    }
+  }
+  return out;
+}
+
+std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector<Budget>& budgets) const {
+  const UnitScores s = scores(in);
+  std::vector<std::vector<i64>> counts;
+  for (const auto& b : budgets) {
+    const i64 B = b.tokens_for(in.n_c);
+    const i64 lb = layer_budget(in, s, B);
+    std::vector<i64> c = unit_budgets(in, s, lb);
+    for (int u = 0; u < s.units; ++u) {
+      if (c[u] < s.n_protected)
+        fail(spec(), "budget " + b.text,
+             std::to_string(c[u]) + " kept tokens per " + (s.mode == GqaMode::kv ? "KV" : "query") + " head (layer " +
+                 std::to_string(in.layer) + ") are fewer than the " + std::to_string(s.n_protected) +
+                 " protected tokens (observation window / sinks); use a larger budget or a smaller window");
+      c[u] = std::min(c[u], s.n_c);  // Ada-KV can allot a head more than the span: keep all of it
+    }
+    counts.push_back(std::move(c));
+  }
+  return select_counts(in, s, counts);
+}
+
+std::unique_ptr<ScoredRule> require_scored(std::unique_ptr<Rule> base, const std::string& who) {
+  auto* p = dynamic_cast<ScoredRule*>(base.get());
+  if (!p) throw Error(who + ": base rule '" + base->spec() + "' does not produce per-token scores");
+  base.release();
+  return std::unique_ptr<ScoredRule>(p);
+}
+
+}  // namespace kvsim

@@ -1,0 +1,57 @@
+#include "rules/window_attention.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/kernels.h"
+
+namespace kvsim {
+
+i64 query_row(const TraceMeta& meta, i64 t, const std::string& who) {
+  auto it = std::lower_bound(meta.q_pos.begin(), meta.q_pos.end(), t);
+  if (it == meta.q_pos.end() || *it != t)
+    fail(meta.path, "/q_pos",
+         who + " needs the query at position " + std::to_string(t) +
+             " (observation window before the compression point), which the trace does not store");
+  return it - meta.q_pos.begin();
+}
+
+avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w, bool mean,
+                             const std::string& who) {
+  const i64 L = end - begin, m = L - w, dh = d.head_dim;
+  if (w < 1) fail(who, "window", "must be at least 1");
+  if (m < 1)
+    fail(who, "window", "the window of " + std::to_string(w) + " queries leaves no token to score in a span of " +
+                            std::to_string(L));
+  if (d.num_q != static_cast<i64>(meta.q_pos.size()))
+    fail(who, "", "needs every stored query row of the layer loaded (got " + std::to_string(d.num_q) + " of " +
+                      std::to_string(meta.q_pos.size()) + ")");
+  std::vector<i64> rows(w);
+  for (i64 i = 0; i < w; ++i) rows[i] = query_row(meta, end - w + i, who);
+  const float scale = meta.attn_scale > 0 ? static_cast<float>(meta.attn_scale)
+                                          : 1.0f / std::sqrt(static_cast<float>(dh));
+  const int G = d.num_heads / d.num_kv_heads;
+  avec<float> out(static_cast<std::size_t>(d.num_heads) * m, 0.0f);
+#pragma omp parallel
+  {
+    avec<float> qw(w * dh), logits(w * L);
+#pragma omp for schedule(dynamic)
+    for (int h = 0; h < d.num_heads; ++h) {
+      for (i64 i = 0; i < w; ++i) std::copy_n(d.q_row(h, rows[i]), dh, qw.data() + i * dh);
+      // logits[i][j] = scale * q_i . k_{begin+j}
+      kernels::sgemm(false, true, w, L, dh, scale, qw.data(), dh, d.k_row(h / G, begin), dh, 0.0f, logits.data(), L);
+      float* o = out.data() + h * m;
+      for (i64 i = 0; i < w; ++i) {
+        float* row = logits.data() + i * L;
+        kernels::softmax_inplace(row, m + i + 1);  // keys begin .. t, t = end - w + i
+        for (i64 j = 0; j < m; ++j) o[j] += row[j];
+      }
+      if (mean)
+        for (i64 j = 0; j < m; ++j) o[j] /= static_cast<float>(w);
+    }
+  }
+  return out;
+}
+
+}  // namespace kvsim

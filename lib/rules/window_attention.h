@@ -1,0 +1,23 @@
+#pragma once
+// Observation-window attention shared by SnapKV-family scorers (spec 2.6 steps 1-2).
+#include <string>
+
+#include "core/types.h"
+#include "trace/layer_data.h"
+#include "trace/trace_meta.h"
+
+namespace kvsim {
+
+// For every query head h and the w window queries at positions t in [end - w, end):
+//   a^h_{t,j} = softmax_j(scale * q^h_t . k^{g(h)}_j) over keys j in [begin, t] (causal),
+// then aggregated over the w queries (sum, or mean when `mean`) for the prefix columns
+// j in [begin, end - w) only; window columns are dropped WITHOUT renormalising.
+// Returns [num_heads][m], m = end - begin - w, in fp32 (logits by sgemm, max-subtracted
+// softmax, fp32 accumulation). `who` names the rule in errors (missing window queries).
+avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w, bool mean,
+                             const std::string& who);
+
+// Row of data.q holding position t; throws naming `who` if the trace did not store it.
+i64 query_row(const TraceMeta& meta, i64 t, const std::string& who);
+
+}  // namespace kvsim

@@ -1,0 +1,173 @@
+#include "trace/h5_handles.h"
+
+#include <cstring>
+
+#include "core/error.h"
+
+namespace kvsim::h5 {
+
+void silence_errors() {
+  // Per call rather than once: thread-safe HDF5 builds keep one error stack per thread.
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
+
+std::recursive_mutex& library_mutex() {
+  static std::recursive_mutex mu;
+  return mu;
+}
+
+bool path_exists(hid_t loc, const std::string& path) {
+  std::string prefix;
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    std::size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    const std::string part = path.substr(start, end - start);
+    if (!part.empty()) {
+      prefix += (prefix.empty() ? "" : "/") + part;
+      if (H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+      // The link may dangle (soft/external link): require a real object behind it.
+      if (H5Oexists_by_name(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    }
+    start = end + 1;
+  }
+  return !prefix.empty();
+}
+
+H5O_type_t object_type(hid_t loc, const std::string& path) {
+  H5O_info_t info;
+  if (H5Oget_info_by_name(loc, path.c_str(), &info, H5P_DEFAULT) < 0) return H5O_TYPE_UNKNOWN;
+  return info.type;
+}
+
+static herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* data) {
+  static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+  return 0;
+}
+
+std::vector<std::string> member_names(hid_t group) {
+  std::vector<std::string> names;
+  hsize_t idx = 0;
+  if (H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, collect_name, &names) < 0) return {};
+  return names;
+}
+
+std::optional<std::vector<i64>> dims_of_space(hid_t space) {
+  if (space < 0 || H5Sget_simple_extent_type(space) != H5S_SIMPLE) return std::nullopt;
+  const int rank = H5Sget_simple_extent_ndims(space);
+  if (rank < 0 || rank > 32) return std::nullopt;
+  hsize_t d[32];
+  if (H5Sget_simple_extent_dims(space, d, nullptr) < 0) return std::nullopt;
+  return std::vector<i64>(d, d + rank);
+}
+
+std::optional<std::vector<i64>> dataset_dims(hid_t dset) {
+  Handle space = space_handle(H5Dget_space(dset));
+  if (!space) return std::nullopt;
+  return dims_of_space(space.id());
+}
+
+i64 num_points(hid_t space) {
+  if (space < 0) return -1;
+  const H5S_class_t cls = H5Sget_simple_extent_type(space);
+  if (cls == H5S_SCALAR) return 1;
+  if (cls != H5S_SIMPLE) return 0;
+  const hssize_t n = H5Sget_simple_extent_npoints(space);
+  return n < 0 ? -1 : static_cast<i64>(n);
+}
+
+// Shared string decoding for attributes and datasets: `read(memtype, buf)` fills the buffer.
+template <class ReadFn>
+static std::optional<std::string> read_string(hid_t ftype, hid_t space, ReadFn read) {
+  if (ftype < 0 || H5Tget_class(ftype) != H5T_STRING || num_points(space) != 1) return std::nullopt;
+  const htri_t is_var = H5Tis_variable_str(ftype);
+  if (is_var < 0) return std::nullopt;
+  Handle mtype = type_handle(H5Tcopy(H5T_C_S1));
+  if (!mtype) return std::nullopt;
+  H5Tset_cset(mtype.id(), H5Tget_cset(ftype));
+  if (is_var) {
+    H5Tset_size(mtype.id(), H5T_VARIABLE);
+    char* p = nullptr;
+    if (read(mtype.id(), &p) < 0) return std::nullopt;
+    std::string s = p ? std::string(p) : std::string();
+    if (p) H5free_memory(p);
+    return s;
+  }
+  const std::size_t n = H5Tget_size(ftype);
+  if (n == 0 || n > (1u << 30)) return std::nullopt;
+  std::vector<char> buf(n + 1, '\0');
+  H5Tset_size(mtype.id(), n + 1);
+  H5Tset_strpad(mtype.id(), H5T_STR_NULLTERM);
+  if (read(mtype.id(), buf.data()) < 0) return std::nullopt;
+  return std::string(buf.data());
+}
+
+std::optional<std::string> read_string_attr(hid_t attr) {
+  Handle ftype = type_handle(H5Aget_type(attr));
+  Handle space = space_handle(H5Aget_space(attr));
+  if (!ftype || !space) return std::nullopt;
+  return read_string(ftype.id(), space.id(),
+                     [&](hid_t mt, void* buf) { return H5Aread(attr, mt, buf); });
+}
+
+std::optional<std::string> read_string_dataset(hid_t dset) {
+  Handle ftype = type_handle(H5Dget_type(dset));
+  Handle space = space_handle(H5Dget_space(dset));
+  if (!ftype || !space) return std::nullopt;
+  return read_string(ftype.id(), space.id(), [&](hid_t mt, void* buf) {
+    return H5Dread(dset, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+  });
+}
+
+static void write_attr(hid_t obj, const std::string& name, hid_t type, const void* value) {
+  Handle space = space_handle(H5Screate(H5S_SCALAR));
+  Handle attr = attr_handle(H5Acreate2(obj, name.c_str(), type, space.id(), H5P_DEFAULT, H5P_DEFAULT));
+  if (!attr || H5Awrite(attr.id(), type, value) < 0)
+    throw Error("cannot write attribute @" + name);
+}
+
+void write_attr_string(hid_t obj, const std::string& name, const std::string& value) {
+  Handle t = type_handle(H5Tcopy(H5T_C_S1));
+  H5Tset_size(t.id(), H5T_VARIABLE);
+  H5Tset_cset(t.id(), H5T_CSET_UTF8);
+  const char* p = value.c_str();
+  write_attr(obj, name, t.id(), &p);
+}
+
+void write_attr_i64(hid_t obj, const std::string& name, i64 value) {
+  const std::int64_t v = value;
+  // Stored little-endian 64-bit, as numpy/h5py write Python ints.
+  Handle space = space_handle(H5Screate(H5S_SCALAR));
+  Handle attr = attr_handle(H5Acreate2(obj, name.c_str(), H5T_STD_I64LE, space.id(), H5P_DEFAULT, H5P_DEFAULT));
+  if (!attr || H5Awrite(attr.id(), H5T_NATIVE_INT64, &v) < 0)
+    throw Error("cannot write attribute @" + name);
+}
+
+void write_attr_f64(hid_t obj, const std::string& name, double value) {
+  Handle space = space_handle(H5Screate(H5S_SCALAR));
+  Handle attr = attr_handle(H5Acreate2(obj, name.c_str(), H5T_IEEE_F64LE, space.id(), H5P_DEFAULT, H5P_DEFAULT));
+  if (!attr || H5Awrite(attr.id(), H5T_NATIVE_DOUBLE, &value) < 0)
+    throw Error("cannot write attribute @" + name);
+}
+
+hid_t float16_type() {
+  static const hid_t t = [] {
+    hid_t id = H5Tcopy(H5T_IEEE_F32LE);
+    H5Tset_fields(id, 15, 10, 5, 0, 10);
+    H5Tset_size(id, 2);
+    H5Tset_ebias(id, 15);
+    H5Tlock(id);
+    return id;
+  }();
+  return t;
+}
+
+bool is_ieee_f16(hid_t t) {
+  if (H5Tget_class(t) != H5T_FLOAT || H5Tget_size(t) != 2) return false;
+  std::size_t spos, epos, esize, mpos, msize;
+  if (H5Tget_fields(t, &spos, &epos, &esize, &mpos, &msize) < 0) return false;
+  return spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10 && H5Tget_ebias(t) == 15 &&
+         H5Tget_offset(t) == 0 && H5Tget_precision(t) == 16;
+}
+
+}  // namespace kvsim::h5

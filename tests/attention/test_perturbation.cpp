@@ -1,0 +1,294 @@
+// Perturbation metrics and bounds against the float64 oracle, invariants and determinism.
+#include <doctest/doctest.h>
+#include <omp.h>
+
+#include <cmath>
+
+#include "attention/layer_cache.h"
+#include "attention/layer_reference.h"
+#include "attention/perturbation.h"
+#include "core/error.h"
+#include "layer_fixtures.h"
+
+using namespace kvsim;
+using namespace kvsim::test;
+
+namespace {
+
+std::vector<i64> rows_from(const TraceMeta& m, i64 lo, i64 hi) {
+  std::vector<i64> r;
+  for (i64 i = 0; i < m.num_queries(); ++i)
+    if (m.q_pos[i] >= lo && m.q_pos[i] < hi) r.push_back(i);
+  return r;
+}
+
+// |fast - exact| <= 1e-5 |exact| + 1e-6 scale (scale: magnitude of the quantity's reference).
+void check_close(double fast, double exact, double scale, const std::string& what) {
+  INFO(what << ": fast " << fast << " oracle " << exact);
+  CHECK(std::fabs(fast - exact) <= 1e-5 * std::fabs(exact) + 1e-6 * scale);
+}
+
+void compare(const PerturbationResult& r, const OracleLayer& o, const LayerReference& ref, bool bounds = true) {
+  for (int h = 0; h < r.num_heads; ++h)
+    for (i64 qi = 0; qi < r.n_q; ++qi) {
+      const auto& e = o.head[h * r.n_q + qi];
+      const std::size_t k = r.at(h, qi);
+      const double sc = ref.head_out_l1(h, qi);
+      check_close(r.F[k], e.F, 1.0, "F");
+      check_close(r.l1[k], e.l1, sc, "l1");
+      check_close(r.l2[k], e.l2, ref.head_out_l2(h, qi), "l2");
+      check_close(r.rel_l1[k], e.rel_l1, 1.0, "rel_l1");
+      check_close(r.rel_l2[k], e.rel_l2, 1.0, "rel_l2");
+      if (bounds) {
+        check_close(r.bound_ada[k], e.ada, ref.nu_max(h, qi), "bound_ada");
+        check_close(r.theta[k], e.theta, ref.nu_max(h, qi), "theta");
+      }
+    }
+  for (i64 qi = 0; qi < r.n_q; ++qi) {
+    check_close(r.layer_l1[qi], o.l1[qi], ref.layer_out_l1(qi), "layer l1");
+    check_close(r.layer_l2[qi], o.l2[qi], ref.layer_out_l2(qi), "layer l2");
+    check_close(r.layer_rel_l1[qi], o.rel_l1[qi], 1.0, "layer rel l1");
+    if (bounds) {
+      check_close(r.layer_ada[qi], o.ada[qi], o.ada[qi] + 1.0, "layer ada");
+      check_close(r.layer_theta[qi], o.theta[qi], o.theta[qi] + 1.0, "layer theta");
+    }
+  }
+}
+
+// measured <= theta <= 2(1-F) max nu per head; layer measured <= sum theta <= Ada-KV.
+void check_bound_chain(const PerturbationResult& r) {
+  const double tol = 1e-5;
+  for (int h = 0; h < r.num_heads; ++h)
+    for (i64 qi = 0; qi < r.n_q; ++qi) {
+      const std::size_t k = r.at(h, qi);
+      CHECK(r.l1[k] <= r.theta[k] * (1 + tol) + 1e-9);
+      CHECK(r.theta[k] <= r.bound_ada[k] * (1 + tol) + 1e-9);
+      CHECK(r.F[k] <= 1.0 + 1e-6);
+    }
+  for (i64 qi = 0; qi < r.n_q; ++qi) {
+    CHECK(r.layer_l1[qi] <= r.layer_theta[qi] * (1 + tol) + 1e-9);
+    CHECK(r.layer_theta[qi] <= r.layer_ada[qi] * (1 + tol) + 1e-9);
+  }
+}
+
+struct Case {
+  LayerShape shape;
+  const char* name;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> cs;
+  for (int G : {1, 2, 4})
+    for (bool op : {true, false})
+      for (bool st : {false, true}) {
+        LayerShape s;
+        s.Hkv = 2;
+        s.H = 2 * G;
+        s.o_proj = op;
+        s.structured = st;
+        s.S = st ? 64 : 48;
+        s.n_c = st ? 40 : 30;
+        cs.push_back({s, "case"});
+      }
+  return cs;
+}
+
+}  // namespace
+
+TEST_CASE("keep-all gives F = 1 and exactly zero perturbation and bounds") {
+  for (const auto& c : cases()) {
+    const auto meta = make_meta(c.shape);
+    const auto L = make_layer(c.shape, 7);
+    LayerCache cache(meta, L, c.shape.n_c, rows_from(meta, c.shape.n_c, c.shape.S));
+    LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+    for (GqaMode mode : {GqaMode::kv, GqaMode::query}) {
+      Selection sel(mode, mode == GqaMode::kv ? c.shape.Hkv : c.shape.H, c.shape.n_c);
+      std::fill(sel.kept.begin(), sel.kept.end(), 1);
+      const auto r = measure_perturbation(cache, ref, sel);
+      for (std::size_t k = 0; k < r.F.size(); ++k) {
+        CHECK(r.F[k] == 1.0);
+        CHECK(r.l1[k] == 0.0);
+        CHECK(r.l2[k] == 0.0);
+        CHECK(r.theta[k] == 0.0);
+        CHECK(r.bound_ada[k] == 0.0);
+      }
+      for (i64 qi = 0; qi < r.n_q; ++qi) {
+        CHECK(r.layer_l1[qi] == 0.0);
+        CHECK(r.layer_ada[qi] == 0.0);
+        CHECK(r.layer_F_min[qi] == 1.0);
+      }
+    }
+  }
+}
+
+TEST_CASE("static selections agree with the float64 oracle; bound chain holds (kv and query modes)") {
+  unsigned seed = 11;
+  for (const auto& c : cases()) {
+    const auto meta = make_meta(c.shape);
+    const auto L = make_layer(c.shape, seed++);
+    const auto rows = rows_from(meta, c.shape.n_c, c.shape.S);
+    LayerCache cache(meta, L, c.shape.n_c, rows);
+    LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+    for (GqaMode mode : {GqaMode::kv, GqaMode::query})
+      for (double keep : {0.2, 0.6}) {
+        CAPTURE(c.shape.H);
+        CAPTURE(c.shape.o_proj);
+        CAPTURE(c.shape.structured);
+        CAPTURE(keep);
+        const auto sel = random_selection(c.shape, mode, keep, seed++);
+        const int G = c.shape.H / c.shape.Hkv;
+        auto support = [&](int h, i64, i64 j) {
+          const int u = mode == GqaMode::kv ? h / G : h;
+          return j >= c.shape.n_c || sel.unit_mask(u)[j] != 0;
+        };
+        const auto r = measure_perturbation(cache, ref, sel);
+        compare(r, oracle(meta, L, rows, support), ref);
+        check_bound_chain(r);
+      }
+  }
+}
+
+TEST_CASE("observation-window queries: support is the kept set within [0, t]") {
+  LayerShape s;
+  s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 32;
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 5);
+  const auto wrows = rows_from(meta, s.n_c - 8, s.n_c);
+  LayerCache cache(meta, L, s.n_c, rows_from(meta, s.n_c, s.S), wrows);
+  LayerReference ref(cache, QuerySet::window, NormKind::l1);
+  auto sel = random_selection(s, GqaMode::kv, 0.5, 3);
+  for (int u = 0; u < sel.units; ++u)
+    for (i64 j = s.n_c - 8; j < s.n_c; ++j) sel.unit_mask(u)[j] = 1;  // window protected
+  const auto r = measure_perturbation(cache, ref, sel);
+  auto support = [&](int h, i64, i64 j) { return sel.unit_mask(h / 2)[j] != 0; };
+  compare(r, oracle(meta, L, wrows, support), ref);
+  check_bound_chain(r);
+}
+
+TEST_CASE("per-query masks (step-wise rules) agree with the oracle") {
+  LayerShape s;
+  s.H = 4; s.Hkv = 1; s.S = 50; s.n_c = 30; s.structured = true;
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 9);
+  const auto rows = rows_from(meta, s.n_c, s.S);
+  LayerCache cache(meta, L, s.n_c, rows);
+  LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+  for (GqaMode mode : {GqaMode::kv, GqaMode::query}) {
+    auto sel = random_selection(s, mode, 1.0, 1);
+    std::mt19937 rng(4);
+    const i64 n = static_cast<i64>(rows.size());
+    for (int u = 0; u < sel.units; ++u)
+      for (i64 qi = 0; qi < n; ++qi) {
+        std::vector<std::uint8_t> m(cache.eval_pos(qi) + 1);
+        for (auto& x : m) x = rng() % 3 != 0;
+        if (qi == 0) std::fill(m.begin(), m.end(), 1);  // one query keeps everything
+        m.back() = 1;
+        sel.per_query.push_back(m);
+      }
+    auto support = [&](int h, i64 qi, i64 j) {
+      const int u = mode == GqaMode::kv ? h / 4 : h;
+      return sel.per_query[u * n + qi][j] != 0;
+    };
+    const auto r = measure_perturbation(cache, ref, sel);
+    compare(r, oracle(meta, L, rows, support), ref);
+    check_bound_chain(r);
+    for (int h = 0; h < s.H; ++h) CHECK(r.l1[r.at(h, 0)] == 0.0);
+  }
+}
+
+TEST_CASE("key-channel pruning (ThinK) recomputes attention; bounds are NaN") {
+  LayerShape s;
+  s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 28;
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 21);
+  const auto rows = rows_from(meta, s.n_c, s.S);
+  LayerCache cache(meta, L, s.n_c, rows);
+  LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+  auto sel = random_selection(s, GqaMode::kv, 0.5, 8);
+  sel.key_channels.assign(s.Hkv * s.d, 1);
+  sel.key_channels[1] = sel.key_channels[5] = sel.key_channels[s.d + 2] = 0;
+  auto support = [&](int h, i64, i64 j) { return j >= s.n_c || sel.unit_mask(h / 2)[j] != 0; };
+  const auto r = measure_perturbation(cache, ref, sel);
+  compare(r, oracle(meta, L, rows, support, sel.key_channels), ref, false);
+  CHECK(std::isnan(r.theta[0]));
+  CHECK(std::isnan(r.layer_ada[0]));
+  // Pruning channels with every token kept still perturbs the output.
+  std::fill(sel.kept.begin(), sel.kept.end(), 1);
+  const auto r2 = measure_perturbation(cache, ref, sel);
+  CHECK(r2.F[0] == doctest::Approx(1.0));
+  CHECK(r2.l1[0] > 0.0);
+}
+
+TEST_CASE("results are identical with 1 and 2 OpenMP threads") {
+  LayerShape s;
+  s.H = 8; s.Hkv = 2; s.d = 16; s.D = 64; s.S = 300; s.n_c = 200;
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 2);
+  const auto sel = random_selection(s, GqaMode::kv, 0.3, 6);
+  auto run = [&](int threads) {
+    omp_set_num_threads(threads);
+    LayerCache cache(meta, L, s.n_c, rows_from(meta, s.n_c, s.S));
+    LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+    return measure_perturbation(cache, ref, sel);
+  };
+  const auto a = run(1), b = run(2);
+  omp_set_num_threads(2);
+  CHECK(a.l1 == b.l1);
+  CHECK(a.l2 == b.l2);
+  CHECK(a.theta == b.theta);
+  CHECK(a.F == b.F);
+  CHECK(a.layer_l1 == b.layer_l1);
+  CHECK(a.layer_l2 == b.layer_l2);
+}
+
+TEST_CASE("upper value norm keeps theta a valid (looser) bound") {
+  LayerShape s;
+  s.structured = true;
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 31);
+  LayerCache cache(meta, L, s.n_c, rows_from(meta, s.n_c, s.S));
+  LayerReference exact(cache, QuerySet::eval, NormKind::l1), upper(cache, QuerySet::eval, NormKind::upper);
+  const auto sel = random_selection(s, GqaMode::kv, 0.4, 2);
+  const auto a = measure_perturbation(cache, exact, sel), b = measure_perturbation(cache, upper, sel);
+  for (std::size_t k = 0; k < a.theta.size(); ++k) {
+    CHECK(b.theta[k] >= a.theta[k] * (1 - 1e-6));
+    CHECK(b.l1[k] <= b.theta[k] * (1 + 1e-5) + 1e-9);
+    CHECK(b.l1[k] == a.l1[k]);
+  }
+}
+
+TEST_CASE("a selection of the wrong shape is rejected") {
+  LayerShape s;
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 1);
+  LayerCache cache(meta, L, s.n_c, rows_from(meta, s.n_c, s.S));
+  LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+  Selection bad(GqaMode::kv, s.H, s.n_c);  // query-head count in kv mode
+  CHECK_THROWS_AS(measure_perturbation(cache, ref, bad), Error);
+  Selection bad_nc(GqaMode::kv, s.Hkv, s.n_c - 1);
+  CHECK_THROWS_AS(measure_perturbation(cache, ref, bad_nc), Error);
+}
+
+TEST_CASE("evicting a dominant sink (F -> 1e-6 .. 1e-3) stays accurate: masses are never differences") {
+  LayerShape s;
+  s.H = 2; s.Hkv = 1; s.S = 40; s.n_c = 30;
+  const auto meta = make_meta(s);
+  auto L = make_layer(s, 13);
+  // Every query points at the key of position 0: it takes almost all the attention.
+  for (int c = 0; c < s.d; ++c) L.k[c] = 9.f * (c % 2 ? 1.f : -1.f);
+  for (int h = 0; h < s.H; ++h)
+    for (i64 t = 0; t < s.S; ++t)
+      for (int c = 0; c < s.d; ++c) L.q[(h * s.S + t) * s.d + c] = 1.2f * (c % 2 ? 1.f : -1.f) + 0.1f * c;
+  const auto rows = rows_from(meta, s.n_c, s.S);
+  LayerCache cache(meta, L, s.n_c, rows);
+  LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+  Selection sel(GqaMode::kv, 1, s.n_c);
+  std::fill(sel.kept.begin(), sel.kept.end(), 1);
+  sel.kept[0] = 0;  // evict the sink
+  auto support = [&](int, i64, i64 j) { return j != 0; };
+  const auto r = measure_perturbation(cache, ref, sel);
+  CHECK(r.F[0] < 1e-3);
+  CHECK(r.F[0] > 0);
+  compare(r, oracle(meta, L, rows, support), ref);
+  check_bound_chain(r);
+}

@@ -1,0 +1,100 @@
+"""Paths and helpers shared by the test_dump_*.py suites (not a test module itself)."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.environ.get("KVSIM_SOURCE_DIR", os.path.abspath(os.path.join(HERE, "..", "..")))
+TOOLS_DIR = os.path.join(SOURCE_DIR, "tools")
+DUMP_SCRIPT = os.path.join(TOOLS_DIR, "kvsim-dump")
+SHARED_DIR = os.path.abspath(os.path.join(SOURCE_DIR, "..", "shared"))
+STORIES_DIR = os.path.join(SHARED_DIR, "models", "stories260K")
+CHECKPOINT = os.path.join(STORIES_DIR, "stories260K.bin")
+TOKENIZER = os.path.join(STORIES_DIR, "tokenizer.bin")
+ESSAYS_DIR = os.path.join(SHARED_DIR, "corpora", "paul_graham_essays")
+LONGBENCH = os.path.join(SHARED_DIR, "corpora", "longbench", "multi_news.jsonl")
+TRACES_DIR = os.path.join(SOURCE_DIR, "traces")
+
+if TOOLS_DIR not in sys.path:
+    sys.path.insert(0, TOOLS_DIR)
+
+
+def run_dump(*args):
+    return subprocess.run(["/usr/bin/python3", DUMP_SCRIPT, *args], capture_output=True, text=True)
+
+
+class TempDir:
+    def __enter__(self):
+        self.path = tempfile.mkdtemp(prefix="kvsim_dump_test_")
+        return self.path
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def kvsim_validate(trace, *extra):
+    """(ran, returncode, output). ran is False, with the reason, when the kvsim binary or its
+    validate subcommand is not available."""
+    cli = os.environ.get("KVSIM_CLI")
+    if not cli or not os.path.exists(cli):
+        return False, None, "KVSIM_CLI is not set to an existing kvsim binary"
+    usage = subprocess.run([cli, "--help"], capture_output=True, text=True).stdout
+    if not re.search(r"^\s+validate\s", usage, re.M):
+        return False, None, "'kvsim validate' is not registered in this kvsim build yet"
+    r = subprocess.run([cli, "validate", trace, *extra], capture_output=True, text=True)
+    return True, r.returncode, r.stdout + r.stderr
+
+
+def check_trace_structure(test, path):
+    """Checks a trace against architecture.md section 3 with h5py (independent of kvsim's C++
+    validator); returns the open-and-closed summary dict used by callers."""
+    import h5py
+    import numpy as np
+    with h5py.File(path, "r") as f:
+        a = f.attrs
+        test.assertEqual(a["format"], "kvsim-trace")
+        test.assertEqual(int(a["version"]), 1)
+        for key in ("model", "source", "rope_style"):
+            test.assertIsInstance(a[key], str, key)
+        test.assertIn(a["rope_style"], ("half", "interleaved"))
+        L, H, Hkv, hd, D = (int(a[k]) for k in ("num_layers", "num_heads", "num_kv_heads",
+                                                  "head_dim", "hidden_size"))
+        test.assertEqual(H % Hkv, 0)
+        test.assertGreater(float(a["attn_scale"]), 0)
+        test.assertGreater(float(a["rope_theta"]), 0)
+        ids, seg, q_pos = f["tokens/input_ids"], f["tokens/segment"], f["q_pos"]
+        test.assertEqual(ids.dtype, np.int32)
+        test.assertEqual(seg.dtype, np.uint8)
+        test.assertEqual(q_pos.dtype, np.int64)
+        S, P = ids.shape[0], int(a["prefill_len"])
+        seg, q_pos = seg[()], q_pos[()]
+        test.assertEqual(seg.shape, (S,))
+        test.assertTrue(np.all(np.diff(seg.astype(int)) >= 0), "segments must be non-decreasing")
+        test.assertTrue(np.all(seg[:P] <= 1) and np.all(seg[P:] == 2))
+        test.assertTrue(np.all(np.diff(q_pos) > 0) and q_pos[0] >= 0 and q_pos[-1] < S)
+        Nq = len(q_pos)
+        test.assertEqual(sorted(f["layers"].keys(), key=int), [str(l) for l in range(L)])
+        for l in range(L):
+            g = f[f"layers/{l}"]
+            test.assertEqual(g["q"].shape, (H, Nq, hd))
+            test.assertEqual(g["k"].shape, (Hkv, S, hd))
+            test.assertEqual(g["v"].shape, (Hkv, S, hd))
+            test.assertEqual(g["k"].chunks, (1, min(S, 1024), hd))
+            if "o_proj" in g:
+                test.assertEqual(g["o_proj"].shape, (D, H * hd))
+            if "o" in g:
+                test.assertEqual(g["o"].shape, (H, Nq, hd))
+            for name in g:
+                ds = g[name]
+                if ds.dtype == np.uint16:
+                    test.assertEqual(ds.attrs["dtype"], "bfloat16")
+                else:
+                    test.assertIn(ds.dtype, (np.float16, np.float32))
+        for name in f.get("spans", {}):
+            span = f["spans"][name][()]
+            test.assertEqual(span.dtype, np.int64)
+            test.assertTrue(0 <= span[0] <= span[1] <= S, name)
+        return {"S": S, "P": P, "Nq": Nq, "L": L}

@@ -1,0 +1,274 @@
+#include "rules_reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "trace/synthetic.h"
+#include "trace/trace_reader.h"
+
+namespace kvsim::test {
+
+RuleInput TestLayer::input() const {
+  RuleInput in;
+  in.meta = &meta;
+  in.layer = data.layer;
+  in.data = &data;
+  in.n_c = n_c;
+  in.eval_rows = eval_rows;
+  in.cache = cache.get();
+  return in;
+}
+
+namespace {
+void finish(TestLayer& t) {
+  t.n_c = t.meta.context_end();
+  for (i64 r = 0; r < static_cast<i64>(t.meta.q_pos.size()); ++r)
+    if (t.meta.q_pos[r] >= t.n_c) t.eval_rows.push_back(r);
+  t.cache = std::make_unique<LayerCache>(t.meta, t.data, t.n_c, t.eval_rows);
+}
+}  // namespace
+
+std::unique_ptr<TestLayer> synthetic_test_layer(int H, int Hkv, int layer, std::uint64_t seed, int num_layers) {
+  SynthOptions o;
+  o.num_layers = num_layers;
+  o.num_heads = H;
+  o.num_kv_heads = Hkv;
+  o.head_dim = 16;
+  o.hidden_size = 48;
+  o.seq_len = 360;
+  o.question_len = 16;
+  o.gen_len = 24;
+  o.window = 64;
+  o.seed = seed;
+  o.heavy_hitter_rate = 0.05;
+  auto t = std::make_unique<TestLayer>();
+  t->meta = synth_meta(o);
+  t->data = synth_layer(o, t->meta, layer);
+  finish(*t);
+  return t;
+}
+
+std::unique_ptr<TestLayer> trace_test_layer(const std::string& path, int layer) {
+  TraceReader reader(path);
+  auto t = std::make_unique<TestLayer>();
+  t->meta = reader.meta();
+  t->data = reader.read_layer(layer);
+  finish(*t);
+  return t;
+}
+
+namespace {
+
+std::vector<double> softmax_prefix(const TestLayer& L, int h, i64 row, i64 t) {
+  const LayerData& d = L.data;
+  const int G = d.num_heads / d.num_kv_heads;
+  std::vector<double> p(t + 1);
+  double mx = -INFINITY;
+  for (i64 j = 0; j <= t; ++j) {
+    double s = 0;
+    for (int c = 0; c < d.head_dim; ++c)
+      s += static_cast<double>(d.q[(h * d.num_q + row) * d.head_dim + c]) *
+           static_cast<double>(d.k[((h / G) * d.seq_len + j) * d.head_dim + c]);
+    p[j] = s * L.meta.attn_scale;
+    mx = std::max(mx, p[j]);
+  }
+  double z = 0;
+  for (auto& x : p) z += (x = std::exp(x - mx));
+  for (auto& x : p) x /= z;
+  return p;
+}
+
+i64 row_of(const TestLayer& L, i64 t) {
+  for (i64 r = 0; r < static_cast<i64>(L.meta.q_pos.size()); ++r)
+    if (L.meta.q_pos[r] == t) return r;
+  throw std::runtime_error("test layer lacks query " + std::to_string(t));
+}
+
+std::vector<double> pool(const std::vector<double>& x, int k, bool max_pool) {
+  const i64 m = static_cast<i64>(x.size()), r = k / 2;
+  std::vector<double> y(m);
+  for (i64 j = 0; j < m; ++j) {
+    double acc = max_pool ? -INFINITY : 0.0;
+    for (i64 i = j - r; i <= j + r; ++i) {
+      if (i < 0 || i >= m) continue;  // avg: zero padding; max: -inf padding
+      acc = max_pool ? std::max(acc, x[i]) : acc + x[i];
+    }
+    y[j] = max_pool ? acc : acc / k;
+  }
+  return y;
+}
+
+Mat reduce(const Mat& heads, int G, const std::string& op) {
+  if (op == "query") return heads;
+  Mat out(heads.size() / G, std::vector<double>(heads[0].size()));
+  for (std::size_t u = 0; u < out.size(); ++u)
+    for (std::size_t j = 0; j < out[u].size(); ++j) {
+      double acc = op == "max" ? -INFINITY : 0.0;
+      for (int g = 0; g < G; ++g) {
+        const double v = heads[u * G + g][j];
+        acc = op == "max" ? std::max(acc, v) : acc + v;
+      }
+      out[u][j] = op == "mean" ? acc / G : acc;
+    }
+  return out;
+}
+
+}  // namespace
+
+Mat ref_snapkv(const TestLayer& L, const RefSnap& p) {
+  const LayerData& d = L.data;
+  const i64 m = L.n_c - p.window;
+  const int G = d.num_heads / d.num_kv_heads;
+  Mat att(d.num_heads, std::vector<double>(m, 0.0));
+  for (int h = 0; h < d.num_heads; ++h) {
+    for (i64 t = L.n_c - p.window; t < L.n_c; ++t) {
+      const auto a = softmax_prefix(L, h, row_of(L, t), t);
+      for (i64 j = 0; j < m; ++j) att[h][j] += p.mean ? a[j] / p.window : a[j];
+    }
+  }
+  if (p.pool_first || p.gqa == "query") {
+    for (auto& r : att) r = pool(r, p.kernel, p.max_pool);
+    return reduce(att, G, p.gqa);
+  }
+  Mat red = reduce(att, G, p.gqa);
+  for (auto& r : red) r = pool(r, p.kernel, p.max_pool);
+  return red;
+}
+
+Mat ref_oracle(const TestLayer& L, const std::string& gqa) {
+  const LayerData& d = L.data;
+  const int G = d.num_heads / d.num_kv_heads;
+  Mat mass(d.num_heads, std::vector<double>(L.n_c, 0.0));
+  for (int h = 0; h < d.num_heads; ++h)
+    for (i64 r : L.eval_rows) {
+      const auto a = softmax_prefix(L, h, r, L.meta.q_pos[r]);
+      for (i64 j = 0; j < L.n_c; ++j) mass[h][j] += a[j] / static_cast<double>(L.eval_rows.size());
+    }
+  return reduce(mass, G, gqa);
+}
+
+Mat ref_knorm(const TestLayer& L) {
+  const LayerData& d = L.data;
+  Mat s(d.num_kv_heads, std::vector<double>(L.n_c));
+  for (int g = 0; g < d.num_kv_heads; ++g)
+    for (i64 j = 0; j < L.n_c; ++j) {
+      double q = 0;
+      for (int c = 0; c < d.head_dim; ++c) q += std::pow(static_cast<double>(d.k[(g * d.seq_len + j) * d.head_dim + c]), 2);
+      s[g][j] = -std::sqrt(q);
+    }
+  return s;
+}
+
+Mat ref_value_norms(const TestLayer& L, const std::string& kind, bool query_mode) {
+  const LayerData& d = L.data;
+  const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim, D = d.hidden_size, HD = d.num_heads * dh;
+  Mat per_head(d.num_heads, std::vector<double>(L.n_c));
+  for (int h = 0; h < d.num_heads; ++h)
+    for (i64 j = 0; j < L.n_c; ++j) {
+      const float* v = d.v.data() + ((h / G) * d.seq_len + j) * dh;
+      double acc = 0;
+      for (int e = 0; e < D; ++e) {
+        double y = 0, up = 0;
+        for (int c = 0; c < dh; ++c) {
+          const double w = d.o_proj[static_cast<i64>(e) * HD + h * dh + c];
+          y += v[c] * w;
+          up += std::abs(v[c] * w);
+        }
+        acc += kind == "l1" ? std::abs(y) : kind == "l2" ? y * y : up;
+      }
+      per_head[h][j] = kind == "l2" ? std::sqrt(acc) : acc;
+    }
+  return reduce(per_head, G, query_mode ? "query" : "mean");
+}
+
+std::vector<i64> ref_top(const std::vector<double>& x, i64 k, const std::vector<std::uint8_t>* exclude) {
+  std::vector<i64> idx;
+  for (i64 j = 0; j < static_cast<i64>(x.size()); ++j)
+    if (!exclude || !(*exclude)[j]) idx.push_back(j);
+  std::stable_sort(idx.begin(), idx.end(), [&](i64 a, i64 b) { return x[a] > x[b]; });
+  idx.resize(std::min<i64>(k, static_cast<i64>(idx.size())));
+  return idx;
+}
+
+Masks ref_keep_prefix(const Mat& s, i64 n, i64 w, const std::vector<i64>& counts) {
+  Masks out(s.size(), std::vector<std::uint8_t>(n, 0));
+  for (std::size_t u = 0; u < s.size(); ++u) {
+    for (i64 j = n - w; j < n; ++j) out[u][j] = 1;
+    for (i64 j : ref_top(s[u], counts[u] - w)) out[u][j] = 1;
+  }
+  return out;
+}
+
+std::vector<i64> ref_ada_counts(const Mat& s, i64 w, i64 B, double alpha, bool variant_a, bool normalize,
+                                bool window_in_floor) {
+  const int U = static_cast<int>(s.size());
+  const i64 m = static_cast<i64>(s[0].size()), b = B - w;
+  struct E {
+    double v;
+    int u;
+    i64 j;
+  };
+  auto flat_counts = [&](const Mat& x, const std::vector<std::vector<std::uint8_t>>& forced, i64 slots) {
+    std::vector<i64> c(U, 0);
+    std::vector<E> rest;
+    for (int u = 0; u < U; ++u)
+      for (i64 j = 0; j < m; ++j) {
+        if (forced[u][j]) ++c[u];
+        else rest.push_back({x[u][j], u, j});
+      }
+    std::stable_sort(rest.begin(), rest.end(), [](const E& a, const E& b) { return a.v > b.v; });
+    i64 left = slots;
+    for (int u = 0; u < U; ++u) left -= c[u];
+    for (i64 r = 0; r < std::min<i64>(left, static_cast<i64>(rest.size())); ++r) ++c[rest[r].u];
+    return c;
+  };
+  std::vector<std::vector<std::uint8_t>> none(U, std::vector<std::uint8_t>(m, 0));
+  std::vector<i64> c;
+  if (variant_a) {
+    Mat x = s;
+    if (normalize)
+      for (int u = 0; u < U; ++u) {
+        double top = 0, all = 0;
+        for (i64 j : ref_top(s[u], b)) top += s[u][j];
+        for (double v : s[u]) all += v;
+        // the rule scales fp32 scores by an fp32 ratio; the ranking is what matters here
+        for (auto& v : x[u]) v *= top / all;
+      }
+    c = flat_counts(x, none, U * b);
+    for (auto& n : c) n = static_cast<i64>(std::nearbyint((1 - alpha) * n + std::floor(alpha * b)));
+  } else {
+    const i64 n_safe = static_cast<i64>(std::floor(alpha * B));
+    const i64 fl = std::min(std::min(b, m), window_in_floor ? std::max<i64>(0, n_safe - w) : n_safe);
+    auto forced = none;
+    for (int u = 0; u < U; ++u)
+      for (i64 j : ref_top(s[u], fl)) forced[u][j] = 1;
+    c = flat_counts(s, forced, U * b);
+  }
+  for (auto& n : c) n = std::min(n, m) + w;
+  return c;
+}
+
+Masks ref_critical(const Mat& s, const Mat& nu, i64 n, i64 w, const std::vector<i64>& counts, double alpha,
+                   double eps) {
+  Masks out(s.size(), std::vector<std::uint8_t>(n, 0));
+  const i64 m = n - w;
+  for (std::size_t u = 0; u < s.size(); ++u) {
+    auto& keep = out[u];
+    for (i64 j = m; j < n; ++j) keep[j] = 1;
+    const i64 k = counts[u];
+    const i64 s1 = std::min(k - w, std::max<i64>(0, static_cast<i64>(std::floor(alpha * k)) - w));
+    std::vector<std::uint8_t> taken(m, 0);
+    for (i64 j : ref_top(s[u], s1)) keep[j] = taken[j] = 1;
+    std::vector<double> prod(m);
+    // The stage-2 score is defined in fp32 like the reference press: where s << eps,
+    // (s + eps) rounds to eps and equal value norms make genuine ties (lower position wins),
+    // which a float64 product would break on noise.
+    for (i64 j = 0; j < m; ++j)
+      prod[j] = static_cast<float>(static_cast<float>(s[u][j]) + static_cast<float>(eps)) * static_cast<float>(nu[u][j]);
+    for (i64 j : ref_top(prod, k - w - s1, &taken)) keep[j] = 1;
+  }
+  return out;
+}
+
+}  // namespace kvsim::test

@@ -1,0 +1,60 @@
+#pragma once
+// Brute-force float64 references for the core selection rules, written independently of
+// lib/rules (plain loops, double, their own softmax/pooling/sorting), and test layers.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention/layer_cache.h"
+#include "rules/rule.h"
+#include "trace/layer_data.h"
+#include "trace/trace_meta.h"
+
+namespace kvsim::test {
+
+// One layer with everything a rule reads.
+struct TestLayer {
+  TraceMeta meta;
+  LayerData data;
+  i64 n_c = 0;
+  std::vector<i64> eval_rows;
+  std::unique_ptr<LayerCache> cache;
+  RuleInput input() const;
+};
+// Synthetic layer (lib/trace/synthetic.h) of a small model: H heads, Hkv KV heads.
+std::unique_ptr<TestLayer> synthetic_test_layer(int H, int Hkv, int layer, std::uint64_t seed, int num_layers = 4);
+// Layer of a trace file, compression point at the end of the context.
+std::unique_ptr<TestLayer> trace_test_layer(const std::string& path, int layer);
+
+using Mat = std::vector<std::vector<double>>;  // [unit][token]
+using Masks = std::vector<std::vector<std::uint8_t>>;
+
+struct RefSnap {
+  i64 window = 32;
+  int kernel = 7;
+  bool max_pool = true, mean = true, pool_first = true;
+  std::string gqa = "mean";  // mean|max|sum|query
+};
+// SnapKV scores of the m = n_c - window prefix tokens, per unit.
+Mat ref_snapkv(const TestLayer& L, const RefSnap& p);
+// Mean over evaluation queries of exact attention on [0, n_c), reduced per gqa.
+Mat ref_oracle(const TestLayer& L, const std::string& gqa);
+// -||k_j||_2 per KV head over [0, n_c).
+Mat ref_knorm(const TestLayer& L);
+// Projected value norms per unit (group mean in kv mode), kind l1|l2|upper, over [0, n_c).
+Mat ref_value_norms(const TestLayer& L, const std::string& kind, bool query_mode);
+
+// Indices of the k best entries of x (larger first, lower index on ties) among allowed ones.
+std::vector<i64> ref_top(const std::vector<double>& x, i64 k, const std::vector<std::uint8_t>* exclude = nullptr);
+// Masks over [0, n) keeping the window [n - w, n) plus per-unit top-(count_u - w) of the
+// prefix scores (score rows have length n - w).
+Masks ref_keep_prefix(const Mat& prefix_scores, i64 n, i64 w, const std::vector<i64>& counts);
+// Ada-KV per-unit counts (window included), independent implementation.
+std::vector<i64> ref_ada_counts(const Mat& prefix_scores, i64 w, i64 B, double alpha, bool variant_a, bool normalize,
+                                bool window_in_floor);
+// CriticalKV masks: protected window, stage 1 by score, stage 2 by (s + eps) * nu.
+Masks ref_critical(const Mat& prefix_scores, const Mat& nu, i64 n, i64 w, const std::vector<i64>& counts, double alpha,
+                   double eps);
+
+}  // namespace kvsim::test

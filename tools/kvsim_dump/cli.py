@@ -1,0 +1,227 @@
+"""Command line of kvsim-dump: model + prompt -> trace format v1 file."""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import VERSION
+from .errors import DumpError
+from .float_storage import STORAGE_DTYPES
+from .prompts import (DEFAULT_NEEDLE, DEFAULT_QUESTION, GENERATED, build_longbench, build_niah,
+                      build_plain)
+from .recorder import Recorder
+from .trace_file import TraceFileWriter
+
+
+def warn(msg):
+    print(f"kvsim-dump: warning: {msg}", file=sys.stderr)
+
+
+def parse_layers(spec, num_layers):
+    """"0-3,5" -> [0, 1, 2, 3, 5]; None -> all layers."""
+    if spec is None:
+        return list(range(num_layers))
+    out = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+            else:
+                a = b = int(part)
+        except ValueError:
+            raise DumpError("--layers", f"'{part}' is not a layer or a range a-b")
+        if a > b or a < 0 or b >= num_layers:
+            raise DumpError("--layers", f"'{part}' is outside 0..{num_layers - 1}")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
+def query_positions(spec, context_end, seq_len):
+    """all -> every position; window:W -> the W positions before the end of the context and
+    everything after (question and generated), which covers the observation window of both
+    compression points (end of context, and prefill_len)."""
+    if spec == "all":
+        return np.arange(seq_len, dtype=np.int64)
+    if spec.startswith("window:"):
+        try:
+            w = int(spec.split(":", 1)[1])
+        except ValueError:
+            w = -1
+        if w < 0:
+            raise DumpError("--queries", f"'{spec}': W must be a non-negative integer")
+        return np.arange(max(0, context_end - w), seq_len, dtype=np.int64)
+    raise DumpError("--queries", f"'{spec}': expected 'all' or 'window:W'")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="kvsim-dump",
+        description="Record an attention trace (kvsim trace format v1, HDF5) from a language model: "
+                    "post-RoPE queries, keys and values of every layer, o_proj and the attention "
+                    "output. See traces/README.md.")
+    p.add_argument("--model", required=True,
+                   help="llama2.c checkpoint (.bin, or a folder with one .bin + tokenizer.bin) or a "
+                        "Hugging Face model name/folder")
+    p.add_argument("--backend", choices=("auto", "llama2c", "hf"), default="auto",
+                   help="auto: llama2c for .bin checkpoints, hf otherwise")
+    p.add_argument("--tokenizer", help="llama2.c tokenizer.bin (default: beside the checkpoint)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", metavar="FILE", help="plain prompt: the file's text is the context")
+    src.add_argument("--niah", action="store_true", help="needle-in-a-haystack prompt")
+    src.add_argument("--longbench", metavar="FILE", help="LongBench jsonl file")
+    p.add_argument("--question", help="question segment (--prompt, --niah)")
+    g = p.add_argument_group("needle in a haystack")
+    g.add_argument("--niah-dir", help="folder of *.txt essays for the haystack")
+    g.add_argument("--niah-length", type=int, default=2048, help="prompt length in tokens")
+    g.add_argument("--niah-depth", type=float, default=0.5, help="needle depth, 0 (start) .. 1 (end)")
+    g.add_argument("--needle", default=DEFAULT_NEEDLE, help="needle sentence")
+    g = p.add_argument_group("LongBench")
+    g.add_argument("--record", type=int, default=0, help="record index in the jsonl file (0-based)")
+    g.add_argument("--max-context", type=int, help="truncate the context segment in the middle to "
+                                                   "this many tokens (as LongBench does)")
+    g.add_argument("--longbench-template", help="prompt template with {context} and {input}, for "
+                                                "datasets without a built-in one")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="greedily generate N tokens and record them (segment 2); exactly N, no "
+                        "stop at end-of-sequence")
+    p.add_argument("--out", required=True, help="trace file to write (.h5)")
+    p.add_argument("--layers", help="layers to record, e.g. 0-3,5 (default all; the trace then "
+                                    "numbers the stored layers 0..n-1)")
+    p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32",
+                   help="storage dtype of the trace (and the HF model's torch dtype unless "
+                        "--torch-dtype); float16 falls back to float32 on overflow")
+    p.add_argument("--torch-dtype", choices=STORAGE_DTYPES, help="HF backend compute dtype")
+    p.add_argument("--device", help="HF backend device (default cuda if available)")
+    p.add_argument("--attn-implementation", default="sdpa",
+                   help="HF attention implementation to load and wrap (sdpa, eager, "
+                        "flash_attention_2, ...)")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--queries", default="all",
+                   help="stored query positions: all, or window:W (W positions before the end "
+                        "of the context, then the question and generated tokens)")
+    p.add_argument("--no-o", action="store_true", help="do not store the attention output o")
+    p.add_argument("--max-positions", type=int,
+                   help="allow sequences longer than the model was trained for (RoPE is computed, "
+                        "so it works, but attention is out of distribution)")
+    p.add_argument("--gzip", action="store_true", help="gzip+shuffle compression")
+    p.add_argument("--version", action="version", version=f"kvsim-dump {VERSION}")
+    return p
+
+
+def load_backend(args):
+    from .llama2c_backend import Llama2cBackend, looks_like_llama2c
+    backend = args.backend
+    if backend == "auto":
+        backend = "llama2c" if looks_like_llama2c(args.model) else "hf"
+    if backend == "llama2c":
+        return Llama2cBackend(args.model, args.tokenizer)
+    from .hf_backend import HFBackend
+    return HFBackend.load(args.model, args.torch_dtype or args.dtype, args.device,
+                          args.attn_implementation, args.trust_remote_code)
+
+
+def build_prompt(args, tok):
+    if args.prompt:
+        return build_plain(tok, args.prompt, args.question), {}
+    if args.niah:
+        if not args.niah_dir:
+            raise DumpError("--niah-dir", "needed with --niah (a folder of *.txt essays)")
+        return build_niah(tok, args.niah_dir, args.niah_length, args.niah_depth, args.needle,
+                          args.question or DEFAULT_QUESTION), {}
+    prompt, dataset, answers = build_longbench(tok, args.longbench, args.record, args.max_context,
+                                               args.longbench_template)
+    return prompt, {"dataset": dataset}
+
+
+def check_length(backend, seq_len, max_positions):
+    trained = backend.max_positions
+    if trained is None or seq_len <= trained:
+        return
+    if max_positions is None:
+        raise DumpError("--max-positions", f"the prompt and generation need {seq_len} positions "
+                        f"but the model was trained on {trained}; pass --max-positions {seq_len} "
+                        "to go beyond (attention will be out of distribution)")
+    if seq_len > max_positions:
+        raise DumpError("--max-positions", f"{seq_len} positions needed, {max_positions} allowed")
+    warn(f"{seq_len} positions but the model was trained on {trained}: RoPE still applies, but "
+         "the attention is out of distribution")
+
+
+def progress_printer(label):
+    last = [0.0]
+    tty = sys.stderr.isatty()
+
+    def show(done, total):
+        now = time.monotonic()
+        if done == total or (tty and now - last[0] > 0.5):
+            last[0] = now
+            print(("\r" if tty else "") + f"kvsim-dump: {label} {done}/{total}",
+                  end="\n" if (done == total or not tty) else "", file=sys.stderr, flush=True)
+    return show
+
+
+def run(args):
+    if args.generate < 0:
+        raise DumpError("--generate", "must be >= 0")
+    t0 = time.monotonic()
+    backend = load_backend(args)
+    tok = backend.tokenizer
+    prompt, extra = build_prompt(args, tok)
+    P, N = len(prompt.ids), args.generate
+    S = P + N
+    if P == 0:
+        raise DumpError("prompt", "no tokens")
+    check_length(backend, S, args.max_positions)
+    layers = parse_layers(args.layers, backend.meta["num_layers"])
+    q_pos = query_positions(args.queries, prompt.context_end, S)
+    meta = dict(backend.meta)
+    meta["num_layers"] = len(layers)
+    meta["prefill_len"] = P
+    if len(layers) != backend.meta["num_layers"]:
+        meta["model_layers"] = ",".join(map(str, layers))  # model index of each stored layer
+    writer = TraceFileWriter(args.out, meta, S, q_pos, args.dtype, args.gzip, warn)
+    if N == 0 and prompt.context_end == P:
+        warn("no question and no generated tokens: nothing follows the compression point (end of "
+             "context), so a replay has no evaluation queries; add --question or --generate")
+    try:
+        recorder = Recorder(writer, layers, q_pos, with_o=not args.no_o)
+        print(f"kvsim-dump: {backend.name} backend, {P} prompt tokens, generating {N}, "
+              f"{len(q_pos)} stored queries, layers {args.layers or 'all'}", file=sys.stderr)
+        generated = backend.run(prompt.ids, N, recorder, progress_printer("generated"))
+        writer.meta["attn_scale"] = backend.meta["attn_scale"]
+        spans = dict(prompt.spans)
+        if N:
+            spans["answer"] = (P, S)
+        writer.finish(prompt.ids + generated, prompt.segment + [GENERATED] * N, spans, prompt.text)
+    except BaseException:
+        writer.abort()
+        raise
+    size = os.path.getsize(args.out)
+    print(f"trace      {args.out}")
+    print(f"positions  {S} (prompt {P}: context {prompt.context_end}, question "
+          f"{P - prompt.context_end}; generated {N})")
+    print(f"queries    {len(q_pos)} stored ({args.queries})")
+    print(f"layers     {len(layers)} x {meta['num_heads']} heads ({meta['num_kv_heads']} KV), "
+          f"head_dim {meta['head_dim']}")
+    print(f"storage    {writer.dtype}{' gzip' if args.gzip else ''}, {size / 1e6:.2f} MB, "
+          f"{time.monotonic() - t0:.1f} s")
+    for name, (a, b) in sorted(spans.items()):
+        print(f"span       {name} [{a}, {b})")
+    if N:
+        print("generated  " + repr(tok.decode(generated)))
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DumpError as e:
+        print(f"kvsim-dump: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kvsim-dump: interrupted; no trace written", file=sys.stderr)
+        return 130

@@ -1,0 +1,200 @@
+"""Streams trace format v1 into an HDF5 file (architecture.md section 3; traces/README.md).
+
+Tensors arrive in slices (a block of positions of one layer) and are written at once, so the
+dumper holds at most one block in memory. The file is written as "<out>.partial" and renamed by
+finish(); abort() (or any exception before finish) removes it, so an interrupted dump never leaves
+a file that looks complete.
+
+float16 storage checks every slice for overflow; the first slice that would become Inf switches
+the whole trace to float32 (slices already written are widened, which is exact) with a warning.
+"""
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+
+from . import float_storage
+from .errors import DumpError
+
+FORMAT = "kvsim-trace"
+FORMAT_VERSION = 1
+CHUNK_POSITIONS = 1024
+
+
+class TraceFileWriter:
+    def __init__(self, path, meta, seq_len, q_pos, dtype="float32", gzip=False, warn=None):
+        """meta: root attributes (format/version are added here). q_pos: sorted stored positions."""
+        if dtype not in float_storage.STORAGE_DTYPES:
+            raise DumpError("--dtype", f"unknown storage dtype {dtype!r}")
+        self.path = path
+        self.partial = path + ".partial"
+        self.meta = dict(meta)
+        self.S = int(seq_len)
+        self.q_pos = np.asarray(q_pos, dtype=np.int64)
+        if self.q_pos.size and (np.any(np.diff(self.q_pos) <= 0) or self.q_pos[0] < 0
+                                or self.q_pos[-1] >= self.S):
+            raise DumpError("--queries", "stored query positions must be sorted, unique and < S")
+        self.dtype = dtype
+        self.gzip = gzip
+        self.warn = warn or (lambda msg: print(f"kvsim-dump: warning: {msg}", file=sys.stderr))
+        self.L = int(meta["num_layers"])
+        self.H, self.Hkv = int(meta["num_heads"]), int(meta["num_kv_heads"])
+        self.hd, self.D = int(meta["head_dim"]), int(meta["hidden_size"])
+        self.promoted = False
+        self.kv_written = np.zeros(self.L, dtype=np.int64)
+        self.q_written = np.zeros(self.L, dtype=np.int64)
+        self.o_written = np.zeros(self.L, dtype=np.int64)
+        self.has_o_proj = np.zeros(self.L, dtype=bool)
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise DumpError(path, "output folder does not exist")
+        try:
+            self.f = h5py.File(self.partial, "w")
+        except OSError as e:
+            raise DumpError(self.partial, f"cannot create: {e}")
+
+    # -- tensors -----------------------------------------------------------------------------
+    def _dataset(self, layer, name, shape, positions_axis_len):
+        grp = self.f.require_group(f"layers/{layer}")
+        if name in grp:
+            return grp[name]
+        kw = {}
+        if positions_axis_len is not None:
+            kw["chunks"] = (1, max(1, min(positions_axis_len, CHUNK_POSITIONS)), shape[2])
+        if self.gzip:
+            kw.update(compression="gzip", shuffle=True)
+            kw.setdefault("chunks", True)
+        ds = grp.create_dataset(name, shape=shape,
+                                dtype=float_storage.numpy_storage_dtype(self.dtype), **kw)
+        if self.dtype == "bfloat16":
+            ds.attrs["dtype"] = "bfloat16"
+        return ds
+
+    def _store(self, ds, index, x):
+        x = np.asarray(x, dtype=np.float32)
+        name = ds.name
+        if not np.all(np.isfinite(x)):
+            raise DumpError(name, "model produced NaN or Inf values")
+        if self.dtype == "float16" and not self.promoted and float_storage.float16_overflows(x):
+            self._promote_to_float32(name, float(np.abs(x).max()))
+            ds = self.f[name]
+        ds[index] = float_storage.encode(x, self.dtype)
+
+    def _promote_to_float32(self, where, peak):
+        self.warn(f"{where}: |value| {peak:.6g} overflows float16 (max 65504); "
+                  "storing the whole trace as float32 instead")
+        self.promoted = True
+        self.dtype = "float32"
+        for lname in list(self.f.get("layers", {})):
+            grp = self.f["layers"][lname]
+            for name in list(grp):
+                old = grp[name]
+                data, chunks = old[()].astype(np.float32), old.chunks
+                comp = dict(compression=old.compression, shuffle=old.shuffle) if old.compression else {}
+                del grp[name]
+                grp.create_dataset(name, data=data, chunks=chunks, **comp)
+
+    def write_kv(self, layer, start, k, v):
+        """k, v [num_kv_heads, n, head_dim] for positions start .. start+n-1."""
+        n = k.shape[1]
+        self._check(layer, "k", k.shape, (self.Hkv, n, self.hd))
+        self._check(layer, "v", v.shape, (self.Hkv, n, self.hd))
+        if start != self.kv_written[layer] or start + n > self.S:
+            raise DumpError(f"layer {layer}", f"k/v positions {start}..{start + n} out of order")
+        shape = (self.Hkv, self.S, self.hd)
+        self._store(self._dataset(layer, "k", shape, self.S), np.s_[:, start:start + n], k)
+        self._store(self._dataset(layer, "v", shape, self.S), np.s_[:, start:start + n], v)
+        self.kv_written[layer] += n
+
+    def write_queries(self, layer, first, q, o=None):
+        """q (and o) [num_heads, m, head_dim] for stored query indices first .. first+m-1."""
+        m, nq = q.shape[1], len(self.q_pos)
+        self._check(layer, "q", q.shape, (self.H, m, self.hd))
+        if first != self.q_written[layer] or first + m > nq:
+            raise DumpError(f"layer {layer}", f"query indices {first}..{first + m} out of order")
+        shape = (self.H, nq, self.hd)
+        self._store(self._dataset(layer, "q", shape, nq), np.s_[:, first:first + m], q)
+        self.q_written[layer] += m
+        if o is not None:
+            self._check(layer, "o", o.shape, (self.H, m, self.hd))
+            self._store(self._dataset(layer, "o", shape, nq), np.s_[:, first:first + m], o)
+            self.o_written[layer] += m
+
+    def write_o_proj(self, layer, weight):
+        """weight [hidden_size, num_heads*head_dim] (out x in, Hugging Face layout)."""
+        self._check(layer, "o_proj", weight.shape, (self.D, self.H * self.hd))
+        self._store(self._dataset(layer, "o_proj", weight.shape, None), np.s_[...], weight)
+        self.has_o_proj[layer] = True
+
+    def _check(self, layer, name, got, want):
+        if not 0 <= layer < self.L:
+            raise DumpError(f"layer {layer}", f"outside 0..{self.L - 1}")
+        if tuple(got) != tuple(want):
+            raise DumpError(f"/layers/{layer}/{name}", f"shape {tuple(got)}, expected {tuple(want)}")
+
+    # -- finishing ---------------------------------------------------------------------------
+    def finish(self, input_ids, segment, spans=None, text=None):
+        ids = np.asarray(input_ids, dtype=np.int32)
+        seg = np.asarray(segment, dtype=np.uint8)
+        if ids.shape != (self.S,) or seg.shape != (self.S,):
+            raise DumpError("/tokens", f"expected {self.S} tokens, got {ids.size} ids and "
+                                       f"{seg.size} segments")
+        nq = len(self.q_pos)
+        for l in range(self.L):
+            if self.kv_written[l] != self.S or self.q_written[l] != nq:
+                raise DumpError(f"/layers/{l}", f"incomplete: {self.kv_written[l]}/{self.S} "
+                                                f"positions of k/v, {self.q_written[l]}/{nq} queries")
+            if self.o_written[l] not in (0, nq):
+                raise DumpError(f"/layers/{l}/o", "written for only some queries")
+        if len(set(self.o_written > 0)) > 1 or len(set(self.has_o_proj)) > 1:
+            raise DumpError("/layers", "o or o_proj present in some layers only")
+        f = self.f
+        f.create_dataset("tokens/input_ids", data=ids)
+        f.create_dataset("tokens/segment", data=seg)
+        f.create_dataset("q_pos", data=self.q_pos)
+        for name, (a, b) in (spans or {}).items():
+            f.create_dataset(f"spans/{name}", data=np.array([a, b], dtype=np.int64))
+        if text is not None:
+            f.create_dataset("text", data=text, dtype=h5py.string_dtype("utf-8"))
+        for key, value in self.meta.items():
+            f.attrs[key] = _attr(value)
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = np.int64(FORMAT_VERSION)
+        f.close()
+        if self.promoted:
+            _repack(self.partial)  # reclaim the space of the widened float16 datasets
+        os.replace(self.partial, self.path)
+
+    def abort(self):
+        try:
+            self.f.close()
+        except Exception:
+            pass
+        if os.path.exists(self.partial):
+            os.remove(self.partial)
+
+
+def _attr(value):
+    if isinstance(value, str):
+        return value  # h5py writes Python str as a variable-length UTF-8 string
+    if isinstance(value, (bool, np.bool_)):
+        return np.int64(value)
+    if isinstance(value, (int, np.integer)):
+        return np.int64(value)
+    if isinstance(value, (float, np.floating)):
+        return np.float64(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    raise TypeError(f"attribute value {value!r}")
+
+
+def _repack(path):
+    tmp = path + ".repack"
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+        for key in src:
+            src.copy(src[key], dst, name=key)
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+    os.replace(tmp, path)
