@@ -27,10 +27,20 @@ std::vector<std::unique_ptr<Rule>> make_rules(const std::string& specs) {
     if (part.empty()) {
       if (end != std::string::npos || rules.empty())
         throw Error("rule list '" + specs + "': empty rule spec (specs are separated by ';')");
-    } else if (part == "all") {
-      // Every registered rule marked in_all, with its default parameters.
+    } else if (part == "all" || part == "default") {
+      // "default": every rule that runs on a trace storing only the observation window and
+      // the evaluation queries. "all": every registered rule, including those that need every
+      // prompt query (h2o, expected, chunk), plus the composites and step-wise variants the
+      // papers evaluate.
+      const bool all = part == "all";
       for (const auto& info : rule_catalogue())
-        if (info.in_all) rules.push_back(make_rule(info.name));
+        if (all || info.in_all) rules.push_back(make_rule(info.name));
+      rules.push_back(make_rule("critical(ada(snapkv))"));  // CriticalAdaKV
+      if (all) {
+        rules.push_back(make_rule("ada(pyramid(snapkv))"));  // Ada-Pyramid
+        rules.push_back(make_rule("h2o(variant=stepwise)"));
+        rules.push_back(make_rule("tova(variant=stepwise)"));
+      }
     } else {
       rules.push_back(make_rule(part));
     }

@@ -10,7 +10,9 @@ namespace kvsim {
 
 // Throws kvsim::Error naming the spec and the offending part.
 std::unique_ptr<Rule> make_rule(const std::string& spec);
-// "a;b;c" -> rules; "all" expands to the default catalogue.
+// "a;b;c" -> rules. "default" expands to every rule that needs only the observation window
+// and evaluation queries (plus critical(ada(snapkv))); "all" to every registered rule plus
+// the composite and step-wise variants (needs every prompt query stored).
 std::vector<std::unique_ptr<Rule>> make_rules(const std::string& specs);
 
 struct RuleParam {

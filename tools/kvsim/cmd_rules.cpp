@@ -23,7 +23,10 @@ int cmd_rules(const std::vector<std::string>& args) {
   }
   std::cout << "Selection rules. Spec syntax: name(base, key=value, ...), e.g.\n"
                "  critical(ada(snapkv(window=32,kernel=7,pool=max)),alpha=0.5)\n"
-               "Several rules: separate specs with ';'. 'all' = every rule below with its defaults.\n\n"
+               "Several rules: separate specs with ';'. 'default' = every rule below that needs only the\n"
+               "observation window and evaluation queries, plus critical(ada(snapkv)); 'all' = every rule\n"
+               "below (h2o, expected and chunk need every prompt query stored) plus critical(ada(snapkv)),\n"
+               "ada(pyramid(snapkv)), h2o(variant=stepwise) and tova(variant=stepwise).\n\n"
                "Budgets (--budgets 0.2,512): a fraction f of the n_c compressible tokens keeps floor(f*n_c)\n"
                "(at least 1); an integer keeps that many tokens. Either way the count is per selection unit\n"
                "(KV head, or query head with gqa=query) and INCLUDES protected tokens (observation window,\n"
