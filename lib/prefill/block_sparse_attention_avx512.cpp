@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/simd_avx512.h"
 #include "prefill/block_sparse_attention.h"
 
 namespace kvsim::prefill::avx512 {
@@ -18,23 +19,12 @@ namespace {
 constexpr i64 kTileQ = 32;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// exp(x) for x <= 88: Cephes expf range reduction and polynomial (about 1 ulp); 0 below -87.3,
-// which includes -inf (masked logits).
+// exp(x) for x <= 88: kernels::avx512::exp_ps on x clamped to [-87.3, 88.3] (where its own
+// clamp does nothing); 0 below -87.3, which includes -inf (masked logits).
 inline __m512 exp512(__m512 x) {
   const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_scalef_ps(y, k));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), kernels::avx512::exp_ps(x));
 }
 
 // lg[8][ld] (columns kc .. kc + 16*NV) = Q[8 rows] . KT[:, kc ..], KT is [d][bs].

@@ -11,12 +11,6 @@ namespace kvsim::svg {
 
 namespace {
 
-std::string fmt(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f", v);
-  return buf;
-}
-
 std::string short_number(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.3g", v);

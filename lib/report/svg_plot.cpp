@@ -8,13 +8,13 @@
 
 namespace kvsim::svg {
 
-namespace {
-
 std::string fmt(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f", v);
   return buf;
 }
+
+namespace {
 
 std::string superscript(int e) {
   static const char* digits[] = {"⁰", "¹", "²", "³", "⁴", "⁵", "⁶", "⁷", "⁸", "⁹"};

@@ -17,6 +17,7 @@ std::string tick_label(double v, Scale scale);  // "0.25", "10⁻³", "2×10⁴"
 
 const std::string& palette(int i);  // categorical colours (Tableau 10), cycling
 std::string escape(const std::string& text);  // XML text / attribute escaping
+std::string fmt(double v);  // "%.1f": coordinates and sizes in SVG output
 
 struct Series {
   enum class Kind { points, line, bars };

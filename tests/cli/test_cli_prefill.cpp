@@ -11,16 +11,10 @@
 
 using namespace kvsim;
 using kvsim::test::run_kvsim;
+using kvsim::test::slurp;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string slurp(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 std::vector<std::string> lines(const std::string& s) {
   std::vector<std::string> out;

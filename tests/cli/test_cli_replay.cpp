@@ -14,13 +14,6 @@ using namespace kvsim::test;
 
 namespace {
 
-std::string slurp(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 std::vector<std::string> split_csv_line(const std::string& line) {  // RFC 4180 subset
   std::vector<std::string> out(1);
   bool q = false;

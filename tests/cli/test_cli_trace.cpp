@@ -81,7 +81,7 @@ TEST_CASE("cli: bad arguments exit 2 with one line; bad files exit 1 with one li
   CHECK(!fs::exists(out));
 
   const std::string missing = tmp.file("missing.h5");
-  for (const std::string cmd : std::vector<std::string>{"info ", "info --stats ", "validate "}) {
+  for (const std::string& cmd : std::vector<std::string>{"info ", "info --stats ", "validate "}) {
     CAPTURE(cmd);
     const RunResult r = run_kvsim(cmd + missing);
     CHECK(r.exit_code == 1);

@@ -437,10 +437,10 @@ TEST_CASE("budget and nesting errors are clear") {
         "normalize=false,skip=0,window_in_floor=false),alpha=0.5,eps=1e-04,norm=l1)");
 }
 
-TEST_CASE("every rule of 'all' selects on a synthetic layer with its defaults") {
+TEST_CASE("every rule of 'default' selects on a synthetic window-only layer with its defaults") {
   auto L = synthetic_test_layer(8, 2, 1, 5);
   const auto bs = budgets();
-  for (const auto& rule : make_rules("all")) {
+  for (const auto& rule : make_rules("default")) {
     CAPTURE(rule->spec());
     const auto sel = rule->select(L->input(), bs);
     REQUIRE(sel.size() == bs.size());

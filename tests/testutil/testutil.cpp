@@ -24,8 +24,8 @@ TempDir::~TempDir() {
   fs::remove_all(path, ec);
 }
 
-static std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();

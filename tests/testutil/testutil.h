@@ -17,6 +17,8 @@ struct RunResult {
   int exit_code = -1;
   std::string out, err;
 };
+// The whole content of a file ("" when it cannot be read).
+std::string slurp(const std::string& path);
 // Runs a shell command line, capturing stdout and stderr.
 RunResult run_command(const std::string& cmdline);
 // Runs the kvsim CLI with the given argument string.

@@ -8,6 +8,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/progress.h"
@@ -37,12 +38,7 @@ int cmd_analyze(const std::vector<std::string>& args) {
   hidden.add_options()("trace", po::value<std::string>(), "");
   po::options_description all;
   all.add(opts).add(hidden);
-  po::positional_options_description pos;
-  pos.add("trace", 1);
-  po::variables_map vm;
-  std::vector<std::string> rest(args.begin() + 1, args.end());
-  po::store(po::command_line_parser(rest).options(all).positional(pos).run(), vm);
-  po::notify(vm);
+  const po::variables_map vm = parse_trace_args(args, all);
   if (vm.count("help")) {
     std::cout << "Per (layer, query head): Spearman correlation (average ranks) between KeyDiff's key\n"
                  "distinctiveness -cos(k_j, mu) over the compressed span [0, n_c) and the attention each key\n"

@@ -8,6 +8,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli_args.h"
 #include "command.h"
 #include "core/sysinfo.h"
 #include "trace/crash_guard.h"
@@ -39,12 +40,7 @@ int cmd_info(const std::vector<std::string>& args) {
   po::options_description opts("kvsim info TRACE [--stats]");
   opts.add_options()("help,h", "show this help")("trace", po::value(&path), "trace file")
       ("stats", "read every layer: throughput, value RMS, peak memory");
-  po::positional_options_description pos;
-  pos.add("trace", 1);
-  po::variables_map vm;
-  po::store(po::command_line_parser(std::vector<std::string>(args.begin() + 1, args.end()))
-                .options(opts).positional(pos).run(), vm);
-  po::notify(vm);
+  const po::variables_map vm = parse_trace_args(args, opts);
   if (vm.count("help")) {
     std::cout << "Prints a trace's model shape, positions, stored queries, optional datasets, storage\n"
                  "dtype and size. --stats streams every layer (one at a time) and prints read throughput,\n"

@@ -7,6 +7,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/sysinfo.h"
@@ -125,11 +126,7 @@ int cmd_prefill(const std::vector<std::string>& args) {
       ("head-dim", po::value(&bench.head_dim)->default_value(bench.head_dim), "--bench: head dimension")
       ("repeats", po::value(&bench.repeats)->default_value(bench.repeats), "--bench: timed runs (best is kept)")
       ("json", po::value(&json), "--bench: also write the results as JSON");
-  po::positional_options_description pos;
-  pos.add("trace", 1);
-  po::variables_map vm;
-  po::store(po::command_line_parser(std::vector<std::string>(args.begin() + 1, args.end())).options(opts).positional(pos).run(), vm);
-  po::notify(vm);
+  const po::variables_map vm = parse_trace_args(args, opts);
   if (vm.count("help")) {
     std::cout << "Simulates CritiPrefill (segment-wise criticality, top-K key blocks per query segment, optional\n"
                  "layer fusion) exactly on a trace that stores every prompt query: retained mass, output\n"

@@ -3,6 +3,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
 #include "replay/replay.h"
@@ -17,7 +18,7 @@ int cmd_replay(const std::vector<std::string>& args) {
   po::options_description opts("kvsim replay TRACE --rules SPECS --budgets LIST --out DIR [options]");
   opts.add_options()("help,h", "show this help")
       ("trace", po::value(&ro.trace_path), "trace file (HDF5, format v1)")
-      ("rules", po::value(&ro.rules), "rule specs separated by ';' (\"all\": the default catalogue; see kvsim rules)")
+      ("rules", po::value(&ro.rules), "rule specs separated by ';' (\"default\" and \"all\" are rule sets; see kvsim rules)")
       ("budgets", po::value(&ro.budgets), "comma-separated budgets: fraction of n_c (0.2, 20%) or tokens per head (512)")
       ("out,o", po::value(&ro.out_dir), "output folder: metrics.csv, summary.json, ...")
       ("layers", po::value(&ro.layers)->default_value(ro.layers), "layers to replay, e.g. 0-3,31")
@@ -34,12 +35,7 @@ int cmd_replay(const std::vector<std::string>& args) {
       ("per-query", "also write metrics_per_query.csv")
       ("save-selection", "also write selection.h5 (kept masks)")
       ("threads", po::value(&ro.threads)->default_value(0), "OpenMP threads (0: OMP_NUM_THREADS or all cores)");
-  po::positional_options_description pos;
-  pos.add("trace", 1);
-  po::variables_map vm;
-  po::store(po::command_line_parser(std::vector<std::string>(args.begin() + 1, args.end()))
-                .options(opts).positional(pos).run(), vm);
-  po::notify(vm);
+  const po::variables_map vm = parse_trace_args(args, opts);
   if (vm.count("help")) {
     std::cout << "Replays a trace one layer at a time: every rule selects once per layer for all budgets;\n"
                  "for every selection the exact output perturbation against full attention (per head and\n"

@@ -3,6 +3,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
 #include "trace/crash_guard.h"
@@ -21,12 +22,7 @@ int cmd_validate(const std::vector<std::string>& args) {
       ("window", po::value(&vo.window)->default_value(vo.window),
        "observation window: positions before the compression point whose queries must be stored")
       ("no-scan", "skip the NaN/Inf scan of every tensor (metadata and shapes only)");
-  po::positional_options_description pos;
-  pos.add("trace", 1);
-  po::variables_map vm;
-  po::store(po::command_line_parser(std::vector<std::string>(args.begin() + 1, args.end()))
-                .options(opts).positional(pos).run(), vm);
-  po::notify(vm);
+  const po::variables_map vm = parse_trace_args(args, opts);
   if (vm.count("help")) {
     std::cout << "Checks attributes, shapes, dtypes, positions, segments, spans, the observation window\n"
                  "and (streaming, layer by layer) every value for NaN/Inf. Prints one line per problem and\n"
