@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "core/error.h"
 
@@ -79,6 +81,14 @@ JsonWriter& JsonWriter::value(double v) {
 JsonWriter& JsonWriter::value(std::int64_t v) { separator(); out_ += std::to_string(v); return *this; }
 JsonWriter& JsonWriter::value(bool v) { separator(); out_ += v ? "true" : "false"; return *this; }
 JsonWriter& JsonWriter::null() { separator(); out_ += "null"; return *this; }
+
+std::string read_whole_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, "", "cannot open file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 void write_file_atomic(const std::string& path, const std::string& content) {
   AtomicOutFile f(path);

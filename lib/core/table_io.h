@@ -39,6 +39,9 @@ class JsonWriter {
 
 std::string json_escape(const std::string& s);
 
+// The whole content of a file (binary). Throws kvsim::Error "<path>: cannot open file".
+std::string read_whole_file(const std::string& path);
+
 // Writes `content` to path atomically (temp file + rename). Throws kvsim::Error on failure.
 void write_file_atomic(const std::string& path, const std::string& content);
 

@@ -7,15 +7,12 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/table_io.h"
 
 namespace kvsim::report {
 
 CsvTable CsvTable::read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "", "cannot open file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse(ss.str(), path);
+  return parse(read_whole_file(path), path);
 }
 
 CsvTable CsvTable::parse(const std::string& text, const std::string& where) {

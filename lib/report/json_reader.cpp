@@ -172,11 +172,7 @@ JsonValue JsonValue::parse(const std::string& text, const std::string& where) {
 }
 
 JsonValue JsonValue::read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "", "cannot open file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse(ss.str(), path);
+  return parse(read_whole_file(path), path);
 }
 
 const JsonValue* JsonValue::find(const std::string& key) const {

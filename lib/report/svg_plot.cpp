@@ -124,11 +124,21 @@ std::string tick_label(double v, Scale scale) {
   return buf;
 }
 
-Plot& Plot::scatter(std::string label, std::vector<double> x, std::vector<double> y, std::string color) {
+namespace {
+
+// A series of the given kind; an empty color picks the palette colour of its index.
+Series new_series(Series::Kind kind, std::string label, std::string color, std::size_t index) {
   Series s;
-  s.kind = Series::Kind::points;
+  s.kind = kind;
   s.label = std::move(label);
-  s.color = color.empty() ? palette(static_cast<int>(series_.size())) : std::move(color);
+  s.color = color.empty() ? palette(static_cast<int>(index)) : std::move(color);
+  return s;
+}
+
+}  // namespace
+
+Plot& Plot::scatter(std::string label, std::vector<double> x, std::vector<double> y, std::string color) {
+  Series s = new_series(Series::Kind::points, std::move(label), std::move(color), series_.size());
   s.x = std::move(x);
   s.y = std::move(y);
   series_.push_back(std::move(s));
@@ -137,10 +147,7 @@ Plot& Plot::scatter(std::string label, std::vector<double> x, std::vector<double
 
 Plot& Plot::line(std::string label, std::vector<double> x, std::vector<double> y, std::string color,
                  bool markers, bool dashed) {
-  Series s;
-  s.kind = Series::Kind::line;
-  s.label = std::move(label);
-  s.color = color.empty() ? palette(static_cast<int>(series_.size())) : std::move(color);
+  Series s = new_series(Series::Kind::line, std::move(label), std::move(color), series_.size());
   s.x = std::move(x);
   s.y = std::move(y);
   s.markers = markers;
@@ -152,10 +159,7 @@ Plot& Plot::line(std::string label, std::vector<double> x, std::vector<double> y
 
 Plot& Plot::bars(std::string label, std::vector<double> left, std::vector<double> right,
                  std::vector<double> heights, std::string color) {
-  Series s;
-  s.kind = Series::Kind::bars;
-  s.label = std::move(label);
-  s.color = color.empty() ? palette(static_cast<int>(series_.size())) : std::move(color);
+  Series s = new_series(Series::Kind::bars, std::move(label), std::move(color), series_.size());
   s.x = std::move(left);
   s.x2 = std::move(right);
   s.y = std::move(heights);

@@ -32,22 +32,20 @@ std::uint16_t float_to_bf16(float x) {
   return static_cast<std::uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
-i64 narrow_to_f16(const float* in, std::uint16_t* out, i64 n) {
+// out[i] = convert(in[i]); returns the first i whose result has every exponent bit (exp_mask)
+// set, i.e. is inf or NaN, or -1.
+template <class Convert>
+static i64 narrow(const float* in, std::uint16_t* out, i64 n, Convert convert, unsigned exp_mask) {
   i64 bad = -1;
   for (i64 i = 0; i < n; ++i) {
-    out[i] = float_to_f16(in[i]);
-    if (bad < 0 && (out[i] & 0x7c00u) == 0x7c00u) bad = i;
+    out[i] = convert(in[i]);
+    if (bad < 0 && (out[i] & exp_mask) == exp_mask) bad = i;
   }
   return bad;
 }
 
-i64 narrow_to_bf16(const float* in, std::uint16_t* out, i64 n) {
-  i64 bad = -1;
-  for (i64 i = 0; i < n; ++i) {
-    out[i] = float_to_bf16(in[i]);
-    if (bad < 0 && (out[i] & 0x7f80u) == 0x7f80u) bad = i;
-  }
-  return bad;
-}
+i64 narrow_to_f16(const float* in, std::uint16_t* out, i64 n) { return narrow(in, out, n, float_to_f16, 0x7c00u); }
+
+i64 narrow_to_bf16(const float* in, std::uint16_t* out, i64 n) { return narrow(in, out, n, float_to_bf16, 0x7f80u); }
 
 }  // namespace kvsim

@@ -24,12 +24,7 @@ namespace {
 // Reads everything; returns "ok" or the error text. Anything other than kvsim::Error escapes.
 std::string read_all(const std::string& path) {
   try {
-    TraceReader r(path);
-    for (int l = 0; l < r.meta().num_layers; ++l) {
-      LayerRequest req;
-      req.o = true;
-      r.read_layer(l, req);
-    }
+    read_every_layer(path);
     return "ok";
   } catch (const Error& e) {
     return e.what();

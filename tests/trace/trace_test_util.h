@@ -7,6 +7,7 @@
 
 #include "trace/synthetic.h"
 #include "trace/trace_meta.h"
+#include "trace/trace_reader.h"
 #include "trace/trace_writer.h"
 
 namespace kvsim::test {
@@ -36,6 +37,16 @@ inline void write_tiny(const std::string& path, StorageDtype dtype = StorageDtyp
   write_synthetic_trace(path, o, w);
 }
 
+// Opens path with TraceReader and reads every layer (o_proj included); throws what the reader throws.
+inline void read_every_layer(const std::string& path) {
+  TraceReader r(path);
+  for (int l = 0; l < r.meta().num_layers; ++l) {
+    LayerRequest req;
+    req.o = true;
+    r.read_layer(l, req);
+  }
+}
+
 // Opens path read-write, runs edit(file id), closes.
 inline void edit_h5(const std::string& path, const std::function<void(hid_t)>& edit) {
   const hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
@@ -44,22 +55,22 @@ inline void edit_h5(const std::string& path, const std::function<void(hid_t)>& e
   H5Fclose(f);
 }
 
-inline void set_int_attr(hid_t obj, const char* name, long long v) {
+// Replaces the scalar attribute `name` by one of file type ftype holding *v (memory type mtype).
+inline void set_scalar_attr(hid_t obj, const char* name, hid_t ftype, hid_t mtype, const void* v) {
   if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
   const hid_t s = H5Screate(H5S_SCALAR);
-  const hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(a, H5T_NATIVE_LLONG, &v);
+  const hid_t a = H5Acreate2(obj, name, ftype, s, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, mtype, v);
   H5Aclose(a);
   H5Sclose(s);
 }
 
+inline void set_int_attr(hid_t obj, const char* name, long long v) {
+  set_scalar_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_LLONG, &v);
+}
+
 inline void set_double_attr(hid_t obj, const char* name, double v) {
-  if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
-  const hid_t s = H5Screate(H5S_SCALAR);
-  const hid_t a = H5Acreate2(obj, name, H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(a, H5T_NATIVE_DOUBLE, &v);
-  H5Aclose(a);
-  H5Sclose(s);
+  set_scalar_attr(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v);
 }
 
 // Fixed-length ASCII string attribute (as some writers other than h5py produce).

@@ -1,5 +1,5 @@
 #pragma once
-// Shared command-line parsing for the subcommands that take one positional TRACE argument.
+// Shared command-line parsing of the subcommands.
 #include <string>
 #include <vector>
 
@@ -7,16 +7,21 @@
 
 namespace kvsim::cli {
 
-// Parses args[1..] (args[0] is the subcommand name) against `opts`, the first positional
-// argument filling the option "trace", and runs the notifiers.
-inline boost::program_options::variables_map parse_trace_args(
-    const std::vector<std::string>& args, const boost::program_options::options_description& opts) {
+// Parses args[1..] (args[0] is the subcommand name) against `opts` and runs the notifiers.
+// With `positional`, up to max_count positional arguments (-1: any number) fill that option.
+inline boost::program_options::variables_map parse_args(const std::vector<std::string>& args,
+                                                        const boost::program_options::options_description& opts,
+                                                        const char* positional = nullptr, int max_count = 1) {
   namespace po = boost::program_options;
   po::positional_options_description pos;
-  pos.add("trace", 1);
+  po::command_line_parser parser(std::vector<std::string>(args.begin() + 1, args.end()));
+  parser.options(opts);
+  if (positional) {
+    pos.add(positional, max_count);
+    parser.positional(pos);
+  }
   po::variables_map vm;
-  po::store(po::command_line_parser(std::vector<std::string>(args.begin() + 1, args.end()))
-                .options(opts).positional(pos).run(), vm);
+  po::store(parser.run(), vm);
   po::notify(vm);
   return vm;
 }

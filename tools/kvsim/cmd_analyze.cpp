@@ -38,7 +38,7 @@ int cmd_analyze(const std::vector<std::string>& args) {
   hidden.add_options()("trace", po::value<std::string>(), "");
   po::options_description all;
   all.add(opts).add(hidden);
-  const po::variables_map vm = parse_trace_args(args, all);
+  const po::variables_map vm = parse_args(args, all, "trace");
   if (vm.count("help")) {
     std::cout << "Per (layer, query head): Spearman correlation (average ranks) between KeyDiff's key\n"
                  "distinctiveness -cos(k_j, mu) over the compressed span [0, n_c) and the attention each key\n"

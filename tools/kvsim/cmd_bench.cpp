@@ -19,6 +19,7 @@
 #include "attention/layer_cache.h"
 #include "attention/layer_reference.h"
 #include "attention/perturbation.h"
+#include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/sysinfo.h"
@@ -207,9 +208,7 @@ int cmd_bench(const std::vector<std::string>& args) {
       ("quick", "short run: 4096,16384 only, one repetition, no full-replay measurement")
       ("no-numpy", "skip the numpy baseline")
       ("no-replay", "skip the full-replay measurement");
-  po::variables_map vm;
-  po::store(po::command_line_parser(std::vector<std::string>(args.begin() + 1, args.end())).options(opts).run(), vm);
-  po::notify(vm);
+  const po::variables_map vm = parse_args(args, opts);
   if (vm.count("help")) {
     std::cout << "Times the replay core on synthetic Llama-8B-shaped layers (no disk): attention of 64\n"
                  "evaluation queries, projected value norms, perturbation metrics, and one layer of a full\n"

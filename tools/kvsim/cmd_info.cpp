@@ -40,7 +40,7 @@ int cmd_info(const std::vector<std::string>& args) {
   po::options_description opts("kvsim info TRACE [--stats]");
   opts.add_options()("help,h", "show this help")("trace", po::value(&path), "trace file")
       ("stats", "read every layer: throughput, value RMS, peak memory");
-  const po::variables_map vm = parse_trace_args(args, opts);
+  const po::variables_map vm = parse_args(args, opts, "trace");
   if (vm.count("help")) {
     std::cout << "Prints a trace's model shape, positions, stored queries, optional datasets, storage\n"
                  "dtype and size. --stats streams every layer (one at a time) and prints read throughput,\n"

@@ -126,7 +126,7 @@ int cmd_prefill(const std::vector<std::string>& args) {
       ("head-dim", po::value(&bench.head_dim)->default_value(bench.head_dim), "--bench: head dimension")
       ("repeats", po::value(&bench.repeats)->default_value(bench.repeats), "--bench: timed runs (best is kept)")
       ("json", po::value(&json), "--bench: also write the results as JSON");
-  const po::variables_map vm = parse_trace_args(args, opts);
+  const po::variables_map vm = parse_args(args, opts, "trace");
   if (vm.count("help")) {
     std::cout << "Simulates CritiPrefill (segment-wise criticality, top-K key blocks per query segment, optional\n"
                  "layer fusion) exactly on a trace that stores every prompt query: retained mass, output\n"

@@ -35,7 +35,7 @@ int cmd_replay(const std::vector<std::string>& args) {
       ("per-query", "also write metrics_per_query.csv")
       ("save-selection", "also write selection.h5 (kept masks)")
       ("threads", po::value(&ro.threads)->default_value(0), "OpenMP threads (0: OMP_NUM_THREADS or all cores)");
-  const po::variables_map vm = parse_trace_args(args, opts);
+  const po::variables_map vm = parse_args(args, opts, "trace");
   if (vm.count("help")) {
     std::cout << "Replays a trace one layer at a time: every rule selects once per layer for all budgets;\n"
                  "for every selection the exact output perturbation against full attention (per head and\n"

@@ -5,6 +5,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/table_io.h"
@@ -24,12 +25,7 @@ int cmd_report(const std::vector<std::string>& args) {
   hidden.add_options()("dirs", po::value<std::vector<std::string>>()->composing(), "");
   po::options_description all;
   all.add(opts).add(hidden);
-  po::positional_options_description pos;
-  pos.add("dirs", -1);
-  po::variables_map vm;
-  std::vector<std::string> rest(args.begin() + 1, args.end());
-  po::store(po::command_line_parser(rest).options(all).positional(pos).run(), vm);
-  po::notify(vm);
+  const po::variables_map vm = parse_args(args, all, "dirs", -1);
   if (vm.count("help")) {
     std::cout << "Writes one HTML page with the header of each run (trace, command, timings), bound vs actual\n"
                  "perturbation, rule comparisons, CriticalKV head win rates, the Ada-KV allocation effect,\n"

@@ -4,6 +4,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/progress.h"
@@ -45,9 +46,7 @@ int cmd_synth(const std::vector<std::string>& args) {
       ("dtype", po::value(&dtype)->default_value(dtype), "storage: float32 | float16 | bfloat16")
       ("gzip", "gzip + shuffle compression")
       ("seed", po::value(&so.seed)->default_value(so.seed), "random seed (output is a pure function of it)");
-  po::variables_map vm;
-  po::store(po::command_line_parser(std::vector<std::string>(args.begin() + 1, args.end())).options(opts).run(), vm);
-  po::notify(vm);
+  const po::variables_map vm = parse_args(args, opts);
   if (vm.count("help")) {
     std::cout << "Writes a synthetic trace (default shape: Llama-3.1-8B) with attention sinks, local recency,\n"
                  "heavy hitters, a needle span (/spans/needle) retrieved by some heads, outlier key channels\n"

@@ -22,7 +22,7 @@ int cmd_validate(const std::vector<std::string>& args) {
       ("window", po::value(&vo.window)->default_value(vo.window),
        "observation window: positions before the compression point whose queries must be stored")
       ("no-scan", "skip the NaN/Inf scan of every tensor (metadata and shapes only)");
-  const po::variables_map vm = parse_trace_args(args, opts);
+  const po::variables_map vm = parse_args(args, opts, "trace");
   if (vm.count("help")) {
     std::cout << "Checks attributes, shapes, dtypes, positions, segments, spans, the observation window\n"
                  "and (streaming, layer by layer) every value for NaN/Inf. Prints one line per problem and\n"
