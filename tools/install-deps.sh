@@ -6,7 +6,7 @@ pkgs=(
   libopenblas-openmp-dev libhdf5-dev libboost-program-options-dev doctest-dev
   python3 python3-numpy python3-h5py python3-matplotlib python3-pandas
   python3-nbclient python3-nbformat python3-ipykernel
-  python3-torch chromium
+  python3-torch chromium fonts-liberation
 )
 missing=()
 for p in "${pkgs[@]}"; do
