@@ -20,6 +20,7 @@
 #include "replay/metric_rows.h"
 #include "replay/selection_file.h"
 #include "rules/factory.h"
+#include "rules/rule_labels.h"
 #include "trace/trace_reader.h"
 
 #ifndef KVSIM_VERSION
@@ -91,11 +92,15 @@ void print_table(std::ostream& out, const std::vector<std::unique_ptr<Rule>>& ru
   std::snprintf(line, sizeof line, "%-44s %8s %9s %9s %12s %14s %12s\n", "rule", "budget", "kept", "mean F",
                 "pert_l1", "bound_critical", "bound_ada");
   out << line;
+  // Short labels (parameters at their defaults dropped); metrics.csv keeps the full specs.
+  std::vector<std::string> specs;
+  for (const auto& rule : rules) specs.push_back(rule->spec());
+  const auto labels = short_rule_labels(specs);
   for (std::size_t r = 0; r < rules.size(); ++r)
     for (std::size_t b = 0; b < budgets.size(); ++b) {
       const Totals& t = tot[r][b];
       const double n = t.layers > 0 ? t.layers : 1;
-      std::string spec = rules[r]->spec();
+      std::string spec = labels.at(specs[r]);
       if (spec.size() > 44) spec = spec.substr(0, 41) + "...";
       std::snprintf(line, sizeof line, "%-44s %8s %9.1f %9.4f %12.5g %14.5g %12.5g\n", spec.c_str(),
                     budgets[b].text.c_str(), t.kept / n, t.F / n, t.l1 / n, t.crit / n, t.ada / n);

@@ -8,7 +8,7 @@
 
 #include "report/html_table.h"
 #include "report/paper_claims.h"
-#include "report/rule_labels.h"
+#include "rules/rule_labels.h"
 #include "report/svg_heatmap.h"
 #include "report/svg_plot.h"
 

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-namespace kvsim::report {
+namespace kvsim {
 
 std::string short_rule_label(const std::string& spec);  // the spec itself when it does not parse
 std::map<std::string, std::string> short_rule_labels(const std::vector<std::string>& specs);
 
-}  // namespace kvsim::report
+}  // namespace kvsim

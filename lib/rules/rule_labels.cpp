@@ -1,4 +1,4 @@
-#include "report/rule_labels.h"
+#include "rules/rule_labels.h"
 
 #include <cstdlib>
 
@@ -6,7 +6,7 @@
 #include "rules/factory.h"
 #include "rules/spec.h"
 
-namespace kvsim::report {
+namespace kvsim {
 
 namespace {
 
@@ -54,4 +54,4 @@ std::map<std::string, std::string> short_rule_labels(const std::vector<std::stri
   return label;
 }
 
-}  // namespace kvsim::report
+}  // namespace kvsim
