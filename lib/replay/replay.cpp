@@ -186,7 +186,9 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
         if (selfile) selfile->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text);
         for (std::size_t si = 0; si < sets.size(); ++si) {
           const auto res = measure_perturbation(cache, *refs[si], sels[b]);
-          RowKey key{spec, budgets[b].text, budget_tokens[b], l, sets[si].second};
+          // The rule's own layer budget when it has one (pyramid), else the nominal budget.
+          const i64 layer_budget = sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : budget_tokens[b];
+          RowKey key{spec, budgets[b].text, layer_budget, l, sets[si].second};
           const auto agg = write_metric_rows(metrics.stream(), key, sels[b], res, heads, G);
           if (per_query) {
             std::vector<i64> pos;
@@ -195,7 +197,7 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
           }
           if (sets[si].first != summary_set) continue;
           Totals& t = tot[r][b];
-          t.budget_tokens += static_cast<double>(budget_tokens[b]);
+          t.budget_tokens += static_cast<double>(layer_budget);
           t.kept += agg.kept_tokens;
           t.F += agg.retained_mass;
           t.l1 += agg.pert_l1;

@@ -69,9 +69,11 @@ std::vector<Selection> ScoredRule::select_counts(const RuleInput&, const UnitSco
 std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector<Budget>& budgets) const {
   const UnitScores s = scores(in);
   std::vector<std::vector<i64>> counts;
+  std::vector<i64> layer_budgets;
   for (const auto& b : budgets) {
     const i64 B = b.tokens_for(in.n_c);
     const i64 lb = layer_budget(in, s, B);
+    layer_budgets.push_back(lb);
     std::vector<i64> c = unit_budgets(in, s, lb);
     for (int u = 0; u < s.units; ++u) {
       if (c[u] < s.n_protected)
@@ -83,7 +85,10 @@ std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector
     }
     counts.push_back(std::move(c));
   }
-  return select_counts(in, s, counts);
+  std::vector<Selection> out = select_counts(in, s, counts);
+  for (std::size_t b = 0; b < out.size(); ++b)
+    if (layer_budgets[b] != budgets[b].tokens_for(in.n_c)) out[b].budget_tokens = layer_budgets[b];
+  return out;
 }
 
 std::unique_ptr<ScoredRule> require_scored(std::unique_ptr<Rule> base, const std::string& who) {

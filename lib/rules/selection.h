@@ -28,6 +28,10 @@ struct Selection {
   // When set, attention of every evaluation query is recomputed with the pruned keys.
   std::vector<std::uint8_t> key_channels;
 
+  // The rule's per-unit budget for this layer when it differs from the nominal one
+  // (Budget::tokens_for(n_c)), e.g. pyramid's layer schedule; -1 = the nominal budget.
+  i64 budget_tokens = -1;
+
   Selection() = default;
   Selection(GqaMode m, int n_units, i64 span) : mode(m), units(n_units), n_c(span), kept(n_units * span, 0) {}
   std::uint8_t* unit_mask(int u) { return kept.data() + u * n_c; }

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -33,4 +34,38 @@ TEST_CASE("cli: replay --rules all runs every rule on the bundled sample trace")
     CAPTURE(rule->spec());
     CHECK(text.find(rule->spec()) != std::string::npos);
   }
+}
+
+TEST_CASE("cli: metrics.csv budget_tokens follows pyramid's per-layer schedule") {
+  test::TempDir tmp("sample-pyramid");
+  const std::string trace = test::source_dir() + "/traces/niah_stories260k.h5";
+  const auto r = test::run_kvsim("replay " + trace + " --rules 'snapkv;pyramid(snapkv)' --budgets 0.2 --out " +
+                                 tmp.file("out"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  std::ifstream csv(tmp.file("out/metrics.csv"));
+  std::string line;
+  std::getline(csv, line);  // header
+  std::map<std::string, std::map<int, long>> budget_of;  // rule name -> layer -> budget_tokens (layer rows)
+  while (std::getline(csv, line)) {
+    // rule is quoted (its spec has commas): "spec",budget,budget_tokens,kept_tokens,layer,head,...
+    const auto close = line.find("\",");
+    REQUIRE(close != std::string::npos);
+    const std::string name = line.substr(1, line.find('(') - 1);
+    std::stringstream rest(line.substr(close + 2));
+    std::string budget, budget_tokens, kept, layer, head;
+    std::getline(rest, budget, ',');
+    std::getline(rest, budget_tokens, ',');
+    std::getline(rest, kept, ',');
+    std::getline(rest, layer, ',');
+    std::getline(rest, head, ',');
+    if (head == "-1") budget_of[name][std::stoi(layer)] = std::stol(budget_tokens);
+  }
+  REQUIRE(budget_of["snapkv"].size() == 5);
+  REQUIRE(budget_of["pyramid"].size() == 5);
+  for (int l = 0; l < 5; ++l) CHECK(budget_of["snapkv"][l] == 401);  // floor(0.2 * 2007)
+  // Pyramid's budget decreases with depth around the nominal one.
+  for (int l = 1; l < 5; ++l) CHECK(budget_of["pyramid"][l] < budget_of["pyramid"][l - 1]);
+  CHECK(budget_of["pyramid"][0] > 401);
+  CHECK(budget_of["pyramid"][4] < 401);
 }
