@@ -25,7 +25,7 @@ function(kvsim_test name)
     KVSIM_BINARY_DIR="${PROJECT_BINARY_DIR}"
     KVSIM_CLI="$<TARGET_FILE:kvsim>")
   add_test(NAME ${name} COMMAND test_${name})
-  set(env "OMP_NUM_THREADS=2")
+  set(env "OMP_NUM_THREADS=2" "KVSIM_CACHE_DIR=${PROJECT_BINARY_DIR}/test-tmp/nu-cache")
   if(KVSIM_SANITIZE)
     list(APPEND env "LSAN_OPTIONS=suppressions=${PROJECT_SOURCE_DIR}/tests/lsan.supp:print_suppressions=0")
   endif()

@@ -6,6 +6,7 @@
 #include <limits>
 #include <mutex>
 
+#include "attention/norm_cache.h"
 #include "attention/value_norms.h"
 #include "core/error.h"
 #include "kernels/kernels.h"
@@ -58,6 +59,10 @@ struct LayerCache::Impl {
   i64 norm_len = 0;
   std::unique_ptr<std::once_flag[]> norm_once;  // [H][3]
   std::vector<FloatBuffer> norms;               // [H][3]
+  std::unique_ptr<std::once_flag[]> pack_once;  // [H]
+  std::vector<FloatBuffer> packed;              // [H]: W_o^h in projection panels
+  const NormCache* norm_cache = nullptr;        // optional on-disk cache of exact l1/l2 norms
+  std::unique_ptr<LayerNormKeys> norm_keys;
 
   Impl(const TraceMeta& m, const LayerData& l, i64 nc) : meta(m), data(l), n_c(nc) {
     H = l.num_heads;
@@ -126,9 +131,15 @@ struct LayerCache::Impl {
       const float* v = data.v_head(h / G);
       const float* Wt = data.has_o_proj() ? data.o_proj.data() + static_cast<i64>(h) * d : nullptr;
       const i64 ld = static_cast<i64>(H) * d;
-      if (kind == NormKind::l1) projected_l1_norms(v, norm_len, d, Wt, ld, D, buf.p);
-      if (kind == NormKind::l2) projected_l2_norms(v, norm_len, d, Wt, ld, D, buf.p);
-      if (kind == NormKind::upper) projected_upper_norms(v, norm_len, d, Wt, ld, D, buf.p);
+      // Only exact norms through o_proj cost more than hashing their inputs.
+      const bool cached = norm_keys && Wt && kind != NormKind::upper;
+      const NormKey key = cached ? norm_keys->key(h, kind) : NormKey{};
+      if (!cached || !norm_cache->load(key, buf.p, norm_len)) {
+        if (kind == NormKind::l1) projected_l1_norms(v, norm_len, d, Wt, ld, D, buf.p);
+        if (kind == NormKind::l2) projected_l2_norms(v, norm_len, d, Wt, ld, D, buf.p);
+        if (kind == NormKind::upper) projected_upper_norms(v, norm_len, d, Wt, ld, D, buf.p);
+        if (cached) norm_cache->store(key, buf.p, norm_len);
+      }
       std::fill(buf.p + norm_len, buf.p + S, std::numeric_limits<float>::quiet_NaN());
     });
     return norms[h * 3 + k].p;
@@ -149,6 +160,8 @@ LayerCache::LayerCache(const TraceMeta& meta, const LayerData& data, i64 n_c, st
   m.norm_len = std::min(m.S, std::max({n_c, m.sets[0].max_pos + 1, m.sets[1].max_pos + 1}));
   m.norm_once.reset(new std::once_flag[static_cast<std::size_t>(m.H) * 3]);
   m.norms.resize(static_cast<std::size_t>(m.H) * 3);
+  m.pack_once.reset(new std::once_flag[static_cast<std::size_t>(m.H)]);
+  m.packed.resize(static_cast<std::size_t>(m.H));
 }
 
 LayerCache::~LayerCache() = default;
@@ -182,6 +195,22 @@ const double* LayerCache::prob_sums(QuerySet s, int h) const {
 }
 
 const float* LayerCache::value_norms(int h, NormKind kind) const { return impl_->norms_of(h, kind); }
+
+void LayerCache::set_norm_cache(const NormCache* c) {
+  impl_->norm_cache = c;
+  impl_->norm_keys = c ? std::make_unique<LayerNormKeys>(*c, impl_->data, impl_->norm_len) : nullptr;
+}
+
+const float* LayerCache::packed_o_proj(int h) const {
+  Impl& m = *impl_;
+  if (!m.data.has_o_proj()) fail(m.meta.path, "o_proj", "packed_o_proj needs o_proj");
+  std::call_once(m.pack_once[h], [&] {
+    m.packed[h].allocate(static_cast<std::size_t>(kernels::panel_count(m.D)) * m.d * kernels::kPanel);
+    kernels::pack_panels(m.data.o_proj.data() + static_cast<i64>(h) * m.d, static_cast<i64>(m.H) * m.d, m.d, m.D,
+                         m.packed[h].p);
+  });
+  return m.packed[h].p;
+}
 
 void LayerCache::precompute(QuerySet s) const {
   const int groups = impl_->Hkv;

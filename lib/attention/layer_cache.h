@@ -12,6 +12,8 @@
 
 namespace kvsim {
 
+class NormCache;
+
 enum class NormKind { l1, l2, upper };  // ||v W||_1, ||v W||_2, sum_e sum_d |v_d||W_de|
 const char* norm_kind_name(NormKind k);
 
@@ -44,6 +46,10 @@ class LayerCache {
   const float* value_norms(int h, NormKind kind) const;
   i64 norm_len() const;
 
+  // W_o^h packed for the projection kernel (kernels::pack_panels): panel_count(D) x [d][kPanel].
+  // Packed once per head and layer; requires o_proj.
+  const float* packed_o_proj(int h) const;
+
   // The same for either query set.
   i64 count(QuerySet s) const;
   const std::vector<i64>& rows(QuerySet s) const;
@@ -57,6 +63,10 @@ class LayerCache {
   // Computes everything for the set / norm kind now, in parallel over KV groups / heads.
   void precompute(QuerySet s) const;
   void precompute_norms(NormKind kind) const;
+
+  // Exact l1/l2 norms through o_proj are then loaded from / stored to c (attention/norm_cache.h);
+  // nullptr: always compute. Call before any norms are requested; c must outlive this cache.
+  void set_norm_cache(const NormCache* c);
 
  private:
   struct Impl;

@@ -13,7 +13,6 @@ namespace kvsim {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr i64 kColChunk = 2048;  // evicted columns gathered per sgemm (bounded temporaries)
 
 double ratio(double x, double ref) { return ref > 0 ? x / ref : (x == 0 ? 0.0 : kNaN); }
 
@@ -71,83 +70,90 @@ void support_mask(const LayerCache& cache, const Selection& sel, QuerySet set, i
   for (i64 j = 0; j < std::min(t + 1, sel.n_c); ++j) m[j] = kept[j] != 0;
 }
 
-// Sums over columns `cols` for selected rows of a unit: out_row += sum_{j in cols} a_j v_j
-// (gathered, one sgemm per column chunk). rows: (head offset k, query qi) pairs.
-void gathered_rowsums(const LayerCache& cache, QuerySet set, const Shape& s, int h0, const std::vector<i64>& cols,
-                      const std::vector<std::pair<int, i64>>& rows, float* out /* [rows][d] */) {
-  if (cols.empty() || rows.empty()) return;
-  const i64 R = static_cast<i64>(rows.size());
-  const i64 chunk = std::min<i64>(kColChunk, static_cast<i64>(cols.size()));
-  // Fully overwritten before each sgemm reads them: per-thread buffers, no per-call zero fill.
-  static thread_local avec<float> Ac, Vc;
-  if (Ac.size() < static_cast<std::size_t>(R) * chunk) Ac.resize(static_cast<std::size_t>(R) * chunk);
-  if (Vc.size() < static_cast<std::size_t>(chunk) * s.d) Vc.resize(static_cast<std::size_t>(chunk) * s.d);
-  const float* V = cache.data().v_head(h0 / s.G);
-  for (i64 c0 = 0; c0 < static_cast<i64>(cols.size()); c0 += chunk) {
-    const i64 m = std::min<i64>(chunk, static_cast<i64>(cols.size()) - c0);
-    for (i64 i = 0; i < m; ++i) std::copy_n(V + cols[c0 + i] * s.d, s.d, Vc.data() + i * s.d);
-    for (i64 r = 0; r < R; ++r) {
-      const float* row = cache.probs(set, h0 + rows[r].first) + rows[r].second * s.S;
-      float* dst = Ac.data() + r * m;
-      for (i64 i = 0; i < m; ++i) dst[i] = row[cols[c0 + i]];
-    }
-    kernels::sgemm(false, false, R, s.d, m, 1.f, Ac.data(), m, Vc.data(), s.d, 1.f, out, s.d);
-  }
+// Per-thread scratch that is fully overwritten before it is read (no per-call zero fill).
+avec<float>& scratch(int slot) {
+  static thread_local avec<float> buf[4];
+  return buf[slot];
+}
+float* scratch_floats(int slot, std::size_t n) {
+  avec<float>& b = scratch(slot);
+  if (b.size() < n) b.resize(n);
+  return b.data();
 }
 
-// Static kept mask, all heads of one unit. Masses first (E = sum_ev a_j, Enu = sum_ev a_j nu_j);
-// then, per row, the better-conditioned form of delta: rows with F >= 1/2 get the evicted sum
-// oev (delta = (oev - (1-F) o)/F), rows with F < 1/2 the support sum oP (delta = o - oP/F),
-// so 1/F never amplifies a cancellation. `out` receives oev or oP; use_support marks which.
+// Static kept mask, all heads of one unit, in one pass over each probability row: the masses
+// (kept / evicted, plain and nu-weighted: kernels::split_mass_sums), then the row compacted to
+// the columns of the better-conditioned form of delta while it is still in cache: rows with
+// F >= 1/2 get the evicted sum oev (delta = (oev - (1-F) o)/F), rows with F < 1/2 the support sum
+// oP (delta = o - oP/F), so 1/F never amplifies a cancellation. Each form is then one sgemm of the
+// compacted rows with the gathered value rows. `out` receives oev or oP; use_support marks which.
 void static_unit(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
                  int u, std::vector<double>& E, std::vector<double>& K, std::vector<double>& Enu, std::vector<double>& Knu,
                  avec<float>& out, std::vector<std::uint8_t>& use_support) {
   const QuerySet set = ref.set();
   const int h0 = sel.mode == GqaMode::kv ? u * s.G : u;
   const int nh = sel.mode == GqaMode::kv ? s.G : 1;
-  std::vector<i64> ev, sup;
   const std::uint8_t* kept = sel.unit_mask(u);
-  for (i64 j = 0; j < sel.n_c; ++j) (kept[j] ? sup : ev).push_back(j);
-  if (ev.empty()) return;
   i64 maxt = 0;
   for (i64 qi = 0; qi < s.n; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
-  for (i64 j = sel.n_c; j <= maxt; ++j) sup.push_back(j);  // [n_c, t] is always present
-  // Masks over [0, maxt]: support (kept + [n_c, t]) and evicted; probabilities past t are zero.
+  // Masks over [0, maxt]: support (kept + [n_c, t], always present) and its complement, the
+  // evicted set; probabilities past a query's t are zero.
   const i64 len = maxt + 1;
-  std::vector<std::uint8_t> m_sup(len, 1), m_ev(len, 0);
-  for (i64 j = 0; j < std::min(len, sel.n_c); ++j) {
-    m_sup[j] = kept[j] != 0;
-    m_ev[j] = kept[j] == 0;
-  }
-  avec<float> prod(len);
-  const bool prefer_support = sup.size() < ev.size();  // fewer columns to gather and multiply
-  std::vector<std::pair<int, i64>> rows_ev, rows_sup;
-  for (int k = 0; k < nh; ++k) {
-    const int h = h0 + k;
-    const float* a = cache.probs(set, h);
-    const float* nu = cache.value_norms(h, ref.nu_kind());
-    for (i64 qi = 0; qi < s.n; ++qi) {
-      const float* row = a + qi * s.S;
-      for (i64 j = 0; j < len; ++j) prod[j] = row[j] * nu[j];
-      const std::size_t at = static_cast<std::size_t>(h) * s.n + qi;
-      E[at] = kernels::masked_sum(row, m_ev.data(), len);
-      K[at] = kernels::masked_sum(row, m_sup.data(), len);
-      Enu[at] = kernels::masked_sum(prod.data(), m_ev.data(), len);
-      Knu[at] = kernels::masked_sum(prod.data(), m_sup.data(), len);
-      if (E[at] == 0) continue;  // nothing in the support evicted
-      const bool small_F = use_support_form(K[at], E[at], prefer_support);
-      use_support[at] = small_F;
-      (small_F ? rows_sup : rows_ev).push_back({k, qi});
+  std::vector<std::uint8_t> mask[2];  // [0] support, [1] evicted
+  mask[0].assign(len, 1);
+  mask[1].assign(len, 0);
+  std::vector<i64> cols[2];
+  for (i64 j = 0; j < len; ++j) {
+    if (j < sel.n_c) {
+      mask[0][j] = kept[j] != 0;
+      mask[1][j] = kept[j] == 0;
     }
+    cols[mask[0][j] ? 0 : 1].push_back(j);
   }
-  for (int pass = 0; pass < 2; ++pass) {
-    const auto& rows = pass == 0 ? rows_ev : rows_sup;
-    if (rows.empty()) continue;
-    avec<float> tmp(rows.size() * s.d, 0.f);
-    gathered_rowsums(cache, set, s, h0, pass == 0 ? ev : sup, rows, tmp.data());
-    for (std::size_t r = 0; r < rows.size(); ++r)
-      std::copy_n(tmp.data() + r * s.d, s.d,
-                  out.data() + (static_cast<std::size_t>(h0 + rows[r].first) * s.n + rows[r].second) * s.d);
+  if (cols[1].empty()) return;  // nothing evicted: every row is exactly unperturbed
+  const bool prefer_support = cols[0].size() < cols[1].size();  // fewer columns to multiply
+  const i64 width[2] = {static_cast<i64>(cols[0].size()), static_cast<i64>(cols[1].size())};
+  // Compacted rows are buffered per chunk of rows: at most ~8M floats per form and thread.
+  const i64 R = static_cast<i64>(nh) * s.n;
+  const i64 chunk = std::max<i64>(1, std::min<i64>(R, (i64{1} << 23) / std::max<i64>(1, len)));
+  float* A[2] = {scratch_floats(0, chunk * width[0]), scratch_floats(1, chunk * width[1])};
+  float* V[2] = {nullptr, nullptr};  // value rows of each form's columns, gathered on first use
+  const float* Vh = cache.data().v_head(h0 / s.G);
+  avec<float> tmp;
+  std::vector<std::size_t> dest[2];
+  for (i64 r0 = 0; r0 < R; r0 += chunk) {
+    const i64 rn = std::min(chunk, R - r0);
+    dest[0].clear();
+    dest[1].clear();
+    for (i64 r = r0; r < r0 + rn; ++r) {
+      const int h = h0 + static_cast<int>(r / s.n);
+      const i64 qi = r % s.n;
+      const float* row = cache.probs(set, h) + qi * s.S;
+      float m4[4];
+      kernels::split_mass_sums(row, cache.value_norms(h, ref.nu_kind()), mask[0].data(), len, m4);
+      const std::size_t at = static_cast<std::size_t>(h) * s.n + qi;
+      K[at] = m4[0];
+      E[at] = m4[1];
+      Knu[at] = m4[2];
+      Enu[at] = m4[3];
+      if (E[at] == 0) continue;  // nothing in the support evicted
+      const int form = use_support_form(K[at], E[at], prefer_support) ? 0 : 1;
+      use_support[at] = form == 0;
+      kernels::compress_masked(row, mask[form].data(), len, A[form] + dest[form].size() * width[form]);
+      dest[form].push_back(at);
+    }
+    for (int form = 0; form < 2; ++form) {
+      const i64 rows = static_cast<i64>(dest[form].size());
+      if (rows == 0) continue;
+      if (!V[form]) {
+        V[form] = scratch_floats(2 + form, static_cast<std::size_t>(width[form]) * s.d);
+        for (i64 i = 0; i < width[form]; ++i) std::copy_n(Vh + cols[form][i] * s.d, s.d, V[form] + i * s.d);
+      }
+      if (tmp.size() < static_cast<std::size_t>(rows) * s.d) tmp.resize(static_cast<std::size_t>(rows) * s.d);
+      kernels::sgemm(false, false, rows, s.d, width[form], 1.f, A[form], width[form], V[form], s.d, 0.f, tmp.data(),
+                     s.d);
+      for (i64 r = 0; r < rows; ++r) std::copy_n(tmp.data() + r * s.d, s.d, out.data() + dest[form][r] * s.d);
+    }
   }
 }
 
@@ -251,6 +257,73 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
   }
 }
 
+// Through o_proj: Delta^h_t = delta^h_t W_o^h (d -> D) and y_t = sum_h Delta^h_t, their L1 and L2
+// norms, without materialising any [n x D] product: kernels::project_panel per 64-column panel
+// of W_o^h, heads accumulated into the panel's y in head order. Panels run in parallel and write
+// their own partial sums, reduced in panel order: identical for any thread count.
+void project_norms(const LayerCache& cache, const Shape& s, const avec<float>& delta,
+                   const std::vector<std::uint8_t>& head_zero, PerturbationResult& r) {
+  const i64 P = kernels::panel_count(s.D);
+  const std::size_t hn = static_cast<std::size_t>(s.H) * s.n;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int h = 0; h < s.H; ++h)
+    if (!head_zero[h]) cache.packed_o_proj(h);
+  std::vector<float> l1p(P * hn, 0.f), sqp(P * hn, 0.f), ly1(P * s.n), lsq(P * s.n);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (i64 p = 0; p < P; ++p) {
+    float* y = scratch_floats(0, static_cast<std::size_t>(s.n) * kernels::kPanel);
+    std::fill(y, y + s.n * kernels::kPanel, 0.f);
+    for (int h = 0; h < s.H; ++h) {
+      if (head_zero[h]) continue;
+      const float* panel = cache.packed_o_proj(h) + p * s.d * kernels::kPanel;
+      kernels::project_panel(delta.data() + static_cast<std::size_t>(h) * s.n * s.d, s.n, s.d, panel,
+                             l1p.data() + p * hn + h * s.n, sqp.data() + p * hn + h * s.n, y);
+    }
+    for (i64 qi = 0; qi < s.n; ++qi) {  // padding columns of y are exactly 0
+      ly1[p * s.n + qi] = kernels::abs_sum(y + qi * kernels::kPanel, kernels::kPanel);
+      lsq[p * s.n + qi] = kernels::dot(y + qi * kernels::kPanel, y + qi * kernels::kPanel, kernels::kPanel);
+    }
+  }
+  for (std::size_t k = 0; k < hn; ++k) {
+    double a = 0, q = 0;
+    for (i64 p = 0; p < P; ++p) {
+      a += l1p[p * hn + k];
+      q += sqp[p * hn + k];
+    }
+    r.l1[k] = a;
+    r.l2[k] = std::sqrt(q);
+  }
+  for (i64 qi = 0; qi < s.n; ++qi) {
+    double a = 0, q = 0;
+    for (i64 p = 0; p < P; ++p) {
+      a += ly1[p * s.n + qi];
+      q += lsq[p * s.n + qi];
+    }
+    r.layer_l1[qi] = a;
+    r.layer_l2[qi] = std::sqrt(q);
+  }
+}
+
+// Without o_proj the heads' outputs are concatenated: head norms of delta itself, layer L1 the
+// sum and layer L2 the root of the summed squares.
+void identity_norms(const Shape& s, const avec<float>& delta, PerturbationResult& r) {
+  for (int h = 0; h < s.H; ++h)
+    for (i64 qi = 0; qi < s.n; ++qi) {
+      const float* p = delta.data() + (static_cast<std::size_t>(h) * s.n + qi) * s.d;
+      r.l1[r.at(h, qi)] = kernels::abs_sum(p, s.d);
+      r.l2[r.at(h, qi)] = std::sqrt(static_cast<double>(kernels::dot(p, p, s.d)));
+    }
+  for (i64 qi = 0; qi < s.n; ++qi) {
+    double l1 = 0, sq = 0;
+    for (int h = 0; h < s.H; ++h) {
+      l1 += r.l1[r.at(h, qi)];
+      sq += r.l2[r.at(h, qi)] * r.l2[r.at(h, qi)];
+    }
+    r.layer_l1[qi] = l1;
+    r.layer_l2[qi] = std::sqrt(sq);
+  }
+}
+
 }  // namespace
 
 PerturbationResult measure_perturbation(const LayerCache& cache, const LayerReference& ref, const Selection& sel) {
@@ -291,15 +364,7 @@ PerturbationResult measure_perturbation(const LayerCache& cache, const LayerRefe
     for (int u = 0; u < sel.units; ++u) static_unit(cache, ref, sel, s, u, E, K, Enu, Knu, delta, use_support);
   }
 
-  // delta from the evicted sums, F, per-head bounds; then Delta^h = delta W_o^h and its norms.
-  const int width = ref.projected() ? s.D : s.d;
-  // Every element is written below (fill, copy or sgemm with beta = 0): reuse one buffer per
-  // calling thread instead of allocating and zero-filling hn * width floats (64 MiB at H = 32,
-  // 128 queries, D = 4096) on every selection.
-  // (The parallel regions below must use the pointer: thread_local names a per-thread object.)
-  static thread_local avec<float> proj_buf;
-  if (proj_buf.size() < hn * width) proj_buf.resize(hn * width);
-  float* const proj = proj_buf.data();
+  // delta from the evicted sums, F, per-head bounds.
   std::vector<std::uint8_t> head_zero(s.H, 1);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int h = 0; h < s.H; ++h) {
@@ -316,42 +381,30 @@ PerturbationResult measure_perturbation(const LayerCache& cache, const LayerRefe
         continue;
       }
       head_zero[h] = 0;
-      if (!pruned) {
-        // delta = o - oP/F = (oev - (1 - F) o) / F, all normalised by T.
-        const bool sup = use_support[k];
-        for (int c = 0; c < s.d; ++c) {
-          const double x = dl[qi * s.d + c] / T[qi], oo = o[qi * s.d + c] / T[qi];
-          const double v = sup ? oo - x / F : (x - e * oo) / F;
-          dl[qi * s.d + c] = F > 0 ? static_cast<float>(v) : std::numeric_limits<float>::quiet_NaN();
-        }
-        r.bound_ada[k] = 2.0 * e * ref.nu_max(h, qi);
-        // theta = sum_ev a nu + (1/F - 1) sum_P a nu: both sums positive, no cancellation.
-        const double Z = K[k] + E[k];
-        r.theta[k] = F > 0 ? Enu[k] / Z + (1.0 / F - 1.0) * (Knu[k] / Z) : kNaN;
+      if (pruned) continue;
+      // delta = o - oP/F = (oev - (1 - F) o) / F, all normalised by T.
+      const bool sup = use_support[k];
+      for (int c = 0; c < s.d; ++c) {
+        const double x = dl[qi * s.d + c] / T[qi], oo = o[qi * s.d + c] / T[qi];
+        const double v = sup ? oo - x / F : (x - e * oo) / F;
+        dl[qi * s.d + c] = F > 0 ? static_cast<float>(v) : std::numeric_limits<float>::quiet_NaN();
       }
+      r.bound_ada[k] = 2.0 * e * ref.nu_max(h, qi);
+      // theta = sum_ev a nu + (1/F - 1) sum_P a nu: both sums positive, no cancellation.
+      const double Z = K[k] + E[k];
+      r.theta[k] = F > 0 ? Enu[k] / Z + (1.0 / F - 1.0) * (Knu[k] / Z) : kNaN;
     }
     if (pruned)
       for (i64 qi = 0; qi < s.n; ++qi) r.bound_ada[r.at(h, qi)] = r.theta[r.at(h, qi)] = kNaN;
-    float* P = proj + static_cast<std::size_t>(h) * s.n * width;
-    if (head_zero[h]) {
-      std::fill(P, P + s.n * width, 0.f);
-    } else if (ref.projected()) {
-      kernels::sgemm(false, true, s.n, s.D, s.d, 1.f, dl, s.d, L.o_proj.data() + static_cast<i64>(h) * s.d,
-                     static_cast<i64>(s.H) * s.d, 0.f, P, s.D);
-    } else {
-      std::copy_n(dl, s.n * s.d, P);
-    }
-    for (i64 qi = 0; qi < s.n; ++qi) {
-      const std::size_t k = r.at(h, qi);
-      const float* p = P + qi * width;
-      r.l1[k] = kernels::abs_sum(p, width);
-      r.l2[k] = std::sqrt(static_cast<double>(kernels::dot(p, p, width)));
-      r.rel_l1[k] = ratio(r.l1[k], ref.head_out_l1(h, qi));
-      r.rel_l2[k] = ratio(r.l2[k], ref.head_out_l2(h, qi));
-    }
   }
 
-  // Layer rows: Delta_t = sum_h Delta^h_t (heads summed in order), Ada-KV and summed theta.
+  // Norms of Delta^h = delta W_o^h and of the layer's Delta = sum_h Delta^h.
+  if (ref.projected())
+    project_norms(cache, s, delta, head_zero, r);
+  else
+    identity_norms(s, delta, r);
+
+  // Layer rows: Ada-KV and summed theta, F statistics.
 #pragma omp parallel for schedule(static)
   for (i64 qi = 0; qi < s.n; ++qi) {
     double fsum = 0, fmin = 1e300, miss = 0, C = 0, th = 0;
@@ -367,24 +420,14 @@ PerturbationResult measure_perturbation(const LayerCache& cache, const LayerRefe
     r.layer_F_min[qi] = fmin;
     r.layer_ada[qi] = pruned ? kNaN : 2.0 * C * miss;
     r.layer_theta[qi] = pruned ? kNaN : th;
-    if (!ref.projected()) {
-      double l1 = 0, sq = 0;
-      for (int h = 0; h < s.H; ++h) {
-        l1 += r.l1[r.at(h, qi)];
-        sq += r.l2[r.at(h, qi)] * r.l2[r.at(h, qi)];
-      }
-      r.layer_l1[qi] = l1;
-      r.layer_l2[qi] = std::sqrt(sq);
-    } else {
-      std::vector<float> y(s.D, 0.f);
-      for (int h = 0; h < s.H; ++h) {
-        if (head_zero[h]) continue;
-        const float* p = proj + r.at(h, qi) * width;
-        for (int e = 0; e < s.D; ++e) y[e] += p[e];
-      }
-      r.layer_l1[qi] = kernels::abs_sum(y.data(), s.D);
-      r.layer_l2[qi] = std::sqrt(static_cast<double>(kernels::dot(y.data(), y.data(), s.D)));
+  }
+  for (int h = 0; h < s.H; ++h)
+    for (i64 qi = 0; qi < s.n; ++qi) {
+      const std::size_t k = r.at(h, qi);
+      r.rel_l1[k] = ratio(r.l1[k], ref.head_out_l1(h, qi));
+      r.rel_l2[k] = ratio(r.l2[k], ref.head_out_l2(h, qi));
     }
+  for (i64 qi = 0; qi < s.n; ++qi) {
     r.layer_rel_l1[qi] = ratio(r.layer_l1[qi], ref.layer_out_l1(qi));
     r.layer_rel_l2[qi] = ratio(r.layer_l2[qi], ref.layer_out_l2(qi));
   }

@@ -10,7 +10,6 @@ namespace kvsim {
 
 namespace {
 constexpr i64 kRowBlock = 256;
-constexpr i64 kColBlock = 512;
 }  // namespace
 
 void projected_l1_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld, int D, float* out) {
@@ -18,18 +17,16 @@ void projected_l1_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld
     kernels::row_abs_sums(v, rows, d, d, out);
     return;
   }
-  avec<float> tmp(static_cast<std::size_t>(kRowBlock * kColBlock));
-  std::vector<float> part(kRowBlock);
+  // Fused x W and |.| sums over packed column panels: the rows x D product never reaches memory.
+  // A row block (kRowBlock x d, 128 KiB at d = 128) stays in L2 while every panel of W passes.
+  const i64 P = kernels::panel_count(D);
+  avec<float> packed(static_cast<std::size_t>(P * d * kernels::kPanel));
+  kernels::pack_panels(Wt, ld, d, D, packed.data());
+  std::fill(out, out + rows, 0.f);
   for (i64 r0 = 0; r0 < rows; r0 += kRowBlock) {
     const i64 mr = std::min(kRowBlock, rows - r0);
-    std::fill(out + r0, out + r0 + mr, 0.f);
-    for (i64 c0 = 0; c0 < D; c0 += kColBlock) {
-      const i64 nc = std::min<i64>(kColBlock, D - c0);
-      // tmp[mr x nc] = V[r0.., :] x W[:, c0..] ; W[:, c0..] = (Wt rows c0..)^T
-      kernels::sgemm(false, true, mr, nc, d, 1.f, v + r0 * d, d, Wt + c0 * ld, ld, 0.f, tmp.data(), nc);
-      kernels::row_abs_sums(tmp.data(), mr, nc, nc, part.data());
-      for (i64 i = 0; i < mr; ++i) out[r0 + i] += part[i];
-    }
+    for (i64 p = 0; p < P; ++p)
+      kernels::project_panel(v + r0 * d, mr, d, packed.data() + p * d * kernels::kPanel, out + r0, nullptr, nullptr);
   }
 }
 

@@ -6,8 +6,8 @@
 
 namespace kvsim {
 
-// Exact L1: blocked sgemm V_block x W followed by row L1 sums; the temporary is at most
-// kRowBlock x kColBlock floats (512 KiB, fits L2), never rows x D. Deterministic: fixed block order.
+// Exact L1: kernels::project_panel over W packed in column panels (fused product and |.| sums,
+// no rows x D temporary). Deterministic: fixed block and panel order.
 void projected_l1_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld, int D, float* out);
 // Exact L2 via the d x d Gram matrix G = W W^T: nu_j = sqrt(v_j^T G v_j).
 void projected_l2_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld, int D, float* out);

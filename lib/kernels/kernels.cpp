@@ -44,6 +44,27 @@ void group_reduce(const float* x, int g, i64 n, i64 ld, GroupOp op, float* out) 
 void axpy(float a, const float* x, float* y, i64 n) { KVSIM_DISPATCH(axpy, a, x, y, n); }
 void scale(float* x, i64 n, float a) { KVSIM_DISPATCH(scale, x, n, a); }
 
+void split_mass_sums(const float* a, const float* nu, const std::uint8_t* mask, i64 n, float out[4]) {
+  KVSIM_DISPATCH(split_mass_sums, a, nu, mask, n, out);
+}
+i64 compress_masked(const float* x, const std::uint8_t* mask, i64 n, float* out) {
+  return KVSIM_DISPATCH(compress_masked, x, mask, n, out);
+}
+void project_panel(const float* x, i64 n, i64 d, const float* panel, float* l1, float* sq, float* y) {
+  KVSIM_DISPATCH(project_panel, x, n, d, panel, l1, sq, y);
+}
+
+void pack_panels(const float* Wt, i64 ld, i64 d, i64 D, float* out) {
+  const i64 P = panel_count(D);
+  for (i64 p = 0; p < P; ++p)
+    for (i64 e = 0; e < kPanel; ++e) {  // one column of W = one contiguous row of Wt
+      const i64 col = p * kPanel + e;
+      float* dst = out + p * d * kPanel + e;
+      for (i64 c = 0; c < d; ++c)
+        dst[c * kPanel] = col >= D ? 0.f : (Wt ? Wt[col * ld + c] : (col == c ? 1.f : 0.f));
+    }
+}
+
 void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const float* A, i64 lda,
            const float* B, i64 ldb, float beta, float* C, i64 ldc) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,

@@ -44,7 +44,19 @@ enum class GroupOp { mean, max, sum };
   /* y[i] += a * x[i] (multiply, then add: no FMA, so every ISA gives the same bits). */      \
   void axpy(float a, const float* x, float* y, i64 n);                                        \
   /* x[i] *= a */                                                                             \
-  void scale(float* x, i64 n, float a);
+  void scale(float* x, i64 n, float a);                                                       \
+  /* One pass over a row split by a mask: out = {sum a[m], sum a[!m], sum a*nu[m],            \
+     sum a*nu[!m]} (m_j = mask_j != 0): kept and evicted masses and nu-weighted masses. */    \
+  void split_mass_sums(const float* a, const float* nu, const std::uint8_t* mask, i64 n,     \
+                       float out[4]);                                                         \
+  /* Stream compaction: writes x[j] for mask_j != 0, in order, to out; returns the count.    \
+     Writes nothing past out[count - 1]. */                                                   \
+  i64 compress_masked(const float* x, const std::uint8_t* mask, i64 n, float* out);           \
+  /* Rows times one packed panel of a d x D matrix (pack_panels): p_i = x_i W[:, panel]      \
+     (kPanel columns, padding columns are zero). Accumulates l1[i] += sum |p_i|; when not     \
+     null, sq[i] += sum p_i^2 and y[i * kPanel + e] += p_ie. x: n rows of length d. */        \
+  void project_panel(const float* x, i64 n, i64 d, const float* panel, float* l1, float* sq, \
+                     float* y);
 
 KVSIM_KERNEL_DECLS
 
@@ -54,6 +66,14 @@ KVSIM_KERNEL_DECLS
 namespace avx512 {
 KVSIM_KERNEL_DECLS
 }
+
+// Column panels of the projection kernels: W (d x D) as ceil(D / kPanel) blocks [d][kPanel],
+// zero-padded, so a panel is contiguous (no 4 KiB-aliasing strides) and fits L1.
+constexpr i64 kPanel = 64;
+inline i64 panel_count(i64 D) { return (D + kPanel - 1) / kPanel; }
+// Packs W[c][e] = Wt[e * ld + c] (Wt: the [D][ld] HF o_proj, offset to a head's first column;
+// nullptr: identity, D == d) into out[panel_count(D) * d * kPanel].
+void pack_panels(const float* Wt, i64 ld, i64 d, i64 D, float* out);
 
 // Top-k with deterministic ties: larger score first, lower index wins a tie (-0 and +0 tie).
 // NaN never selected. Writes k indices to idx ordered by rank; returns the number written

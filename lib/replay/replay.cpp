@@ -4,12 +4,14 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
 #include <vector>
 
 #include "attention/layer_reference.h"
+#include "attention/norm_cache.h"
 #include "attention/perturbation.h"
 #include "core/error.h"
 #include "core/progress.h"
@@ -21,6 +23,7 @@
 #include "replay/selection_file.h"
 #include "rules/factory.h"
 #include "rules/rule_labels.h"
+#include "rules/window_attention.h"
 #include "trace/trace_reader.h"
 
 #ifndef KVSIM_VERSION
@@ -152,15 +155,25 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
   if (p.eval_window) sets.push_back({QuerySet::window, "window"});
   const QuerySet summary_set = p.eval_queries ? QuerySet::eval : QuerySet::window;
   const int G = meta.group_size();
+  std::unique_ptr<NormCache> nu_cache;
+  if (!opt.nu_cache_dir.empty()) nu_cache = std::make_unique<NormCache>(opt.nu_cache_dir);
 
   Progress progress("replay", static_cast<std::int64_t>(layers.size() * rules.size()));
-  for (int l : layers) {
+  // The next layer is read on a second thread while this one is replayed (reading is serial
+  // HDF5 + widening). HDF5 is not thread-safe here, so not while selection.h5 is being written.
+  const bool prefetch = !opt.save_selection && layers.size() > 1;
+  std::future<LayerData> next;
+  for (std::size_t li = 0; li < layers.size(); ++li) {
+    const int l = layers[li];
     progress.set_note("layer " + std::to_string(l));
     Stopwatch sw;
-    const LayerData data = reader.read_layer(l);  // all stored query rows
-    t_read += sw.seconds();
+    const LayerData data = li > 0 && prefetch ? next.get() : reader.read_layer(l);  // all stored query rows
+    t_read += sw.seconds();  // with prefetch: the time spent waiting for it
+    if (prefetch && li + 1 < layers.size())
+      next = std::async(std::launch::async, [&reader, n = layers[li + 1]] { return reader.read_layer(n); });
     sw.reset();
     LayerCache cache(meta, data, p.n_c, p.eval_rows, p.window_rows);
+    cache.set_norm_cache(nu_cache.get());
     std::vector<std::unique_ptr<LayerReference>> refs;
     for (const auto& s : sets) refs.push_back(std::make_unique<LayerReference>(cache, s.first, opt.nu));
     t_attn += sw.seconds();
@@ -171,6 +184,8 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
     in.n_c = p.n_c;
     in.eval_rows = p.eval_rows;
     in.cache = &cache;
+    WindowAttentionMemo window_memo;  // snapkv-family rules share the window attention
+    in.window_memo = &window_memo;
     for (std::size_t r = 0; r < rules.size(); ++r) {
       sw.reset();
       const auto sels = rules[r]->select(in, budgets);
@@ -219,7 +234,9 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
                                                  {"attention_seconds", t_attn},
                                                  {"select_seconds", t_select},
                                                  {"metrics_seconds", t_metrics},
-                                                 {"total_seconds", total.seconds()}};
+                                                 {"total_seconds", total.seconds()},
+                                                 {"nu_cache_hits", static_cast<double>(nu_cache ? nu_cache->hits() : 0)},
+                                                 {"nu_cache_misses", static_cast<double>(nu_cache ? nu_cache->misses() : 0)}};
   write_summary(opt, meta, p, layers, rules, budgets, tot, timings);
   print_table(table, rules, budgets, tot);
 }

@@ -21,6 +21,7 @@ struct ReplayOptions {
   bool per_query = false, save_selection = false;
   int threads = 0;                // 0: OpenMP default
   NormKind nu = NormKind::l1;     // value norm of the bounds: exact l1 or the cheap upper bound
+  std::string nu_cache_dir;       // on-disk cache of exact value norms (attention/norm_cache.h); "": none
   std::string command;            // argv joined, for summary.json
 };
 

@@ -11,6 +11,8 @@
 
 namespace kvsim {
 
+class WindowAttentionMemo;  // rules/window_attention.h
+
 class LayerCache;
 
 // Everything a rule may read for one layer.
@@ -21,6 +23,7 @@ struct RuleInput {
   i64 n_c = 0;                      // compression point: tokens [0, n_c) are compressible
   std::vector<i64> eval_rows;       // rows of data->q that are evaluation queries (pos >= n_c)
   LayerCache* cache = nullptr;      // shared per-layer computations (attention/layer_cache.h)
+  WindowAttentionMemo* window_memo = nullptr;  // optional: shares observation-window attention between rules
 };
 
 class Rule {

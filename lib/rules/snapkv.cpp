@@ -28,12 +28,15 @@ void snapkv_pool_reduce(const float* per_head, int num_heads, int group, i64 m, 
 
 UnitScores SnapKVRule::scores_range(const RuleInput& in, i64 begin, i64 end) const {
   const LayerData& d = *in.data;
-  const avec<float> att = window_attention(*in.meta, d, begin, end, p_.window, p_.mean, spec());
+  // Shared with the other rules of this layer that use the same window (RuleInput::window_memo).
+  const auto att = in.window_memo ? in.window_memo->get(*in.meta, d, begin, end, p_.window, p_.mean, spec())
+                                  : std::make_shared<const avec<float>>(
+                                        window_attention(*in.meta, d, begin, end, p_.window, p_.mean, spec()));
   const i64 n = end - begin, m = n - p_.window;
   const int G = d.num_heads / d.num_kv_heads;
   UnitScores s(p_.gqa.mode, units_for(p_.gqa.mode, d), n);
   std::vector<float> red(static_cast<std::size_t>(s.units) * m);
-  snapkv_pool_reduce(att.data(), d.num_heads, G, m, p_, red.data());
+  snapkv_pool_reduce(att->data(), d.num_heads, G, m, p_, red.data());
   for (int u = 0; u < s.units; ++u) std::copy_n(red.data() + u * m, m, s.unit(u));
   s.protect_range(m, n);
   return s;

@@ -54,4 +54,18 @@ avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begi
   return out;
 }
 
+std::shared_ptr<const avec<float>> WindowAttentionMemo::get(const TraceMeta& meta, const LayerData& d, i64 begin,
+                                                           i64 end, i64 w, bool mean, const std::string& who) {
+  const auto key = std::make_tuple(begin, end, w, mean);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = memo_.find(key);
+    if (it != memo_.end()) return it->second;
+  }
+  // Computed outside the lock (it is parallel inside); a concurrent duplicate is harmless.
+  auto att = std::make_shared<const avec<float>>(window_attention(meta, d, begin, end, w, mean, who));
+  std::lock_guard<std::mutex> lock(mu_);
+  return memo_.emplace(key, std::move(att)).first->second;
+}
+
 }  // namespace kvsim

@@ -1,6 +1,10 @@
 #pragma once
 // Observation-window attention shared by SnapKV-family scorers (spec 2.6 steps 1-2).
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "core/types.h"
 #include "trace/layer_data.h"
@@ -16,6 +20,19 @@ namespace kvsim {
 // softmax, fp32 accumulation). `who` names the rule in errors (missing window queries).
 avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w, bool mean,
                              const std::string& who);
+
+// Per-layer memo of window_attention results: the rules of one replay that share an observation
+// window (snapkv, pyramid(snapkv), ada(snapkv), critical(...) over them) compute it once per
+// layer instead of once each. Thread-safe; lives as long as the layer (RuleInput::window_memo).
+class WindowAttentionMemo {
+ public:
+  std::shared_ptr<const avec<float>> get(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w,
+                                         bool mean, const std::string& who);
+
+ private:
+  std::mutex mu_;
+  std::map<std::tuple<i64, i64, i64, bool>, std::shared_ptr<const avec<float>>> memo_;
+};
 
 // Row of data.q holding position t; throws naming `who` if the trace did not store it.
 i64 query_row(const TraceMeta& meta, i64 t, const std::string& who);

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <sys/wait.h>
@@ -43,7 +44,14 @@ RunResult run_command(const std::string& cmdline) {
   return r;
 }
 
-RunResult run_kvsim(const std::string& args) { return run_command(std::string(KVSIM_CLI) + " " + args); }
+std::string test_nu_cache_dir() {
+  const char* env = std::getenv("KVSIM_CACHE_DIR");
+  return env && *env ? env : (fs::path(KVSIM_BINARY_DIR) / "test-tmp" / "nu-cache").string();
+}
+
+RunResult run_kvsim(const std::string& args) {
+  return run_command("KVSIM_CACHE_DIR='" + test_nu_cache_dir() + "' " + std::string(KVSIM_CLI) + " " + args);
+}
 
 std::string source_dir() { return KVSIM_SOURCE_DIR; }
 std::string shared_dir() { return KVSIM_SHARED_DIR; }

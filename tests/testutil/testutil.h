@@ -21,8 +21,11 @@ struct RunResult {
 std::string slurp(const std::string& path);
 // Runs a shell command line, capturing stdout and stderr.
 RunResult run_command(const std::string& cmdline);
-// Runs the kvsim CLI with the given argument string.
+// Runs the kvsim CLI with the given argument string, with KVSIM_CACHE_DIR set to
+// test_nu_cache_dir() so that tests never write the user's nu cache.
 RunResult run_kvsim(const std::string& args);
+// $KVSIM_CACHE_DIR when set (ctest sets it under the build tree), else <build>/test-tmp/nu-cache.
+std::string test_nu_cache_dir();
 
 std::string source_dir();  // repository root
 std::string shared_dir();  // ../shared beside the repository

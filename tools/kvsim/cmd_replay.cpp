@@ -5,6 +5,7 @@
 
 #include "cli_args.h"
 #include "command.h"
+#include "attention/norm_cache.h"
 #include "core/error.h"
 #include "replay/replay.h"
 
@@ -14,7 +15,8 @@ namespace {
 int cmd_replay(const std::vector<std::string>& args) {
   namespace po = boost::program_options;
   ReplayOptions ro;
-  std::string cp = "agnostic", eval = "queries", nu = "exact";
+  std::string cp = "agnostic", eval = "queries", nu = "exact", nu_cache = default_norm_cache_dir();
+  if (nu_cache.empty()) nu_cache = "off";
   po::options_description opts("kvsim replay TRACE --rules SPECS --budgets LIST --out DIR [options]");
   opts.add_options()("help,h", "show this help")
       ("trace", po::value(&ro.trace_path), "trace file (HDF5, format v1)")
@@ -32,6 +34,9 @@ int cmd_replay(const std::vector<std::string>& args) {
        "queries (positions >= n_c) | window (observation window, in-sample) | both")
       ("nu", po::value(&nu)->default_value(nu),
        "value norm of the bounds: exact (||v W_o||_1) | upper (sum |v||W_o|, cheaper, looser but valid)")
+      ("nu-cache", po::value(&nu_cache)->default_value(nu_cache),
+       "folder caching exact value norms between runs (keyed by the V and W_o bytes), or off; "
+       "default $KVSIM_CACHE_DIR, else $XDG_CACHE_HOME/kvsim, else ~/.cache/kvsim")
       ("per-query", "also write metrics_per_query.csv")
       ("save-selection", "also write selection.h5 (kept masks)")
       ("threads", po::value(&ro.threads)->default_value(0), "OpenMP threads (0: OMP_NUM_THREADS or all cores)");
@@ -40,7 +45,9 @@ int cmd_replay(const std::vector<std::string>& args) {
     std::cout << "Replays a trace one layer at a time: every rule selects once per layer for all budgets;\n"
                  "for every selection the exact output perturbation against full attention (per head and\n"
                  "layer, through o_proj when the trace has it) and the Ada-KV / CriticalKV bounds are\n"
-                 "measured on the evaluation queries. Outputs are written atomically.\n\n"
+                 "measured on the evaluation queries. Outputs are written atomically.\n"
+                 "Exact value norms ||v_j W_o^h|| (the costliest step of a long trace) are cached on disk\n"
+                 "(--nu-cache), so replaying the same trace again with other rules or budgets reuses them.\n\n"
               << opts;
     return 0;
   }
@@ -51,6 +58,8 @@ int cmd_replay(const std::vector<std::string>& args) {
   if (ro.threads < 0) throw po::error("--threads must be >= 0");
   if (nu != "exact" && nu != "upper") throw po::error("--nu must be exact or upper");
   ro.nu = nu == "exact" ? NormKind::l1 : NormKind::upper;
+  if (nu_cache.empty()) throw po::error("--nu-cache needs a folder or off");
+  ro.nu_cache_dir = nu_cache == "off" ? "" : nu_cache;
   try {
     ro.protocol.compression_point = parse_compression_point(cp);
     ro.protocol.eval = parse_eval_mode(eval);
