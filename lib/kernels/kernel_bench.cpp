@@ -118,6 +118,15 @@ std::vector<KernelTiming> bench_kernels(const KernelBenchOptions& opt) {
   KVSIM_BENCH(avg_pool1d, vec + " k=7", dn, x.data(), n, 7, out.data());
   KVSIM_BENCH(max_pool1d, vec + " k=7", dn, x.data(), n, 7, out.data());
   KVSIM_BENCH(group_reduce, "g=4 n=" + std::to_string(gn), dn, x.data(), g, gn, gn, GroupOp::mean, out.data());
+  float masses[4];
+  const auto nu = random_floats(n, 0.f, 4.f, 7);
+  KVSIM_BENCH(split_mass_sums, vec, dn, y.data(), nu.data(), mask.data(), n, masses);
+  KVSIM_BENCH_R(compress_masked, vec, dn, x.data(), mask.data(), n, out.data());
+  // One 64-column panel of W (d x kPanel) against `rows` rows: elements = multiply-adds.
+  const auto panel = random_floats(d * kPanel, -1.f, 1.f, 8);
+  std::vector<float> l1(static_cast<std::size_t>(rows)), sq(static_cast<std::size_t>(rows));
+  KVSIM_BENCH(project_panel, mat + " cols=64", static_cast<double>(rows * d * kPanel), m.data(), rows, d,
+              panel.data(), l1.data(), sq.data(), nullptr);
 #undef KVSIM_BENCH
 #undef KVSIM_BENCH_R
 

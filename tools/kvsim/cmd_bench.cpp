@@ -28,6 +28,7 @@
 #include "kernels/kernel_bench.h"
 #include "kernels/kernels.h"
 #include "rules/factory.h"
+#include "rules/window_attention.h"
 
 namespace kvsim::cli {
 namespace {
@@ -143,15 +144,24 @@ double time_sgemm(const BenchLayer& b, int threads, int reps) {
 }
 
 struct NumpyResult {
-  double seconds = NAN;
+  double seconds = NAN, nu_per_head_s = NAN, metrics_s = NAN;
   std::string blas, error;
 };
 
-NumpyResult run_numpy(i64 S) {
+// The number after "key": in the script's one-line JSON, NaN when absent.
+double json_number(const std::string& out, const std::string& key) {
+  const auto at = out.find("\"" + key + "\": ");
+  return at == std::string::npos ? NAN : std::stod(out.substr(at + key.size() + 4));
+}
+
+// tools/bench_numpy.py: the attention core; with `full`, also exact nu (4 heads) and the metrics
+// of one selection, the same work kvsim's columns time.
+NumpyResult run_numpy(i64 S, bool full) {
   NumpyResult r;
   const std::string cmd = std::string("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=") +
                           std::to_string(max_threads()) + " /usr/bin/python3 " KVSIM_SOURCE_DIR
-                          "/tools/bench_numpy.py --seq-len " + std::to_string(S) + " 2>&1";
+                          "/tools/bench_numpy.py --seq-len " + std::to_string(S) +
+                          (full ? " --nu-heads 4 --metrics" : "") + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) {
     r.error = "cannot start python3";
@@ -167,6 +177,8 @@ NumpyResult run_numpy(i64 S) {
     return r;
   }
   r.seconds = std::stod(out.substr(sec + 11));
+  r.nu_per_head_s = json_number(out, "nu_exact_seconds_per_head");
+  r.metrics_s = json_number(out, "metrics_seconds");
   const auto bl = out.find("\"blas\": \"");
   if (bl != std::string::npos) r.blas = out.substr(bl + 9, out.find('"', bl + 9) - bl - 9);
   return r;
@@ -175,13 +187,14 @@ NumpyResult run_numpy(i64 S) {
 struct LengthResult {
   i64 S = 0;
   double core_s = 0, core_cpu_s = 0, core1_s = 0, sgemm_s = 0, numpy_s = NAN, nu_exact_s = 0, nu_upper_s = 0, nu_l2_s = 0,
-         metrics_s = 0, rss = 0;
+         metrics_s = 0, rss = 0, numpy_nu_s = NAN, numpy_metrics_s = NAN;
   int nu_exact_heads = 0;
   double flops() const { return 4.0 * kHeads * kEval * double(S) * kDim; }
 };
 
 // One layer of the issue's full replay (6 rules x 5 budgets, metrics for every selection).
 double time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec) {
+  WindowAttentionMemo window_memo;  // as in kvsim replay: snapkv-family rules share it
   Stopwatch sw;
   LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
   LayerReference ref(cache, QuerySet::eval, nu);
@@ -193,6 +206,7 @@ double time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& ru
   in.n_c = b.n_c;
   in.eval_rows = b.eval_rows;
   in.cache = &cache;
+  in.window_memo = &window_memo;
   for (const auto& r : rules)
     for (const auto& sel : r->select(in, budgets)) measure_perturbation(cache, ref, sel);
   return sw.seconds();
@@ -286,9 +300,11 @@ int cmd_bench(const std::vector<std::string>& args) {
       r.metrics_s = best_of(reps, [&] { measure_perturbation(cache, ref, sel); });
     }
     if (!vm.count("no-numpy") && !(quick && S > 16384)) {
-      const auto np = run_numpy(S);
+      const auto np = run_numpy(S, S <= 32768);
       if (!np.error.empty()) std::printf("numpy baseline: %s\n", np.error.c_str());
       r.numpy_s = np.seconds;
+      r.numpy_nu_s = np.nu_per_head_s * kHeads;
+      r.numpy_metrics_s = np.metrics_s;
       if (!np.blas.empty()) numpy_blas = np.blas;
     }
     r.rss = double(peak_rss_bytes());
@@ -310,6 +326,14 @@ int cmd_bench(const std::vector<std::string>& args) {
               "nu exact = ||v W_o||_1 for all 32 heads (%s); numpy BLAS: %s\n",
               lengths.back() > 32768 ? "measured on 4 heads and scaled above 32K" : "measured",
               numpy_blas.empty() ? "not run" : numpy_blas.c_str());
+
+  std::printf("\nvs numpy, same work (numpy: vectorised float32 on the same OpenBLAS; nu on 4 heads x 8):\n"
+              "%8s %12s %12s %8s %12s %12s %8s %12s %12s %8s\n", "S", "core s", "numpy", "x", "nu exact s", "numpy",
+              "x", "metrics/sel", "numpy", "x");
+  for (const auto& r : results)
+    std::printf("%8lld %12.4f %12.4f %8.1f %12.3f %12.3f %8.1f %12.4f %12.4f %8.1f\n", static_cast<long long>(r.S),
+                r.core_s, r.numpy_s, r.numpy_s / r.core_s, r.nu_exact_s, r.numpy_nu_s, r.numpy_nu_s / r.nu_exact_s,
+                r.metrics_s, r.numpy_metrics_s, r.numpy_metrics_s / r.metrics_s);
 
   // The issue's target: 32 layers x 32K tokens x 64 eval queries x 6 rules x 5 budgets.
   double replay_exact = NAN, replay_upper = NAN, replay_exact_cpu = NAN, replay_upper_cpu = NAN;
@@ -365,6 +389,8 @@ int cmd_bench(const std::vector<std::string>& args) {
     j.field("reference_seq_len", key.S);
     j.field("sgemm_ratio", key.sgemm_s / key.core_s);
     j.field("numpy_speedup", key.numpy_s / key.core_s);
+    j.field("numpy_speedup_nu_exact", key.numpy_nu_s / key.nu_exact_s);
+    j.field("numpy_speedup_metrics", key.numpy_metrics_s / key.metrics_s);
     j.field("numpy_blas", numpy_blas);
     j.field("full_replay_seconds", replay_exact);
     j.field("full_replay_seconds_nu_upper", replay_upper);
@@ -377,6 +403,7 @@ int cmd_bench(const std::vector<std::string>& args) {
       j.begin_object().field("seq_len", r.S).field("core_seconds", r.core_s).field("core_cpu_seconds_per_thread", r.core_cpu_s);
       j.field("core_gflops", r.flops() / r.core_s * 1e-9).field("sgemm_seconds", r.sgemm_s);
       j.field("core_seconds_1_thread", r.core1_s).field("numpy_seconds", r.numpy_s);
+      j.field("numpy_nu_exact_seconds", r.numpy_nu_s).field("numpy_metrics_seconds_per_selection", r.numpy_metrics_s);
       j.field("nu_exact_seconds", r.nu_exact_s).field("nu_exact_heads_measured", r.nu_exact_heads);
       j.field("nu_upper_seconds", r.nu_upper_s).field("nu_l2_seconds", r.nu_l2_s);
       j.field("metrics_seconds_per_selection", r.metrics_s).field("peak_rss_bytes", r.rss);
