@@ -24,15 +24,67 @@ const char* norm_kind_name(NormKind k) {
 
 namespace {
 
+// Freed per-layer buffers are kept for the next layer (same shapes): their pages stay mapped,
+// so the next LayerCache does not pay a page fault and the kernel's zero fill per 4 KiB page
+// (~65K faults for a 256 MiB probability buffer). At most kMaxCached bytes are kept.
+class BufferPool {
+ public:
+  static BufferPool& instance() {
+    static BufferPool pool;
+    return pool;
+  }
+  ~BufferPool() {
+    for (auto& [bytes, p] : free_) std::free(p);
+  }
+  // A block of at least `bytes` (64-byte aligned); a cached one if one fits without wasting
+  // more than half of it.
+  float* take(std::size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::size_t best = free_.size();
+      for (std::size_t i = 0; i < free_.size(); ++i)
+        if (free_[i].first >= bytes && free_[i].first <= 2 * bytes &&
+            (best == free_.size() || free_[i].first < free_[best].first))
+          best = i;
+      if (best != free_.size()) {
+        float* p = free_[best].second;
+        cached_ -= free_[best].first;
+        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
+        return p;
+      }
+    }
+    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void give(float* p, std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cached_ + bytes > kMaxCached) {
+      std::free(p);
+      return;
+    }
+    free_.push_back({bytes, p});
+    cached_ += bytes;
+  }
+
+ private:
+  static constexpr std::size_t kMaxCached = std::size_t{1} << 30;
+  std::mutex mu_;
+  std::vector<std::pair<std::size_t, float*>> free_;
+  std::size_t cached_ = 0;
+};
+
 // Uninitialised 64-byte aligned float storage: the big per-layer buffers are written once by
 // the GEMMs, so zero-filling them first would only cost time.
 struct FloatBuffer {
   float* p = nullptr;
-  ~FloatBuffer() { std::free(p); }
+  std::size_t bytes = 0;
+  ~FloatBuffer() {
+    if (p) BufferPool::instance().give(p, bytes);
+  }
   void allocate(std::size_t n) {
-    const std::size_t bytes = ((n == 0 ? 1 : n) * sizeof(float) + 63) / 64 * 64;
-    p = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (!p) throw std::bad_alloc();
+    bytes = ((n == 0 ? 1 : n) * sizeof(float) + 63) / 64 * 64;
+    p = BufferPool::instance().take(bytes);
   }
 };
 

@@ -71,89 +71,121 @@ void support_mask(const LayerCache& cache, const Selection& sel, QuerySet set, i
 }
 
 // Per-thread scratch that is fully overwritten before it is read (no per-call zero fill).
-avec<float>& scratch(int slot) {
-  static thread_local avec<float> buf[4];
-  return buf[slot];
-}
-float* scratch_floats(int slot, std::size_t n) {
-  avec<float>& b = scratch(slot);
-  if (b.size() < n) b.resize(n);
-  return b.data();
+float* scratch_floats(std::size_t slot, std::size_t n) {
+  static thread_local std::vector<avec<float>> buf;
+  if (buf.size() <= slot) buf.resize(slot + 1);
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
 }
 
-// Static kept mask, all heads of one unit, in one pass over each probability row: the masses
-// (kept / evicted, plain and nu-weighted: kernels::split_mass_sums), then the row compacted to
-// the columns of the better-conditioned form of delta while it is still in cache: rows with
-// F >= 1/2 get the evicted sum oev (delta = (oev - (1-F) o)/F), rows with F < 1/2 the support sum
-// oP (delta = o - oP/F), so 1/F never amplifies a cancellation. Each form is then one sgemm of the
-// compacted rows with the gathered value rows. `out` receives oev or oP; use_support marks which.
-void static_unit(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
-                 int u, std::vector<double>& E, std::vector<double>& K, std::vector<double>& Enu, std::vector<double>& Knu,
-                 avec<float>& out, std::vector<std::uint8_t>& use_support) {
+// What one selection's metrics are built from: evicted mass E and kept mass K, summed separately
+// (both positive sums, so F = K / (K + E) never comes from a cancellation), their nu-weighted
+// versions, and per head and query either the evicted or the support output sum (use_support),
+// later turned into delta in place.
+struct Sums {
+  std::vector<double> E, K, Enu, Knu;
+  avec<float> delta;
+  std::vector<std::uint8_t> use_support;
+  explicit Sums(std::size_t hn, int d) : E(hn, 0.0), K(hn, 0.0), Enu(hn, 0.0), Knu(hn, 0.0), delta(hn * d, 0.f),
+                                          use_support(hn, 0) {}
+};
+
+// One selection's view of a unit: support mask over [0, len) (kept + [n_c, t], always present)
+// and the columns of each form (0: support, 1: evicted).
+struct UnitMasks {
+  std::vector<std::uint8_t> mask[2];
+  std::vector<i64> cols[2];
+  bool prefer_support = false;
+  UnitMasks(const Selection& sel, int u, i64 len) {
+    const std::uint8_t* kept = sel.unit_mask(u);
+    mask[0].assign(len, 1);
+    mask[1].assign(len, 0);
+    for (i64 j = 0; j < len; ++j) {
+      if (j < sel.n_c) {
+        mask[0][j] = kept[j] != 0;
+        mask[1][j] = kept[j] == 0;
+      }
+      cols[mask[0][j] ? 0 : 1].push_back(j);
+    }
+    prefer_support = cols[0].size() < cols[1].size();  // fewer columns to multiply
+  }
+  i64 width(int form) const { return static_cast<i64>(cols[form].size()); }
+};
+
+// Static kept masks, all heads of one unit, for a batch of selections (the budgets of one rule)
+// in one pass over each probability row: for every selection, the masses (kernels::split_mass_sums)
+// and the row compacted to the columns of the better-conditioned form of delta, while the row is
+// still in cache. Rows with F >= 1/2 get the evicted sum oev (delta = (oev - (1-F) o)/F), rows
+// with F < 1/2 the support sum oP (delta = o - oP/F), so 1/F never amplifies a cancellation. Each
+// (selection, form) is then one sgemm of the compacted rows with the gathered value rows.
+void static_unit(const LayerCache& cache, const LayerReference& ref, const std::vector<const Selection*>& sels,
+                 const Shape& s, int u, std::vector<Sums>& sums) {
   const QuerySet set = ref.set();
-  const int h0 = sel.mode == GqaMode::kv ? u * s.G : u;
-  const int nh = sel.mode == GqaMode::kv ? s.G : 1;
-  const std::uint8_t* kept = sel.unit_mask(u);
+  const GqaMode mode = sels.front()->mode;
+  const int h0 = mode == GqaMode::kv ? u * s.G : u;
+  const int nh = mode == GqaMode::kv ? s.G : 1;
   i64 maxt = 0;
   for (i64 qi = 0; qi < s.n; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
-  // Masks over [0, maxt]: support (kept + [n_c, t], always present) and its complement, the
-  // evicted set; probabilities past a query's t are zero.
-  const i64 len = maxt + 1;
-  std::vector<std::uint8_t> mask[2];  // [0] support, [1] evicted
-  mask[0].assign(len, 1);
-  mask[1].assign(len, 0);
-  std::vector<i64> cols[2];
-  for (i64 j = 0; j < len; ++j) {
-    if (j < sel.n_c) {
-      mask[0][j] = kept[j] != 0;
-      mask[1][j] = kept[j] == 0;
-    }
-    cols[mask[0][j] ? 0 : 1].push_back(j);
+  const i64 len = maxt + 1;  // probabilities past a query's t are zero
+  const std::size_t B = sels.size();
+  std::vector<UnitMasks> um;
+  std::vector<std::size_t> active;  // selections that evict something in this unit
+  for (std::size_t b = 0; b < B; ++b) {
+    um.emplace_back(*sels[b], u, len);
+    if (!um[b].cols[1].empty()) active.push_back(b);
   }
-  if (cols[1].empty()) return;  // nothing evicted: every row is exactly unperturbed
-  const bool prefer_support = cols[0].size() < cols[1].size();  // fewer columns to multiply
-  const i64 width[2] = {static_cast<i64>(cols[0].size()), static_cast<i64>(cols[1].size())};
-  // Compacted rows are buffered per chunk of rows: at most ~8M floats per form and thread.
+  if (active.empty()) return;  // every row exactly unperturbed
+  // Compacted rows are buffered per chunk of rows, ~4M floats per selection and thread. The chunk
+  // depends on len only, never on the batch, so a batch gives bit-identical results to one call
+  // per selection (the sgemm's rounding depends on its row count).
   const i64 R = static_cast<i64>(nh) * s.n;
-  const i64 chunk = std::max<i64>(1, std::min<i64>(R, (i64{1} << 23) / std::max<i64>(1, len)));
-  float* A[2] = {scratch_floats(0, chunk * width[0]), scratch_floats(1, chunk * width[1])};
-  float* V[2] = {nullptr, nullptr};  // value rows of each form's columns, gathered on first use
+  const i64 chunk = std::max<i64>(1, std::min<i64>(R, (i64{1} << 22) / len));
+  std::vector<float*> A(2 * B, nullptr), V(2 * B, nullptr);  // [b * 2 + form]; V gathered on first use
+  for (std::size_t b : active)
+    for (int form = 0; form < 2; ++form)
+      A[b * 2 + form] = scratch_floats(b * 2 + form, static_cast<std::size_t>(chunk * um[b].width(form)));
   const float* Vh = cache.data().v_head(h0 / s.G);
   avec<float> tmp;
-  std::vector<std::size_t> dest[2];
+  std::vector<std::vector<std::size_t>> dest(2 * B);
   for (i64 r0 = 0; r0 < R; r0 += chunk) {
     const i64 rn = std::min(chunk, R - r0);
-    dest[0].clear();
-    dest[1].clear();
+    for (auto& dst : dest) dst.clear();
     for (i64 r = r0; r < r0 + rn; ++r) {
       const int h = h0 + static_cast<int>(r / s.n);
       const i64 qi = r % s.n;
       const float* row = cache.probs(set, h) + qi * s.S;
-      float m4[4];
-      kernels::split_mass_sums(row, cache.value_norms(h, ref.nu_kind()), mask[0].data(), len, m4);
+      const float* nu = cache.value_norms(h, ref.nu_kind());
       const std::size_t at = static_cast<std::size_t>(h) * s.n + qi;
-      K[at] = m4[0];
-      E[at] = m4[1];
-      Knu[at] = m4[2];
-      Enu[at] = m4[3];
-      if (E[at] == 0) continue;  // nothing in the support evicted
-      const int form = use_support_form(K[at], E[at], prefer_support) ? 0 : 1;
-      use_support[at] = form == 0;
-      kernels::compress_masked(row, mask[form].data(), len, A[form] + dest[form].size() * width[form]);
-      dest[form].push_back(at);
-    }
-    for (int form = 0; form < 2; ++form) {
-      const i64 rows = static_cast<i64>(dest[form].size());
-      if (rows == 0) continue;
-      if (!V[form]) {
-        V[form] = scratch_floats(2 + form, static_cast<std::size_t>(width[form]) * s.d);
-        for (i64 i = 0; i < width[form]; ++i) std::copy_n(Vh + cols[form][i] * s.d, s.d, V[form] + i * s.d);
+      for (std::size_t b : active) {
+        Sums& z = sums[b];
+        float m4[4];
+        kernels::split_mass_sums(row, nu, um[b].mask[0].data(), len, m4);
+        z.K[at] = m4[0];
+        z.E[at] = m4[1];
+        z.Knu[at] = m4[2];
+        z.Enu[at] = m4[3];
+        if (z.E[at] == 0) continue;  // nothing in the support evicted
+        const int form = use_support_form(z.K[at], z.E[at], um[b].prefer_support) ? 0 : 1;
+        z.use_support[at] = form == 0;
+        auto& dst = dest[b * 2 + form];
+        kernels::compress_masked(row, um[b].mask[form].data(), len, A[b * 2 + form] + dst.size() * um[b].width(form));
+        dst.push_back(at);
       }
-      if (tmp.size() < static_cast<std::size_t>(rows) * s.d) tmp.resize(static_cast<std::size_t>(rows) * s.d);
-      kernels::sgemm(false, false, rows, s.d, width[form], 1.f, A[form], width[form], V[form], s.d, 0.f, tmp.data(),
-                     s.d);
-      for (i64 r = 0; r < rows; ++r) std::copy_n(tmp.data() + r * s.d, s.d, out.data() + dest[form][r] * s.d);
     }
+    for (std::size_t b : active)
+      for (int form = 0; form < 2; ++form) {
+        const auto& dst = dest[b * 2 + form];
+        const i64 rows = static_cast<i64>(dst.size()), w = um[b].width(form);
+        if (rows == 0) continue;
+        float*& Vb = V[b * 2 + form];
+        if (!Vb) {
+          Vb = scratch_floats(2 * B + b * 2 + form, static_cast<std::size_t>(w) * s.d);
+          for (i64 i = 0; i < w; ++i) std::copy_n(Vh + um[b].cols[form][i] * s.d, s.d, Vb + i * s.d);
+        }
+        if (tmp.size() < static_cast<std::size_t>(rows) * s.d) tmp.resize(static_cast<std::size_t>(rows) * s.d);
+        kernels::sgemm(false, false, rows, s.d, w, 1.f, A[b * 2 + form], w, Vb, s.d, 0.f, tmp.data(), s.d);
+        for (i64 r = 0; r < rows; ++r) std::copy_n(tmp.data() + r * s.d, s.d, sums[b].delta.data() + dst[r] * s.d);
+      }
   }
 }
 
@@ -326,15 +358,9 @@ void identity_norms(const Shape& s, const avec<float>& delta, PerturbationResult
 
 }  // namespace
 
-PerturbationResult measure_perturbation(const LayerCache& cache, const LayerReference& ref, const Selection& sel) {
-  const LayerData& L = cache.data();
-  Shape s{L.num_heads, L.num_kv_heads, L.num_heads / L.num_kv_heads, L.head_dim, L.hidden_size, L.seq_len,
-          ref.n_q()};
-  const QuerySet set = ref.set();
-  check_selection(cache, sel, s);
-  cache.precompute(set);
-  cache.precompute_norms(ref.nu_kind());
+namespace {
 
+PerturbationResult empty_result(const Shape& s) {
   PerturbationResult r;
   r.num_heads = s.H;
   r.n_q = s.n;
@@ -343,27 +369,21 @@ PerturbationResult measure_perturbation(const LayerCache& cache, const LayerRefe
   for (auto* v : {&r.layer_F_mean, &r.layer_F_min, &r.layer_l1, &r.layer_l2, &r.layer_rel_l1, &r.layer_rel_l2,
                   &r.layer_ada, &r.layer_theta})
     v->assign(s.n, 0.0);
-  if (s.n == 0) return r;
+  return r;
+}
 
-  const bool pruned = !sel.key_channels.empty();
-  const bool per_query = set == QuerySet::eval && !sel.per_query.empty();
-  // Evicted mass E and kept mass K are summed separately (both positive sums): F = K / (K + E)
-  // never comes from a cancellation, even when almost all the mass is evicted.
-  std::vector<double> E(hn, 0.0), K(hn, 0.0), Enu(hn, 0.0), Knu(hn, 0.0);
-  avec<float> delta(hn * s.d, 0.f);  // first the evicted (or support) sums, then delta
-  std::vector<std::uint8_t> use_support(hn, 0);
-
-  if (pruned) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, sel, s, h, E, K, delta);
-  } else if (per_query) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int h = 0; h < s.H; ++h) per_query_head(cache, ref, sel, s, h, E, K, Enu, Knu, delta, use_support);
-  } else {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int u = 0; u < sel.units; ++u) static_unit(cache, ref, sel, s, u, E, K, Enu, Knu, delta, use_support);
-  }
-
+// From the sums of one selection: F, delta, the per-head bounds, the norms of Delta^h and of the
+// layer's Delta, the layer rows.
+PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, const Shape& s, bool pruned,
+                          Sums& z) {
+  PerturbationResult r = empty_result(s);
+  const QuerySet set = ref.set();
+  const auto& E = z.E;
+  const auto& K = z.K;
+  const auto& Enu = z.Enu;
+  const auto& Knu = z.Knu;
+  const auto& use_support = z.use_support;
+  avec<float>& delta = z.delta;
   // delta from the evicted sums, F, per-head bounds.
   std::vector<std::uint8_t> head_zero(s.H, 1);
 #pragma omp parallel for schedule(dynamic, 1)
@@ -432,6 +452,78 @@ PerturbationResult measure_perturbation(const LayerCache& cache, const LayerRefe
     r.layer_rel_l2[qi] = ratio(r.layer_l2[qi], ref.layer_out_l2(qi));
   }
   return r;
+}
+
+}  // namespace
+
+namespace {
+
+std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const LayerReference& ref,
+                                              const std::vector<const Selection*>& selp) {
+  const LayerData& L = cache.data();
+  Shape s{L.num_heads, L.num_kv_heads, L.num_heads / L.num_kv_heads, L.head_dim, L.hidden_size, L.seq_len,
+          ref.n_q()};
+  const QuerySet set = ref.set();
+  for (const Selection* sel : selp) check_selection(cache, *sel, s);
+  std::vector<PerturbationResult> out(selp.size());
+  if (s.n == 0) {
+    for (auto& r : out) r = empty_result(s);
+    return out;
+  }
+  cache.precompute(set);
+  cache.precompute_norms(ref.nu_kind());
+  const std::size_t hn = static_cast<std::size_t>(s.H) * s.n;
+  std::vector<Sums> sums;
+  sums.reserve(selp.size());
+  for (std::size_t b = 0; b < selp.size(); ++b) sums.emplace_back(hn, s.d);
+
+  // Static selections of one GQA mode share each pass over the probability rows; ThinK's pruned
+  // keys and step-wise per-query masks are measured one selection at a time.
+  auto is_static = [&](const Selection& sel) {
+    return sel.key_channels.empty() && !(set == QuerySet::eval && !sel.per_query.empty());
+  };
+  for (GqaMode mode : {GqaMode::kv, GqaMode::query}) {
+    std::vector<const Selection*> batch;
+    std::vector<std::size_t> index;
+    for (std::size_t b = 0; b < selp.size(); ++b)
+      if (is_static(*selp[b]) && selp[b]->mode == mode) {
+        batch.push_back(selp[b]);
+        index.push_back(b);
+      }
+    if (batch.empty()) continue;
+    std::vector<Sums> bsums;
+    bsums.reserve(batch.size());
+    for (std::size_t i : index) bsums.push_back(std::move(sums[i]));
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int u = 0; u < batch.front()->units; ++u) static_unit(cache, ref, batch, s, u, bsums);
+    for (std::size_t k = 0; k < index.size(); ++k) sums[index[k]] = std::move(bsums[k]);
+  }
+  for (std::size_t b = 0; b < selp.size(); ++b) {
+    const Selection& sel = *selp[b];
+    Sums& z = sums[b];
+    if (!sel.key_channels.empty()) {
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, sel, s, h, z.E, z.K, z.delta);
+    } else if (!is_static(sel)) {
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int h = 0; h < s.H; ++h) per_query_head(cache, ref, sel, s, h, z.E, z.K, z.Enu, z.Knu, z.delta, z.use_support);
+    }
+    out[b] = finish(cache, ref, s, !sel.key_channels.empty(), z);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<PerturbationResult> measure_perturbations(const LayerCache& cache, const LayerReference& ref,
+                                                      const std::vector<Selection>& sels) {
+  std::vector<const Selection*> selp;
+  for (const auto& sel : sels) selp.push_back(&sel);
+  return measure_batch(cache, ref, selp);
+}
+
+PerturbationResult measure_perturbation(const LayerCache& cache, const LayerReference& ref, const Selection& sel) {
+  return std::move(measure_batch(cache, ref, {&sel}).front());
 }
 
 }  // namespace kvsim

@@ -35,5 +35,10 @@ struct PerturbationResult {
 // Throws kvsim::Error when the selection does not fit the layer (units, n_c, mask lengths).
 PerturbationResult measure_perturbation(const LayerCache& cache, const LayerReference& ref,
                                         const Selection& sel);
+// The same for several selections (the budgets of one rule), identical results; static kept
+// sets of one GQA mode share each pass over the attention probabilities, which is the memory
+// traffic that dominates a single measurement.
+std::vector<PerturbationResult> measure_perturbations(const LayerCache& cache, const LayerReference& ref,
+                                                      const std::vector<Selection>& sels);
 
 }  // namespace kvsim

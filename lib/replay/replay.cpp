@@ -196,11 +196,13 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
                                              std::to_string(budgets.size()) + " budgets");
       sw.reset();
       const std::string spec = rules[r]->spec();
+      std::vector<std::vector<PerturbationResult>> results;  // [set][budget]: all budgets at once
+      for (std::size_t si = 0; si < sets.size(); ++si) results.push_back(measure_perturbations(cache, *refs[si], sels));
       for (std::size_t b = 0; b < budgets.size(); ++b) {
         tot[r][b].select_s += sel_s / budgets.size();  // one select() serves all budgets
         if (selfile) selfile->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text);
         for (std::size_t si = 0; si < sets.size(); ++si) {
-          const auto res = measure_perturbation(cache, *refs[si], sels[b]);
+          const PerturbationResult& res = results[si][b];
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.
           const i64 layer_budget = sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : budget_tokens[b];
           RowKey key{spec, budgets[b].text, layer_budget, l, sets[si].second};

@@ -292,3 +292,52 @@ TEST_CASE("evicting a dominant sink (F -> 1e-6 .. 1e-3) stays accurate: masses a
   compare(r, oracle(meta, L, rows, support), ref);
   check_bound_chain(r);
 }
+
+TEST_CASE("measure_perturbations: a batch (static kv + query, step-wise, ThinK) equals one call per selection") {
+  LayerShape s;
+  s.H = 8; s.Hkv = 2; s.d = 16; s.D = 80; s.S = 160; s.n_c = 120; s.structured = true;  // D: a padded panel
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 17);
+  for (QuerySet set : {QuerySet::eval, QuerySet::window}) {
+    CAPTURE(static_cast<int>(set));
+    LayerCache cache(meta, L, s.n_c, rows_from(meta, s.n_c, s.S), rows_from(meta, s.n_c - 16, s.n_c));
+    LayerReference ref(cache, set, NormKind::l1);
+    std::vector<Selection> sels;
+    for (double keep : {0.05, 0.3, 0.6, 1.0}) sels.push_back(random_selection(s, GqaMode::kv, keep, 40));
+    sels.push_back(random_selection(s, GqaMode::query, 0.4, 41));
+    sels.push_back(random_selection(s, GqaMode::query, 0.1, 42));
+    auto stepwise = random_selection(s, GqaMode::kv, 0.5, 43);
+    for (int u = 0; u < stepwise.units; ++u)
+      for (i64 qi = 0; qi < cache.n_eval(); ++qi) {
+        std::vector<std::uint8_t> m(cache.eval_pos(qi) + 1, 1);
+        for (std::size_t j = 0; j < m.size(); j += 3) m[j] = 0;
+        m.back() = 1;
+        stepwise.per_query.push_back(m);
+      }
+    sels.push_back(stepwise);
+    auto think = random_selection(s, GqaMode::kv, 0.5, 44);
+    think.key_channels.assign(s.Hkv * s.d, 1);
+    think.key_channels[3] = 0;
+    sels.push_back(think);
+    const auto batch = measure_perturbations(cache, ref, sels);
+    REQUIRE(batch.size() == sels.size());
+    for (std::size_t b = 0; b < sels.size(); ++b) {
+      CAPTURE(b);
+      const auto one = measure_perturbation(cache, ref, sels[b]);
+      const auto same = [](const std::vector<double>& x, const std::vector<double>& y) {
+        if (x.size() != y.size()) return false;
+        for (std::size_t i = 0; i < x.size(); ++i)
+          if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
+        return true;
+      };
+      CHECK(same(batch[b].F, one.F));
+      CHECK(same(batch[b].l1, one.l1));
+      CHECK(same(batch[b].l2, one.l2));
+      CHECK(same(batch[b].theta, one.theta));
+      CHECK(same(batch[b].bound_ada, one.bound_ada));
+      CHECK(same(batch[b].layer_l1, one.layer_l1));
+      CHECK(same(batch[b].layer_l2, one.layer_l2));
+      CHECK(same(batch[b].layer_theta, one.layer_theta));
+    }
+  }
+}
