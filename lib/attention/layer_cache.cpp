@@ -52,6 +52,17 @@ class BufferPool {
         free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
         return p;
       }
+      // A miss means the shapes changed (a longer trace, another protocol): smaller cached blocks
+      // are stale, release them rather than hold them next to the new ones.
+      for (auto it = free_.begin(); it != free_.end();) {
+        if (it->first < bytes) {
+          std::free(it->second);
+          cached_ -= it->first;
+          it = free_.erase(it);
+        } else {
+          ++it;
+        }
+      }
     }
     auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
     if (!p) throw std::bad_alloc();
