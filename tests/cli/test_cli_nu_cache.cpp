@@ -4,7 +4,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 
 #include "testutil/testutil.h"
 
@@ -18,9 +17,10 @@ std::string sample_trace() { return source_dir() + "/traces/niah_stories260k.h5"
 
 // The number after "key": in summary.json (JsonWriter writes no spaces); -1 when absent.
 long long json_number(const std::string& json, const std::string& key) {
-  std::smatch m;
-  if (!std::regex_search(json, m, std::regex("\"" + key + "\":(-?[0-9]+)"))) return -1;
-  return std::stoll(m[1]);
+  const std::string needle = "\"" + key + "\":";
+  const auto at = json.find(needle);
+  if (at == std::string::npos) return -1;
+  return std::stoll(json.substr(at + needle.size()));
 }
 
 int count_entries(const std::string& dir) {
