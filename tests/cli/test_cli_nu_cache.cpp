@@ -35,10 +35,7 @@ const std::string kArgs = " --rules 'critical(snapkv);snapkv' --budgets 0.2,0.5 
 }  // namespace
 
 TEST_CASE("replay twice with --nu-cache: misses then hits, identical metrics.csv") {
-  if (!fs::exists(sample_trace())) {
-    MESSAGE("skipped: sample trace missing");
-    return;
-  }
+  REQUIRE_MESSAGE(fs::exists(sample_trace()), "bundled sample trace missing: " << sample_trace());
   TempDir dir("cli-nu-cache");
   const std::string cache = dir.file("nu");
   const auto r1 = run_kvsim("replay " + sample_trace() + kArgs + " --out " + dir.file("a") + " --nu-cache " + cache);
@@ -69,10 +66,7 @@ TEST_CASE("replay twice with --nu-cache: misses then hits, identical metrics.csv
 }
 
 TEST_CASE("replay without --nu-cache uses $KVSIM_CACHE_DIR") {
-  if (!fs::exists(sample_trace())) {
-    MESSAGE("skipped: sample trace missing");
-    return;
-  }
+  REQUIRE_MESSAGE(fs::exists(sample_trace()), "bundled sample trace missing: " << sample_trace());
   TempDir dir("cli-nu-default");
   const std::string cache = dir.file("env-cache");
   const auto r = run_command("KVSIM_CACHE_DIR='" + cache + "' " + std::string(KVSIM_CLI) + " replay " + sample_trace() +
@@ -84,10 +78,7 @@ TEST_CASE("replay without --nu-cache uses $KVSIM_CACHE_DIR") {
 }
 
 TEST_CASE("replay with an unusable --nu-cache folder warns once and succeeds with the same metrics") {
-  if (!fs::exists(sample_trace())) {
-    MESSAGE("skipped: sample trace missing");
-    return;
-  }
+  REQUIRE_MESSAGE(fs::exists(sample_trace()), "bundled sample trace missing: " << sample_trace());
   TempDir dir("cli-nu-bad");
   std::ofstream(dir.file("file")) << "not a folder";
   const auto bad = run_kvsim("replay " + sample_trace() + kArgs + " --out " + dir.file("a") + " --nu-cache " +
