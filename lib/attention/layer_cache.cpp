@@ -6,6 +6,8 @@
 #include <limits>
 #include <mutex>
 
+#include <sys/mman.h>
+
 #include "attention/norm_cache.h"
 #include "attention/value_norms.h"
 #include "core/error.h"
@@ -64,8 +66,13 @@ class BufferPool {
         }
       }
     }
-    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    // Big blocks: 2 MiB aligned and marked for transparent huge pages (THP is often in "madvise"
+    // mode), so streaming a 1 GiB probability matrix does not miss the TLB every 4 KiB.
+    const bool huge = bytes >= kHugePage;
+    const std::size_t rounded = huge ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
+    auto* p = static_cast<float*>(std::aligned_alloc(huge ? kHugePage : 64, rounded));
     if (!p) throw std::bad_alloc();
+    if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
     return p;
   }
   void give(float* p, std::size_t bytes) {
@@ -80,6 +87,7 @@ class BufferPool {
 
  private:
   static constexpr std::size_t kMaxCached = std::size_t{1} << 30;
+  static constexpr std::size_t kHugePage = std::size_t{2} << 20;
   std::mutex mu_;
   std::vector<std::pair<std::size_t, float*>> free_;
   std::size_t cached_ = 0;
