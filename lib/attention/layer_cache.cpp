@@ -194,6 +194,15 @@ struct LayerCache::Impl {
     std::call_once(set(s).group_once[g], [&] { compute_group(s, g); });
   }
 
+  // W_o^h packed for the projection kernel, once per head: the exact L1 norms and the metrics share it.
+  const float* packed_of(int h) {
+    std::call_once(pack_once[h], [&] {
+      packed[h].allocate(static_cast<std::size_t>(kernels::panel_count(D)) * d * kernels::kPanel);
+      kernels::pack_panels(data.o_proj.data() + static_cast<i64>(h) * d, static_cast<i64>(H) * d, d, D, packed[h].p);
+    });
+    return packed[h].p;
+  }
+
   const float* norms_of(int h, NormKind kind) {
     const int k = static_cast<int>(kind);
     std::call_once(norm_once[h * 3 + k], [&] {
@@ -206,7 +215,8 @@ struct LayerCache::Impl {
       const bool cached = norm_keys && Wt && kind != NormKind::upper;
       const NormKey key = cached ? norm_keys->key(h, kind) : NormKey{};
       if (!cached || !norm_cache->load(key, buf.p, norm_len)) {
-        if (kind == NormKind::l1) projected_l1_norms(v, norm_len, d, Wt, ld, D, buf.p);
+        if (kind == NormKind::l1 && Wt) projected_l1_norms_packed(v, norm_len, d, packed_of(h), D, buf.p);
+        if (kind == NormKind::l1 && !Wt) projected_l1_norms(v, norm_len, d, nullptr, ld, D, buf.p);
         if (kind == NormKind::l2) projected_l2_norms(v, norm_len, d, Wt, ld, D, buf.p);
         if (kind == NormKind::upper) projected_upper_norms(v, norm_len, d, Wt, ld, D, buf.p);
         if (cached) norm_cache->store(key, buf.p, norm_len);
@@ -273,14 +283,8 @@ void LayerCache::set_norm_cache(const NormCache* c) {
 }
 
 const float* LayerCache::packed_o_proj(int h) const {
-  Impl& m = *impl_;
-  if (!m.data.has_o_proj()) fail(m.meta.path, "o_proj", "packed_o_proj needs o_proj");
-  std::call_once(m.pack_once[h], [&] {
-    m.packed[h].allocate(static_cast<std::size_t>(kernels::panel_count(m.D)) * m.d * kernels::kPanel);
-    kernels::pack_panels(m.data.o_proj.data() + static_cast<i64>(h) * m.d, static_cast<i64>(m.H) * m.d, m.d, m.D,
-                         m.packed[h].p);
-  });
-  return m.packed[h].p;
+  if (!impl_->data.has_o_proj()) fail(impl_->meta.path, "o_proj", "packed_o_proj needs o_proj");
+  return impl_->packed_of(h);
 }
 
 void LayerCache::precompute(QuerySet s) const {

@@ -119,7 +119,7 @@ struct UnitMasks {
 // with F < 1/2 the support sum oP (delta = o - oP/F), so 1/F never amplifies a cancellation. Each
 // (selection, form) is then one sgemm of the compacted rows with the gathered value rows.
 void static_unit(const LayerCache& cache, const LayerReference& ref, const std::vector<const Selection*>& sels,
-                 const Shape& s, int u, std::vector<Sums>& sums) {
+                 const Shape& s, int u, const std::vector<Sums*>& sums) {
   const QuerySet set = ref.set();
   const GqaMode mode = sels.front()->mode;
   const int h0 = mode == GqaMode::kv ? u * s.G : u;
@@ -157,7 +157,7 @@ void static_unit(const LayerCache& cache, const LayerReference& ref, const std::
       const float* nu = cache.value_norms(h, ref.nu_kind());
       const std::size_t at = static_cast<std::size_t>(h) * s.n + qi;
       for (std::size_t b : active) {
-        Sums& z = sums[b];
+        Sums& z = *sums[b];
         float m4[4];
         kernels::split_mass_sums(row, nu, um[b].mask[0].data(), len, m4);
         z.K[at] = m4[0];
@@ -184,7 +184,7 @@ void static_unit(const LayerCache& cache, const LayerReference& ref, const std::
         }
         if (tmp.size() < static_cast<std::size_t>(rows) * s.d) tmp.resize(static_cast<std::size_t>(rows) * s.d);
         kernels::sgemm(false, false, rows, s.d, w, 1.f, A[b * 2 + form], w, Vb, s.d, 0.f, tmp.data(), s.d);
-        for (i64 r = 0; r < rows; ++r) std::copy_n(tmp.data() + r * s.d, s.d, sums[b].delta.data() + dst[r] * s.d);
+        for (i64 r = 0; r < rows; ++r) std::copy_n(tmp.data() + r * s.d, s.d, sums[b]->delta.data() + dst[r] * s.d);
       }
   }
 }
@@ -356,10 +356,6 @@ void identity_norms(const Shape& s, const avec<float>& delta, PerturbationResult
   }
 }
 
-}  // namespace
-
-namespace {
-
 PerturbationResult empty_result(const Shape& s) {
   PerturbationResult r;
   r.num_heads = s.H;
@@ -454,10 +450,6 @@ PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, co
   return r;
 }
 
-}  // namespace
-
-namespace {
-
 std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const LayerReference& ref,
                                               const std::vector<const Selection*>& selp) {
   const LayerData& L = cache.data();
@@ -484,19 +476,15 @@ std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const Lay
   };
   for (GqaMode mode : {GqaMode::kv, GqaMode::query}) {
     std::vector<const Selection*> batch;
-    std::vector<std::size_t> index;
+    std::vector<Sums*> batch_sums;
     for (std::size_t b = 0; b < selp.size(); ++b)
       if (is_static(*selp[b]) && selp[b]->mode == mode) {
         batch.push_back(selp[b]);
-        index.push_back(b);
+        batch_sums.push_back(&sums[b]);
       }
     if (batch.empty()) continue;
-    std::vector<Sums> bsums;
-    bsums.reserve(batch.size());
-    for (std::size_t i : index) bsums.push_back(std::move(sums[i]));
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int u = 0; u < batch.front()->units; ++u) static_unit(cache, ref, batch, s, u, bsums);
-    for (std::size_t k = 0; k < index.size(); ++k) sums[index[k]] = std::move(bsums[k]);
+    for (int u = 0; u < batch.front()->units; ++u) static_unit(cache, ref, batch, s, u, batch_sums);
   }
   for (std::size_t b = 0; b < selp.size(); ++b) {
     const Selection& sel = *selp[b];

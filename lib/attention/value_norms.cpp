@@ -17,16 +17,20 @@ void projected_l1_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld
     kernels::row_abs_sums(v, rows, d, d, out);
     return;
   }
+  avec<float> packed(static_cast<std::size_t>(kernels::panel_count(D) * d * kernels::kPanel));
+  kernels::pack_panels(Wt, ld, d, D, packed.data());
+  projected_l1_norms_packed(v, rows, d, packed.data(), D, out);
+}
+
+void projected_l1_norms_packed(const float* v, i64 rows, int d, const float* panels, int D, float* out) {
   // Fused x W and |.| sums over packed column panels: the rows x D product never reaches memory.
   // A row block (kRowBlock x d, 128 KiB at d = 128) stays in L2 while every panel of W passes.
   const i64 P = kernels::panel_count(D);
-  avec<float> packed(static_cast<std::size_t>(P * d * kernels::kPanel));
-  kernels::pack_panels(Wt, ld, d, D, packed.data());
   std::fill(out, out + rows, 0.f);
   for (i64 r0 = 0; r0 < rows; r0 += kRowBlock) {
     const i64 mr = std::min(kRowBlock, rows - r0);
     for (i64 p = 0; p < P; ++p)
-      kernels::project_panel(v + r0 * d, mr, d, packed.data() + p * d * kernels::kPanel, out + r0, nullptr, nullptr);
+      kernels::project_panel(v + r0 * d, mr, d, panels + p * d * kernels::kPanel, out + r0, nullptr, nullptr);
   }
 }
 

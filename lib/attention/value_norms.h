@@ -9,6 +9,8 @@ namespace kvsim {
 // Exact L1: kernels::project_panel over W packed in column panels (fused product and |.| sums,
 // no rows x D temporary). Deterministic: fixed block and panel order.
 void projected_l1_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld, int D, float* out);
+// The same with W already packed by kernels::pack_panels (LayerCache keeps W_o^h packed per layer).
+void projected_l1_norms_packed(const float* v, i64 rows, int d, const float* panels, int D, float* out);
 // Exact L2 via the d x d Gram matrix G = W W^T: nu_j = sqrt(v_j^T G v_j).
 void projected_l2_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld, int D, float* out);
 // Cheap upper bound of the L1 norm: sum_c |v_c| * sum_e |W_ce| (>= exact L1, equal without W).
