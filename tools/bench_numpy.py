@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Plain numpy baseline of kvsim's replay work, for `kvsim bench`.
 
 The same computations as kvsim for one synthetic Llama-8B-shaped layer, written the way a

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages kvsim needs, skipping those already present.
+# Installs what kvsim needs and is missing: Debian 12 packages (apt-get) for the C++ build,
+# the report render and the MPI sweep, and the project's Python environment .venv/ (pinned
+# lock tools/requirements.txt: torch, transformers, kvpress, h5py, numpy, pandas, ...).
+# Idempotent: packages already installed and a .venv made from the same lock are kept.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 pkgs=(
   g++ cmake make pkg-config git
   libopenblas-openmp-dev libhdf5-dev libboost-program-options-dev doctest-dev
-  python3 python3-numpy python3-h5py python3-matplotlib python3-pandas
-  python3-nbclient python3-nbformat python3-ipykernel
-  python3-torch chromium fonts-liberation
+  nlohmann-json3-dev pybind11-dev python3-dev
+  libopenmpi-dev openmpi-bin
+  python3 python3-venv python3-pip
+  chromium fonts-liberation
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -17,4 +22,20 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Python environment. Debian's python3 is the base (the same interpreter the compiled
+# kvsim module is built for); the lock is installed with --no-deps (see its header).
+lock=tools/requirements.txt
+stamp=.venv/.kvsim-lock.sha256
+want=$(sha256sum "$lock" | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "kvsim: creating .venv from $lock (first time: ~2.6 GB download, 4.8 GB on disk, a few minutes)" >&2
+  rm -rf .venv
+  /usr/bin/python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --no-deps --use-pep517 --progress-bar off -r "$lock"
+  # Fails here, not in a test, if the lock left out something torch needs to import.
+  .venv/bin/python -c "import torch, transformers, kvpress, h5py, pandas, matplotlib, nbclient" \
+    || { echo "kvsim: .venv is unusable (imports failed); see above" >&2; exit 1; }
+  echo "$want" >"$stamp"
 fi

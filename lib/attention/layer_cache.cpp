@@ -125,7 +125,7 @@ struct LayerCache::Impl {
   i64 n_c;
   int H, Hkv, G, d, D;
   i64 S;
-  float scale;
+  kernels::LogitSpec logits;
   SetState sets[2];
   i64 norm_len = 0;
   std::unique_ptr<std::once_flag[]> norm_once;  // [H][3]
@@ -142,7 +142,7 @@ struct LayerCache::Impl {
     d = l.head_dim;
     D = l.hidden_size;
     S = l.seq_len;
-    scale = m.attn_scale > 0 ? static_cast<float>(m.attn_scale) : 1.f / std::sqrt(static_cast<float>(d));
+    logits = m.logits();
   }
 
   SetState& set(QuerySet s) { return sets[s == QuerySet::eval ? 0 : 1]; }
@@ -182,7 +182,7 @@ struct LayerCache::Impl {
     for (i64 r = 0; r < G * n; ++r) {
       float* row = C + r * S;
       const i64 t = st.pos[r % n];
-      kernels::scaled_softmax_inplace(row, t + 1, scale);
+      kernels::logit_softmax_inplace(row, t + 1, logits);
       std::fill(row + t + 1, row + S, 0.f);
       st.sums[static_cast<std::size_t>(g) * G * n + r] = kernels::sum(row, t + 1);
     }

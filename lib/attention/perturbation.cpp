@@ -247,8 +247,7 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
   }
   avec<float> logits(static_cast<std::size_t>(s.n) * ncols);
   kernels::sgemm(false, true, s.n, ncols, s.d, 1.f, qm.data(), s.d, L.k_head(g), s.d, 0.f, logits.data(), ncols);
-  const float scale = cache.meta().attn_scale > 0 ? static_cast<float>(cache.meta().attn_scale)
-                                                  : 1.f / std::sqrt(static_cast<float>(s.d));
+  const kernels::LogitSpec logit = cache.meta().logits();
   const float* a = cache.probs(set, h);
   const double* T = cache.prob_sums(set, h);
   const float* o = cache.outputs(set, h);
@@ -274,7 +273,7 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
     for (i64 j = 0; j <= t; ++j)
       if (!m[j]) ev_mass += arow[j];
     E[h * s.n + qi] = ev_mass;
-    if (any) kernels::scaled_softmax_inplace(row, t + 1, scale);
+    if (any) kernels::logit_softmax_inplace(row, t + 1, logit);
     empty[qi] = !any;
     std::fill(row + (any ? t + 1 : 0), row + ncols, 0.f);
   }

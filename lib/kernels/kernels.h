@@ -94,6 +94,19 @@ i64 topk(const float* score, i64 n, i64 k, i64* idx);
 // a few eps * sum|terms|. softmax: vector exp within ~1 ulp plus the reassociated sum, so a few
 // ulp per output.
 
+// The attention logit transform of a model: logit = scale * q.k, then, with softcap c > 0,
+// c * tanh(logit / c) (Gemma 2's attention soft-capping; trace format v2).
+struct LogitSpec {
+  float scale = 1.0f;
+  float softcap = 0.0f;  // 0 = none
+};
+// x <- c * tanh(x / c) in place, in float32 as transformers does; -inf (a masked logit) stays
+// -inf. Scalar everywhere: only soft-capped traces pay for it.
+void softcap_inplace(float* x, i64 n, float c);
+// x <- softmax(transform(x)) over n entries; returns the log-sum-exp of the transformed logits.
+// Without soft-capping this is exactly scaled_softmax_inplace(x, n, spec.scale).
+float logit_softmax_inplace(float* x, i64 n, const LogitSpec& spec);
+
 // Row-major single-precision GEMM via OpenBLAS: C[m x n] = alpha * op(A) op(B) + beta * C.
 void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const float* A, i64 lda,
            const float* B, i64 ldb, float beta, float* C, i64 ldc);

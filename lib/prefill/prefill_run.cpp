@@ -30,6 +30,10 @@ PrefillRunResult run_prefill_trace(const std::string& path, const PrefillRunOpti
   res.meta = reader.meta();
   const TraceMeta& meta = res.meta;
   const i64 n = checked_prompt_len(meta);
+  // The block-sparse kernels (online softmax) have no soft-capping path.
+  if (meta.attn_softcap > 0)
+    fail(meta.path, "@attn_logit_softcap",
+         "the model soft-caps attention logits (Gemma 2); kvsim prefill simulates plain softmax attention only");
   res.plan = SegmentPlan(n, opt.cfg);
   res.projected = meta.has_o_proj;
   res.anchors = locality_anchors(res.plan, opt.locality_anchors);

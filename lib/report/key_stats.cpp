@@ -126,7 +126,7 @@ std::vector<HeadKeyStats> key_stats_for_layer(const LayerData& layer, const std:
       for (i64 i = 0; i < m; ++i) {
         float* row = logits.data() + i * max_len;
         const i64 len = q_pos[static_cast<std::size_t>(set.rows[static_cast<std::size_t>(i)])] + 1;  // causal
-        kernels::scaled_softmax_inplace(row, len, static_cast<float>(opt.attn_scale));
+        kernels::logit_softmax_inplace(row, len, {static_cast<float>(opt.attn_scale), static_cast<float>(opt.attn_softcap)});
         const i64 span = std::min(len, n_c);
         double mass = 0;
         for (i64 j = 0; j < span; ++j) {

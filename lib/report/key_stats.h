@@ -23,6 +23,7 @@ struct KeyStatsOptions {
   i64 n_c = 0;     // compression point: keys [0, n_c) are the compressible span
   i64 window = 0;  // observation window: queries at positions [n_c - window, n_c)
   double attn_scale = 0;
+  double attn_softcap = 0;  // trace format v2 soft-capping (0 = none)
   std::vector<TopN> top;
 };
 

@@ -47,6 +47,7 @@ QueryStats expected_query_stats(const float* pre, i64 m, int d, const Rope& rope
         t[b * d + col] = sm[i] * cov[a * d + col] + cm[i] * cov[b * d + col];
       }
     }
+    st.cov = t;  // columns outside the rotated pairs (partial rotary) keep t's values
     for (int i = 0; i < rope.pairs(); ++i) {
       const int a = rope.a(i), b = rope.b(i);
       for (int row = 0; row < d; ++row) {
@@ -94,12 +95,12 @@ class ExpectedRule : public ScoredRule {
     if (n <= sink)
       fail(in.meta->path, "prefill_len",
            "expected: the span has " + std::to_string(n) + " tokens, not more than n_sink = " + std::to_string(sink));
-    const Rope rope = Rope::from_meta(*in.meta);
+    const Rope rope = Rope::from_meta(*in.meta, in.layer);
     const auto rows = rules_more::require_q_rows(*in.meta, begin + sink, end, "expected",
                                                  "its query statistics use every prompt query after the sinks");
     const int H = D.num_heads, G = H / D.num_kv_heads, d = D.head_dim;
     const i64 m = n - sink;
-    const float scale = rules_more::logit_scale(*in.meta);
+    const float scale = in.meta->logits().scale;
     // cos/sin of every (query position, pair), shared by all heads.
     const int pairs = rope.pairs();
     std::vector<float> cs(static_cast<std::size_t>(m * pairs)), sn(cs.size());
@@ -119,6 +120,7 @@ class ExpectedRule : public ScoredRule {
         for (i64 i = 0; i < m; ++i) {  // q_pre = R_t^T q_post
           const float* q = D.q_row(h, rows[i]);
           float* out = pre.data() + i * d;
+          std::copy_n(q, d, out);  // components outside the rotated pairs pass through
           for (int p = 0; p < pairs; ++p) {
             const float c = cs[i * pairs + p], s = sn[i * pairs + p], xa = q[rope.a(p)], xb = q[rope.b(p)];
             out[rope.a(p)] = xa * c + xb * s;

@@ -10,7 +10,7 @@
 namespace kvsim {
 
 std::vector<double> prompt_attention_column_sums(const LayerData& data, const std::vector<i64>& rows, i64 begin,
-                                                 i64 end, float scale) {
+                                                 i64 end, const kernels::LogitSpec& logit) {
   const int H = data.num_heads, d = data.head_dim, G = data.num_heads / data.num_kv_heads;
   const i64 n = end - begin;
   std::vector<double> out(static_cast<std::size_t>(H * n), 0.0);
@@ -33,7 +33,7 @@ std::vector<double> prompt_attention_column_sums(const LayerData& data, const st
         for (i64 i = 0; i < b; ++i) {
           const i64 t = t0 + i;
           float* row = logits.data() + i * width;
-          kernels::scaled_softmax_inplace(row, t + 1, scale);
+          kernels::logit_softmax_inplace(row, t + 1, logit);
           float* acc = block_sum.data();
           for (i64 j = 0; j <= t; ++j) acc[j] += row[j];
         }
@@ -51,7 +51,7 @@ Selection h2o_stepwise(const RuleInput& in, const GqaChoice& gqa, const std::vec
   const int units = rules_more::gqa_units(gqa, D), G = D.num_heads / D.num_kv_heads, d = D.head_dim;
   const int heads_per_unit = gqa.mode == GqaMode::kv ? G : 1;
   const i64 cap = std::max<i64>(1, heavy + recent);
-  const float scale = rules_more::logit_scale(*in.meta);
+  const kernels::LogitSpec logit = in.meta->logits();
   const std::vector<i64> ev = rules_more::eval_positions(in);
   const i64 n_eval = static_cast<i64>(ev.size());
   std::vector<i64> order(ev.size());
@@ -100,7 +100,7 @@ Selection h2o_stepwise(const RuleInput& in, const GqaChoice& gqa, const std::vec
       probs.resize(static_cast<std::size_t>(heads_per_unit * m));
       reduced.resize(static_cast<std::size_t>(m));
       for (int k = 0; k < heads_per_unit; ++k)
-        rules_more::subset_probs(D.q_row(h0 + k, in.eval_rows[qi]), keys, d, mask.data(), m, scale,
+        rules_more::subset_probs(D.q_row(h0 + k, in.eval_rows[qi]), keys, d, mask.data(), m, logit,
                                  probs.data() + k * m);
       kernels::group_reduce(probs.data(), heads_per_unit, m, m, gqa.op, reduced.data());
       for (i64 i = 0; i < m; ++i) s[mask[i]] += reduced[i];
@@ -119,7 +119,7 @@ std::vector<double> column_sums(const RuleInput& in, i64 begin, i64 end) {
   rules_more::check_input(in, "h2o");
   const auto rows = rules_more::require_q_rows(*in.meta, begin, end, "h2o",
                                                "it sums the attention paid by every prompt query");
-  return prompt_attention_column_sums(*in.data, rows, begin, end, rules_more::logit_scale(*in.meta));
+  return prompt_attention_column_sums(*in.data, rows, begin, end, in.meta->logits());
 }
 
 // One-shot variants: per-token scores, so they compose with pyramid/ada/critical/chunk.

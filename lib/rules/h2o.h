@@ -18,7 +18,7 @@ namespace kvsim {
 // over the keys [begin, begin + t], accumulated in float64. Blocked GEMMs, OpenMP over heads;
 // never holds more than a block of rows.
 std::vector<double> prompt_attention_column_sums(const LayerData& data, const std::vector<i64>& rows, i64 begin,
-                                                 i64 end, float scale);
+                                                 i64 end, const kernels::LogitSpec& logit);
 
 // Step-wise H2O for one layer, given the per-unit initial running scores [units][n_c] (prompt
 // column sums, group-reduced in KV mode). Cache of heavy + recent tokens (the current token

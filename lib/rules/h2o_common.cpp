@@ -8,11 +8,6 @@
 
 namespace kvsim::rules_more {
 
-float logit_scale(const TraceMeta& meta) {
-  return meta.attn_scale > 0 ? static_cast<float>(meta.attn_scale)
-                             : static_cast<float>(1.0 / std::sqrt(static_cast<double>(meta.head_dim)));
-}
-
 i64 q_row(const TraceMeta& meta, i64 pos) {
   auto it = std::lower_bound(meta.q_pos.begin(), meta.q_pos.end(), pos);
   if (it == meta.q_pos.end() || *it != pos) return -1;
@@ -91,9 +86,10 @@ std::vector<i64> top_positions(const std::vector<i64>& cand, const std::vector<d
   return out;
 }
 
-void subset_probs(const float* q, const float* keys, int d, const i64* pos, i64 m, float scale, float* out) {
+void subset_probs(const float* q, const float* keys, int d, const i64* pos, i64 m, const kernels::LogitSpec& logit,
+                  float* out) {
   for (i64 i = 0; i < m; ++i) out[i] = kernels::dot(q, keys + pos[i] * d, d);
-  if (m > 0) kernels::scaled_softmax_inplace(out, m, scale);
+  if (m > 0) kernels::logit_softmax_inplace(out, m, logit);
 }
 
 }  // namespace kvsim::rules_more

@@ -13,8 +13,6 @@
 
 namespace kvsim::rules_more {
 
-// Logit scale of the trace: attn_scale, or 1/sqrt(head_dim) when the trace leaves it 0.
-float logit_scale(const TraceMeta& meta);
 
 // Row of /q_pos holding position pos, or -1 when that query is not stored.
 i64 q_row(const TraceMeta& meta, i64 pos);
@@ -39,6 +37,7 @@ void keep_top(const float* score, i64 n, i64 k, const std::uint8_t* protect, std
 std::vector<i64> top_positions(const std::vector<i64>& cand, const std::vector<double>& score_of_pos, i64 k);
 
 // Softmax over the keys at positions pos[0..m) of one KV head: out[i] = a(q, k_pos[i]).
-void subset_probs(const float* q, const float* keys, int d, const i64* pos, i64 m, float scale, float* out);
+void subset_probs(const float* q, const float* keys, int d, const i64* pos, i64 m, const kernels::LogitSpec& logit,
+                  float* out);
 
 }  // namespace kvsim::rules_more

@@ -1,5 +1,6 @@
 #include "rules/rope.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -77,12 +78,14 @@ double number(const std::map<std::string, std::string>& j, const std::string& ke
 
 }  // namespace
 
-Rope::Rope(int head_dim, RopeStyle style, double theta, const std::string& rope_scaling, const std::string& where)
-    : d_(head_dim), style_(style) {
+Rope::Rope(int head_dim, RopeStyle style, double theta, const std::string& rope_scaling, const std::string& where,
+           int rotary_dim)
+    : d_(head_dim), r_(rotary_dim > 0 ? rotary_dim : head_dim), style_(style) {
   if (head_dim <= 0 || head_dim % 2 != 0) fail(where, "head_dim", "RoPE needs an even head_dim, got " + std::to_string(head_dim));
+  if (r_ % 2 != 0 || r_ > d_) fail(where, "rotary_dim", "must be even and at most head_dim, got " + std::to_string(r_));
   if (!(theta > 0)) fail(where, "rope_theta", "must be positive");
-  std::vector<double> inv(static_cast<std::size_t>(d_ / 2));
-  for (int i = 0; i < d_ / 2; ++i) inv[i] = 1.0 / std::pow(theta, (2.0 * i) / d_);
+  std::vector<double> inv(static_cast<std::size_t>(r_ / 2));
+  for (int i = 0; i < r_ / 2; ++i) inv[i] = 1.0 / std::pow(theta, (2.0 * i) / r_);
 
   std::string text = rope_scaling;
   while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
@@ -121,13 +124,14 @@ Rope::Rope(int head_dim, RopeStyle style, double theta, const std::string& rope_
   for (std::size_t i = 0; i < inv.size(); ++i) inv_freq_[i] = static_cast<float>(inv[i]);
 }
 
-Rope Rope::from_meta(const TraceMeta& meta) {
-  return Rope(meta.head_dim, meta.rope_style, meta.rope_theta, meta.rope_scaling,
-              meta.path.empty() ? std::string("trace") : meta.path);
+Rope Rope::from_meta(const TraceMeta& meta, int layer) {
+  return Rope(meta.head_dim, meta.rope_style, meta.layer_rope_theta(layer), meta.layer_rope_scaling(layer),
+              meta.path.empty() ? std::string("trace") : meta.path, meta.rotated_dims());
 }
 
 void Rope::rotate(const float* x, i64 pos, float* out) const {
-  for (int i = 0; i < d_ / 2; ++i) {
+  std::copy(x + r_, x + d_, out + r_);  // partial rotary: the tail passes through
+  for (int i = 0; i < r_ / 2; ++i) {
     const double th = angle(i, pos), c = std::cos(th), s = std::sin(th);
     const double xa = x[a(i)], xb = x[b(i)];
     out[a(i)] = static_cast<float>(xa * c - xb * s);
@@ -136,7 +140,8 @@ void Rope::rotate(const float* x, i64 pos, float* out) const {
 }
 
 void Rope::derotate(const float* x, i64 pos, float* out) const {
-  for (int i = 0; i < d_ / 2; ++i) {
+  std::copy(x + r_, x + d_, out + r_);
+  for (int i = 0; i < r_ / 2; ++i) {
     const double th = angle(i, pos), c = std::cos(th), s = std::sin(th);
     const double xa = x[a(i)], xb = x[b(i)];
     out[a(i)] = static_cast<float>(xa * c + xb * s);
@@ -145,10 +150,10 @@ void Rope::derotate(const float* x, i64 pos, float* out) const {
 }
 
 void Rope::mean_rotation(i64 first, i64 count, std::vector<double>& c, std::vector<double>& s) const {
-  c.assign(static_cast<std::size_t>(d_ / 2), 0.0);
-  s.assign(static_cast<std::size_t>(d_ / 2), 0.0);
+  c.assign(static_cast<std::size_t>(r_ / 2), 0.0);
+  s.assign(static_cast<std::size_t>(r_ / 2), 0.0);
   if (count <= 0) return;
-  for (int i = 0; i < d_ / 2; ++i) {
+  for (int i = 0; i < r_ / 2; ++i) {
     double sc = 0, ss = 0;
     for (i64 p = first; p < first + count; ++p) {
       const double th = angle(i, p);

@@ -5,6 +5,8 @@
 //   half (HF rotate_half):       a_i = i,    b_i = i + d/2
 //   interleaved (Meta/llama2.c): a_i = 2i,   b_i = 2i + 1
 // x'_a = x_a cos - x_b sin,  x'_b = x_a sin + x_b cos.
+// Partial rotary (trace format v2 rotary_dim r < d): only the first r components rotate, with
+// d replaced by r above (pairs (i, i + r/2) for half); components r .. d-1 pass through.
 #include <string>
 #include <vector>
 
@@ -17,14 +19,17 @@ class Rope {
  public:
   // rope_scaling: the trace's JSON string ("" or "null" = none). Supported types: default,
   // linear, llama3; anything else throws kvsim::Error naming `where` and the field.
+  // rotary_dim: rotated components (0 = head_dim).
   Rope(int head_dim, RopeStyle style, double theta, const std::string& rope_scaling = "",
-       const std::string& where = "rope");
-  static Rope from_meta(const TraceMeta& meta);
+       const std::string& where = "rope", int rotary_dim = 0);
+  // The RoPE of one layer of a trace (its per-layer theta / scaling overrides, rotary_dim).
+  static Rope from_meta(const TraceMeta& meta, int layer = -1);
 
   int head_dim() const { return d_; }
-  int pairs() const { return d_ / 2; }
+  int rotary_dim() const { return r_; }
+  int pairs() const { return r_ / 2; }
   int a(int i) const { return style_ == RopeStyle::half ? i : 2 * i; }
-  int b(int i) const { return style_ == RopeStyle::half ? i + d_ / 2 : 2 * i + 1; }
+  int b(int i) const { return style_ == RopeStyle::half ? i + r_ / 2 : 2 * i + 1; }
   // Frequencies as the model computes them: float32 inv_freq, float32 angle t * inv_freq.
   const std::vector<float>& inv_freq() const { return inv_freq_; }
   double angle(int i, i64 pos) const {
@@ -38,7 +43,7 @@ class Rope {
   void mean_rotation(i64 first, i64 count, std::vector<double>& c, std::vector<double>& s) const;
 
  private:
-  int d_;
+  int d_, r_;
   RopeStyle style_;
   std::vector<float> inv_freq_;
 };

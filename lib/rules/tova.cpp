@@ -9,12 +9,13 @@
 
 namespace kvsim {
 
-std::vector<float> tova_scores(const LayerData& data, i64 row, const std::vector<i64>& pos, float scale) {
+std::vector<float> tova_scores(const LayerData& data, i64 row, const std::vector<i64>& pos,
+                               const kernels::LogitSpec& logit) {
   const int H = data.num_heads, G = H / data.num_kv_heads, d = data.head_dim;
   const i64 m = static_cast<i64>(pos.size());
   std::vector<float> probs(static_cast<std::size_t>(H * m)), mean(static_cast<std::size_t>(m));
   for (int h = 0; h < H; ++h)
-    rules_more::subset_probs(data.q_row(h, row), data.k_head(h / G), d, pos.data(), m, scale, probs.data() + h * m);
+    rules_more::subset_probs(data.q_row(h, row), data.k_head(h / G), d, pos.data(), m, logit, probs.data() + h * m);
   kernels::group_reduce(probs.data(), H, m, m, kernels::GroupOp::mean, mean.data());
   return mean;
 }
@@ -37,7 +38,7 @@ std::vector<i64> keep_best(const std::vector<i64>& pos, const std::vector<float>
 Selection tova_stepwise(const RuleInput& in, i64 cache_size) {
   const LayerData& D = *in.data;
   const i64 n_c = in.n_c;
-  const float scale = rules_more::logit_scale(*in.meta);
+  const kernels::LogitSpec logit = in.meta->logits();
   const i64 last_row = rules_more::require_q_rows(*in.meta, n_c - 1, n_c, "tova", "the last prompt query")[0];
   const std::vector<i64> ev = rules_more::eval_positions(in);
   const i64 n_eval = static_cast<i64>(ev.size());
@@ -48,7 +49,7 @@ Selection tova_stepwise(const RuleInput& in, i64 cache_size) {
   // Prefill: the last prompt row over [0, n_c), its own key included and competing.
   std::vector<i64> present(static_cast<std::size_t>(n_c));
   std::iota(present.begin(), present.end(), 0);
-  present = keep_best(present, tova_scores(D, last_row, present, scale), cache_size);
+  present = keep_best(present, tova_scores(D, last_row, present, logit), cache_size);
 
   Selection sel(GqaMode::kv, D.num_kv_heads, n_c);
   for (int u = 0; u < sel.units; ++u)
@@ -62,7 +63,7 @@ Selection tova_stepwise(const RuleInput& in, i64 cache_size) {
     std::vector<std::uint8_t> q_mask(static_cast<std::size_t>(t + 1), 0);
     for (i64 j : present) q_mask[j] = 1;
     for (int u = 0; u < sel.units; ++u) sel.per_query[static_cast<std::size_t>(u * n_eval + qi)] = q_mask;
-    present = keep_best(present, tova_scores(D, in.eval_rows[qi], present, scale), cache_size);
+    present = keep_best(present, tova_scores(D, in.eval_rows[qi], present, logit), cache_size);
   }
   return sel;
 }
@@ -81,7 +82,7 @@ class TovaOneShot : public ScoredRule {
     const i64 row = rules_more::require_q_rows(*in.meta, end - 1, end, "tova", "the last prompt query")[0];
     std::vector<i64> pos(static_cast<std::size_t>(end - begin));
     std::iota(pos.begin(), pos.end(), begin);
-    const std::vector<float> score = tova_scores(D, row, pos, rules_more::logit_scale(*in.meta));
+    const std::vector<float> score = tova_scores(D, row, pos, in.meta->logits());
     UnitScores s(GqaMode::kv, D.num_kv_heads, end - begin);
     for (int u = 0; u < s.units; ++u) std::copy(score.begin(), score.end(), s.unit(u));
     s.protect_range(s.n_c - 1, s.n_c);

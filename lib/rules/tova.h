@@ -13,7 +13,8 @@
 namespace kvsim {
 
 // mean_h softmax(scale q^h_row . k_j) over the listed positions (all query heads of the layer).
-std::vector<float> tova_scores(const LayerData& data, i64 row, const std::vector<i64>& pos, float scale);
+std::vector<float> tova_scores(const LayerData& data, i64 row, const std::vector<i64>& pos,
+                               const kernels::LogitSpec& logit);
 
 Selection tova_stepwise(const RuleInput& in, i64 cache_size);
 

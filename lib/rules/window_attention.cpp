@@ -29,8 +29,7 @@ avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begi
                       std::to_string(meta.q_pos.size()) + ")");
   std::vector<i64> rows(w);
   for (i64 i = 0; i < w; ++i) rows[i] = query_row(meta, end - w + i, who);
-  const float scale = meta.attn_scale > 0 ? static_cast<float>(meta.attn_scale)
-                                          : 1.0f / std::sqrt(static_cast<float>(dh));
+  const kernels::LogitSpec logit = meta.logits();
   const int G = d.num_heads / d.num_kv_heads;
   avec<float> out(static_cast<std::size_t>(d.num_heads) * m, 0.0f);
 #pragma omp parallel
@@ -40,10 +39,11 @@ avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begi
     for (int h = 0; h < d.num_heads; ++h) {
       for (i64 i = 0; i < w; ++i) std::copy_n(d.q_row(h, rows[i]), dh, qw.data() + i * dh);
       // logits[i][j] = scale * q_i . k_{begin+j}
-      kernels::sgemm(false, true, w, L, dh, scale, qw.data(), dh, d.k_row(h / G, begin), dh, 0.0f, logits.data(), L);
+      kernels::sgemm(false, true, w, L, dh, logit.scale, qw.data(), dh, d.k_row(h / G, begin), dh, 0.0f, logits.data(), L);
       float* o = out.data() + h * m;
       for (i64 i = 0; i < w; ++i) {
         float* row = logits.data() + i * L;
+        if (logit.softcap > 0) kernels::softcap_inplace(row, m + i + 1, logit.softcap);
         kernels::softmax_inplace(row, m + i + 1);  // keys begin .. t, t = end - w + i
         for (i64 j = 0; j < m; ++j) o[j] += row[j];
       }

@@ -1,5 +1,5 @@
 #pragma once
-// One layer's tensors, widened to float32, row-major, exactly the shapes of trace format v1.
+// One layer's tensors, widened to float32, row-major, exactly the shapes of trace format (v1 or v2).
 #include "core/types.h"
 
 namespace kvsim {

@@ -73,15 +73,16 @@ namespace {
 struct AttrReader {
   hid_t obj;
   Problems& pb;
+  std::string where;  // prefix of field names in messages ("" for root attributes)
 
   Handle open(const std::string& name, bool required) {
     const htri_t e = H5Aexists(obj, name.c_str());
     if (e <= 0) {
-      if (required) pb.add("@" + name, e < 0 ? "cannot be read" : "missing required attribute");
+      if (required) pb.add(where + "@" + name, e < 0 ? "cannot be read" : "missing required attribute");
       return {};
     }
     Handle a = h5::attr_handle(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
-    if (!a) pb.add("@" + name, "cannot be opened");
+    if (!a) pb.add(where + "@" + name, "cannot be opened");
     return a;
   }
 
@@ -89,7 +90,7 @@ struct AttrReader {
     Handle a = open(name, required);
     if (!a) return std::nullopt;
     auto s = h5::read_string_attr(a.id());
-    if (!s) pb.add("@" + name, "must be a string");
+    if (!s) pb.add(where + "@" + name, "must be a string");
     return s;
   }
 
@@ -99,12 +100,12 @@ struct AttrReader {
     Handle t = h5::type_handle(H5Aget_type(a.id()));
     Handle sp = h5::space_handle(H5Aget_space(a.id()));
     if (!t || H5Tget_class(t.id()) != H5T_INTEGER || h5::num_points(sp.id()) != 1) {
-      pb.add("@" + name, "must be a single integer");
+      pb.add(where + "@" + name, "must be a single integer");
       return std::nullopt;
     }
     std::int64_t v = 0;
     if (H5Aread(a.id(), H5T_NATIVE_INT64, &v) < 0) {
-      pb.add("@" + name, "cannot be read");
+      pb.add(where + "@" + name, "cannot be read");
       return std::nullopt;
     }
     return v;
@@ -117,16 +118,16 @@ struct AttrReader {
     Handle sp = h5::space_handle(H5Aget_space(a.id()));
     const H5T_class_t cls = t ? H5Tget_class(t.id()) : H5T_NO_CLASS;
     if ((cls != H5T_INTEGER && cls != H5T_FLOAT) || h5::num_points(sp.id()) != 1) {
-      pb.add("@" + name, "must be a single number");
+      pb.add(where + "@" + name, "must be a single number");
       return std::nullopt;
     }
     double v = 0;
     if (H5Aread(a.id(), H5T_NATIVE_DOUBLE, &v) < 0) {
-      pb.add("@" + name, "cannot be read");
+      pb.add(where + "@" + name, "cannot be read");
       return std::nullopt;
     }
     if (!std::isfinite(v)) {
-      pb.add("@" + name, "must be finite");
+      pb.add(where + "@" + name, "must be finite");
       return std::nullopt;
     }
     return v;
@@ -166,13 +167,18 @@ std::optional<std::vector<i64>> read_int_vector(hid_t file, const std::string& p
 }  // namespace
 
 bool read_root(hid_t file, TraceMeta& meta, Problems& pb) {
-  AttrReader root{file, pb};
+  AttrReader root{file, pb, ""};
   const std::size_t before = pb.count();
 
   if (auto f = root.str("format", true); f && *f != "kvsim-trace")
     pb.add("@format", "is \"" + *f + "\", expected \"kvsim-trace\" (not a kvsim trace)");
-  if (auto v = root.integer("version", true); v && *v != 1)
-    pb.add("@version", "is " + std::to_string(*v) + "; this kvsim reads trace format version 1 only");
+  if (auto v = root.integer("version", true)) {
+    if (*v < 1 || *v > kTraceFormatVersion)
+      pb.add("@version", "is " + std::to_string(*v) + "; this kvsim reads trace format versions 1 to " +
+                             std::to_string(kTraceFormatVersion));
+    else
+      meta.version = static_cast<int>(*v);
+  }
   if (auto s = root.str("model", true)) meta.model = *s;
   if (auto s = root.str("source", true)) meta.source = *s;
 
@@ -217,6 +223,15 @@ bool read_root(hid_t file, TraceMeta& meta, Problems& pb) {
   if (auto a = root.number("attn_scale", false)) {
     if (*a <= 0) pb.add("@attn_scale", "must be positive");
     else meta.attn_scale = *a;
+  }
+  if (auto c = root.number("attn_logit_softcap", false)) {
+    if (*c < 0) pb.add("@attn_logit_softcap", "must be >= 0 (0 = no soft-capping)");
+    else meta.attn_softcap = *c;
+  }
+  if (auto r = root.integer("rotary_dim", false)) {
+    if (*r < 0 || (meta.head_dim > 0 && *r > meta.head_dim) || *r % 2 != 0)
+      pb.add("@rotary_dim", "is " + std::to_string(*r) + ", must be even and in 0..head_dim");
+    else meta.rotary_dim = static_cast<int>(*r);
   }
   auto prefill = root.integer("prefill_len", true);
 
@@ -442,6 +457,35 @@ std::optional<Tensor> open_tensor(hid_t file, const TraceMeta& meta, int layer, 
   return t;
 }
 
+// Format v2 attributes of /layers/<l> (all optional): attention_type, sliding_window,
+// rope_theta, rope_scaling. A sliding window shorter than the trace means the model did not
+// attend to every earlier position, which kvsim's full causal attention cannot reproduce.
+static void read_layer_attrs(hid_t file, TraceMeta& meta, int l, Problems& pb) {
+  const std::string where = "/layers/" + std::to_string(l);
+  Handle g = h5::group_handle(H5Gopen2(file, where.c_str(), H5P_DEFAULT));
+  if (!g) return;  // reported by the tensor checks
+  AttrReader attrs{g.id(), pb, where};
+  LayerAttrs& a = meta.layer_attrs[static_cast<std::size_t>(l)];
+  if (auto s = attrs.str("attention_type", false)) a.attention_type = *s;
+  if (auto w = attrs.integer("sliding_window", false)) {
+    if (*w < 0) pb.add(where + "@sliding_window", "must be >= 0 (0 = full attention)");
+    else a.sliding_window = *w;
+  }
+  if (auto t = attrs.number("rope_theta", false)) {
+    if (*t <= 0) pb.add(where + "@rope_theta", "must be positive");
+    else a.rope_theta = *t;
+  }
+  if (auto s = attrs.str("rope_scaling", false)) {
+    if (!s->empty() && s->front() != '{') pb.add(where + "@rope_scaling", "must be a JSON object string");
+    else a.rope_scaling = *s;
+  }
+  if (a.sliding_window > 0 && meta.seq_len > a.sliding_window)
+    pb.add(where + "@sliding_window", "is " + std::to_string(a.sliding_window) + " but the trace has " +
+                                          std::to_string(meta.seq_len) +
+                                          " positions: the model attended to a sliding window, which kvsim's full "
+                                          "causal attention does not reproduce (record only full-attention layers)");
+}
+
 void check_layers(hid_t file, TraceMeta& meta, Problems& pb) {
   if (!h5::path_exists(file, "layers") || h5::object_type(file, "layers") != H5O_TYPE_GROUP) {
     pb.add("/layers", "missing required group");
@@ -460,11 +504,13 @@ void check_layers(hid_t file, TraceMeta& meta, Problems& pb) {
   }
   int with_o_proj = 0, with_o = 0;
   bool first = true;
+  meta.layer_attrs.assign(static_cast<std::size_t>(meta.num_layers), LayerAttrs{});
   for (int l = 0; l < meta.num_layers; ++l) {
     if (!h5::path_exists(file, "layers/" + std::to_string(l))) {
       pb.add("/layers/" + std::to_string(l), "missing layer group");
       continue;
     }
+    read_layer_attrs(file, meta, l, pb);
     for (const char* name : {"q", "k", "v"}) {
       auto t = open_tensor(file, meta, l, name, true, pb);
       if (t && first && std::string(name) == "k") {

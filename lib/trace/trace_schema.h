@@ -1,5 +1,5 @@
 #pragma once
-// Internal: the rules of trace format v1, written once and shared by the reader (which stops at
+// Internal: the rules of trace format (v1 or v2), written once and shared by the reader (which stops at
 // the first problem) and the validator (which collects them all). Every check reports through a
 // Problems sink as "<path>: <field>: <what>".
 #include <optional>

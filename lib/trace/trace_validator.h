@@ -1,5 +1,5 @@
 #pragma once
-// Checks every rule of trace format v1 and returns one message per problem (empty = valid).
+// Checks every rule of trace format (v1 or v2) and returns one message per problem (empty = valid).
 #include <string>
 #include <vector>
 

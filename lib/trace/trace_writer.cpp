@@ -57,6 +57,13 @@ void check_meta(const TraceMeta& m, const std::string& path) {
         span.second > m.seq_len)
       bad("/spans/" + name, "must be a range inside [0, seq_len) with a plain name");
   if (!(m.rope_theta > 0) || !std::isfinite(m.rope_theta)) bad("@rope_theta", "must be positive");
+  if (!(m.attn_softcap >= 0) || !std::isfinite(m.attn_softcap)) bad("@attn_logit_softcap", "must be >= 0");
+  if (m.rotary_dim < 0 || m.rotary_dim > m.head_dim || m.rotary_dim % 2) bad("@rotary_dim", "must be even, 0..head_dim");
+  if (!m.layer_attrs.empty() && static_cast<int>(m.layer_attrs.size()) != m.num_layers)
+    bad("/layers", "layer_attrs must be empty or hold num_layers entries");
+  for (std::size_t l = 0; l < m.layer_attrs.size(); ++l)
+    if (m.layer_attrs[l].sliding_window > 0 && m.layer_attrs[l].sliding_window < m.seq_len)
+      bad("/layers/" + std::to_string(l) + "@sliding_window", "shorter than the trace: not replayable");
 }
 
 }  // namespace
@@ -73,7 +80,7 @@ void TraceWriter::Impl::write_int_dataset(const std::string& name, const std::ve
 void TraceWriter::Impl::write_root() {
   const hid_t f = file.id();
   h5::write_attr_string(f, "format", "kvsim-trace");
-  h5::write_attr_i64(f, "version", 1);
+  h5::write_attr_i64(f, "version", kTraceFormatVersion);
   h5::write_attr_string(f, "model", meta.model);
   h5::write_attr_string(f, "source", meta.source.empty() ? "kvsim TraceWriter" : meta.source);
   h5::write_attr_i64(f, "num_layers", meta.num_layers);
@@ -87,6 +94,8 @@ void TraceWriter::Impl::write_root() {
   const double scale = meta.attn_scale > 0 ? meta.attn_scale : 1.0 / std::sqrt(static_cast<double>(meta.head_dim));
   h5::write_attr_f64(f, "attn_scale", scale);
   h5::write_attr_i64(f, "prefill_len", meta.prefill_len);
+  if (meta.attn_softcap > 0) h5::write_attr_f64(f, "attn_logit_softcap", meta.attn_softcap);
+  if (meta.rotary_dim > 0) h5::write_attr_i64(f, "rotary_dim", meta.rotary_dim);
 
   Handle tokens = h5::group_handle(H5Gcreate2(f, "tokens", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
   write_int_dataset("/tokens/input_ids", std::vector<i64>(meta.input_ids.begin(), meta.input_ids.end()),
@@ -206,6 +215,13 @@ void TraceWriter::write_layer(const LayerData& L) {
 
   Handle g = h5::group_handle(H5Gcreate2(m.file.id(), where.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
   if (!g) m.error(where, "cannot create group");
+  if (L.layer < static_cast<int>(meta.layer_attrs.size())) {
+    const LayerAttrs& a = meta.layer_attrs[L.layer];
+    if (!a.attention_type.empty()) h5::write_attr_string(g.id(), "attention_type", a.attention_type);
+    if (a.sliding_window > 0) h5::write_attr_i64(g.id(), "sliding_window", a.sliding_window);
+    if (a.rope_theta > 0) h5::write_attr_f64(g.id(), "rope_theta", a.rope_theta);
+    if (!a.rope_scaling.empty()) h5::write_attr_string(g.id(), "rope_scaling", a.rope_scaling);
+  }
   const i64 d = meta.head_dim, S = meta.seq_len, nq = meta.num_queries();
   const i64 H = meta.num_heads, G = meta.num_kv_heads, D = meta.hidden_size;
   try {

@@ -1,5 +1,5 @@
 #pragma once
-// Writes trace format v1. The file is written to "<path>.partial" and renamed on finish(),
+// Writes the current trace format (kTraceFormatVersion). The file is written to "<path>.partial" and renamed on finish(),
 // so an interrupted write never leaves a file that looks complete.
 #include <memory>
 #include <string>

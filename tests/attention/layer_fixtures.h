@@ -144,6 +144,7 @@ OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<
             acc += static_cast<double>(L.q[(h * L.num_q + rows[qi]) * d + c]) * L.k[(g * L.seq_len + j) * d + c];
           }
           s[j] = acc * meta.attn_scale;
+          if (meta.attn_softcap > 0) s[j] = meta.attn_softcap * std::tanh(s[j] / meta.attn_softcap);
         }
         return s;
       };

@@ -148,6 +148,35 @@ TEST_CASE("static selections agree with the float64 oracle; bound chain holds (k
   }
 }
 
+TEST_CASE("soft-capped logits (trace format v2, Gemma 2): metrics and bounds agree with the oracle") {
+  unsigned seed = 91;
+  for (double cap : {0.75, 3.0}) {
+    LayerShape s;
+    s.H = 4;
+    s.structured = true;
+    s.S = 64;
+    s.n_c = 40;
+    auto meta = make_meta(s);
+    meta.attn_softcap = cap;
+    const auto L = make_layer(s, seed++);
+    const auto rows = rows_from(meta, s.n_c, s.S);
+    LayerCache cache(meta, L, s.n_c, rows);
+    LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+    const auto sel = random_selection(s, GqaMode::kv, 0.3, seed++);
+    auto support = [&](int h, i64, i64 j) { return j >= s.n_c || sel.unit_mask(h / 2)[j] != 0; };
+    const auto r = measure_perturbation(cache, ref, sel);
+    compare(r, oracle(meta, L, rows, support), ref);
+    check_bound_chain(r);
+    // The cap changes the attention: the uncapped probabilities differ.
+    auto plain = meta;
+    plain.attn_softcap = 0;
+    LayerCache uncapped(plain, L, s.n_c, rows);
+    double diff = 0;
+    for (i64 j = 0; j < s.S; ++j) diff = std::max(diff, double(std::fabs(cache.eval_probs(0)[j] - uncapped.eval_probs(0)[j])));
+    CHECK(diff > 1e-3);
+  }
+}
+
 TEST_CASE("observation-window queries: support is the kept set within [0, t]") {
   LayerShape s;
   s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 32;

@@ -102,7 +102,7 @@ TEST_CASE("replay writes metrics.csv, metrics_per_query.csv, summary.json, selec
 
   // selection.h5 layout, read back with h5py: /<rule>/<budget>/layers/<l>/kept [units, n_c].
   const auto py = run_command(
-      "/usr/bin/python3 -c \"import h5py,sys; d=h5py.File(sys.argv[1])['2/1/layers/1/kept']; "
+      KVSIM_PYTHON " -c \"import h5py,sys; d=h5py.File(sys.argv[1])['2/1/layers/1/kept']; "
       "print(d.shape, d.dtype, d.attrs['mode'], d.attrs['budget'], d.attrs['rule'][:10], "
       "sorted(set(d[()].sum(axis=1).tolist())))\" " + out + "/selection.h5");
   INFO(py.err);

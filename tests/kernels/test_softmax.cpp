@@ -158,3 +158,37 @@ TEST_CASE("softmax_inplace == scaled_softmax_inplace(scale 1); dispatch follows 
   k::set_isa_for_testing(k::choose_isa(std::getenv("KVSIM_FORCE_ISA"), k::cpu_has_avx512()));
   CHECK(c == d);
 }
+
+TEST_CASE("logit soft-capping: c tanh(x / c) against float64; -inf stays masked; no cap = scaled softmax") {
+  auto x = uniform(513, -40.f, 40.f, 5);
+  x[7] = -INFINITY;
+  for (float c : {0.5f, 2.f, 50.f}) {
+    auto y = x;
+    k::softcap_inplace(y.data(), 513, c);
+    for (std::size_t j = 0; j < x.size(); ++j) {
+      if (j == 7) {
+        CHECK(y[j] == -INFINITY);
+        continue;
+      }
+      const double want = c * std::tanh(static_cast<double>(x[j]) / c);
+      CHECK(std::fabs(y[j] - want) <= 4e-7 * c);
+      CHECK(std::fabs(y[j]) <= c);
+    }
+    // softmax(cap(scale * x)) equals the float64 formula.
+    auto z = x;
+    k::logit_softmax_inplace(z.data(), 513, {0.25f, c});
+    std::vector<double> ref(513);
+    double mx = -1e300, sum = 0;
+    for (std::size_t j = 0; j < x.size(); ++j) {
+      ref[j] = j == 7 ? -INFINITY : c * std::tanh(0.25 * x[j] / c);
+      mx = std::max(mx, ref[j]);
+    }
+    for (auto& r : ref) sum += (r = std::exp(r - mx));
+    for (std::size_t j = 0; j < x.size(); ++j) CHECK(z[j] == doctest::Approx(ref[j] / sum).epsilon(1e-5));
+    CHECK(z[7] == 0.f);
+  }
+  auto a = x, b = x;
+  k::logit_softmax_inplace(a.data(), 513, {0.3f, 0.f});
+  k::scaled_softmax_inplace(b.data(), 513, 0.3f);
+  CHECK(a == b);  // bit-identical without a cap
+}

@@ -50,7 +50,7 @@ def rel_diff(a, b):
     return np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
 
 
-@unittest.skipIf(MISSING is not None, f"needs numpy and h5py for /usr/bin/python3: {MISSING}")
+@unittest.skipIf(MISSING is not None, f"needs numpy and h5py (the project .venv): {MISSING}")
 class BenchNumpyMatchesReplay(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

@@ -277,8 +277,8 @@ class MissingTransformersTest(unittest.TestCase):
                             "--out", os.path.join(d, "t.h5"))
             self.assertEqual(r.returncode, 1)
             self.assertEqual(r.stderr.strip(), "kvsim-dump: error: transformers is not installed; "
-                             "the Hugging Face backend needs it (pip install transformers on your "
-                             "GPU box)")
+                             "the Hugging Face backend needs it (bash tools/install-deps.sh makes "
+                             ".venv with it)")
             self.assertEqual(os.listdir(d), ["p.txt"])
 
 

@@ -39,7 +39,7 @@ class H5pyReadback(unittest.TestCase):
             self.assertEqual(a["format"], "kvsim-trace")  # variable-length UTF-8 -> str
             self.assertIsInstance(a["model"], str)
             self.assertIsInstance(a["source"], str)
-            self.assertEqual(int(a["version"]), 1)
+            self.assertEqual(int(a["version"]), 2)
             self.assertEqual((int(a["num_layers"]), int(a["num_heads"]), int(a["num_kv_heads"]),
                               int(a["head_dim"]), int(a["hidden_size"])), (2, 4, 2, 16, 32))
             self.assertEqual(a["rope_style"], "half")

@@ -47,6 +47,40 @@ TEST_CASE("rope: de-rotation inverts rotation; rotation matches the direct formu
   }
 }
 
+TEST_CASE("rope: partial rotary (rotary_dim < head_dim) rotates the first components only") {
+  const int d = 16, r = 8;
+  std::mt19937_64 rng(9);
+  std::normal_distribution<double> N01;
+  for (RopeStyle style : {RopeStyle::half, RopeStyle::interleaved}) {
+    const Rope rope(d, style, 10000.0, "", "t", r);
+    CHECK(rope.pairs() == r / 2);
+    CHECK(rope.inv_freq().size() == static_cast<std::size_t>(r / 2));
+    for (i64 pos : {1, 77, 3000}) {
+      std::vector<double> x(r), want(r);
+      std::vector<float> xf(d), rot(d), back(d);
+      for (int c = 0; c < d; ++c) xf[c] = static_cast<float>(N01(rng));
+      for (int c = 0; c < r; ++c) x[c] = xf[c];
+      rope.rotate(xf.data(), pos, rot.data());
+      rope.derotate(rot.data(), pos, back.data());
+      // The rotated part is RoPE of a head of size r (frequencies theta^(-2i/r)); the rest passes.
+      rope_direct(x.data(), want.data(), r, static_cast<double>(pos), 10000.0, style == RopeStyle::half);
+      for (int c = 0; c < r; ++c) CHECK(rot[c] == doctest::Approx(want[c]).epsilon(1e-5).scale(1.0));
+      for (int c = r; c < d; ++c) CHECK(rot[c] == xf[c]);
+      for (int c = 0; c < d; ++c) CHECK(back[c] == doctest::Approx(xf[c]).epsilon(1e-5).scale(1.0));
+    }
+  }
+  TraceMeta m;
+  m.head_dim = d;
+  m.rotary_dim = r;
+  m.rope_theta = 500.0;
+  m.layer_attrs.resize(2);
+  m.layer_attrs[1].rope_theta = 7.0;
+  CHECK(Rope::from_meta(m, 0).rotary_dim() == r);
+  CHECK(Rope::from_meta(m, 0).inv_freq()[1] == doctest::Approx(std::pow(500.0, -2.0 / r)));
+  CHECK(Rope::from_meta(m, 1).inv_freq()[1] == doctest::Approx(std::pow(7.0, -2.0 / r)));
+  CHECK_THROWS_AS(Rope(d, RopeStyle::half, 1e4, "", "t", 5), Error);
+}
+
 TEST_CASE("rope: Llama-3 and linear scaling; unsupported scaling is a clear error") {
   const int d = 128;
   const double theta = 500000.0;

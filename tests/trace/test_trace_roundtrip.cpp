@@ -97,6 +97,12 @@ TEST_CASE("round trip: metadata and every tensor, for every storage dtype") {
   meta.model = "tiny/model";
   meta.rope_scaling = "{\"type\": \"linear\", \"factor\": 2.0}";
   meta.has_o = true;
+  // Format v2 attributes.
+  meta.attn_softcap = 30.0;
+  meta.rotary_dim = 4;
+  meta.layer_attrs.resize(static_cast<std::size_t>(o.num_layers));
+  meta.layer_attrs[0] = {"sliding_attention", 4096, 10000.0, "{\"rope_type\": \"default\"}"};
+  meta.layer_attrs[1].attention_type = "full_attention";
   std::vector<LayerData> layers;
   for (int l = 0; l < o.num_layers; ++l) {
     layers.push_back(synth_layer(o, meta, l));
@@ -138,6 +144,17 @@ TEST_CASE("round trip: metadata and every tensor, for every storage dtype") {
       CHECK(m.has_o_proj);
       CHECK(m.has_o);
       CHECK(m.context_end() == 80);
+      CHECK(m.version == 2);
+      CHECK(m.attn_softcap == 30.0);
+      CHECK(m.logits().softcap == 30.0f);
+      CHECK(m.rotary_dim == 4);
+      CHECK(m.layer_attrs[0].attention_type == "sliding_attention");
+      CHECK(m.layer_attrs[0].sliding_window == 4096);
+      CHECK(m.layer_rope_theta(0) == 10000.0);
+      CHECK(m.layer_rope_theta(1) == 500000.0);
+      CHECK(m.layer_rope_scaling(0) == "{\"rope_type\": \"default\"}");
+      CHECK(m.layer_rope_scaling(1) == meta.rope_scaling);
+      CHECK(m.layer_attrs[1].sliding_window == 0);
       for (int l = 0; l < o.num_layers; ++l) {
         LayerRequest req;
         req.o = true;

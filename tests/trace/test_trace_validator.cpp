@@ -49,6 +49,13 @@ void set_dataset_string_attr(hid_t f, const std::string& dset, const char* name,
   H5Dclose(d);
 }
 
+void in_group(hid_t f, const char* path, const std::function<void(hid_t)>& edit) {
+  const hid_t g = H5Gopen2(f, path, H5P_DEFAULT);
+  REQUIRE(g >= 0);
+  edit(g);
+  H5Gclose(g);
+}
+
 std::vector<long long> read_i64(hid_t f, const char* path) {
   const hid_t d = H5Dopen2(f, path, H5P_DEFAULT);
   const hid_t s = H5Dget_space(d);
@@ -101,7 +108,16 @@ TEST_CASE("validator and reader: one broken file per rule") {
 
   const std::vector<BrokenCase> cases = {
       {"format", [](hid_t f) { set_string(f, "format", "other-trace"); }, "@format: is \"other-trace\"", true},
-      {"version", [](hid_t f) { set_int_attr(f, "version", 2); }, "@version: is 2", true},
+      {"version", [](hid_t f) { set_int_attr(f, "version", 3); }, "@version: is 3; this kvsim reads trace format versions 1 to 2", true},
+      {"softcap", [](hid_t f) { set_double_attr(f, "attn_logit_softcap", -1); }, "@attn_logit_softcap: must be >= 0", true},
+      {"rotary_dim", [](hid_t f) { set_int_attr(f, "rotary_dim", 3); }, "@rotary_dim: is 3, must be even", true},
+      {"rotary_dim > head_dim", [](hid_t f) { set_int_attr(f, "rotary_dim", 10); }, "@rotary_dim: is 10", true},
+      {"sliding window", [](hid_t f) { in_group(f, "layers/1", [](hid_t g) { set_int_attr(g, "sliding_window", 64); }); },
+       "/layers/1@sliding_window: is 64 but the trace has 96 positions", true},
+      {"layer rope_theta", [](hid_t f) { in_group(f, "layers/0", [](hid_t g) { set_double_attr(g, "rope_theta", -5); }); },
+       "/layers/0@rope_theta: must be positive", true},
+      {"layer rope_scaling", [](hid_t f) { in_group(f, "layers/0", [](hid_t g) { set_string(g, "rope_scaling", "x"); }); },
+       "/layers/0@rope_scaling: must be a JSON object string", true},
       {"version type", [](hid_t f) { set_string(f, "version", "1"); }, "@version: must be a single integer", true},
       {"missing model", [](hid_t f) { H5Adelete(f, "model"); }, "@model: missing required attribute", true},
       {"missing source", [](hid_t f) { H5Adelete(f, "source"); }, "@source: missing required attribute", true},

@@ -66,6 +66,7 @@ int cmd_analyze(const std::vector<std::string>& args) {
   opt.n_c = n_c;
   opt.window = window;
   opt.attn_scale = meta.attn_scale;
+  opt.attn_softcap = meta.attn_softcap;
   opt.top = report::parse_top_list(vm["top"].as<std::string>(), n_c);
 
   i64 n_eval = 0, n_window = 0;

@@ -159,12 +159,12 @@ double json_number(const std::string& out, const std::string& key) {
 NumpyResult run_numpy(i64 S, bool full) {
   NumpyResult r;
   const std::string cmd = std::string("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=") +
-                          std::to_string(max_threads()) + " /usr/bin/python3 " KVSIM_SOURCE_DIR
+                          std::to_string(max_threads()) + " " KVSIM_PYTHON " " KVSIM_SOURCE_DIR
                           "/tools/bench_numpy.py --seq-len " + std::to_string(S) +
                           (full ? " --nu-heads 4 --metrics" : "") + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) {
-    r.error = "cannot start python3";
+    r.error = "cannot start " KVSIM_PYTHON;
     return r;
   }
   std::string out;

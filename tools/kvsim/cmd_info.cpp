@@ -63,12 +63,22 @@ int cmd_info(const std::vector<std::string>& args) {
   const double op_bytes = m.has_o_proj ? 4.0 * m.hidden_size * m.num_heads * d : 0.0;
   const double layer_bytes = q_bytes * (m.has_o ? 2 : 1) + 2 * kv_bytes + op_bytes;
 
-  std::printf("trace       %s (%.1f MiB on disk)\n", path.c_str(), mib(disk));
+  std::printf("trace       %s (%.1f MiB on disk, format v%d)\n", path.c_str(), mib(disk), m.version);
   std::printf("model       %s\nsource      %s\n", m.model.c_str(), m.source.c_str());
   std::printf("shape       %d layers, %d heads, %d KV heads (group %d), head_dim %d, hidden %d\n", m.num_layers,
               m.num_heads, m.num_kv_heads, m.group_size(), m.head_dim, m.hidden_size);
   std::printf("rope        %s, theta %g%s%s; attn_scale %.9g\n", m.rope_style == RopeStyle::half ? "half" : "interleaved",
               m.rope_theta, m.rope_scaling.empty() ? "" : ", scaling ", m.rope_scaling.c_str(), m.attn_scale);
+  if (m.rotary_dim > 0) std::printf("            partial rotary: first %d of %d components rotate\n", m.rotary_dim, m.head_dim);
+  if (m.attn_softcap > 0) std::printf("softcap     logits soft-capped at %g (c tanh(x / c))\n", m.attn_softcap);
+  for (int l = 0; l < static_cast<int>(m.layer_attrs.size()); ++l) {
+    const LayerAttrs& a = m.layer_attrs[l];
+    if (a.attention_type.empty() && !a.sliding_window && !a.rope_theta && a.rope_scaling.empty()) continue;
+    std::printf("layer %-5d %s%s%s%s%s\n", l, a.attention_type.empty() ? "" : a.attention_type.c_str(),
+                a.sliding_window ? (", window " + std::to_string(a.sliding_window) + " (>= S: no effect)").c_str() : "",
+                a.rope_theta ? (", rope_theta " + std::to_string(a.rope_theta)).c_str() : "",
+                a.rope_scaling.empty() ? "" : ", rope_scaling ", a.rope_scaling.c_str());
+  }
   std::printf("positions   S = %lld: context %lld, question %lld, generated %lld (prefill_len %lld)\n",
               static_cast<long long>(m.seq_len), static_cast<long long>(ctx), static_cast<long long>(question),
               static_cast<long long>(gen), static_cast<long long>(m.prefill_len));

@@ -19,7 +19,7 @@ int cmd_replay(const std::vector<std::string>& args) {
   if (nu_cache.empty()) nu_cache = "off";
   po::options_description opts("kvsim replay TRACE --rules SPECS --budgets LIST --out DIR [options]");
   opts.add_options()("help,h", "show this help")
-      ("trace", po::value(&ro.trace_path), "trace file (HDF5, format v1)")
+      ("trace", po::value(&ro.trace_path), "trace file (HDF5, format v1 or v2)")
       ("rules", po::value(&ro.rules), "rule specs separated by ';' (\"default\" and \"all\" are rule sets; see kvsim rules)")
       ("budgets", po::value(&ro.budgets), "comma-separated budgets: fraction of n_c (0.2, 20%) or tokens per head (512)")
       ("out,o", po::value(&ro.out_dir), "output folder: metrics.csv, summary.json, ...")

@@ -1,4 +1,4 @@
-"""kvsim-dump: records attention traces (trace format v1) from a language model.
+"""kvsim-dump: records attention traces (trace format v2) from a language model.
 
 The package is imported by the tools/kvsim-dump script; see traces/README.md for the format.
 """

@@ -1,4 +1,4 @@
-"""Command line of kvsim-dump: model + prompt -> trace format v1 file."""
+"""Command line of kvsim-dump: model + prompt -> trace format v2 file."""
 import argparse
 import os
 import sys
@@ -9,8 +9,8 @@ import numpy as np
 from . import VERSION
 from .errors import DumpError
 from .float_storage import STORAGE_DTYPES
-from .prompts import (DEFAULT_NEEDLE, DEFAULT_QUESTION, GENERATED, build_longbench, build_niah,
-                      build_plain)
+from .prompts import (DEFAULT_NEEDLE, DEFAULT_QUESTION, GENERATED, build_ids, build_longbench,
+                      build_niah, build_plain, parse_token_ids)
 from .recorder import Recorder
 from .trace_file import TraceFileWriter
 
@@ -19,10 +19,16 @@ def warn(msg):
     print(f"kvsim-dump: warning: {msg}", file=sys.stderr)
 
 
-def parse_layers(spec, num_layers):
-    """"0-3,5" -> [0, 1, 2, 3, 5]; None -> all layers."""
+def parse_layers(spec, num_layers, full_attention=None):
+    """"0-3,5" -> [0, 1, 2, 3, 5]; None -> all layers; "full-attention" -> full_attention (the
+    layers whose attention sees every earlier position)."""
     if spec is None:
         return list(range(num_layers))
+    if spec == "full-attention":
+        if not full_attention:
+            raise DumpError("--layers", "full-attention: this model has no layer that attends to "
+                                        "every earlier position of this prompt")
+        return list(full_attention)
     out = set()
     for part in spec.split(","):
         part = part.strip()
@@ -59,12 +65,13 @@ def query_positions(spec, context_end, seq_len):
 def build_parser():
     p = argparse.ArgumentParser(
         prog="kvsim-dump",
-        description="Record an attention trace (kvsim trace format v1, HDF5) from a language model: "
+        description="Record an attention trace (kvsim trace format v2, HDF5) from a language model: "
                     "post-RoPE queries, keys and values of every layer, o_proj and the attention "
                     "output. See traces/README.md.")
     p.add_argument("--model", required=True,
                    help="llama2.c checkpoint (.bin, or a folder with one .bin + tokenizer.bin) or a "
-                        "Hugging Face model name/folder")
+                        "saved Hugging Face model folder (config.json + weights; or a hub name "
+                        "already in the local cache)")
     p.add_argument("--backend", choices=("auto", "llama2c", "hf"), default="auto",
                    help="auto: llama2c for .bin checkpoints, hf otherwise")
     p.add_argument("--tokenizer", help="llama2.c tokenizer.bin (default: beside the checkpoint)")
@@ -72,7 +79,12 @@ def build_parser():
     src.add_argument("--prompt", metavar="FILE", help="plain prompt: the file's text is the context")
     src.add_argument("--niah", action="store_true", help="needle-in-a-haystack prompt")
     src.add_argument("--longbench", metavar="FILE", help="LongBench jsonl file")
+    src.add_argument("--token-ids", metavar="IDS",
+                     help="the prompt as token ids, e.g. 1,403,407 (or @FILE); the context "
+                          "segment, exactly as given (no BOS added)")
     p.add_argument("--question", help="question segment (--prompt, --niah)")
+    p.add_argument("--question-ids", metavar="IDS", help="question segment as token ids "
+                                                         "(--token-ids)")
     g = p.add_argument_group("needle in a haystack")
     g.add_argument("--niah-dir", help="folder of *.txt essays for the haystack")
     g.add_argument("--niah-length", type=int, default=2048, help="prompt length in tokens")
@@ -88,8 +100,9 @@ def build_parser():
                    help="greedily generate N tokens and record them (segment 2); exactly N, no "
                         "stop at end-of-sequence")
     p.add_argument("--out", required=True, help="trace file to write (.h5)")
-    p.add_argument("--layers", help="layers to record, e.g. 0-3,5 (default all; the trace then "
-                                    "numbers the stored layers 0..n-1)")
+    p.add_argument("--layers", help="layers to record, e.g. 0-3,5, or full-attention (the layers "
+                                    "without a sliding window shorter than the trace); default "
+                                    "all; the trace then numbers the stored layers 0..n-1")
     p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32",
                    help="storage dtype of the trace (and the HF model's torch dtype unless "
                         "--torch-dtype); float16 falls back to float32 on overflow")
@@ -115,7 +128,7 @@ def load_backend(args):
     from .llama2c_backend import Llama2cBackend, looks_like_llama2c
     backend = args.backend
     if backend == "auto":
-        backend = "llama2c" if looks_like_llama2c(args.model) else "hf"
+        backend = "llama2c" if looks_like_llama2c(args.model) or args.model.endswith(".bin") else "hf"
     if backend == "llama2c":
         return Llama2cBackend(args.model, args.tokenizer)
     from .hf_backend import HFBackend
@@ -123,7 +136,14 @@ def load_backend(args):
                           args.attn_implementation, args.trust_remote_code)
 
 
-def build_prompt(args, tok):
+def build_prompt(args, tok, vocab_size=None):
+    if args.question_ids and not args.token_ids:
+        raise DumpError("--question-ids", "needs --token-ids (use --question with text prompts)")
+    if args.token_ids:
+        if args.question:
+            raise DumpError("--question", "give the question as --question-ids with --token-ids")
+        q = parse_token_ids(args.question_ids, "--question-ids", vocab_size) if args.question_ids else None
+        return build_ids(parse_token_ids(args.token_ids, "--token-ids", vocab_size), q), {}
     if args.prompt:
         return build_plain(tok, args.prompt, args.question), {}
     if args.niah:
@@ -150,6 +170,26 @@ def check_length(backend, seq_len, max_positions):
          "the attention is out of distribution")
 
 
+def check_output_path(out, model, tokenizer=None):
+    """Before anything is computed: the output is a new or regular file in an existing folder,
+    and never one of the model's own files."""
+    if os.path.isdir(out):
+        raise DumpError(out, "--out: is a folder; give the trace file's path (e.g. trace.h5)")
+    if os.path.lexists(out) and not os.path.isfile(out):
+        raise DumpError(out, "--out: exists and is not a regular file (device, fifo or socket)")
+    d = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(d):
+        raise DumpError(out, "--out: the folder does not exist")
+    inputs = [model] + ([tokenizer] if tokenizer else [])
+    if os.path.isdir(model):
+        inputs = [os.path.join(model, f) for f in os.listdir(model)]
+    for path in inputs:
+        if os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path):
+            raise DumpError(out, "--out: is the model's own file; refusing to overwrite an input")
+    if os.path.isdir(model) and os.path.samefile(d, model):
+        raise DumpError(out, "--out: is inside the model folder; write the trace elsewhere")
+
+
 def progress_printer(label):
     last = [0.0]
     tty = sys.stderr.isatty()
@@ -167,15 +207,20 @@ def run(args):
     if args.generate < 0:
         raise DumpError("--generate", "must be >= 0")
     t0 = time.monotonic()
+    check_output_path(args.out, args.model, args.tokenizer)
     backend = load_backend(args)
     tok = backend.tokenizer
-    prompt, extra = build_prompt(args, tok)
+    prompt, extra = build_prompt(args, tok, getattr(backend, "vocab_size", None))
     P, N = len(prompt.ids), args.generate
     S = P + N
     if P == 0:
         raise DumpError("prompt", "no tokens")
     check_length(backend, S, args.max_positions)
-    layers = parse_layers(args.layers, backend.meta["num_layers"])
+    full = backend.full_attention_layers(S) if hasattr(backend, "full_attention_layers") else None
+    layers = parse_layers(args.layers, backend.meta["num_layers"],
+                          full if full is not None else range(backend.meta["num_layers"]))
+    if hasattr(backend, "check_layers"):
+        backend.check_layers(layers, S)
     q_pos = query_positions(args.queries, prompt.context_end, S)
     meta = dict(backend.meta)
     meta["num_layers"] = len(layers)
@@ -191,7 +236,11 @@ def run(args):
         print(f"kvsim-dump: {backend.name} backend, {P} prompt tokens, generating {N}, "
               f"{len(q_pos)} stored queries, layers {args.layers or 'all'}", file=sys.stderr)
         generated = backend.run(prompt.ids, N, recorder, progress_printer("generated"))
-        writer.meta["attn_scale"] = backend.meta["attn_scale"]
+        # What the attention kernels were really called with (known after the run).
+        for key in ("attn_scale", "attn_logit_softcap"):
+            writer.meta.pop(key, None)
+            if key in backend.meta:
+                writer.meta[key] = backend.meta[key]
         spans = dict(prompt.spans)
         if N:
             spans["answer"] = (P, S)

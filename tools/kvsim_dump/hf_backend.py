@@ -1,12 +1,19 @@
-"""Hugging Face backend: any causal LM that transformers loads, on CUDA when available.
+"""Hugging Face backend: any causal LM that transformers loads (a saved model folder or a hub name
+already in the local cache), on CUDA when available, else the CPU.
 
 transformers is imported only here and only when this backend is used. Recording happens in the
 attention kernel (hf_capture.py); generation is a plain greedy loop with the model's KV cache, so
 a generated token's q/k/v are those the decode step computed, and prompt keys/values come from the
 prefill.
+
+What the trace needs beyond q/k/v/o (trace format v2, traces/README.md) comes from the config and
+is confirmed by what the attention kernel is actually called with: the logit scale, Gemma 2's
+logit soft-cap, the rotated part of each head (partial rotary), per-layer RoPE parameters and
+sliding windows. Features kvsim cannot replay refuse the dump with a one-line error.
 """
 import inspect
 import json
+import os
 import sys
 
 from . import VERSION
@@ -16,8 +23,9 @@ from .hf_capture import (AttentionCapture, attention_modules, check_all_layers_s
                          to_numpy_weight)
 
 MISSING_TRANSFORMERS = ("transformers is not installed; the Hugging Face backend needs it "
-                        "(pip install transformers on your GPU box)")
+                        "(bash tools/install-deps.sh makes .venv with it)")
 TORCH_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 
 def import_transformers():
@@ -56,6 +64,83 @@ class HFTokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
 
+class IdsOnlyTokenizer:
+    """For model folders without a tokenizer: prompts must come as --token-ids."""
+    bos_id = None
+
+    def encode(self, text, continuation=False):
+        raise DumpError("--model", "the model folder has no tokenizer; give the prompt as "
+                                   "--token-ids")
+
+    def decode(self, ids):
+        return " ".join(str(i) for i in ids)
+
+
+def load_tokenizer(transformers, name, trust_remote_code):
+    """The folder's transformers tokenizer; a llama2.c tokenizer.bin beside a converted
+    checkpoint (tools/llama2c-to-hf); else ids only."""
+    folder = os.path.isdir(name)
+    if not folder or any(os.path.exists(os.path.join(name, f)) for f in TOKENIZER_FILES):
+        try:
+            return HFTokenizer(transformers.AutoTokenizer.from_pretrained(
+                name, trust_remote_code=trust_remote_code))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            if not folder:
+                raise DumpError(name, f"--model: cannot load its tokenizer: {str(e).splitlines()[0]}")
+    if folder and os.path.isfile(os.path.join(name, "tokenizer.bin")):
+        from .llama2c_tokenizer import Llama2cTokenizer
+        return Llama2cTokenizer(os.path.join(name, "tokenizer.bin"))
+    return IdsOnlyTokenizer()
+
+
+# -- what the config says about each layer's attention --------------------------------------------
+def rope_parameters(cfg, layer_type=None):
+    """(theta, rope parameters dict or None) of a layer type: transformers 5 keeps them in
+    cfg.rope_parameters (keyed by layer type for models like Gemma 3), 4.x in rope_theta and
+    rope_scaling."""
+    params = getattr(cfg, "rope_parameters", None)
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        params = params.get(layer_type) or params.get("full_attention") or next(iter(params.values()))
+    if isinstance(params, dict) and params:
+        theta = params.get("rope_theta") or getattr(cfg, "rope_theta", None) or 10000.0
+        scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        if scaling.get("rope_type", scaling.get("type", "default")) == "default":
+            scaling = None
+        return float(theta), scaling
+    theta = getattr(cfg, "rope_theta", None) or 10000.0
+    return float(theta), getattr(cfg, "rope_scaling", None) or None
+
+
+def partial_rotary_factor(cfg):
+    params = getattr(cfg, "rope_parameters", None)
+    f = params.get("partial_rotary_factor") if isinstance(params, dict) else None
+    if f is None:
+        f = getattr(cfg, "partial_rotary_factor", None)
+    return 1.0 if f is None else float(f)
+
+
+def layer_types(cfg, num_layers):
+    t = getattr(cfg, "layer_types", None)
+    return list(t) if t is not None and len(t) == num_layers else [None] * num_layers
+
+
+def layer_window(cfg, module, layer_type):
+    """The sliding window the layer's attention uses, or None for full attention."""
+    if hasattr(module, "sliding_window"):
+        w = module.sliding_window
+    elif layer_type is not None:
+        w = cfg.sliding_window if layer_type == "sliding_attention" else None
+    else:
+        w = getattr(cfg, "sliding_window", None)
+        if getattr(cfg, "use_sliding_window", True) is False:
+            w = None
+    return int(w) if w else None
+
+
+def arch_of(config):
+    return ",".join(getattr(config, "architectures", None) or [config.model_type])
+
+
 class HFBackend:
     name = "hf"
 
@@ -74,64 +159,129 @@ class HFBackend:
         H = int(cfg.num_attention_heads)
         Hkv = int(getattr(cfg, "num_key_value_heads", None) or H)
         hd = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // H)
+        L = int(cfg.num_hidden_layers)
         self.attn = attention_modules(model)
-        if len(self.attn) != int(cfg.num_hidden_layers):
+        if len(self.attn) != L:
             raise DumpError(model_name, f"found {len(self.attn)} attention modules with q/k/v/o "
-                                        f"projections, config says {cfg.num_hidden_layers} layers")
+                                        f"projections, config says {L} layers; this "
+                                        "architecture is not supported")
+        for layer, m in self.attn:
+            if getattr(m, "sinks", None) is not None:
+                raise DumpError(model_name, f"layer {layer} has attention sinks (per-head sink "
+                                            "logits, gpt-oss style); kvsim's perturbation and "
+                                            "bounds assume softmax over the cached keys only")
         scale = getattr(self.attn[0][1], "scaling", None)
         if scale is None and getattr(cfg, "query_pre_attn_scalar", None):
             scale = float(cfg.query_pre_attn_scalar) ** -0.5  # Gemma
-        rope_params = getattr(cfg, "rope_parameters", None) or {}
-        theta = getattr(cfg, "rope_theta", None) or rope_params.get("rope_theta") or 10000.0
-        scaling = getattr(cfg, "rope_scaling", None)
+        softcap = getattr(cfg, "attn_logit_softcapping", None) or 0.0
+        if softcap and legacy:
+            raise DumpError(model_name, "attention logit soft-capping needs transformers >= 4.48 "
+                                        "to be recorded (its attention kernel receives the cap)")
+        types = layer_types(cfg, L)
+        theta, scaling = rope_parameters(cfg, "full_attention" if types[0] else None)
         self.meta = {
             "model": model_name,
             "source": f"kvsim-dump {VERSION} (Hugging Face backend{source_versions})",
-            "num_layers": int(cfg.num_hidden_layers),
+            "num_layers": L,
             "num_heads": H,
             "num_kv_heads": Hkv,
             "head_dim": hd,
             "hidden_size": int(cfg.hidden_size),
             "rope_style": "half",
-            "rope_theta": float(theta),
+            "rope_theta": theta,
             "attn_scale": float(scale) if scale is not None else float(hd) ** -0.5,
         }
         if scaling:
             self.meta["rope_scaling"] = json.dumps(scaling, sort_keys=True, default=str)
+        if softcap:
+            self.meta["attn_logit_softcap"] = float(softcap)
+        prf = partial_rotary_factor(cfg)
+        if prf != 1.0:
+            self.meta["rotary_dim"] = int(hd * prf)
+        # Per-layer attributes (trace format v2): layer type, window, RoPE overrides.
+        self.windows, self.layer_attrs = {}, {}
+        for (layer, module), ltype in zip(self.attn, types):
+            attrs = {}
+            if ltype:
+                attrs["attention_type"] = str(ltype)
+            w = layer_window(cfg, module, ltype)
+            self.windows[layer] = w
+            if w:
+                attrs["sliding_window"] = w
+            lt, ls = rope_parameters(cfg, ltype)
+            if (lt, ls) != (theta, scaling):
+                attrs["rope_theta"] = lt
+                attrs["rope_scaling"] = json.dumps(ls or {"rope_type": "default"}, sort_keys=True,
+                                                   default=str)
+            self.layer_attrs[layer] = attrs
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
-        if getattr(cfg, "partial_rotary_factor", 1.0) not in (None, 1.0):
-            self.warn("this model rotates only part of each head (partial_rotary_factor); the "
-                      "trace says rope_style 'half' for the whole head")
-        sw = getattr(cfg, "sliding_window", None)
-        if sw and getattr(cfg, "use_sliding_window", True) is not False:
-            self.warn(f"this model has sliding-window layers (window {sw}); kvsim replays full "
-                      "causal attention over the stored keys")
+        self.vocab_size = getattr(cfg, "vocab_size", None)
+
+    def full_attention_layers(self, seq_len):
+        """Layers whose attention sees every earlier position of a seq_len-position trace."""
+        return [l for l, _ in self.attn if not self.windows[l] or self.windows[l] >= seq_len]
+
+    def check_layers(self, layers, seq_len):
+        """Refuses, before any computation, layers whose sliding window is shorter than the trace."""
+        for l in layers:
+            w = self.windows.get(l)
+            if w and w < seq_len:
+                raise DumpError(f"layer {l}", f"sliding-window attention (window {w}) over "
+                                              f"{seq_len} positions, which kvsim's full attention "
+                                              "does not reproduce; use --layers full-attention "
+                                              f"(layers {self.full_attention_layers(seq_len)}) or a "
+                                              f"prompt of at most {w} positions")
 
     @classmethod
     def load(cls, name, torch_dtype="float32", device=None, attn_implementation="sdpa",
              trust_remote_code=False):
         transformers = import_transformers()
         import torch
+        transformers.utils.logging.disable_progress_bar()  # stderr is for kvsim-dump's progress
+        looks_like_path = os.sep in name or name.startswith(".") or os.path.exists(name)
+        if looks_like_path and not os.path.isdir(name):
+            raise DumpError(name, "--model: no such model folder" if not os.path.exists(name)
+                            else "--model: not a folder (a Hugging Face model is a folder with "
+                                 "config.json and weights; llama2.c checkpoints end in .bin)")
+        if looks_like_path and not os.path.isfile(os.path.join(name, "config.json")):
+            raise DumpError(name, "--model: no config.json in the folder (not a saved Hugging "
+                                  "Face model)")
         dtype = getattr(torch, TORCH_DTYPES[torch_dtype])
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            tok = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                name, torch_dtype=dtype, attn_implementation=attn_implementation,
-                trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise DumpError(name, f"--model: transformers cannot load it: {str(e).splitlines()[0]}")
-        model = model.to(device).eval()
+            config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as e:
+            raise DumpError(name, f"--model: transformers {transformers.__version__} cannot read "
+                                  f"its config: {str(e).splitlines()[0]}")
         version = _version_tuple(transformers.__version__)
+        dtype_kw = "dtype" if version >= (4, 56) else "torch_dtype"  # renamed in 4.56
+        def from_pretrained(impl):
+            return transformers.AutoModelForCausalLM.from_pretrained(
+                name, attn_implementation=impl, trust_remote_code=trust_remote_code, **{dtype_kw: dtype})
+        try:
+            try:
+                model = from_pretrained(attn_implementation)
+            except ValueError as e:
+                # Some architectures (gpt-oss) have no sdpa path: their eager kernel is as exact.
+                if attn_implementation != "sdpa" or "does not support an attention implementation" not in str(e):
+                    raise
+                print(f"kvsim-dump: note: {arch_of(config)} has no sdpa attention; using eager",
+                      file=sys.stderr)
+                model = from_pretrained("eager")
+        except (OSError, ValueError, KeyError) as e:
+            raise DumpError(name, f"--model: transformers {transformers.__version__} cannot load "
+                                  f"architecture {arch_of(config)} as a causal LM: "
+                                  f"{str(e).splitlines()[0].split('. ')[0]}")
+        tok = load_tokenizer(transformers, name, trust_remote_code)
+        model = model.to(device).eval()
         registry = None
         legacy = version < (4, 48)
         if not legacy:
             from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
             registry = ALL_ATTENTION_FUNCTIONS
         versions = f", transformers {transformers.__version__}, torch {torch.__version__}, {torch_dtype} on {device}"
-        return cls(model, HFTokenizer(tok), name, registry=registry, legacy=legacy,
-                   source_versions=versions)
+        return cls(model, tok, name, registry=registry, legacy=legacy, source_versions=versions)
 
     def o_proj(self, layer):
         return to_numpy_weight(output_projection(dict(self.attn)[layer]).weight)
@@ -159,6 +309,8 @@ class HFBackend:
                                    self.warn)
         for layer, _ in self.attn:
             recorder.o_proj(layer, self.o_proj(layer))
+            if recorder.wants(layer):
+                recorder.layer_attrs(layer, self.layer_attrs[layer])
         if self.legacy:
             restore = install_legacy_capture(self.model, capture)
         else:
@@ -185,4 +337,8 @@ class HFBackend:
         check_all_layers_seen(capture, [l for l, _ in self.attn if recorder.wants(l)])
         if capture.scaling is not None:
             m["attn_scale"] = capture.scaling
+        if capture.softcap is not None:  # what the kernels really computed (check_output)
+            m.pop("attn_logit_softcap", None)
+            if capture.softcap > 0:
+                m["attn_logit_softcap"] = capture.softcap
         return generated

@@ -53,6 +53,7 @@ class Llama2cBackend:
         self.tokenizer.check_vocab_size(self.model.cfg.vocab_size)
         c = self.model.cfg
         self.max_positions = c.seq_len
+        self.vocab_size = c.vocab_size
         self.meta = {
             "model": model,
             "source": f"kvsim-dump {VERSION} (llama2.c numpy backend, numpy {np.__version__})",

@@ -87,9 +87,10 @@ def read_checkpoint(path):
 def rope_interleaved(x, positions, theta=ROPE_THETA):
     """Rotates pairs (2i, 2i+1) of x [..., n, head_dim] by positions[n] * theta^(-2i/head_dim)."""
     hd = x.shape[-1]
-    freqs = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
-    ang = np.asarray(positions, dtype=np.float64)[:, None] * freqs[None, :]
-    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    # float32 frequencies and angles, as run.c (powf, pos * freq) and transformers compute them.
+    freqs = (np.float32(1.0) / np.float32(theta) ** (np.arange(0, hd, 2).astype(np.float32) / np.float32(hd)))
+    ang = np.asarray(positions).astype(np.float32)[:, None] * freqs[None, :]
+    cos, sin = np.cos(ang.astype(np.float64)).astype(np.float32), np.sin(ang.astype(np.float64)).astype(np.float32)
     x0, x1 = x[..., 0::2], x[..., 1::2]
     out = np.empty_like(x)
     out[..., 0::2] = x0 * cos - x1 * sin

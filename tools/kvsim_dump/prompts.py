@@ -80,6 +80,35 @@ def _read_text(path, what):
         raise DumpError(path, f"{what} is not UTF-8 ({e.reason} at byte {e.start})")
 
 
+def parse_token_ids(text, option, vocab_size=None):
+    """'3,4,5' (commas and/or whitespace) or '@FILE' holding such a list -> [3, 4, 5]."""
+    if text.startswith("@"):
+        text = _read_text(text[1:], option)
+    parts = [p for p in text.replace(",", " ").split() if p]
+    if not parts:
+        raise DumpError(option, "no token ids given")
+    ids = []
+    for p in parts:
+        try:
+            v = int(p)
+        except ValueError:
+            raise DumpError(option, f"'{p}' is not an integer token id")
+        if v < 0 or (vocab_size is not None and v >= vocab_size):
+            raise DumpError(option, f"token id {v} is outside the vocabulary 0..{vocab_size - 1}"
+                            if vocab_size else f"token id {v} is negative")
+        ids.append(v)
+    return ids
+
+
+def build_ids(context_ids, question_ids=None):
+    """A prompt given as token ids, exactly as listed (no BOS is added)."""
+    p = Prompt()
+    p.add(list(context_ids), CONTEXT, "")
+    if question_ids:
+        p.add(list(question_ids), QUESTION, "")
+    return p
+
+
 def build_plain(tok, prompt_file, question=None):
     """The file's text is the context; an optional question becomes the question segment."""
     text = _read_text(prompt_file, "prompt")

@@ -42,6 +42,13 @@ class Recorder:
                 os_ = np.asarray(o) if preselected else np.asarray(o)[:, rows]
             self.writer.write_queries(slot, first, qs, os_)
 
+    def layer_attrs(self, layer, attrs):
+        """Per-layer attributes of the model layer (trace format v2: attention_type,
+        sliding_window, rope_theta, rope_scaling)."""
+        slot = self.layer_slot.get(layer)
+        if slot is not None and attrs:
+            self.writer.set_layer_attrs(slot, attrs)
+
     def o_proj(self, layer, weight):
         slot = self.layer_slot.get(layer)
         if slot is not None:

@@ -1,4 +1,4 @@
-"""Streams trace format v1 into an HDF5 file (architecture.md section 3; traces/README.md).
+"""Streams trace format v2 into an HDF5 file (architecture.md section 3; traces/README.md).
 
 Tensors arrive in slices (a block of positions of one layer) and are written at once, so the
 dumper holds at most one block in memory. The file is written as "<out>.partial" and renamed by
@@ -19,7 +19,7 @@ from . import float_storage
 from .errors import DumpError
 
 FORMAT = "kvsim-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2 adds optional soft-cap, rotary_dim and per-layer attributes
 CHUNK_POSITIONS = 1024
 
 
@@ -121,6 +121,15 @@ class TraceFileWriter:
             self._check(layer, "o", o.shape, (self.H, m, self.hd))
             self._store(self._dataset(layer, "o", shape, nq), np.s_[:, first:first + m], o)
             self.o_written[layer] += m
+
+    def set_layer_attrs(self, layer, attrs):
+        """Attributes of /layers/<layer> (format v2): attention_type, sliding_window, rope_theta,
+        rope_scaling."""
+        if not 0 <= layer < self.L:
+            raise DumpError(f"layer {layer}", f"outside 0..{self.L - 1}")
+        grp = self.f.require_group(f"layers/{layer}")
+        for key, value in attrs.items():
+            grp.attrs[key] = _attr(value)
 
     def write_o_proj(self, layer, weight):
         """weight [hidden_size, num_heads*head_dim] (out x in, Hugging Face layout)."""
