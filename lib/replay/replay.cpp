@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <future>
@@ -37,6 +38,8 @@ namespace {
 struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
   double budget_tokens = 0, kept = 0, F = 0, l1 = 0, l2 = 0, rel_l1 = 0, ada = 0, crit = 0, select_s = 0;
   int layers = 0;
+  double tied_sum = 0;  // Selection::tied_at_cut over layers and units
+  i64 tied_units = 0, tied_max = 0;
 };
 
 void write_summary(const ReplayOptions& opt, const TraceMeta& meta, const Protocol& p, const std::vector<int>& layers,
@@ -76,6 +79,8 @@ void write_summary(const ReplayOptions& opt, const TraceMeta& meta, const Protoc
       j.field("retained_mass_mean", t.F / n).field("pert_l1_mean", t.l1 / n).field("pert_l2_mean", t.l2 / n);
       j.field("rel_pert_l1_mean", t.rel_l1 / n).field("bound_ada_mean", t.ada / n);
       j.field("bound_critical_mean", t.crit / n).field("select_seconds", t.select_s);
+      if (t.tied_units > 0)  // rules that rank by scores: how often the cut fell inside a tie
+        j.field("tied_at_cut_mean", t.tied_sum / static_cast<double>(t.tied_units)).field("tied_at_cut_max", t.tied_max);
       j.end_object();
     }
     j.end_array().end_object();
@@ -200,7 +205,13 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
       for (std::size_t si = 0; si < sets.size(); ++si) results.push_back(measure_perturbations(cache, *refs[si], sels));
       for (std::size_t b = 0; b < budgets.size(); ++b) {
         tot[r][b].select_s += sel_s / budgets.size();  // one select() serves all budgets
-        if (selfile) selfile->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text);
+        for (i64 t : sels[b].tied_at_cut) {
+          tot[r][b].tied_sum += static_cast<double>(t);
+          tot[r][b].tied_max = std::max(tot[r][b].tied_max, t);
+          ++tot[r][b].tied_units;
+        }
+        if (selfile)
+          selfile->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text, meta.num_kv_heads);
         for (std::size_t si = 0; si < sets.size(); ++si) {
           const PerturbationResult& res = results[si][b];
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.

@@ -67,7 +67,7 @@ SelectionFile::~SelectionFile() {
 }
 
 void SelectionFile::write(int rule_index, int budget_index, int layer, const Selection& sel,
-                          const std::string& rule_spec, const std::string& budget_text) {
+                          const std::string& rule_spec, const std::string& budget_text, int num_kv_heads) {
   Impl& m = *impl_;
   const std::string gname = "/" + std::to_string(rule_index) + "/" + std::to_string(budget_index) + "/layers/" +
                             std::to_string(layer);
@@ -84,8 +84,18 @@ void SelectionFile::write(int rule_index, int budget_index, int layer, const Sel
     m.string_attr(ds, "mode", sel.mode == GqaMode::kv ? "kv" : "query");
   }
   if (ds >= 0) H5Dclose(ds);
-  H5Gclose(g);
   m.check(st, gname + "/kept");
+  if (!sel.key_channels.empty() && num_kv_heads > 0) {  // ThinK: the key channels each KV head keeps
+    const hsize_t cdims[2] = {static_cast<hsize_t>(num_kv_heads), sel.key_channels.size() / num_kv_heads};
+    const hid_t cspace = H5Screate_simple(2, cdims, nullptr);
+    const hid_t cds = H5Dcreate2(g, "key_channels", H5T_STD_U8LE, cspace, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    const herr_t cst =
+        cds < 0 ? -1 : H5Dwrite(cds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, sel.key_channels.data());
+    H5Sclose(cspace);
+    if (cds >= 0) H5Dclose(cds);
+    m.check(cst, gname + "/key_channels");
+  }
+  H5Gclose(g);
 }
 
 void SelectionFile::commit() {

@@ -1,7 +1,9 @@
 #pragma once
 // selection.h5 (--save-selection): /<rule index>/<budget index>/layers/<l>/kept, uint8
-// [units, n_c], with attributes rule, budget, mode. Written to "<path>.partial" and renamed by
-// commit(); destroying an uncommitted file removes the partial file.
+// [units, n_c], with attributes rule, budget, mode; for key-channel pruning (ThinK) also
+// .../key_channels, uint8 [num_kv_heads, head_dim] (1 = channel kept). Written to
+// "<path>.partial" and renamed by commit(); destroying an uncommitted file removes the partial
+// file.
 #include <memory>
 #include <string>
 
@@ -14,7 +16,7 @@ class SelectionFile {
   explicit SelectionFile(std::string path);
   ~SelectionFile();
   void write(int rule_index, int budget_index, int layer, const Selection& sel, const std::string& rule_spec,
-             const std::string& budget_text);
+             const std::string& budget_text, int num_kv_heads);
   void commit();
 
  private:

@@ -77,8 +77,13 @@ class AdaRule : public ScoredRule {
   bool attention_like() const override { return true; }
   std::string wrapper_kind() const override { return "ada"; }
   UnitScores scores(const RuleInput& in) const override { return base_->scores(in); }
-  i64 layer_budget(const RuleInput& in, const UnitScores& s, i64 B) const override {
-    return base_->layer_budget(in, s, B);
+  i64 layer_budget(const RuleInput& in, const UnitScores& s, i64 B, double exact) const override {
+    return base_->layer_budget(in, s, B, exact);
+  }
+  i64 forced_per_unit(const RuleInput& in, const UnitScores& s, i64 B) const override {
+    if (p_.variant_a || in.layer < p_.skip) return 0;
+    const i64 w = s.n_protected, n_safe = safeguard(B);
+    return p_.window_in_floor ? std::max(n_safe, w) : std::min({n_safe, B - w, s.n_c - w}) + w;
   }
   std::vector<i64> unit_budgets(const RuleInput& in, const UnitScores& s, i64 B) const override {
     const i64 w = s.n_protected, m = s.n_c - w, b = B - w;
@@ -88,11 +93,15 @@ class AdaRule : public ScoredRule {
                                  " protected tokens");
     if (in.layer < p_.skip) return std::vector<i64>(H, B);
     // Compact the unprotected scores of every unit: [H][m].
+    // Ranking needs only the order (log-space scores are fine); normalize sums masses.
+    const bool masses = p_.variant_a && p_.normalize && s.log_space;
     std::vector<float> flat(static_cast<std::size_t>(H) * m);
     for (int u = 0; u < H; ++u) {
+      const std::vector<float> lin = masses ? s.linear_scores(u) : std::vector<float>();
+      const float* src = masses ? lin.data() : s.unit(u);
       i64 k = 0;
       for (i64 j = 0; j < s.n_c; ++j)
-        if (!s.protect[j]) flat[u * m + k++] = s.unit(u)[j];
+        if (!s.protect[j]) flat[u * m + k++] = src[j];
     }
     std::vector<i64> c;
     if (p_.variant_a) {
@@ -100,18 +109,24 @@ class AdaRule : public ScoredRule {
     } else {
       // kvpress: n_safe = int(alpha * n_kept) with the window inside n_kept; NVIDIA's press
       // lets the window eat the floor, the authors' port applies it to prefix tokens.
-      const i64 n_safe = static_cast<i64>(std::floor(p_.alpha * static_cast<double>(B)));
+      const i64 n_safe = safeguard(B);
       c = ada_variant_b(flat.data(), H, m, b, p_.window_in_floor ? std::max<i64>(0, n_safe - w) : n_safe);
     }
     for (auto& x : c) x = std::min(x, m) + w;
     return c;
   }
   std::vector<Selection> select_counts(const RuleInput& in, const UnitScores& s,
-                                       const std::vector<std::vector<i64>>& c) const override {
+                                       const std::vector<UnitCounts>& c) const override {
     return base_->select_counts(in, s, c);
   }
 
  private:
+  // kvpress AdaKVPress: n_safe = int(n_kept * alpha), at least 1 when alpha > 0 (PR #264).
+  i64 safeguard(i64 B) const {
+    const i64 n = static_cast<i64>(std::floor(static_cast<double>(B) * p_.alpha));
+    return p_.alpha > 0 && B > 0 ? std::max<i64>(1, n) : n;
+  }
+
   std::unique_ptr<ScoredRule> base_;
   Params p_;
 };

@@ -16,18 +16,25 @@ Budget Budget::parse(const std::string& s) {
   if (s.empty()) fail("budget ''", "", "empty budget");
   Budget b;
   b.text = s;
-  const bool percent = s.back() == '%';
-  const std::string num = percent ? s.substr(0, s.size() - 1) : s;
-  const bool integer = !percent && num.find_first_not_of("0123456789") == std::string::npos;
+  const bool ratio = s.rfind("cr=", 0) == 0;
+  const bool percent = !ratio && s.back() == '%';
+  const std::string num = ratio ? s.substr(3) : percent ? s.substr(0, s.size() - 1) : s;
+  const bool integer = !ratio && !percent && !num.empty() && num.find_first_not_of("0123456789") == std::string::npos;
   errno = 0;
   char* end = nullptr;
   const double v = std::strtod(num.c_str(), &end);
   if (num.empty() || end == num.c_str() || *end != '\0' || errno == ERANGE || !std::isfinite(v))
-    fail(where, "", "expected a fraction (0.2), a percentage (20%) or a token count (512)");
+    fail(where, "", "expected a fraction (0.2), a percentage (20%), a compression ratio (cr=0.8) or a token count (512)");
   if (integer) {
     if (v < 1) fail(where, "", "a token count must be at least 1");
+    // Exactly representable and far beyond any context: larger counts are typos, not budgets.
+    if (v > 9007199254740992.0) fail(where, "", "a token count must be at most 2^53");
     b.kind = Kind::tokens;
     b.value = v;
+  } else if (ratio) {
+    b.kind = Kind::compression_ratio;
+    b.value = v;
+    if (!(v >= 0.0 && v < 1.0)) fail(where, "", "a compression ratio must be in [0, 1) (the share of tokens evicted)");
   } else {
     b.kind = Kind::fraction;
     b.value = percent ? v / 100.0 : v;
@@ -37,18 +44,43 @@ Budget Budget::parse(const std::string& s) {
   return b;
 }
 
+double Budget::kept_fraction(i64 n_c) const {
+  switch (kind) {
+    case Kind::fraction: return value;
+    case Kind::compression_ratio: return 1.0 - value;
+    case Kind::tokens: return n_c > 0 ? value / static_cast<double>(n_c) : 1.0;
+  }
+  return value;
+}
+
+double Budget::exact_tokens(i64 n_c) const {
+  switch (kind) {
+    case Kind::fraction: return value * static_cast<double>(n_c);
+    case Kind::compression_ratio: return static_cast<double>(n_c) * (1.0 - value);  // kvpress's operand order
+    case Kind::tokens: return value;
+  }
+  return value;
+}
+
 i64 Budget::tokens_for(i64 n_c) const {
   if (kind == Kind::tokens) {
-    const i64 t = static_cast<i64>(value);
-    if (t > n_c)
-      fail("budget '" + text + "'", "", std::to_string(t) + " tokens exceed the " + std::to_string(n_c) +
-                                            " compressible tokens before the compression point");
-    return t;
+    if (value > static_cast<double>(n_c))
+      fail("budget '" + text + "'", "", std::to_string(static_cast<long long>(value)) + " tokens exceed the " +
+                                            std::to_string(n_c) + " compressible tokens before the compression point");
+    return static_cast<i64>(value);
   }
+  if (kind == Kind::compression_ratio)  // kvpress compute_n_kept: max(1, int(k_len * (1 - cr)))
+    return std::max<i64>(1, std::min<i64>(n_c, static_cast<i64>(exact_tokens(n_c))));
   // floor(f * n_c) like kvpress's int(n_c * (1 - cr)); the tiny relative tolerance keeps
   // 0.29 * 100 at 29 instead of 28.999999999999996 -> 28. At least one token.
   const i64 t = static_cast<i64>(std::floor(value * static_cast<double>(n_c) * (1.0 + 1e-12)));
   return std::max<i64>(1, std::min<i64>(t, n_c));
+}
+
+i64 Budget::share_of(i64 n, i64 n_c) const {
+  const double x = kind == Kind::compression_ratio ? static_cast<double>(n) * (1.0 - value)
+                                                   : static_cast<double>(n) * kept_fraction(n_c) * (1.0 + 1e-12);
+  return std::max<i64>(1, static_cast<i64>(std::floor(x)));
 }
 
 std::vector<Budget> parse_budgets(const std::string& list) {

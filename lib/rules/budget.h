@@ -1,7 +1,8 @@
 #pragma once
-// Budgets (spec 1.4): a kept fraction of the compressed span ("0.2", "20%") or an average
-// number of kept tokens per head ("512"). Rules resolve them per layer; the effective kept
-// count is always reported next to the nominal one.
+// Budgets (spec 1.4): a kept fraction of the compressed span ("0.2", "20%"), kvpress's
+// compression ratio ("cr=0.8": keep int(n_c * (1 - 0.8)) tokens, computed exactly as kvpress
+// does), or a number of kept tokens per head ("512"). Rules resolve them per layer; the effective
+// kept count is always reported next to the nominal one.
 #include <string>
 #include <vector>
 
@@ -10,16 +11,26 @@
 namespace kvsim {
 
 struct Budget {
-  enum class Kind { fraction, tokens };
+  enum class Kind { fraction, compression_ratio, tokens };
   Kind kind = Kind::fraction;
-  double value = 0.0;
-  std::string text;  // as the user wrote it; used as the "budget" column
+  double value = 0.0;  // kept fraction, compression ratio, or token count
+  std::string text;    // as the user wrote it; used as the "budget" column
 
-  // "0.2" or "20%" -> fraction in (0, 1]; "512" (integer >= 1) -> tokens. Throws kvsim::Error.
+  // "0.2" / "20%" -> fraction in (0, 1]; "cr=0.8" -> compression ratio in [0, 1); "512" (integer
+  // >= 1, at most 2^53) -> tokens. Throws kvsim::Error naming the budget.
   static Budget parse(const std::string& s);
-  // Nominal per-head kept tokens of a span of n_c compressible tokens: floor(value * n_c) for a
-  // fraction (at least 1), value for tokens. Throws if tokens > n_c.
+  // Kept share of a span of n_c tokens, as a real number: f, 1 - cr, or tokens / n_c.
+  double kept_fraction(i64 n_c) const;
+  // Kept tokens before rounding: f * n_c, n_c * (1 - cr) (kvpress's float), or the token count.
+  // PyramidKV's float schedule and CriticalKV's first stage start from this value.
+  double exact_tokens(i64 n_c) const;
+  // Nominal per-head kept tokens of n_c compressible tokens: floor(f * n_c) (at least 1) for a
+  // fraction, kvpress's max(1, int(n_c * (1 - cr))) for a ratio, the count for tokens. Throws if
+  // a token count exceeds n_c.
   i64 tokens_for(i64 n_c) const;
+  // The same share of a part of n of the span's items (a chunk, or chunks): at least 1. With a
+  // compression ratio exactly kvpress's max(1, int(n * (1 - cr))).
+  i64 share_of(i64 n, i64 n_c) const;
 };
 
 std::vector<Budget> parse_budgets(const std::string& comma_separated);

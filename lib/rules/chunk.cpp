@@ -17,10 +17,6 @@
 namespace kvsim {
 namespace {
 
-double kept_fraction(const Budget& b, i64 n_c) {
-  return b.kind == Budget::Kind::fraction ? b.value : static_cast<double>(b.tokens_for(n_c)) / static_cast<double>(n_c);
-}
-
 class ChunkRule : public Rule {
  public:
   ChunkRule(std::string spec, std::unique_ptr<ScoredRule> base, i64 len)
@@ -33,15 +29,14 @@ class ChunkRule : public Rule {
       const UnitScores s = base_->scores_range(in, c0, c1);
       if (out.empty())
         for (std::size_t b = 0; b < budgets.size(); ++b) out.emplace_back(s.mode, s.units, in.n_c);
-      std::vector<std::vector<i64>> counts;
+      std::vector<UnitCounts> counts;
       for (const auto& b : budgets) {
-        const i64 k = std::max<i64>(1, static_cast<i64>(std::floor(static_cast<double>(n) * kept_fraction(b, in.n_c) *
-                                                                    (1.0 + 1e-12))));
+        const i64 k = b.share_of(n, in.n_c);
         if (k < s.n_protected)
           fail(spec_, "budget " + b.text,
                "keeps " + std::to_string(k) + " tokens of the chunk [" + std::to_string(c0) + ", " + std::to_string(c1) +
                    "), fewer than its " + std::to_string(s.n_protected) + " protected tokens");
-        counts.emplace_back(s.units, std::min(k, n));
+        counts.push_back({std::vector<i64>(s.units, std::min(k, n)), static_cast<double>(std::min(k, n)), 0});
       }
       const std::vector<Selection> local = base_->select_counts(in, s, counts);
       for (std::size_t b = 0; b < budgets.size(); ++b)
@@ -63,6 +58,8 @@ class ChunkKVRule : public Rule {
   std::string spec() const override { return spec_; }
   std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override {
     const UnitScores s = base_->scores(in);
+    std::vector<std::vector<float>> mass(s.units);  // chunk means add masses, not log-masses
+    for (int u = 0; u < s.units; ++u) mass[u] = s.linear_scores(u);
     const i64 n_chunks = (s.n_c + len_ - 1) / len_;
     std::vector<float> chunk_score(n_chunks, 0.0f);
     std::vector<std::uint8_t> forced(n_chunks, 0);
@@ -76,7 +73,7 @@ class ChunkKVRule : public Rule {
           forced[c] = 1;
           continue;
         }
-        for (int u = 0; u < s.units; ++u) acc += s.unit(u)[j];
+        for (int u = 0; u < s.units; ++u) acc += mass[u][j];
         ++cnt;
       }
       n_forced += forced[c];
@@ -84,8 +81,7 @@ class ChunkKVRule : public Rule {
     }
     std::vector<Selection> out;
     for (const auto& b : budgets) {
-      const i64 want = std::max<i64>(
-          1, static_cast<i64>(std::floor(static_cast<double>(n_chunks) * kept_fraction(b, in.n_c) * (1.0 + 1e-12))));
+      const i64 want = b.share_of(n_chunks, in.n_c);
       const i64 extra = std::max<i64>(0, std::min(want, n_chunks) - n_forced);
       std::vector<std::uint8_t> keep = forced;
       for (i64 c : rank_unprotected(chunk_score.data(), forced.data(), n_chunks, extra)) keep[c] = 1;

@@ -60,7 +60,7 @@ QueryStats expected_query_stats(const float* pre, i64 m, int d, const Rope& rope
 }
 
 void expected_key_scores(const QueryStats& st, const float* keys, i64 n, int d, float scale, bool covariance,
-                         float* out) {
+                         float* out, bool log_space) {
   avec<float> mu(static_cast<std::size_t>(d)), cov(static_cast<std::size_t>(d * d));
   for (int c = 0; c < d; ++c) mu[c] = static_cast<float>(st.mean[c]);
   for (int i = 0; i < d * d; ++i) cov[i] = static_cast<float>(st.cov[i]);
@@ -71,8 +71,42 @@ void expected_key_scores(const QueryStats& st, const float* keys, i64 n, int d, 
     kernels::sgemm(false, false, n, d, d, 1.0f, keys, d, cov.data(), d, 0.0f, kc.data(), d);
     for (i64 j = 0; j < n; ++j) out[j] += 0.5f * scale * scale * kernels::dot(kc.data() + j * d, keys + j * d, d);
   }
-  if (n > 0) kernels::softmax_inplace(out, n);
+  if (n <= 0) return;
+  if (!log_space) {
+    kernels::softmax_inplace(out, n);
+    return;
+  }
+  double mx = -INFINITY, z = 0;
+  for (i64 j = 0; j < n; ++j) mx = std::max(mx, static_cast<double>(out[j]));
+  for (i64 j = 0; j < n; ++j) z += std::exp(static_cast<double>(out[j]) - mx);
+  const double lse = mx + std::log(z);
+  for (i64 j = 0; j < n; ++j) out[j] = static_cast<float>(static_cast<double>(out[j]) - lse);
 }
+
+namespace {
+
+// Group reduction of per-head log scores: log(mean exp), max, log(sum exp), or per head.
+void reduce_log_heads(const float* per_head, int H, int G, i64 n, GqaChoice gqa, float* out) {
+  if (gqa.mode == GqaMode::query) {
+    std::copy(per_head, per_head + static_cast<i64>(H) * n, out);
+    return;
+  }
+  for (int g = 0; g < H / G; ++g)
+    for (i64 j = 0; j < n; ++j) {
+      double mx = -INFINITY;
+      for (int r = 0; r < G; ++r) mx = std::max(mx, static_cast<double>(per_head[(g * G + r) * n + j]));
+      double acc = 0;
+      if (gqa.op != kernels::GroupOp::max && mx > -INFINITY)
+        for (int r = 0; r < G; ++r) acc += std::exp(static_cast<double>(per_head[(g * G + r) * n + j]) - mx);
+      const double v = gqa.op == kernels::GroupOp::max ? mx
+                       : mx == -INFINITY            ? mx
+                       : gqa.op == kernels::GroupOp::sum ? mx + std::log(acc)
+                                                         : mx + std::log(acc / G);
+      out[g * n + j] = static_cast<float>(v);
+    }
+}
+
+}  // namespace
 
 namespace {
 
@@ -81,6 +115,7 @@ struct ExpectedParams {
   bool covariance = true, vnorm = true;
   double eps = 0;
   GqaChoice gqa;
+  bool log_space = true;
 };
 
 class ExpectedRule : public ScoredRule {
@@ -129,17 +164,30 @@ class ExpectedRule : public ScoredRule {
         }
         const QueryStats st = expected_query_stats(pre.data(), m, d, rope, end, p_.n_future, p_.covariance);
         expected_key_scores(st, D.k_row(h / G, begin + sink), m, d, scale, p_.covariance,
-                            head_scores.data() + h * n + sink);
+                            head_scores.data() + h * n + sink, p_.log_space);
       }
     }
     UnitScores s(p_.gqa.mode, rules_more::gqa_units(p_.gqa, D), n);
-    reduce_heads(head_scores.data(), H, G, n, n, p_.gqa, s.score.data(), n);
+    s.log_space = p_.log_space;
+    if (p_.log_space) reduce_log_heads(head_scores.data(), H, G, n, p_.gqa, s.score.data());
+    else reduce_heads(head_scores.data(), H, G, n, n, p_.gqa, s.score.data(), n);
     if (p_.vnorm)
       for (int u = 0; u < s.units; ++u) {
         const int g = rules_more::unit_kv_head(p_.gqa, u, G);
         for (i64 j = sink; j < n; ++j) {
           const float* v = D.v_row(g, begin + j);
-          s.unit(u)[j] = static_cast<float>((s.unit(u)[j] + p_.eps) * std::sqrt(kernels::dot(v, v, d)));
+          const double vn = std::sqrt(static_cast<double>(kernels::dot(v, v, d)));
+          float& x = s.unit(u)[j];
+          if (!p_.log_space) {
+            x = static_cast<float>((x + p_.eps) * static_cast<float>(vn));
+          } else {  // log((p + eps) ||v||) = logaddexp(log p, log eps) + log ||v||
+            double lp = x;
+            if (p_.eps > 0) {
+              const double le = std::log(p_.eps), hi = std::max(lp, le);
+              lp = hi + std::log(std::exp(lp - hi) + std::exp(le - hi));
+            }
+            x = static_cast<float>(lp + std::log(vn));
+          }
         }
       }
     s.protect_range(0, sink);
@@ -159,7 +207,11 @@ RuleInfo expected_info() {
            {"covariance", "bool", "true", "use the query covariance term"},
            {"vnorm", "bool", "true", "multiply by the value norm (after adding eps)"},
            {"eps", "double", "0", "added to the score before the value-norm rescaling"},
-           {"gqa", "choice mean|max|sum|query", "mean", "group reduction, or one set per query head"}},
+           {"gqa", "choice mean|max|sum|query", "mean", "group reduction, or one set per query head"},
+           {"space", "choice log|linear", "log",
+            "log: the same scores as logs, so tokens whose float32 softmax underflows to 0 are still ranked "
+            "by the estimate (kvpress differs here: it ranks those exact zeros by position); linear: "
+            "kvpress's float32 arithmetic, ties included"}},
           /*in_all=*/false};  // needs every prompt query after the sinks
 }
 
@@ -171,6 +223,7 @@ std::unique_ptr<Rule> build_expected(SpecReader& r) {
   p.vnorm = r.get_bool("vnorm", true);
   p.eps = r.get_double("eps", 0.0, 0.0, 1e30);
   p.gqa = read_gqa(r, "mean");
+  p.log_space = r.get_choice("space", "log", {"log", "linear"}) == "log";
   return std::make_unique<ExpectedRule>(r.canonical(), p);
 }
 

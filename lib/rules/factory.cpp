@@ -34,7 +34,7 @@ std::vector<std::unique_ptr<Rule>> make_rules(const std::string& specs) {
       // papers evaluate.
       const bool all = part == "all";
       for (const auto& info : rule_catalogue())
-        if (all || info.in_all) rules.push_back(make_rule(info.name));
+        if ((all || info.in_all) && info.example.empty()) rules.push_back(make_rule(info.name));
       rules.push_back(make_rule("critical(ada(snapkv))"));  // CriticalAdaKV
       if (all) {
         rules.push_back(make_rule("ada(pyramid(snapkv))"));  // Ada-Pyramid

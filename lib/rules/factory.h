@@ -21,9 +21,12 @@ struct RuleParam {
 struct RuleInfo {
   std::string name, summary;
   std::vector<RuleParam> params;
-  // Part of make_rules("all")? Off for rules whose defaults need data most traces lack
+  // Part of make_rules("default")? Off for rules whose defaults need data most traces lack
   // (e.g. chunk(snapkv) needs the queries at every chunk end).
   bool in_all = true;
+  // A spec that builds the rule when its name alone does not (a required parameter, e.g.
+  // external(name=...)); such rules are left out of "all". Empty: the name alone builds it.
+  std::string example;
 };
 // For `kvsim rules`.
 std::vector<RuleInfo> rule_catalogue();

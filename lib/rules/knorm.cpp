@@ -1,4 +1,6 @@
 // knorm: keep the LOW-norm keys, score -||k_j||_2 per KV head (spec 2.3). Nothing protected.
+// The squares are summed in channel order in float32, as torch.linalg.vector_norm does for a
+// head's few channels, so keys whose norms differ in the last bit rank as in kvpress.
 #include <cmath>
 
 #include "kernels/kernels.h"
@@ -17,7 +19,9 @@ class KnormRule : public ScoredRule {
     for (int g = 0; g < d.num_kv_heads; ++g)
       for (i64 j = 0; j < s.n_c; ++j) {
         const float* k = d.k_row(g, begin + j);
-        s.unit(g)[j] = -std::sqrt(kernels::dot(k, k, d.head_dim));
+        float acc = 0.0f;
+        for (int c = 0; c < d.head_dim; ++c) acc += k[c] * k[c];
+        s.unit(g)[j] = -std::sqrt(acc);
       }
     return s;
   }

@@ -24,14 +24,17 @@ std::vector<i64> pyramid_int_nonwindow(int L, i64 B, i64 w, double beta, i64 n) 
   return out;
 }
 
-std::vector<i64> pyramid_float_kept(int L, i64 B, i64 w, double beta, i64 n) {
-  std::vector<i64> uniform(std::max(L, 1), B);
+std::vector<i64> pyramid_float_kept(int L, double B, i64 w, double beta, i64 n) {
+  // kvpress: max_capacity_prompt = w + n (1 - cr), so (max_capacity_prompt - w) = B unrounded;
+  // the fallback is max(1, round(n (1 - cr))). Python round() = round half to even = nearbyint.
+  std::vector<i64> uniform(std::max(L, 1), std::max<i64>(1, static_cast<i64>(std::nearbyint(B))));
   if (L <= 1) return uniform;
-  double mn = static_cast<double>(B) / beta;
-  double mx = 2.0 * static_cast<double>(B) - mn;
+  const double cap = static_cast<double>(w) + B;  // operand order as kvpress, then - w
+  double mn = (cap - static_cast<double>(w)) / beta;
+  double mx = (cap - static_cast<double>(w)) * 2.0 - mn;
   if (mx >= static_cast<double>(n - w)) {
     mx = static_cast<double>(n - w);
-    mn = 2.0 * static_cast<double>(B) - mx;
+    mn = (cap - static_cast<double>(w)) * 2.0 - mx;
   }
   if (!(static_cast<double>(n) >= mx && mx >= mn && mn >= static_cast<double>(w))) return uniform;
   std::vector<i64> out(L);
@@ -50,17 +53,17 @@ class PyramidRule : public ScoredRule {
   bool attention_like() const override { return true; }
   std::string wrapper_kind() const override { return "pyramid"; }
   UnitScores scores(const RuleInput& in) const override { return base_->scores(in); }
-  i64 layer_budget(const RuleInput& in, const UnitScores& s, i64 B) const override {
+  i64 layer_budget(const RuleInput& in, const UnitScores& s, i64 B, double exact) const override {
     const i64 w = s.n_protected;
     const int L = in.meta->num_layers;
     if (B < w)
       fail(spec(), "budget", std::to_string(B) + " tokens per head are fewer than the " + std::to_string(w) +
                                  " protected window tokens");
     if (integer_) return pyramid_int_nonwindow(L, B, w, beta_, in.n_c)[in.layer] + w;
-    return pyramid_float_kept(L, B, w, beta_, in.n_c)[in.layer];
+    return pyramid_float_kept(L, exact, w, beta_, in.n_c)[in.layer];
   }
   std::vector<Selection> select_counts(const RuleInput& in, const UnitScores& s,
-                                       const std::vector<std::vector<i64>>& c) const override {
+                                       const std::vector<UnitCounts>& c) const override {
     return base_->select_counts(in, s, c);
   }
 
@@ -76,7 +79,8 @@ KVSIM_RULE((RuleInfo{"pyramid",
                       {"beta", "double", "20", "max/min layer budget ratio parameter (min = b/beta)"},
                       {"variant", "choice int|float", "int",
                        "int: original integer steps, window on top of b = B - w, total overshoots L*B; "
-                       "float: kvpress, window inside, average exactly B"}}}),
+                       "float: kvpress PyramidKVPress, window inside, schedule from the unrounded kept count "
+                       "n_c (1 - cr), Python rounding; average B"}}}),
            [](SpecReader& r) -> std::unique_ptr<Rule> {
              auto base = require_scored(r.get_rule_or(0, "snapkv"), "pyramid");
              if (!base->plain() || !base->attention_like())

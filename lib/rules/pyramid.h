@@ -14,9 +14,10 @@ namespace kvsim {
 std::vector<i64> pyramid_int_nonwindow(int L, i64 B, i64 w, double beta, i64 n);
 
 // Float variant (kvpress PyramidKVPress). B = average kept tokens per head INCLUDING the
-// window; returns the kept count (window included) of each layer:
-// round_half_even(max - l*(max - min)/(L - 1)), min = B/beta, max = 2B - min (clamped to
-// n - w); falls back to uniform B when not (n >= max >= min >= w) or L = 1.
-std::vector<i64> pyramid_float_kept(int L, i64 B, i64 w, double beta, i64 n);
+// window, UNROUNDED (kvpress: n (1 - cr), e.g. 2007 x 0.5 = 1003.5); returns the kept count
+// (window included) of each layer: round_half_even(max - l*(max - min)/(L - 1)), min = B/beta,
+// max = 2B - min (clamped to n - w); falls back to uniform max(1, round_half_even(B)) when not
+// (n >= max >= min >= w) or L = 1.
+std::vector<i64> pyramid_float_kept(int L, double B, i64 w, double beta, i64 n);
 
 }  // namespace kvsim

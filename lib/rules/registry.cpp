@@ -121,6 +121,14 @@ bool SpecReader::get_bool(const std::string& name, bool def) {
   return value;
 }
 
+std::string SpecReader::get_string(const std::string& name, const std::string& def, bool required) {
+  std::string value = def;
+  if (const std::string* text = find(name)) value = *text;
+  else if (required) error("parameter '" + name + "' is required, e.g. " + spec_.name + "(" + name + "=...)");
+  canon_params_.emplace_back(name, value);
+  return value;
+}
+
 std::string SpecReader::get_choice(const std::string& name, const std::string& def,
                                    const std::vector<std::string>& choices) {
   std::string value = def;

@@ -22,6 +22,8 @@ class SpecReader {
   long long get_int(const std::string& name, long long def, long long min, long long max);
   double get_double(const std::string& name, double def, double min, double max);
   bool get_bool(const std::string& name, bool def);
+  // Free text (a name, a file path); `required` errors when absent, else def.
+  std::string get_string(const std::string& name, const std::string& def, bool required = false);
   std::string get_choice(const std::string& name, const std::string& def,
                          const std::vector<std::string>& choices);
   // Positional nested rule number i (built through the registry); throws if absent.

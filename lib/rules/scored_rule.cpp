@@ -1,6 +1,7 @@
 #include "rules/scored_rule.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "kernels/kernels.h"
@@ -12,6 +13,13 @@ void UnitScores::protect_range(i64 begin, i64 end) {
     n_protected += protect[j] == 0;
     protect[j] = 1;
   }
+}
+
+std::vector<float> UnitScores::linear_scores(int u) const {
+  std::vector<float> out(unit(u), unit(u) + n_c);
+  if (log_space)
+    for (float& x : out) x = std::exp(x);
+  return out;
 }
 
 std::vector<i64> rank_unprotected(const float* score, const std::uint8_t* protect, i64 n, i64 k) {
@@ -33,34 +41,61 @@ std::vector<i64> rank_unprotected(const float* score, const std::uint8_t* protec
   return idx;
 }
 
+i64 ties_at_cut(const float* score, const std::uint8_t* candidate, const std::uint8_t* kept, i64 n) {
+  float cut = INFINITY;
+  bool any_kept = false;
+  for (i64 j = 0; j < n; ++j)
+    if ((!candidate || candidate[j]) && kept[j]) {
+      cut = std::min(cut, score[j]);
+      any_kept = true;
+    }
+  if (!any_kept) return 0;
+  i64 tied = 0;
+  bool evicted_tie = false;
+  for (i64 j = 0; j < n; ++j)
+    if ((!candidate || candidate[j]) && score[j] == cut) {
+      ++tied;
+      evicted_tie = evicted_tie || !kept[j];
+    }
+  return evicted_tie ? tied : 0;
+}
+
 int units_for(GqaMode mode, const LayerData& d) { return mode == GqaMode::kv ? d.num_kv_heads : d.num_heads; }
 
 UnitScores ScoredRule::scores_range(const RuleInput&, i64, i64) const {
   fail(spec(), "", "this rule cannot score a sub-span (it cannot be wrapped by chunk)");
 }
 
-i64 ScoredRule::layer_budget(const RuleInput&, const UnitScores&, i64 B) const { return B; }
+i64 ScoredRule::layer_budget(const RuleInput&, const UnitScores&, i64 B, double) const { return B; }
+
+i64 ScoredRule::forced_per_unit(const RuleInput&, const UnitScores&, i64) const { return 0; }
 
 std::vector<i64> ScoredRule::unit_budgets(const RuleInput&, const UnitScores& s, i64 layer_budget) const {
   return std::vector<i64>(s.units, layer_budget);
 }
 
 std::vector<Selection> ScoredRule::select_counts(const RuleInput&, const UnitScores& s,
-                                                 const std::vector<std::vector<i64>>& counts) const {
+                                                 const std::vector<UnitCounts>& counts) const {
   std::vector<Selection> out;
-  for (std::size_t b = 0; b < counts.size(); ++b) out.emplace_back(s.mode, s.units, s.n_c);
+  for (std::size_t b = 0; b < counts.size(); ++b) {
+    out.emplace_back(s.mode, s.units, s.n_c);
+    out.back().tied_at_cut.assign(s.units, 0);
+  }
+  std::vector<std::uint8_t> candidate(s.protect.size());
+  for (std::size_t j = 0; j < candidate.size(); ++j) candidate[j] = !s.protect[j];
   // One ranking per unit, deep enough for the largest budget; every budget takes a prefix
   // (nested top-k: kept sets grow monotonically with the budget).
 #pragma omp parallel for schedule(dynamic)
   for (int u = 0; u < s.units; ++u) {
     i64 deepest = 0;
-    for (const auto& c : counts) deepest = std::max(deepest, c[u] - s.n_protected);
+    for (const auto& c : counts) deepest = std::max(deepest, c.count[u] - s.n_protected);
     const std::vector<i64> rank = rank_unprotected(s.unit(u), s.protect.data(), s.n_c, deepest);
     for (std::size_t b = 0; b < counts.size(); ++b) {
       std::uint8_t* m = out[b].unit_mask(u);
       for (i64 j = 0; j < s.n_c; ++j) m[j] = s.protect[j];
-      const i64 take = std::min<i64>(counts[b][u] - s.n_protected, static_cast<i64>(rank.size()));
+      const i64 take = std::min<i64>(counts[b].count[u] - s.n_protected, static_cast<i64>(rank.size()));
       for (i64 r = 0; r < take; ++r) m[rank[r]] = 1;
+      out[b].tied_at_cut[u] = ties_at_cut(s.unit(u), candidate.data(), m, s.n_c);
     }
   }
   return out;
@@ -68,11 +103,12 @@ std::vector<Selection> ScoredRule::select_counts(const RuleInput&, const UnitSco
 
 std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector<Budget>& budgets) const {
   const UnitScores s = scores(in);
-  std::vector<std::vector<i64>> counts;
+  std::vector<UnitCounts> counts;
   std::vector<i64> layer_budgets;
   for (const auto& b : budgets) {
     const i64 B = b.tokens_for(in.n_c);
-    const i64 lb = layer_budget(in, s, B);
+    const double exact = b.exact_tokens(in.n_c);
+    const i64 lb = layer_budget(in, s, B, exact);
     layer_budgets.push_back(lb);
     std::vector<i64> c = unit_budgets(in, s, lb);
     for (int u = 0; u < s.units; ++u) {
@@ -83,7 +119,7 @@ std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector
                  " protected tokens (observation window / sinks); use a larger budget or a smaller window");
       c[u] = std::min(c[u], s.n_c);  // Ada-KV can allot a head more than the span: keep all of it
     }
-    counts.push_back(std::move(c));
+    counts.push_back({std::move(c), lb == B ? exact : static_cast<double>(lb), forced_per_unit(in, s, lb)});
   }
   std::vector<Selection> out = select_counts(in, s, counts);
   for (std::size_t b = 0; b < out.size(); ++b)

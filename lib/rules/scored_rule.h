@@ -28,17 +28,36 @@ struct UnitScores {
   std::vector<float> score;             // [units][n_c]
   std::vector<std::uint8_t> protect;    // [n_c], 1 = always kept by every unit
   i64 n_protected = 0;
+  // Scores are natural logs of attention-like masses (ExpectedAttention's default: float32
+  // softmax underflows to exact zeros and would rank by ties). Ranking is unaffected; wrappers
+  // that combine scores arithmetically (CriticalKV's (s + eps) nu, ChunkKV's chunk means, Ada-KV
+  // normalize) use linear_scores().
+  bool log_space = false;
 
   UnitScores() = default;
   UnitScores(GqaMode m, int n_units, i64 n) : mode(m), units(n_units), n_c(n), score(n_units * n, 0.0f), protect(n, 0) {}
   float* unit(int u) { return score.data() + u * n_c; }
   const float* unit(int u) const { return score.data() + u * n_c; }
   void protect_range(i64 begin, i64 end);  // marks [begin, end) protected, updates n_protected
+  // Unit u's scores as masses: exp(score) in log space (float32, so it may underflow), else as is.
+  std::vector<float> linear_scores(int u) const;
+};
+
+// What allocation hands to selection for one budget.
+struct UnitCounts {
+  std::vector<i64> count;  // [units] kept tokens, protected ones included
+  double exact = 0;        // the layer's budget before rounding (Budget::exact_tokens; pyramid: its count)
+  i64 forced = 0;          // tokens per unit the allocator forced by score before its global cut
+                           // (Ada-KV variant B safeguard), protected ones included; 0 = none
 };
 
 // Ranks the unprotected positions of one unit: up to k indices, best first (higher score,
 // ties to the lower position, via kernels::topk). Returns the indices.
 std::vector<i64> rank_unprotected(const float* score, const std::uint8_t* protect, i64 n, i64 k);
+
+// Selection::tied_at_cut of one unit: among candidates (nullptr: all), the count of those whose
+// score equals the lowest kept score, when an evicted candidate has that score too; else 0.
+i64 ties_at_cut(const float* score, const std::uint8_t* candidate, const std::uint8_t* kept, i64 n);
 
 // Number of selection units of a layer for a GQA mode.
 int units_for(GqaMode mode, const LayerData& d);
@@ -60,14 +79,16 @@ class ScoredRule : public Rule {
   // Kind of wrapper, for nesting checks: "" for plain scorers, else "pyramid", "ada", "critical".
   virtual std::string wrapper_kind() const { return ""; }
 
-  // Per-unit kept tokens of this layer for the nominal per-unit budget B (incl. protected).
-  virtual i64 layer_budget(const RuleInput& in, const UnitScores& s, i64 B) const;
+  // Per-unit kept tokens of this layer for the nominal per-unit budget B (incl. protected);
+  // exact = B before rounding (kvpress's n_c * (1 - cr)).
+  virtual i64 layer_budget(const RuleInput& in, const UnitScores& s, i64 B, double exact) const;
   // Per-unit counts (incl. protected) for a layer budget; uniform by default.
   virtual std::vector<i64> unit_budgets(const RuleInput& in, const UnitScores& s, i64 layer_budget) const;
-  // Kept sets for several count vectors (one per budget) sharing one ranking; `what` names
-  // each budget for error messages.
+  // Tokens per unit an allocator forces by score for this layer budget (UnitCounts::forced).
+  virtual i64 forced_per_unit(const RuleInput& in, const UnitScores& s, i64 layer_budget) const;
+  // Kept sets for several budgets sharing one ranking.
   virtual std::vector<Selection> select_counts(const RuleInput& in, const UnitScores& s,
-                                               const std::vector<std::vector<i64>>& counts) const;
+                                               const std::vector<UnitCounts>& counts) const;
 
   std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override;
 

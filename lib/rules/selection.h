@@ -32,6 +32,12 @@ struct Selection {
   // (Budget::tokens_for(n_c)), e.g. pyramid's layer schedule; -1 = the nominal budget.
   i64 budget_tokens = -1;
 
+  // Per unit: how many candidates share the score of the last token kept when that score is
+  // also the score of an evicted one (the cut falls inside a tie, so the kept set depends on tie
+  // order: position here, unspecified in torch.topk); 0 for a clean cut. Empty when the rule
+  // does not rank by scores.
+  std::vector<i64> tied_at_cut;
+
   Selection() = default;
   Selection(GqaMode m, int n_units, i64 span) : mode(m), units(n_units), n_c(span), kept(n_units * span, 0) {}
   std::uint8_t* unit_mask(int u) { return kept.data() + u * n_c; }

@@ -238,7 +238,7 @@ std::vector<i64> ref_ada_counts(const Mat& s, i64 w, i64 B, double alpha, bool v
     c = flat_counts(x, none, U * b);
     for (auto& n : c) n = static_cast<i64>(std::nearbyint((1 - alpha) * n + std::floor(alpha * b)));
   } else {
-    const i64 n_safe = static_cast<i64>(std::floor(alpha * B));
+    const i64 n_safe = ref_n_safe(B, alpha);
     const i64 fl = std::min(std::min(b, m), window_in_floor ? std::max<i64>(0, n_safe - w) : n_safe);
     auto forced = none;
     for (int u = 0; u < U; ++u)
@@ -249,15 +249,20 @@ std::vector<i64> ref_ada_counts(const Mat& s, i64 w, i64 B, double alpha, bool v
   return c;
 }
 
-Masks ref_critical(const Mat& s, const Mat& nu, i64 n, i64 w, const std::vector<i64>& counts, double alpha,
-                   double eps) {
+i64 ref_n_safe(i64 B, double alpha) {
+  const i64 n = static_cast<i64>(std::floor(static_cast<double>(B) * alpha));
+  return alpha > 0 ? std::max<i64>(1, n) : n;
+}
+
+Masks ref_critical(const Mat& s, const Mat& nu, i64 n, i64 w, const std::vector<i64>& counts,
+                   const std::vector<i64>& stage1, double eps) {
   Masks out(s.size(), std::vector<std::uint8_t>(n, 0));
   const i64 m = n - w;
   for (std::size_t u = 0; u < s.size(); ++u) {
     auto& keep = out[u];
     for (i64 j = m; j < n; ++j) keep[j] = 1;
     const i64 k = counts[u];
-    const i64 s1 = std::min(k - w, std::max<i64>(0, static_cast<i64>(std::floor(alpha * k)) - w));
+    const i64 s1 = std::min(k - w, std::max<i64>(0, stage1[u] - w));
     std::vector<std::uint8_t> taken(m, 0);
     for (i64 j : ref_top(s[u], s1)) keep[j] = taken[j] = 1;
     std::vector<double> prod(m);

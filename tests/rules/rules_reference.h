@@ -53,8 +53,11 @@ Masks ref_keep_prefix(const Mat& prefix_scores, i64 n, i64 w, const std::vector<
 // Ada-KV per-unit counts (window included), independent implementation.
 std::vector<i64> ref_ada_counts(const Mat& prefix_scores, i64 w, i64 B, double alpha, bool variant_a, bool normalize,
                                 bool window_in_floor);
-// CriticalKV masks: protected window, stage 1 by score, stage 2 by (s + eps) * nu.
-Masks ref_critical(const Mat& prefix_scores, const Mat& nu, i64 n, i64 w, const std::vector<i64>& counts, double alpha,
-                   double eps);
+// CriticalKV masks: protected window, stage 1 (stage1[u] tokens, window included) by score,
+// stage 2 by (s + eps) * nu.
+Masks ref_critical(const Mat& prefix_scores, const Mat& nu, i64 n, i64 w, const std::vector<i64>& counts,
+                   const std::vector<i64>& stage1, double eps);
+// kvpress's Ada-KV safeguard n_safe = int(B * alpha), at least 1 when alpha > 0.
+i64 ref_n_safe(i64 B, double alpha);
 
 }  // namespace kvsim::test

@@ -206,19 +206,24 @@ TEST_CASE("expected: scores from de-rotated queries equal the float64 oracle fro
         const bool cov = params.find("covariance=false") == std::string::npos;
         const bool vn = params.find("vnorm=false") == std::string::npos;
         const auto want = oracle_expected(L, nf, sink, cov, vn, get("eps", 0), gqa);
-        const std::string spec = "expected(" + params + (params.empty() ? "" : ",") + "gqa=" + gqa + ")";
-        const UnitScores s = scores_of(spec, L.input());
-        REQUIRE(s.units == static_cast<int>(want.size()));
-        CHECK(s.n_protected == sink);
-        std::vector<std::uint8_t> protect(L.n_c, 0);
-        std::fill(protect.begin(), protect.begin() + sink, 1);
-        const auto sels = rule(spec)->select(L.input(), {Budget::parse("12"), Budget::parse("0.5")});
-        for (int u = 0; u < s.units; ++u) {
-          std::vector<float> got(s.unit(u), s.unit(u) + L.n_c);
-          std::fill(got.begin(), got.begin() + sink, 0.0f);
-          check_close(got.data(), want[u], 1e-5);
-          check_kept(sels[0].unit_mask(u), oracle_keep(want[u], 12, protect), want[u]);
-          check_kept(sels[1].unit_mask(u), oracle_keep(want[u], 30, protect), want[u]);
+        for (const char* space : {"log", "linear"}) {
+          CAPTURE(space);
+          const std::string spec =
+              "expected(" + params + (params.empty() ? "" : ",") + "gqa=" + gqa + ",space=" + space + ")";
+          const UnitScores s = scores_of(spec, L.input());
+          REQUIRE(s.units == static_cast<int>(want.size()));
+          CHECK(s.n_protected == sink);
+          CHECK(s.log_space == (std::string(space) == "log"));
+          std::vector<std::uint8_t> protect(L.n_c, 0);
+          std::fill(protect.begin(), protect.begin() + sink, 1);
+          const auto sels = rule(spec)->select(L.input(), {Budget::parse("12"), Budget::parse("0.5")});
+          for (int u = 0; u < s.units; ++u) {
+            std::vector<float> got = s.linear_scores(u);  // exp of the log scores
+            std::fill(got.begin(), got.begin() + sink, 0.0f);
+            check_close(got.data(), want[u], 1e-5);
+            check_kept(sels[0].unit_mask(u), oracle_keep(want[u], 12, protect), want[u]);
+            check_kept(sels[1].unit_mask(u), oracle_keep(want[u], 30, protect), want[u]);
+          }
         }
       }
     }

@@ -64,7 +64,7 @@ TEST_CASE("registry: the core rules register themselves") {
 TEST_CASE("registry: every catalogue entry round-trips and documents its defaults") {
   for (const auto& info : rule_catalogue()) {
     CAPTURE(info.name);
-    auto r = make_rule(info.name);
+    auto r = make_rule(info.example.empty() ? info.name : info.example);
     const std::string canon = r->spec();
     CHECK(make_rule(canon)->spec() == canon);
     CHECK(parse_spec(print_spec(parse_spec(canon))) == parse_spec(canon));
@@ -75,9 +75,12 @@ TEST_CASE("registry: every catalogue entry round-trips and documents its default
     for (const auto& p : info.params) (p.type == "rule" ? bases : listed).push_back(p);
     CHECK(bases.size() == s.args.size());
     REQUIRE(s.params.size() == listed.size());
+    const Spec given = parse_spec(info.example.empty() ? info.name : info.example);
     for (std::size_t i = 0; i < s.params.size(); ++i) {
       CHECK(s.params[i].first == listed[i].name);
-      CHECK(listed[i].default_value.rfind(s.params[i].second, 0) == 0);
+      const bool in_example = std::any_of(given.params.begin(), given.params.end(),
+                                          [&](const auto& p) { return p.first == listed[i].name; });
+      if (!in_example) CHECK(listed[i].default_value.rfind(s.params[i].second, 0) == 0);
     }
     CHECK(!info.summary.empty());
   }
@@ -108,7 +111,9 @@ TEST_CASE("make_rules: lists and all") {
   // "default": the in_all rules plus critical(ada(snapkv)); "all": every registered rule plus
   // four composites/step-wise variants.
   CHECK(make_rules("default").size() == n_all + 1);
-  CHECK(make_rules("all").size() == rule_catalogue().size() + 4);
+  std::size_t standalone = 0;
+  for (const auto& info : rule_catalogue()) standalone += info.example.empty();
+  CHECK(make_rules("all").size() == standalone + 4);
   CHECK(n_all >= 10);
   CHECK(contains(error_of([] { make_rules("full;;knorm"); }), "empty rule spec"));
 }
@@ -129,6 +134,24 @@ TEST_CASE("budgets") {
   CHECK(contains(error_of([] { Budget::parse("1.5"); }), "budget '1.5': a kept fraction must be in (0, 1]"));
   CHECK(contains(error_of([] { Budget::parse("0"); }), "budget '0': a token count must be at least 1"));
   CHECK(contains(error_of([] { Budget::parse("abc"); }), "budget 'abc': expected a fraction"));
+  // kvpress compression ratios: max(1, int(n (1 - cr))) with kvpress's float arithmetic.
+  Budget c = Budget::parse("cr=0.8");
+  CHECK(c.kind == Budget::Kind::compression_ratio);
+  CHECK(c.tokens_for(10) == 1);  // int(10 * (1 - 0.8)) = int(1.9999999999999996) = 1, as kvpress
+  CHECK(Budget::parse("0.2").tokens_for(10) == 2);  // a kept fraction rounds 2.0000000000000004 down to 2
+  CHECK(c.exact_tokens(2007) == 2007 * (1 - 0.8));
+  CHECK(Budget::parse("cr=0.5").exact_tokens(2007) == 1003.5);
+  CHECK(Budget::parse("cr=0.5").tokens_for(2007) == 1003);
+  CHECK(Budget::parse("cr=0.9999").tokens_for(100) == 1);
+  CHECK(Budget::parse("cr=0").tokens_for(100) == 100);
+  CHECK(Budget::parse("cr=0.75").share_of(21, 2007) == 5);  // ChunkKV: int(21 * 0.25)
+  CHECK(contains(error_of([] { Budget::parse("cr=1"); }), "budget 'cr=1': a compression ratio must be in [0, 1)"));
+  CHECK(contains(error_of([] { Budget::parse("cr=abc"); }), "budget 'cr=abc': expected a fraction"));
+  // Overflowing token counts are refused with the count as written, not a wrapped integer.
+  CHECK(error_of([] { Budget::parse("99999999999999999999"); }) ==
+        "budget '99999999999999999999': a token count must be at most 2^53");
+  CHECK(error_of([] { Budget::parse("9007199254740992").tokens_for(10); }).find("9007199254740992 tokens exceed") !=
+        std::string::npos);
   auto bs = parse_budgets("0.1, 20%,512");
   REQUIRE(bs.size() == 3);
   CHECK(bs[1].text == "20%");

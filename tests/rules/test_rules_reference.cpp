@@ -23,7 +23,23 @@ using namespace kvsim::test;
 
 namespace {
 
-const std::vector<std::string> kBudgetText = {"0.1", "0.3", "100"};
+const std::vector<std::string> kBudgetText = {"0.1", "0.3", "100", "cr=0.75"};
+
+// A budget's share of count items of an n-token span: max(1, int(count (1 - cr))) exactly as
+// kvpress for a ratio; floor(count f) (up to rounding noise) otherwise.
+i64 share(const Budget& b, i64 count, i64 n) {
+  if (b.kind == Budget::Kind::compression_ratio)
+    return std::max<i64>(1, static_cast<i64>(static_cast<double>(count) * (1.0 - b.value)));
+  const double f = b.kind == Budget::Kind::fraction ? b.value : b.value / static_cast<double>(n);
+  return std::max<i64>(1, static_cast<i64>(std::floor(static_cast<double>(count) * f + 1e-9)));
+}
+
+// The unrounded budget: f n_c, n_c (1 - cr) or the token count (kvpress's float arithmetic).
+double exact_budget(const Budget& b, i64 n) {
+  if (b.kind == Budget::Kind::fraction) return b.value * static_cast<double>(n);
+  if (b.kind == Budget::Kind::compression_ratio) return static_cast<double>(n) * (1.0 - b.value);
+  return b.value;
+}
 
 std::vector<Budget> budgets() {
   std::vector<Budget> b;
@@ -136,10 +152,12 @@ TEST_CASE("snapkv, pyramid, ada, critical vs float64 references") {
           i64 mn = static_cast<i64>((B - w) / 4.0), mx = 2 * (B - w) - mn;
           if (mx >= n - w) mx = n - w, mn = 2 * (B - w) - mx;
           Bl = mx - l * ((mx - mn) / (Lnum - 1)) + w;
-        } else {
-          double mn = B / 4.0, mx = 2.0 * B - mn;
-          if (mx >= n - w) mx = n - w, mn = 2.0 * B - mx;
-          Bl = (n >= mx && mx >= mn && mn >= w) ? static_cast<i64>(std::nearbyint(mx - l * (mx - mn) / (Lnum - 1))) : B;
+        } else {  // kvpress PyramidKVPress: from the unrounded kept count, Python round()
+          const double E = exact_budget(bs[b], n);
+          double mn = E / 4.0, mx = 2.0 * E - mn;
+          if (mx >= n - w) mx = n - w, mn = 2.0 * E - mx;
+          Bl = (n >= mx && mx >= mn && mn >= w) ? static_cast<i64>(std::nearbyint(mx - l * (mx - mn) / (Lnum - 1)))
+                                                : std::max<i64>(1, static_cast<i64>(std::nearbyint(E)));
         }
         check_masks(sel[b], ref_keep_prefix(ref, n, w, uniform(ref.size(), Bl)), spec + " @ " + kBudgetText[b]);
       }
@@ -183,20 +201,35 @@ TEST_CASE("snapkv, pyramid, ada, critical vs float64 references") {
         const auto sel = make_rule(spec)->select(in, bs);
         for (std::size_t b = 0; b < bs.size(); ++b) {
           const i64 B = bs[b].tokens_for(L.n_c);
-          check_masks(sel[b], ref_critical(snap, nu, L.n_c, 16, uniform(snap.size(), B), alpha, 1e-4),
+          // kvpress CriticalKVPress: stage 1 = int((1 - cr) n_c alpha), from the unrounded budget.
+          const i64 s1 = static_cast<i64>(std::floor(exact_budget(bs[b], L.n_c) * alpha));
+          check_masks(sel[b], ref_critical(snap, nu, L.n_c, 16, uniform(snap.size(), B), uniform(snap.size(), s1), 1e-4),
                       spec + " @ " + kBudgetText[b]);
         }
       }
-    {
-      const std::string spec = "critical(ada(snapkv(window=16,kernel=5,pool=avg),alpha=0.2))";
-      const Mat nu = ref_value_norms(L, "l1", false);
-      const auto sel = make_rule(spec)->select(in, bs);
-      for (std::size_t b = 0; b < bs.size(); ++b) {
-        const i64 B = bs[b].tokens_for(L.n_c);
-        const auto counts = ref_ada_counts(snap, 16, B, 0.2, false, false, false);
-        check_masks(sel[b], ref_critical(snap, nu, L.n_c, 16, counts, 0.5, 1e-4), spec + " @ " + kBudgetText[b]);
+    for (bool in_floor : {false, true})
+      for (bool floor_in_stage1 : {true, false}) {
+        const std::string spec = std::string("critical(ada(snapkv(window=16,kernel=5,pool=avg),alpha=0.2,window_in_floor=") +
+                                 (in_floor ? "true" : "false") + "),floor_in_stage1=" +
+                                 (floor_in_stage1 ? "true" : "false") + ")";
+        CAPTURE(spec);
+        const Mat nu = ref_value_norms(L, "l1", false);
+        const auto sel = make_rule(spec)->select(in, bs);
+        for (std::size_t b = 0; b < bs.size(); ++b) {
+          const i64 B = bs[b].tokens_for(L.n_c), w = 16;
+          const auto counts = ref_ada_counts(snap, w, B, 0.2, false, false, in_floor);
+          // kvpress CriticalAdaKVPress: stage 1 = int(B_h alpha), and the safeguard tokens stay
+          // forced, so effectively the top max(n_safe, int(B_h alpha)) (window inside n_safe).
+          const i64 n_safe = ref_n_safe(B, 0.2);
+          const i64 forced = in_floor ? std::max(n_safe, w) : std::min({n_safe, B - w, L.n_c - w}) + w;
+          std::vector<i64> s1(counts.size());
+          for (std::size_t u = 0; u < counts.size(); ++u) {
+            s1[u] = static_cast<i64>(std::floor(static_cast<double>(counts[u]) * 0.5));
+            if (floor_in_stage1) s1[u] = std::max(s1[u], forced);
+          }
+          check_masks(sel[b], ref_critical(snap, nu, L.n_c, 16, counts, s1, 1e-4), spec + " @ " + kBudgetText[b]);
+        }
       }
-    }
     {  // query-head mode CriticalKV: per query head scores and norms
       const std::string spec = "critical(snapkv(window=16,kernel=7,pool=max,gqa=query),alpha=0.25)";
       const Mat s = ref_snapkv(L, kSnap[4].ref);
@@ -204,7 +237,8 @@ TEST_CASE("snapkv, pyramid, ada, critical vs float64 references") {
       const auto sel = make_rule(spec)->select(in, bs);
       for (std::size_t b = 0; b < bs.size(); ++b) {
         const i64 B = bs[b].tokens_for(L.n_c);
-        check_masks(sel[b], ref_critical(s, nu, L.n_c, 16, uniform(s.size(), B), 0.25, 1e-4), spec);
+        const i64 s1 = static_cast<i64>(std::floor(exact_budget(bs[b], L.n_c) * 0.25));
+        check_masks(sel[b], ref_critical(s, nu, L.n_c, 16, uniform(s.size(), B), uniform(s.size(), s1), 1e-4), spec);
       }
     }
   }
@@ -265,11 +299,10 @@ TEST_CASE("oracle, knorm, streaming, random, chunk, chunkkv vs references") {
       const auto sel = make_rule("chunk(knorm,len=100)")->select(in, bs);
       const Mat ref = ref_knorm(L);
       for (std::size_t b = 0; b < bs.size(); ++b) {
-        const double f = bs[b].kind == Budget::Kind::fraction ? bs[b].value : 100.0 / n;
         Masks m(ref.size(), std::vector<std::uint8_t>(n, 0));
         for (i64 c0 = 0; c0 < n; c0 += 100) {
           const i64 c1 = std::min(n, c0 + 100);
-          const i64 k = std::max<i64>(1, static_cast<i64>(std::floor((c1 - c0) * f + 1e-9)));
+          const i64 k = share(bs[b], c1 - c0, n);
           for (std::size_t u = 0; u < ref.size(); ++u) {
             std::vector<double> part(ref[u].begin() + c0, ref[u].begin() + c1);
             for (i64 j : ref_top(part, k)) m[u][c0 + j] = 1;
@@ -298,8 +331,7 @@ TEST_CASE("oracle, knorm, streaming, random, chunk, chunkkv vs references") {
       }
       const i64 nf = std::accumulate(forced.begin(), forced.end(), i64{0});
       for (std::size_t b = 0; b < bs.size(); ++b) {
-        const double f = bs[b].kind == Budget::Kind::fraction ? bs[b].value : 100.0 / n;
-        const i64 want = std::max<i64>(1, static_cast<i64>(std::floor(nch * f + 1e-9)));
+        const i64 want = share(bs[b], nch, n);
         std::vector<std::uint8_t> keep = forced;
         for (i64 c : ref_top(cs, std::max<i64>(0, want - nf), &forced)) keep[c] = 1;
         Masks mk(s.size(), std::vector<std::uint8_t>(n, 0));
@@ -434,7 +466,7 @@ TEST_CASE("budget and nesting errors are clear") {
   CHECK(build_err("ada(alpha=1.5)").find("parameter 'alpha': 1.5 is out of range [0, 1]") != std::string::npos);
   CHECK(make_rule("critical(ada)")->spec() ==
         "critical(ada(snapkv(window=32,kernel=7,pool=max,agg=mean,gqa=mean,order=pool_then_reduce),alpha=0.2,variant=B,"
-        "normalize=false,skip=0,window_in_floor=false),alpha=0.5,eps=1e-04,norm=l1)");
+        "normalize=false,skip=0,window_in_floor=false),alpha=0.5,eps=1e-04,norm=l1,floor_in_stage1=true)");
 }
 
 TEST_CASE("every rule of 'default' selects on a synthetic window-only layer with its defaults") {

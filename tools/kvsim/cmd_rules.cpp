@@ -27,12 +27,22 @@ int cmd_rules(const std::vector<std::string>& args) {
                "observation window and evaluation queries, plus critical(ada(snapkv)); 'all' = every rule\n"
                "below (h2o, expected and chunk need every prompt query stored) plus critical(ada(snapkv)),\n"
                "ada(pyramid(snapkv)), h2o(variant=stepwise) and tova(variant=stepwise).\n\n"
-               "Budgets (--budgets 0.2,512): a fraction f of the n_c compressible tokens keeps floor(f*n_c)\n"
-               "(at least 1); an integer keeps that many tokens. Either way the count is per selection unit\n"
-               "(KV head, or query head with gqa=query) and INCLUDES protected tokens (observation window,\n"
-               "sinks), the kvpress convention, so all rules are compared at matched kept-token counts.\n"
+               "Budgets (--budgets 0.2,cr=0.8,512): a fraction f of the n_c compressible tokens keeps\n"
+               "floor(f*n_c) (at least 1); cr=R is kvpress's compression ratio, keeping max(1, int(n_c*(1-R)))\n"
+               "with kvpress's own float arithmetic (the unrounded n_c*(1-R) also drives pyramid's float\n"
+               "schedule and CriticalKV's first stage, as in kvpress); an integer keeps that many tokens.\n"
+               "Either way the count is per selection unit (KV head, or query head with gqa=query) and\n"
+               "INCLUDES protected tokens (observation window, sinks), the kvpress convention, so all rules\n"
+               "are compared at matched kept-token counts.\n"
                "A budget below a rule's protected count is an error. ada() keeps units*B tokens per layer;\n"
-               "pyramid() varies B by layer (variant=int overshoots the total, see its help).\n\n";
+               "pyramid() varies B by layer (variant=int overshoots the total, see its help).\n\n"
+               "kvpress compatibility (tools/kvpress-parity checks it against kvpress's own code): SnapKV,\n"
+               "TOVA, Knorm, KeyDiff (block=0 and BlockPress), StreamingLLM, ObservedAttention = h2o,\n"
+               "pyramid(variant=float), ada(window_in_floor=true), critical(...), critical(ada(...)) with\n"
+               "floor_in_stage1=true (the default), chunkkv, chunk, expected(space=linear) and think keep\n"
+               "kvpress's sets outside exact ties. Readings of the papers that kvpress does not follow stay\n"
+               "reachable: pyramid(variant=int), ada(variant=A), critical(floor_in_stage1=false). expected's\n"
+               "default space=log departs from kvpress on purpose (float32 softmax underflows to zeros).\n\n";
   for (const auto& r : rule_catalogue()) {
     std::cout << r.name << "  -  " << r.summary << "\n";
     for (const auto& p : r.params)

@@ -1,6 +1,7 @@
 """Command line of kvsim-dump: model + prompt -> trace format v2 file."""
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -120,6 +121,17 @@ def build_parser():
                    help="allow sequences longer than the model was trained for (RoPE is computed, "
                         "so it works, but attention is out of distribution)")
     p.add_argument("--gzip", action="store_true", help="gzip+shuffle compression")
+    g = p.add_argument_group("kvpress presses (Hugging Face models)")
+    g.add_argument("--kvpress-press", action="append", default=[], metavar="[NAME=]EXPR",
+                   help="after the dump, run this kvpress press (e.g. 'AdaKVPress(press=SnapKVPress())') "
+                        "on the context and store its kept tokens in the trace as /selections/NAME "
+                        "(default NAME kvpress_<classes>); kvsim replay measures it as "
+                        "external(name=NAME) at --budgets cr=R. Repeatable")
+    g.add_argument("--compression-ratio", default="0.5", metavar="R[,R...]",
+                   help="compression ratios for --kvpress-press (default 0.5)")
+    g.add_argument("--kvpress-point", choices=("agnostic", "aware"), default="agnostic",
+                   help="where the presses compress: end of the context (kvpress's default, and kvsim "
+                        "replay's) or end of the prompt")
     p.add_argument("--version", action="version", version=f"kvsim-dump {VERSION}")
     return p
 
@@ -190,6 +202,58 @@ def check_output_path(out, model, tokenizer=None):
         raise DumpError(out, "--out: is inside the model folder; write the trace elsewhere")
 
 
+def kvpress_jobs(args):
+    """[(name, expression, [(ratio value, ratio text)])] of the --kvpress-press options."""
+    ratios = []
+    for text in args.compression_ratio.split(","):
+        text = text.strip()
+        try:
+            r = float(text)
+        except ValueError:
+            r = -1.0
+        if not 0.0 <= r < 1.0:
+            raise DumpError("--compression-ratio", f"'{text}' is not a ratio in [0, 1)")
+        ratios.append((r, text))
+    jobs = []
+    for item in args.kvpress_press:
+        m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)(.*)$", item)
+        name, expr = (m.group(1), m.group(2)) if m else (None, item)
+        from .kvpress_bridge import press_label
+        jobs.append((name or press_label(expr), expr, ratios))
+    names = [j[0] for j in jobs]
+    if len(set(names)) != len(names):
+        raise DumpError("--kvpress-press", f"two presses share the name {names}; give NAME=EXPR")
+    return jobs
+
+
+def record_presses(args, backend, writer, recorder, prompt):
+    """Runs every --kvpress-press at every ratio and stores the kept masks in the trace."""
+    jobs = kvpress_jobs(args)
+    if not jobs:
+        return
+    if not hasattr(backend, "run_press"):
+        raise DumpError("--kvpress-press", "needs a Hugging Face model (convert llama2.c checkpoints "
+                                           "with tools/llama2c-to-hf)")
+    import kvpress
+
+    from .kvpress_bridge import parse_press, set_ratio_where_possible
+    n_c = len(prompt.ids) if args.kvpress_point == "aware" else prompt.context_end
+    for name, expr, ratios in jobs:
+        for ratio, text in ratios:
+            press = parse_press(expr)
+            if not set_ratio_where_possible(press, ratio):  # ThinK alone: no token is evicted
+                if (ratio, text) != ratios[0]:
+                    continue
+                text = "0"
+            print(f"kvsim-dump: kvpress {expr} at compression ratio {text} on {n_c} tokens", file=sys.stderr)
+            found = backend.run_press(press, prompt.ids[:n_c])
+            source = f"kvpress {kvpress.__version__ if hasattr(kvpress, '__version__') else ''}: {press!r}"
+            for layer, got in found.items():
+                if recorder.wants(layer):
+                    writer.write_selection(name, f"cr={text}", recorder.layer_slot[layer], got["kept"], n_c,
+                                           source.strip(), got.get("key_channels"))
+
+
 def progress_printer(label):
     last = [0.0]
     tty = sys.stderr.isatty()
@@ -208,6 +272,10 @@ def run(args):
         raise DumpError("--generate", "must be >= 0")
     t0 = time.monotonic()
     check_output_path(args.out, args.model, args.tokenizer)
+    if args.kvpress_press:  # fail on a bad expression before the dump, not after it
+        from .kvpress_bridge import parse_press
+        for _, expr, _ in kvpress_jobs(args):
+            parse_press(expr)
     backend = load_backend(args)
     tok = backend.tokenizer
     prompt, extra = build_prompt(args, tok, getattr(backend, "vocab_size", None))
@@ -236,6 +304,7 @@ def run(args):
         print(f"kvsim-dump: {backend.name} backend, {P} prompt tokens, generating {N}, "
               f"{len(q_pos)} stored queries, layers {args.layers or 'all'}", file=sys.stderr)
         generated = backend.run(prompt.ids, N, recorder, progress_printer("generated"))
+        record_presses(args, backend, writer, recorder, prompt)
         # What the attention kernels were really called with (known after the run).
         for key in ("attn_scale", "attn_logit_softcap"):
             writer.meta.pop(key, None)

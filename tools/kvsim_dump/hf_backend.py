@@ -283,6 +283,30 @@ class HFBackend:
         versions = f", transformers {transformers.__version__}, torch {torch.__version__}, {torch_dtype} on {device}"
         return cls(model, tok, name, registry=registry, legacy=legacy, source_versions=versions)
 
+    def run_press(self, press, ids):
+        """Prefills ids with a kvpress press active; returns model layer -> {"kept": [Hkv, n]
+        uint8, maybe "key_channels"} (kvpress_bridge.recording)."""
+        import torch
+
+        from .kvpress_bridge import needs_attention_weights, recording
+        impl = self.model.config._attn_implementation
+        eager = needs_attention_weights(press) and impl != "eager"
+        if eager:  # the press reads the attention matrix, which only eager attention returns
+            self.model.set_attn_implementation("eager")
+        device = next(self.model.parameters()).device
+        try:
+            with torch.no_grad(), recording(press) as found, press(self.model):
+                self.model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True)
+        except DumpError:
+            raise
+        except Exception as e:  # a press's own assertion or lookup: one line, not a traceback
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DumpError("--kvpress-press", f"{type(press).__name__} failed on this model: {msg}")
+        finally:
+            if eager:
+                self.model.set_attn_implementation(impl)
+        return found
+
     def o_proj(self, layer):
         return to_numpy_weight(output_projection(dict(self.attn)[layer]).weight)
 

@@ -131,6 +131,21 @@ class TraceFileWriter:
         for key, value in attrs.items():
             grp.attrs[key] = _attr(value)
 
+    def write_selection(self, name, budget, layer, kept, n_c, source, key_channels=None):
+        """A stored selection (trace format v2 /selections, traces/README.md): the kept mask
+        [num_kv_heads, n_c] of one layer at one budget (e.g. "cr=0.5"), KV-head mode."""
+        kept = np.asarray(kept, dtype=np.uint8)
+        if kept.shape != (self.Hkv, n_c):
+            raise DumpError(f"/selections/{name}", f"kept mask shape {kept.shape}, expected "
+                                                   f"({self.Hkv}, {n_c})")
+        grp = self.f.require_group(f"selections/{name}")
+        for key, value in (("kind", "kept"), ("mode", "kv"), ("n_c", n_c), ("source", source)):
+            grp.attrs[key] = _attr(value)
+        g = self.f.require_group(f"selections/{name}/{budget}/layers/{layer}")
+        g.create_dataset("kept", data=kept)
+        if key_channels is not None:
+            g.create_dataset("key_channels", data=np.asarray(key_channels, dtype=np.uint8))
+
     def write_o_proj(self, layer, weight):
         """weight [hidden_size, num_heads*head_dim] (out x in, Hugging Face layout)."""
         self._check(layer, "o_proj", weight.shape, (self.D, self.H * self.hd))
