@@ -172,7 +172,9 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
     const int l = layers[li];
     progress.set_note("layer " + std::to_string(l));
     Stopwatch sw;
-    const LayerData data = li > 0 && prefetch ? next.get() : reader.read_layer(l);  // all stored query rows
+    // Shared so that a rule may keep views of it (Python rules' numpy arrays).
+    const auto owner = std::make_shared<const LayerData>(li > 0 && prefetch ? next.get() : reader.read_layer(l));
+    const LayerData& data = *owner;  // all stored query rows
     t_read += sw.seconds();  // with prefetch: the time spent waiting for it
     if (prefetch && li + 1 < layers.size())
       next = std::async(std::launch::async, [&reader, n = layers[li + 1]] { return reader.read_layer(n); });
@@ -186,6 +188,7 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
     in.meta = &meta;
     in.layer = l;
     in.data = &data;
+    in.data_owner = owner;
     in.n_c = p.n_c;
     in.eval_rows = p.eval_rows;
     in.cache = &cache;

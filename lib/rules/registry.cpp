@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cctype>
 #include <map>
+#include <mutex>
 
 #include "core/error.h"
 #include "core/table_io.h"
@@ -17,12 +19,19 @@ namespace {
 struct Entry {
   RuleInfo info;
   RuleBuilder build;
+  bool runtime = false;  // registered after start-up (the Python module's rules)
 };
 
 // Function-local static: registration runs during static initialisation of other files.
 std::map<std::string, Entry>& registry() {
   static std::map<std::string, Entry> r;
   return r;
+}
+
+// Runtime registration may run while another thread builds rules.
+std::recursive_mutex& registry_mutex() {
+  static std::recursive_mutex m;
+  return m;
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -44,24 +53,53 @@ RuleRegistrar::RuleRegistrar(RuleInfo info, RuleBuilder build) {
   r.emplace(name, Entry{std::move(info), std::move(build)});
 }
 
+void register_runtime_rule(RuleInfo info, RuleBuilder build) {
+  std::lock_guard lock(registry_mutex());
+  auto& r = registry();
+  auto it = r.find(info.name);
+  if (it != r.end() && !it->second.runtime)
+    throw Error("rule '" + info.name + "': the name of a built-in rule (kvsim rules lists them); choose another");
+  bool ok = !info.name.empty() && (std::isalpha(static_cast<unsigned char>(info.name[0])) || info.name[0] == '_');
+  for (char c : info.name) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
+  if (!ok) throw Error("rule name '" + info.name + "': letters, digits and '_' only, not starting with a digit");
+  std::string name = info.name;
+  r[name] = Entry{std::move(info), std::move(build), true};
+}
+
+bool unregister_runtime_rule(const std::string& name) {
+  std::lock_guard lock(registry_mutex());
+  auto& r = registry();
+  auto it = r.find(name);
+  if (it == r.end() || !it->second.runtime) return false;
+  r.erase(it);
+  return true;
+}
+
 std::vector<std::string> registered_rule_names() {
+  std::lock_guard lock(registry_mutex());
   std::vector<std::string> names;
   for (const auto& [n, e] : registry()) names.push_back(n);
   return names;
 }
 
 std::vector<RuleInfo> rule_catalogue() {
+  std::lock_guard lock(registry_mutex());
   std::vector<RuleInfo> out;
   for (const auto& [n, e] : registry()) out.push_back(e.info);
   return out;
 }
 
 std::unique_ptr<Rule> build_rule(const Spec& spec) {
-  auto& r = registry();
-  auto it = r.find(spec.name);
-  if (it == r.end()) throw Error("unknown rule '" + spec.name + "' (known: " + join(registered_rule_names()) + ")");
+  RuleBuilder build;
+  {
+    std::lock_guard lock(registry_mutex());
+    auto& r = registry();
+    auto it = r.find(spec.name);
+    if (it == r.end()) throw Error("unknown rule '" + spec.name + "' (known: " + join(registered_rule_names()) + ")");
+    build = it->second.build;  // a copy: a runtime rule may be replaced while this one builds
+  }
   SpecReader reader(spec);
-  auto rule = it->second.build(reader);
+  auto rule = build(reader);
   reader.finish();
   return rule;
 }

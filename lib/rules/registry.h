@@ -53,6 +53,12 @@ struct RuleRegistrar {
   RuleRegistrar(RuleInfo info, RuleBuilder build);
 };
 
+// Rules registered at run time (the Python module's ScoreRule / MaskRule): a built-in name or a
+// name that is not an identifier is refused (kvsim::Error); registering a runtime name again
+// replaces it. unregister returns false for unknown or built-in names.
+void register_runtime_rule(RuleInfo info, RuleBuilder build);
+bool unregister_runtime_rule(const std::string& name);
+
 // Builds a rule from a parsed spec through the registry (used by make_rule and get_rule).
 std::unique_ptr<Rule> build_rule(const Spec& spec);
 // Names of every registered rule, sorted.

@@ -20,6 +20,9 @@ struct RuleInput {
   const TraceMeta* meta = nullptr;
   int layer = 0;
   const LayerData* data = nullptr;  // q rows are those of meta->q_pos (all stored queries)
+  // Owner of *data when the caller shares it (the replay does): lets a rule hand out views that
+  // outlive select(), e.g. numpy arrays given to a Python rule. May be null.
+  std::shared_ptr<const LayerData> data_owner;
   i64 n_c = 0;                      // compression point: tokens [0, n_c) are compressible
   std::vector<i64> eval_rows;       // rows of data->q that are evaluation queries (pos >= n_c)
   LayerCache* cache = nullptr;      // shared per-layer computations (attention/layer_cache.h)

@@ -1,0 +1,96 @@
+"""Selection rules written in Python (numpy, torch, anything returning an array).
+
+A rule is registered in kvsim's C++ rule registry under its name, so it is a spec string like any
+other: "my_rule", "ada(my_rule,alpha=0.2)", "critical(ada(my_rule))". Creating a rule with the
+name of an earlier Python rule replaces it (re-running a notebook cell); built-in names are refused.
+"""
+from . import _kvsim
+
+
+class _PythonRule:
+    kind = ""
+
+    def __init__(self, name):
+        self.name = name
+
+    @property
+    def spec(self):
+        return self.name
+
+    def __str__(self):
+        return self.name
+
+    def __repr__(self):
+        return f"kvsim.{type(self).__name__}({self.name!r})"
+
+    def unregister(self):
+        """Removes the rule from the registry (it is removed at exit anyway)."""
+        _kvsim._unregister_rule(self.name)
+
+
+class ScoreRule(_PythonRule):
+    """fn(layer) -> scores, higher = keep, shape [num_kv_heads, n_c] (one set per KV head) or
+    [num_heads, n_c] (per query head: reduced to KV heads by `gqa` = mean|max|sum, or one set per
+    query head with gqa="query").
+
+    `layer` (kvsim.LayerView) holds read-only numpy arrays: k, v [num_kv_heads, n_c, head_dim] (the
+    compressible tokens), keys/values (every position), q (every stored query), q_window (the last
+    `window` queries before n_c), q_eval, o_proj, positions, n_c, layer. kvsim applies the budget
+    (tokens per unit, protected included), keeps the last `protect_window` tokens, takes the top
+    scores (ties to the lower position) and measures the perturbation and both bounds.
+    attention=True declares the scores attention-like, so ada(), critical() and pyramid() wrap it.
+    Exceptions in fn raise kvsim.RuleError naming the rule and the layer (the original is its
+    __cause__); a wrong shape or a NaN is a kvsim.KvsimError.
+    """
+    kind = "score"
+
+    def __init__(self, name, fn, gqa="mean", protect_window=0, window=32, attention=True):
+        super().__init__(name)
+        self.fn = fn
+        _kvsim._register_score_rule(name, fn, gqa, int(protect_window), int(window), bool(attention))
+
+
+class MaskRule(_PythonRule):
+    """fn(layer, budget) -> kept mask [num_kv_heads, n_c] or [num_heads, n_c] (bool or 0/1), for
+    budget.tokens kept tokens per unit (budget.text, budget.fraction also given)."""
+    kind = "mask"
+
+    def __init__(self, name, fn, window=32):
+        super().__init__(name)
+        self.fn = fn
+        _kvsim._register_mask_rule(name, fn, int(window))
+
+
+def _spec(rule):
+    if isinstance(rule, (str, _PythonRule, Wrapped)):
+        return str(rule)
+    raise TypeError(f"a rule is a spec string, a kvsim.ScoreRule/MaskRule or kvsim.wrap(...), not {type(rule).__name__}")
+
+
+class Wrapped:
+    """A spec string built by kvsim.wrap, e.g. ada(my_rule,alpha=0.2)."""
+
+    def __init__(self, text):
+        self.spec = text
+
+    def __str__(self):
+        return self.spec
+
+    def __repr__(self):
+        return f"kvsim.wrap -> {self.spec!r}"
+
+
+def wrap(wrapper, rule, **params):
+    """kvsim's wrappers around any rule: wrap("ada", r, alpha=0.2), wrap("critical", r),
+    wrap("pyramid", r), wrap("chunkkv", r), wrap("think", r); returns a rule usable in replay."""
+    args = [_spec(rule)] + [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
+    text = f"{wrapper}({','.join(args)})"
+    _kvsim.canonical_spec(text)  # a bad wrapper or parameter fails here, naming it
+    return Wrapped(text)
+
+
+def specs_text(rules):
+    """rules (a spec string with ';', a rule, or a list of them) -> the --rules text."""
+    if isinstance(rules, (list, tuple)):
+        return ";".join(_spec(r) for r in rules)
+    return _spec(rules)

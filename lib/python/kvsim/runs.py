@@ -1,0 +1,166 @@
+"""kvsim's commands from Python: the same subcommands as the CLI, run in-process, their output
+files read back as pandas DataFrames (so a DataFrame holds exactly the values of the CSV file the
+CLI writes). Keyword options are the CLI's options with '_' for '-': compression_point="aware",
+window=64, nu="upper", threads=2, nu_cache="off"; True is a flag, None/False leave it out.
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+from . import _kvsim
+from .python_rules import specs_text
+
+
+def _args(options):
+    out = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif isinstance(value, (list, tuple)):
+            out += [flag, ",".join(str(v) for v in value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def _budgets_text(budgets):
+    if isinstance(budgets, str):
+        return budgets
+    if isinstance(budgets, (int, float)):
+        budgets = [budgets]
+    return ",".join(b if isinstance(b, str) else repr(b) for b in budgets)
+
+
+def _path(trace):
+    return trace.path if isinstance(trace, _kvsim.Trace) else os.fspath(trace)
+
+
+@contextlib.contextmanager
+def _progress(show):
+    """kvsim's progress bar goes to the process's stderr; off unless asked for."""
+    old = os.environ.get("KVSIM_PROGRESS")
+    if not show:
+        os.environ["KVSIM_PROGRESS"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("KVSIM_PROGRESS", None)
+        else:
+            os.environ["KVSIM_PROGRESS"] = old
+
+
+def run(*args, progress=False):
+    """Runs `kvsim ARGS...` in-process; returns what it printed. A failure raises
+    kvsim.KvsimError with the CLI's one-line message (ValueError subclass)."""
+    with _progress(progress):
+        code, out, err = _kvsim.run_command([str(a) for a in args])
+    if code != 0:
+        raise _kvsim.KvsimError(err.strip() or f"kvsim {args[0]} exited with {code}")
+    return out
+
+
+@contextlib.contextmanager
+def _out_dir(out):
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        yield os.fspath(out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="kvsim_") as d:
+            yield d
+
+
+def _read_csv(path):
+    import pandas as pd
+    return pd.read_csv(path, keep_default_na=True)
+
+
+def _summary(d):
+    with open(os.path.join(d, "summary.json")) as fh:
+        return json.load(fh)
+
+
+class ReplayResult:
+    """kvsim.replay with per_query or return_selection: .metrics (metrics.csv), .per_query
+    (metrics_per_query.csv or None), .selection ({(rule, budget, layer): kept mask [units, n_c]},
+    plus {(rule, budget, layer, "key_channels"): mask} for ThinK), .summary (summary.json)."""
+
+    def __init__(self, metrics, per_query, selection, summary):
+        self.metrics, self.per_query, self.selection, self.summary = metrics, per_query, selection, summary
+
+    def __repr__(self):
+        return f"<kvsim.ReplayResult {len(self.metrics)} metric rows>"
+
+
+def _read_selection(path):
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        for r in f:
+            for b in f[r]:
+                for l, g in f[r][b]["layers"].items():
+                    ds = g["kept"]
+                    key = (ds.attrs["rule"], ds.attrs["budget"], int(l))
+                    out[key] = ds[()].astype(bool)
+                    if "key_channels" in g:
+                        out[key + ("key_channels",)] = g["key_channels"][()].astype(bool)
+    return out
+
+
+def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, per_query=False,
+           return_selection=False, out=None, progress=False, **options):
+    """Replays `trace` (a path or kvsim.Trace) through `rules` (spec string with ';', Python rules,
+    kvsim.wrap(...), or a list of them) at `budgets` (0.2, "20%", "cr=0.8", 512, or a list).
+    Returns the metrics.csv rows as a DataFrame (df.attrs["summary"] holds summary.json and
+    df.attrs["table"] the printed table); with per_query or return_selection, a ReplayResult.
+    out=DIR keeps the output files there (else a temporary folder)."""
+    with _out_dir(out) as d:
+        args = ["replay", _path(trace), "--rules", specs_text(rules), "--budgets", _budgets_text(budgets),
+                "--out", d] + _args(dict(layers=layers, heads=heads, per_query=per_query,
+                                         save_selection=return_selection, **options))
+        table = run(*args, progress=progress)
+        df = _read_csv(os.path.join(d, "metrics.csv"))
+        summary = _summary(d)
+        df.attrs["summary"] = summary
+        df.attrs["table"] = table
+        if not (per_query or return_selection):
+            return df
+        pq = _read_csv(os.path.join(d, "metrics_per_query.csv")) if per_query else None
+        sel = _read_selection(os.path.join(d, "selection.h5")) if return_selection else None
+        return ReplayResult(df, pq, sel, summary)
+
+
+def analyze(trace, out=None, progress=False, **options):
+    """`kvsim analyze` (KeyDiff premise statistics): key_stats.csv as a DataFrame;
+    df.attrs["recall"] is key_recall.csv, df.attrs["summary"] summary.json."""
+    with _out_dir(out) as d:
+        table = run("analyze", _path(trace), "--out", d, *_args(options), progress=progress)
+        df = _read_csv(os.path.join(d, "key_stats.csv"))
+        df.attrs.update(recall=_read_csv(os.path.join(d, "key_recall.csv")), summary=_summary(d), table=table)
+        return df
+
+
+def prefill(trace, out=None, progress=False, **options):
+    """`kvsim prefill` (CritiPrefill simulation): metrics.csv as a DataFrame; df.attrs["locality"]
+    is locality.csv, df.attrs["summary"] summary.json."""
+    with _out_dir(out) as d:
+        table = run("prefill", _path(trace), "--out", d, *_args(options), progress=progress)
+        df = _read_csv(os.path.join(d, "metrics.csv"))
+        loc = os.path.join(d, "locality.csv")
+        df.attrs.update(locality=_read_csv(loc) if os.path.exists(loc) else None, summary=_summary(d), table=table)
+        return df
+
+
+def rules():
+    """The rule catalogue: one row per (rule, parameter) with type, default and help."""
+    import pandas as pd
+    rows = []
+    for r in _kvsim.rule_catalogue():
+        for p in r["params"] or [{"name": "", "type": "", "default": "", "help": ""}]:
+            rows.append(dict(rule=r["name"], summary=r["summary"], in_default=r["in_default"], param=p["name"],
+                             type=p["type"], default=p["default"], help=p["help"]))
+    return pd.DataFrame(rows)

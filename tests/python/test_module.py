@@ -1,0 +1,245 @@
+"""`import kvsim`: the Python module over the C++ engine.
+
+- replay / analyze / prefill DataFrames equal the files the CLI writes for the same command;
+- open_trace gives the trace's tensors as read-only zero-copy numpy views;
+- rules written in numpy (knorm, SnapKV) select exactly what kvsim's C++ rules select, alone and
+  wrapped by ada / critical / pyramid; MaskRule and write_selection + external() too;
+- a Python rule's exception is a kvsim.RuleError naming the rule and the layer; wrong shapes and
+  NaN are one-line errors; the GIL is released while the engine runs.
+"""
+import os
+import subprocess
+import threading
+import time
+import unittest
+
+import numpy as np
+
+import dump_testutil as tu
+
+try:
+    import h5py
+    import pandas as pd
+
+    import kvsim
+except ImportError as e:  # pragma: no cover
+    raise unittest.SkipTest(f"needs the kvsim module in the project .venv ({e.name} missing; bash tools/build.sh)")
+
+NIAH = os.path.join(tu.TRACES_DIR, "niah_stories260k.h5")
+LONGBENCH = os.path.join(tu.TRACES_DIR, "longbench_stories260k.h5")
+
+
+def cli(*args):
+    r = subprocess.run([os.environ["KVSIM_CLI"], *args], capture_output=True, text=True,
+                       env=dict(os.environ, KVSIM_PROGRESS="0"))
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def numpy_knorm(layer):
+    return -np.sqrt((layer.k.astype(np.float64) ** 2).sum(-1)).astype(np.float32)
+
+
+def numpy_snapkv(w=16, kernel=5):
+    """SnapKV (kvpress form: window attention mean, zero-padded average pooling, per query head)."""
+    def fn(L):
+        H, G, n = L.num_heads, L.num_heads // L.num_kv_heads, L.n_c
+        q = L.q_window.astype(np.float64)
+        k = np.repeat(L.k.astype(np.float64), G, axis=0)
+        logits = np.einsum("hwd,hnd->hwn", q, k) * L.attn_scale
+        causal = np.arange(n)[None, :] <= np.arange(n - w, n)[:, None]
+        logits = np.where(causal[None], logits, -np.inf)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        s = p[:, :, : n - w].mean(1)
+        padded = np.pad(s, ((0, 0), (kernel // 2, kernel // 2)))
+        out = np.zeros((H, n), np.float32)
+        out[:, : n - w] = sum(padded[:, i:i + n - w] for i in range(kernel)) / kernel
+        return out
+    return fn
+
+
+class ModuleTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(os.environ.get("KVSIM_CLI", "")):
+            raise unittest.SkipTest("KVSIM_CLI is not set to the kvsim binary")
+        cls.tmp = tu.TempDir()
+        cls.dir = cls.tmp.__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.__exit__(None, None, None)
+
+    def test_replay_dataframe_equals_cli_metrics(self):
+        rules = "snapkv;critical(ada(snapkv));tova(variant=stepwise);keydiff(block=128);think(snapkv)"
+        for trace in (NIAH, LONGBENCH):
+            out = os.path.join(self.dir, "cli_" + os.path.basename(trace))
+            cli("replay", trace, "--rules", rules, "--budgets", "0.1,cr=0.5,200", "--per-query", "--out", out)
+            res = kvsim.replay(trace, rules=rules, budgets=[0.1, "cr=0.5", 200], per_query=True)
+            pd.testing.assert_frame_equal(res.metrics, pd.read_csv(os.path.join(out, "metrics.csv")))
+            pd.testing.assert_frame_equal(res.per_query, pd.read_csv(os.path.join(out, "metrics_per_query.csv")))
+            self.assertEqual(res.summary["protocol"]["n_c"], kvsim.open_trace(trace).meta["context_end"])
+
+    def test_analyze_and_prefill_equal_cli_files(self):
+        out = os.path.join(self.dir, "analyze")
+        cli("analyze", NIAH, "--out", out)
+        df = kvsim.analyze(NIAH)
+        pd.testing.assert_frame_equal(df, pd.read_csv(os.path.join(out, "key_stats.csv")))
+        pd.testing.assert_frame_equal(df.attrs["recall"], pd.read_csv(os.path.join(out, "key_recall.csv")))
+        out = os.path.join(self.dir, "prefill")
+        args = dict(segment=128, block=16, budget=256, threshold=256)
+        cli("prefill", NIAH, "--out", out, *sum(([f"--{k}", str(v)] for k, v in args.items()), []))
+        df = kvsim.prefill(NIAH, **args)
+        pd.testing.assert_frame_equal(df, pd.read_csv(os.path.join(out, "metrics.csv")))
+
+    def test_open_trace_views(self):
+        t = kvsim.open_trace(NIAH)
+        m = t.meta
+        self.assertEqual((m["num_layers"], m["num_heads"], m["num_kv_heads"], m["head_dim"]), (5, 8, 4, 8))
+        L = t.layer(3)
+        with h5py.File(NIAH, "r") as f:
+            for name in ("q", "k", "v", "o", "o_proj"):
+                np.testing.assert_array_equal(getattr(L, name), f[f"layers/3/{name}"][()].astype(np.float32))
+            np.testing.assert_array_equal(t.q_pos, f["q_pos"][()])
+            np.testing.assert_array_equal(t.segments, f["tokens/segment"][()])
+        self.assertFalse(L.k.flags.writeable)
+        k = L.k
+        del L  # the view keeps the layer alive
+        self.assertEqual(float(np.abs(k).sum()) > 0, True)
+        with self.assertRaises(IndexError):
+            t.layer(5)
+        with self.assertRaises(kvsim.KvsimError) as e:
+            kvsim.open_trace(os.path.join(self.dir, "missing.h5"))
+        self.assertIn("missing.h5: no such file", str(e.exception))
+
+    def test_numpy_rules_equal_cpp_rules(self):
+        knorm = kvsim.ScoreRule("np_knorm", numpy_knorm, attention=False)
+        snap = kvsim.ScoreRule("np_snapkv", numpy_snapkv(), protect_window=16, window=16)
+        cpp_snap = "snapkv(window=16,kernel=5,pool=avg)"
+        pairs = [("knorm", knorm), (cpp_snap, snap),
+                 (f"ada({cpp_snap})", kvsim.wrap("ada", snap)),
+                 (f"critical({cpp_snap})", kvsim.wrap("critical", snap)),
+                 (f"critical(ada({cpp_snap}),alpha=0.25)", kvsim.wrap("critical", kvsim.wrap("ada", snap), alpha=0.25))]
+        res = kvsim.replay(NIAH, rules=[r for p in pairs for r in p], budgets=[0.1, "cr=0.5"], return_selection=True)
+        df = res.metrics
+        specs = list(dict.fromkeys(df["rule"]))
+        for i in range(0, len(specs), 2):
+            a = df[df.rule == specs[i]].drop(columns="rule").reset_index(drop=True)
+            b = df[df.rule == specs[i + 1]].drop(columns="rule").reset_index(drop=True)
+            pd.testing.assert_frame_equal(a, b, check_exact=True, obj=f"{specs[i]} vs {specs[i + 1]}")
+        for key, mask in res.selection.items():
+            if key[0] in specs[1::2]:
+                twin = specs[specs.index(key[0]) - 1]
+                np.testing.assert_array_equal(mask, res.selection[(twin,) + key[1:]], f"{key}")
+
+    def test_wrappers_on_the_same_scores(self):
+        # A Python rule returning exactly kvsim's own snapkv scores (kvsim.scores): every wrapper,
+        # pyramid included, must then select exactly as it does on the C++ rule.
+        spec = "snapkv(window=16,kernel=5,pool=avg)"
+        same = kvsim.ScoreRule("cpp_scores", lambda L: kvsim.scores(spec, L), protect_window=16)
+        for wrapper, params in (("pyramid", {"variant": "float"}), ("ada", {"alpha": 0.3}), ("critical", {}),
+                                ("chunkkv", {"len": 20})):
+            ours = f"{wrapper}({spec}" + "".join(f",{k}={v}" for k, v in params.items()) + ")"
+            df = kvsim.replay(NIAH, rules=[ours, kvsim.wrap(wrapper, same, **params)], budgets=[0.1, "cr=0.5"])
+            a, b = (df[df.rule == r].drop(columns="rule").reset_index(drop=True) for r in df.rule.unique())
+            pd.testing.assert_frame_equal(a, b, check_exact=True, obj=wrapper)
+
+    def test_mask_rule_and_external_selection(self):
+        t = kvsim.open_trace(NIAH)
+        n_c = t.meta["context_end"]
+
+        def recent(L, budget):
+            m = np.zeros((L.num_kv_heads, L.n_c), bool)
+            m[:, L.n_c - budget.tokens:] = True
+            return m
+        mask = kvsim.MaskRule("np_recent", recent)
+        df = kvsim.replay(t, rules=["streaming(sink=0)", mask], budgets=[0.2])
+        a, b = (df[df.rule == r].drop(columns="rule").reset_index(drop=True) for r in df.rule.unique())
+        pd.testing.assert_frame_equal(a, b)
+        # The same masks from a file any tool could write.
+        path = os.path.join(self.dir, "mine.h5")
+        tokens = int(0.2 * n_c)
+        kept = {"0.2": {}}
+        for l in range(t.num_layers):
+            m = np.zeros((4, n_c), np.uint8)
+            m[:, n_c - tokens:] = 1
+            kept["0.2"][l] = m
+        kvsim.write_selection(path, "recent", n_c, kept=kept, source="test")
+        scores = {l: np.tile(np.arange(n_c, dtype=np.float32), (4, 1)) for l in range(t.num_layers)}
+        kvsim.write_selection(path, "recent_scores", n_c, scores=scores)
+        df = kvsim.replay(t, rules=["streaming(sink=0)", f"external(name=recent,file={path})",
+                                    f"external(name=recent_scores,file={path},kind=scores)"], budgets=[0.2])
+        rows = [df[df.rule == r].drop(columns="rule").reset_index(drop=True) for r in df.rule.unique()]
+        pd.testing.assert_frame_equal(rows[0], rows[1])
+        pd.testing.assert_frame_equal(rows[0], rows[2])
+
+    def test_errors_are_clean(self):
+        def boom(L):
+            if L.layer == 2:
+                raise ZeroDivisionError("my bug")
+            return numpy_knorm(L)
+        kvsim.ScoreRule("np_boom", boom)
+        with self.assertRaises(kvsim.RuleError) as e:
+            kvsim.replay(NIAH, rules="np_boom", budgets=[0.2])
+        self.assertIn("rule 'np_boom' on layer 2: my bug", str(e.exception))
+        self.assertIsInstance(e.exception.__cause__, ZeroDivisionError)
+        kvsim.ScoreRule("np_shape", lambda L: np.zeros((3, L.n_c)))
+        with self.assertRaises(kvsim.KvsimError) as e:
+            kvsim.replay(NIAH, rules="np_shape", budgets=[0.2])
+        self.assertIn("rule 'np_shape' on layer 0: scores: returned shape [3, 2007], expected [4, 2007] or [8, 2007]",
+                      str(e.exception))
+        kvsim.ScoreRule("np_nan", lambda L: np.full((L.num_kv_heads, L.n_c), np.nan))
+        with self.assertRaises(kvsim.KvsimError) as e:
+            kvsim.replay(NIAH, rules="np_nan", budgets=[0.2])
+        self.assertIn("scores: NaN at [0, 0]", str(e.exception))
+        kvsim.ScoreRule("np_text", lambda L: "no")
+        with self.assertRaises(kvsim.KvsimError) as e:
+            kvsim.replay(NIAH, rules="np_text", budgets=[0.2])
+        self.assertIn("must return a numeric array", str(e.exception))
+        with self.assertRaises(kvsim.KvsimError) as e:
+            kvsim.ScoreRule("snapkv", numpy_knorm)
+        self.assertIn("the name of a built-in rule", str(e.exception))
+        with self.assertRaises(kvsim.KvsimError) as e:
+            kvsim.wrap("ada", kvsim.ScoreRule("np_k2", numpy_knorm), alpah=0.1)
+        self.assertIn("unknown parameter 'alpah'", str(e.exception))
+        with self.assertRaises(kvsim.KvsimError) as e:
+            kvsim.replay(NIAH, rules="snapkv", budgets=["cr=1.5"])
+        self.assertIn("a compression ratio must be in [0, 1)", str(e.exception))
+        # A replay that failed leaves nothing that looks complete in out=.
+        out = os.path.join(self.dir, "failed")
+        with self.assertRaises(kvsim.RuleError):
+            kvsim.replay(NIAH, rules="np_boom", budgets=[0.2], out=out)
+        self.assertFalse(os.path.exists(os.path.join(out, "metrics.csv")))
+
+    def test_gil_released_while_the_engine_runs(self):
+        ticks = []
+        done = threading.Event()
+
+        def count():
+            while not done.is_set():
+                ticks.append(time.perf_counter())
+                time.sleep(0.001)
+        thread = threading.Thread(target=count)
+        thread.start()
+        try:
+            t0 = time.perf_counter()
+            kvsim.replay(NIAH, rules="critical(ada(snapkv));h2o;keydiff", budgets=[0.05, 0.1, 0.2, 0.4],
+                         nu_cache="off", threads=1)
+            t1 = time.perf_counter()
+        finally:
+            done.set()
+            thread.join()
+        during = [x for x in ticks if t0 < x < t1]
+        # A thread that needs the GIL kept ticking through the replay (~1 tick per ms).
+        self.assertGreater(len(during), 0.3 * (t1 - t0) * 1000, f"{len(during)} ticks in {t1 - t0:.2f} s")
+
+    def test_rules_catalogue(self):
+        df = kvsim.rules()
+        self.assertIn("snapkv", set(df.rule))
+        row = df[(df.rule == "critical") & (df.param == "alpha")].iloc[0]
+        self.assertEqual(row["default"], "0.5")
+
+
+if __name__ == "__main__":
+    unittest.main()
