@@ -20,7 +20,6 @@
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "kernels/isa.h"
-#include "replay/metric_rows.h"
 #include "replay/selection_file.h"
 #include "rules/factory.h"
 #include "rules/rule_labels.h"
@@ -42,9 +41,10 @@ struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
   i64 tied_units = 0, tied_max = 0;
 };
 
-void write_summary(const ReplayOptions& opt, const TraceMeta& meta, const Protocol& p, const std::vector<int>& layers,
-                   const std::vector<std::unique_ptr<Rule>>& rules, const std::vector<Budget>& budgets,
-                   const std::vector<std::vector<Totals>>& tot, const std::map<std::string, double>& timings) {
+void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot,
+                   const std::map<std::string, double>& timings) {
+  const TraceMeta& meta = s.meta;
+  const Protocol& p = s.protocol;
   JsonWriter j;
   j.begin_object();
   j.field("kvsim_version", KVSIM_VERSION).field("command", opt.command).field("created", iso_timestamp());
@@ -60,7 +60,7 @@ void write_summary(const ReplayOptions& opt, const TraceMeta& meta, const Protoc
   j.field("n_c", p.n_c).field("window", opt.protocol.window).field("eval", eval_mode_name(opt.protocol.eval));
   j.field("n_eval_queries", static_cast<i64>(p.eval_rows.size()));
   j.key("layers").begin_array();
-  for (int l : layers) j.value(l);
+  for (int l : s.layers) j.value(l);
   j.end_array();
   j.end_object();
   j.field("projected", meta.has_o_proj);
@@ -69,12 +69,12 @@ void write_summary(const ReplayOptions& opt, const TraceMeta& meta, const Protoc
           std::string("kv mode: one kept set per KV head shared by its ") + std::to_string(meta.group_size()) +
               " query heads (head rows report the KV head's kept count); query mode: one set per query head");
   j.key("rules").begin_array();
-  for (std::size_t r = 0; r < rules.size(); ++r) {
-    j.begin_object().field("spec", rules[r]->spec()).key("budgets").begin_array();
-    for (std::size_t b = 0; b < budgets.size(); ++b) {
+  for (std::size_t r = 0; r < s.rules.size(); ++r) {
+    j.begin_object().field("spec", s.rules[r]->spec()).key("budgets").begin_array();
+    for (std::size_t b = 0; b < s.budgets.size(); ++b) {
       const Totals& t = tot[r][b];
       const double n = t.layers > 0 ? t.layers : 1;
-      j.begin_object().field("budget", budgets[b].text);
+      j.begin_object().field("budget", s.budgets[b].text);
       j.field("budget_tokens_mean", t.budget_tokens / n).field("kept_tokens_mean", t.kept / n);
       j.field("retained_mass_mean", t.F / n).field("pert_l1_mean", t.l1 / n).field("pert_l2_mean", t.l2 / n);
       j.field("rel_pert_l1_mean", t.rel_l1 / n).field("bound_ada_mean", t.ada / n);
@@ -94,67 +94,66 @@ void write_summary(const ReplayOptions& opt, const TraceMeta& meta, const Protoc
   write_file_atomic(opt.out_dir + "/summary.json", j.str() + "\n");
 }
 
-void print_table(std::ostream& out, const std::vector<std::unique_ptr<Rule>>& rules,
-                 const std::vector<Budget>& budgets, const std::vector<std::vector<Totals>>& tot) {
+void print_table(std::ostream& out, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot) {
   char line[512];
   std::snprintf(line, sizeof line, "%-44s %8s %9s %9s %12s %14s %12s\n", "rule", "budget", "kept", "mean F",
                 "pert_l1", "bound_critical", "bound_ada");
   out << line;
   // Short labels (parameters at their defaults dropped); metrics.csv keeps the full specs.
   std::vector<std::string> specs;
-  for (const auto& rule : rules) specs.push_back(rule->spec());
+  for (const auto& rule : s.rules) specs.push_back(rule->spec());
   const auto labels = short_rule_labels(specs);
-  for (std::size_t r = 0; r < rules.size(); ++r)
-    for (std::size_t b = 0; b < budgets.size(); ++b) {
+  for (std::size_t r = 0; r < s.rules.size(); ++r)
+    for (std::size_t b = 0; b < s.budgets.size(); ++b) {
       const Totals& t = tot[r][b];
       const double n = t.layers > 0 ? t.layers : 1;
       std::string spec = labels.at(specs[r]);
       if (spec.size() > 44) spec = spec.substr(0, 41) + "...";
       std::snprintf(line, sizeof line, "%-44s %8s %9.1f %9.4f %12.5g %14.5g %12.5g\n", spec.c_str(),
-                    budgets[b].text.c_str(), t.kept / n, t.F / n, t.l1 / n, t.crit / n, t.ada / n);
+                    s.budgets[b].text.c_str(), t.kept / n, t.F / n, t.l1 / n, t.crit / n, t.ada / n);
       out << line;
     }
 }
 
 }  // namespace
 
-void run_replay(const ReplayOptions& opt, std::ostream& table) {
-  Stopwatch total;
-  if (opt.threads > 0) omp_set_num_threads(opt.threads);
-  if (opt.out_dir.empty()) fail("--out", "", "an output folder is required");
-  TraceReader reader(opt.trace_path);
-  const TraceMeta& meta = reader.meta();
-  const Protocol p = resolve_protocol(meta, opt.protocol);
-  const auto layers = parse_index_list(opt.layers, meta.num_layers, "--layers");
-  const auto heads = parse_index_list(opt.heads, meta.num_heads, "--heads");
-  const auto budgets = parse_budgets(opt.budgets);
-  if (budgets.empty()) fail("--budgets", "", "at least one budget is required");
-  std::vector<i64> budget_tokens;
-  for (const auto& b : budgets) {
+void ReplayTimings::add(const ReplayTimings& o) {
+  read += o.read;
+  attention += o.attention;
+  select += o.select;
+  metrics += o.metrics;
+  nu_hits += o.nu_hits;
+  nu_misses += o.nu_misses;
+}
+
+ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
+  ReplaySetup s;
+  s.meta = meta;
+  s.protocol = resolve_protocol(meta, opt.protocol);
+  s.layers = parse_index_list(opt.layers, meta.num_layers, "--layers");
+  s.heads = parse_index_list(opt.heads, meta.num_heads, "--heads");
+  s.budgets = parse_budgets(opt.budgets);
+  if (s.budgets.empty()) fail("--budgets", "", "at least one budget is required");
+  for (const auto& b : s.budgets) {
     try {
-      budget_tokens.push_back(b.tokens_for(p.n_c));
+      s.budget_tokens.push_back(b.tokens_for(s.protocol.n_c));
     } catch (const Error& e) {
-      fail("--budgets", b.text, std::string(e.what()) + " (compressible span n_c = " + std::to_string(p.n_c) + ")");
+      fail("--budgets", b.text,
+           std::string(e.what()) + " (compressible span n_c = " + std::to_string(s.protocol.n_c) + ")");
     }
   }
-  const auto rules = make_rules(opt.rules);
-  if (rules.empty()) fail("--rules", "", "at least one rule is required");
+  s.rules = make_rules(opt.rules);
+  if (s.rules.empty()) fail("--rules", "", "at least one rule is required");
+  return s;
+}
 
-  std::error_code ec;
-  std::filesystem::create_directories(opt.out_dir, ec);
-  if (ec) fail(opt.out_dir, "", "cannot create output folder: " + ec.message());
-  AtomicOutFile metrics(opt.out_dir + "/metrics.csv");
-  write_metrics_header(metrics.stream());
-  std::optional<AtomicOutFile> per_query;
-  if (opt.per_query) {
-    per_query.emplace(opt.out_dir + "/metrics_per_query.csv");
-    write_per_query_header(per_query->stream());
-  }
-  std::unique_ptr<SelectionFile> selfile;
-  if (opt.save_selection) selfile = std::make_unique<SelectionFile>(opt.out_dir + "/selection.h5");
-
-  std::vector<std::vector<Totals>> tot(rules.size(), std::vector<Totals>(budgets.size()));
-  double t_read = 0, t_attn = 0, t_select = 0, t_metrics = 0;
+std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetup& setup, const TraceReader& reader,
+                                      const std::vector<int>& layers, std::ostream& metrics, std::ostream* per_query,
+                                      SelectionFile* selection, ReplayTimings& tm, Progress* progress) {
+  const TraceMeta& meta = setup.meta;
+  const Protocol& p = setup.protocol;
+  const auto& budgets = setup.budgets;
+  const auto& rules = setup.rules;
   std::vector<std::pair<QuerySet, std::string>> sets;
   if (p.eval_queries) sets.push_back({QuerySet::eval, "queries"});
   if (p.eval_window) sets.push_back({QuerySet::window, "window"});
@@ -163,19 +162,19 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
   std::unique_ptr<NormCache> nu_cache;
   if (!opt.nu_cache_dir.empty()) nu_cache = std::make_unique<NormCache>(opt.nu_cache_dir);
 
-  Progress progress("replay", static_cast<std::int64_t>(layers.size() * rules.size()));
+  std::vector<LayerTotal> totals;
   // The next layer is read on a second thread while this one is replayed (reading is serial
   // HDF5 + widening). HDF5 is not thread-safe here, so not while selection.h5 is being written.
-  const bool prefetch = !opt.save_selection && layers.size() > 1;
+  const bool prefetch = !selection && layers.size() > 1;
   std::future<LayerData> next;
   for (std::size_t li = 0; li < layers.size(); ++li) {
     const int l = layers[li];
-    progress.set_note("layer " + std::to_string(l));
+    if (progress) progress->set_note("layer " + std::to_string(l));
     Stopwatch sw;
     // Shared so that a rule may keep views of it (Python rules' numpy arrays).
     const auto owner = std::make_shared<const LayerData>(li > 0 && prefetch ? next.get() : reader.read_layer(l));
     const LayerData& data = *owner;  // all stored query rows
-    t_read += sw.seconds();  // with prefetch: the time spent waiting for it
+    tm.read += sw.seconds();  // with prefetch: the time spent waiting for it
     if (prefetch && li + 1 < layers.size())
       next = std::async(std::launch::async, [&reader, n = layers[li + 1]] { return reader.read_layer(n); });
     sw.reset();
@@ -183,7 +182,7 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
     cache.set_norm_cache(nu_cache.get());
     std::vector<std::unique_ptr<LayerReference>> refs;
     for (const auto& s : sets) refs.push_back(std::make_unique<LayerReference>(cache, s.first, opt.nu));
-    t_attn += sw.seconds();
+    tm.attention += sw.seconds();
     RuleInput in;
     in.meta = &meta;
     in.layer = l;
@@ -198,7 +197,7 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
       sw.reset();
       const auto sels = rules[r]->select(in, budgets);
       const double sel_s = sw.seconds();
-      t_select += sel_s;
+      tm.select += sel_s;
       if (sels.size() != budgets.size())
         fail(rules[r]->spec(), "select", "returned " + std::to_string(sels.size()) + " selections for " +
                                              std::to_string(budgets.size()) + " budgets");
@@ -207,54 +206,111 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
       std::vector<std::vector<PerturbationResult>> results;  // [set][budget]: all budgets at once
       for (std::size_t si = 0; si < sets.size(); ++si) results.push_back(measure_perturbations(cache, *refs[si], sels));
       for (std::size_t b = 0; b < budgets.size(); ++b) {
-        tot[r][b].select_s += sel_s / budgets.size();  // one select() serves all budgets
-        for (i64 t : sels[b].tied_at_cut) {
-          tot[r][b].tied_sum += static_cast<double>(t);
-          tot[r][b].tied_max = std::max(tot[r][b].tied_max, t);
-          ++tot[r][b].tied_units;
-        }
-        if (selfile)
-          selfile->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text, meta.num_kv_heads);
+        if (selection)
+          selection->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text,
+                           meta.num_kv_heads);
         for (std::size_t si = 0; si < sets.size(); ++si) {
           const PerturbationResult& res = results[si][b];
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.
-          const i64 layer_budget = sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : budget_tokens[b];
+          const i64 layer_budget = sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : setup.budget_tokens[b];
           RowKey key{spec, budgets[b].text, layer_budget, l, sets[si].second};
-          const auto agg = write_metric_rows(metrics.stream(), key, sels[b], res, heads, G);
+          const auto agg = write_metric_rows(metrics, key, sels[b], res, setup.heads, G);
           if (per_query) {
             std::vector<i64> pos;
             for (i64 qi = 0; qi < res.n_q; ++qi) pos.push_back(cache.pos(sets[si].first, qi));
-            write_per_query_rows(per_query->stream(), key, sels[b], res, pos, heads, G);
+            write_per_query_rows(*per_query, key, sels[b], res, pos, setup.heads, G);
           }
           if (sets[si].first != summary_set) continue;
-          Totals& t = tot[r][b];
-          t.budget_tokens += static_cast<double>(layer_budget);
-          t.kept += agg.kept_tokens;
-          t.F += agg.retained_mass;
-          t.l1 += agg.pert_l1;
-          t.l2 += agg.pert_l2;
-          t.rel_l1 += agg.rel_pert_l1;
-          t.ada += agg.bound_ada;
-          t.crit += agg.bound_critical;
-          t.layers += 1;
+          LayerTotal t;
+          t.rule = static_cast<int>(r);
+          t.budget = static_cast<int>(b);
+          t.layer = l;
+          t.budget_tokens = static_cast<double>(layer_budget);
+          t.select_seconds = sel_s / static_cast<double>(budgets.size());  // one select() serves all budgets
+          t.agg = agg;
+          for (i64 x : sels[b].tied_at_cut) {
+            t.tied_sum += static_cast<double>(x);
+            t.tied_max = std::max(t.tied_max, x);
+            ++t.tied_units;
+          }
+          totals.push_back(t);
         }
       }
-      t_metrics += sw.seconds();
-      progress.advance();
+      tm.metrics += sw.seconds();
+      if (progress) progress->advance();
     }
   }
+  if (nu_cache) {
+    tm.nu_hits += nu_cache->hits();
+    tm.nu_misses += nu_cache->misses();
+  }
+  return totals;
+}
+
+void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, std::vector<LayerTotal> totals,
+                          const ReplayTimings& tm, double total_seconds, std::ostream& table) {
+  // Sum in the order one run accumulates: layer by layer (setup.layers order), then rule, budget.
+  std::map<int, std::size_t> order;
+  for (std::size_t i = 0; i < setup.layers.size(); ++i) order[setup.layers[i]] = i;
+  std::stable_sort(totals.begin(), totals.end(), [&](const LayerTotal& a, const LayerTotal& b) {
+    return std::tie(order[a.layer], a.rule, a.budget) < std::tie(order[b.layer], b.rule, b.budget);
+  });
+  std::vector<std::vector<Totals>> tot(setup.rules.size(), std::vector<Totals>(setup.budgets.size()));
+  for (const LayerTotal& lt : totals) {
+    Totals& t = tot.at(lt.rule).at(lt.budget);
+    t.select_s += lt.select_seconds;
+    t.tied_sum += lt.tied_sum;
+    t.tied_max = std::max(t.tied_max, lt.tied_max);
+    t.tied_units += lt.tied_units;
+    t.budget_tokens += lt.budget_tokens;
+    t.kept += lt.agg.kept_tokens;
+    t.F += lt.agg.retained_mass;
+    t.l1 += lt.agg.pert_l1;
+    t.l2 += lt.agg.pert_l2;
+    t.rel_l1 += lt.agg.rel_pert_l1;
+    t.ada += lt.agg.bound_ada;
+    t.crit += lt.agg.bound_critical;
+    t.layers += 1;
+  }
+  const std::map<std::string, double> timings = {{"read_seconds", tm.read},
+                                                 {"attention_seconds", tm.attention},
+                                                 {"select_seconds", tm.select},
+                                                 {"metrics_seconds", tm.metrics},
+                                                 {"total_seconds", total_seconds},
+                                                 {"nu_cache_hits", static_cast<double>(tm.nu_hits)},
+                                                 {"nu_cache_misses", static_cast<double>(tm.nu_misses)}};
+  write_summary(opt, setup, tot, timings);
+  print_table(table, setup, tot);
+}
+
+void run_replay(const ReplayOptions& opt, std::ostream& table) {
+  Stopwatch total;
+  if (opt.threads > 0) omp_set_num_threads(opt.threads);
+  if (opt.out_dir.empty()) fail("--out", "", "an output folder is required");
+  TraceReader reader(opt.trace_path);
+  const ReplaySetup setup = prepare_replay(opt, reader.meta());
+
+  std::error_code ec;
+  std::filesystem::create_directories(opt.out_dir, ec);
+  if (ec) fail(opt.out_dir, "", "cannot create output folder: " + ec.message());
+  AtomicOutFile metrics(opt.out_dir + "/metrics.csv");
+  write_metrics_header(metrics.stream());
+  std::optional<AtomicOutFile> per_query;
+  if (opt.per_query) {
+    per_query.emplace(opt.out_dir + "/metrics_per_query.csv");
+    write_per_query_header(per_query->stream());
+  }
+  std::unique_ptr<SelectionFile> selfile;
+  if (opt.save_selection) selfile = std::make_unique<SelectionFile>(opt.out_dir + "/selection.h5");
+
+  Progress progress("replay", static_cast<std::int64_t>(setup.layers.size() * setup.rules.size()));
+  ReplayTimings tm;
+  auto totals = replay_layers(opt, setup, reader, setup.layers, metrics.stream(),
+                              per_query ? &per_query->stream() : nullptr, selfile.get(), tm, &progress);
   metrics.commit();
   if (per_query) per_query->commit();
   if (selfile) selfile->commit();
-  const std::map<std::string, double> timings = {{"read_seconds", t_read},
-                                                 {"attention_seconds", t_attn},
-                                                 {"select_seconds", t_select},
-                                                 {"metrics_seconds", t_metrics},
-                                                 {"total_seconds", total.seconds()},
-                                                 {"nu_cache_hits", static_cast<double>(nu_cache ? nu_cache->hits() : 0)},
-                                                 {"nu_cache_misses", static_cast<double>(nu_cache ? nu_cache->misses() : 0)}};
-  write_summary(opt, meta, p, layers, rules, budgets, tot, timings);
-  print_table(table, rules, budgets, tot);
+  write_replay_summary(opt, setup, std::move(totals), tm, total.seconds(), table);
 }
 
 }  // namespace kvsim

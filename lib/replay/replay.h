@@ -1,15 +1,28 @@
 #pragma once
 // The replay driver: trace x rules x budgets -> metrics.csv, metrics_per_query.csv,
-// summary.json, selection.h5 (notes/outputs.md). One layer is resident at a time; all stored
+// summary.json, selection.h5 (docs/outputs.md). One layer is resident at a time; all stored
 // query rows are loaded (rules may read any prompt query, e.g. H2O reads all of them).
 // Every output is written to "<name>.partial" and renamed only when the whole run succeeded.
+//
+// run_replay is prepare_replay + replay_layers over every layer + write_replay_summary; kvsim
+// sweep runs replay_layers on layer ranges (units) elsewhere and merges them, with the same
+// rows and the same summary sums as one run_replay.
+#include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "attention/layer_cache.h"
+#include "replay/metric_rows.h"
 #include "replay/protocol.h"
+#include "rules/budget.h"
+#include "rules/rule.h"
 
 namespace kvsim {
+
+class Progress;
+class SelectionFile;
+class TraceReader;
 
 struct ReplayOptions {
   std::string trace_path;
@@ -24,6 +37,45 @@ struct ReplayOptions {
   std::string nu_cache_dir;       // on-disk cache of exact value norms (attention/norm_cache.h); "": none
   std::string command;            // argv joined, for summary.json
 };
+
+// Everything the options and the trace fix before any layer is read.
+struct ReplaySetup {
+  TraceMeta meta;
+  Protocol protocol;
+  std::vector<int> layers, heads;
+  std::vector<Budget> budgets;
+  std::vector<i64> budget_tokens;  // nominal tokens per unit of each budget at n_c
+  std::vector<std::unique_ptr<Rule>> rules;
+};
+// Throws kvsim::Error naming the option or the trace field.
+ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta);
+
+// What summary.json sums for one (rule, budget, layer): the layer row of the summary query set.
+struct LayerTotal {
+  int rule = 0, budget = 0, layer = 0;
+  double budget_tokens = 0;  // the rule's layer budget (pyramid) or the nominal one
+  double select_seconds = 0;
+  LayerAggregate agg;
+  double tied_sum = 0;  // Selection::tied_at_cut over the layer's units
+  i64 tied_units = 0, tied_max = 0;
+};
+
+struct ReplayTimings {
+  double read = 0, attention = 0, select = 0, metrics = 0;
+  i64 nu_hits = 0, nu_misses = 0;
+  void add(const ReplayTimings& o);
+};
+
+// Replays `layers` (ascending, a subset of setup.layers): metric rows to `metrics`, per-query
+// rows to `per_query` (if not null), kept masks to `selection` (if not null). progress may be null.
+std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetup& setup, const TraceReader& reader,
+                                      const std::vector<int>& layers, std::ostream& metrics, std::ostream* per_query,
+                                      SelectionFile* selection, ReplayTimings& timings, Progress* progress);
+
+// summary.json in opt.out_dir and the short table: the totals (of any layers, in any order)
+// are summed in the order of setup.layers, so a merge of ranges equals one run.
+void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, std::vector<LayerTotal> totals,
+                          const ReplayTimings& timings, double total_seconds, std::ostream& table);
 
 // Runs the replay; prints the short result table to `table`. Throws kvsim::Error.
 void run_replay(const ReplayOptions& opt, std::ostream& table);

@@ -607,9 +607,97 @@ std::string prefill_section(const PrefillOutput& pf, const std::string& id) {
 
 }  // namespace
 
+// ---------------------------------------------------------------- sweeps
+
+namespace {
+
+std::string sweep_summary(const SweepOutput& s, const std::string& id) {
+  std::string o;
+  const JsonValue& j = s.sweep;
+  o += "<pre>" + html_escape(j.get_string("command", "(command not recorded)")) + "</pre>";
+  long long failed = 0;
+  for (const auto& t : s.traces) failed += t.status != "ok";
+  o += p(html_escape(std::to_string(s.traces.size()) + " traces (" + std::to_string(failed) + " failed), " +
+                     j.get_string("ranks", "?") + " process(es), " + display_number(j.get_number("wall_seconds", NAN)) +
+                     " s wall, " + j.get_string("resumed_units", "0") + " unit(s) resumed from an earlier run"));
+  HtmlTable traces(id + "-traces", "Traces of the study (sweep.json)", {"trace", "status", "units", "seconds", "error"});
+  for (const auto& t : s.traces)
+    traces.add_row({HtmlCell::abbrev(t.label, t.path), HtmlCell::str(t.status), HtmlCell::integer(t.units),
+                    HtmlCell::num(t.seconds), HtmlCell::str(t.error)});
+  std::vector<std::string> rules;
+  const auto stats = cross_trace_stats(s);
+  for (const auto& c : stats)
+    if (std::find(rules.begin(), rules.end(), c.rule) == rules.end()) rules.push_back(c.rule);
+  const Labels L(rules);
+  o += h(3, "Across traces", id + "-cross");
+  o += p("Per rule and budget, the spread over traces of each trace's mean over layers (layer rows), and of its bound "
+         "tightness: the median over head rows of pert_l1 / bound_critical (1 = the bound is attained).");
+  Plot pert(600, 400), tight(600, 400);
+  pert.title("perturbation vs budget, mean over traces (dashed: min and max)").xlabel("budget_tokens")
+      .ylabel("pert_l1 (trace mean over layers)").yscale(Scale::log);
+  tight.title("CriticalKV bound tightness, mean over traces").xlabel("budget_tokens")
+      .ylabel("median pert_l1 / bound_critical").y_from_zero();
+  int color = 0;
+  for (const auto& rule : rules) {
+    std::vector<const CrossTraceStats*> mine;
+    for (const auto& c : stats)
+      if (c.rule == rule) mine.push_back(&c);
+    std::sort(mine.begin(), mine.end(), [](auto a, auto b) { return a->budget_tokens_mean < b->budget_tokens_mean; });
+    std::vector<double> x, m, lo, hi, t;
+    for (const auto* c : mine) {
+      x.push_back(c->budget_tokens_mean);
+      m.push_back(c->pert_l1_mean);
+      lo.push_back(c->pert_l1_min);
+      hi.push_back(c->pert_l1_max);
+      t.push_back(c->tightness_mean);
+    }
+    pert.line(L(rule), x, m, svg::palette(color));
+    pert.line(L(rule) + " min", x, lo, svg::palette(color), true, true);
+    pert.line(L(rule) + " max", x, hi, svg::palette(color), true, true);
+    tight.line(L(rule), x, t, svg::palette(color));
+    ++color;
+  }
+  o += plots({pert.render(), tight.render()}) + dropped_note(pert);
+  HtmlTable t(id + "-cross-table", "Per rule and budget over the finished traces",
+              {"rule", "budget", "traces", "budget_tokens", "pert_l1 mean", "pert_l1 std", "pert_l1 min", "pert_l1 max",
+               "retained_mass mean", "retained_mass std", "tightness mean", "tightness std"});
+  for (const auto& c : stats)
+    t.add_row({L.cell(c.rule), HtmlCell::str(c.budget), HtmlCell::integer(c.traces), HtmlCell::num(c.budget_tokens_mean),
+               HtmlCell::num(c.pert_l1_mean), HtmlCell::num(c.pert_l1_std), HtmlCell::num(c.pert_l1_min),
+               HtmlCell::num(c.pert_l1_max), HtmlCell::num(c.retained_mass_mean), HtmlCell::num(c.retained_mass_std),
+               HtmlCell::num(c.tightness_mean), HtmlCell::num(c.tightness_std)});
+  o += t.render() + traces.render();
+  return o;
+}
+
+// A replay folder's sections (header, bounds, rules, CriticalKV, Ada-KV).
+std::string replay_sections(const ReplayOutput& out, const std::string& id) {
+  std::string body = replay_header(out, id);
+  if (out.eval != "queries") body += p("No evaluation-query rows: the analyses below use the observation-window rows.");
+  return body + bound_vs_actual(out, id) + rule_comparison(out, id) + critical_section(out, id) + ada_section(out, id);
+}
+
+}  // namespace
+
 std::string render_html_report(const ReportInputs& in) {
   std::string body;
   std::string nav = "<nav>";
+  for (std::size_t i = 0; i < in.sweeps.size(); ++i) {
+    const SweepOutput& s = in.sweeps[i];
+    const std::string id = "sweep" + std::to_string(i + 1);
+    nav += "<a href=\"#" + id + "\">sweep " + std::to_string(i + 1) + "</a>";
+    body += h(2, "Sweep " + std::to_string(i + 1) + ": " + std::to_string(s.traces.size()) + " traces (" + s.dir + ")", id);
+    body += sweep_summary(s, id);
+    const std::size_t shown = std::min<std::size_t>(s.replays.size(), static_cast<std::size_t>(std::max(0, in.max_sweep_sections)));
+    if (shown < s.replays.size())
+      body += p("Per-trace sections: the first " + std::to_string(shown) + " of " + std::to_string(s.replays.size()) +
+                " finished traces (kvsim report --max-traces N shows more).");
+    for (std::size_t k = 0; k < shown; ++k) {
+      const std::string tid = id + "-t" + std::to_string(k + 1);
+      body += h(2, "Sweep " + std::to_string(i + 1) + ", trace " + s.labels[k], tid);
+      body += replay_sections(s.replays[k], tid);
+    }
+  }
   for (std::size_t i = 0; i < in.replays.size(); ++i) {
     const ReplayOutput& out = in.replays[i];
     const std::string id = "run" + std::to_string(i + 1);
@@ -618,12 +706,7 @@ std::string render_html_report(const ReportInputs& in) {
     const std::string title = "Replay " + std::to_string(i + 1) + ": " + model + " (" + out.dir + ")";
     nav += "<a href=\"#" + id + "\">replay " + std::to_string(i + 1) + "</a>";
     body += h(2, title, id);
-    body += replay_header(out, id);
-    if (out.eval != "queries") body += p("No evaluation-query rows: the analyses below use the observation-window rows.");
-    body += bound_vs_actual(out, id);
-    body += rule_comparison(out, id);
-    body += critical_section(out, id);
-    body += ada_section(out, id);
+    body += replay_sections(out, id);
   }
   for (std::size_t i = 0; i < in.analyses.size(); ++i) {
     const std::string id = "keydiff" + std::to_string(i + 1);

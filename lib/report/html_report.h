@@ -9,6 +9,7 @@
 #include "report/analysis_files.h"
 #include "report/prefill_outputs.h"
 #include "report/replay_outputs.h"
+#include "report/sweep_outputs.h"
 
 namespace kvsim::report {
 
@@ -16,6 +17,8 @@ struct ReportInputs {
   std::vector<ReplayOutput> replays;
   std::vector<AnalyzeOutput> analyses;
   std::vector<PrefillOutput> prefills;
+  std::vector<SweepOutput> sweeps;  // kvsim sweep folders: a cross-trace summary, then per-trace sections
+  int max_sweep_sections = 8;       // per-trace sections shown per sweep (all traces are in the summary)
   std::string command;  // the kvsim report command line, shown in the page header
   std::string version;  // kvsim version
 };

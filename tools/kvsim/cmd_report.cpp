@@ -20,7 +20,9 @@ int cmd_report(const std::vector<std::string>& args) {
   opts.add_options()("help,h", "show this help")
       ("out,o", po::value<std::string>(), "HTML file to write (written atomically)")
       ("analyze", po::value<std::vector<std::string>>()->composing(), "a kvsim analyze --out folder (repeatable)")
-      ("prefill", po::value<std::vector<std::string>>()->composing(), "a kvsim prefill --out folder (repeatable)");
+      ("prefill", po::value<std::vector<std::string>>()->composing(), "a kvsim prefill --out folder (repeatable)")
+      ("max-traces", po::value<int>()->default_value(8), "sweep folders: per-trace sections shown (all traces are in the "
+                                                         "cross-trace summary)");
   po::options_description hidden;
   hidden.add_options()("dirs", po::value<std::vector<std::string>>()->composing(), "");
   po::options_description all;
@@ -30,7 +32,9 @@ int cmd_report(const std::vector<std::string>& args) {
     std::cout << "Writes one HTML page with the header of each run (trace, command, timings), bound vs actual\n"
                  "perturbation, rule comparisons, CriticalKV head win rates, the Ada-KV allocation effect,\n"
                  "the KeyDiff premise (kvsim analyze folders) and CritiPrefill (kvsim prefill folders).\n"
-                 "Positional folders may be replay or analyze outputs; their kind is detected from the files.\n\n"
+                 "Positional folders may be replay, analyze or sweep outputs; their kind is detected from the files.\n"
+                 "A sweep folder gives a cross-trace summary (mean and spread of each rule's perturbation and bound\n"
+                 "tightness over the traces) and per-trace sections.\n\n"
               << opts;
     return 0;
   }
@@ -42,14 +46,17 @@ int cmd_report(const std::vector<std::string>& args) {
   for (const auto& a : args) in.command += (in.command.empty() ? "kvsim " : " ") + a;
   if (vm.count("dirs"))
     for (const auto& d : vm["dirs"].as<std::vector<std::string>>()) {
-      if (report::is_analyze_output(d)) in.analyses.push_back(report::load_analyze_output(d));
+      if (report::is_sweep_output(d)) in.sweeps.push_back(report::load_sweep_output(d));
+      else if (report::is_analyze_output(d)) in.analyses.push_back(report::load_analyze_output(d));
       else in.replays.push_back(report::load_replay_output(d));
     }
   if (vm.count("analyze"))
     for (const auto& d : vm["analyze"].as<std::vector<std::string>>()) in.analyses.push_back(report::load_analyze_output(d));
   if (vm.count("prefill"))
     for (const auto& d : vm["prefill"].as<std::vector<std::string>>()) in.prefills.push_back(report::load_prefill_output(d));
-  if (in.replays.empty() && in.analyses.empty() && in.prefills.empty())
+  in.max_sweep_sections = vm["max-traces"].as<int>();
+  if (in.max_sweep_sections < 0) throw po::error("--max-traces must be >= 0");
+  if (in.replays.empty() && in.analyses.empty() && in.prefills.empty() && in.sweeps.empty())
     throw po::error("give at least one output folder");
 
   const std::filesystem::path parent = std::filesystem::path(out_path).parent_path();
@@ -58,7 +65,8 @@ int cmd_report(const std::vector<std::string>& args) {
   write_file_atomic(out_path, html);
 
   std::cout << "wrote " << out_path << " (" << html.size() / 1024 << " KiB): " << in.replays.size()
-            << " replay, " << in.analyses.size() << " analyze, " << in.prefills.size() << " prefill folder(s)\n";
+            << " replay, " << in.analyses.size() << " analyze, " << in.prefills.size() << " prefill, " << in.sweeps.size()
+            << " sweep folder(s)\n";
   for (const auto& r : in.replays)
     std::cout << "  replay  " << r.dir << ": " << r.rules.size() << " rules x " << r.budgets.size() << " budgets, "
               << r.layers.size() << " layers, " << r.rows.size() << " rows\n";

@@ -1,0 +1,150 @@
+#include "sweep/sweep_merge.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/sysinfo.h"
+#include "core/table_io.h"
+#include "trace/trace_reader.h"
+
+#ifndef KVSIM_VERSION
+#define KVSIM_VERSION "0.1.0"
+#endif
+
+namespace kvsim {
+
+using json = nlohmann::json;
+
+namespace {
+
+// Appends the unit file's rows (it has no header) to out.
+void append_rows(std::ostream& out, const std::string& path) { out << read_whole_file(path); }
+
+// The same rows with a trace column in front.
+void append_labelled(std::ostream& out, const std::string& label, const std::string& path) {
+  std::istringstream rows(read_whole_file(path));
+  const std::string prefix = csv_field(label) + ",";
+  for (std::string line; std::getline(rows, line);)
+    if (!line.empty()) out << prefix << line << "\n";
+}
+
+}  // namespace
+
+int merge_sweep(const SweepOptions& opt, const std::vector<TracePlan>& plan, const std::vector<SweepUnit>& units,
+                const std::vector<UnitRecord>& records, const std::vector<RankStats>& ranks, double wall_seconds,
+                std::ostream& table) {
+  AtomicOutFile sweep_metrics(opt.out_dir + "/sweep_metrics.csv");
+  {
+    std::ostringstream header;
+    write_metrics_header(header);
+    sweep_metrics.stream() << "trace," << header.str();
+  }
+  json traces = json::array();
+  int failed = 0;
+  char line[512];
+  std::snprintf(line, sizeof line, "%-32s %-8s %7s %6s %10s  %s\n", "trace", "status", "layers", "units", "seconds",
+                "output");
+  table << line;
+  for (std::size_t ti = 0; ti < plan.size(); ++ti) {
+    const TracePlan& t = plan[ti];
+    std::vector<std::size_t> mine;
+    for (std::size_t i = 0; i < units.size(); ++i)
+      if (units[i].trace == static_cast<int>(ti)) mine.push_back(i);
+    std::sort(mine.begin(), mine.end(), [&](std::size_t a, std::size_t b) { return units[a].layers[0] < units[b].layers[0]; });
+    std::string error = t.error;
+    for (std::size_t i : mine)
+      if (error.empty() && records[i].status != "ok") error = records[i].error;
+    const std::string out = opt.out_dir + "/" + t.label;
+    double seconds = 0;
+    for (std::size_t i : mine) seconds += records[i].seconds;
+    if (error.empty()) {
+      try {
+        std::error_code ec;
+        std::filesystem::create_directories(out, ec);
+        if (ec) fail(out, "", "cannot create: " + ec.message());
+        const ReplayOptions ro = trace_options(opt, t, out);
+        TraceReader reader(t.path);
+        const ReplaySetup setup = prepare_replay(ro, reader.meta());
+        AtomicOutFile metrics(out + "/metrics.csv");
+        write_metrics_header(metrics.stream());
+        std::optional<AtomicOutFile> per_query;
+        if (ro.per_query) {
+          per_query.emplace(out + "/metrics_per_query.csv");
+          write_per_query_header(per_query->stream());
+        }
+        std::vector<LayerTotal> totals;
+        ReplayTimings tm;
+        for (std::size_t i : mine) {
+          const std::string dir = unit_dir(opt.out_dir, units[i]);
+          append_rows(metrics.stream(), dir + "/metrics.csv");
+          append_labelled(sweep_metrics.stream(), t.label, dir + "/metrics.csv");
+          if (per_query) append_rows(per_query->stream(), dir + "/metrics_per_query.csv");
+          totals.insert(totals.end(), records[i].totals.begin(), records[i].totals.end());
+          tm.add(records[i].timings);
+        }
+        metrics.commit();
+        if (per_query) per_query->commit();
+        std::ostringstream ignored;  // the per-trace rule table; the sweep prints one line per trace
+        write_replay_summary(ro, setup, std::move(totals), tm, seconds, ignored);
+      } catch (const Error& e) {
+        error = e.what();
+      }
+    }
+    failed += !error.empty();
+    json tj = {{"path", t.path}, {"label", t.label}, {"status", error.empty() ? "ok" : "failed"},
+               {"num_layers", t.num_layers}, {"layers", t.layers}, {"units", mine.size()}, {"seconds", seconds}};
+    if (!error.empty()) tj["error"] = error;
+    else tj["out"] = out;
+    traces.push_back(tj);
+    std::snprintf(line, sizeof line, "%-32s %-8s %7zu %6zu %10.2f  %s\n", t.label.substr(0, 32).c_str(),
+                  error.empty() ? "ok" : "FAILED", t.layers.size(), mine.size(), seconds,
+                  error.empty() ? out.c_str() : error.c_str());
+    table << line;
+  }
+  sweep_metrics.commit();
+
+  json ju = json::array();
+  for (std::size_t i = 0; i < units.size(); ++i) {
+    const UnitRecord& r = records[i];
+    json u = {{"id", units[i].id},   {"trace", plan[units[i].trace].label},
+              {"layers", {units[i].layers.front(), units[i].layers.back()}},
+              {"status", r.status},  {"rank", r.rank}, {"host", r.host}, {"seconds", r.seconds},
+              {"resumed", r.resumed}};
+    if (!r.error.empty()) u["error"] = r.error;
+    ju.push_back(u);
+  }
+  json jr = json::array();
+  for (const auto& r : ranks)
+    jr.push_back({{"rank", r.rank}, {"host", r.host}, {"units", r.units}, {"busy_seconds", r.busy_seconds},
+                  {"wall_seconds", r.wall_seconds}});
+  int unit_failures = 0, resumed = 0;
+  for (const auto& r : records) {
+    unit_failures += r.status != "ok";
+    resumed += r.resumed;
+  }
+  const ReplayOptions& ro = opt.replay;
+  json j = {{"kvsim_version", KVSIM_VERSION},
+            {"command", opt.command},
+            {"created", iso_timestamp()},
+            {"ranks", static_cast<int>(ranks.size())},
+            {"options", {{"rules", ro.rules}, {"budgets", ro.budgets}, {"layers", ro.layers}, {"heads", ro.heads},
+                         {"compression_point", compression_point_name(ro.protocol.compression_point)},
+                         {"window", ro.protocol.window}, {"eval", eval_mode_name(ro.protocol.eval)},
+                         {"nu", norm_kind_name(ro.nu)}, {"nu_cache", ro.nu_cache_dir}, {"per_query", ro.per_query},
+                         {"layers_per_unit", opt.layers_per_unit}}},
+            {"traces", traces},
+            {"units", ju},
+            {"rank_stats", jr},
+            {"failures", {{"traces", failed}, {"units", unit_failures}}},
+            {"resumed_units", resumed},
+            {"wall_seconds", wall_seconds}};
+  write_file_atomic(opt.out_dir + "/sweep.json", j.dump(1) + "\n");
+  return failed;
+}
+
+}  // namespace kvsim

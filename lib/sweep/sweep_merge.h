@@ -1,0 +1,26 @@
+#pragma once
+// The end of a sweep (rank 0): per-trace replay folders from the unit files, the merged table and
+// sweep.json.
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "sweep/sweep_unit.h"
+
+namespace kvsim {
+
+struct RankStats {
+  int rank = 0;
+  std::string host;
+  int units = 0;
+  double busy_seconds = 0, wall_seconds = 0;
+};
+
+// Writes DIR/<label>/{metrics.csv, metrics_per_query.csv, summary.json} for every trace whose
+// units all succeeded, DIR/sweep_metrics.csv and DIR/sweep.json; prints one line per trace.
+// records[i] belongs to units[i]. Returns the number of failed traces.
+int merge_sweep(const SweepOptions& opt, const std::vector<TracePlan>& plan, const std::vector<SweepUnit>& units,
+                const std::vector<UnitRecord>& records, const std::vector<RankStats>& ranks, double wall_seconds,
+                std::ostream& table);
+
+}  // namespace kvsim

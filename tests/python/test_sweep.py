@@ -1,0 +1,172 @@
+"""kvsim sweep on one process and on MPI ranks (kvsim-mpi under OpenMPI's mpirun):
+
+- rows identical to a single-process `kvsim replay` of each trace, whatever the number of ranks
+  (1, 2, 3), with a trace split over several ranks (layer-range units);
+- resume after a killed run: finished units are reused, the result is the same;
+- a corrupt or missing trace in the list is reported in sweep.json, the others finish;
+- the plain binary refuses to run N copies under mpirun; kvsim report reads a sweep folder.
+"""
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import unittest
+
+import dump_testutil as tu
+
+KVSIM = os.environ.get("KVSIM_CLI", "")
+KVSIM_MPI = os.path.join(os.path.dirname(KVSIM), "kvsim-mpi")
+TRACES = [os.path.join(tu.TRACES_DIR, "niah_stories260k.h5"), os.path.join(tu.TRACES_DIR, "longbench_stories260k.h5")]
+RULES = "snapkv;critical(ada(snapkv));tova(variant=stepwise);keydiff(block=128)"
+BUDGETS = "0.1,cr=0.5"
+ENV = dict(os.environ, KVSIM_PROGRESS="0", OMPI_MCA_rmaps_base_oversubscribe="1")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, **kw)
+
+
+def mpirun(n, *args):
+    return run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(n), KVSIM_MPI, *args])
+
+
+def summary_aggregates(path):
+    with open(path) as fh:
+        rules = json.load(fh)["rules"]
+    return [[{k: v for k, v in b.items() if k != "select_seconds"} for b in r["budgets"]] for r in rules]
+
+
+@unittest.skipUnless(shutil.which("mpirun") and os.path.exists(KVSIM_MPI), "needs OpenMPI (mpirun) and kvsim-mpi")
+class SweepTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tu.TempDir()
+        cls.dir = cls.tmp.__enter__()
+        cls.reference = {}
+        for t in TRACES:
+            out = os.path.join(cls.dir, "replay_" + os.path.basename(t))
+            r = run([KVSIM, "replay", t, "--rules", RULES, "--budgets", BUDGETS, "--per-query", "--out", out])
+            assert r.returncode == 0, r.stderr
+            cls.reference[t] = out
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.__exit__(None, None, None)
+
+    def check_same_as_replay(self, out):
+        for t in TRACES:
+            label = os.path.splitext(os.path.basename(t))[0]
+            ref = self.reference[t]
+            for f in ("metrics.csv", "metrics_per_query.csv"):
+                with open(os.path.join(out, label, f), "rb") as a, open(os.path.join(ref, f), "rb") as b:
+                    self.assertEqual(a.read(), b.read(), f"{label}/{f}")
+            self.assertEqual(summary_aggregates(os.path.join(out, label, "summary.json")),
+                             summary_aggregates(os.path.join(ref, "summary.json")))
+        # The merged table: every trace's rows with the trace label in front.
+        with open(os.path.join(out, "sweep_metrics.csv")) as fh:
+            rows = list(csv.reader(fh))
+        with open(os.path.join(self.reference[TRACES[0]], "metrics.csv")) as fh:
+            header = next(csv.reader(fh))
+        self.assertEqual(rows[0], ["trace"] + header)
+        n = 0
+        for t in TRACES:
+            with open(os.path.join(self.reference[t], "metrics.csv")) as fh:
+                n += sum(1 for _ in fh) - 1
+        self.assertEqual(len(rows) - 1, n)
+
+    def test_ranks_give_identical_rows(self):
+        for n in (1, 2, 3):
+            with self.subTest(ranks=n):
+                out = os.path.join(self.dir, f"mpi{n}")
+                r = mpirun(n, "sweep", "--traces", ",".join(TRACES), "--rules", RULES, "--budgets", BUDGETS,
+                           "--per-query", "--layers-per-unit", "2", "--out", out)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.check_same_as_replay(out)
+                with open(os.path.join(out, "sweep.json")) as fh:
+                    sweep = json.load(fh)
+                self.assertEqual(sweep["ranks"], n)
+                self.assertEqual(len(sweep["units"]), 6)  # 2 traces x ceil(5 layers / 2)
+                self.assertEqual(sum(s["units"] for s in sweep["rank_stats"]), 6)
+                if n > 1:  # the counter spread the units: more than one rank worked
+                    self.assertGreater(sum(1 for s in sweep["rank_stats"] if s["units"] > 0), 1)
+                self.assertEqual(sweep["failures"], {"traces": 0, "units": 0})
+        # The plain binary is the same sweep on one process.
+        out = os.path.join(self.dir, "single")
+        r = run([KVSIM, "sweep", "--traces", ",".join(TRACES), "--rules", RULES, "--budgets", BUDGETS, "--per-query",
+                 "--layers-per-unit", "2", "--out", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check_same_as_replay(out)
+        report = os.path.join(self.dir, "sweep.html")
+        r = run([KVSIM, "report", out, "--out", report])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(report) as fh:
+            html = fh.read()
+        self.assertIn('id="sweep1-cross-table"', html)
+        self.assertIn("Sweep 1, trace longbench_stories260k", html)
+
+    def test_resume_after_a_killed_run(self):
+        out = os.path.join(self.dir, "killed")
+        args = [KVSIM, "sweep", "--traces", ",".join(TRACES), "--rules", RULES, "--budgets", BUDGETS, "--per-query",
+                "--layers-per-unit", "1", "--threads", "1", "--nu-cache", "off", "--out", out]
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        done = lambda: sum(os.path.exists(os.path.join(out, "units", u, "unit.json"))  # noqa: E731
+                           for u in (os.listdir(os.path.join(out, "units")) if os.path.isdir(os.path.join(out, "units")) else []))
+        deadline = time.time() + 60
+        while done() < 3 and p.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        finished = done()
+        self.assertGreaterEqual(finished, 3)
+        self.assertLess(finished, 10, "the run finished before it could be killed")
+        self.assertFalse(os.path.exists(os.path.join(out, "sweep.json")))  # nothing looks complete
+        for t in TRACES:
+            label = os.path.splitext(os.path.basename(t))[0]
+            self.assertFalse(os.path.exists(os.path.join(out, label, "metrics.csv")))
+        r = run(args)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--resume reuses its finished units", r.stderr)
+        r = run(args + ["--resume"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "sweep.json")) as fh:
+            sweep = json.load(fh)
+        self.assertEqual(sweep["resumed_units"], finished)
+        self.assertEqual(sum(u["resumed"] for u in sweep["units"]), finished)
+        self.check_same_as_replay(out)
+
+    def test_bad_traces_are_reported_and_the_rest_finish(self):
+        corrupt = os.path.join(self.dir, "corrupt.h5")
+        with open(TRACES[0], "rb") as src, open(corrupt, "wb") as dst:
+            dst.write(src.read()[:100000])  # truncated
+        missing = os.path.join(self.dir, "missing.h5")
+        listing = os.path.join(self.dir, "traces.txt")
+        with open(listing, "w") as fh:
+            fh.write(f"# a study\n{TRACES[0]}\n{corrupt}\n\n{missing}\n{TRACES[1]}\n")
+        out = os.path.join(self.dir, "bad")
+        r = mpirun(2, "sweep", "--trace-list", listing, "--rules", RULES, "--budgets", BUDGETS, "--per-query",
+                   "--out", out)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        with open(os.path.join(out, "sweep.json")) as fh:
+            sweep = json.load(fh)
+        status = {t["label"]: (t["status"], t.get("error", "")) for t in sweep["traces"]}
+        self.assertEqual(status["niah_stories260k"][0], "ok")
+        self.assertEqual(status["longbench_stories260k"][0], "ok")
+        self.assertEqual(status["corrupt"][0], "failed")
+        self.assertIn("corrupt.h5", status["corrupt"][1])
+        self.assertIn("no such file", status["missing"][1])
+        self.assertEqual(sweep["failures"]["traces"], 2)
+        self.check_same_as_replay(out)
+
+    def test_plain_binary_refuses_mpirun(self):
+        r = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", KVSIM, "sweep", "--traces", TRACES[0],
+                 "--rules", "snapkv", "--budgets", "0.1", "--out", os.path.join(self.dir, "plain")])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("use kvsim-mpi sweep", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

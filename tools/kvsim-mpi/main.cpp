@@ -1,0 +1,34 @@
+// kvsim-mpi: the kvsim commands, with `sweep` spread over MPI ranks (mpirun -n N kvsim-mpi
+// sweep ..., or srun). Other commands run on every rank as they would alone, so use it for sweep.
+// A failing rank aborts the job (MPI_Abort) rather than leaving the others waiting forever;
+// finished units are on disk and --resume continues.
+#include <mpi.h>
+
+#include <exception>
+#include <iostream>
+
+#include "command.h"
+#include "mpi_comm.h"
+#include "sweep_comm.h"
+
+int main(int argc, char** argv) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);  // OpenMP threads, MPI from one
+  using namespace kvsim::cli;
+  sweep_comm_factory() = [] { return std::make_unique<MpiComm>(); };
+  int code = 2;
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    print_usage(std::cout);
+    code = argc < 2 ? 2 : 0;
+  } else {
+    try {
+      code = run_command(std::vector<std::string>(argv + 1, argv + argc), std::cerr);
+    } catch (const std::exception& e) {
+      std::cerr << "kvsim-mpi " << argv[1] << ": internal error: " << e.what() << "\n";
+      code = 3;
+    }
+  }
+  if (code != 0 && code != 1) MPI_Abort(MPI_COMM_WORLD, code);  // usage or internal error on a rank
+  MPI_Finalize();
+  return code;
+}
