@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "numpy_views.h"
 #include "py_rules.h"
+#include "select_arrays.h"
 #include "rules/factory.h"
 #include "trace/trace_reader.h"
 
@@ -215,6 +216,7 @@ PYBIND11_MODULE(_kvsim, m) {
         "the canonical spec string (every parameter spelled out); errors name the bad part");
   bind_trace(m);
   bind_rules(m);
+  bind_select(m);
 }
 
 }  // namespace kvsim::python

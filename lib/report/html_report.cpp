@@ -6,6 +6,8 @@
 #include <map>
 #include <set>
 
+#include "report/closed_loop_section.h"
+#include "report/html_parts.h"
 #include "report/html_table.h"
 #include "report/paper_claims.h"
 #include "rules/rule_labels.h"
@@ -31,32 +33,6 @@ td.num{text-align:right;font-variant-numeric:tabular-nums} code,pre{background:#
 summary{cursor:pointer;color:#1f5fa8;margin:6px 0} pre{white-space:pre-wrap;word-break:break-all;padding:8px} nav a{margin-right:14px}
 )";
 
-std::string p(const std::string& text) { return "<p class=\"note\">" + text + "</p>"; }
-std::string h(int level, const std::string& text, const std::string& id = "") {
-  const std::string l = std::to_string(level);
-  return "<h" + l + (id.empty() ? "" : " id=\"" + id + "\"") + ">" + html_escape(text) + "</h" + l + ">";
-}
-std::string plots(const std::vector<std::string>& svgs) {
-  std::string o = "<div class=\"plots\">";
-  for (const auto& s : svgs) o += s;
-  return o + "</div>";
-}
-
-// Rule cells show the short label; the canonical spec is in data-full (and the tooltip).
-struct Labels {
-  std::map<std::string, std::string> map;
-  explicit Labels(const std::vector<std::string>& rules) : map(short_rule_labels(rules)) {}
-  const std::string& operator()(const std::string& spec) const {
-    const auto it = map.find(spec);
-    return it == map.end() ? spec : it->second;
-  }
-  HtmlCell cell(const std::string& spec) const { return HtmlCell::abbrev((*this)(spec), spec); }
-};
-
-std::string dropped_note(const Plot& plot) {
-  const std::size_t n = plot.dropped_points();
-  return n ? p(std::to_string(n) + " points with a zero, negative or non-finite value are not drawn (log axes).") : "";
-}
 
 // ---------------------------------------------------------------- header
 
@@ -707,6 +683,16 @@ std::string render_html_report(const ReportInputs& in) {
     nav += "<a href=\"#" + id + "\">replay " + std::to_string(i + 1) + "</a>";
     body += h(2, title, id);
     body += replay_sections(out, id);
+  }
+  for (std::size_t i = 0; i < in.closed_loops.size(); ++i) {
+    const ClosedLoopOutput& c = in.closed_loops[i];
+    const std::string id = "closed" + std::to_string(i + 1);
+    nav += "<a href=\"#" + id + "\">closed loop " + std::to_string(i + 1) + "</a>";
+    body += h(2, "Closed loop " + std::to_string(i + 1) + ": offline replay vs the model after a real eviction (" +
+                     c.dir + ")", id);
+    body += closed_loop_section(c, id);
+    body += h(2, "Closed loop " + std::to_string(i + 1) + ": its offline replay", id + "-replay");
+    body += replay_sections(c.replay, id + "-replay");
   }
   for (std::size_t i = 0; i < in.analyses.size(); ++i) {
     const std::string id = "keydiff" + std::to_string(i + 1);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "report/analysis_files.h"
+#include "report/closed_loop_outputs.h"
 #include "report/prefill_outputs.h"
 #include "report/replay_outputs.h"
 #include "report/sweep_outputs.h"
@@ -17,6 +18,7 @@ struct ReportInputs {
   std::vector<ReplayOutput> replays;
   std::vector<AnalyzeOutput> analyses;
   std::vector<PrefillOutput> prefills;
+  std::vector<ClosedLoopOutput> closed_loops;  // kvsim-closed-loop folders (their replay/ follows)
   std::vector<SweepOutput> sweeps;  // kvsim sweep folders: a cross-trace summary, then per-trace sections
   int max_sweep_sections = 8;       // per-trace sections shown per sweep (all traces are in the summary)
   std::string command;  // the kvsim report command line, shown in the page header

@@ -174,6 +174,24 @@ class ModuleTest(unittest.TestCase):
         pd.testing.assert_frame_equal(rows[0], rows[1])
         pd.testing.assert_frame_equal(rows[0], rows[2])
 
+    def test_select_on_arrays_equals_replay(self):
+        """kvsim.select on one layer's arrays (no trace) keeps what the replay keeps."""
+        t = kvsim.open_trace(NIAH)
+        n_c = t.meta["context_end"]
+        rules = ["snapkv(window=16)", "keydiff(block=64)", "knorm", "streaming", "critical(snapkv(window=16))",
+                 "tova"]
+        res = kvsim.replay(NIAH, rules=";".join(rules), budgets=[0.1, 64], layers="1", return_selection=True)
+        L = t.layer(1)
+        rows = np.flatnonzero(t.q_pos < n_c)
+        for rule in rules:
+            canon = kvsim._kvsim.canonical_spec(rule)
+            got = kvsim.select(rule, L.k[:, :n_c], [0.1, 64], v=L.v[:, :n_c], q=L.q[:, rows], q_pos=t.q_pos[rows],
+                               o_proj=L.o_proj, attn_scale=t.meta["attn_scale"])
+            for mask, b in zip(got, ("0.1", "64")):
+                np.testing.assert_array_equal(mask, res.selection[(canon, b, 1)], f"{rule} at {b}")
+        with self.assertRaisesRegex(ValueError, "kvsim.select: v"):
+            kvsim.select("knorm", L.k[:, :n_c], [0.1], v=L.v[:, :10])
+
     def test_errors_are_clean(self):
         def boom(L):
             if L.layer == 2:

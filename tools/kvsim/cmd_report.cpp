@@ -32,7 +32,9 @@ int cmd_report(const std::vector<std::string>& args) {
     std::cout << "Writes one HTML page with the header of each run (trace, command, timings), bound vs actual\n"
                  "perturbation, rule comparisons, CriticalKV head win rates, the Ada-KV allocation effect,\n"
                  "the KeyDiff premise (kvsim analyze folders) and CritiPrefill (kvsim prefill folders).\n"
-                 "Positional folders may be replay, analyze or sweep outputs; their kind is detected from the files.\n"
+                 "Positional folders may be replay, analyze, sweep or kvsim-closed-loop outputs; their kind is detected\n"
+                 "from the files. A closed-loop folder gives offline perturbation against the model's behaviour after\n"
+                 "a real eviction (rank correlations, KeyDiff simulated vs true block-wise), then its replay.\n"
                  "A sweep folder gives a cross-trace summary (mean and spread of each rule's perturbation and bound\n"
                  "tightness over the traces) and per-trace sections.\n\n"
               << opts;
@@ -47,6 +49,7 @@ int cmd_report(const std::vector<std::string>& args) {
   if (vm.count("dirs"))
     for (const auto& d : vm["dirs"].as<std::vector<std::string>>()) {
       if (report::is_sweep_output(d)) in.sweeps.push_back(report::load_sweep_output(d));
+      else if (report::is_closed_loop_output(d)) in.closed_loops.push_back(report::load_closed_loop_output(d));
       else if (report::is_analyze_output(d)) in.analyses.push_back(report::load_analyze_output(d));
       else in.replays.push_back(report::load_replay_output(d));
     }
@@ -56,7 +59,8 @@ int cmd_report(const std::vector<std::string>& args) {
     for (const auto& d : vm["prefill"].as<std::vector<std::string>>()) in.prefills.push_back(report::load_prefill_output(d));
   in.max_sweep_sections = vm["max-traces"].as<int>();
   if (in.max_sweep_sections < 0) throw po::error("--max-traces must be >= 0");
-  if (in.replays.empty() && in.analyses.empty() && in.prefills.empty() && in.sweeps.empty())
+  if (in.replays.empty() && in.analyses.empty() && in.prefills.empty() && in.sweeps.empty() &&
+      in.closed_loops.empty())
     throw po::error("give at least one output folder");
 
   const std::filesystem::path parent = std::filesystem::path(out_path).parent_path();
@@ -66,7 +70,7 @@ int cmd_report(const std::vector<std::string>& args) {
 
   std::cout << "wrote " << out_path << " (" << html.size() / 1024 << " KiB): " << in.replays.size()
             << " replay, " << in.analyses.size() << " analyze, " << in.prefills.size() << " prefill, " << in.sweeps.size()
-            << " sweep folder(s)\n";
+            << " sweep, " << in.closed_loops.size() << " closed-loop folder(s)\n";
   for (const auto& r : in.replays)
     std::cout << "  replay  " << r.dir << ": " << r.rules.size() << " rules x " << r.budgets.size() << " budgets, "
               << r.layers.size() << " layers, " << r.rows.size() << " rows\n";

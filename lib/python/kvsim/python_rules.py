@@ -94,3 +94,18 @@ def specs_text(rules):
     if isinstance(rules, (list, tuple)):
         return ";".join(_spec(r) for r in rules)
     return _spec(rules)
+
+
+def select(rule, k, budgets, v=None, q=None, q_pos=None, o_proj=None, n_c=None, attn_scale=None, num_heads=None):
+    """Runs a rule (spec string or Python rule) on arrays of one layer, no trace needed: keys k
+    [num_kv_heads, T, head_dim] at positions 0..T-1 (and values v), queries q [num_heads, Nq,
+    head_dim] at positions q_pos, o_proj [hidden, num_heads*head_dim]. Tokens [0, n_c) (default
+    all T) are compressible. Returns one kept mask [units, n_c] (bool) per budget."""
+    import numpy as np
+    k = np.asarray(k, dtype=np.float32)
+    if isinstance(budgets, (str, int, float)):
+        budgets = [budgets]
+    texts = [b if isinstance(b, str) else repr(b) for b in budgets]
+    return _kvsim._select(_spec(rule), k, v, q, None if q_pos is None else np.asarray(q_pos, dtype=np.int64), o_proj,
+                          int(k.shape[1] if n_c is None else n_c), texts, float(attn_scale or 0),
+                          int(num_heads or 0))
