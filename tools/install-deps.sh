@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what kvsim needs and is missing: Debian 12 packages (apt-get) for the C++ build,
-# the report render and the MPI sweep, and the project's Python environment .venv/ (pinned
+# the report render, the MPI sweep and the fuzz target (clang's libFuzzer), and the project's Python environment .venv/ (pinned
 # lock tools/requirements.txt: torch, transformers, kvpress, h5py, numpy, pandas, ...).
 # Idempotent: packages already installed and a .venv made from the same lock are kept.
 set -euo pipefail
@@ -12,6 +12,7 @@ pkgs=(
   libopenmpi-dev openmpi-bin
   python3 python3-venv python3-pip
   chromium fonts-liberation
+  clang libomp-14-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -9,6 +9,11 @@ namespace kvsim {
 std::int64_t peak_rss_bytes();   // getrusage ru_maxrss
 std::int64_t current_rss_bytes();  // /proc/self/statm
 int max_threads();               // omp_get_max_threads()
+int online_cores();              // sysconf(_SC_NPROCESSORS_ONLN), at least 1
+// Sets the OpenMP thread count from a --threads option (0 = keep the default) after checking it
+// and OMP_NUM_THREADS against a sane maximum (4 x the cores): more threads than that only
+// oversubscribe, and tens of thousands exhaust the process (a crash or a hang in libgomp).
+void set_thread_count(long long requested, const std::string& option = "--threads");
 std::string iso_timestamp();     // UTC, for summaries
 
 class Stopwatch {

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/output_path.h"
 
 namespace kvsim {
 
@@ -97,8 +98,13 @@ void write_file_atomic(const std::string& path, const std::string& content) {
 }
 
 AtomicOutFile::AtomicOutFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".partial") {
+  check_output_target(path_);
+  register_partial_file(tmp_);
   out_.open(tmp_, std::ios::binary | std::ios::trunc);
-  if (!out_) fail(path_, "", "cannot open for writing");
+  if (!out_) {
+    unregister_partial_file(tmp_);
+    fail(path_, "", "cannot open for writing");
+  }
 }
 
 AtomicOutFile::~AtomicOutFile() {
@@ -107,6 +113,7 @@ AtomicOutFile::~AtomicOutFile() {
     std::error_code ec;
     std::filesystem::remove(tmp_, ec);
   }
+  unregister_partial_file(tmp_);
 }
 
 void AtomicOutFile::commit() {

@@ -40,6 +40,7 @@ std::vector<LocalityCurve> locality_curves(const HeadsView& x, const SegmentPlan
     curves[h].head = h;
     curves[h].pairs.assign(static_cast<std::size_t>(2 * S), 0);
   }
+  std::vector<std::vector<double>> per_anchor(static_cast<std::size_t>(x.num_heads * na));
 #pragma omp parallel
   {
     avec<float> A, masses;
@@ -65,13 +66,18 @@ std::vector<LocalityCurve> locality_curves(const HeadsView& x, const SegmentPlan
           const i64 k1 = kernels::topk(masses.data() + r * vis, vis, K, top.data());
           local[r - 1] = jaccard(set0, std::vector<i64>(top.begin(), top.begin() + k1));
         }
-#pragma omp critical
-        for (i64 r = 1; r < rows; ++r) {
-          sums[h][r - 1] += local[r - 1];
-          curves[h].pairs[r - 1] += 1;
-        }
+        per_anchor[static_cast<std::size_t>(h * na + a)] = std::move(local);
       }
   }
+  // Summed in anchor order, whatever thread computed each anchor (identical for any thread count).
+  for (int h = 0; h < x.num_heads; ++h)
+    for (i64 a = 0; a < na; ++a) {
+      const auto& local = per_anchor[static_cast<std::size_t>(h * na + a)];
+      for (std::size_t r = 0; r < local.size(); ++r) {
+        sums[h][r] += local[r];
+        curves[h].pairs[r] += 1;
+      }
+    }
   for (int h = 0; h < x.num_heads; ++h) {
     curves[h].jaccard.resize(static_cast<std::size_t>(2 * S));
     for (i64 dl = 0; dl < 2 * S; ++dl)

@@ -99,10 +99,13 @@ std::vector<LayerMetrics> simulate_layer(const HeadsView& x, const OutProj& wo,
     if (!plan.segment(s).dense)
       for (i64 t0 = plan.segment(s).start; t0 < plan.segment(s).end; t0 += kRows) items.push_back({s, t0});
 
+  // Sums per work item, merged in item order afterwards: the result does not depend on which
+  // thread ran which item (identical for any thread count).
+  std::vector<std::vector<std::vector<MetricSums>>> item_heads(
+      items.size(), std::vector<std::vector<MetricSums>>(nsel, std::vector<MetricSums>(static_cast<std::size_t>(H))));
+  std::vector<std::vector<MetricSums>> item_layer(items.size(), std::vector<MetricSums>(nsel));
 #pragma omp parallel
   {
-    std::vector<std::vector<MetricSums>> heads(nsel, std::vector<MetricSums>(static_cast<std::size_t>(H)));
-    std::vector<MetricSums> layer(nsel);
     avec<float> A, Am, ofull(kRows * d), okept(kRows * d), delta(kRows * d), masses;
     avec<float> yh(static_cast<std::size_t>(kRows * D)), dh(static_cast<std::size_t>(kRows * D)),
         y(static_cast<std::size_t>(kRows * D));
@@ -116,6 +119,8 @@ std::vector<LayerMetrics> simulate_layer(const HeadsView& x, const OutProj& wo,
 #pragma omp for schedule(dynamic, 1)
     for (std::size_t it = 0; it < items.size(); ++it) {
       const auto [s, t0] = items[it];
+      auto& heads = item_heads[it];
+      auto& layer = item_layer[it];
       const SegmentInfo& seg = plan.segment(s);
       const i64 t1 = std::min(t0 + kRows, seg.end), rows = t1 - t0, nk = t1, E = seg.eligible_blocks;
       A.resize(static_cast<std::size_t>(rows * nk));
@@ -202,12 +207,12 @@ std::vector<LayerMetrics> simulate_layer(const HeadsView& x, const OutProj& wo,
                        rec_sum[i][r] / H);
         }
     }
-#pragma omp critical
-    for (std::size_t i = 0; i < nsel; ++i) {
-      for (int h = 0; h < H; ++h) result[i].heads[h].merge(heads[i][h]);
-      result[i].layer_row.merge(layer[i]);
-    }
   }
+  for (std::size_t it = 0; it < items.size(); ++it)
+    for (std::size_t i = 0; i < nsel; ++i) {
+      for (int h = 0; h < H; ++h) result[i].heads[h].merge(item_heads[it][i][h]);
+      result[i].layer_row.merge(item_layer[it][i]);
+    }
   for (auto& lm : result) {
     // The layer row's minimum is over heads and queries, not over head means.
     for (const auto& hs : lm.heads) lm.layer_row.retained_min = std::min(lm.layer_row.retained_min, hs.retained_min);

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/output_path.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "kernels/isa.h"
@@ -150,6 +151,7 @@ std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& o
 void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, const PrefillRunOptions& opt,
                            const std::string& command, const std::string& version) {
   std::error_code ec;
+  note_replacing("kvsim prefill", dir, "summary.json");
   std::filesystem::create_directories(dir, ec);
   if (ec) fail(dir, "--out", "cannot create the folder: " + ec.message());
   // summary.json last: its presence marks a complete output folder.

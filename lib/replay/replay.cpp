@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/ranges.h"
+#include "core/output_path.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "kernels/isa.h"
@@ -285,12 +286,13 @@ void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, st
 
 void run_replay(const ReplayOptions& opt, std::ostream& table) {
   Stopwatch total;
-  if (opt.threads > 0) omp_set_num_threads(opt.threads);
+  set_thread_count(opt.threads);
   if (opt.out_dir.empty()) fail("--out", "", "an output folder is required");
   TraceReader reader(opt.trace_path);
   const ReplaySetup setup = prepare_replay(opt, reader.meta());
 
   std::error_code ec;
+  note_replacing("kvsim replay", opt.out_dir, "summary.json");
   std::filesystem::create_directories(opt.out_dir, ec);
   if (ec) fail(opt.out_dir, "", "cannot create output folder: " + ec.message());
   AtomicOutFile metrics(opt.out_dir + "/metrics.csv");

@@ -5,6 +5,7 @@
 #include <hdf5.h>
 
 #include "core/error.h"
+#include "core/output_path.h"
 
 namespace kvsim {
 
@@ -54,8 +55,13 @@ struct SelectionFile::Impl {
 SelectionFile::SelectionFile(std::string path) : impl_(std::make_unique<Impl>()) {
   impl_->path = std::move(path);
   impl_->tmp = impl_->path + ".partial";
+  check_output_target(impl_->path);
+  register_partial_file(impl_->tmp);
   impl_->file = H5Fcreate(impl_->tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  if (impl_->file < 0) fail(impl_->path, "", "cannot create");
+  if (impl_->file < 0) {
+    unregister_partial_file(impl_->tmp);
+    fail(impl_->path, "", "cannot create");
+  }
 }
 
 SelectionFile::~SelectionFile() {
@@ -64,6 +70,7 @@ SelectionFile::~SelectionFile() {
     std::error_code ec;
     std::filesystem::remove(impl_->tmp, ec);
   }
+  unregister_partial_file(impl_->tmp);
 }
 
 void SelectionFile::write(int rule_index, int budget_index, int layer, const Selection& sel,

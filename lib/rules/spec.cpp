@@ -8,6 +8,7 @@
 #include <cctype>
 
 #include "core/error.h"
+#include "core/text.h"
 
 namespace kvsim {
 namespace {
@@ -21,13 +22,13 @@ class Parser {
     if (pos_ == text_.size()) error("empty spec");
     Spec s = parse_node();
     skip_space();
-    if (pos_ != text_.size()) error(std::string("unexpected '") + text_[pos_] + "'");
+    if (pos_ != text_.size()) error("unexpected '" + utf8_char_at(text_, pos_) + "'");
     return s;
   }
 
  private:
   [[noreturn]] void error(const std::string& what) const {
-    throw Error("rule spec '" + text_ + "': " + what + " at column " + std::to_string(pos_ + 1));
+    throw Error("rule spec '" + shorten_utf8(text_, 120) + "': " + what + " at column " + std::to_string(pos_ + 1));
   }
   void skip_space() {
     while (pos_ < text_.size() && std::isspace(static_cast<unsigned char>(text_[pos_]))) ++pos_;
@@ -38,7 +39,7 @@ class Parser {
 
   std::string parse_ident(const char* what) {
     if (pos_ >= text_.size()) error(std::string("expected ") + what + ", found end of text");
-    if (!ident_start(text_[pos_])) error(std::string("expected ") + what + ", found '" + text_[pos_] + "'");
+    if (!ident_start(text_[pos_])) error(std::string("expected ") + what + ", found '" + utf8_char_at(text_, pos_) + "'");
     std::size_t b = pos_;
     while (pos_ < text_.size() && ident_char(text_[pos_])) ++pos_;
     return text_.substr(b, pos_ - b);
@@ -56,7 +57,16 @@ class Parser {
     return text_.substr(b, pos_ - b);
   }
 
+  // Real specs nest a few levels (critical(ada(pyramid(snapkv)))); a limit keeps a hostile
+  // string from overflowing the stack of this recursive parser.
+  static constexpr int kMaxDepth = 32;
+
   Spec parse_node() {
+    if (++depth_ > kMaxDepth) error("rules nested more than " + std::to_string(kMaxDepth) + " deep");
+    struct Leave {
+      int& d;
+      ~Leave() { --d; }
+    } leave{depth_};
     Spec s;
     s.name = parse_ident("a rule name");
     skip_space();
@@ -98,12 +108,13 @@ class Parser {
         return s;
       }
       if (pos_ == text_.size()) error("missing ')'");
-      error(std::string("expected ',' or ')', found '") + text_[pos_] + "'");
+      error("expected ',' or ')', found '" + utf8_char_at(text_, pos_) + "'");
     }
   }
 
   const std::string& text_;
   std::size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

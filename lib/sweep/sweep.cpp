@@ -59,7 +59,7 @@ int run_sweep(const SweepOptions& opt, SweepComm& comm, std::ostream& table) {
   Stopwatch wall;
   if (opt.traces.empty()) fail("--traces", "", "no trace to sweep");
   if (opt.replay.save_selection) fail("--save-selection", "", "not available in a sweep (use kvsim replay on one trace)");
-  if (opt.replay.threads > 0) omp_set_num_threads(opt.replay.threads);
+  set_thread_count(opt.replay.threads);
 
   // Rank 0 checks the folder and plans; everyone gets the same plan.
   std::string plan_text, setup_error;

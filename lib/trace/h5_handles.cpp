@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "trace/untrusted_file.h"
 
 namespace kvsim::h5 {
 
@@ -76,9 +77,60 @@ i64 num_points(hid_t space) {
   return n < 0 ? -1 : static_cast<i64>(n);
 }
 
+std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintmax_t file_size) {
+  if (n <= 0) return "";
+  constexpr i64 kMaxElements = i64{1} << 42;  // 16 Ti elements: beyond any real trace
+  if (n > kMaxElements) return "declares " + std::to_string(n) + " elements (corrupt header)";
+  Handle dcpl = plist_handle(H5Dget_create_plist(dset));
+  if (!dcpl) return "has an unreadable storage layout";
+  const H5D_layout_t layout = H5Pget_layout(dcpl.id());
+  const long double need = static_cast<long double>(n) * static_cast<long double>(elem_size);
+  const hsize_t stored = H5Dget_storage_size(dset);
+  if (layout == H5D_CONTIGUOUS) {
+    const haddr_t off = H5Dget_offset(dset);
+    if (off == HADDR_UNDEF || stored == 0) return "declares " + std::to_string(n) + " values but stores none";
+    if (static_cast<long double>(off) + stored > static_cast<long double>(file_size))
+      return "data at byte " + std::to_string(off) + " (+" + std::to_string(stored) + ") lies past the end of the " +
+             std::to_string(file_size) + "-byte file (truncated or corrupt)";
+  } else if (layout == H5D_CHUNKED) {
+    const int rank = H5Pget_chunk(dcpl.id(), 0, nullptr);
+    if (rank < 1 || rank > 32) return "has a corrupt chunk layout";
+    hsize_t chunk[32];
+    H5Pget_chunk(dcpl.id(), rank, chunk);
+    long double chunk_bytes = static_cast<long double>(elem_size);
+    for (int i = 0; i < rank; ++i) chunk_bytes *= static_cast<long double>(chunk[i]);
+    if (chunk_bytes > (1u << 30)) return "has chunks of " + std::to_string(static_cast<long long>(chunk_bytes)) +
+                                         " bytes (corrupt layout; kvsim writes chunks under 1 GiB)";
+    const int filters = H5Pget_nfilters(dcpl.id());
+    for (int i = 0; i < filters; ++i) {
+      unsigned flags = 0;
+      std::size_t nelem = 0;
+      const H5Z_filter_t f = H5Pget_filter2(dcpl.id(), static_cast<unsigned>(i), &flags, &nelem, nullptr, 0, nullptr,
+                                             nullptr);
+      if (f != H5Z_FILTER_DEFLATE && f != H5Z_FILTER_SHUFFLE && f != H5Z_FILTER_FLETCHER32 && f != 32015 /* zstd */ &&
+          f != 32001 /* blosc */ && f != 32004 /* lz4 */)
+        return "uses HDF5 filter " + std::to_string(f) + ", which kvsim does not read";
+    }
+    if (stored > file_size) return "claims " + std::to_string(stored) + " stored bytes in a " +
+                                   std::to_string(file_size) + "-byte file (corrupt)";
+    constexpr long double kMaxExpansion = 1100.0L;  // deflate's limit is ~1032:1
+    if (need > static_cast<long double>(stored) * kMaxExpansion + (1 << 20))
+      return "declares " + std::to_string(n) + " values but stores only " + std::to_string(stored) +
+             " bytes for them (unwritten, truncated or corrupt dataset)";
+  } else if (layout == H5D_COMPACT) {
+    if (need > (1 << 16)) return "declares " + std::to_string(n) + " values in a compact (<64 KiB) layout (corrupt)";
+  } else {
+    return "has an unsupported storage layout (virtual or unknown)";
+  }
+  return "";
+}
+
 // Shared string decoding for attributes and datasets: `read(memtype, buf)` fills the buffer.
 template <class ReadFn>
 static std::optional<std::string> read_string(hid_t ftype, hid_t space, ReadFn read) {
+  // A corrupt variable-length descriptor makes HDF5 allocate (and clear) whatever length it
+  // claims: cap it, so the read fails instead (see trace/untrusted_file.h).
+  MemoryCap cap(preflight_limits().memory);
   if (ftype < 0 || H5Tget_class(ftype) != H5T_STRING || num_points(space) != 1) return std::nullopt;
   const htri_t is_var = H5Tis_variable_str(ftype);
   if (is_var < 0) return std::nullopt;

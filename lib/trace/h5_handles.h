@@ -76,6 +76,13 @@ std::optional<std::vector<i64>> dataset_dims(hid_t dset);
 // Number of elements of an attribute or dataset space (scalar = 1); -1 if unreadable.
 i64 num_points(hid_t space);
 
+// Why a dataset of n elements of elem_size bytes (in memory, after conversion) cannot be real
+// in a file of file_size bytes, or "" if it can: its stored bytes must exist inside the file and
+// be able to expand to n elements (deflate expands at most ~1032x), chunks must be of sane size
+// and filters ones kvsim's writers use. Checked before anything is allocated for the data, so a
+// corrupt header cannot make a small file claim gigabytes.
+std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintmax_t file_size);
+
 // Reads a string (fixed- or variable-length, scalar or one element) from an attribute /
 // dataset; nullopt if it is not a string or cannot be read.
 std::optional<std::string> read_string_attr(hid_t attr);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "trace/float_headroom.h"
 #include "trace/trace_schema.h"
 
 namespace kvsim {
@@ -144,6 +145,7 @@ LayerData TraceReader::read_layer(int layer, const LayerRequest& req) const {
     read_matrix(*t, out.o_proj.data(), pb);
   }
   if (req.o && meta_.has_o) load_queries(*open_tensor(file, meta_, layer, "o", true, pb), out.o);
+  check_float32_headroom(meta_, out);
   return out;
 }
 

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "kernels/kernels.h"
+#include "trace/untrusted_file.h"
 
 namespace kvsim::trace_detail {
 
@@ -39,6 +40,11 @@ static bool has_hdf5_signature(const std::string& path) {
   return false;
 }
 
+static Handle open_hdf5(const std::string& path) {
+  Handle fapl = h5::plist_handle(H5Pcreate(H5P_FILE_ACCESS));
+  return h5::file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.id()));
+}
+
 Handle open_trace_file(const std::string& path, Problems& pb) {
   h5::silence_errors();
   namespace fs = std::filesystem;
@@ -59,8 +65,23 @@ Handle open_trace_file(const std::string& path, Problems& pb) {
     pb.add("", "not an HDF5 file (no HDF5 signature)");
     return {};
   }
-  Handle fapl = h5::plist_handle(H5Pcreate(H5P_FILE_ACCESS));
-  Handle f = h5::file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.id()));
+  // The whole metadata parse, once, in a child process (see trace/untrusted_file.h).
+  const std::string unsafe = preflight("trace metadata", [&] {
+    Problems scratch(path, /*collect=*/true);
+    Handle f = open_hdf5(path);
+    if (!f) return;
+    TraceMeta m;
+    m.path = path;
+    read_root(f.id(), m, scratch);
+    if (m.num_layers > 0 && m.num_heads > 0 && m.num_kv_heads > 0 && m.head_dim > 0 && m.hidden_size > 0 &&
+        m.seq_len > 0)
+      check_layers(f.id(), m, scratch);
+  });
+  if (!unsafe.empty()) {
+    pb.add("", unsafe);
+    return {};
+  }
+  Handle f = open_hdf5(path);
   if (!f) pb.add("", "cannot open as HDF5 (truncated or corrupt file)");
   return f;
 }
@@ -134,6 +155,12 @@ struct AttrReader {
   }
 };
 
+std::uintmax_t file_size(const Problems& pb) {
+  std::error_code ec;
+  const std::uintmax_t n = std::filesystem::file_size(pb.path(), ec);
+  return ec ? std::numeric_limits<std::uintmax_t>::max() : n;
+}
+
 // Reads a rank-1 integer dataset as int64. nullopt (reported) if absent or malformed.
 std::optional<std::vector<i64>> read_int_vector(hid_t file, const std::string& path, bool required,
                                                 Problems& pb) {
@@ -156,6 +183,10 @@ std::optional<std::vector<i64>> read_int_vector(hid_t file, const std::string& p
     pb.add(path, "must be one-dimensional");
     return std::nullopt;
   }
+  if (const std::string why = h5::storage_problem(d.id(), (*dims)[0], sizeof(i64), file_size(pb)); !why.empty()) {
+    pb.add(path, why);
+    return std::nullopt;
+  }
   std::vector<i64> v(static_cast<std::size_t>((*dims)[0]));
   if (!v.empty() && H5Dread(d.id(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) < 0) {
     pb.add(path, "cannot be read (corrupt data)");
@@ -167,6 +198,7 @@ std::optional<std::vector<i64>> read_int_vector(hid_t file, const std::string& p
 }  // namespace
 
 bool read_root(hid_t file, TraceMeta& meta, Problems& pb) {
+  MemoryCap cap(preflight_limits().memory);  // a corrupt size fails here as it did in the preflight
   AttrReader root{file, pb, ""};
   const std::size_t before = pb.count();
 
@@ -453,6 +485,12 @@ std::optional<Tensor> open_tensor(hid_t file, const TraceMeta& meta, int layer, 
                         ", expected " + dims_string(want));
     return std::nullopt;
   }
+  i64 n = 1;
+  for (i64 x : *dims) n *= x;
+  if (const std::string why = h5::storage_problem(t.dset.id(), n, size, file_size(pb)); !why.empty()) {
+    pb.add(t.field, why);
+    return std::nullopt;
+  }
   t.dims = *dims;
   return t;
 }
@@ -487,6 +525,7 @@ static void read_layer_attrs(hid_t file, TraceMeta& meta, int l, Problems& pb) {
 }
 
 void check_layers(hid_t file, TraceMeta& meta, Problems& pb) {
+  MemoryCap cap(preflight_limits().memory);
   if (!h5::path_exists(file, "layers") || h5::object_type(file, "layers") != H5O_TYPE_GROUP) {
     pb.add("/layers", "missing required group");
     return;
@@ -587,6 +626,10 @@ void NonFinite::scan(const float* x, const std::vector<i64>& start, const std::v
   i64 n = 1;
   for (i64 e : extent) n *= e;
   const i64 c = kernels::count_nonfinite(x, n);
+  float m = static_cast<float>(max_abs);
+  for (i64 i = 0; i < n; ++i)
+    if (std::isfinite(x[i])) m = std::max(m, std::fabs(x[i]));
+  max_abs = m;
   if (c == 0) return;
   if (count == 0) {
     i64 flat = 0;

@@ -69,6 +69,7 @@ bool read_into(const Tensor& t, hid_t file_space, const std::vector<hsize_t>& me
 // how many, and the full index of the first. `add` merges blocks of one tensor.
 struct NonFinite {
   i64 count = 0;
+  double max_abs = 0;  // largest finite |x| seen (for the float32 headroom check)
   std::vector<i64> first;
   void scan(const float* x, const std::vector<i64>& start, const std::vector<i64>& count);
   std::string describe() const;  // "3 non-finite values (NaN/Inf), first at [0, 17, 2]"

@@ -1,8 +1,10 @@
 #include "trace/trace_validator.h"
 
 #include <algorithm>
+#include <map>
 
 #include "core/error.h"
+#include "trace/float_headroom.h"
 #include "trace/trace_schema.h"
 
 namespace kvsim {
@@ -34,6 +36,7 @@ void check_query_coverage(const TraceMeta& meta, int window, Problems& pb) {
 
 // Streams every tensor of one layer, one head (or row block) at a time, counting NaN/Inf.
 void scan_layer(hid_t file, const TraceMeta& meta, int layer, Problems& pb) {
+  std::map<std::string, double> max_abs;  // of each tensor read, for the float32 headroom rule
   for (const char* name : {"q", "k", "v", "o", "o_proj"}) {
     Problems quiet(pb.path(), true);  // shape problems were already reported by check_layers
     auto t = open_tensor(file, meta, layer, name, false, quiet);
@@ -58,7 +61,11 @@ void scan_layer(hid_t file, const TraceMeta& meta, int layer, Problems& pb) {
       }
     }
     if (nf.count) pb.add(t->field, nf.describe());
+    max_abs[name] = nf.max_abs;
   }
+  const auto m = [&](const char* n) { return max_abs.count(n) ? max_abs[n] : 0.0; };
+  const HeadroomProblem p = float32_headroom(meta, m("q"), m("k"), m("v"), m("o_proj"), max_abs.count("o_proj") > 0);
+  if (!p.tensor.empty()) pb.add(layer_path(layer, p.tensor), p.what);
 }
 
 }  // namespace

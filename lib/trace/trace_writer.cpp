@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/output_path.h"
 #include "kernels/kernels.h"
 #include "trace/float_narrow.h"
 #include "trace/h5_handles.h"
@@ -130,9 +131,14 @@ TraceWriter::TraceWriter(const std::string& path, const TraceMeta& meta, const W
   m.meta = meta;
   m.opt = opt;
   check_meta(meta, path);
+  check_output_target(path);
+  register_partial_file(m.partial);
   m.written.assign(static_cast<std::size_t>(meta.num_layers), false);
   m.file = h5::file_handle(H5Fcreate(m.partial.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-  if (!m.file) fail(m.partial, "", "cannot create the file (check the folder exists and is writable)");
+  if (!m.file) {
+    unregister_partial_file(m.partial);
+    fail(m.partial, "", "cannot create the file (check the folder exists and is writable)");
+  }
   try {
     if (opt.gzip && (H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0 || H5Zfilter_avail(H5Z_FILTER_SHUFFLE) <= 0))
       m.error("--gzip", "this HDF5 library has no deflate/shuffle filter");
@@ -141,6 +147,7 @@ TraceWriter::TraceWriter(const std::string& path, const TraceMeta& meta, const W
     m.file.reset();
     std::error_code ec;
     std::filesystem::remove(m.partial, ec);
+    unregister_partial_file(m.partial);
     throw;
   }
 }
@@ -151,6 +158,7 @@ TraceWriter::~TraceWriter() {
   impl_->file.reset();
   std::error_code ec;
   std::filesystem::remove(impl_->partial, ec);
+  unregister_partial_file(impl_->partial);
 }
 
 void TraceWriter::Impl::write_tensor(hid_t group, int layer, const std::string& name, const avec<float>& data,
@@ -254,6 +262,7 @@ void TraceWriter::finish() {
   std::error_code ec;
   std::filesystem::rename(m.partial, m.path, ec);
   if (ec) fail(m.path, "", "cannot rename " + m.partial + ": " + ec.message());
+  unregister_partial_file(m.partial);
   m.finished = true;
 }
 

@@ -1,7 +1,7 @@
 """Real pretrained weights through the Hugging Face code path: stories260K (llama2.c) converted by
 tools/llama2c-to-hf into a transformers LlamaForCausalLM folder, dumped by the HF backend, gives
 the llama2.c backend's trace: the same tokens (prompt and greedy continuation), and q, k, v, o
-within 1e-5 of each tensor's largest value. q and k come out with each head's components in
+within 2e-5 of each tensor's largest value. q and k come out with each head's components in
 rotate_half order (the converter permutes wq/wk rows), so they are compared after the same
 permutation; dot products, v, o and o_proj are unchanged by it."""
 import os
@@ -19,7 +19,10 @@ except ImportError as e:  # pragma: no cover
     raise unittest.SkipTest(f"needs the project .venv ({e.name} missing)")
 
 CONVERTER = os.path.join(tu.TOOLS_DIR, "llama2c-to-hf")
-RTOL = 1e-5  # of max |x| per tensor
+# Of max |x| per tensor. Two float32 implementations (numpy and torch), each ~3.3e-6 off a float64
+# attention over its own q/k/v at 2064 tokens, so their difference is float32 noise of ~1e-5:
+# 7e-6 measured with torch's AVX-512 kernels (Intel), 1.02e-5 (layer 1 o) with its AVX2 ones (AMD EPYC).
+RTOL = 2e-5
 
 
 class StoriesThroughTransformersTest(unittest.TestCase):

@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "command.h"
+#include "core/output_path.h"
 #include "mpi_comm.h"
 #include "sweep_comm.h"
 
@@ -16,6 +17,7 @@ int main(int argc, char** argv) {
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);  // OpenMP threads, MPI from one
   using namespace kvsim::cli;
   sweep_comm_factory() = [] { return std::make_unique<MpiComm>(); };
+  kvsim::install_partial_file_cleanup();  // SIGINT/SIGTERM leave no .partial behind
   int code = 2;
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     print_usage(std::cout);

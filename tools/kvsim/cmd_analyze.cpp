@@ -11,6 +11,7 @@
 #include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
+#include "core/output_path.h"
 #include "core/progress.h"
 #include "core/ranges.h"
 #include "core/sysinfo.h"
@@ -96,6 +97,7 @@ int cmd_analyze(const std::vector<std::string>& args) {
     }
   }
 
+  note_replacing("kvsim analyze", out_dir, "summary.json");
   std::filesystem::create_directories(out_dir);
   const auto path = [&](const char* name) { return (std::filesystem::path(out_dir) / name).string(); };
   // summary.json goes last: a folder without it is visibly incomplete.

@@ -9,6 +9,7 @@
 #include <boost/program_options/errors.hpp>
 
 #include "core/error.h"
+#include "core/sysinfo.h"
 
 namespace kvsim::cli {
 
@@ -36,6 +37,7 @@ int run_command(const std::vector<std::string>& args, std::ostream& err) {
   for (const auto& c : command_registry()) {
     if (c.name != name) continue;
     try {
+      set_thread_count(0);  // OMP_NUM_THREADS beyond reason is an error before any thread starts
       return c.run(args);
     } catch (const boost::program_options::error& e) {
       err << "kvsim " << name << ": " << e.what() << " (see kvsim " << name << " --help)\n";

@@ -4,9 +4,11 @@
 #include <iostream>
 
 #include "command.h"
+#include "core/output_path.h"
 
 int main(int argc, char** argv) {
   using namespace kvsim::cli;
+  kvsim::install_partial_file_cleanup();  // SIGINT/SIGTERM leave no .partial behind
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     print_usage(std::cout);
     return argc < 2 ? 2 : 0;

@@ -333,8 +333,18 @@ def run(args):
     return 0
 
 
+def interrupt_on_sigterm():
+    """SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so the .partial trace is removed."""
+    import signal
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    interrupt_on_sigterm()
     try:
         return run(args)
     except DumpError as e:

@@ -284,6 +284,7 @@ def kl_logits(a, b):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.interrupt_on_sigterm()
     try:
         return run(args)
     except DumpError as e:

@@ -25,8 +25,13 @@ PAIRS = [("offline_pert_l1", "kl_mean"), ("offline_pert_l1", "hidden_drift_last"
 
 def _atomic(path, write):
     tmp = path + ".partial"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _clean(x):

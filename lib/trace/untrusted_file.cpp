@@ -1,0 +1,153 @@
+#include "trace/untrusted_file.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <new>
+
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define KVSIM_NO_RLIMIT 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || __has_feature(thread_sanitizer)
+#define KVSIM_NO_RLIMIT 1
+#endif
+#endif
+
+namespace kvsim {
+
+namespace {
+
+unsigned long long current_address_space() {
+  std::ifstream statm("/proc/self/statm");
+  unsigned long long pages = 0;
+  statm >> pages;
+  return pages * static_cast<unsigned long long>(sysconf(_SC_PAGESIZE));
+}
+
+double env_double(const char* name, double dflt) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  char* end = nullptr;
+  const double x = std::strtod(v, &end);
+  return (end && *end == '\0' && x > 0) ? x : dflt;
+}
+
+// Child statuses written to the pipe (one byte) before _exit.
+constexpr char kDone = 'D', kNoMemory = 'M';
+
+}  // namespace
+
+PreflightLimits preflight_limits() {
+  PreflightLimits l;
+  l.seconds = env_double("KVSIM_PREFLIGHT_SECONDS", l.seconds);
+  l.memory = static_cast<unsigned long long>(env_double("KVSIM_PREFLIGHT_MEMORY_MB", 1024) * (1 << 20));
+  return l;
+}
+
+MemoryCap::MemoryCap(unsigned long long limit) {
+#ifndef KVSIM_NO_RLIMIT
+  rlimit r{};
+  if (getrlimit(RLIMIT_AS, &r) != 0) return;
+  const unsigned long long want = current_address_space() + limit;
+  if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur <= want) return;  // already tighter
+  old_soft_ = r.rlim_cur;
+  r.rlim_cur = want;
+  active_ = setrlimit(RLIMIT_AS, &r) == 0;
+#else
+  (void)limit;
+#endif
+}
+
+MemoryCap::~MemoryCap() {
+  if (!active_) return;
+  rlimit r{};
+  getrlimit(RLIMIT_AS, &r);
+  r.rlim_cur = old_soft_;
+  setrlimit(RLIMIT_AS, &r);
+}
+
+std::string preflight(const char* what, const std::function<void()>& parse) {
+  const char* off = std::getenv("KVSIM_PREFLIGHT");
+  if (off && std::string(off) == "0") return "";
+  const PreflightLimits lim = preflight_limits();
+  int fds[2];
+  if (pipe(fds) != 0) return "";  // cannot isolate: parse in-process as before
+  std::fflush(nullptr);         // nothing buffered may be written twice
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return "";
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a parent that was killed
+    if (getppid() == 1) _exit(0);
+    signal(SIGPIPE, SIG_IGN);
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) signal(sig, SIG_DFL);  // the parent reports it
+    char status = kDone;
+    try {
+      MemoryCap cap(lim.memory);
+      parse();
+    } catch (const std::bad_alloc&) {
+      status = kNoMemory;
+    } catch (...) {
+      // The parse's own errors are reported by the in-process run.
+    }
+    ssize_t ignored = write(fds[1], &status, 1);
+    (void)ignored;
+    _exit(0);
+  }
+  close(fds[1]);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(lim.seconds);
+  char status = 0;
+  bool timed_out = false;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd p{fds[0], POLLIN, 0};
+    const int r = poll(&p, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) {
+      timed_out = true;
+      break;
+    }
+    if (r > 0) {
+      if (read(fds[0], &status, 1) != 1) status = 0;  // EOF without a status: the child died
+    }
+    break;
+  }
+  close(fds[0]);
+  if (timed_out) kill(pid, SIGKILL);
+  int ws = 0;
+  while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+  }
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%g", lim.seconds);
+  if (timed_out)
+    return std::string("reading the ") + what + " did not finish within " + secs +
+           " s (corrupt HDF5 structure; KVSIM_PREFLIGHT_SECONDS raises the limit)";
+  if (status == kNoMemory)
+    return std::string("reading the ") + what + " needs more than " + std::to_string(lim.memory >> 20) +
+           " MiB (corrupt sizes in the HDF5 structure?)";
+  if (status != kDone) {
+    const std::string how = WIFSIGNALED(ws) ? std::string(" (signal: ") + strsignal(WTERMSIG(ws)) + ")" : "";
+    return std::string("the HDF5 library crashed reading the ") + what + how + " (corrupt file)";
+  }
+  return "";
+}
+
+}  // namespace kvsim

@@ -1,0 +1,327 @@
+"""Hostile input: no hang, no blow-up, no file clobbered, no NaN with exit 0.
+
+- every file in ../shared/fuzz-regressions (HDF5 files that made HDF5 1.10 loop, allocate
+  gigabytes or crash) gives a one-line error naming the file, exit 1, within 5 s and 1 GiB, through
+  `kvsim validate`, `kvsim info` and `kvsim replay`; the fuzz target's file driver survives them all;
+- the bad-input tour: one table row per input class -> exit code -> message, each a single stderr
+  line, and no output folder left looking complete (no summary.json);
+- --threads and OMP_NUM_THREADS are bounded; deep spec nesting and non-ASCII specs give short,
+  valid UTF-8 messages; finite values near the float32 maximum are refused, not turned into NaN;
+- outputs are never renamed over devices, fifos, folders or links; SIGTERM leaves no .partial;
+- kvsim prefill gives byte-identical files with 1 and 2 threads.
+"""
+import concurrent.futures
+import os
+import shutil
+import signal
+import subprocess
+import time
+import unittest
+
+import numpy as np
+
+import dump_testutil as tu
+
+try:
+    import h5py
+except ImportError as e:  # pragma: no cover
+    raise unittest.SkipTest(f"needs h5py ({e.name} missing)")
+
+KVSIM = os.environ.get("KVSIM_CLI", os.path.join(os.environ.get("KVSIM_BINARY_DIR", ""), "tools", "kvsim"))
+FUZZ_REPLAY = os.environ.get("KVSIM_FUZZ_REPLAY", "")
+REGRESSIONS = os.path.join(tu.SHARED_DIR, "fuzz-regressions")
+NIAH = os.path.join(tu.TRACES_DIR, "niah_stories260k.h5")
+GiB = 1 << 30
+
+
+def run_measured(args, timeout, env=None):
+    """(returncode, stdout, stderr, seconds)."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="strict",
+                         env=dict(os.environ, KVSIM_PROGRESS="0", **(env or {})))
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise AssertionError(f"{' '.join(args)} did not finish in {timeout} s")
+    seconds = time.monotonic() - t0
+    return p.returncode, out, err, seconds
+
+
+def kvsim(*args, env=None):
+    r = subprocess.run([KVSIM, *map(str, args)], capture_output=True, text=True,
+                       env=dict(os.environ, KVSIM_PROGRESS="0", **(env or {})))
+    return r.returncode, r.stdout, r.stderr
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+class FuzzRegressionsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.isdir(REGRESSIONS):
+            raise unittest.SkipTest(f"{REGRESSIONS} is not there")
+        cls.files = sorted(os.path.join(REGRESSIONS, f) for f in os.listdir(REGRESSIONS) if f != "README.md")
+        cls.tmp = tu.TempDir()
+        cls.dir = cls.tmp.__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.__exit__(None, None, None)
+
+    def check_clean_error(self, args, path, env=None, limit_s=5.0):
+        rc, out, err, seconds = run_measured(args, timeout=30, env=env)
+        name = os.path.basename(path)
+        self.assertEqual(rc, 1, f"{args[1]} {name}: rc {rc}\n{err}")
+        self.assertLess(seconds, limit_s, f"{args[1]} {name}: {seconds:.1f} s")
+        lines = error_lines(err)
+        self.assertEqual(len(lines), 1, f"{args[1]} {name}: {err}")
+        self.assertIn(name, lines[0] + out)
+        return seconds
+
+    def test_validate_each_file_in_bounded_time_and_memory(self):
+        """Default limits: each file ends in a clear error within 5 s; the process tree stays under
+        1 GiB (each file in its own process, its peak read from wait4)."""
+        def one(path):
+            t0 = time.monotonic()
+            p = subprocess.Popen([KVSIM, "validate", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+            out, err = p.communicate(timeout=30)
+            return path, p.returncode, out, err, time.monotonic() - t0
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(one, self.files))
+        worst = 0
+        for path, rc, out, err, seconds in results:
+            name = os.path.basename(path)
+            self.assertEqual(rc, 1, f"{name}: rc {rc}\n{err}")
+            self.assertLess(seconds, 5.0, name)
+            self.assertEqual(len(error_lines(err)), 1, f"{name}: {err}")
+            self.assertIn(name, out + err)
+            worst = max(worst, seconds)
+        print(f"\n{len(results)} regression files, slowest validate {worst:.2f} s")
+
+    def test_memory_of_each_file(self):
+        for path in self.files:
+            pid = os.fork()
+            if pid == 0:  # a fresh process per file, so ru_maxrss is this file's peak
+                r = subprocess.run([KVSIM, "validate", path], capture_output=True,
+                                   env=dict(os.environ, KVSIM_PREFLIGHT_SECONDS="1"))
+                os._exit(0 if r.returncode == 1 else 3)
+            _, status, usage = os.wait4(pid, 0)
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0, path)
+            # ru_maxrss of a child includes its waited-for descendants (the preflight child too).
+            self.assertLess(usage.ru_maxrss * 1024, GiB, f"{os.path.basename(path)}: {usage.ru_maxrss} KiB")
+
+    def test_info_and_replay(self):
+        env = {"KVSIM_PREFLIGHT_SECONDS": "0.5"}  # the limit is a setting; 3 s by default
+        out = os.path.join(self.dir, "out")
+        for path in self.files:
+            self.check_clean_error([KVSIM, "info", path], path, env)
+            self.check_clean_error([KVSIM, "replay", path, "--rules", "snapkv", "--budgets", "0.1", "--out", out],
+                                   path, env)
+            self.assertFalse(os.path.exists(os.path.join(out, "summary.json")))
+
+    def test_fuzz_target_driver(self):
+        if not FUZZ_REPLAY:
+            self.skipTest("KVSIM_FUZZ_REPLAY not set (run through ctest)")
+        r = subprocess.run([FUZZ_REPLAY, REGRESSIONS, tu.TRACES_DIR], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, KVSIM_PREFLIGHT_SECONDS="0.5"))
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        self.assertIn(f"{len(self.files) + 2} inputs", r.stdout)
+
+
+class BadInputTourTest(unittest.TestCase):
+    """Input class -> command -> exit code -> what the single error line says."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tu.TempDir()
+        d = cls.dir = cls.tmp.__enter__()
+        cls.text = os.path.join(d, "notes.txt")
+        with open(cls.text, "w") as fh:
+            fh.write("not a trace\n")
+        with open(NIAH, "rb") as fh:
+            head = fh.read(20000)
+        cls.truncated = os.path.join(d, "truncated.h5")
+        with open(cls.truncated, "wb") as fh:
+            fh.write(head)
+        # Small float32 traces to edit: one untouched, one per defect.
+        cls.small = os.path.join(d, "small.h5")
+        r = subprocess.run([KVSIM, "synth", "--out", cls.small, "--layers", "2", "--heads", "4", "--kv-heads", "2",
+                            "--head-dim", "16", "--hidden", "64", "--seq-len", "256", "--question-len", "8",
+                            "--gen-len", "8", "--window", "32"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        cls.edited = {}
+        for name, edit in (("nan", cls.put_nan), ("huge_k", cls.huge("k")), ("huge_o_proj", cls.huge("o_proj")),
+                           ("no_q_pos", cls.drop_q_pos), ("bad_shape", cls.bad_shape)):
+            p = os.path.join(d, f"{name}.h5")
+            shutil.copy(cls.small, p)
+            with h5py.File(p, "r+") as f:
+                edit(f)
+            cls.edited[name] = p
+        cls.good = os.path.join(d, "good")  # a finished replay for the report rows
+        r = subprocess.run([KVSIM, "replay", cls.small, "--rules", "snapkv", "--budgets", "0.2", "--out", cls.good],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        cls.fifo = os.path.join(d, "fifo")
+        os.mkfifo(cls.fifo)
+        cls.link = os.path.join(d, "link.html")
+        os.symlink(cls.text, cls.link)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.__exit__(None, None, None)
+
+    @staticmethod
+    def put_nan(f):
+        k = f["layers/1/k"][()]
+        k[1, 5, 3] = np.nan
+        f["layers/1/k"][...] = k
+
+    @staticmethod
+    def huge(tensor):
+        def edit(f):
+            x = f[f"layers/1/{tensor}"][()].astype(np.float64)
+            f[f"layers/1/{tensor}"][...] = (x / np.abs(x).max() * 3e38).astype(np.float32)  # finite float32
+        return edit
+
+    @staticmethod
+    def drop_q_pos(f):
+        del f["q_pos"]
+
+    @staticmethod
+    def bad_shape(f):
+        k = f["layers/0/k"][()]
+        del f["layers/0/k"]
+        f["layers/0/k"] = k[:, :-1]
+
+    def table(self):
+        out = os.path.join(self.dir, "out")
+        replay = ["replay", self.small, "--out", out, "--budgets", "0.2", "--rules"]
+        deep = "ada(" * 20000 + "snapkv" + ")" * 20000
+
+        def rep(trace):
+            return ["replay", trace, "--rules", "snapkv", "--budgets", "0.2", "--out", out]
+        e = self.edited
+        return [
+            # (input class, args, env, exit code, message substring)
+            ("missing trace", ["validate", "/nonexistent/x.h5"], None, 1, "no such file"),
+            ("folder as trace", ["info", self.dir], None, 1, "is a directory"),
+            ("text file as trace", rep(self.text), None, 1,
+             "not an HDF5 file"),
+            ("truncated trace", rep(self.truncated), None, 1, "truncated.h5"),
+            ("missing dataset", rep(e["no_q_pos"]), None, 1,
+             "/q_pos: missing required dataset"),
+            ("wrong shape", rep(e["bad_shape"]), None, 1,
+             "/layers/0/k: shape"),
+            ("NaN in a tensor", rep(e["nan"]), None, 1,
+             "/layers/1/k: 1 non-finite value"),
+            ("finite values near 3e38 (k)", replay + ["snapkv"], None, 0, ""),  # the clean trace: sanity row
+            ("finite values near 3e38 (k)", rep(e["huge_k"]), None, 1,
+             "/layers/1/k: values up to 3e+38"),
+            ("finite values near 3e38 (o_proj)", rep(e["huge_o_proj"]),
+             None, 1, "/layers/1/o_proj: values up to 3e+38"),
+            ("finite values near 3e38, validate", ["validate", e["huge_k"]], None, 1, ""),
+            ("unknown rule", replay + ["snapkw"], None, 1, "snapkw"),
+            ("unknown parameter", replay + ["snapkv(windw=3)"], None, 1, "unknown parameter 'windw'"),
+            ("non-ASCII in a spec", replay + ["snapkv(wíndow=3)"], None, 1, "found 'í'"),
+            ("spec nested 20000 deep", replay + [deep], None, 1, "nested more than 32 deep"),
+            ("budget above 1", ["replay", self.small, "--rules", "snapkv", "--budgets", "1.5", "--out", out], None, 1,
+             "must be in (0, 1]"),
+            ("budget overflow", ["replay", self.small, "--rules", "snapkv", "--budgets", "99999999999999999999",
+                                 "--out", out], None, 1, "at most 2^53"),
+            ("budget below the window", ["replay", self.small, "--rules", "snapkv", "--budgets", "2", "--out", out],
+             None, 1, "protected"),
+            ("--threads 100000", replay + ["snapkv", "--threads", "100000"], None, 1, "at most"),
+            ("--threads 20000", replay + ["snapkv", "--threads", "20000"], None, 1, "at most"),
+            ("--threads -1", replay + ["snapkv", "--threads", "-1"], None, 2, "must be >= 0"),
+            ("OMP_NUM_THREADS=20000", ["prefill", self.small, "--out", out], {"OMP_NUM_THREADS": "20000"}, 1,
+             "OMP_NUM_THREADS"),
+            ("report onto a device", ["report", self.good, "--out", "/dev/full"], None, 1, "is a device"),
+            ("report onto a fifo", ["report", self.good, "--out", self.fifo], None, 1, "is a fifo"),
+            ("report onto a symlink", ["report", self.good, "--out", self.link], None, 1, "is a symbolic link"),
+            ("report onto a folder", ["report", self.good, "--out", self.dir], None, 1, "is a folder"),
+            ("unknown command", ["frobnicate"], None, 2, "unknown command"),
+            ("missing option", ["replay", self.small, "--rules", "snapkv"], None, 2, "missing --budgets"),
+            ("unknown option", ["replay", self.small, "--rulez", "snapkv"], None, 2, "rulez"),
+        ]
+
+    def test_tour(self):
+        out = os.path.join(self.dir, "out")
+        for what, args, env, code, msg in self.table():
+            with self.subTest(what):
+                if code:
+                    shutil.rmtree(out, ignore_errors=True)
+                rc, stdout, stderr = kvsim(*args, env=env)
+                self.assertEqual(rc, code, f"{what}: {stderr}")
+                if code:
+                    lines = error_lines(stderr)
+                    self.assertEqual(len(lines), 1, f"{what}: {stderr}")
+                    self.assertLess(len(lines[0]), 600, what)
+                    self.assertIn(msg, lines[0] + stdout, what)
+                    self.assertFalse(os.path.exists(os.path.join(out, "summary.json")), what)
+        self.assertTrue(os.path.exists("/dev/full") and not os.path.isfile("/dev/full"))
+        self.assertTrue(os.path.islink(self.link))
+
+    def test_replacing_results_is_announced(self):
+        out = os.path.join(self.dir, "again")
+        for i in range(2):
+            rc, _, err = kvsim("replay", self.small, "--rules", "snapkv", "--budgets", "0.2", "--out", out)
+            self.assertEqual(rc, 0, err)
+            self.assertEqual("already holds results" in err, i == 1)
+
+    def test_prefill_identical_for_1_and_2_threads(self):
+        outs = []
+        for t in ("1", "2"):
+            d = os.path.join(self.dir, f"prefill{t}")
+            rc, _, err = kvsim("prefill", NIAH, "--out", d, "--segment", "128", "--block", "16", "--budget", "256",
+                               "--threshold", "256", env={"OMP_NUM_THREADS": t})
+            self.assertEqual(rc, 0, err)
+            outs.append(d)
+        for name in ("metrics.csv", "locality.csv"):
+            with open(os.path.join(outs[0], name), "rb") as a, open(os.path.join(outs[1], name), "rb") as b:
+                self.assertEqual(a.read(), b.read(), name)
+
+
+class SignalsTest(unittest.TestCase):
+    def test_sigterm_leaves_no_partial(self):
+        with tu.TempDir() as d:
+            out = os.path.join(d, "out")
+            p = subprocess.Popen([KVSIM, "replay", NIAH, "--rules", "all", "--budgets", "0.05,0.1,0.2,0.3",
+                                  "--per-query", "--save-selection", "--out", out],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(
+                    f.endswith(".partial") for f in (os.listdir(out) if os.path.isdir(out) else [])):
+                time.sleep(0.05)
+            self.assertIsNone(p.poll(), "the replay ended before it could be interrupted")
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=30)
+            self.assertEqual(p.returncode, -signal.SIGTERM)
+            self.assertEqual([f for f in os.listdir(out) if f.endswith(".partial")], [])
+            self.assertFalse(os.path.exists(os.path.join(out, "summary.json")))
+
+    def test_sigterm_of_the_dumper_leaves_no_partial(self):
+        with tu.TempDir() as d:
+            out = os.path.join(d, "t.h5")
+            p = subprocess.Popen([tu.DUMP_SCRIPT, "--model", tu.CHECKPOINT, "--niah", "--niah-dir", tu.ESSAYS_DIR,
+                                  "--niah-length", "2048", "--max-positions", "2200", "--generate", "100",
+                                  "--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not os.path.exists(out + ".partial"):
+                time.sleep(0.05)
+            self.assertTrue(os.path.exists(out + ".partial"), "the dumper never started writing")
+            p.send_signal(signal.SIGTERM)
+            _, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 130, err)
+            self.assertIn("interrupted", err)
+            self.assertFalse(os.path.exists(out + ".partial"))
+            self.assertFalse(os.path.exists(out))
+
+
+if __name__ == "__main__":
+    unittest.main()
