@@ -164,7 +164,7 @@ NormCache::NormCache(std::string dir) : dir_(std::move(dir)) {}
 // build, ISA or BLAS) never match.
 Hash128 NormCache::kernel_fingerprint() const {
   const kernels::Isa isa = kernels::active_isa();
-  const int i = isa == kernels::Isa::scalar ? 0 : 1;
+  const int i = static_cast<int>(isa);
   std::call_once(fingerprint_once_[i], [&] {
     constexpr i64 rows = 300;
     constexpr int d = 64, D = 600, ld = 2 * d;

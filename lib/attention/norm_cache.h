@@ -22,12 +22,13 @@
 
 #include "attention/layer_cache.h"
 #include "core/types.h"
+#include "kernels/isa.h"
 #include "trace/layer_data.h"
 
 namespace kvsim {
 
 // Bump whenever projected_l1_norms / projected_l2_norms change their results.
-inline constexpr std::uint32_t kNormAlgoVersion = 1;
+inline constexpr std::uint32_t kNormAlgoVersion = 2;  // 2: l2 Gram summed in order (no sgemm)
 
 struct Hash128 {
   std::uint64_t lo = 0, hi = 0;
@@ -102,8 +103,8 @@ class NormCache {
   void warn_once(const std::string& what) const;
 
   std::string dir_;
-  mutable std::once_flag fingerprint_once_[2], mkdir_once_;  // per kernels::Isa
-  mutable Hash128 fingerprint_[2];
+  mutable std::once_flag fingerprint_once_[kernels::kIsaCount], mkdir_once_;  // per kernels::Isa
+  mutable Hash128 fingerprint_[kernels::kIsaCount];
   mutable std::atomic<i64> hits_{0}, misses_{0};
   mutable std::atomic<bool> store_disabled_{false}, warned_{false};
 };

@@ -39,9 +39,16 @@ void projected_l2_norms(const float* v, i64 rows, int d, const float* Wt, i64 ld
     for (i64 i = 0; i < rows; ++i) out[i] = std::sqrt(kernels::dot(v + i * d, v + i * d, d));
     return;
   }
+  // G = W W^T = Wt^T Wt (d x d), Wt viewed as [D x d] with ld, summed over e in order with the
+  // bit-exact axpy: not sgemm, whose bits depend on how many threads OpenBLAS uses (it runs
+  // single-threaded inside OpenMP regions), so the norms and the cache's kernel fingerprint are
+  // the same wherever they are computed (a rule inside a parallel region, the bounds outside).
   avec<float> gram(static_cast<std::size_t>(d) * d);
-  // G = W W^T = Wt^T Wt (d x d), Wt viewed as [D x d] with ld.
-  kernels::sgemm(true, false, d, d, D, 1.f, Wt, ld, Wt, ld, 0.f, gram.data(), d);
+  std::fill(gram.begin(), gram.end(), 0.f);
+  for (i64 e = 0; e < D; ++e) {
+    const float* w = Wt + e * ld;
+    for (int a = 0; a < d; ++a) kernels::axpy(w[a], w, gram.data() + static_cast<i64>(a) * d, d);
+  }
   kernels::row_quadratic_forms(v, rows, d, gram.data(), out);
   for (i64 i = 0; i < rows; ++i) out[i] = std::sqrt(std::max(0.f, out[i]));
 }

@@ -1,5 +1,5 @@
 // Kernel micro-benchmarks: each kernel on fixed pseudo-random inputs, timed as the best of three
-// runs of at least min_seconds, scalar namespace vs avx512 namespace called directly. Time is the
+// runs of at least min_seconds, scalar namespace vs the best SIMD namespace here (avx512, else avx2) called directly. Time is the
 // calling thread's CPU time, so other load on a shared machine does not skew the ratios.
 #include "kernels/kernel_bench.h"
 
@@ -56,7 +56,9 @@ volatile float g_sink;
 
 std::vector<KernelTiming> bench_kernels(const KernelBenchOptions& opt) {
   const i64 n = std::max<i64>(opt.n, 16), d = std::max<i64>(opt.d, 1), rows = std::max<i64>(opt.rows, 1);
-  const bool simd = cpu_has_avx512();
+  const Isa fast = cpu_isas().best();  // the best SIMD set here (none: the fast column is NaN)
+  const bool simd = fast != Isa::scalar;
+  const char* fast_name = isa_name(fast);
   const std::string vec = "n=" + std::to_string(n);
   const std::string mat = "rows=" + std::to_string(rows) + " d=" + std::to_string(d);
 
@@ -77,24 +79,25 @@ std::vector<KernelTiming> bench_kernels(const KernelBenchOptions& opt) {
   const i64 gn = n / g;
 
   std::vector<KernelTiming> rows_out;
-  auto add = [&](const char* name, const std::string& shape, double elements, const char* fast_name,
+  auto add = [&](const char* name, const std::string& shape, double elements, const char* fast_label,
                  const std::function<void()>& ref, const std::function<void()>& fast, bool fast_ok) {
     KernelTiming t;
     t.kernel = name;
     t.shape = shape;
-    t.fast_name = fast_name;
+    t.fast_name = fast_label;
     t.elements = elements;
     t.scalar_seconds = time_call(ref, opt.min_seconds);
     t.fast_seconds = fast_ok ? time_call(fast, opt.min_seconds) : std::numeric_limits<double>::quiet_NaN();
     rows_out.push_back(t);
   };
-  // Same call on the scalar and avx512 namespaces.
+  // Same call on the scalar namespace and on the best SIMD one.
+#define KVSIM_SIMD_CALL(name, ...) (fast == Isa::avx512 ? avx512::name(__VA_ARGS__) : avx2::name(__VA_ARGS__))
 #define KVSIM_BENCH(name, shape, elements, ...)                                              \
-  add(#name, shape, elements, "avx512", [&] { scalar::name(__VA_ARGS__); },                  \
-      [&] { avx512::name(__VA_ARGS__); }, simd)
+  add(#name, shape, elements, fast_name, [&] { scalar::name(__VA_ARGS__); },                 \
+      [&] { KVSIM_SIMD_CALL(name, __VA_ARGS__); }, simd)
 #define KVSIM_BENCH_R(name, shape, elements, ...)                                            \
-  add(#name, shape, elements, "avx512", [&] { g_sink = static_cast<float>(scalar::name(__VA_ARGS__)); }, \
-      [&] { g_sink = static_cast<float>(avx512::name(__VA_ARGS__)); }, simd)
+  add(#name, shape, elements, fast_name, [&] { g_sink = static_cast<float>(scalar::name(__VA_ARGS__)); }, \
+      [&] { g_sink = static_cast<float>(KVSIM_SIMD_CALL(name, __VA_ARGS__)); }, simd)
 
   const double dn = static_cast<double>(n);
   KVSIM_BENCH(widen_f16, vec, dn, half.data(), out.data(), n);
@@ -129,6 +132,7 @@ std::vector<KernelTiming> bench_kernels(const KernelBenchOptions& opt) {
               panel.data(), l1.data(), sq.data(), nullptr);
 #undef KVSIM_BENCH
 #undef KVSIM_BENCH_R
+#undef KVSIM_SIMD_CALL
 
   for (i64 k : {std::max<i64>(1, n / 64), n / 4, n * 3 / 4}) {
     add("topk", vec + " k=" + std::to_string(k), dn, "select",

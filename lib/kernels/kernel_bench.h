@@ -1,6 +1,6 @@
 #pragma once
-// Micro-benchmark of every kernel: the scalar reference against the fast version (AVX-512, or
-// for topk the O(n) selection), on synthetic inputs of the given sizes. For `kvsim bench`.
+// Micro-benchmark of every kernel: the scalar reference against the fast version (AVX-512 or
+// AVX2, or for topk the O(n) selection), on synthetic inputs of the given sizes. For `kvsim bench`.
 #include <string>
 #include <vector>
 
@@ -18,7 +18,7 @@ struct KernelBenchOptions {
 struct KernelTiming {
   std::string kernel;        // kernel name, e.g. "softmax_inplace"
   std::string shape;         // e.g. "n=131072" or "rows=4096 d=128"
-  std::string fast_name;     // what the fast column ran: "avx512" or "select" (topk)
+  std::string fast_name;     // what the fast column ran: "avx512", "avx2" or "select" (topk)
   double elements = 0;       // input elements one call touches (the rate's numerator)
   double scalar_seconds = 0; // thread CPU seconds per call
   double fast_seconds = 0;   // thread CPU seconds per call; NaN when the fast version cannot run here

@@ -1,5 +1,5 @@
-// Run-time dispatch of every kernel to its AVX-512 or scalar implementation (topk and topk_mask
-// are ISA-independent: topk.cpp).
+// Run-time dispatch of every kernel to its AVX-512, AVX2 or scalar implementation (topk and
+// topk_mask are ISA-independent: topk.cpp).
 
 #include <cblas.h>
 
@@ -8,8 +8,9 @@
 
 namespace kvsim::kernels {
 
-#define KVSIM_DISPATCH(name, ...) \
-  (active_isa() == Isa::avx512 ? avx512::name(__VA_ARGS__) : scalar::name(__VA_ARGS__))
+#define KVSIM_DISPATCH(name, ...)                                    \
+  (active_isa() == Isa::avx512 ? avx512::name(__VA_ARGS__)             \
+   : active_isa() == Isa::avx2 ? avx2::name(__VA_ARGS__) : scalar::name(__VA_ARGS__))
 
 void widen_f16(const std::uint16_t* in, float* out, i64 n) { KVSIM_DISPATCH(widen_f16, in, out, n); }
 void widen_bf16(const std::uint16_t* in, float* out, i64 n) { KVSIM_DISPATCH(widen_bf16, in, out, n); }

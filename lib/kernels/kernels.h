@@ -1,8 +1,8 @@
 #pragma once
 // The numeric kernels of kvsim. Each function dispatches at run time (isa.h) to an AVX-512
-// version (kernels/*_avx512.cpp) or to the scalar reference (kernels/*_scalar.cpp), which always
-// exists and is what the tests compare against. The scalar versions are also callable directly
-// through the kvsim::kernels::scalar namespace.
+// version (kernels/*_avx512.cpp), an AVX2 + FMA version (kernels/*_avx2.cpp) or the scalar
+// reference (kernels/*_scalar.cpp), which always exists and is what the tests compare against.
+// Each set is also callable directly: kvsim::kernels::scalar, ::avx2, ::avx512.
 #include <cstdint>
 
 #include "core/types.h"
@@ -63,6 +63,9 @@ KVSIM_KERNEL_DECLS
 namespace scalar {
 KVSIM_KERNEL_DECLS
 }
+namespace avx2 {
+KVSIM_KERNEL_DECLS
+}
 namespace avx512 {
 KVSIM_KERNEL_DECLS
 }
@@ -87,7 +90,8 @@ namespace scalar {
 i64 topk(const float* score, i64 n, i64 k, i64* idx);
 }
 
-// Error bounds vs the scalar reference (tests/kernels check them): bit-exact: widen_f16/bf16
+// Error bounds vs the scalar reference, the same for the AVX2 and AVX-512 sets (tests/kernels
+// check both): bit-exact: widen_f16/bf16
 // (a signalling f16 NaN comes out quiet), count_nonfinite, max_value, masked_weighted_rowsum,
 // avg/max_pool1d, group_reduce, axpy, scale, topk. Reassociated float32 sums (several
 // accumulators, FMA): sum, masked_sum, dot, abs_sum, row_abs_sums, row_quadratic_forms, within

@@ -1,5 +1,5 @@
 #pragma once
-// Output files of `kvsim prefill TRACE --out DIR` (mirroring replay's, notes/outputs.md):
+// Output files of `kvsim prefill TRACE --out DIR` (mirroring replay's, docs/outputs.md):
 //   metrics.csv   one row per (layer, head, fusion); head = -1 is the layer row
 //   locality.csv  layer, head, delta, jaccard, pairs
 //   summary.json  config, segment counts, aggregates, timings, peak RSS (written last)

@@ -16,6 +16,7 @@
 
 #include "command.h"
 #include "core/error.h"
+#include "kernels/isa.h"
 #include "numpy_views.h"
 #include "py_rules.h"
 #include "select_arrays.h"
@@ -209,6 +210,7 @@ PYBIND11_MODULE(_kvsim, m) {
   m.doc() = "kvsim's C++ engine (use the kvsim package: import kvsim)";
   py::register_exception<Error>(m, "KvsimError", PyExc_ValueError);
   m.attr("__version__") = KVSIM_VERSION;
+  kernels::check_isa_setting();  // a bad KVSIM_FORCE_ISA fails the import, not a later kernel
   m.def("run_command", &run_command, py::arg("args"),
         "run a kvsim subcommand in-process: (exit code, stdout, error text)");
   m.def("rule_catalogue", &catalogue, "every rule with its parameters and defaults");

@@ -1,5 +1,5 @@
 #pragma once
-// metrics.csv / metrics_per_query.csv rows (exact columns: notes/outputs.md) from the
+// metrics.csv / metrics_per_query.csv rows (exact columns: docs/outputs.md) from the
 // per-query PerturbationResult of one (rule, budget, layer, eval set).
 #include <ostream>
 #include <string>

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <iostream>
 #include <filesystem>
 #include <future>
 #include <map>
@@ -28,7 +29,7 @@
 #include "trace/trace_reader.h"
 
 #ifndef KVSIM_VERSION
-#define KVSIM_VERSION "0.1.0"
+#error "KVSIM_VERSION comes from CMakeLists.txt (project VERSION)"
 #endif
 
 namespace kvsim {
@@ -145,6 +146,13 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
   }
   s.rules = make_rules(opt.rules);
   if (s.rules.empty()) fail("--rules", "", "at least one rule is required");
+  if (opt.nu == NormKind::upper)  // say up front which rules still pay for exact norms
+    for (const auto& r : s.rules) {
+      const std::string spec = r->spec();
+      if (spec.find("norm=l1") != std::string::npos || spec.find("norm=l2") != std::string::npos)
+        std::cerr << "kvsim replay: note: --nu upper sets the bounds' norm; " << spec
+                  << " still computes exact value norms for its own scoring (write norm=upper in its spec to avoid them)\n";
+    }
   return s;
 }
 

@@ -1,6 +1,6 @@
 #pragma once
 // Typed view of one `kvsim replay --out DIR` folder: metrics.csv rows and summary.json
-// (schemas in the architecture note, section 6, and notes/outputs.md).
+// (schemas in the architecture note, section 6, and docs/outputs.md).
 #include <string>
 #include <vector>
 

@@ -118,7 +118,10 @@ KVSIM_RULE((RuleInfo{"chunk",
            });
 
 KVSIM_RULE((RuleInfo{"chunkkv",
-                     "ChunkKV: keep whole chunks ranked by mean base score summed over heads; same chunks for all heads",
+                     "ChunkKV: keep whole chunks ranked by mean base score summed over heads; same chunks for all heads. "
+                     "Keeps floor(n_chunks * B / n_c) whole chunks, and always the chunks holding protected tokens, so the "
+                     "kept count can fall short of the budget or exceed it (when the forced chunks alone do): kept_tokens "
+                     "in metrics.csv is the count really kept",
                      {{"base", "rule", "snapkv", "plain scorer (positional argument)"},
                       {"len", "int", "20", "chunk length in tokens (partial last chunk counts as a chunk)"}}}),
            [](SpecReader& r) -> std::unique_ptr<Rule> {

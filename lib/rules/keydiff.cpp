@@ -11,20 +11,26 @@
 namespace kvsim {
 namespace {
 
-// Scores with precomputed inverse key norms (0 for a zero key, whose cosine is taken as 0).
-void scores_with_norms(const float* keys, int d, const float* inv_norm, const i64* pos, i64 m, KeyDiffAnchor anchor,
-                       float* out) {
-  std::vector<double> mu(static_cast<std::size_t>(d), 0.0);
-  for (i64 i = 0; i < m; ++i) {
-    const float* k = keys + pos[i] * d;
-    const double w = anchor == KeyDiffAnchor::unit ? inv_norm[pos[i]] : 1.0;
-    for (int c = 0; c < d; ++c) mu[c] += w * k[c];
-  }
+// The anchor direction mu / |mu| from the anchor sum (the 1/m of the mean cancels in the cosine).
+void unit_anchor(const std::vector<double>& mu, avec<float>& unit_mu) {
   double mu_norm = 0;
   for (double x : mu) mu_norm += x * x;
-  mu_norm = std::sqrt(mu_norm);  // the 1/m of the mean cancels in the cosine
-  avec<float> unit_mu(static_cast<std::size_t>(d));
-  for (int c = 0; c < d; ++c) unit_mu[c] = mu_norm > 0 ? static_cast<float>(mu[c] / mu_norm) : 0.0f;
+  mu_norm = std::sqrt(mu_norm);
+  for (std::size_t c = 0; c < mu.size(); ++c) unit_mu[c] = mu_norm > 0 ? static_cast<float>(mu[c] / mu_norm) : 0.0f;
+}
+
+// mu += sign * w_j k_j (w_j = 1/|k_j| for anchor=unit, 1 for raw), in float64.
+void add_to_anchor(std::vector<double>& mu, const float* k, double w) {
+  for (std::size_t c = 0; c < mu.size(); ++c) mu[c] += w * k[c];
+}
+
+double anchor_weight(KeyDiffAnchor anchor, const float* inv_norm, i64 j) {
+  return anchor == KeyDiffAnchor::unit ? inv_norm[j] : 1.0;
+}
+
+// score_i = -cos(k_pos[i], mu) with precomputed inverse key norms (0 for a zero key).
+void scores_against(const float* keys, int d, const float* inv_norm, const i64* pos, i64 m,
+                    const avec<float>& unit_mu, float* out) {
   for (i64 i = 0; i < m; ++i) out[i] = -kernels::dot(keys + pos[i] * d, unit_mu.data(), d) * inv_norm[pos[i]];
 }
 
@@ -42,9 +48,17 @@ std::vector<float> inverse_norms(const float* keys, int d, i64 n) {
 void keydiff_scores(const float* keys, int d, const i64* pos, i64 m, KeyDiffAnchor anchor, float* out) {
   const i64 n = m > 0 ? *std::max_element(pos, pos + m) + 1 : 0;
   const std::vector<float> inv = inverse_norms(keys, d, n);
-  scores_with_norms(keys, d, inv.data(), pos, m, anchor, out);
+  std::vector<double> mu(static_cast<std::size_t>(d), 0.0);
+  for (i64 i = 0; i < m; ++i) add_to_anchor(mu, keys + pos[i] * d, anchor_weight(anchor, inv.data(), pos[i]));
+  avec<float> unit_mu(static_cast<std::size_t>(d));
+  unit_anchor(mu, unit_mu);
+  scores_against(keys, d, inv.data(), pos, m, unit_mu, out);
 }
 
+// The block process keeps the anchor sum of the cache up to date instead of recomputing it over
+// all candidates at every block: + the new block, - what the block step evicted, O(block * d)
+// per step (float64, so the running sum stays within ~1e-15 of a fresh one). The scores of the
+// N + block candidates still cost O((N + block) d) per step: the anchor moved, every cosine did.
 std::vector<i64> keydiff_select(const float* keys, int d, i64 n, i64 N, i64 block, KeyDiffAnchor anchor) {
   if (N <= 0 || n <= 0) return {};
   std::vector<i64> cache(static_cast<std::size_t>(std::min(N, n)));
@@ -52,19 +66,32 @@ std::vector<i64> keydiff_select(const float* keys, int d, i64 n, i64 N, i64 bloc
   if (N >= n) return cache;
   const std::vector<float> inv = inverse_norms(keys, d, n);
   const i64 bs = block <= 0 ? n - N : block;
+  std::vector<double> mu(static_cast<std::size_t>(d), 0.0);
+  for (i64 j : cache) add_to_anchor(mu, keys + j * d, anchor_weight(anchor, inv.data(), j));
+  avec<float> unit_mu(static_cast<std::size_t>(d));
   std::vector<float> score;
   std::vector<std::uint8_t> keep;
+  std::vector<i64> cand;
+  cand.reserve(static_cast<std::size_t>(N + bs));
   for (i64 s = N; s < n; s += bs) {
-    std::vector<i64> cand = cache;
-    for (i64 j = s; j < std::min(n, s + bs); ++j) cand.push_back(j);
+    cand = cache;
+    for (i64 j = s; j < std::min(n, s + bs); ++j) {
+      cand.push_back(j);
+      add_to_anchor(mu, keys + j * d, anchor_weight(anchor, inv.data(), j));
+    }
     const i64 m = static_cast<i64>(cand.size());
     score.resize(static_cast<std::size_t>(m));
-    scores_with_norms(keys, d, inv.data(), cand.data(), m, anchor, score.data());
+    unit_anchor(mu, unit_mu);
+    scores_against(keys, d, inv.data(), cand.data(), m, unit_mu, score.data());
     keep.assign(static_cast<std::size_t>(m), 0);
     rules_more::keep_top(score.data(), m, N, nullptr, keep.data());  // ties: lower position (cand is sorted)
     cache.clear();
-    for (i64 i = 0; i < m; ++i)
-      if (keep[i]) cache.push_back(cand[i]);
+    for (i64 i = 0; i < m; ++i) {
+      if (keep[i])
+        cache.push_back(cand[i]);
+      else
+        add_to_anchor(mu, keys + cand[i] * d, -anchor_weight(anchor, inv.data(), cand[i]));
+    }
   }
   return cache;
 }

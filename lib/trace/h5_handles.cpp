@@ -1,5 +1,6 @@
 #include "trace/h5_handles.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -77,6 +78,40 @@ i64 num_points(hid_t space) {
   return n < 0 ? -1 : static_cast<i64>(n);
 }
 
+// Every chunk of a chunked dataset: listed by the index, inside the file, at a chunk-aligned
+// coordinate inside the dataset (a corrupt index makes HDF5 1.10 copy from wild addresses).
+static std::string chunk_index_problem(hid_t dset, int rank, const hsize_t* chunk, std::uintmax_t file_size) {
+  Handle space = space_handle(H5Dget_space(dset));
+  hsize_t dims[32], maxdims[32];
+  if (!space || H5Sget_simple_extent_ndims(space.id()) != rank || H5Sget_simple_extent_dims(space.id(), dims, maxdims) < 0)
+    return "has a chunk layout that does not match its shape (corrupt)";
+  // A chunk larger than a fixed-size dimension: HDF5 1.10 copies the whole chunk extent.
+  for (int i = 0; i < rank; ++i)
+    if (chunk[i] == 0 || (chunk[i] > std::max<hsize_t>(dims[i], 1) && maxdims[i] == dims[i]))
+      return "has chunks of " + std::to_string(chunk[i]) + " along dimension " + std::to_string(i) + " of size " +
+             std::to_string(dims[i]) + " (corrupt chunk layout)";
+  hsize_t count = 0;
+  if (H5Dget_num_chunks(dset, space.id(), &count) < 0) return "has an unreadable chunk index (corrupt)";
+  long double expected = 1;
+  for (int i = 0; i < rank; ++i) expected *= chunk[i] ? static_cast<long double>((dims[i] + chunk[i] - 1) / chunk[i]) : 0;
+  if (static_cast<long double>(count) > expected) return "lists more chunks than its shape has (corrupt chunk index)";
+  for (hsize_t c = 0; c < count; ++c) {
+    hsize_t off[32];
+    unsigned mask = 0;
+    haddr_t addr = 0;
+    hsize_t size = 0;
+    if (H5Dget_chunk_info(dset, space.id(), c, off, &mask, &addr, &size) < 0)
+      return "has an unreadable chunk index (corrupt)";
+    if (addr == HADDR_UNDEF || static_cast<long double>(addr) + size > static_cast<long double>(file_size))
+      return "has a chunk at byte " + std::to_string(addr) + " (+" + std::to_string(size) + ") outside the " +
+             std::to_string(file_size) + "-byte file (truncated or corrupt)";
+    for (int i = 0; i < rank; ++i)
+      if (off[i] >= dims[i] || (chunk[i] && off[i] % chunk[i] != 0))
+        return "has a chunk at a coordinate outside its shape (corrupt chunk index)";
+  }
+  return "";
+}
+
 std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintmax_t file_size) {
   if (n <= 0) return "";
   constexpr i64 kMaxElements = i64{1} << 42;  // 16 Ti elements: beyond any real trace
@@ -86,9 +121,16 @@ std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintm
   const H5D_layout_t layout = H5Pget_layout(dcpl.id());
   const long double need = static_cast<long double>(n) * static_cast<long double>(elem_size);
   const hsize_t stored = H5Dget_storage_size(dset);
+  // What the file must hold: n values of the stored type (int8 segments are 1 byte in the file).
+  Handle ftype = type_handle(H5Dget_type(dset));
+  const std::size_t file_elem = ftype ? H5Tget_size(ftype.id()) : 0;
+  if (file_elem == 0) return "has an unreadable datatype";
+  const long double need_in_file = static_cast<long double>(n) * static_cast<long double>(file_elem);
   if (layout == H5D_CONTIGUOUS) {
     const haddr_t off = H5Dget_offset(dset);
     if (off == HADDR_UNDEF || stored == 0) return "declares " + std::to_string(n) + " values but stores none";
+    if (static_cast<long double>(stored) < need_in_file)
+      return "declares " + std::to_string(n) + " values but stores only " + std::to_string(stored) + " bytes (corrupt)";
     if (static_cast<long double>(off) + stored > static_cast<long double>(file_size))
       return "data at byte " + std::to_string(off) + " (+" + std::to_string(stored) + ") lies past the end of the " +
              std::to_string(file_size) + "-byte file (truncated or corrupt)";
@@ -111,6 +153,8 @@ std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintm
           f != 32001 /* blosc */ && f != 32004 /* lz4 */)
         return "uses HDF5 filter " + std::to_string(f) + ", which kvsim does not read";
     }
+    if (stored == 0) return "declares " + std::to_string(n) + " values but stores none (unwritten dataset or corrupt chunk index)";
+    if (const std::string bad = chunk_index_problem(dset, rank, chunk, file_size); !bad.empty()) return bad;
     if (stored > file_size) return "claims " + std::to_string(stored) + " stored bytes in a " +
                                    std::to_string(file_size) + "-byte file (corrupt)";
     constexpr long double kMaxExpansion = 1100.0L;  // deflate's limit is ~1032:1
@@ -119,18 +163,33 @@ std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintm
              " bytes for them (unwritten, truncated or corrupt dataset)";
   } else if (layout == H5D_COMPACT) {
     if (need > (1 << 16)) return "declares " + std::to_string(n) + " values in a compact (<64 KiB) layout (corrupt)";
+    // HDF5 1.10 copies the declared size out of the compact buffer without checking it.
+    if (static_cast<long double>(stored) < need_in_file)
+      return "declares " + std::to_string(n) + " values but its compact storage holds " + std::to_string(stored) +
+             " bytes (corrupt)";
   } else {
     return "has an unsupported storage layout (virtual or unknown)";
   }
   return "";
 }
 
+// The address space a string read of object `obj` may add (variable-length strings live in the
+// file's global heap, uncompressed): metadata_memory_cap of the file's size.
+static unsigned long long string_read_cap(hid_t obj) {
+  unsigned long long cap = preflight_limits().memory;
+  const hid_t file = H5Iget_file_id(obj);
+  hsize_t size = 0;
+  if (file >= 0 && H5Fget_filesize(file, &size) >= 0) cap = metadata_memory_cap(size);
+  if (file >= 0) H5Fclose(file);
+  return cap;
+}
+
 // Shared string decoding for attributes and datasets: `read(memtype, buf)` fills the buffer.
 template <class ReadFn>
-static std::optional<std::string> read_string(hid_t ftype, hid_t space, ReadFn read) {
+static std::optional<std::string> read_string(hid_t ftype, hid_t space, unsigned long long cap_bytes, ReadFn read) {
   // A corrupt variable-length descriptor makes HDF5 allocate (and clear) whatever length it
   // claims: cap it, so the read fails instead (see trace/untrusted_file.h).
-  MemoryCap cap(preflight_limits().memory);
+  MemoryCap cap(cap_bytes);
   if (ftype < 0 || H5Tget_class(ftype) != H5T_STRING || num_points(space) != 1) return std::nullopt;
   const htri_t is_var = H5Tis_variable_str(ftype);
   if (is_var < 0) return std::nullopt;
@@ -158,7 +217,7 @@ std::optional<std::string> read_string_attr(hid_t attr) {
   Handle ftype = type_handle(H5Aget_type(attr));
   Handle space = space_handle(H5Aget_space(attr));
   if (!ftype || !space) return std::nullopt;
-  return read_string(ftype.id(), space.id(),
+  return read_string(ftype.id(), space.id(), string_read_cap(attr),
                      [&](hid_t mt, void* buf) { return H5Aread(attr, mt, buf); });
 }
 
@@ -166,7 +225,7 @@ std::optional<std::string> read_string_dataset(hid_t dset) {
   Handle ftype = type_handle(H5Dget_type(dset));
   Handle space = space_handle(H5Dget_space(dset));
   if (!ftype || !space) return std::nullopt;
-  return read_string(ftype.id(), space.id(), [&](hid_t mt, void* buf) {
+  return read_string(ftype.id(), space.id(), string_read_cap(dset), [&](hid_t mt, void* buf) {
     return H5Dread(dset, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
   });
 }

@@ -42,6 +42,9 @@ static bool has_hdf5_signature(const std::string& path) {
 
 static Handle open_hdf5(const std::string& path) {
   Handle fapl = h5::plist_handle(H5Pcreate(H5P_FILE_ACCESS));
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  MemoryCap cap(metadata_memory_cap(ec ? 0 : size));  // a corrupt superblock can claim gigabytes
   return h5::file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.id()));
 }
 
@@ -598,6 +601,11 @@ bool read_into(const Tensor& t, hid_t file_space, const std::vector<hsize_t>& me
     // SIMD kernel. Callers read at most one head at a time, so this buffer stays small.
     std::vector<std::uint16_t> raw(static_cast<std::size_t>(n));
     Handle mt = h5::type_handle(H5Dget_type(t.dset.id()));
+    // The buffer holds 2-byte words: a corrupt type of another size would be read past it.
+    if (!mt || H5Tget_size(mt.id()) != sizeof(std::uint16_t)) {
+      pb.add(t.field, "has a 16-bit storage type whose size is not 2 bytes (corrupt datatype)");
+      return false;
+    }
     rc = H5Dread(t.dset.id(), mt.id(), mem.id(), file_space, H5P_DEFAULT, raw.data());
     if (rc >= 0) {
       if (t.swap_bytes) byte_swap(raw.data(), n);

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -46,6 +47,10 @@ double env_double(const char* name, double dflt) {
 constexpr char kDone = 'D', kNoMemory = 'M';
 
 }  // namespace
+
+unsigned long long metadata_memory_cap(unsigned long long file_size) {
+  return std::min<unsigned long long>(preflight_limits().memory, (64ull << 20) + 8ull * file_size);
+}
 
 PreflightLimits preflight_limits() {
   PreflightLimits l;

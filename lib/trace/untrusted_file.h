@@ -24,6 +24,11 @@ PreflightLimits preflight_limits();  // defaults, overridden by the environment
 // child finished. KVSIM_PREFLIGHT=0 skips it (debugging only).
 std::string preflight(const char* what, const std::function<void()>& parse);
 
+// The address space parsing a file's metadata (superblock, object headers, strings) may add:
+// metadata is stored uncompressed in the file, so a few times its size plus room for HDF5's own
+// buffers, never more than the preflight cap. (A fuzzed superblock made H5Fopen ask for 2.4 GB.)
+unsigned long long metadata_memory_cap(unsigned long long file_size);
+
 // While alive, new address space of this process is capped at its current size + limit (the
 // soft RLIMIT_AS, restored afterwards). No-op in sanitizer builds (they reserve huge shadow maps).
 class MemoryCap {

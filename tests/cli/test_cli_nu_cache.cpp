@@ -65,6 +65,21 @@ TEST_CASE("replay twice with --nu-cache: misses then hits, identical metrics.csv
   CHECK(count_entries(cache) == entries);
 }
 
+TEST_CASE("--nu upper after an exact run: critical() finds the exact norms the first run cached") {
+  // The exact run computes the norms outside any parallel region (the bounds), the upper run
+  // inside one (critical's scoring over heads); with 2 threads the two once keyed differently.
+  TempDir dir("cli-nu-upper");
+  const std::string cache = dir.file("nu");
+  const auto a = run_kvsim("replay " + sample_trace() + kArgs + " --out " + dir.file("a") + " --nu-cache " + cache);
+  REQUIRE_MESSAGE(a.exit_code == 0, a.err);
+  const auto b = run_kvsim("replay " + sample_trace() + kArgs + " --nu upper --out " + dir.file("b") + " --nu-cache " + cache);
+  REQUIRE_MESSAGE(b.exit_code == 0, b.err);
+  const std::string s = slurp(dir.file("b/summary.json"));
+  CHECK(json_number(s, "nu_cache_misses") == 0);
+  CHECK(json_number(s, "nu_cache_hits") == json_number(s, "num_layers") * json_number(s, "num_heads"));
+  CHECK(b.err.find("critical(snapkv") != std::string::npos);  // named up front as needing exact norms
+}
+
 TEST_CASE("replay without --nu-cache uses $KVSIM_CACHE_DIR") {
   REQUIRE_MESSAGE(fs::exists(sample_trace()), "bundled sample trace missing: " << sample_trace());
   TempDir dir("cli-nu-default");

@@ -1,5 +1,5 @@
 #pragma once
-// Helpers for the kernel tests: seeded random inputs, ulp distances, the AVX-512 guard.
+// Helpers for the kernel tests: seeded random inputs, ulp distances, the SIMD set under test.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -14,8 +14,8 @@
 
 namespace kvsim::ktest {
 
-// Sizes that exercise the 16-lane tails and the unrolled main loops.
-inline const std::vector<i64> kSizes = {1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 100, 1000, 4099};
+// Sizes that exercise the 8- and 16-lane tails and the unrolled main loops of both SIMD sets.
+inline const std::vector<i64> kSizes = {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 1000, 4099};
 
 inline std::vector<float> uniform(i64 n, float lo, float hi, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -55,10 +55,18 @@ inline std::int64_t ulp_distance(float a, float b) {
 
 constexpr double kEps = std::numeric_limits<float>::epsilon();  // 2^-23
 
-// True when the AVX-512 kernels can run here; otherwise records why a comparison is skipped.
-inline bool have_avx512() {
-  if (kernels::cpu_has_avx512()) return true;
-  MESSAGE("CPU/OS without AVX-512: AVX-512 vs scalar comparison skipped");
+// The SIMD set the direct-call comparisons of these tests exercise: AVX-512 in test_kernels,
+// AVX2 in test_kernels_avx2 (the same sources built with KVSIM_TEST_SIMD=avx2).
+#ifndef KVSIM_TEST_SIMD
+#define KVSIM_TEST_SIMD avx512
+#endif
+namespace simd = kernels::KVSIM_TEST_SIMD;
+constexpr kernels::Isa kSimdIsa = kernels::Isa::KVSIM_TEST_SIMD;
+
+// True when that set can run here; otherwise records why a comparison is skipped.
+inline bool have_simd() {
+  if (kernels::cpu_isas().supports(kSimdIsa)) return true;
+  MESSAGE("CPU/OS without " << std::string(kernels::isa_name(kSimdIsa)) << ": its comparison with scalar is skipped");
   return false;
 }
 

@@ -53,12 +53,12 @@ TEST_CASE("widen_f16 known values") {
   CHECK(out[7] == 0.333251953125f);
 }
 
-TEST_CASE("widen_f16 avx512 == scalar, exhaustive, every length/offset of the tail") {
-  if (!have_avx512()) return;
+TEST_CASE("widen_f16 simd == scalar, exhaustive, every length/offset of the tail") {
+  if (!have_simd()) return;
   const auto in = all_patterns();
   std::vector<float> a(in.size()), s(in.size());
   k::scalar::widen_f16(in.data(), s.data(), 65536);
-  k::avx512::widen_f16(in.data(), a.data(), 65536);
+  simd::widen_f16(in.data(), a.data(), 65536);
   for (std::size_t i = 0; i < in.size(); ++i) {
     INFO("pattern " << i);
     REQUIRE(same_float(a[i], s[i]));
@@ -66,31 +66,31 @@ TEST_CASE("widen_f16 avx512 == scalar, exhaustive, every length/offset of the ta
   // Tails: odd lengths and offsets must neither miss nor overwrite elements.
   for (kvsim::i64 n : kSizes) {
     std::vector<float> out(static_cast<std::size_t>(n) + 1, 7.f);
-    k::avx512::widen_f16(in.data() + 15360 + 3, out.data(), n);
+    simd::widen_f16(in.data() + 15360 + 3, out.data(), n);
     for (kvsim::i64 i = 0; i < n; ++i) REQUIRE(same_float(out[i], s[15360 + 3 + i]));
     CHECK(out[n] == 7.f);
   }
 }
 
-TEST_CASE("widen_bf16 exhaustive: upper half of the float bits, avx512 identical") {
+TEST_CASE("widen_bf16 exhaustive: upper half of the float bits, simd identical") {
   const auto in = all_patterns();
   std::vector<float> s(in.size()), a(in.size());
   k::scalar::widen_bf16(in.data(), s.data(), 65536);
   for (std::uint32_t h = 0; h < 65536; ++h) REQUIRE(bits_of(s[h]) == h << 16);
   CHECK(s[0x3f80] == 1.0f);
   CHECK(s[0xc000] == -2.0f);
-  if (!have_avx512()) return;
-  k::avx512::widen_bf16(in.data(), a.data(), 65536);
+  if (!have_simd()) return;
+  simd::widen_bf16(in.data(), a.data(), 65536);
   for (std::uint32_t h = 0; h < 65536; ++h) REQUIRE(bits_of(a[h]) == h << 16);
   for (kvsim::i64 n : kSizes) {
     std::vector<float> out(static_cast<std::size_t>(n) + 1, 7.f);
-    k::avx512::widen_bf16(in.data() + 5, out.data(), n);
+    simd::widen_bf16(in.data() + 5, out.data(), n);
     for (kvsim::i64 i = 0; i < n; ++i) REQUIRE(bits_of(out[i]) == bits_of(s[5 + i]));
     CHECK(out[n] == 7.f);
   }
 }
 
-TEST_CASE("count_nonfinite: scalar vs direct count, avx512 identical") {
+TEST_CASE("count_nonfinite: scalar vs direct count, simd identical") {
   const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
   for (kvsim::i64 n : kSizes) {
     auto x = uniform(n + 1, -1e30f, 1e30f, 40 + n);
@@ -107,6 +107,6 @@ TEST_CASE("count_nonfinite: scalar vs direct count, avx512 identical") {
     }
     x[n] = nan;  // past the end: must not be counted
     CHECK(k::scalar::count_nonfinite(x.data(), n) == expect);
-    if (have_avx512()) CHECK(k::avx512::count_nonfinite(x.data(), n) == expect);
+    if (have_simd()) CHECK(simd::count_nonfinite(x.data(), n) == expect);
   }
 }

@@ -51,32 +51,47 @@ std::vector<float> run_all_dispatched() {
   put(buf, n);
   k::scale(buf.data(), n, 3.f);
   put(buf, n);
+  float masses[4];
+  k::split_mass_sums(x.data(), y.data(), mask.data(), n, masses);
+  all.insert(all.end(), masses, masses + 4);
+  all.push_back(static_cast<float>(k::compress_masked(x.data(), mask.data(), n, buf.data())));
+  put(buf, static_cast<i64>(all.back()));
+  std::vector<float> panel(static_cast<std::size_t>(d * k::kPanel)), l1(n / d, 0.f), sq(n / d, 0.f);
+  std::vector<float> proj(static_cast<std::size_t>((n / d) * k::kPanel), 0.f);
+  k::pack_panels(G.data(), d, d, k::kPanel, panel.data());
+  k::project_panel(x.data(), n / d, d, panel.data(), l1.data(), sq.data(), proj.data());
+  put(l1, n / d);
+  put(sq, n / d);
+  put(proj, static_cast<i64>(proj.size()));
   return all;
 }
 
 }  // namespace
 
 TEST_CASE("dispatch: the active ISA's implementation runs for every kernel") {
-  const auto restore = k::choose_isa(std::getenv("KVSIM_FORCE_ISA"), k::cpu_has_avx512());
+  const k::Isa restore = k::active_isa();
   k::set_isa_for_testing(k::Isa::scalar);
   CHECK(k::active_isa() == k::Isa::scalar);
   const auto scalar_out = run_all_dispatched();
-  if (!have_avx512()) {
-    k::set_isa_for_testing(restore);
-    return;
+  for (k::Isa isa : {k::Isa::avx2, k::Isa::avx512}) {
+    if (!k::cpu_isas().supports(isa)) {
+      MESSAGE("CPU/OS without " << std::string(k::isa_name(isa)) << ": its dispatch is not checked here");
+      continue;
+    }
+    CAPTURE(k::isa_name(isa));
+    k::set_isa_for_testing(isa);
+    CHECK(k::active_isa() == isa);
+    const auto simd_out = run_all_dispatched();
+    REQUIRE(simd_out.size() == scalar_out.size());
+    // Close (they compute the same thing) but not all identical (the reassociated sums and the
+    // vector exp differ in the last bits), so each run really went to a different implementation.
+    i64 differing = 0;
+    for (std::size_t i = 0; i < simd_out.size(); ++i) {
+      CAPTURE(i);
+      REQUIRE(std::fabs(simd_out[i] - scalar_out[i]) <= 1e-4 * std::max(1.f, std::fabs(scalar_out[i])));
+      differing += bits_of(simd_out[i]) != bits_of(scalar_out[i]);
+    }
+    CHECK(differing > 0);
   }
-  k::set_isa_for_testing(k::Isa::avx512);
-  CHECK(k::active_isa() == k::Isa::avx512);
-  const auto simd_out = run_all_dispatched();
   k::set_isa_for_testing(restore);
-  REQUIRE(simd_out.size() == scalar_out.size());
-  // Close (they compute the same thing) but not all identical (the reassociated sums and the
-  // vector exp differ in the last bits), so each run really went to a different implementation.
-  i64 differing = 0;
-  for (std::size_t i = 0; i < simd_out.size(); ++i) {
-    CAPTURE(i);
-    REQUIRE(std::fabs(simd_out[i] - scalar_out[i]) <= 1e-4 * std::max(1.f, std::fabs(scalar_out[i])));
-    differing += bits_of(simd_out[i]) != bits_of(scalar_out[i]);
-  }
-  CHECK(differing > 0);
 }

@@ -19,7 +19,7 @@ void near(double got, double want, double abs_terms, i64 chain, const char* what
 
 }  // namespace
 
-TEST_CASE("split_mass_sums: scalar and avx512 vs float64, every tail length") {
+TEST_CASE("split_mass_sums: scalar and simd vs float64, every tail length") {
   for (i64 n : kSizes) {
     for (double p : {0.0, 0.3, 1.0}) {
       CAPTURE(n);
@@ -40,9 +40,9 @@ TEST_CASE("split_mass_sums: scalar and avx512 vs float64, every tail length") {
       float s[4], v[4];
       k::scalar::split_mass_sums(a.data(), nu.data(), mask.data(), n, s);
       for (int i = 0; i < 4; ++i) near(s[i], want[i], terms[i], n, "scalar");
-      if (have_avx512()) {
-        k::avx512::split_mass_sums(a.data(), nu.data(), mask.data(), n, v);
-        for (int i = 0; i < 4; ++i) near(v[i], want[i], terms[i], n / 32 + 64, "avx512");
+      if (have_simd()) {
+        simd::split_mass_sums(a.data(), nu.data(), mask.data(), n, v);
+        for (int i = 0; i < 4; ++i) near(v[i], want[i], terms[i], n / 32 + 64, "simd");
       }
     }
   }
@@ -63,8 +63,8 @@ TEST_CASE("compress_masked: bit-exact, never writes past the count") {
       CHECK(k::scalar::compress_masked(x.data(), mask.data(), n, s.data()) == want);
       for (i64 j = 0, m = 0; j < n; ++j)
         if (mask[j]) CHECK(same_float(s[m++], x[j]));
-      if (!have_avx512()) continue;
-      CHECK(k::avx512::compress_masked(x.data(), mask.data(), n, v.data()) == want);
+      if (!have_simd()) continue;
+      CHECK(simd::compress_masked(x.data(), mask.data(), n, v.data()) == want);
       for (i64 i = 0; i < n + 32; ++i) CHECK(same_float(v[i], s[i]));  // incl. the untouched guard
     }
   }
@@ -90,7 +90,7 @@ TEST_CASE("pack_panels lays out W column panels, zero padded; identity without W
     for (i64 e = 0; e < k::kPanel; ++e) CHECK(I[c * k::kPanel + e] == (c == e ? 1.f : 0.f));
 }
 
-TEST_CASE("project_panel: l1, sq and y of x W vs float64, scalar and avx512, all row tails") {
+TEST_CASE("project_panel: l1, sq and y of x W vs float64, scalar and simd, all row tails") {
   for (i64 d : {1, 8, 128}) {
     const i64 D = 150;  // 3 panels, the last padded
     const auto Wt = uniform(D * d, -1.f, 1.f, 31 + d);
@@ -115,8 +115,8 @@ TEST_CASE("project_panel: l1, sq and y of x W vs float64, scalar and avx512, all
           sqt[i] += pt * pt;
         }
       for (int isa = 0; isa < 2; ++isa) {
-        if (isa == 1 && !have_avx512()) break;
-        auto run = isa == 0 ? &k::scalar::project_panel : &k::avx512::project_panel;
+        if (isa == 1 && !have_simd()) break;
+        auto run = isa == 0 ? &k::scalar::project_panel : &simd::project_panel;
         std::vector<float> g1(n, 0.f), g2(n, 0.f), y(n * k::kPanel * k::panel_count(D), 0.5f);
         for (i64 p = 0; p < k::panel_count(D); ++p) {
           std::vector<float> yp(n * k::kPanel, 0.5f);

@@ -18,7 +18,7 @@ TEST_CASE("pooling hand-computed: zero padding divides by k, max pads with -inf"
   CHECK(m3 == std::vector<float>{-1.f, -1.f, -1.f});
 }
 
-TEST_CASE("avg/max pooling: scalar vs float64, avx512 bit-identical, NaN handling") {
+TEST_CASE("avg/max pooling: scalar vs float64, simd bit-identical, NaN handling") {
   const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
   for (i64 n : kSizes) {
     for (int kk : {1, 3, 5, 7, 9, 31, 33}) {
@@ -52,10 +52,10 @@ TEST_CASE("avg/max pooling: scalar vs float64, avx512 bit-identical, NaN handlin
       }
       CHECK(sa[n] == 7.f);
       CHECK(sm[n] == 7.f);
-      if (!have_avx512()) continue;
+      if (!have_simd()) continue;
       std::vector<float> aa(n + 1, 7.f), am(n + 1, 7.f);
-      k::avx512::avg_pool1d(x.data(), n, kk, aa.data());
-      k::avx512::max_pool1d(x.data(), n, kk, am.data());
+      simd::avg_pool1d(x.data(), n, kk, aa.data());
+      simd::max_pool1d(x.data(), n, kk, am.data());
       for (i64 j = 0; j <= n; ++j) {
         REQUIRE(same_float(aa[j], sa[j]));
         REQUIRE(same_float(am[j], sm[j]));
@@ -64,7 +64,7 @@ TEST_CASE("avg/max pooling: scalar vs float64, avx512 bit-identical, NaN handlin
   }
 }
 
-TEST_CASE("group_reduce mean/max/sum: hand case, float64, avx512 bit-identical") {
+TEST_CASE("group_reduce mean/max/sum: hand case, float64, simd bit-identical") {
   // Two rows of 3 with a row stride of 4.
   const std::vector<float> two = {1.f, -2.f, 5.f, 99.f, 3.f, -1.f, 5.f, 99.f};
   std::vector<float> out(3);
@@ -104,8 +104,8 @@ TEST_CASE("group_reduce mean/max/sum: hand case, float64, avx512 bit-identical")
           else REQUIRE(std::fabs(s[j] - acc / g) <= (g + 1) * kEps * mag / g);
         }
         CHECK(s[n] == 7.f);
-        if (!have_avx512()) continue;
-        k::avx512::group_reduce(x.data(), g, n, ld, op, a.data());
+        if (!have_simd()) continue;
+        simd::group_reduce(x.data(), g, n, ld, op, a.data());
         for (i64 j = 0; j <= n; ++j) REQUIRE(same_float(a[j], s[j]));
       }
     }

@@ -38,7 +38,7 @@ std::vector<std::vector<float>> inputs(i64 n) {
 
 }  // namespace
 
-TEST_CASE("sum / abs_sum / masked_sum / dot vs float64, scalar and avx512") {
+TEST_CASE("sum / abs_sum / masked_sum / dot vs float64, scalar and simd") {
   for (i64 n : kSizes) {
     int which = 0;
     for (const auto& x : inputs(n)) {
@@ -62,11 +62,11 @@ TEST_CASE("sum / abs_sum / masked_sum / dot vs float64, scalar and avx512") {
       check_sum(k::scalar::abs_sum(x.data(), n), a, n, "scalar abs_sum");
       check_sum(k::scalar::masked_sum(x.data(), mask.data(), n), m, n, "scalar masked_sum");
       check_sum(k::scalar::dot(x.data(), y.data(), n), d, n + 1, "scalar dot");
-      if (!have_avx512()) continue;
-      check_sum(k::avx512::sum(x.data(), n), s, simd_chain(n), "avx512 sum");
-      check_sum(k::avx512::abs_sum(x.data(), n), a, simd_chain(n), "avx512 abs_sum");
-      check_sum(k::avx512::masked_sum(x.data(), mask.data(), n), m, simd_chain(n), "avx512 masked_sum");
-      check_sum(k::avx512::dot(x.data(), y.data(), n), d, simd_chain(n), "avx512 dot");
+      if (!have_simd()) continue;
+      check_sum(simd::sum(x.data(), n), s, simd_chain(n), "simd sum");
+      check_sum(simd::abs_sum(x.data(), n), a, simd_chain(n), "simd abs_sum");
+      check_sum(simd::masked_sum(x.data(), mask.data(), n), m, simd_chain(n), "simd masked_sum");
+      check_sum(simd::dot(x.data(), y.data(), n), d, simd_chain(n), "simd dot");
     }
   }
 }
@@ -79,12 +79,12 @@ TEST_CASE("masked_sum ignores masked-out NaN and inf; exact small cases") {
   m[1] = m[3] = m[5] = 0;
   // Kept: 1 + 2 + 4 + ... + 8192 = 16383, exact in float whatever the order.
   CHECK(k::scalar::masked_sum(x.data(), m.data(), 17) == 16383.f);
-  if (have_avx512()) CHECK(k::avx512::masked_sum(x.data(), m.data(), 17) == 16383.f);
+  if (have_simd()) CHECK(simd::masked_sum(x.data(), m.data(), 17) == 16383.f);
   CHECK(k::scalar::sum(x.data(), 1) == 1.f);
   CHECK(k::scalar::dot(x.data(), x.data() + 2, 1) == 2.f);
 }
 
-TEST_CASE("max_value: avx512 bit-identical to scalar, NaN skipped, -inf and ties") {
+TEST_CASE("max_value: simd bit-identical to scalar, NaN skipped, -inf and ties") {
   const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
   for (i64 n : kSizes) {
     auto x = uniform(n, -1e4f, 1e4f, 5 + n);
@@ -95,18 +95,18 @@ TEST_CASE("max_value: avx512 bit-identical to scalar, NaN skipped, -inf and ties
       if (!std::isnan(x[i]) && x[i] > expect) expect = x[i];
     CAPTURE(n);
     CHECK(same_float(k::scalar::max_value(x.data(), n), expect));
-    if (have_avx512()) CHECK(same_float(k::avx512::max_value(x.data(), n), expect));
+    if (have_simd()) CHECK(same_float(simd::max_value(x.data(), n), expect));
     // Maximum in the last (tail) lane.
     x[n - 1] = 2e4f;
     CHECK(k::scalar::max_value(x.data(), n) == 2e4f);
-    if (have_avx512()) CHECK(k::avx512::max_value(x.data(), n) == 2e4f);
+    if (have_simd()) CHECK(simd::max_value(x.data(), n) == 2e4f);
   }
   std::vector<float> all_nan(17, nan);
   CHECK(k::scalar::max_value(all_nan.data(), 17) == -inf);
-  if (have_avx512()) CHECK(k::avx512::max_value(all_nan.data(), 17) == -inf);
+  if (have_simd()) CHECK(simd::max_value(all_nan.data(), 17) == -inf);
 }
 
-TEST_CASE("axpy and scale: exact per element, avx512 bit-identical, nothing written past n") {
+TEST_CASE("axpy and scale: exact per element, simd bit-identical, nothing written past n") {
   for (i64 n : kSizes) {
     const auto x = uniform(n, -3.f, 3.f, 11 + n);
     const auto y0 = uniform(n + 1, -3.f, 3.f, 12 + n);
@@ -119,9 +119,9 @@ TEST_CASE("axpy and scale: exact per element, avx512 bit-identical, nothing writ
     auto zs = y0, za = y0;
     k::scalar::scale(zs.data(), n, -1.5f);
     for (i64 i = 0; i < n; ++i) REQUIRE(zs[i] == y0[i] * -1.5f);
-    if (!have_avx512()) continue;
-    k::avx512::axpy(0.37f, x.data(), ya.data(), n);
-    k::avx512::scale(za.data(), n, -1.5f);
+    if (!have_simd()) continue;
+    simd::axpy(0.37f, x.data(), ya.data(), n);
+    simd::scale(za.data(), n, -1.5f);
     for (i64 i = 0; i <= n; ++i) {
       REQUIRE(bits_of(ya[i]) == bits_of(ys[i]));
       REQUIRE(bits_of(za[i]) == bits_of(zs[i]));

@@ -5,7 +5,7 @@ namespace k = kvsim::kernels;
 using namespace kvsim::ktest;
 using kvsim::i64;
 
-TEST_CASE("masked_weighted_rowsum: avx512 bit-identical to scalar; scalar vs float64") {
+TEST_CASE("masked_weighted_rowsum: simd bit-identical to scalar; scalar vs float64") {
   for (i64 d : {1, 8, 15, 16, 17, 64, 96, 128, 200, 256}) {
     for (i64 n : {1, 17, 1000}) {
       CAPTURE(d);
@@ -27,9 +27,9 @@ TEST_CASE("masked_weighted_rowsum: avx512 bit-identical to scalar; scalar vs flo
         REQUIRE(std::fabs(s[c] - exact) <= (n + 2) * kEps * mag);
       }
       CHECK(s[d] == out0[d]);
-      if (!have_avx512()) continue;
+      if (!have_simd()) continue;
       auto a = out0;
-      k::avx512::masked_weighted_rowsum(w.data(), mask.data(), rows.data(), n, d, ld, a.data());
+      simd::masked_weighted_rowsum(w.data(), mask.data(), rows.data(), n, d, ld, a.data());
       for (i64 c = 0; c <= d; ++c) REQUIRE(bits_of(a[c]) == bits_of(s[c]));
     }
   }
@@ -42,19 +42,19 @@ TEST_CASE("masked_weighted_rowsum: empty kept set leaves out unchanged") {
   CHECK(out == std::vector<float>(8, 0.5f));
 }
 
-TEST_CASE("row_abs_sums vs float64, avx512 within its reassociation bound") {
+TEST_CASE("row_abs_sums vs float64, simd within its reassociation bound") {
   for (i64 cols : {1, 8, 17, 64, 96, 128, 4099}) {
     const i64 rows = 9, ld = cols + 3;
     const auto m = uniform(rows * ld, -50.f, 50.f, 500 + cols);
     std::vector<float> s(rows + 1, -1.f), a(rows + 1, -1.f);
     k::scalar::row_abs_sums(m.data(), rows, cols, ld, s.data());
-    if (have_avx512()) k::avx512::row_abs_sums(m.data(), rows, cols, ld, a.data());
+    if (have_simd()) simd::row_abs_sums(m.data(), rows, cols, ld, a.data());
     for (i64 i = 0; i < rows; ++i) {
       double exact = 0;
       for (i64 c = 0; c < cols; ++c) exact += std::fabs(m[i * ld + c]);
       CAPTURE(cols);
       REQUIRE(std::fabs(s[i] - exact) <= cols * kEps * exact);
-      if (k::cpu_has_avx512()) REQUIRE(std::fabs(a[i] - exact) <= (cols / 64.0 + 80) * kEps * exact);
+      if (k::cpu_isas().supports(kSimdIsa)) REQUIRE(std::fabs(a[i] - exact) <= (cols / 64.0 + 80) * kEps * exact);
     }
     CHECK(s[rows] == -1.f);
   }
@@ -68,7 +68,7 @@ TEST_CASE("row_quadratic_forms vs float64 (G symmetric PSD and general)") {
     for (i64 a = 0; a < d; ++a) G[a * d + a] += 3.f;
     std::vector<float> s(rows), v(rows);
     k::scalar::row_quadratic_forms(x.data(), rows, d, G.data(), s.data());
-    if (have_avx512()) k::avx512::row_quadratic_forms(x.data(), rows, d, G.data(), v.data());
+    if (have_simd()) simd::row_quadratic_forms(x.data(), rows, d, G.data(), v.data());
     for (i64 i = 0; i < rows; ++i) {
       double exact = 0, mag = 0;
       for (i64 a = 0; a < d; ++a)
@@ -79,7 +79,7 @@ TEST_CASE("row_quadratic_forms vs float64 (G symmetric PSD and general)") {
         }
       CAPTURE(d);
       REQUIRE(std::fabs(s[i] - exact) <= (2 * d + 4) * kEps * mag);
-      if (k::cpu_has_avx512()) REQUIRE(std::fabs(v[i] - exact) <= (d + 80) * kEps * mag);
+      if (k::cpu_isas().supports(kSimdIsa)) REQUIRE(std::fabs(v[i] - exact) <= (d + 80) * kEps * mag);
     }
   }
 }

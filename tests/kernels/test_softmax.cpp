@@ -21,7 +21,7 @@ struct Impl {
 
 std::vector<Impl> impls() {
   std::vector<Impl> v = {{"scalar", k::scalar::scaled_softmax_inplace}};
-  if (k::cpu_has_avx512()) v.push_back({"avx512", k::avx512::scaled_softmax_inplace});
+  if (k::cpu_isas().supports(kSimdIsa)) v.push_back({"simd", simd::scaled_softmax_inplace});
   else MESSAGE("CPU/OS without AVX-512: AVX-512 softmax not tested");
   return v;
 }
@@ -150,12 +150,13 @@ TEST_CASE("softmax_inplace == scaled_softmax_inplace(scale 1); dispatch follows 
   k::scalar::softmax_inplace(a.data(), 1000);
   k::scalar::scaled_softmax_inplace(b.data(), 1000, 1.f);
   CHECK(a == b);
-  if (!have_avx512()) return;
+  if (!have_simd()) return;
   auto c = x, d = x;
-  k::avx512::softmax_inplace(c.data(), 1000);
-  k::set_isa_for_testing(k::Isa::avx512);
+  simd::softmax_inplace(c.data(), 1000);
+  const k::Isa restore = k::active_isa();
+  k::set_isa_for_testing(kSimdIsa);
   k::softmax_inplace(d.data(), 1000);
-  k::set_isa_for_testing(k::choose_isa(std::getenv("KVSIM_FORCE_ISA"), k::cpu_has_avx512()));
+  k::set_isa_for_testing(restore);
   CHECK(c == d);
 }
 

@@ -30,6 +30,7 @@ except ImportError as e:  # pragma: no cover
 KVSIM = os.environ.get("KVSIM_CLI", os.path.join(os.environ.get("KVSIM_BINARY_DIR", ""), "tools", "kvsim"))
 FUZZ_REPLAY = os.environ.get("KVSIM_FUZZ_REPLAY", "")
 REGRESSIONS = os.path.join(tu.SHARED_DIR, "fuzz-regressions")
+FOUND_HERE = os.path.join(tu.SOURCE_DIR, "tests", "fuzz", "regressions")  # what our own fuzzing found
 NIAH = os.path.join(tu.TRACES_DIR, "niah_stories260k.h5")
 GiB = 1 << 30
 
@@ -64,7 +65,8 @@ class FuzzRegressionsTest(unittest.TestCase):
     def setUpClass(cls):
         if not os.path.isdir(REGRESSIONS):
             raise unittest.SkipTest(f"{REGRESSIONS} is not there")
-        cls.files = sorted(os.path.join(REGRESSIONS, f) for f in os.listdir(REGRESSIONS) if f != "README.md")
+        cls.files = sorted(os.path.join(d, f) for d in (REGRESSIONS, FOUND_HERE) for f in os.listdir(d)
+                           if f != "README.md")
         cls.tmp = tu.TempDir()
         cls.dir = cls.tmp.__enter__()
 
@@ -128,7 +130,7 @@ class FuzzRegressionsTest(unittest.TestCase):
     def test_fuzz_target_driver(self):
         if not FUZZ_REPLAY:
             self.skipTest("KVSIM_FUZZ_REPLAY not set (run through ctest)")
-        r = subprocess.run([FUZZ_REPLAY, REGRESSIONS, tu.TRACES_DIR], capture_output=True, text=True, timeout=300,
+        r = subprocess.run([FUZZ_REPLAY, REGRESSIONS, FOUND_HERE, tu.TRACES_DIR], capture_output=True, text=True, timeout=300,
                            env=dict(os.environ, KVSIM_PREFLIGHT_SECONDS="0.5"))
         self.assertEqual(r.returncode, 0, r.stderr[-2000:])
         self.assertIn(f"{len(self.files) + 2} inputs", r.stdout)

@@ -192,14 +192,15 @@ struct LengthResult {
   double flops() const { return 4.0 * kHeads * kEval * double(S) * kDim; }
 };
 
-// One layer of the full replay (6 rules x 5 budgets, metrics for every selection).
-double time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec) {
-  WindowAttentionMemo window_memo;  // as in kvsim replay: snapkv-family rules share it
-  Stopwatch sw;
-  LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
-  LayerReference ref(cache, QuerySet::eval, nu);
-  const auto rules = make_rules(rules_spec);
-  const auto budgets = parse_budgets("0.1,0.2,0.3,0.4,0.5");
+// One layer of the full replay (6 rules x 5 budgets, metrics for every selection), with
+// the wall time of each rule's select() (all budgets) apart.
+struct ReplayLayerTiming {
+  double seconds = 0;
+  std::vector<std::pair<std::string, double>> select_seconds;  // rule spec -> select() wall time
+};
+
+// What a rule sees of the bench layer (as kvsim replay builds it per layer).
+RuleInput bench_rule_input(const BenchLayer& b, LayerCache& cache, WindowAttentionMemo& window_memo) {
   RuleInput in;
   in.meta = &b.meta;
   in.data = &b.data;
@@ -207,9 +208,45 @@ double time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& ru
   in.eval_rows = b.eval_rows;
   in.cache = &cache;
   in.window_memo = &window_memo;
-  for (const auto& r : rules)
-    measure_perturbations(cache, ref, r->select(in, budgets));
-  return sw.seconds();
+  return in;
+}
+
+ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec) {
+  WindowAttentionMemo window_memo;  // as in kvsim replay: snapkv-family rules share it
+  ReplayLayerTiming t;
+  Stopwatch sw;
+  LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
+  LayerReference ref(cache, QuerySet::eval, nu);
+  const auto rules = make_rules(rules_spec);
+  const auto budgets = parse_budgets("0.1,0.2,0.3,0.4,0.5");
+  const RuleInput in = bench_rule_input(b, cache, window_memo);
+  for (const auto& r : rules) {
+    Stopwatch sel;
+    auto selections = r->select(in, budgets);
+    t.select_seconds.emplace_back(r->spec(), sel.seconds());
+    measure_perturbations(cache, ref, selections);
+  }
+  t.seconds = sw.seconds();
+  return t;
+}
+
+// select() alone, all 5 budgets, for each rule of `set` that is not in `skip` (already timed).
+std::vector<std::pair<std::string, double>> select_only_timings(const BenchLayer& b, const std::string& set,
+                                                                const std::string& skip) {
+  WindowAttentionMemo window_memo;
+  LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
+  const auto budgets = parse_budgets("0.1,0.2,0.3,0.4,0.5");
+  const RuleInput in = bench_rule_input(b, cache, window_memo);
+  std::vector<std::string> done;
+  for (const auto& r : make_rules(skip)) done.push_back(r->spec());
+  std::vector<std::pair<std::string, double>> out;
+  for (const auto& r : make_rules(set)) {
+    if (std::find(done.begin(), done.end(), r->spec()) != done.end()) continue;
+    Stopwatch sel;
+    (void)r->select(in, budgets);
+    out.emplace_back(r->spec(), sel.seconds());
+  }
+  return out;
 }
 
 int cmd_bench(const std::vector<std::string>& args) {
@@ -337,6 +374,8 @@ int cmd_bench(const std::vector<std::string>& args) {
 
   // The target: 32 layers x 32K tokens x 64 eval queries x 6 rules x 5 budgets.
   double replay_exact = NAN, replay_upper = NAN, replay_exact_cpu = NAN, replay_upper_cpu = NAN;
+  double replay_layer_1thread = NAN;
+  std::vector<std::pair<std::string, double>> select_per_rule;
   const LengthResult* ref32 = nullptr;
   for (const auto& r : results)
     if (r.S == 32768) ref32 = &r;
@@ -348,11 +387,12 @@ int cmd_bench(const std::vector<std::string>& args) {
         "snapkv;pyramid(snapkv);ada(snapkv);critical(snapkv,norm=upper);critical(ada(snapkv),norm=upper);streaming";
     try {
       double c0 = cpu_seconds();
-      const double le = time_replay_layer(b, NormKind::l1, rules_exact);
+      const ReplayLayerTiming te = time_replay_layer(b, NormKind::l1, rules_exact);
       const double ce = cpu_seconds() - c0;
       c0 = cpu_seconds();
-      const double lu = time_replay_layer(b, NormKind::upper, rules_upper);
+      const ReplayLayerTiming tu = time_replay_layer(b, NormKind::upper, rules_upper);
       const double cu = cpu_seconds() - c0;
+      const double le = te.seconds, lu = tu.seconds;
       replay_exact = 32 * le;
       replay_upper = 32 * lu;
       replay_exact_cpu = 32 * ce / threads;
@@ -364,6 +404,19 @@ int cmd_bench(const std::vector<std::string>& args) {
                   "rules: %s (upper: critical rules with norm=upper)\n",
                   replay_exact, le, threads, replay_exact_cpu, replay_upper, lu, threads, replay_upper_cpu,
                   rules_exact.c_str());
+      select_per_rule = te.select_seconds;
+      // The rest of kvsim replay's default set: selection only (its metrics cost what the above cost).
+      for (const auto& [spec, sec] : select_only_timings(b, "default", rules_exact)) select_per_rule.emplace_back(spec, sec);
+      std::printf("selection time per rule (one layer, 5 budgets; the default set, select() alone):\n");
+      for (const auto& [spec, sec] : select_per_rule) std::printf("  %-60.60s %8.3f s\n", spec.c_str(), sec);
+      if (threads > 1) {  // the same layer on one thread: what the extra threads buy
+        omp_set_num_threads(1);
+        replay_layer_1thread = time_replay_layer(b, NormKind::l1, rules_exact).seconds;
+        omp_set_num_threads(threads);
+        std::printf("thread scaling of the replay layer: 1 thread %.2f s, %d threads %.2f s: %.2fx "
+                    "(load average %.1f: a busy core caps it)\n",
+                    replay_layer_1thread, threads, le, replay_layer_1thread / le, (getloadavg(load, 1), load[0]));
+      }
     } catch (const Error& e) {
       std::printf("\nfull replay not measured: %s\n", e.what());
     }
@@ -396,6 +449,11 @@ int cmd_bench(const std::vector<std::string>& args) {
     j.field("full_replay_seconds_nu_upper", replay_upper);
     j.field("full_replay_cpu_seconds_per_thread", replay_exact_cpu);
     j.field("full_replay_cpu_seconds_per_thread_nu_upper", replay_upper_cpu);
+    j.field("replay_layer_seconds_1_thread", replay_layer_1thread);
+    j.field("replay_thread_scaling", replay_layer_1thread / (replay_exact / 32));
+    j.key("select_seconds_per_rule").begin_object();
+    for (const auto& [spec, sec] : select_per_rule) j.field(spec, sec);
+    j.end_object();
     j.field("load_average_note", "wall times include time other processes held the cores");
     j.field("peak_rss_bytes", static_cast<i64>(rss));
     j.key("lengths").begin_array();

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/sysinfo.h"
+#include "kernels/isa.h"
 
 namespace kvsim::cli {
 
@@ -38,6 +39,7 @@ int run_command(const std::vector<std::string>& args, std::ostream& err) {
     if (c.name != name) continue;
     try {
       set_thread_count(0);  // OMP_NUM_THREADS beyond reason is an error before any thread starts
+      kernels::check_isa_setting();  // so is a KVSIM_FORCE_ISA this CPU cannot honour
       return c.run(args);
     } catch (const boost::program_options::error& e) {
       err << "kvsim " << name << ": " << e.what() << " (see kvsim " << name << " --help)\n";
