@@ -50,7 +50,10 @@ void row_quadratic_forms(const float* x, i64 rows, i64 d, const float* G, float*
     for (i64 a = 0; a < d; ++a) {
       const __m256 xa = _mm256_set1_ps(xi[a]);
       const float* g = G + a * d;
-      for (i64 b = 0; b < d; b += 8) {
+      i64 b = 0;
+      for (; b + 8 <= d; b += 8)  // plain loads and stores: masked stores are slow on AMD
+        _mm256_storeu_ps(t + b, _mm256_fmadd_ps(xa, _mm256_loadu_ps(g + b), _mm256_loadu_ps(t + b)));
+      if (b < d) {
         const __m256i k = tail_mask(d - b);
         store_tail(t + b, k, _mm256_fmadd_ps(xa, load_tail(g + b, k), load_tail(t + b, k)));
       }
