@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/output_path.h"
+#include "core/run_header.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "kernels/isa.h"
@@ -88,14 +89,12 @@ std::vector<VariantMeans> variant_means(const PrefillRunResult& res) {
   return out;
 }
 
-std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command,
-                         const std::string& version) {
+std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command) {
   const TraceMeta& m = res.meta;
   const PrefillConfig& c = res.plan.config();
   JsonWriter j;
   j.begin_object();
-  j.field("kvsim_version", version).field("command", command).field("created", iso_timestamp());
-  j.field("isa", kernels::isa_name(kernels::active_isa())).field("threads", max_threads());
+  write_run_header(j, command, kernels::isa_name(kernels::active_isa()));
   j.key("trace").begin_object();
   j.field("path", m.path).field("model", m.model).field("source", m.source).field("num_layers", m.num_layers);
   j.field("num_heads", m.num_heads).field("num_kv_heads", m.num_kv_heads).field("head_dim", m.head_dim);
@@ -149,7 +148,7 @@ std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& o
 }
 
 void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, const PrefillRunOptions& opt,
-                           const std::string& command, const std::string& version) {
+                           const std::string& command) {
   std::error_code ec;
   note_replacing("kvsim prefill", dir, "summary.json");
   std::filesystem::create_directories(dir, ec);
@@ -157,15 +156,13 @@ void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, 
   // summary.json last: its presence marks a complete output folder.
   write_file_atomic(dir + "/metrics.csv", metrics_csv(res));
   write_file_atomic(dir + "/locality.csv", locality_csv(res));
-  write_file_atomic(dir + "/summary.json", summary_json(res, opt, command, version));
+  write_file_atomic(dir + "/summary.json", summary_json(res, opt, command));
 }
 
-std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command,
-                       const std::string& version) {
+std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command) {
   JsonWriter j;
   j.begin_object();
-  j.field("kvsim_version", version).field("command", command).field("created", iso_timestamp());
-  j.field("isa", kernels::isa_name(kernels::active_isa())).field("threads", max_threads());
+  write_run_header(j, command, kernels::isa_name(kernels::active_isa()));
   j.key("config").begin_object();
   j.field("segment", opt.cfg.segment).field("block", opt.cfg.block).field("budget", opt.cfg.budget);
   j.field("threshold", opt.cfg.threshold).field("num_heads", opt.num_heads).field("num_kv_heads", opt.num_kv_heads);

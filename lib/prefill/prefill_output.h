@@ -14,13 +14,11 @@ namespace kvsim::prefill {
 
 std::string metrics_csv(const PrefillRunResult& res);
 std::string locality_csv(const PrefillRunResult& res);
-std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command,
-                         const std::string& version);
+std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command);
 void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, const PrefillRunOptions& opt,
-                           const std::string& command, const std::string& version);
+                           const std::string& command);
 
-std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command,
-                       const std::string& version);
+std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command);
 
 // Mean over sparse layers of the layer rows of one fusion variant (for tables and summaries).
 struct VariantMeans {

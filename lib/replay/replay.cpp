@@ -17,6 +17,7 @@
 #include "attention/perturbation.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/run_header.h"
 #include "core/ranges.h"
 #include "core/output_path.h"
 #include "core/sysinfo.h"
@@ -27,10 +28,6 @@
 #include "rules/rule_labels.h"
 #include "rules/window_attention.h"
 #include "trace/trace_reader.h"
-
-#ifndef KVSIM_VERSION
-#error "KVSIM_VERSION comes from CMakeLists.txt (project VERSION)"
-#endif
 
 namespace kvsim {
 
@@ -49,8 +46,7 @@ void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::ve
   const Protocol& p = s.protocol;
   JsonWriter j;
   j.begin_object();
-  j.field("kvsim_version", KVSIM_VERSION).field("command", opt.command).field("created", iso_timestamp());
-  j.field("isa", kernels::isa_name(kernels::active_isa())).field("threads", max_threads());
+  write_run_header(j, opt.command, kernels::isa_name(kernels::active_isa()));
   j.key("trace").begin_object();
   j.field("path", opt.trace_path).field("model", meta.model).field("source", meta.source);
   j.field("num_layers", meta.num_layers).field("num_heads", meta.num_heads).field("num_kv_heads", meta.num_kv_heads);

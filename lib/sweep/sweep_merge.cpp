@@ -13,7 +13,7 @@
 #include "trace/trace_reader.h"
 
 #ifndef KVSIM_VERSION
-#define KVSIM_VERSION "0.1.0"
+#error "KVSIM_VERSION comes from CMakeLists.txt (project VERSION)"
 #endif
 
 namespace kvsim {

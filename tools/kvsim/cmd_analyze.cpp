@@ -14,6 +14,7 @@
 #include "core/output_path.h"
 #include "core/progress.h"
 #include "core/ranges.h"
+#include "core/run_header.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "kernels/isa.h"
@@ -107,11 +108,9 @@ int cmd_analyze(const std::vector<std::string>& args) {
 
   JsonWriter j;
   j.begin_object();
-  j.field("kvsim_version", KVSIM_VERSION);
   std::string command;
   for (const auto& a : args) command += (command.empty() ? "kvsim " : " ") + a;
-  j.field("command", command).field("created", iso_timestamp());
-  j.field("isa", kernels::isa_name(kernels::active_isa())).field("threads", max_threads());
+  write_run_header(j, command, kernels::isa_name(kernels::active_isa()));
   j.field("analysis", "keydiff-premise");
   j.key("trace").begin_object();
   j.field("path", trace_path).field("model", meta.model).field("source", meta.source);

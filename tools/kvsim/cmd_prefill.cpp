@@ -151,7 +151,7 @@ int cmd_prefill(const std::vector<std::string>& args) {
     bench.cfg = cfg;
     const auto rows = prefill::run_bench(bench, [](const std::string& s) { std::cerr << "prefill bench: " << s << "\n"; });
     print_bench_table(rows);
-    if (!json.empty()) write_file_atomic(json, prefill::bench_json(rows, bench, command, KVSIM_VERSION));
+    if (!json.empty()) write_file_atomic(json, prefill::bench_json(rows, bench, command));
     return 0;
   }
   if (trace.empty()) throw po::error("missing TRACE argument (or --bench)");
@@ -166,7 +166,7 @@ int cmd_prefill(const std::vector<std::string>& args) {
     std::cerr << "kvsim prefill: note: nothing was sparsified (prompt " << res.plan.n() << " tokens, segment "
               << cfg.segment << ", threshold " << cfg.threshold << ", layer_skip " << cfg.layer_skip
               << "): every query ran dense; lower --threshold / --segment to simulate short prompts\n";
-  prefill::write_prefill_outputs(out, res, ro, command, KVSIM_VERSION);
+  prefill::write_prefill_outputs(out, res, ro, command);
   print_run_table(res);
   std::printf("wrote %s/{metrics.csv,locality.csv,summary.json} in %.2f s, peak RSS %.1f MiB\n", out.c_str(),
               res.total_seconds, static_cast<double>(peak_rss_bytes()) / (1024.0 * 1024.0));
