@@ -5,6 +5,7 @@
 #include <ctime>
 #include <limits>
 
+#include "core/splitmix.h"
 #include "core/sysinfo.h"
 #include "kernels/kernels.h"
 #include "prefill/block_sparse_attention.h"
@@ -20,10 +21,7 @@ void fill_random(avec<float>& x, std::uint64_t seed) {
   {
 #pragma omp for schedule(static)
     for (std::size_t i = 0; i < x.size(); ++i) {
-      std::uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      z ^= z >> 31;
+      const std::uint64_t z = splitmix64_finalize(seed + kSplitmixGolden * (i + 1));
       x[i] = static_cast<float>(static_cast<double>(z >> 40) / static_cast<double>(1ull << 23) - 1.0);
     }
   }

@@ -1,6 +1,7 @@
 // random(seed): i.i.d. uniform scores per (KV head, token), top-B per KV head (spec 2.1).
 #include "rules/random_scores.h"
 
+#include "core/splitmix.h"
 #include "rules/registry.h"
 #include "rules/scored_rule.h"
 
@@ -8,13 +9,9 @@ namespace kvsim {
 
 float random_score(std::uint64_t seed, int layer, int unit, i64 pos) {
   // splitmix64 of a counter: reproducible on every platform, independent of std:: distributions.
-  std::uint64_t z = seed ^ (0x9E3779B97F4A7C15ull * (static_cast<std::uint64_t>(layer) + 1)) ^
-                    (0xBF58476D1CE4E5B9ull * (static_cast<std::uint64_t>(unit) + 1)) ^
-                    (0x94D049BB133111EBull * (static_cast<std::uint64_t>(pos) + 1));
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
+  const std::uint64_t z = splitmix64(seed ^ (kSplitmixGolden * (static_cast<std::uint64_t>(layer) + 1)) ^
+                                     (0xBF58476D1CE4E5B9ull * (static_cast<std::uint64_t>(unit) + 1)) ^
+                                     (0x94D049BB133111EBull * (static_cast<std::uint64_t>(pos) + 1)));
   return static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // 24 bits -> [0, 1)
 }
 

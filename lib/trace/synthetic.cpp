@@ -5,20 +5,16 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/splitmix.h"
 
 namespace kvsim {
 
 namespace {
 
 // ---- counter-based randomness: every draw is a hash of its coordinates -----------------------
-constexpr std::uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+constexpr std::uint64_t kGolden = kSplitmixGolden;
 
-inline std::uint64_t mix64(std::uint64_t z) {  // splitmix64 finaliser
-  z += kGolden;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+inline std::uint64_t mix64(std::uint64_t z) { return splitmix64(z); }
 
 enum Stream : std::uint64_t { kKey = 1, kValue, kQuery, kOProj, kHeadParam, kKvParam, kToken, kValueNorm, kHeavy, kNeedle };
 

@@ -22,6 +22,7 @@
 #include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
+#include "core/splitmix.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "kernels/isa.h"
@@ -39,10 +40,8 @@ constexpr int kHeads = 32, kKvHeads = 8, kDim = 128, kHidden = 4096, kEval = 64,
 void fill_random(float* x, i64 n, std::uint64_t seed, float scale) {
 #pragma omp parallel for schedule(static)
   for (i64 i = 0; i < n; ++i) {
-    std::uint64_t z = (static_cast<std::uint64_t>(i) + 1) * 0x9E3779B97F4A7C15ull ^ seed * 0xD1B54A32D192ED03ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    const std::uint64_t z =
+        splitmix64_finalize((static_cast<std::uint64_t>(i) + 1) * kSplitmixGolden ^ seed * 0xD1B54A32D192ED03ull);
     x[i] = scale * 1.7320508f * (static_cast<float>(z >> 40) / 8388608.f - 1.f);
   }
 }
