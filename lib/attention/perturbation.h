@@ -1,6 +1,6 @@
 #pragma once
 // Exact output perturbation of a Selection against full attention, and the papers' bounds
-// (spec 1.3, 3.1, 3.2), per query head and evaluation query, and for the whole layer.
+// (rules doc 1.3, 3.1, 3.2), per query head and evaluation query, and for the whole layer.
 //
 // For query t of head h with support P (kept tokens of [0, n_c) plus [n_c, t] for evaluation
 // queries; kept tokens of [0, t] for window queries; the per-query mask for step-wise rules):

@@ -1,6 +1,6 @@
 #pragma once
 // The segment/block layout of one CritiPrefill layer and its attention-pair counts, computed
-// from n and the config alone (no tensors), so the 128K-token counts of spec 8.4 can be checked
+// from n and the config alone (no tensors), so the 128K-token counts of rules doc 8.4 can be checked
 // without 128K tokens of data.
 #include <vector>
 

@@ -1,5 +1,5 @@
 #pragma once
-// Evaluation protocol of a replay (spec 1.8): where the cache is compressed and which stored
+// Evaluation protocol of a replay (rules doc 1.8): where the cache is compressed and which stored
 // queries measure the perturbation.
 #include <string>
 #include <vector>

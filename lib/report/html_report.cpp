@@ -240,7 +240,7 @@ std::string rule_comparison(const ReplayOutput& out, const std::string& id) {
 // ---------------------------------------------------------------- CriticalKV (4.1)
 
 std::string critical_section(const ReplayOutput& out, const std::string& id) {
-  std::string o = h(3, "CriticalKV head win rate (spec 4.1)", id + "-critical");
+  std::string o = h(3, "CriticalKV head win rate (rules doc 4.1)", id + "-critical");
   const auto wins = critical_win_rates(out);
   const Labels L(out.rules);
   if (wins.empty())
@@ -293,7 +293,7 @@ std::string critical_section(const ReplayOutput& out, const std::string& id) {
 // ---------------------------------------------------------------- Ada-KV (4.2)
 
 std::string ada_section(const ReplayOutput& out, const std::string& id) {
-  std::string o = h(3, "Ada-KV allocation effect (spec 4.2)", id + "-ada");
+  std::string o = h(3, "Ada-KV allocation effect (rules doc 4.2)", id + "-ada");
   const auto effects = ada_effects(out);
   const Labels L(out.rules);
   if (effects.empty())
@@ -368,7 +368,7 @@ std::string ada_section(const ReplayOutput& out, const std::string& id) {
 // ---------------------------------------------------------------- KeyDiff (4.3)
 
 std::string keydiff_section(const AnalyzeOutput& a, const std::string& id) {
-  std::string o = h(2, "KeyDiff premise (spec 4.3): " + a.dir, id);
+  std::string o = h(2, "KeyDiff premise (rules doc 4.3): " + a.dir, id);
   o += p("From <code>kvsim analyze</code>. Per (layer, query head): Spearman correlation between key distinctiveness "
          "−cos(k_j, μ) (μ = mean of the unit-normalised keys of the compressed span) and the mean attention key j "
          "receives, over the evaluation queries and over the observation window. KeyDiff's premise is a positive "
@@ -461,7 +461,7 @@ std::string keydiff_section(const AnalyzeOutput& a, const std::string& id) {
 // ---------------------------------------------------------------- CritiPrefill (4.4)
 
 std::string prefill_section(const PrefillOutput& pf, const std::string& id) {
-  std::string o = h(2, "CritiPrefill (spec 4.4): " + pf.dir, id);
+  std::string o = h(2, "CritiPrefill (rules doc 4.4): " + pf.dir, id);
   o += p("From <code>kvsim prefill</code>. Locality J(Δ): mean Jaccard overlap of the top-K key blocks of queries Δ "
          "apart (CritiPrefill's premise: adjacent queries need similar blocks, so one estimate per segment suffices). "
          "Block recall: share of each sparsified query's attention mass inside its segment's selected blocks. Pair "

@@ -1,4 +1,4 @@
-// ada(base, alpha, variant, normalize, skip, window_in_floor): Ada-KV (spec 2.8).
+// ada(base, alpha, variant, normalize, skip, window_in_floor): Ada-KV (rules doc 2.8).
 #include "rules/ada.h"
 
 #include <algorithm>

@@ -1,6 +1,6 @@
 #pragma once
-// Ada-KV head-wise budget allocation (spec 2.8), as pure functions over score arrays so the
-// toy examples of spec 8.1 can be checked directly. scores: [H][m] row-major, the m
+// Ada-KV head-wise budget allocation (rules doc 2.8), as pure functions over score arrays so the
+// toy examples of rules doc 8.1 can be checked directly. scores: [H][m] row-major, the m
 // unprotected (non-window) tokens of each of the H units of one layer.
 #include <vector>
 

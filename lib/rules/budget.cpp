@@ -1,4 +1,4 @@
-// Budget parsing (budget.h). Convention (kvpress, spec 1.4 item 1): a budget counts every kept
+// Budget parsing (budget.h). Convention (kvpress, rules doc 1.4 item 1): a budget counts every kept
 // token of a selection unit inside [0, n_c), protected tokens (observation window, sinks)
 // included, so rules are compared at matched kept-token counts.
 #include "rules/budget.h"

@@ -1,5 +1,5 @@
 #pragma once
-// Budgets (spec 1.4): a kept fraction of the compressed span ("0.2", "20%"), kvpress's
+// Budgets (rules doc 1.4): a kept fraction of the compressed span ("0.2", "20%"), kvpress's
 // compression ratio ("cr=0.8": keep int(n_c * (1 - 0.8)) tokens, computed exactly as kvpress
 // does), or a number of kept tokens per head ("512"). Rules resolve them per layer; the effective
 // kept count is always reported next to the nominal one.

@@ -1,4 +1,4 @@
-// chunk(base, len): ChunkPress (spec 2.14): score each chunk of `len` tokens on its own (as if
+// chunk(base, len): ChunkPress (rules doc 2.14): score each chunk of `len` tokens on its own (as if
 // the chunk were the whole context, so SnapKV uses the chunk's last queries as its window) and
 // keep max(1, floor(len_c * f)) tokens per chunk, f = B / n_c.
 // chunkkv(base, len): ChunkKV: chunk score = mean over the chunk of the base scores summed over

@@ -1,6 +1,6 @@
 // critical(base, alpha, eps, norm): CriticalKV on any attention-like base; critical(ada(...)) is
 // CriticalAdaKV: head budgets come from Ada-KV on attention-only scores, then each head runs the
-// two-stage selection with its own budget (spec 2.9).
+// two-stage selection with its own budget (rules doc 2.9).
 #include "rules/critical.h"
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 #pragma once
-// CriticalKV two-stage selection (spec 2.9), pure function for tests and the critical() wrapper.
+// CriticalKV two-stage selection (rules doc 2.9), pure function for tests and the critical() wrapper.
 #include <cstdint>
 
 #include "core/types.h"

@@ -1,5 +1,5 @@
 #pragma once
-// ExpectedAttention (kvpress, spec 2.11): estimate the attention future queries will pay each
+// ExpectedAttention (kvpress, rules doc 2.11): estimate the attention future queries will pay each
 // key from the statistics of the PRE-RoPE prompt queries (mean, covariance), rotated by the
 // average RoPE rotation of the next n_future positions:
 //   z_j = s mu'.k_j + s^2/2 k_j^T Sigma' k_j   (Gaussian MGF of exp(s q.k); s = logit scale)

@@ -1,5 +1,5 @@
 #pragma once
-// The gqa=mean|max|sum|query parameter shared by every attention-based rule (spec 1.6):
+// The gqa=mean|max|sum|query parameter shared by every attention-based rule (rules doc 1.6):
 // mean/max/sum reduce the G query heads of a group into one KV-head unit; query keeps one
 // unit per query head (repeat_kv before compression).
 #include <string>

@@ -1,5 +1,5 @@
 #pragma once
-// H2O / heavy hitters (spec 2.4), three variants:
+// H2O / heavy hitters (rules doc 2.4), three variants:
 //   kvpress   ObservedAttention: column sums of the prompt attention divided by the number of
 //             queries that see each key (n_c - j); one-shot; nothing protected.
 //   factory   KVCache-Factory H2OKVCluster: raw column sums; the last `window` prompt tokens

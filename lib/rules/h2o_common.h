@@ -1,7 +1,7 @@
 #pragma once
 // Helpers shared by the attention-driven rules of the H2O / TOVA / Quest / ExpectedAttention /
 // ThinK files: query-row lookup with clear errors, GQA modes, subset softmax and top-k with an
-// explicit protected set (spec 1.7).
+// explicit protected set (rules doc 1.7).
 #include <cstdint>
 #include <string>
 #include <vector>

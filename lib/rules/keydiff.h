@@ -1,5 +1,5 @@
 #pragma once
-// KeyDiff (spec 2.10, 3.3): keep the keys least similar to the anchor of the candidate keys,
+// KeyDiff (rules doc 2.10, 3.3): keep the keys least similar to the anchor of the candidate keys,
 // score_j = -cos(k_j, mu), mu = mean of the unit-normalised candidate keys (anchor=unit) or the
 // plain mean key (anchor=raw). Keys only, per KV head.
 // Block-wise processing under a fixed budget N (BlockPress): the first N tokens form the cache;
@@ -7,7 +7,7 @@
 // candidates and the top N stay. block = 0 (or block >= n - N) is the one-shot KeyDiffPress.
 // recent > 0 reserves floor(recent * N) slots for the newest prompt tokens; the rest of the
 // budget runs the block process over the older tokens.
-// Replay caveat (spec 5 #16): the paper prefills chunk by chunk against the evicted cache; a
+// Replay caveat (rules doc 5 #16): the paper prefills chunk by chunk against the evicted cache; a
 // full-cache trace only simulates that, as kvpress BlockPress does.
 #include <vector>
 

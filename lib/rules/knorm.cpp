@@ -1,4 +1,4 @@
-// knorm: keep the LOW-norm keys, score -||k_j||_2 per KV head (spec 2.3). Nothing protected.
+// knorm: keep the LOW-norm keys, score -||k_j||_2 per KV head (rules doc 2.3). Nothing protected.
 // The squares are summed in channel order in float32, as torch.linalg.vector_norm does for a
 // head's few channels, so keys whose norms differ in the last bit rank as in kvpress.
 #include <cmath>

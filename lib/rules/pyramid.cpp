@@ -1,4 +1,4 @@
-// pyramid(base, beta, variant): layer-wise budgets on top of a SnapKV-like scorer (spec 2.7).
+// pyramid(base, beta, variant): layer-wise budgets on top of a SnapKV-like scorer (rules doc 2.7).
 #include "rules/pyramid.h"
 
 #include <cmath>

@@ -1,5 +1,5 @@
 #pragma once
-// PyramidKV layer schedules (spec 2.7), pure functions for tests and the pyramid() wrapper.
+// PyramidKV layer schedules (rules doc 2.7), pure functions for tests and the pyramid() wrapper.
 #include <vector>
 
 #include "core/types.h"
@@ -9,7 +9,7 @@ namespace kvsim {
 // Integer variant (original / KVCache-Factory / Ada-KV pyram_mode). B = per-head capacity
 // including the window w, b = B - w; returns the NON-window budget of each layer
 // l = 0..L-1: max - l*step with min = floor(b/beta), max = 2b - min (clamped to n - w),
-// step = floor((max - min)/(L - 1)). Flooring makes the total exceed L*b (spec 8.3:
+// step = floor((max - min)/(L - 1)). Flooring makes the total exceed L*b (rules doc 8.3:
 // 4016 vs 3840). L = 1 gives b.
 std::vector<i64> pyramid_int_nonwindow(int L, i64 B, i64 w, double beta, i64 n);
 

@@ -1,5 +1,5 @@
 #pragma once
-// Quest (spec 2.15): query-aware page SELECTION; nothing is evicted. For every evaluation query
+// Quest (rules doc 2.15): query-aware page SELECTION; nothing is evicted. For every evaluation query
 // t the cache [0, t] is cut into pages of `page` tokens (the last one partial); page p scores
 //   U_p = sum_c max(q_c M_pc, q_c m_pc)   (M/m = channel max/min of the page's keys),
 // an upper bound of q.k over the page; the query attends exactly to the tokens of the top

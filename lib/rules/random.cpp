@@ -1,4 +1,4 @@
-// random(seed): i.i.d. uniform scores per (KV head, token), top-B per KV head (spec 2.1).
+// random(seed): i.i.d. uniform scores per (KV head, token), top-B per KV head (rules doc 2.1).
 #include "rules/random_scores.h"
 
 #include "core/splitmix.h"

@@ -6,7 +6,7 @@
 //   layer budget  pyramid(base)                                      per-layer kept count
 //   unit budgets  ada(base)                                          per-head counts in a layer
 //   select        critical(base)                                     two-stage kept sets
-// BUDGET CONVENTION (kvpress, spec 1.4 item 1): a budget B is the number of kept tokens per
+// BUDGET CONVENTION (kvpress, rules doc 1.4 item 1): a budget B is the number of kept tokens per
 // selection unit inside [0, n_c) INCLUDING protected tokens, so every rule is compared at
 // matched kept-token counts. A unit whose count is below its protected count is an error
 // naming the rule, the budget and the protected count (no silent clamp).

@@ -1,4 +1,4 @@
-// snapkv(window, kernel, pool, agg, gqa, order) (spec 2.6): pooled observation-window
+// snapkv(window, kernel, pool, agg, gqa, order) (rules doc 2.6): pooled observation-window
 // attention; the window tokens are protected (they count inside the budget).
 #include "rules/snapkv.h"
 

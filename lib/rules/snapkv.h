@@ -1,5 +1,5 @@
 #pragma once
-// SnapKV scorer (spec 2.6), exposed for tests and for wrappers.
+// SnapKV scorer (rules doc 2.6), exposed for tests and for wrappers.
 #include "rules/gqa.h"
 #include "rules/scored_rule.h"
 
@@ -15,7 +15,7 @@ struct SnapKVParams {
 };
 
 // Pooling and group reduction of per-query-head window attention [num_heads][m] into
-// [units][m], in the order of p.pool_then_reduce (spec 1.6; query mode only pools).
+// [units][m], in the order of p.pool_then_reduce (rules doc 1.6; query mode only pools).
 void snapkv_pool_reduce(const float* per_head, int num_heads, int group, i64 m, const SnapKVParams& p, float* out);
 
 class SnapKVRule : public ScoredRule {

@@ -1,6 +1,6 @@
-// streaming(sink): StreamingLLM one-shot (spec 2.2): the first `sink` tokens are protected and
+// streaming(sink): StreamingLLM one-shot (rules doc 2.2): the first `sink` tokens are protected and
 // the most recent B - sink tokens before the compression point fill the rest of the budget.
-// No positional re-rotation (post-RoPE traces cannot re-rotate; spec 2.2 pitfall).
+// No positional re-rotation (post-RoPE traces cannot re-rotate; rules doc 2.2 pitfall).
 #include "rules/registry.h"
 #include "rules/scored_rule.h"
 

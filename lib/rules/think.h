@@ -1,5 +1,5 @@
 #pragma once
-// ThinK (spec 2.12): key-channel pruning composed after a token rule. The base rule picks the
+// ThinK (rules doc 2.12): key-channel pruning composed after a token rule. The base rule picks the
 // tokens; ThinK scores every channel c of KV head g by
 //   (mean over the group of mean_t q_{t,c}^2, t = the last `window` prompt queries)
 //   x (mean over the kept keys j of k_{j,c}^2)

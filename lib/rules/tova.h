@@ -1,5 +1,5 @@
 #pragma once
-// TOVA (spec 2.5): token score = attention of the current query averaged over ALL query heads of
+// TOVA (rules doc 2.5): token score = attention of the current query averaged over ALL query heads of
 // the layer, so every KV head keeps the same set.
 //   oneshot   kvpress TOVAPress: last prompt query's row (softmax over [0, n_c - 1], its own
 //             column dropped), last prompt token force-kept; top n_kept at n_c.

@@ -1,5 +1,5 @@
 #pragma once
-// Observation-window attention shared by SnapKV-family scorers (spec 2.6 steps 1-2).
+// Observation-window attention shared by SnapKV-family scorers (rules doc 2.6 steps 1-2).
 #include <map>
 #include <memory>
 #include <mutex>

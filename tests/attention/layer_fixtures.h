@@ -1,6 +1,6 @@
 #pragma once
 // Synthetic layers built in memory for the attention/replay tests, and an independent float64
-// brute-force oracle (plain loops) of spec 1.3 / 3.1 / 3.2.
+// brute-force oracle (plain loops) of rules doc 1.3 / 3.1 / 3.2.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

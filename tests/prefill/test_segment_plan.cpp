@@ -6,7 +6,7 @@
 using namespace kvsim;
 using namespace kvsim::prefill;
 
-TEST_CASE("spec 8.4: CritiPrefill counts at n = 128K with the reference defaults") {
+TEST_CASE("rules doc 8.4: CritiPrefill counts at n = 128K with the reference defaults") {
   const SegmentPlan plan(131072, PrefillConfig{});  // no tensors: counts only
   CHECK(plan.num_segments() == 256);
   CHECK(plan.num_profiled() == 255);

@@ -1,4 +1,4 @@
-// ExpectedAttention (spec 2.11) and the RoPE helper it relies on: rotate/de-rotate identity,
+// ExpectedAttention (rules doc 2.11) and the RoPE helper it relies on: rotate/de-rotate identity,
 // direct formula, Llama-3 scaling, float64 oracle of the scores from the true pre-RoPE queries.
 #include "test_h2o_fixture.h"
 

@@ -1,4 +1,4 @@
-// H2O (spec 2.4): float64 brute-force oracles for the three variants, a crafted example where
+// H2O (rules doc 2.4): float64 brute-force oracles for the three variants, a crafted example where
 // the kvpress normalisation changes the ranking, step-wise cache invariants, input errors.
 #include "test_h2o_fixture.h"
 
@@ -117,7 +117,7 @@ TEST_CASE("h2o: kvpress normalisation and factory raw sums rank a crafted exampl
 
 namespace {
 
-// Independent float64 simulation of the step-wise H2O cache (spec 2.4.3, real-drop accounting).
+// Independent float64 simulation of the step-wise H2O cache (rules doc 2.4.3, real-drop accounting).
 struct StepOracle {
   std::vector<std::vector<std::uint8_t>> kept;                   // [unit][n_c]
   std::vector<std::vector<std::vector<std::uint8_t>>> per_query;  // [unit][qi][t+1]

@@ -1,4 +1,4 @@
-// KeyDiff (spec 2.10, 3.3): anchor ranking = pairwise cosine ranking, block-wise float64 oracle,
+// KeyDiff (rules doc 2.10, 3.3): anchor ranking = pairwise cosine ranking, block-wise float64 oracle,
 // block >= n equals one shot, recent window reserved.
 #include "test_h2o_fixture.h"
 

@@ -1,4 +1,4 @@
-// Quest (spec 2.15): page choice against a float64 oracle written with the max over page
+// Quest (rules doc 2.15): page choice against a float64 oracle written with the max over page
 // tokens (sum_c max_j q_c k_jc, equal to the min/max channel bound), page counts, dense layers.
 #include "test_h2o_fixture.h"
 

@@ -1,4 +1,4 @@
-// ThinK (spec 2.12): channel scores and pruned channels against a float64 oracle; the base
+// ThinK (rules doc 2.12): channel scores and pruned channels against a float64 oracle; the base
 // rule's token selection passes through unchanged.
 #include "test_h2o_fixture.h"
 

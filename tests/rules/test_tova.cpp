@@ -1,4 +1,4 @@
-// TOVA (spec 2.5): float64 oracles for the kvpress one-shot and the original step-wise cache;
+// TOVA (rules doc 2.5): float64 oracles for the kvpress one-shot and the original step-wise cache;
 // one set per layer (every KV head identical).
 #include "test_h2o_fixture.h"
 
