@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 
 #include "core/error.h"
 #include "trace/untrusted_file.h"
@@ -93,7 +94,7 @@ static std::string chunk_index_problem(hid_t dset, int rank, const hsize_t* chun
   hsize_t count = 0;
   if (H5Dget_num_chunks(dset, space.id(), &count) < 0) return "has an unreadable chunk index (corrupt)";
   long double expected = 1;
-  for (int i = 0; i < rank; ++i) expected *= chunk[i] ? static_cast<long double>((dims[i] + chunk[i] - 1) / chunk[i]) : 0;
+  for (int i = 0; i < rank; ++i) expected *= static_cast<long double>((dims[i] + chunk[i] - 1) / chunk[i]);
   if (static_cast<long double>(count) > expected) return "lists more chunks than its shape has (corrupt chunk index)";
   for (hsize_t c = 0; c < count; ++c) {
     hsize_t off[32];
@@ -106,7 +107,7 @@ static std::string chunk_index_problem(hid_t dset, int rank, const hsize_t* chun
       return "has a chunk at byte " + std::to_string(addr) + " (+" + std::to_string(size) + ") outside the " +
              std::to_string(file_size) + "-byte file (truncated or corrupt)";
     for (int i = 0; i < rank; ++i)
-      if (off[i] >= dims[i] || (chunk[i] && off[i] % chunk[i] != 0))
+      if (off[i] >= dims[i] || off[i] % chunk[i] != 0)
         return "has a chunk at a coordinate outside its shape (corrupt chunk index)";
   }
   return "";
@@ -171,6 +172,13 @@ std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintm
     return "has an unsupported storage layout (virtual or unknown)";
   }
   return "";
+}
+
+Handle open_untrusted_file(const std::string& path) {
+  std::error_code ec;
+  const std::uintmax_t size = std::filesystem::file_size(path, ec);
+  MemoryCap cap(metadata_memory_cap(ec ? 0 : size));
+  return file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
 }
 
 // The address space a string read of object `obj` may add (variable-length strings live in the

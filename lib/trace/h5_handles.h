@@ -83,6 +83,10 @@ i64 num_points(hid_t space);
 // corrupt header cannot make a small file claim gigabytes.
 std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintmax_t file_size);
 
+// H5Fopen read-only of a file kvsim did not write, under metadata_memory_cap of its size (a corrupt
+// superblock can make HDF5 ask for gigabytes; trace/untrusted_file.h). Invalid handle on failure.
+Handle open_untrusted_file(const std::string& path);
+
 // Reads a string (fixed- or variable-length, scalar or one element) from an attribute /
 // dataset; nullopt if it is not a string or cannot be read.
 std::optional<std::string> read_string_attr(hid_t attr);

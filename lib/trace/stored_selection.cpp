@@ -6,7 +6,6 @@
 
 #include "core/error.h"
 #include "trace/h5_handles.h"
-#include "trace/untrusted_file.h"
 
 namespace kvsim {
 
@@ -22,8 +21,7 @@ Handle open_file(const std::string& path) {
   h5::silence_errors();
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) fail(path, "", "no such file (stored selections)");
-  MemoryCap cap(metadata_memory_cap(std::filesystem::file_size(path, ec)));  // see trace/untrusted_file.h
-  Handle f = h5::file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+  Handle f = h5::open_untrusted_file(path);
   if (!f) fail(path, "", "cannot open as HDF5 (truncated or corrupt file)");
   return f;
 }

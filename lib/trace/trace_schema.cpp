@@ -40,14 +40,6 @@ static bool has_hdf5_signature(const std::string& path) {
   return false;
 }
 
-static Handle open_hdf5(const std::string& path) {
-  Handle fapl = h5::plist_handle(H5Pcreate(H5P_FILE_ACCESS));
-  std::error_code ec;
-  const auto size = std::filesystem::file_size(path, ec);
-  MemoryCap cap(metadata_memory_cap(ec ? 0 : size));  // a corrupt superblock can claim gigabytes
-  return h5::file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.id()));
-}
-
 Handle open_trace_file(const std::string& path, Problems& pb) {
   h5::silence_errors();
   namespace fs = std::filesystem;
@@ -71,7 +63,7 @@ Handle open_trace_file(const std::string& path, Problems& pb) {
   // The whole metadata parse, once, in a child process (see trace/untrusted_file.h).
   const std::string unsafe = preflight("trace metadata", [&] {
     Problems scratch(path, /*collect=*/true);
-    Handle f = open_hdf5(path);
+    Handle f = h5::open_untrusted_file(path);
     if (!f) return;
     TraceMeta m;
     m.path = path;
@@ -84,7 +76,7 @@ Handle open_trace_file(const std::string& path, Problems& pb) {
     pb.add("", unsafe);
     return {};
   }
-  Handle f = open_hdf5(path);
+  Handle f = h5::open_untrusted_file(path);
   if (!f) pb.add("", "cannot open as HDF5 (truncated or corrupt file)");
   return f;
 }

@@ -49,7 +49,9 @@ constexpr char kDone = 'D', kNoMemory = 'M';
 }  // namespace
 
 unsigned long long metadata_memory_cap(unsigned long long file_size) {
-  return std::min<unsigned long long>(preflight_limits().memory, (64ull << 20) + 8ull * file_size);
+  const unsigned long long limit = preflight_limits().memory;
+  if (file_size >= limit / 8) return limit;  // and no overflow of 8 x size
+  return std::min<unsigned long long>(limit, (64ull << 20) + 8ull * file_size);
 }
 
 PreflightLimits preflight_limits() {
