@@ -23,10 +23,17 @@ bool avx512_attention_supported(const HeadsView& x, const SegmentPlan& plan) {
   return x.head_dim % 16 == 0 && plan.config().block % 16 == 0;
 }
 
+bool avx2_attention_supported(const HeadsView& x, const SegmentPlan& plan) {
+  return x.head_dim % 8 == 0 && plan.config().block % 8 == 0;
+}
+
 void block_sparse_attention(const HeadsView& x, const BlockSelection& sel, float* out) {
   check_shapes(x, sel);
-  if (kernels::active_isa() == kernels::Isa::avx512 && avx512_attention_supported(x, sel.plan()))
+  const kernels::Isa isa = kernels::active_isa();
+  if (isa == kernels::Isa::avx512 && avx512_attention_supported(x, sel.plan()))
     avx512::block_sparse_attention(x, sel, out);
+  else if (isa != kernels::Isa::scalar && avx2_attention_supported(x, sel.plan()))
+    avx2::block_sparse_attention(x, sel, out);  // AVX-512 machines too, for head_dim 8, 24, ...
   else
     scalar::block_sparse_attention(x, sel, out);
 }

@@ -1,6 +1,9 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/isa.h"
 #include "prefill/block_sparse_attention.h"
@@ -52,34 +55,59 @@ avec<float> naive_causal(const HeadsView& x) {
 
 }  // namespace
 
-TEST_CASE("block-sparse attention: AVX-512 vs scalar reference, sparse and dense masks") {
-  const auto cfg = small_config();
-  for (i64 n : {37, 200, 333}) {  // partial last block and segment
-    test::RandomLayer L(8, 2, 32, n, 7 + static_cast<unsigned>(n), 2.0f);
-    const SegmentPlan plan(n, cfg);
-    const BlockSelection sparse = select_blocks(plan, estimate_criticality(L.view, plan));
-    const BlockSelection dense = BlockSelection::dense(plan, 2);
-    const std::size_t sz = L.q.size();
-    for (const BlockSelection* sel : {&sparse, &dense}) {
-      avec<float> ref(sz), fast(sz), disp(sz);
-      scalar::block_sparse_attention(L.view, *sel, ref.data());
-      block_sparse_attention(L.view, *sel, disp.data());
-      CHECK(max_abs_diff(ref, disp) < 1e-5);
-      if (kernels::cpu_has_avx512()) {
-        REQUIRE(avx512_attention_supported(L.view, plan));
-        avx512::block_sparse_attention(L.view, *sel, fast.data());
-        CHECK(max_abs_diff(ref, fast) < 1e-5);
+// The vector kernels this CPU runs, with the shapes they take.
+struct FastKernel {
+  const char* name;
+  bool (*supported)(const HeadsView&, const SegmentPlan&);
+  void (*run)(const HeadsView&, const BlockSelection&, float*);
+};
+std::vector<FastKernel> fast_kernels() {
+  std::vector<FastKernel> out;
+  if (kernels::cpu_has_avx2()) out.push_back({"avx2", avx2_attention_supported, avx2::block_sparse_attention});
+  if (kernels::cpu_has_avx512())
+    out.push_back({"avx512", avx512_attention_supported, avx512::block_sparse_attention});
+  return out;
+}
+
+TEST_CASE("block-sparse attention: AVX2 and AVX-512 vs scalar reference, sparse and dense masks") {
+  // head_dim 32 / block 16 (both kernels), head_dim 8 / block 8 (stories260K: AVX2 only).
+  for (const auto& [d, block] : {std::pair<int, i64>{32, 16}, std::pair<int, i64>{8, 8}, std::pair<int, i64>{24, 16}}) {
+    auto cfg = small_config();
+    cfg.block = block;
+    cfg.budget = 3 * block;
+    for (i64 n : {37, 200, 333}) {  // partial last block and segment
+      CAPTURE(d);
+      CAPTURE(n);
+      test::RandomLayer L(8, 2, d, n, 7 + static_cast<unsigned>(n), 2.0f);
+      const SegmentPlan plan(n, cfg);
+      const BlockSelection sparse = select_blocks(plan, estimate_criticality(L.view, plan));
+      const BlockSelection dense = BlockSelection::dense(plan, 2);
+      const std::size_t sz = L.q.size();
+      for (const BlockSelection* sel : {&sparse, &dense}) {
+        avec<float> ref(sz), fast(sz), disp(sz);
+        scalar::block_sparse_attention(L.view, *sel, ref.data());
+        block_sparse_attention(L.view, *sel, disp.data());
+        CHECK(max_abs_diff(ref, disp) < 1e-5);
+        for (const auto& k : fast_kernels()) {
+          CAPTURE(k.name);
+          if (!k.supported(L.view, plan)) {
+            CHECK(std::string(k.name) == "avx512");  // only AVX-512 needs multiples of 16
+            CHECK(d % 16 != 0);
+            continue;
+          }
+          k.run(L.view, *sel, fast.data());
+          CHECK(max_abs_diff(ref, fast) < 1e-5);
+        }
       }
+      // The dense mask is exact causal attention.
+      avec<float> d_ref(sz);
+      scalar::block_sparse_attention(L.view, dense, d_ref.data());
+      CHECK(max_abs_diff(d_ref, naive_causal(L.view)) < 1e-5);
     }
-    // The dense mask is exact causal attention.
-    avec<float> d_ref(sz);
-    scalar::block_sparse_attention(L.view, dense, d_ref.data());
-    CHECK(max_abs_diff(d_ref, naive_causal(L.view)) < 1e-5);
   }
 }
 
 TEST_CASE("block-sparse attention: sparse kernel equals the dense kernel where the masks agree") {
-  if (!kernels::cpu_has_avx512()) return;
   const auto cfg = small_config();
   const i64 n = 256;
   test::RandomLayer L(4, 1, 16, n, 3);
@@ -91,19 +119,26 @@ TEST_CASE("block-sparse attention: sparse kernel equals the dense kernel where t
   const BlockSelection full = select_blocks(plan_all, estimate_criticality(L.view, plan_all));
   const BlockSelection dense = BlockSelection::dense(plan_all, 1);
   for (i64 s = 0; s < plan_all.num_segments(); ++s) CHECK(full.blocks(0, s) == dense.blocks(0, s));
-  avec<float> a(L.q.size()), b(L.q.size());
-  avx512::block_sparse_attention(L.view, full, a.data());
-  avx512::block_sparse_attention(L.view, dense, b.data());
-  CHECK(max_abs_diff(a, b) == 0.0);
-  // A strictly sparse mask changes the sparsified rows but not the dense segments.
   const BlockSelection sparse = select_blocks(plan, estimate_criticality(L.view, plan));
-  avx512::block_sparse_attention(L.view, sparse, a.data());
-  double dense_rows = 0, sparse_rows = 0;
-  for (i64 t = 0; t < n; ++t)
-    for (int c = 0; c < 16; ++c) {
-      const double e = std::fabs(a[t * 16 + c] - b[t * 16 + c]);
-      (plan.segment(plan.segment_of(t)).dense ? dense_rows : sparse_rows) += e;
-    }
-  CHECK(dense_rows == 0.0);
-  CHECK(sparse_rows > 1e-3);
+  FastKernel ref_kernel{"scalar", [](const HeadsView&, const SegmentPlan&) { return true; },
+                        scalar::block_sparse_attention};
+  auto kernels_here = fast_kernels();
+  kernels_here.push_back(ref_kernel);
+  for (const auto& k : kernels_here) {
+    CAPTURE(k.name);
+    avec<float> a(L.q.size()), b(L.q.size());
+    k.run(L.view, full, a.data());
+    k.run(L.view, dense, b.data());
+    CHECK(max_abs_diff(a, b) == 0.0);
+    // A strictly sparse mask changes the sparsified rows but not the dense segments.
+    k.run(L.view, sparse, a.data());
+    double dense_rows = 0, sparse_rows = 0;
+    for (i64 t = 0; t < n; ++t)
+      for (int c = 0; c < 16; ++c) {
+        const double e = std::fabs(a[t * 16 + c] - b[t * 16 + c]);
+        (plan.segment(plan.segment_of(t)).dense ? dense_rows : sparse_rows) += e;
+      }
+    CHECK(dense_rows == 0.0);
+    CHECK(sparse_rows > 1e-3);
+  }
 }

@@ -131,8 +131,9 @@ int cmd_prefill(const std::vector<std::string>& args) {
     std::cout << "Simulates CritiPrefill (segment-wise criticality, top-K key blocks per query segment, optional\n"
                  "layer fusion) exactly on a trace that stores every prompt query: retained mass, output\n"
                  "perturbation, block recall and attention-pair reduction per layer and head, and the locality\n"
-                 "curve J(delta) of top-K block sets. With --bench, times the AVX-512 block-sparse causal\n"
-                 "attention kernel against the same kernel with every block selected (dense), on random\n"
+                 "curve J(delta) of top-K block sets. With --bench, times the block-sparse causal attention\n"
+                 "kernel (AVX-512, AVX2 or scalar, as dispatched) against the same kernel with every block\n"
+                 "selected (dense), on random\n"
                  "Llama-8B-shaped layers, next to the ideal pair reduction and OpenBLAS throughput.\n\n"
               << opts;
     return 0;

@@ -1,0 +1,187 @@
+// AVX2+FMA block-sparse causal attention, the same algorithm as the AVX-512 kernel
+// (block_sparse_attention_avx512.cpp) on 8-lane vectors: per work item (KV head g, segment s,
+// tile of kTileQ queries) the rows are the G query heads x kTileQ queries; for each attended key
+// block: logits = Q K_b^T (4 x 16 register tiles over a pre-transposed key block), causal/padding
+// mask, online softmax update, O = corr * O + P V_b (4 x 16 register tiles). The tiles are
+// smaller than AVX-512's because AVX2 has 16 vector registers, not 32.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/simd_avx2.h"
+#include "prefill/block_sparse_attention.h"
+
+namespace kvsim::prefill::avx2 {
+
+namespace {
+
+constexpr i64 kTileQ = 32;
+constexpr int kRows = 4;  // rows per register tile
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// lg[4][ld] (columns kc .. kc + 8*NV) = Q[4 rows] . KT[:, kc ..], KT is [d][bs].
+template <int NV>
+inline void qk_tile(const float* qs, i64 d, const float* kt, i64 bs, i64 kc, float* lg, i64 ld) {
+  __m256 acc[kRows][NV];
+  for (int i = 0; i < kRows; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_setzero_ps();
+  for (i64 c = 0; c < d; ++c) {
+    __m256 kv[NV];
+    for (int v = 0; v < NV; ++v) kv[v] = _mm256_loadu_ps(kt + c * bs + kc + 8 * v);
+    for (int i = 0; i < kRows; ++i) {
+      const __m256 qb = _mm256_set1_ps(qs[i * d + c]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(qb, kv[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < kRows; ++i)
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(lg + i * ld + kc + 8 * v, acc[i][v]);
+}
+
+// o[4 rows][dc .. dc + 8*NV] = corr * o + sum_j p[row][j] v_j[dc ..], j < nkeys.
+template <int NV>
+inline void pv_tile(const float* p, i64 ld, const float* corr, const float* vblock, i64 d, i64 nkeys,
+                    i64 dc, float* o) {
+  __m256 acc[kRows][NV];
+  for (int i = 0; i < kRows; ++i) {
+    const __m256 cr = _mm256_set1_ps(corr[i]);
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_mul_ps(cr, _mm256_loadu_ps(o + i * d + dc + 8 * v));
+  }
+  for (i64 j = 0; j < nkeys; ++j) {
+    __m256 vv[NV];
+    for (int v = 0; v < NV; ++v) vv[v] = _mm256_loadu_ps(vblock + j * d + dc + 8 * v);
+    for (int i = 0; i < kRows; ++i) {
+      const __m256 pb = _mm256_set1_ps(p[i * ld + j]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(pb, vv[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < kRows; ++i)
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(o + i * d + dc + 8 * v, acc[i][v]);
+}
+
+inline float row_max(const float* x, i64 n) {
+  __m256 m = _mm256_set1_ps(kNegInf);
+  for (i64 j = 0; j < n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+  return kernels::avx2::hmax(m);
+}
+
+struct Scratch {
+  avec<float> qs, lg, o;
+  std::vector<float> m, l, corr;
+  Scratch(i64 rows, i64 d, i64 bs)
+      : qs(static_cast<std::size_t>(rows * d)), lg(static_cast<std::size_t>(rows * bs)),
+        o(static_cast<std::size_t>(rows * d)), m(rows), l(rows), corr(rows) {}
+};
+
+}  // namespace
+
+void block_sparse_attention(const HeadsView& x, const BlockSelection& sel, float* out) {
+  const SegmentPlan& plan = sel.plan();
+  const i64 n = x.n, d = x.head_dim, bs = plan.config().block, nb = plan.num_blocks();
+  const int G = x.group_size(), Hkv = x.num_kv_heads;
+  const i64 rows = G * kTileQ;
+
+  // Keys transposed per block, [g][b][c][j], zero padded past n: the QK tile loads 8 keys of
+  // one channel as a vector.
+  avec<float> kt(static_cast<std::size_t>(Hkv * nb * d * bs), 0.0f);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int g = 0; g < Hkv; ++g)
+    for (i64 b = 0; b < nb; ++b) {
+      float* dst = kt.data() + (g * nb + b) * d * bs;
+      const i64 valid = std::min(bs, n - b * bs);
+      for (i64 j = 0; j < valid; ++j) {
+        const float* k = x.k_row(g, b * bs + j);
+        for (i64 c = 0; c < d; ++c) dst[c * bs + j] = k[c];
+      }
+    }
+
+  struct Item { int g; i64 s, t0; };
+  std::vector<Item> items;
+  for (i64 s = plan.num_segments() - 1; s >= 0; --s)  // costly (late) segments first
+    for (int g = 0; g < Hkv; ++g)
+      for (i64 t0 = plan.segment(s).start; t0 < plan.segment(s).end; t0 += kTileQ) items.push_back({g, s, t0});
+
+#pragma omp parallel
+  {
+    Scratch w(rows, d, bs);
+#pragma omp for schedule(dynamic, 1)
+    for (std::size_t it = 0; it < items.size(); ++it) {
+      const auto [g, s, t0] = items[it];
+      const i64 start = plan.segment(s).start;
+      // Rows r = hh * kTileQ + i: query head g*G + hh at position t0 + i; padded rows are zero.
+      for (int hh = 0; hh < G; ++hh)
+        for (i64 i = 0; i < kTileQ; ++i) {
+          float* dst = w.qs.data() + (hh * kTileQ + i) * d;
+          if (t0 + i < n) {
+            const float* q = x.q_row(g * G + hh, t0 + i);
+            for (i64 c = 0; c < d; ++c) dst[c] = x.scale * q[c];
+          } else {
+            std::fill(dst, dst + d, 0.0f);
+          }
+        }
+      std::fill(w.o.begin(), w.o.end(), 0.0f);
+      std::fill(w.m.begin(), w.m.end(), kNegInf);
+      std::fill(w.l.begin(), w.l.end(), 0.0f);
+
+      auto process_block = [&](i64 b, bool causal) {
+        const float* ktb = kt.data() + (g * nb + b) * d * bs;
+        for (i64 r0 = 0; r0 < rows; r0 += kRows) {
+          i64 kc = 0;
+          for (; kc + 16 <= bs; kc += 16) qk_tile<2>(w.qs.data() + r0 * d, d, ktb, bs, kc, w.lg.data() + r0 * bs, bs);
+          for (; kc < bs; kc += 8) qk_tile<1>(w.qs.data() + r0 * d, d, ktb, bs, kc, w.lg.data() + r0 * bs, bs);
+        }
+        const i64 key0 = b * bs, nkeys = std::min(bs, n - key0);
+        if (causal || nkeys < bs)
+          for (i64 r = 0; r < rows; ++r) {
+            const i64 t = t0 + r % kTileQ;
+            float* row = w.lg.data() + r * bs;
+            for (i64 j = 0; j < bs; ++j)
+              if (key0 + j > t || key0 + j >= n) row[j] = kNegInf;
+          }
+        for (i64 r = 0; r < rows; ++r) {
+          float* row = w.lg.data() + r * bs;
+          const float m_new = std::max(w.m[r], row_max(row, bs));
+          if (m_new == kNegInf) {  // nothing visible yet for this row
+            w.corr[r] = 1.0f;
+            std::fill(row, row + bs, 0.0f);
+            continue;
+          }
+          const __m256 mv = _mm256_set1_ps(m_new);
+          __m256 sum = _mm256_setzero_ps();
+          for (i64 j = 0; j < bs; j += 8) {  // exp_ps(-inf) = 0: masked keys drop out
+            const __m256 p = kernels::avx2::exp_ps(_mm256_sub_ps(_mm256_loadu_ps(row + j), mv));
+            _mm256_storeu_ps(row + j, p);
+            sum = _mm256_add_ps(sum, p);
+          }
+          w.corr[r] = std::exp(w.m[r] - m_new);
+          w.l[r] = w.l[r] * w.corr[r] + kernels::avx2::hsum(sum);
+          w.m[r] = m_new;
+        }
+        const float* vb = x.v_row(g, key0);
+        for (i64 r0 = 0; r0 < rows; r0 += kRows) {
+          i64 dc = 0;
+          for (; dc + 16 <= d; dc += 16)
+            pv_tile<2>(w.lg.data() + r0 * bs, bs, w.corr.data() + r0, vb, d, nkeys, dc, w.o.data() + r0 * d);
+          for (; dc < d; dc += 8)
+            pv_tile<1>(w.lg.data() + r0 * bs, bs, w.corr.data() + r0, vb, d, nkeys, dc, w.o.data() + r0 * d);
+        }
+      };
+
+      for (std::int32_t b : sel.blocks(g, s)) process_block(b, false);
+      const i64 last = std::min(t0 + kTileQ, n) - 1;
+      for (i64 b = start / bs; b <= last / bs; ++b) process_block(b, true);
+
+      for (int hh = 0; hh < G; ++hh)
+        for (i64 i = 0; i < kTileQ && t0 + i < n; ++i) {
+          const i64 r = hh * kTileQ + i;
+          const float inv = 1.0f / w.l[r];
+          float* dst = out + ((g * G + hh) * n + t0 + i) * d;
+          for (i64 c = 0; c < d; ++c) dst[c] = w.o[r * d + c] * inv;
+        }
+    }
+  }
+}
+
+}  // namespace kvsim::prefill::avx2
