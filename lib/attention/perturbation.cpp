@@ -86,8 +86,9 @@ struct Sums {
   std::vector<double> E, K, Enu, Knu;
   avec<float> delta;
   std::vector<std::uint8_t> use_support;
+  std::vector<double> shift_range, support_nu_max;  // ThinK only (pruned_keys_head)
   explicit Sums(std::size_t hn, int d) : E(hn, 0.0), K(hn, 0.0), Enu(hn, 0.0), Knu(hn, 0.0), delta(hn * d, 0.f),
-                                          use_support(hn, 0) {}
+                                          use_support(hn, 0), shift_range(hn, 0.0), support_nu_max(hn, 0.0) {}
 };
 
 // One selection's view of a unit: support mask over [0, len) (kept + [n_c, t], always present)
@@ -229,9 +230,12 @@ void per_query_head(const LayerCache& cache, const LayerReference& ref, const Se
   }
 }
 
-// ThinK: attention recomputed with pruned key channels over the support; delta = o - o'.
+// ThinK: attention recomputed with pruned key channels over the support; delta = o - o'. Also
+// what its bounds need (finish): the nu-weighted masses, the largest nu of the support, and the
+// range r of the logit shift Delta_j = z'_j - z_j over the support (z: the transformed logits,
+// soft-capping included), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r / 4).
 void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
-                      int h, std::vector<double>& E, std::vector<double>& K, avec<float>& delta) {
+                      int h, Sums& z) {
   const QuerySet set = ref.set();
   const LayerData& L = cache.data();
   const int g = h / s.G;
@@ -239,16 +243,26 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
   i64 maxt = 0;
   for (i64 qi = 0; qi < s.n; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
   const i64 ncols = maxt + 1;
-  // q . (k * mask) == (q * mask) . k
-  avec<float> qm(static_cast<std::size_t>(s.n) * s.d);
+  // q . (k * mask) == (q * mask) . k; the pruned channels' part separately, so the shift of an
+  // uncapped logit is exact rather than a difference of two large logits.
+  avec<float> qm(static_cast<std::size_t>(s.n) * s.d), qd(static_cast<std::size_t>(s.n) * s.d);
   for (i64 qi = 0; qi < s.n; ++qi) {
     const float* q = L.q_row(h, cache.rows(set)[qi]);
-    for (int c = 0; c < s.d; ++c) qm[qi * s.d + c] = ch[c] ? q[c] : 0.f;
+    for (int c = 0; c < s.d; ++c) {
+      qm[qi * s.d + c] = ch[c] ? q[c] : 0.f;
+      qd[qi * s.d + c] = ch[c] ? 0.f : q[c];
+    }
   }
-  avec<float> logits(static_cast<std::size_t>(s.n) * ncols);
+  avec<float> logits(static_cast<std::size_t>(s.n) * ncols), dropped(static_cast<std::size_t>(s.n) * ncols);
   kernels::sgemm(false, true, s.n, ncols, s.d, 1.f, qm.data(), s.d, L.k_head(g), s.d, 0.f, logits.data(), ncols);
+  kernels::sgemm(false, true, s.n, ncols, s.d, 1.f, qd.data(), s.d, L.k_head(g), s.d, 0.f, dropped.data(), ncols);
   const kernels::LogitSpec logit = cache.meta().logits();
+  auto transform = [&](double x) {
+    const double v = logit.scale * x;
+    return logit.softcap > 0 ? logit.softcap * std::tanh(v / logit.softcap) : v;
+  };
   const float* a = cache.probs(set, h);
+  const float* nu = cache.value_norms(h, ref.nu_kind());
   const double* T = cache.prob_sums(set, h);
   const float* o = cache.outputs(set, h);
   std::vector<std::uint8_t> m;
@@ -257,27 +271,39 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
     support_mask(cache, sel, set, h, s.G, qi, m);
     const i64 t = cache.pos(set, qi);
     float* row = logits.data() + qi * ncols;
+    const float* drow = dropped.data() + qi * ncols;
     const float* arow = a + qi * s.S;
-    double kept_mass = 0;
+    double kept_mass = 0, ev_mass = 0, knu = 0, enu = 0, lo = 0, hi = 0, numax = 0;
     bool any = false;
     for (i64 j = 0; j <= t; ++j) {
-      if (m[j]) {
-        kept_mass += arow[j];
-        any = true;
-      } else {
+      const double w = static_cast<double>(arow[j]) * nu[j];
+      if (!m[j]) {
+        ev_mass += arow[j];
+        enu += w;
         row[j] = -std::numeric_limits<float>::infinity();
+        continue;
       }
+      kept_mass += arow[j];
+      knu += w;
+      numax = std::max(numax, static_cast<double>(nu[j]));
+      const double shift = logit.softcap > 0 ? transform(row[j]) - transform(static_cast<double>(row[j]) + drow[j])
+                                             : -logit.scale * static_cast<double>(drow[j]);
+      lo = any ? std::min(lo, shift) : shift;
+      hi = any ? std::max(hi, shift) : shift;
+      any = true;
     }
-    K[h * s.n + qi] = kept_mass;
-    double ev_mass = 0;
-    for (i64 j = 0; j <= t; ++j)
-      if (!m[j]) ev_mass += arow[j];
-    E[h * s.n + qi] = ev_mass;
+    const std::size_t k = static_cast<std::size_t>(h) * s.n + qi;
+    z.K[k] = kept_mass;
+    z.E[k] = ev_mass;
+    z.Knu[k] = knu;
+    z.Enu[k] = enu;
+    z.shift_range[k] = hi - lo;
+    z.support_nu_max[k] = numax;
     if (any) kernels::logit_softmax_inplace(row, t + 1, logit);
     empty[qi] = !any;
     std::fill(row + (any ? t + 1 : 0), row + ncols, 0.f);
   }
-  float* dl = delta.data() + static_cast<std::size_t>(h) * s.n * s.d;
+  float* dl = z.delta.data() + static_cast<std::size_t>(h) * s.n * s.d;
   kernels::sgemm(false, false, s.n, s.d, ncols, 1.f, logits.data(), ncols, L.v_head(g), s.d, 0.f, dl, s.d);
   for (i64 qi = 0; qi < s.n; ++qi) {
     const float inv = static_cast<float>(1.0 / T[qi]);
@@ -381,6 +407,7 @@ PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, co
   avec<float>& delta = z.delta;
   // delta from the evicted sums, F, per-head bounds.
   std::vector<std::uint8_t> head_zero(s.H, 1);
+  std::vector<double> tilts(static_cast<std::size_t>(s.H) * s.n, 0.0);  // ThinK: tanh(r/4) per head, query
 #pragma omp parallel for schedule(dynamic, 1)
   for (int h = 0; h < s.H; ++h) {
     const double* T = cache.prob_sums(set, h);
@@ -396,7 +423,18 @@ PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, co
         continue;
       }
       head_zero[h] = 0;
-      if (pruned) continue;
+      if (pruned) {
+        // ThinK: token eviction (the bounds above, with the exact logits) plus the logit shift
+        // of the pruned channels over the support, ||o_P - o'|| <= 2 tanh(r/4) max_P nu
+        // (triangle inequality; r = z.shift_range).
+        const double Z = K[k] + E[k];
+        const double tilt = 2.0 * std::tanh(z.shift_range[k] / 4.0) * z.support_nu_max[k];
+        const bool ok = F > 0 && K[k] > 0;
+        r.bound_ada[k] = ok ? 2.0 * e * ref.nu_max(h, qi) + tilt : kNaN;
+        r.theta[k] = ok ? Enu[k] / Z + (1.0 / F - 1.0) * (Knu[k] / Z) + tilt : kNaN;
+        tilts[k] = ok ? std::tanh(z.shift_range[k] / 4.0) : kNaN;
+        continue;
+      }
       // delta = o - oP/F = (oev - (1 - F) o) / F, all normalised by T.
       const bool sup = use_support[k];
       for (int c = 0; c < s.d; ++c) {
@@ -409,8 +447,6 @@ PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, co
       const double Z = K[k] + E[k];
       r.theta[k] = F > 0 ? Enu[k] / Z + (1.0 / F - 1.0) * (Knu[k] / Z) : kNaN;
     }
-    if (pruned)
-      for (i64 qi = 0; qi < s.n; ++qi) r.bound_ada[r.at(h, qi)] = r.theta[r.at(h, qi)] = kNaN;
   }
 
   // Norms of Delta^h = delta W_o^h and of the layer's Delta = sum_h Delta^h.
@@ -427,14 +463,14 @@ PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, co
       const std::size_t k = r.at(h, qi);
       fsum += r.F[k];
       fmin = std::min(fmin, r.F[k]);
-      miss += 1.0 - r.F[k];
+      miss += 1.0 - r.F[k] + tilts[k];  // tilts: ThinK's logit-shift term, 0 for other rules
       C = std::max(C, ref.nu_max(h, qi));
       th += r.theta[k];
     }
     r.layer_F_mean[qi] = fsum / s.H;
     r.layer_F_min[qi] = fmin;
-    r.layer_ada[qi] = pruned ? kNaN : 2.0 * C * miss;
-    r.layer_theta[qi] = pruned ? kNaN : th;
+    r.layer_ada[qi] = 2.0 * C * miss;
+    r.layer_theta[qi] = th;
   }
   for (int h = 0; h < s.H; ++h)
     for (i64 qi = 0; qi < s.n; ++qi) {
@@ -490,7 +526,7 @@ std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const Lay
     Sums& z = sums[b];
     if (!sel.key_channels.empty()) {
 #pragma omp parallel for schedule(dynamic, 1)
-      for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, sel, s, h, z.E, z.K, z.delta);
+      for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, sel, s, h, z);
     } else if (!is_static(sel)) {
 #pragma omp parallel for schedule(dynamic, 1)
       for (int h = 0; h < s.H; ++h) per_query_head(cache, ref, sel, s, h, z.E, z.K, z.Enu, z.Knu, z.delta, z.use_support);

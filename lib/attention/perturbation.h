@@ -7,7 +7,9 @@
 //   F = sum_P a_j, delta = o - o_P / F, Delta^h = delta W_o^h, Delta = sum_h Delta^h.
 //   bound_ada (head) = 2(1 - F) max_{j<=t} nu_j; theta = sum_j a_j nu_j - (2 - 1/F) sum_P a_j nu_j;
 //   layer: 2 C sum_h (1 - F_h) with C = max_h max_{j<=t} nu^h_j, and sum_h theta_h.
-// Key-channel pruning (ThinK): attention is recomputed with pruned keys over P; bounds are NaN.
+// Key-channel pruning (ThinK): attention is recomputed with pruned keys over P; both bounds add
+// 2 tanh(r/4) max_P nu, r = the range over P of the logit shift (layer Ada row: + tanh(r_h/4) per
+// head inside the sum), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r/4).
 // Window queries (t < n_c) use the static kept sets (per-query masks describe decoding steps).
 // A query whose support is empty (possible for window queries only) gets F = 0 and NaN metrics.
 // Numerics: kept and evicted masses are separate positive sums; delta uses the evicted sum when

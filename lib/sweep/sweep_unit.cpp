@@ -18,7 +18,7 @@ using json = nlohmann::json;
 
 namespace {
 
-// JSON keeps doubles exactly (17 digits); NaN (ThinK's bounds) travels as null.
+// JSON keeps doubles exactly (17 digits); NaN (the metrics of an empty window support) travels as null.
 json num(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 double num(const json& j) { return j.is_null() ? std::nan("") : j.get<double>(); }
 

@@ -173,8 +173,18 @@ OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<
         }
       }
       std::vector<double> delta(d);
+      double tilt = 0, numaxP = 0;  // ThinK: tanh(r/4), r the range over P of the logit shift
       if (!channels.empty()) {
-        const auto ap = softmax(logits(true), P);
+        const auto z = logits(false), zp = logits(true);
+        double lo = 1e300, hi = -1e300;
+        for (i64 j = 0; j <= t; ++j)
+          if (P[j]) {
+            lo = std::min(lo, zp[j] - z[j]);
+            hi = std::max(hi, zp[j] - z[j]);
+            numaxP = std::max(numaxP, oracle_nu(L, h, j, 0));
+          }
+        tilt = std::tanh((hi - lo) / 4);
+        const auto ap = softmax(zp, P);
         std::vector<double> op(d, 0);
         for (i64 j = 0; j <= t; ++j)
           for (int c = 0; c < d; ++c) op[c] += ap[j] * L.v[(g * L.seq_len + j) * d + c];
@@ -189,10 +199,10 @@ OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<
       r.l2 = l2n(Dh);
       r.rel_l1 = r.l1 / l1n(yh);
       r.rel_l2 = r.l2 / l2n(yh);
-      r.ada = 2 * (1 - F) * numax;
-      r.theta = c0 - (2 - 1 / F) * gP;
+      r.ada = 2 * (1 - F) * numax + 2 * tilt * numaxP;
+      r.theta = c0 - (2 - 1 / F) * gP + 2 * tilt * numaxP;
       C = std::max(C, numax);
-      miss += 1 - F;
+      miss += 1 - F + tilt;
       thsum += r.theta;
       for (std::size_t e = 0; e < Dh.size(); ++e) {
         const std::size_t at = L.has_o_proj() ? e : h * d + e;

@@ -225,27 +225,37 @@ TEST_CASE("per-query masks (step-wise rules) agree with the oracle") {
   }
 }
 
-TEST_CASE("key-channel pruning (ThinK) recomputes attention; bounds are NaN") {
-  LayerShape s;
-  s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 28;
-  const auto meta = make_meta(s);
-  const auto L = make_layer(s, 21);
-  const auto rows = rows_from(meta, s.n_c, s.S);
-  LayerCache cache(meta, L, s.n_c, rows);
-  LayerReference ref(cache, QuerySet::eval, NormKind::l1);
-  auto sel = random_selection(s, GqaMode::kv, 0.5, 8);
-  sel.key_channels.assign(s.Hkv * s.d, 1);
-  sel.key_channels[1] = sel.key_channels[5] = sel.key_channels[s.d + 2] = 0;
-  auto support = [&](int h, i64, i64 j) { return j >= s.n_c || sel.unit_mask(h / 2)[j] != 0; };
-  const auto r = measure_perturbation(cache, ref, sel);
-  compare(r, oracle(meta, L, rows, support, sel.key_channels), ref, false);
-  CHECK(std::isnan(r.theta[0]));
-  CHECK(std::isnan(r.layer_ada[0]));
-  // Pruning channels with every token kept still perturbs the output.
-  std::fill(sel.kept.begin(), sel.kept.end(), 1);
-  const auto r2 = measure_perturbation(cache, ref, sel);
-  CHECK(r2.F[0] == doctest::Approx(1.0));
-  CHECK(r2.l1[0] > 0.0);
+TEST_CASE("key-channel pruning (ThinK): metrics and its bounds agree with the oracle, and bound it") {
+  unsigned seed = 21;
+  for (double cap : {0.0, 0.75, 3.0})
+    for (GqaMode mode : {GqaMode::kv, GqaMode::query})
+      for (bool op : {true, false}) {
+        LayerShape s;
+        s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 28; s.o_proj = op;
+        s.structured = cap > 0;
+        auto meta = make_meta(s);
+        meta.attn_softcap = cap;
+        const auto L = make_layer(s, seed++);
+        const auto rows = rows_from(meta, s.n_c, s.S);
+        LayerCache cache(meta, L, s.n_c, rows);
+        LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+        auto sel = random_selection(s, mode, 0.5, seed++);
+        sel.key_channels.assign(s.Hkv * s.d, 1);
+        sel.key_channels[1] = sel.key_channels[5] = sel.key_channels[s.d + 2] = 0;
+        auto support = [&](int h, i64, i64 j) { return j >= s.n_c || sel.unit_mask(mode == GqaMode::kv ? h / 2 : h)[j] != 0; };
+        INFO("cap " << cap << " mode " << (mode == GqaMode::kv ? "kv" : "query") << " o_proj " << op);
+        const auto r = measure_perturbation(cache, ref, sel);
+        compare(r, oracle(meta, L, rows, support, sel.key_channels), ref);
+        check_bound_chain(r);
+        // Pruning channels with every token kept still perturbs the output, and stays bounded.
+        std::fill(sel.kept.begin(), sel.kept.end(), 1);
+        const auto r2 = measure_perturbation(cache, ref, sel);
+        CHECK(r2.F[0] == doctest::Approx(1.0));
+        CHECK(r2.l1[0] > 0.0);
+        CHECK(r2.theta[0] > 0.0);
+        compare(r2, oracle(meta, L, rows, [&](int, i64, i64) { return true; }, sel.key_channels), ref);
+        check_bound_chain(r2);
+      }
 }
 
 TEST_CASE("results are identical with 1 and 2 OpenMP threads") {

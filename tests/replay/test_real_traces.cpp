@@ -1,5 +1,6 @@
 // Invariants on the real stories260K sample traces (skipped when traces/*.h5 are absent):
-// keep-all gives zero perturbation; measured <= theta <= Ada-KV bound for every head and query.
+// keep-all gives zero perturbation; measured <= theta <= Ada-KV bound for every head and query,
+// for token eviction alone and with key channels pruned as ThinK does.
 #include <doctest/doctest.h>
 
 #include <filesystem>
@@ -33,14 +34,20 @@ TEST_CASE("real traces: bound chain and keep-all on every layer") {
         const auto full = measure_perturbation(cache, ref, sel);
         for (std::size_t k = 0; k < full.l1.size(); ++k) CHECK(full.l1[k] == 0.0);
         for (auto& x : sel.kept) x = rng() % 4 == 0;
-        const auto r = measure_perturbation(cache, ref, sel);
-        for (std::size_t k = 0; k < r.l1.size(); ++k) {
-          CHECK(r.l1[k] <= r.theta[k] * (1 + 1e-5) + 1e-9);
-          CHECK(r.theta[k] <= r.bound_ada[k] * (1 + 1e-5) + 1e-9);
-        }
-        for (i64 qi = 0; qi < r.n_q; ++qi) {
-          CHECK(r.layer_l1[qi] <= r.layer_theta[qi] * (1 + 1e-5) + 1e-9);
-          CHECK(r.layer_theta[qi] <= r.layer_ada[qi] * (1 + 1e-5) + 1e-9);
+        for (bool prune : {false, true}) {
+          if (prune) {
+            sel.key_channels.assign(static_cast<std::size_t>(meta.num_kv_heads) * meta.head_dim, 1);
+            for (auto& c : sel.key_channels) c = rng() % 3 != 0;
+          }
+          const auto r = measure_perturbation(cache, ref, sel);
+          for (std::size_t k = 0; k < r.l1.size(); ++k) {
+            CHECK(r.l1[k] <= r.theta[k] * (1 + 1e-5) + 1e-9);
+            CHECK(r.theta[k] <= r.bound_ada[k] * (1 + 1e-5) + 1e-9);
+          }
+          for (i64 qi = 0; qi < r.n_q; ++qi) {
+            CHECK(r.layer_l1[qi] <= r.layer_theta[qi] * (1 + 1e-5) + 1e-9);
+            CHECK(r.layer_theta[qi] <= r.layer_ada[qi] * (1 + 1e-5) + 1e-9);
+          }
         }
       }
       ++checked;
