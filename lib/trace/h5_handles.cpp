@@ -27,6 +27,10 @@ bool path_exists(hid_t loc, const std::string& path) {
     if (end == std::string::npos) end = path.size();
     const std::string part = path.substr(start, end - start);
     if (!part.empty()) {
+      // Descend only through a group whose object header reads as one: HDF5 1.10 follows a
+      // link inside an object it cannot parse into a local heap that is not there and crashes
+      // (found by fuzzing: H5Lexists("layers/0") where H5Oget_info("layers") fails).
+      if (!prefix.empty() && object_type(loc, prefix) != H5O_TYPE_GROUP) return false;
       prefix += (prefix.empty() ? "" : "/") + part;
       if (H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
       // The link may dangle (soft/external link): require a real object behind it.
