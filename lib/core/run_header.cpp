@@ -8,9 +8,12 @@
 
 namespace kvsim {
 
-void write_run_header(JsonWriter& j, const std::string& command, const std::string& isa) {
-  j.field("kvsim_version", KVSIM_VERSION).field("command", command).field("created", iso_timestamp());
-  j.field("isa", isa).field("threads", max_threads());
+Json run_header(const std::string& command, const std::string& isa) {
+  return Json{{"kvsim_version", KVSIM_VERSION},
+              {"command", command},
+              {"created", iso_timestamp()},
+              {"isa", isa},
+              {"threads", max_threads()}};
 }
 
 }  // namespace kvsim

@@ -3,10 +3,11 @@
 // analyze): kvsim_version, command, created (UTC), isa (the kernel set that ran) and threads.
 #include <string>
 
-#include "core/table_io.h"
+#include "core/json.h"
 
 namespace kvsim {
 
-void write_run_header(JsonWriter& j, const std::string& command, const std::string& isa);
+// A JSON object holding only those fields; the caller adds the rest after them.
+Json run_header(const std::string& command, const std::string& isa);
 
 }  // namespace kvsim

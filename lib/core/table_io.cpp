@@ -30,59 +30,6 @@ std::string format_double(double v) {
   return std::string(buf, res.ptr);
 }
 
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out;
-}
-
-void JsonWriter::separator() {
-  if (after_key_) {
-    after_key_ = false;
-    return;
-  }
-  if (!first_.empty()) {
-    if (!first_.back()) out_ += ",";
-    first_.back() = false;
-  }
-}
-
-JsonWriter& JsonWriter::begin_object() { separator(); out_ += "{"; first_.push_back(true); return *this; }
-JsonWriter& JsonWriter::end_object() { first_.pop_back(); out_ += "}"; return *this; }
-JsonWriter& JsonWriter::begin_array() { separator(); out_ += "["; first_.push_back(true); return *this; }
-JsonWriter& JsonWriter::end_array() { first_.pop_back(); out_ += "]"; return *this; }
-JsonWriter& JsonWriter::key(const std::string& k) {
-  separator();
-  out_ += "\"" + json_escape(k) + "\":";
-  after_key_ = true;
-  return *this;
-}
-JsonWriter& JsonWriter::value(const std::string& s) { separator(); out_ += "\"" + json_escape(s) + "\""; return *this; }
-JsonWriter& JsonWriter::value(double v) {
-  separator();
-  out_ += std::isfinite(v) ? format_double(v) : "null";
-  return *this;
-}
-JsonWriter& JsonWriter::value(std::int64_t v) { separator(); out_ += std::to_string(v); return *this; }
-JsonWriter& JsonWriter::value(bool v) { separator(); out_ += v ? "true" : "false"; return *this; }
-JsonWriter& JsonWriter::null() { separator(); out_ += "null"; return *this; }
-
 std::string read_whole_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "", "cannot open file");

@@ -1,5 +1,5 @@
 #pragma once
-// Tiny writers for the output files: RFC 4180 CSV fields and a JSON builder. Output files are
+// Tiny writers for the output files: RFC 4180 CSV fields (JSON: core/json.h). Output files are
 // written to "<name>.partial" and renamed by commit_file(), so a crash never leaves a file that
 // looks complete.
 #include <cstdint>
@@ -11,33 +11,6 @@ namespace kvsim {
 
 std::string csv_field(const std::string& s);  // quotes when the field has , " or newline
 std::string format_double(double v);          // shortest round-trip form; "nan"/"inf" spelled out
-
-// Minimal streaming JSON writer with correct escaping and comma handling.
-class JsonWriter {
- public:
-  JsonWriter& begin_object();
-  JsonWriter& end_object();
-  JsonWriter& begin_array();
-  JsonWriter& end_array();
-  JsonWriter& key(const std::string& k);
-  JsonWriter& value(const std::string& s);
-  JsonWriter& value(const char* s) { return value(std::string(s)); }
-  JsonWriter& value(double v);  // non-finite -> null
-  JsonWriter& value(std::int64_t v);
-  JsonWriter& value(int v) { return value(static_cast<std::int64_t>(v)); }
-  JsonWriter& value(bool v);
-  JsonWriter& null();
-  template <class T> JsonWriter& field(const std::string& k, const T& v) { key(k); return value(v); }
-  const std::string& str() const { return out_; }
-
- private:
-  void separator();
-  std::string out_;
-  std::vector<bool> first_;  // per open container: next item is the first
-  bool after_key_ = false;
-};
-
-std::string json_escape(const std::string& s);
 
 // The whole content of a file (binary). Throws kvsim::Error "<path>: cannot open file".
 std::string read_whole_file(const std::string& path);

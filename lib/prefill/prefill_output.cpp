@@ -92,59 +92,65 @@ std::vector<VariantMeans> variant_means(const PrefillRunResult& res) {
 std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command) {
   const TraceMeta& m = res.meta;
   const PrefillConfig& c = res.plan.config();
-  JsonWriter j;
-  j.begin_object();
-  write_run_header(j, command, kernels::isa_name(kernels::active_isa()));
-  j.key("trace").begin_object();
-  j.field("path", m.path).field("model", m.model).field("source", m.source).field("num_layers", m.num_layers);
-  j.field("num_heads", m.num_heads).field("num_kv_heads", m.num_kv_heads).field("head_dim", m.head_dim);
-  j.field("hidden_size", m.hidden_size).field("seq_len", m.seq_len).field("prefill_len", m.prefill_len);
-  j.field("dtype", dtype_name(m.dtype)).field("has_o_proj", m.has_o_proj).end_object();
-  j.key("config").begin_object();
-  j.field("segment", c.segment).field("block", c.block).field("budget", c.budget).field("top_k", c.top_k());
-  j.field("threshold", c.threshold).field("layer_skip", c.layer_skip);
-  j.field("fusion", std::string(opt.fusion_on && opt.fusion_off ? "both" : opt.fusion_on ? "on" : "off"));
-  j.field("fusion_rule", "layers <= 1 store their map; deeper layers 0.25 * fused(l-1) + 0.75 * current(l)");
-  j.end_object();
+  Json j = run_header(command, kernels::isa_name(kernels::active_isa()));
+  j["trace"] = {{"path", m.path},           {"model", m.model},
+                {"source", m.source},       {"num_layers", m.num_layers},
+                {"num_heads", m.num_heads}, {"num_kv_heads", m.num_kv_heads},
+                {"head_dim", m.head_dim},   {"hidden_size", m.hidden_size},
+                {"seq_len", m.seq_len},     {"prefill_len", m.prefill_len},
+                {"dtype", dtype_name(m.dtype)}, {"has_o_proj", m.has_o_proj}};
+  j["config"] = {{"segment", c.segment},
+                 {"block", c.block},
+                 {"budget", c.budget},
+                 {"top_k", c.top_k()},
+                 {"threshold", c.threshold},
+                 {"layer_skip", c.layer_skip},
+                 {"fusion", std::string(opt.fusion_on && opt.fusion_off ? "both" : opt.fusion_on ? "on" : "off")},
+                 {"fusion_rule", "layers <= 1 store their map; deeper layers 0.25 * fused(l-1) + 0.75 * current(l)"}};
   const SegmentPlan& p = res.plan;
   i64 early = 0;
   for (const auto& s : p.segments()) early += s.start < c.threshold;
   int sparse_layers = 0;
   for (int l = 0; l < m.num_layers; ++l) sparse_layers += l >= c.layer_skip;
-  j.key("counts").begin_object();
-  j.field("prompt_len", p.n()).field("segments", p.num_segments()).field("profiled_segments", p.num_profiled());
-  j.field("dense_segments", p.num_dense_segments()).field("dense_segments_below_threshold", early);
-  j.field("sparse_segments", p.num_sparse_segments()).field("sparse_queries_per_layer", p.num_sparse_queries());
-  j.field("sparse_layers", sparse_layers).field("dense_layers", m.num_layers - sparse_layers);
-  j.field("kept_blocks_per_segment", c.top_k()).field("kept_keys_per_segment", c.top_k() * c.block + c.segment);
-  j.field("pair_reduction_sparse_layer", p.pair_reduction());
-  j.field("pair_reduction_sparsified_part", p.sparse_part_reduction());
-  j.field("estimation_macs_per_head", p.estimation_macs(m.head_dim));
-  j.end_object();
-  j.field("projected", res.projected);
-  j.key("locality").begin_object();
-  j.field("method", "J(delta) = mean over sampled anchors i of Jaccard(top-K blocks of query i, of query i+delta), "
-                    "block masses restricted to blocks entirely at or before i; anchors evenly spaced over "
-                    "[(K+1)*block-1, n-2]; pairs with i+delta >= n skipped");
-  j.field("anchors_per_head", static_cast<i64>(res.anchors.size())).field("max_delta", 2 * c.segment);
-  j.key("anchors").begin_array();
-  for (i64 a : res.anchors) j.value(a);
-  j.end_array().end_object();
-  j.key("variants").begin_array();
-  for (const auto& v : variant_means(res)) {
-    j.begin_object().field("fusion", v.variant).field("sparse_layers", v.layers);
-    j.field("retained_mass_mean", v.retained).field("retained_mass_min", v.retained_min);
-    j.field("pert_l1_mean", v.pert_l1).field("pert_l2_mean", v.pert_l2).field("rel_pert_l2_mean", v.rel_l2);
-    j.field("block_recall_mean", v.recall).field("pair_reduction", v.pair_reduction).end_object();
-  }
-  j.end_array();
-  j.key("timings").begin_object();
-  j.field("read_seconds", res.read_seconds).field("estimate_seconds", res.estimate_seconds);
-  j.field("simulate_seconds", res.simulate_seconds).field("locality_seconds", res.locality_seconds);
-  j.field("total_seconds", res.total_seconds).end_object();
-  j.field("peak_rss_bytes", static_cast<i64>(peak_rss_bytes()));
-  j.end_object();
-  return j.str() + "\n";
+  j["counts"] = {{"prompt_len", p.n()},
+                 {"segments", p.num_segments()},
+                 {"profiled_segments", p.num_profiled()},
+                 {"dense_segments", p.num_dense_segments()},
+                 {"dense_segments_below_threshold", early},
+                 {"sparse_segments", p.num_sparse_segments()},
+                 {"sparse_queries_per_layer", p.num_sparse_queries()},
+                 {"sparse_layers", sparse_layers},
+                 {"dense_layers", m.num_layers - sparse_layers},
+                 {"kept_blocks_per_segment", c.top_k()},
+                 {"kept_keys_per_segment", c.top_k() * c.block + c.segment},
+                 {"pair_reduction_sparse_layer", p.pair_reduction()},
+                 {"pair_reduction_sparsified_part", p.sparse_part_reduction()},
+                 {"estimation_macs_per_head", p.estimation_macs(m.head_dim)}};
+  j["projected"] = res.projected;
+  j["locality"] = {{"method", "J(delta) = mean over sampled anchors i of Jaccard(top-K blocks of query i, of query i+delta), "
+                              "block masses restricted to blocks entirely at or before i; anchors evenly spaced over "
+                              "[(K+1)*block-1, n-2]; pairs with i+delta >= n skipped"},
+                   {"anchors_per_head", static_cast<i64>(res.anchors.size())},
+                   {"max_delta", 2 * c.segment},
+                   {"anchors", res.anchors}};
+  j["variants"] = Json::array();
+  for (const auto& v : variant_means(res))
+    j["variants"].push_back({{"fusion", v.variant},
+                             {"sparse_layers", v.layers},
+                             {"retained_mass_mean", v.retained},
+                             {"retained_mass_min", v.retained_min},
+                             {"pert_l1_mean", v.pert_l1},
+                             {"pert_l2_mean", v.pert_l2},
+                             {"rel_pert_l2_mean", v.rel_l2},
+                             {"block_recall_mean", v.recall},
+                             {"pair_reduction", v.pair_reduction}});
+  j["timings"] = {{"read_seconds", res.read_seconds},
+                  {"estimate_seconds", res.estimate_seconds},
+                  {"simulate_seconds", res.simulate_seconds},
+                  {"locality_seconds", res.locality_seconds},
+                  {"total_seconds", res.total_seconds}};
+  j["peak_rss_bytes"] = static_cast<i64>(peak_rss_bytes());
+  return json_text(j);
 }
 
 void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, const PrefillRunOptions& opt,
@@ -160,32 +166,35 @@ void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, 
 }
 
 std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command) {
-  JsonWriter j;
-  j.begin_object();
-  write_run_header(j, command, kernels::isa_name(kernels::active_isa()));
-  j.key("config").begin_object();
-  j.field("segment", opt.cfg.segment).field("block", opt.cfg.block).field("budget", opt.cfg.budget);
-  j.field("threshold", opt.cfg.threshold).field("num_heads", opt.num_heads).field("num_kv_heads", opt.num_kv_heads);
-  j.field("head_dim", opt.head_dim).field("repeats", opt.repeats).field("data", "uniform random [-1, 1), one layer");
-  j.end_object();
-  j.key("lengths").begin_array();
-  for (const auto& r : rows) {
-    j.begin_object().field("n", r.n).field("dense_seconds", r.dense_seconds).field("sparse_seconds", r.sparse_seconds);
-    j.field("estimate_seconds", r.estimate_seconds).field("speedup", r.speedup);
-    j.field("speedup_with_estimate", r.speedup_with_estimate).field("ideal_pair_reduction", r.ideal_reduction);
-    j.field("speedup_over_ideal", r.speedup_over_ideal).field("dense_gflops", r.dense_gflops);
-    j.field("sparse_gflops", r.sparse_gflops).field("sgemm_gflops", r.sgemm_gflops);
-    j.field("dense_fraction_of_sgemm", r.dense_fraction_of_sgemm).field("dense_segment_max_abs_diff", r.max_abs_diff);
-    j.field("dense_cpu_seconds", r.dense_cpu_seconds).field("sparse_cpu_seconds", r.sparse_cpu_seconds);
-    j.field("speedup_cpu", r.speedup_cpu).field("dense_gflops_per_cpu_second", r.dense_gflops_per_cpu_second);
-    j.field("sgemm_gflops_per_cpu_second", r.sgemm_gflops_per_cpu_second);
-    j.field("dense_fraction_of_sgemm_cpu", r.dense_fraction_of_sgemm_cpu);
-    j.end_object();
-  }
-  j.end_array();
-  j.field("peak_rss_bytes", static_cast<i64>(peak_rss_bytes()));
-  j.end_object();
-  return j.str() + "\n";
+  Json j = run_header(command, kernels::isa_name(kernels::active_isa()));
+  j["config"] = {{"segment", opt.cfg.segment},     {"block", opt.cfg.block},
+                 {"budget", opt.cfg.budget},       {"threshold", opt.cfg.threshold},
+                 {"num_heads", opt.num_heads},     {"num_kv_heads", opt.num_kv_heads},
+                 {"head_dim", opt.head_dim},       {"repeats", opt.repeats},
+                 {"data", "uniform random [-1, 1), one layer"}};
+  j["lengths"] = Json::array();
+  for (const auto& r : rows)
+    j["lengths"].push_back({{"n", r.n},
+                            {"dense_seconds", r.dense_seconds},
+                            {"sparse_seconds", r.sparse_seconds},
+                            {"estimate_seconds", r.estimate_seconds},
+                            {"speedup", r.speedup},
+                            {"speedup_with_estimate", r.speedup_with_estimate},
+                            {"ideal_pair_reduction", r.ideal_reduction},
+                            {"speedup_over_ideal", r.speedup_over_ideal},
+                            {"dense_gflops", r.dense_gflops},
+                            {"sparse_gflops", r.sparse_gflops},
+                            {"sgemm_gflops", r.sgemm_gflops},
+                            {"dense_fraction_of_sgemm", r.dense_fraction_of_sgemm},
+                            {"dense_segment_max_abs_diff", r.max_abs_diff},
+                            {"dense_cpu_seconds", r.dense_cpu_seconds},
+                            {"sparse_cpu_seconds", r.sparse_cpu_seconds},
+                            {"speedup_cpu", r.speedup_cpu},
+                            {"dense_gflops_per_cpu_second", r.dense_gflops_per_cpu_second},
+                            {"sgemm_gflops_per_cpu_second", r.sgemm_gflops_per_cpu_second},
+                            {"dense_fraction_of_sgemm_cpu", r.dense_fraction_of_sgemm_cpu}});
+  j["peak_rss_bytes"] = static_cast<i64>(peak_rss_bytes());
+  return json_text(j);
 }
 
 }  // namespace kvsim::prefill

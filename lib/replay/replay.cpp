@@ -44,52 +44,52 @@ void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::ve
                    const std::map<std::string, double>& timings) {
   const TraceMeta& meta = s.meta;
   const Protocol& p = s.protocol;
-  JsonWriter j;
-  j.begin_object();
-  write_run_header(j, opt.command, kernels::isa_name(kernels::active_isa()));
-  j.key("trace").begin_object();
-  j.field("path", opt.trace_path).field("model", meta.model).field("source", meta.source);
-  j.field("num_layers", meta.num_layers).field("num_heads", meta.num_heads).field("num_kv_heads", meta.num_kv_heads);
-  j.field("head_dim", meta.head_dim).field("hidden_size", meta.hidden_size).field("seq_len", meta.seq_len);
-  j.field("prefill_len", meta.prefill_len).field("dtype", dtype_name(meta.dtype)).field("has_o_proj", meta.has_o_proj);
-  j.end_object();
-  j.key("protocol").begin_object();
-  j.field("compression_point", compression_point_name(opt.protocol.compression_point));
-  j.field("n_c", p.n_c).field("window", opt.protocol.window).field("eval", eval_mode_name(opt.protocol.eval));
-  j.field("n_eval_queries", static_cast<i64>(p.eval_rows.size()));
-  j.key("layers").begin_array();
-  for (int l : s.layers) j.value(l);
-  j.end_array();
-  j.end_object();
-  j.field("projected", meta.has_o_proj);
-  j.field("value_norm", norm_kind_name(opt.nu));
-  j.field("gqa_note",
-          std::string("kv mode: one kept set per KV head shared by its ") + std::to_string(meta.group_size()) +
-              " query heads (head rows report the KV head's kept count); query mode: one set per query head");
-  j.key("rules").begin_array();
+  Json j = run_header(opt.command, kernels::isa_name(kernels::active_isa()));
+  j["trace"] = {{"path", opt.trace_path},          {"model", meta.model},
+                {"source", meta.source},           {"num_layers", meta.num_layers},
+                {"num_heads", meta.num_heads},     {"num_kv_heads", meta.num_kv_heads},
+                {"head_dim", meta.head_dim},       {"hidden_size", meta.hidden_size},
+                {"seq_len", meta.seq_len},         {"prefill_len", meta.prefill_len},
+                {"dtype", dtype_name(meta.dtype)}, {"has_o_proj", meta.has_o_proj}};
+  j["protocol"] = {{"compression_point", compression_point_name(opt.protocol.compression_point)},
+                   {"n_c", p.n_c},
+                   {"window", opt.protocol.window},
+                   {"eval", eval_mode_name(opt.protocol.eval)},
+                   {"n_eval_queries", static_cast<i64>(p.eval_rows.size())},
+                   {"layers", s.layers}};
+  j["projected"] = meta.has_o_proj;
+  j["value_norm"] = norm_kind_name(opt.nu);
+  j["gqa_note"] = std::string("kv mode: one kept set per KV head shared by its ") + std::to_string(meta.group_size()) +
+                  " query heads (head rows report the KV head's kept count); query mode: one set per query head";
+  Json rules = Json::array();
   for (std::size_t r = 0; r < s.rules.size(); ++r) {
-    j.begin_object().field("spec", s.rules[r]->spec()).key("budgets").begin_array();
+    Json budgets = Json::array();
     for (std::size_t b = 0; b < s.budgets.size(); ++b) {
       const Totals& t = tot[r][b];
       const double n = t.layers > 0 ? t.layers : 1;
-      j.begin_object().field("budget", s.budgets[b].text);
-      j.field("budget_tokens_mean", t.budget_tokens / n).field("kept_tokens_mean", t.kept / n);
-      j.field("retained_mass_mean", t.F / n).field("pert_l1_mean", t.l1 / n).field("pert_l2_mean", t.l2 / n);
-      j.field("rel_pert_l1_mean", t.rel_l1 / n).field("bound_ada_mean", t.ada / n);
-      j.field("bound_critical_mean", t.crit / n).field("select_seconds", t.select_s);
-      if (t.tied_units > 0)  // rules that rank by scores: how often the cut fell inside a tie
-        j.field("tied_at_cut_mean", t.tied_sum / static_cast<double>(t.tied_units)).field("tied_at_cut_max", t.tied_max);
-      j.end_object();
+      Json e = {{"budget", s.budgets[b].text},
+                {"budget_tokens_mean", t.budget_tokens / n},
+                {"kept_tokens_mean", t.kept / n},
+                {"retained_mass_mean", t.F / n},
+                {"pert_l1_mean", t.l1 / n},
+                {"pert_l2_mean", t.l2 / n},
+                {"rel_pert_l1_mean", t.rel_l1 / n},
+                {"bound_ada_mean", t.ada / n},
+                {"bound_critical_mean", t.crit / n},
+                {"select_seconds", t.select_s}};
+      if (t.tied_units > 0) {  // rules that rank by scores: how often the cut fell inside a tie
+        e["tied_at_cut_mean"] = t.tied_sum / static_cast<double>(t.tied_units);
+        e["tied_at_cut_max"] = t.tied_max;
+      }
+      budgets.push_back(std::move(e));
     }
-    j.end_array().end_object();
+    rules.push_back({{"spec", s.rules[r]->spec()}, {"budgets", std::move(budgets)}});
   }
-  j.end_array();
-  j.key("timings").begin_object();
-  for (const auto& [k, v] : timings) j.field(k, v);
-  j.end_object();
-  j.field("peak_rss_bytes", static_cast<i64>(peak_rss_bytes()));
-  j.end_object();
-  write_file_atomic(opt.out_dir + "/summary.json", j.str() + "\n");
+  j["rules"] = std::move(rules);
+  j["timings"] = Json::object();
+  for (const auto& [k, v] : timings) j["timings"][k] = v;
+  j["peak_rss_bytes"] = static_cast<i64>(peak_rss_bytes());
+  write_file_atomic(opt.out_dir + "/summary.json", json_text(j));
 }
 
 void print_table(std::ostream& out, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot) {

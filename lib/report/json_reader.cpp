@@ -1,174 +1,42 @@
 #include "report/json_reader.h"
 
 #include <cmath>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
+
 
 #include "core/error.h"
+#include "core/json.h"
 #include "core/table_io.h"
 
 namespace kvsim::report {
 
-class JsonParser {
- public:
-  JsonParser(const std::string& text, const std::string& where) : s_(text), where_(where) {}
-
-  JsonValue document() {
-    JsonValue v = value(0);
-    skip_ws();
-    if (pos_ != s_.size()) error("unexpected text after the JSON value");
-    return v;
-  }
-
- private:
-  [[noreturn]] void error(const std::string& what) const {
-    fail(where_, "offset " + std::to_string(pos_), what);
-  }
-  void skip_ws() {
-    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\r' || s_[pos_] == '\t')) ++pos_;
-  }
-  bool consume(const char* lit) {
-    const std::string l(lit);
-    if (s_.compare(pos_, l.size(), l) == 0) {
-      pos_ += l.size();
-      return true;
-    }
-    return false;
-  }
-  JsonValue value(int depth) {
-    if (depth > 200) error("nesting too deep");
-    skip_ws();
-    if (pos_ >= s_.size()) error("unexpected end of input");
-    JsonValue v;
-    const char c = s_[pos_];
-    if (c == '{') {
-      v.type_ = JsonValue::Type::object;
-      ++pos_;
-      skip_ws();
-      if (pos_ < s_.size() && s_[pos_] == '}') {
-        ++pos_;
-        return v;
-      }
-      for (;;) {
-        skip_ws();
-        if (pos_ >= s_.size() || s_[pos_] != '"') error("expected a string key");
-        std::string k = string_literal();
-        skip_ws();
-        if (pos_ >= s_.size() || s_[pos_] != ':') error("expected ':'");
-        ++pos_;
-        v.members_.emplace_back(std::move(k), value(depth + 1));
-        skip_ws();
-        if (pos_ < s_.size() && s_[pos_] == ',') { ++pos_; continue; }
-        if (pos_ < s_.size() && s_[pos_] == '}') { ++pos_; return v; }
-        error("expected ',' or '}'");
-      }
-    }
-    if (c == '[') {
+// The report's view of a parsed document (nlohmann does the parsing). Recursive, so the depth is
+// capped: a summary.json kvsim wrote is 4 levels deep.
+JsonValue JsonValue::convert(const Json& j, const std::string& where, int depth) {
+  if (depth > 200) fail(where, "", "JSON nested more than 200 levels deep");
+  JsonValue v;
+  switch (j.type()) {
+    case Json::value_t::null:
+    case Json::value_t::discarded: v.number_ = std::nan(""); break;  // writers turn non-finite into null
+    case Json::value_t::boolean: v.type_ = JsonValue::Type::boolean; v.boolean_ = j.get<bool>(); break;
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
+    case Json::value_t::number_float: v.type_ = JsonValue::Type::number; v.number_ = j.get<double>(); break;
+    case Json::value_t::string: v.type_ = JsonValue::Type::string; v.string_ = j.get<std::string>(); break;
+    case Json::value_t::binary: fail(where, "", "binary JSON values are not supported");
+    case Json::value_t::array:
       v.type_ = JsonValue::Type::array;
-      ++pos_;
-      skip_ws();
-      if (pos_ < s_.size() && s_[pos_] == ']') {
-        ++pos_;
-        return v;
-      }
-      for (;;) {
-        v.items_.push_back(value(depth + 1));
-        skip_ws();
-        if (pos_ < s_.size() && s_[pos_] == ',') { ++pos_; continue; }
-        if (pos_ < s_.size() && s_[pos_] == ']') { ++pos_; return v; }
-        error("expected ',' or ']'");
-      }
-    }
-    if (c == '"') {
-      v.type_ = JsonValue::Type::string;
-      v.string_ = string_literal();
-      return v;
-    }
-    if (consume("true")) { v.type_ = JsonValue::Type::boolean; v.boolean_ = true; return v; }
-    if (consume("false")) { v.type_ = JsonValue::Type::boolean; return v; }
-    if (consume("null")) { v.number_ = std::nan(""); return v; }
-    if (c == '-' || (c >= '0' && c <= '9')) {
-      const char* begin = s_.c_str() + pos_;
-      char* end = nullptr;
-      v.type_ = JsonValue::Type::number;
-      v.number_ = std::strtod(begin, &end);
-      if (end == begin) error("bad number");
-      pos_ += static_cast<std::size_t>(end - begin);
-      return v;
-    }
-    error(std::string("unexpected character '") + c + "'");
+      for (const auto& x : j) v.items_.push_back(convert(x, where, depth + 1));
+      break;
+    case Json::value_t::object:
+      v.type_ = JsonValue::Type::object;
+      for (const auto& [k, x] : j.items()) v.members_.emplace_back(k, convert(x, where, depth + 1));
+      break;
   }
-  static void append_utf8(std::string& out, unsigned cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
-  unsigned hex4() {
-    if (pos_ + 4 > s_.size()) error("truncated \\u escape");
-    unsigned v = 0;
-    for (int i = 0; i < 4; ++i) {
-      const char h = s_[pos_++];
-      v <<= 4;
-      if (h >= '0' && h <= '9') v |= static_cast<unsigned>(h - '0');
-      else if (h >= 'a' && h <= 'f') v |= static_cast<unsigned>(h - 'a' + 10);
-      else if (h >= 'A' && h <= 'F') v |= static_cast<unsigned>(h - 'A' + 10);
-      else error("bad \\u escape");
-    }
-    return v;
-  }
-  std::string string_literal() {
-    ++pos_;  // opening quote
-    std::string out;
-    while (pos_ < s_.size()) {
-      const char c = s_[pos_++];
-      if (c == '"') return out;
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      if (pos_ >= s_.size()) break;
-      const char e = s_[pos_++];
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          unsigned cp = hex4();
-          if (cp >= 0xD800 && cp < 0xDC00 && consume("\\u")) cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4() - 0xDC00);
-          append_utf8(out, cp);
-          break;
-        }
-        default: error("bad escape");
-      }
-    }
-    error("unterminated string");
-  }
-
-  const std::string& s_;
-  std::string where_;
-  std::size_t pos_ = 0;
-};
+  return v;
+}
 
 JsonValue JsonValue::parse(const std::string& text, const std::string& where) {
-  return JsonParser(text, where).document();
+  return convert(parse_json(text, where), where, 0);
 }
 
 JsonValue JsonValue::read_file(const std::string& path) {

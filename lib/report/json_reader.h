@@ -1,10 +1,13 @@
 #pragma once
-// A small JSON reader for summary.json files (the library has a writer in core/table_io.h but no
-// reader). Objects keep their key order so the report can show them as written.
+// The report's read-only view of summary.json and the other JSON files kvsim writes, parsed by
+// nlohmann::json (core/json.h). Objects keep their key order so the report can show them as
+// written; null (a non-finite number when written) reads as NaN.
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "core/json.h"
 
 namespace kvsim::report {
 
@@ -38,7 +41,7 @@ class JsonValue {
   double get_number(const std::string& key, double dflt) const;
 
  private:
-  friend class JsonParser;
+  static JsonValue convert(const Json& j, const std::string& where, int depth);
   Type type_ = Type::null;
   bool boolean_ = false;
   double number_ = 0;

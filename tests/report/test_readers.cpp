@@ -50,10 +50,17 @@ TEST_CASE("json: nested objects, arrays, escapes, null as NaN, key order kept") 
   CHECK(v.get_string("missing", "dflt") == "dflt");
 }
 
-TEST_CASE("json: malformed input is a one-line error with the offset") {
-  CHECK_THROWS_WITH_AS(JsonValue::parse("{\"a\": }", "s.json"), "s.json: offset 6: unexpected character '}'",
+TEST_CASE("json: malformed input is a one-line error with the line and column") {
+  CHECK_THROWS_WITH_AS(JsonValue::parse("{\"a\": }", "s.json"),
+                       "s.json: line 1, column 7: syntax error while parsing value - unexpected '}'; expected '[', '{', or a literal",
                        kvsim::Error);
   CHECK_THROWS_AS(JsonValue::parse("{\"a\": 1", "s.json"), kvsim::Error);
   CHECK_THROWS_AS(JsonValue::parse("[1, 2] x", "s.json"), kvsim::Error);
   CHECK_THROWS_AS(JsonValue::parse("\"abc", "s.json"), kvsim::Error);
+}
+
+TEST_CASE("json: nesting 100000 deep is a clean error, not a stack overflow") {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  CHECK_THROWS_WITH_AS(JsonValue::parse(deep, "deep.json"), "deep.json: JSON nested more than 200 levels deep",
+                       kvsim::Error);
 }

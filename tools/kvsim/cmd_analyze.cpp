@@ -106,31 +106,32 @@ int cmd_analyze(const std::vector<std::string>& args) {
   report::write_key_stats_csv(path("key_stats.csv"), stats);
   report::write_key_recall_csv(path("key_recall.csv"), stats, opt.top);
 
-  JsonWriter j;
-  j.begin_object();
   std::string command;
   for (const auto& a : args) command += (command.empty() ? "kvsim " : " ") + a;
-  write_run_header(j, command, kernels::isa_name(kernels::active_isa()));
-  j.field("analysis", "keydiff-premise");
-  j.key("trace").begin_object();
-  j.field("path", trace_path).field("model", meta.model).field("source", meta.source);
-  j.field("num_layers", meta.num_layers).field("num_heads", meta.num_heads).field("num_kv_heads", meta.num_kv_heads);
-  j.field("head_dim", meta.head_dim).field("seq_len", static_cast<std::int64_t>(meta.seq_len));
-  j.field("prefill_len", static_cast<std::int64_t>(meta.prefill_len)).field("dtype", dtype_name(meta.dtype));
-  j.end_object();
-  j.key("protocol").begin_object();
-  j.field("compression_point", cp).field("n_c", static_cast<std::int64_t>(n_c)).field("window", static_cast<std::int64_t>(window));
-  j.field("n_eval_queries", static_cast<std::int64_t>(n_eval)).field("n_window_queries", static_cast<std::int64_t>(n_window));
-  j.key("layers").begin_array();
-  for (int l : layers) j.value(l);
-  j.end_array().end_object();
-  j.key("top").begin_array();
-  for (const auto& t : opt.top) j.begin_object().field("top", t.text).field("tokens", static_cast<std::int64_t>(t.tokens)).end_object();
-  j.end_array();
+  Json j = run_header(command, kernels::isa_name(kernels::active_isa()));
+  j["analysis"] = "keydiff-premise";
+  j["trace"] = {{"path", trace_path},
+                {"model", meta.model},
+                {"source", meta.source},
+                {"num_layers", meta.num_layers},
+                {"num_heads", meta.num_heads},
+                {"num_kv_heads", meta.num_kv_heads},
+                {"head_dim", meta.head_dim},
+                {"seq_len", static_cast<std::int64_t>(meta.seq_len)},
+                {"prefill_len", static_cast<std::int64_t>(meta.prefill_len)},
+                {"dtype", dtype_name(meta.dtype)}};
+  j["protocol"] = {{"compression_point", cp},
+                   {"n_c", static_cast<std::int64_t>(n_c)},
+                   {"window", static_cast<std::int64_t>(window)},
+                   {"n_eval_queries", static_cast<std::int64_t>(n_eval)},
+                   {"n_window_queries", static_cast<std::int64_t>(n_window)},
+                   {"layers", layers}};
+  j["top"] = Json::array();
+  for (const auto& t : opt.top) j["top"].push_back({{"top", t.text}, {"tokens", static_cast<std::int64_t>(t.tokens)}});
   // Means over every analysed head, per evaluation set.
   std::map<std::string, std::vector<const report::HeadKeyStats*>> by_eval;
   for (const auto& s : stats) by_eval[s.eval].push_back(&s);
-  j.key("means").begin_object();
+  j["means"] = Json::object();
   for (const auto& [ev, v] : by_eval) {
     double sp = 0, m90 = 0;
     std::int64_t nsp = 0;
@@ -140,21 +141,16 @@ int cmd_analyze(const std::vector<std::string>& args) {
       m90 += s->mass_frac_90;
       for (std::size_t i = 0; i < rec.size(); ++i) rec[i] += s->recall[i];
     }
-    j.key(ev).begin_object();
-    j.field("heads", static_cast<std::int64_t>(v.size()));
-    j.field("spearman_mean", nsp ? sp / static_cast<double>(nsp) : std::nan(""));
-    j.field("mass_frac_90_mean", m90 / static_cast<double>(v.size()));
-    j.key("recall_mean").begin_object();
-    for (std::size_t i = 0; i < rec.size(); ++i) j.field(opt.top[i].text, rec[i] / static_cast<double>(v.size()));
-    j.end_object().end_object();
+    Json recall = Json::object();
+    for (std::size_t i = 0; i < rec.size(); ++i) recall[opt.top[i].text] = rec[i] / static_cast<double>(v.size());
+    j["means"][ev] = {{"heads", static_cast<std::int64_t>(v.size())},
+                      {"spearman_mean", nsp ? sp / static_cast<double>(nsp) : std::nan("")},
+                      {"mass_frac_90_mean", m90 / static_cast<double>(v.size())},
+                      {"recall_mean", std::move(recall)}};
   }
-  j.end_object();
-  j.key("timings").begin_object();
-  j.field("read_seconds", read_s).field("compute_seconds", compute_s).field("total_seconds", total.seconds());
-  j.end_object();
-  j.field("peak_rss_bytes", static_cast<std::int64_t>(peak_rss_bytes()));
-  j.end_object();
-  write_file_atomic(path("summary.json"), j.str() + "\n");
+  j["timings"] = {{"read_seconds", read_s}, {"compute_seconds", compute_s}, {"total_seconds", total.seconds()}};
+  j["peak_rss_bytes"] = static_cast<std::int64_t>(peak_rss_bytes());
+  write_file_atomic(path("summary.json"), json_text(j));
 
   // Short table on stdout: per layer and evaluation set, mean correlation and first recall.
   std::printf("%-6s %-8s %6s %10s %12s\n", "layer", "eval", "heads", "spearman", "recall@" );

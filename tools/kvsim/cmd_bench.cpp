@@ -22,6 +22,7 @@
 #include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
+#include "core/json.h"
 #include "core/splitmix.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
@@ -435,39 +436,42 @@ int cmd_bench(const std::vector<std::string>& args) {
 
   if (!json_path.empty()) {
     const LengthResult& key = ref32 ? *ref32 : results.back();
-    JsonWriter j;
-    j.begin_object();
-    j.field("isa", kernels::isa_name(kernels::active_isa())).field("threads", threads);
-    j.field("reference_seq_len", key.S);
-    j.field("sgemm_ratio", key.sgemm_s / key.core_s);
-    j.field("numpy_speedup", key.numpy_s / key.core_s);
-    j.field("numpy_speedup_nu_exact", key.numpy_nu_s / key.nu_exact_s);
-    j.field("numpy_speedup_metrics", key.numpy_metrics_s / key.metrics_s);
-    j.field("numpy_blas", numpy_blas);
-    j.field("full_replay_seconds", replay_exact);
-    j.field("full_replay_seconds_nu_upper", replay_upper);
-    j.field("full_replay_cpu_seconds_per_thread", replay_exact_cpu);
-    j.field("full_replay_cpu_seconds_per_thread_nu_upper", replay_upper_cpu);
-    j.field("replay_layer_seconds_1_thread", replay_layer_1thread);
-    j.field("replay_thread_scaling", replay_layer_1thread / (replay_exact / 32));
-    j.key("select_seconds_per_rule").begin_object();
-    for (const auto& [spec, sec] : select_per_rule) j.field(spec, sec);
-    j.end_object();
-    j.field("load_average_note", "wall times include time other processes held the cores");
-    j.field("peak_rss_bytes", static_cast<i64>(rss));
-    j.key("lengths").begin_array();
-    for (const auto& r : results) {
-      j.begin_object().field("seq_len", r.S).field("core_seconds", r.core_s).field("core_cpu_seconds_per_thread", r.core_cpu_s);
-      j.field("core_gflops", r.flops() / r.core_s * 1e-9).field("sgemm_seconds", r.sgemm_s);
-      j.field("core_seconds_1_thread", r.core1_s).field("numpy_seconds", r.numpy_s);
-      j.field("numpy_nu_exact_seconds", r.numpy_nu_s).field("numpy_metrics_seconds_per_selection", r.numpy_metrics_s);
-      j.field("nu_exact_seconds", r.nu_exact_s).field("nu_exact_heads_measured", r.nu_exact_heads);
-      j.field("nu_upper_seconds", r.nu_upper_s).field("nu_l2_seconds", r.nu_l2_s);
-      j.field("metrics_seconds_per_selection", r.metrics_s).field("peak_rss_bytes", r.rss);
-      j.end_object();
-    }
-    j.end_array().end_object();
-    write_file_atomic(json_path, j.str() + "\n");
+    Json j = {{"isa", kernels::isa_name(kernels::active_isa())},
+              {"threads", threads},
+              {"reference_seq_len", key.S},
+              {"sgemm_ratio", key.sgemm_s / key.core_s},
+              {"numpy_speedup", key.numpy_s / key.core_s},
+              {"numpy_speedup_nu_exact", key.numpy_nu_s / key.nu_exact_s},
+              {"numpy_speedup_metrics", key.numpy_metrics_s / key.metrics_s},
+              {"numpy_blas", numpy_blas},
+              {"full_replay_seconds", replay_exact},
+              {"full_replay_seconds_nu_upper", replay_upper},
+              {"full_replay_cpu_seconds_per_thread", replay_exact_cpu},
+              {"full_replay_cpu_seconds_per_thread_nu_upper", replay_upper_cpu},
+              {"replay_layer_seconds_1_thread", replay_layer_1thread},
+              {"replay_thread_scaling", replay_layer_1thread / (replay_exact / 32)},
+              {"select_seconds_per_rule", Json::object()},
+              {"load_average_note", "wall times include time other processes held the cores"},
+              {"peak_rss_bytes", static_cast<i64>(rss)},
+              {"lengths", Json::array()}};
+    for (const auto& [spec, sec] : select_per_rule) j["select_seconds_per_rule"][spec] = sec;
+    for (const auto& r : results)
+      j["lengths"].push_back({{"seq_len", r.S},
+                              {"core_seconds", r.core_s},
+                              {"core_cpu_seconds_per_thread", r.core_cpu_s},
+                              {"core_gflops", r.flops() / r.core_s * 1e-9},
+                              {"sgemm_seconds", r.sgemm_s},
+                              {"core_seconds_1_thread", r.core1_s},
+                              {"numpy_seconds", r.numpy_s},
+                              {"numpy_nu_exact_seconds", r.numpy_nu_s},
+                              {"numpy_metrics_seconds_per_selection", r.numpy_metrics_s},
+                              {"nu_exact_seconds", r.nu_exact_s},
+                              {"nu_exact_heads_measured", r.nu_exact_heads},
+                              {"nu_upper_seconds", r.nu_upper_s},
+                              {"nu_l2_seconds", r.nu_l2_s},
+                              {"metrics_seconds_per_selection", r.metrics_s},
+                              {"peak_rss_bytes", r.rss}});
+    write_file_atomic(json_path, json_text(j));
   }
   return 0;
 }
