@@ -1,0 +1,218 @@
+#include "replay/replay_bench.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "attention/layer_cache.h"
+#include "attention/perturbation.h"
+#include "core/splitmix.h"
+#include "core/sysinfo.h"
+#include "kernels/kernels.h"
+#include "rules/budget.h"
+#include "rules/factory.h"
+#include "rules/window_attention.h"
+
+namespace kvsim::bench {
+
+namespace {
+
+template <class F> double best_of(int reps, F&& f) {
+  double best = 1e300;
+  for (int r = 0; r < reps; ++r) {
+    Stopwatch sw;
+    f();
+    best = std::min(best, sw.seconds());
+  }
+  return best;
+}
+
+// What a rule sees of the bench layer (as kvsim replay builds it per layer).
+RuleInput bench_rule_input(const BenchLayer& b, LayerCache& cache, WindowAttentionMemo& window_memo) {
+  RuleInput in;
+  in.meta = &b.meta;
+  in.data = &b.data;
+  in.n_c = b.n_c;
+  in.eval_rows = b.eval_rows;
+  in.cache = &cache;
+  in.window_memo = &window_memo;
+  return in;
+}
+
+}  // namespace
+
+void fill_random(float* x, i64 n, std::uint64_t seed, float scale) {
+#pragma omp parallel for schedule(static)
+  for (i64 i = 0; i < n; ++i) {
+    const std::uint64_t z =
+        splitmix64_finalize((static_cast<std::uint64_t>(i) + 1) * kSplitmixGolden ^ seed * 0xD1B54A32D192ED03ull);
+    x[i] = scale * 1.7320508f * (static_cast<float>(z >> 40) / 8388608.f - 1.f);
+  }
+}
+
+// Context of S - 64 tokens then 64 question tokens; stored queries: the 64-token observation
+// window and the 64 evaluation queries.
+BenchLayer make_layer(i64 S) {
+  BenchLayer b;
+  b.n_c = S - kEval;
+  TraceMeta& m = b.meta;
+  m.path = "bench";
+  m.model = "synthetic llama-8b shape";
+  m.num_layers = 32;
+  m.num_heads = kHeads;
+  m.num_kv_heads = kKvHeads;
+  m.head_dim = kDim;
+  m.hidden_size = kHidden;
+  m.attn_scale = 1.0 / std::sqrt(double(kDim));
+  m.seq_len = S;
+  m.prefill_len = S;
+  m.input_ids.assign(S, 0);
+  m.segment.assign(S, kContext);
+  for (i64 t = b.n_c; t < S; ++t) m.segment[t] = kQuestion;
+  for (i64 t = b.n_c - kWindow; t < S; ++t) m.q_pos.push_back(t);
+  m.has_o_proj = true;
+  for (i64 r = 0; r < kWindow; ++r) b.window_rows.push_back(r);
+  for (i64 r = kWindow; r < kWindow + kEval; ++r) b.eval_rows.push_back(r);
+  LayerData& L = b.data;
+  L.layer = 0;
+  L.num_heads = kHeads;
+  L.num_kv_heads = kKvHeads;
+  L.head_dim = kDim;
+  L.hidden_size = kHidden;
+  L.seq_len = S;
+  L.num_q = kWindow + kEval;
+  L.q.resize(std::size_t(kHeads) * L.num_q * kDim);
+  L.k.resize(std::size_t(kKvHeads) * S * kDim);
+  L.v.resize(std::size_t(kKvHeads) * S * kDim);
+  L.o_proj.resize(std::size_t(kHidden) * kHeads * kDim);
+  fill_random(L.q.data(), i64(L.q.size()), 1, 1.f);
+  fill_random(L.k.data(), i64(L.k.size()), 2, 1.f);
+  fill_random(L.v.data(), i64(L.v.size()), 3, 1.f);
+  fill_random(L.o_proj.data(), i64(L.o_proj.size()), 4, 1.f / 64.f);
+  return b;
+}
+
+// Process CPU seconds (user + system, all threads): on a shared machine, wall time also counts
+// the time other processes held the cores; CPU time / threads approximates an idle machine.
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+// The attention core: full causal attention + head outputs of the evaluation queries.
+double time_core(const BenchLayer& b, int threads, int reps) {
+  omp_set_num_threads(threads);
+  return best_of(reps, [&] {
+    LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows);
+    cache.precompute(QuerySet::eval);
+  });
+}
+
+// Plain OpenBLAS on the same shapes: per KV group QK^T [G*n x d]x[d x S] and PV [G*n x S]x[S x d].
+double time_sgemm(const BenchLayer& b, int threads, int reps) {
+  omp_set_num_threads(threads);
+  const int G = kHeads / kKvHeads;
+  const i64 S = b.data.seq_len, rows = G * kEval;
+  avec<float> A(std::size_t(kKvHeads) * rows * kDim), C(std::size_t(kKvHeads) * rows * S),
+      O(std::size_t(kKvHeads) * rows * kDim);
+  fill_random(A.data(), i64(A.size()), 5, 1.f);
+  return best_of(reps, [&] {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int g = 0; g < kKvHeads; ++g) {
+      float* c = C.data() + std::size_t(g) * rows * S;
+      kernels::sgemm(false, true, rows, S, kDim, 1.f, A.data() + std::size_t(g) * rows * kDim, kDim,
+                     b.data.k_head(g), kDim, 0.f, c, S);
+      kernels::sgemm(false, false, rows, kDim, S, 1.f, c, S, b.data.v_head(g), kDim, 0.f,
+                     O.data() + std::size_t(g) * rows * kDim, kDim);
+    }
+  });
+}
+
+ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec) {
+  WindowAttentionMemo window_memo;  // as in kvsim replay: snapkv-family rules share it
+  ReplayLayerTiming t;
+  Stopwatch sw;
+  LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
+  LayerReference ref(cache, QuerySet::eval, nu);
+  const auto rules = make_rules(rules_spec);
+  const auto budgets = parse_budgets("0.1,0.2,0.3,0.4,0.5");
+  const RuleInput in = bench_rule_input(b, cache, window_memo);
+  for (const auto& r : rules) {
+    Stopwatch sel;
+    auto selections = r->select(in, budgets);
+    t.select_seconds.emplace_back(r->spec(), sel.seconds());
+    measure_perturbations(cache, ref, selections);
+  }
+  t.seconds = sw.seconds();
+  return t;
+}
+
+// select() alone, all 5 budgets, for each rule of `set` that is not in `skip` (already timed).
+std::vector<std::pair<std::string, double>> select_only_timings(const BenchLayer& b, const std::string& set,
+                                                                const std::string& skip) {
+  WindowAttentionMemo window_memo;
+  LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
+  const auto budgets = parse_budgets("0.1,0.2,0.3,0.4,0.5");
+  const RuleInput in = bench_rule_input(b, cache, window_memo);
+  std::vector<std::string> done;
+  for (const auto& r : make_rules(skip)) done.push_back(r->spec());
+  std::vector<std::pair<std::string, double>> out;
+  for (const auto& r : make_rules(set)) {
+    if (std::find(done.begin(), done.end(), r->spec()) != done.end()) continue;
+    Stopwatch sel;
+    (void)r->select(in, budgets);
+    out.emplace_back(r->spec(), sel.seconds());
+  }
+  return out;
+}
+
+LengthTiming time_length(i64 S, int threads, int reps) {
+  LengthTiming r;
+  r.S = S;
+  const BenchLayer b = make_layer(S);
+  const double c0 = cpu_seconds();
+  r.core_s = time_core(b, threads, reps);
+  r.core_cpu_s = (cpu_seconds() - c0) / reps / threads;
+  r.sgemm_s = time_sgemm(b, threads, reps);
+  r.core1_s = threads > 1 ? time_core(b, 1, 1) : r.core_s;
+  omp_set_num_threads(threads);
+  LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows);
+  cache.precompute(QuerySet::eval);
+  r.nu_upper_s = best_of(1, [&] { cache.precompute_norms(NormKind::upper); });
+  r.nu_l2_s = best_of(1, [&] { cache.precompute_norms(NormKind::l2); });
+  // Exact L1 is ~2 S d D flops per head: all heads up to 32K tokens, else 4 heads, scaled.
+  r.nu_exact_heads = S <= 32768 ? kHeads : 4;
+  const double t = best_of(1, [&] {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int h = 0; h < r.nu_exact_heads; ++h) cache.value_norms(h, NormKind::l1);
+  });
+  r.nu_exact_s = t * kHeads / r.nu_exact_heads;
+  LayerReference ref(cache, QuerySet::eval, NormKind::upper);
+  Selection sel(GqaMode::kv, kKvHeads, b.n_c);
+  for (i64 j = 0; j < i64(sel.kept.size()); ++j) sel.kept[j] = (j * 2654435761u) % 5 == 0;  // 20%
+  r.metrics_s = best_of(reps, [&] { measure_perturbation(cache, ref, sel); });
+  return r;
+}
+
+BlasThreading probe_blas_threading() {
+  const i64 m = 1024;
+  avec<float> A(m * m), B(m * m), C(m * m);
+  fill_random(A.data(), m * m, 7, 1.f);
+  fill_random(B.data(), m * m, 8, 1.f);
+  BlasThreading r;
+  r.outside_seconds =
+      best_of(3, [&] { kernels::sgemm(false, false, m, m, m, 1.f, A.data(), m, B.data(), m, 0.f, C.data(), m); });
+  r.inside_seconds = best_of(3, [&] {
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_thread_num() == 0)
+        kernels::sgemm(false, false, m, m, m, 1.f, A.data(), m, B.data(), m, 0.f, C.data(), m);
+    }
+  });
+  return r;
+}
+
+}  // namespace kvsim::bench
