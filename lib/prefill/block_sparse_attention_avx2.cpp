@@ -13,6 +13,7 @@
 
 #include "kernels/simd_avx2.h"
 #include "prefill/block_sparse_attention.h"
+#include "prefill/block_sparse_tiles.h"
 
 namespace kvsim::prefill::avx2 {
 
@@ -80,28 +81,11 @@ struct Scratch {
 void block_sparse_attention(const HeadsView& x, const BlockSelection& sel, float* out) {
   const SegmentPlan& plan = sel.plan();
   const i64 n = x.n, d = x.head_dim, bs = plan.config().block, nb = plan.num_blocks();
-  const int G = x.group_size(), Hkv = x.num_kv_heads;
+  const int G = x.group_size();
   const i64 rows = G * kTileQ;
 
-  // Keys transposed per block, [g][b][c][j], zero padded past n: the QK tile loads 8 keys of
-  // one channel as a vector.
-  avec<float> kt(static_cast<std::size_t>(Hkv * nb * d * bs), 0.0f);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int g = 0; g < Hkv; ++g)
-    for (i64 b = 0; b < nb; ++b) {
-      float* dst = kt.data() + (g * nb + b) * d * bs;
-      const i64 valid = std::min(bs, n - b * bs);
-      for (i64 j = 0; j < valid; ++j) {
-        const float* k = x.k_row(g, b * bs + j);
-        for (i64 c = 0; c < d; ++c) dst[c * bs + j] = k[c];
-      }
-    }
-
-  struct Item { int g; i64 s, t0; };
-  std::vector<Item> items;
-  for (i64 s = plan.num_segments() - 1; s >= 0; --s)  // costly (late) segments first
-    for (int g = 0; g < Hkv; ++g)
-      for (i64 t0 = plan.segment(s).start; t0 < plan.segment(s).end; t0 += kTileQ) items.push_back({g, s, t0});
+  const avec<float> kt = tiles::transpose_key_blocks(x, plan);
+  const std::vector<tiles::WorkItem> items = tiles::work_items(x, plan, kTileQ);
 
 #pragma omp parallel
   {
@@ -110,17 +94,7 @@ void block_sparse_attention(const HeadsView& x, const BlockSelection& sel, float
     for (std::size_t it = 0; it < items.size(); ++it) {
       const auto [g, s, t0] = items[it];
       const i64 start = plan.segment(s).start;
-      // Rows r = hh * kTileQ + i: query head g*G + hh at position t0 + i; padded rows are zero.
-      for (int hh = 0; hh < G; ++hh)
-        for (i64 i = 0; i < kTileQ; ++i) {
-          float* dst = w.qs.data() + (hh * kTileQ + i) * d;
-          if (t0 + i < n) {
-            const float* q = x.q_row(g * G + hh, t0 + i);
-            for (i64 c = 0; c < d; ++c) dst[c] = x.scale * q[c];
-          } else {
-            std::fill(dst, dst + d, 0.0f);
-          }
-        }
+      tiles::load_query_tile(x, g, t0, kTileQ, w.qs.data());
       std::fill(w.o.begin(), w.o.end(), 0.0f);
       std::fill(w.m.begin(), w.m.end(), kNegInf);
       std::fill(w.l.begin(), w.l.end(), 0.0f);
@@ -133,13 +107,7 @@ void block_sparse_attention(const HeadsView& x, const BlockSelection& sel, float
           for (; kc < bs; kc += 8) qk_tile<1>(w.qs.data() + r0 * d, d, ktb, bs, kc, w.lg.data() + r0 * bs, bs);
         }
         const i64 key0 = b * bs, nkeys = std::min(bs, n - key0);
-        if (causal || nkeys < bs)
-          for (i64 r = 0; r < rows; ++r) {
-            const i64 t = t0 + r % kTileQ;
-            float* row = w.lg.data() + r * bs;
-            for (i64 j = 0; j < bs; ++j)
-              if (key0 + j > t || key0 + j >= n) row[j] = kNegInf;
-          }
+        if (causal || nkeys < bs) tiles::mask_block(w.lg.data(), rows, bs, t0, kTileQ, key0, n);
         for (i64 r = 0; r < rows; ++r) {
           float* row = w.lg.data() + r * bs;
           const float m_new = std::max(w.m[r], row_max(row, bs));
@@ -173,13 +141,7 @@ void block_sparse_attention(const HeadsView& x, const BlockSelection& sel, float
       const i64 last = std::min(t0 + kTileQ, n) - 1;
       for (i64 b = start / bs; b <= last / bs; ++b) process_block(b, true);
 
-      for (int hh = 0; hh < G; ++hh)
-        for (i64 i = 0; i < kTileQ && t0 + i < n; ++i) {
-          const i64 r = hh * kTileQ + i;
-          const float inv = 1.0f / w.l[r];
-          float* dst = out + ((g * G + hh) * n + t0 + i) * d;
-          for (i64 c = 0; c < d; ++c) dst[c] = w.o[r * d + c] * inv;
-        }
+      tiles::store_output_tile(x, g, t0, kTileQ, w.o.data(), w.l.data(), out);
     }
   }
 }
