@@ -11,6 +11,7 @@
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "kernels/isa.h"
+#include "trace/trace_summary.h"
 
 namespace kvsim::prefill {
 
@@ -93,12 +94,7 @@ std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& o
   const TraceMeta& m = res.meta;
   const PrefillConfig& c = res.plan.config();
   Json j = run_header(command, kernels::isa_name(kernels::active_isa()));
-  j["trace"] = {{"path", m.path},           {"model", m.model},
-                {"source", m.source},       {"num_layers", m.num_layers},
-                {"num_heads", m.num_heads}, {"num_kv_heads", m.num_kv_heads},
-                {"head_dim", m.head_dim},   {"hidden_size", m.hidden_size},
-                {"seq_len", m.seq_len},     {"prefill_len", m.prefill_len},
-                {"dtype", dtype_name(m.dtype)}, {"has_o_proj", m.has_o_proj}};
+  j["trace"] = trace_summary(m, m.path);
   j["config"] = {{"segment", c.segment},
                  {"block", c.block},
                  {"budget", c.budget},

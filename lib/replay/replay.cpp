@@ -28,6 +28,7 @@
 #include "rules/rule_labels.h"
 #include "rules/window_attention.h"
 #include "trace/trace_reader.h"
+#include "trace/trace_summary.h"
 
 namespace kvsim {
 
@@ -45,12 +46,7 @@ void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::ve
   const TraceMeta& meta = s.meta;
   const Protocol& p = s.protocol;
   Json j = run_header(opt.command, kernels::isa_name(kernels::active_isa()));
-  j["trace"] = {{"path", opt.trace_path},          {"model", meta.model},
-                {"source", meta.source},           {"num_layers", meta.num_layers},
-                {"num_heads", meta.num_heads},     {"num_kv_heads", meta.num_kv_heads},
-                {"head_dim", meta.head_dim},       {"hidden_size", meta.hidden_size},
-                {"seq_len", meta.seq_len},         {"prefill_len", meta.prefill_len},
-                {"dtype", dtype_name(meta.dtype)}, {"has_o_proj", meta.has_o_proj}};
+  j["trace"] = trace_summary(meta, opt.trace_path);
   j["protocol"] = {{"compression_point", compression_point_name(opt.protocol.compression_point)},
                    {"n_c", p.n_c},
                    {"window", opt.protocol.window},

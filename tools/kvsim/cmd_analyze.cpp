@@ -21,6 +21,7 @@
 #include "report/analysis_files.h"
 #include "report/key_stats.h"
 #include "trace/trace_reader.h"
+#include "trace/trace_summary.h"
 
 namespace kvsim::cli {
 namespace {
@@ -110,16 +111,7 @@ int cmd_analyze(const std::vector<std::string>& args) {
   for (const auto& a : args) command += (command.empty() ? "kvsim " : " ") + a;
   Json j = run_header(command, kernels::isa_name(kernels::active_isa()));
   j["analysis"] = "keydiff-premise";
-  j["trace"] = {{"path", trace_path},
-                {"model", meta.model},
-                {"source", meta.source},
-                {"num_layers", meta.num_layers},
-                {"num_heads", meta.num_heads},
-                {"num_kv_heads", meta.num_kv_heads},
-                {"head_dim", meta.head_dim},
-                {"seq_len", static_cast<std::int64_t>(meta.seq_len)},
-                {"prefill_len", static_cast<std::int64_t>(meta.prefill_len)},
-                {"dtype", dtype_name(meta.dtype)}};
+  j["trace"] = trace_summary(meta, trace_path);
   j["protocol"] = {{"compression_point", cp},
                    {"n_c", static_cast<std::int64_t>(n_c)},
                    {"window", static_cast<std::int64_t>(window)},

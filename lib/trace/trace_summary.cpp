@@ -1,0 +1,20 @@
+#include "trace/trace_summary.h"
+
+namespace kvsim {
+
+Json trace_summary(const TraceMeta& m, const std::string& path) {
+  return {{"path", path},
+          {"model", m.model},
+          {"source", m.source},
+          {"num_layers", m.num_layers},
+          {"num_heads", m.num_heads},
+          {"num_kv_heads", m.num_kv_heads},
+          {"head_dim", m.head_dim},
+          {"hidden_size", m.hidden_size},
+          {"seq_len", m.seq_len},
+          {"prefill_len", m.prefill_len},
+          {"dtype", dtype_name(m.dtype)},
+          {"has_o_proj", m.has_o_proj}};
+}
+
+}  // namespace kvsim
