@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kvsim needs and is missing: Debian 12 packages (apt-get) for the C++ build,
-# the report render, the MPI sweep and the fuzz target (clang's libFuzzer), and the project's Python environment .venv/ (pinned
+# the report render, the MPI sweep, the fuzz target (clang's libFuzzer) and the AVX-512 emulation
+# check (SIMDe), and the project's Python environment .venv/ (pinned
 # lock tools/requirements.txt: torch, transformers, kvpress, h5py, numpy, pandas, ...).
 # Idempotent: packages already installed and a .venv made from the same lock are kept.
 set -euo pipefail
@@ -13,6 +14,7 @@ pkgs=(
   python3 python3-venv python3-pip
   chromium fonts-liberation
   clang libomp-14-dev
+  libsimde-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do

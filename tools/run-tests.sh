@@ -6,6 +6,11 @@ bash tools/install-deps.sh
 bash tools/build.sh
 # --no-tests=error: a run that finds no test fails instead of passing silently.
 ctest --test-dir build --output-on-failure --no-tests=error -j"$(nproc)" "$@"
+# A CPU without AVX-512 skips the *_avx512 suites above; there they run again against the
+# AVX-512 kernels emulated on AVX2 (SIMDe; build-avx512emu). KVSIM_AVX512_EMULATION=0 skips it.
+if ! grep -qw avx512f /proc/cpuinfo && [ "${KVSIM_AVX512_EMULATION:-1}" != 0 ]; then
+  bash tools/check-avx512-emulated.sh
+fi
 # A short libFuzzer run of the trace reader (tests/fuzz), seeded with the corpus and the
 # regression inputs; KVSIM_FUZZ_SECONDS=0 skips it.
 if [ "${KVSIM_FUZZ_SECONDS:-60}" != 0 ]; then bash tools/fuzz.sh "${KVSIM_FUZZ_SECONDS:-60}"; fi
