@@ -7,20 +7,6 @@
 
 namespace kvsim::report {
 
-std::string html_escape(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
 std::string display_number(double v) {
   if (!std::isfinite(v)) return format_double(v);
   char buf[32];

@@ -5,9 +5,10 @@
 #include <string>
 #include <vector>
 
+#include "report/markup_escape.h"
+
 namespace kvsim::report {
 
-std::string html_escape(const std::string& text);
 std::string display_number(double v);  // 6 significant digits; "nan" / "inf" spelled out
 
 struct HtmlCell {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <limits>
 
+#include "report/markup_escape.h"
 #include "report/svg_plot.h"
 
 namespace kvsim::svg {
@@ -58,12 +59,12 @@ std::string HeatMap::render() const {
   o += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>";
   if (!title.empty())
     o += "<text x=\"" + fmt(W / 2) + "\" y=\"18\" text-anchor=\"middle\" font-size=\"13\" font-weight=\"bold\">" +
-         escape(title) + "</text>";
+         report::html_escape(title) + "</text>";
   for (std::size_t r = 0; r < rows; ++r) {
     const double y = mt + cell_h * static_cast<double>(r);
     std::string label = row_labels[r].size() > 48 ? row_labels[r].substr(0, 45) + "..." : row_labels[r];
     o += "<text x=\"" + fmt(ml - 5) + "\" y=\"" + fmt(y + cell_h / 2 + 4) + "\" text-anchor=\"end\"><title>" +
-         escape(row_labels[r]) + "</title>" + escape(label) + "</text>";
+         report::html_escape(row_labels[r]) + "</title>" + report::html_escape(label) + "</text>";
     for (std::size_t c = 0; c < cols; ++c) {
       const double v = r * cols + c < values.size() ? values[r * cols + c] : std::nan("");
       const double t = transform(v);
@@ -72,8 +73,8 @@ std::string HeatMap::render() const {
       const std::string fill = std::isfinite(t) ? viridis(u) : "#cccccc";
       const double x = ml + cell_w * static_cast<double>(c);
       o += "<rect x=\"" + fmt(x) + "\" y=\"" + fmt(y) + "\" width=\"" + fmt(cell_w) + "\" height=\"" + fmt(cell_h) +
-           "\" fill=\"" + fill + "\" stroke=\"white\" stroke-width=\"0.5\"><title>" + escape(row_labels[r]) + " / " +
-           escape(col_labels[c]) + ": " + short_number(v) + "</title></rect>";
+           "\" fill=\"" + fill + "\" stroke=\"white\" stroke-width=\"0.5\"><title>" + report::html_escape(row_labels[r]) + " / " +
+           report::html_escape(col_labels[c]) + ": " + short_number(v) + "</title></rect>";
       if (show_values)
         o += "<text x=\"" + fmt(x + cell_w / 2) + "\" y=\"" + fmt(y + cell_h / 2 + 4) + "\" text-anchor=\"middle\" fill=\"" +
              (u > 0.6 ? "#000" : "#fff") + "\" font-size=\"10\">" + short_number(v) + "</text>";
@@ -82,12 +83,12 @@ std::string HeatMap::render() const {
   const std::size_t every = std::max<std::size_t>(1, static_cast<std::size_t>(std::ceil(22.0 / cell_w)));
   for (std::size_t c = 0; c < cols; c += every)
     o += "<text x=\"" + fmt(ml + cell_w * (static_cast<double>(c) + 0.5)) + "\" y=\"" + fmt(mt + ph + 14) +
-         "\" text-anchor=\"middle\">" + escape(col_labels[c]) + "</text>";
+         "\" text-anchor=\"middle\">" + report::html_escape(col_labels[c]) + "</text>";
   if (!xlabel.empty())
     o += "<text x=\"" + fmt(ml + pw / 2) + "\" y=\"" + fmt(mt + ph + 32) + "\" text-anchor=\"middle\" font-size=\"12\">" +
-         escape(xlabel) + "</text>";
+         report::html_escape(xlabel) + "</text>";
   if (!ylabel.empty())
-    o += "<text x=\"4\" y=\"" + fmt(mt - 4) + "\" font-size=\"12\">" + escape(ylabel) + "</text>";
+    o += "<text x=\"4\" y=\"" + fmt(mt - 4) + "\" font-size=\"12\">" + report::html_escape(ylabel) + "</text>";
   // Colour bar.
   const double bx = ml + pw + 16, bh = std::max(ph, 60.0);
   for (int i = 0; i < 32; ++i) {
@@ -100,7 +101,7 @@ std::string HeatMap::render() const {
   o += "<text x=\"" + fmt(bx + 15) + "\" y=\"" + fmt(mt + 9) + "\">" + bar_label(hi) + "</text>";
   o += "<text x=\"" + fmt(bx + 15) + "\" y=\"" + fmt(mt + bh) + "\">" + bar_label(lo) + "</text>";
   if (!value_label.empty())
-    o += "<text x=\"" + fmt(bx + 15) + "\" y=\"" + fmt(mt + bh / 2 + 4) + "\" font-size=\"10\">" + escape(value_label) +
+    o += "<text x=\"" + fmt(bx + 15) + "\" y=\"" + fmt(mt + bh / 2 + 4) + "\" font-size=\"10\">" + report::html_escape(value_label) +
          (log_color ? " (log)" : "") + "</text>";
   o += "</svg>";
   return o;

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <limits>
 
+#include "report/markup_escape.h"
+
 namespace kvsim::svg {
 
 std::string fmt(double v) {
@@ -56,21 +58,6 @@ Range padded(Range r, Scale s) {
 }
 
 }  // namespace
-
-std::string escape(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 const std::string& palette(int i) {
   static const std::vector<std::string> colors = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -228,7 +215,7 @@ std::string Plot::render() const {
   o += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>";
   if (!title_.empty())
     o += "<text x=\"" + fmt(width_ / 2.0) + "\" y=\"18\" text-anchor=\"middle\" font-size=\"13\" font-weight=\"bold\">" +
-         escape(title_) + "</text>";
+         report::html_escape(title_) + "</text>";
   // Grid and ticks.
   const auto xt = xscale_ == Scale::log ? log_ticks(X.lo, X.hi) : linear_ticks(X.lo, X.hi);
   const auto yt = yscale_ == Scale::log ? log_ticks(Y.lo, Y.hi) : linear_ticks(Y.lo, Y.hi);
@@ -237,23 +224,23 @@ std::string Plot::render() const {
     o += "<line x1=\"" + x + "\" y1=\"" + fmt(mt) + "\" x2=\"" + x + "\" y2=\"" + fmt(mt + ph) +
          "\" stroke=\"#e4e4e4\"/>";
     o += "<text x=\"" + x + "\" y=\"" + fmt(mt + ph + 15) + "\" text-anchor=\"middle\">" +
-         escape(tick_label(t, xscale_)) + "</text>";
+         report::html_escape(tick_label(t, xscale_)) + "</text>";
   }
   for (double t : yt) {
     const std::string y = fmt(py(t));
     o += "<line x1=\"" + fmt(ml) + "\" y1=\"" + y + "\" x2=\"" + fmt(ml + pw) + "\" y2=\"" + y +
          "\" stroke=\"#e4e4e4\"/>";
     o += "<text x=\"" + fmt(ml - 5) + "\" y=\"" + fmt(py(t) + 4) + "\" text-anchor=\"end\">" +
-         escape(tick_label(t, yscale_)) + "</text>";
+         report::html_escape(tick_label(t, yscale_)) + "</text>";
   }
   o += "<rect x=\"" + fmt(ml) + "\" y=\"" + fmt(mt) + "\" width=\"" + fmt(pw) + "\" height=\"" + fmt(ph) +
        "\" fill=\"none\" stroke=\"#444\"/>";
   if (!xlabel_.empty())
     o += "<text x=\"" + fmt(ml + pw / 2) + "\" y=\"" + fmt(mt + ph + 34) + "\" text-anchor=\"middle\" font-size=\"12\">" +
-         escape(xlabel_) + "</text>";
+         report::html_escape(xlabel_) + "</text>";
   if (!ylabel_.empty())
     o += "<text transform=\"translate(16," + fmt(mt + ph / 2) + ") rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">" +
-         escape(ylabel_) + "</text>";
+         report::html_escape(ylabel_) + "</text>";
 
   // Everything data-bound is clipped to the plot area.
   static std::atomic<int> clip_counter{0};  // ids must be unique within one HTML document
@@ -311,7 +298,7 @@ std::string Plot::render() const {
       o += "<line x1=\"" + fmt(ml) + "\" y1=\"" + fmt(ly - 4) + "\" x2=\"" + fmt(ml + 16) + "\" y2=\"" + fmt(ly - 4) +
            "\" stroke=\"" + color + "\" stroke-width=\"3\"" + (dashed ? " stroke-dasharray=\"4,3\"" : "") + "/>";
     std::string text = label.size() > 95 ? label.substr(0, 92) + "..." : label;
-    o += "<text x=\"" + fmt(ml + 22) + "\" y=\"" + y + "\"><title>" + escape(label) + "</title>" + escape(text) +
+    o += "<text x=\"" + fmt(ml + 22) + "\" y=\"" + y + "\"><title>" + report::html_escape(label) + "</title>" + report::html_escape(text) +
          "</text>";
     ly += 16;
   };

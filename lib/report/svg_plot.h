@@ -16,7 +16,6 @@ std::vector<double> log_ticks(double lo, double hi);
 std::string tick_label(double v, Scale scale);  // "0.25", "10⁻³", "2×10⁴"
 
 const std::string& palette(int i);  // categorical colours (Tableau 10), cycling
-std::string escape(const std::string& text);  // XML text / attribute escaping
 std::string fmt(double v);  // "%.1f": coordinates and sizes in SVG output
 
 struct Series {

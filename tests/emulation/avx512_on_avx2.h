@@ -25,11 +25,14 @@ inline simde__m512 from_lanes(const float* lanes) {
 }
 
 // Masked loads and stores touch only the selected lanes (a tail may end at the buffer's end).
+template <class Lane, class Dst>
+void copy_selected_lanes(Dst& dst, const void* src, simde__mmask16 k) {
+  for (int i = 0; i < 16; ++i)
+    if (k >> i & 1) dst[i] = static_cast<const Lane*>(src)[i];
+}
 inline simde__m512 mask_loadu_ps(simde__m512 src, simde__mmask16 k, const void* p) {
   simde__m512_private r = simde__m512_to_private(src);
-  const float* f = static_cast<const float*>(p);
-  for (int i = 0; i < 16; ++i)
-    if (k >> i & 1) r.f32[i] = f[i];
+  copy_selected_lanes<float>(r.f32, p, k);
   return simde__m512_from_private(r);
 }
 inline simde__m512 maskz_loadu_ps(simde__mmask16 k, const void* p) {
@@ -43,16 +46,12 @@ inline void mask_storeu_ps(void* p, simde__mmask16 k, simde__m512 a) {
 }
 inline simde__m256i maskz_loadu_epi16(simde__mmask16 k, const void* p) {
   simde__m256i_private r = simde__m256i_to_private(simde_mm256_setzero_si256());
-  const std::int16_t* s = static_cast<const std::int16_t*>(p);
-  for (int i = 0; i < 16; ++i)
-    if (k >> i & 1) r.i16[i] = s[i];
+  copy_selected_lanes<std::int16_t>(r.i16, p, k);
   return simde__m256i_from_private(r);
 }
 inline simde__m128i maskz_loadu_epi8(simde__mmask16 k, const void* p) {
   simde__m128i_private r = simde__m128i_to_private(simde_mm_setzero_si128());
-  const std::int8_t* s = static_cast<const std::int8_t*>(p);
-  for (int i = 0; i < 16; ++i)
-    if (k >> i & 1) r.i8[i] = s[i];
+  copy_selected_lanes<std::int8_t>(r.i8, p, k);
   return simde__m128i_from_private(r);
 }
 inline simde__mmask16 test_epi8_mask(simde__m128i a, simde__m128i b) {

@@ -342,14 +342,19 @@ def interrupt_on_sigterm():
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run_command(prog, run, args, interrupted):
+    """Runs a tool's run(args): its DumpError as a one-line error (exit 1), SIGINT/SIGTERM as
+    `interrupted` (exit 130; the tool has already removed its partial outputs)."""
     interrupt_on_sigterm()
     try:
         return run(args)
     except DumpError as e:
-        print(f"kvsim-dump: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("kvsim-dump: interrupted; no trace written", file=sys.stderr)
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         return 130
+
+
+def main(argv=None):
+    return run_command("kvsim-dump", run, build_parser().parse_args(argv), "no trace written")

@@ -283,16 +283,8 @@ def kl_logits(a, b):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cli.interrupt_on_sigterm()
-    try:
-        return run(args)
-    except DumpError as e:
-        print(f"kvsim-closed-loop: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("kvsim-closed-loop: interrupted; the closed-loop files were not written", file=sys.stderr)
-        return 130
+    return cli.run_command("kvsim-closed-loop", run, build_parser().parse_args(argv),
+                           "the closed-loop files were not written")
 
 
 if __name__ == "__main__":
