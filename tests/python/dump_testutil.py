@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("KVSIM_SOURCE_DIR", os.path.abspath(os.path.join(HERE, "..", "..")))
@@ -34,6 +35,15 @@ class TempDir:
 
     def __exit__(self, *exc):
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def open_cli_class_dir(cls):
+    """setUpClass of a suite that runs the kvsim binary: skips without KVSIM_CLI, else gives the
+    class a temporary folder cls.dir (tearDownClass closes cls.tmp)."""
+    if not os.path.exists(os.environ.get("KVSIM_CLI", "")):
+        raise unittest.SkipTest("KVSIM_CLI is not set to the kvsim binary")
+    cls.tmp = TempDir()
+    cls.dir = cls.tmp.__enter__()
 
 
 def kvsim_validate(trace, *extra):

@@ -84,10 +84,7 @@ def kvsim(*args):
 class ArchitectureTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.path.exists(os.environ.get("KVSIM_CLI", "")):
-            raise unittest.SkipTest("KVSIM_CLI is not set to the kvsim binary")
-        cls.tmp = tu.TempDir()
-        cls.dir = cls.tmp.__enter__()
+        tu.open_cli_class_dir(cls)
         for name, (cfg, _) in configs().items():
             build(os.path.join(cls.dir, name), cfg)
 

@@ -39,10 +39,7 @@ def kvsim(*args):
 class KvpressTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.path.exists(os.environ.get("KVSIM_CLI", "")):
-            raise unittest.SkipTest("KVSIM_CLI is not set to the kvsim binary")
-        cls.tmp = tu.TempDir()
-        cls.dir = cls.tmp.__enter__()
+        tu.open_cli_class_dir(cls)
         cls.hf = os.path.join(cls.dir, "stories260K-hf")
         r = subprocess.run([CONVERTER, tu.CHECKPOINT, cls.hf], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr

@@ -62,10 +62,7 @@ def numpy_snapkv(w=16, kernel=5):
 class ModuleTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.path.exists(os.environ.get("KVSIM_CLI", "")):
-            raise unittest.SkipTest("KVSIM_CLI is not set to the kvsim binary")
-        cls.tmp = tu.TempDir()
-        cls.dir = cls.tmp.__enter__()
+        tu.open_cli_class_dir(cls)
 
     @classmethod
     def tearDownClass(cls):

@@ -5,6 +5,9 @@
 
 #include <boost/program_options.hpp>
 
+#include "core/error.h"
+#include "replay/protocol.h"
+
 namespace kvsim::cli {
 
 // Parses args[1..] (args[0] is the subcommand name) against `opts` and runs the notifiers.
@@ -24,6 +27,17 @@ inline boost::program_options::variables_map parse_args(const std::vector<std::s
   po::store(parser.run(), vm);
   po::notify(vm);
   return vm;
+}
+
+// --compression-point and --eval into the protocol options; a bad value is a usage error.
+inline void set_protocol_modes(ProtocolOptions& protocol, const std::string& compression_point,
+                               const std::string& eval) {
+  try {
+    protocol.compression_point = parse_compression_point(compression_point);
+    protocol.eval = parse_eval_mode(eval);
+  } catch (const Error& e) {
+    throw boost::program_options::error(e.what());
+  }
 }
 
 }  // namespace kvsim::cli

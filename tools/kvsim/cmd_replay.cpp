@@ -60,12 +60,7 @@ int cmd_replay(const std::vector<std::string>& args) {
   ro.nu = nu == "exact" ? NormKind::l1 : NormKind::upper;
   if (nu_cache.empty()) throw po::error("--nu-cache needs a folder or off");
   ro.nu_cache_dir = nu_cache == "off" ? "" : nu_cache;
-  try {
-    ro.protocol.compression_point = parse_compression_point(cp);
-    ro.protocol.eval = parse_eval_mode(eval);
-  } catch (const Error& e) {
-    throw po::error(e.what());
-  }
+  cli::set_protocol_modes(ro.protocol, cp, eval);
   ro.per_query = vm.count("per-query") > 0;
   ro.save_selection = vm.count("save-selection") > 0;
   ro.command = "kvsim";

@@ -87,12 +87,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
   if (nu != "exact" && nu != "upper") throw po::error("--nu must be exact or upper");
   ro.nu = nu == "exact" ? NormKind::l1 : NormKind::upper;
   ro.nu_cache_dir = !vm.count("nu-cache") ? so.out_dir + "/nu-cache" : nu_cache == "off" ? "" : nu_cache;
-  try {
-    ro.protocol.compression_point = parse_compression_point(cp);
-    ro.protocol.eval = parse_eval_mode(eval);
-  } catch (const Error& e) {
-    throw po::error(e.what());
-  }
+  cli::set_protocol_modes(ro.protocol, cp, eval);
   ro.per_query = vm.count("per-query") > 0;
   so.resume = vm.count("resume") > 0;
   so.force = vm.count("force") > 0;
