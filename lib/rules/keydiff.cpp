@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "kernels/kernels.h"
@@ -32,6 +33,52 @@ double anchor_weight(KeyDiffAnchor anchor, const float* inv_norm, i64 j) {
 void scores_against(const float* keys, int d, const float* inv_norm, const i64* pos, i64 m,
                     const avec<float>& unit_mu, float* out) {
   for (i64 i = 0; i < m; ++i) out[i] = -kernels::dot(keys + pos[i] * d, unit_mu.data(), d) * inv_norm[pos[i]];
+}
+
+// -cos(k, mu) in float64 (mu: the float64 anchor sum, mu_norm its norm); 0 for a zero key or anchor.
+double score_float64(const float* k, int d, const std::vector<double>& mu, double mu_norm) {
+  double km = 0, kk = 0;
+  for (int c = 0; c < d; ++c) {
+    km += static_cast<double>(k[c]) * mu[c];
+    kk += static_cast<double>(k[c]) * k[c];
+  }
+  return kk > 0 && mu_norm > 0 ? -km / (std::sqrt(kk) * mu_norm) : 0.0;
+}
+
+// Keeps the top N of the m candidates as float64 scores would rank them (ties: lower index).
+// float32 cosines carry an error up to ~(2d + 8) 2^-24; at 32K tokens the N-th and (N+1)-th
+// scores of a block step are often closer than that (1e-8 apart), and one misordered pair
+// changes every later anchor. Scores farther than twice the bound from the float32 N-th score are
+// on the right side whatever the rounding; only the few inside that band are re-scored in float64.
+void keep_top_float64_boundary(const float* keys, int d, const i64* cand, i64 m, i64 N,
+                               const std::vector<double>& mu, const float* score, std::uint8_t* keep) {
+  std::fill(keep, keep + m, std::uint8_t{0});
+  if (N >= m) {
+    std::fill(keep, keep + m, std::uint8_t{1});
+    return;
+  }
+  if (N <= 0) return;
+  std::vector<float> sorted(score, score + m);
+  std::nth_element(sorted.begin(), sorted.begin() + (N - 1), sorted.end(), std::greater<float>());
+  const double t = sorted[static_cast<std::size_t>(N - 1)];
+  const double band = 2.0 * (2.0 * d + 8.0) * std::ldexp(1.0, -24);
+  double mu_norm = 0;
+  for (double x : mu) mu_norm += x * x;
+  mu_norm = std::sqrt(mu_norm);
+  i64 kept = 0;
+  std::vector<std::pair<double, i64>> near;  // (float64 score, candidate index)
+  for (i64 i = 0; i < m; ++i) {
+    if (score[i] > t + band) {
+      keep[i] = 1;
+      ++kept;
+    } else if (score[i] >= t - band) {
+      near.emplace_back(score_float64(keys + cand[i] * d, d, mu, mu_norm), i);
+    }
+  }
+  std::sort(near.begin(), near.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  for (std::size_t r = 0; r < near.size() && kept < N; ++r, ++kept) keep[near[r].second] = 1;
 }
 
 std::vector<float> inverse_norms(const float* keys, int d, i64 n) {
@@ -83,8 +130,8 @@ std::vector<i64> keydiff_select(const float* keys, int d, i64 n, i64 N, i64 bloc
     score.resize(static_cast<std::size_t>(m));
     unit_anchor(mu, unit_mu);
     scores_against(keys, d, inv.data(), cand.data(), m, unit_mu, score.data());
-    keep.assign(static_cast<std::size_t>(m), 0);
-    rules_more::keep_top(score.data(), m, N, nullptr, keep.data());  // ties: lower position (cand is sorted)
+    keep.resize(static_cast<std::size_t>(m));
+    keep_top_float64_boundary(keys, d, cand.data(), m, N, mu, score.data(), keep.data());  // cand is sorted
     cache.clear();
     for (i64 i = 0; i < m; ++i) {
       if (keep[i])
