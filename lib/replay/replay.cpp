@@ -42,7 +42,7 @@ struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
 };
 
 void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot,
-                   const std::map<std::string, double>& timings) {
+                   const Json& timings) {
   const TraceMeta& meta = s.meta;
   const Protocol& p = s.protocol;
   Json j = run_header(opt.command, kernels::isa_name(kernels::active_isa()));
@@ -82,8 +82,7 @@ void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::ve
     rules.push_back({{"spec", s.rules[r]->spec()}, {"budgets", std::move(budgets)}});
   }
   j["rules"] = std::move(rules);
-  j["timings"] = Json::object();
-  for (const auto& [k, v] : timings) j["timings"][k] = v;
+  j["timings"] = timings;
   j["peak_rss_bytes"] = static_cast<i64>(peak_rss_bytes());
   write_file_atomic(opt.out_dir + "/summary.json", json_text(j));
 }
@@ -273,13 +272,14 @@ void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, st
     t.crit += lt.agg.bound_critical;
     t.layers += 1;
   }
-  const std::map<std::string, double> timings = {{"read_seconds", tm.read},
-                                                 {"attention_seconds", tm.attention},
-                                                 {"select_seconds", tm.select},
-                                                 {"metrics_seconds", tm.metrics},
-                                                 {"total_seconds", total_seconds},
-                                                 {"nu_cache_hits", static_cast<double>(tm.nu_hits)},
-                                                 {"nu_cache_misses", static_cast<double>(tm.nu_misses)}};
+  // Cache counts are integers in the file (64, not 64.0), as they were before nlohmann-json.
+  const Json timings = {{"read_seconds", tm.read},
+                        {"attention_seconds", tm.attention},
+                        {"select_seconds", tm.select},
+                        {"metrics_seconds", tm.metrics},
+                        {"total_seconds", total_seconds},
+                        {"nu_cache_hits", tm.nu_hits},
+                        {"nu_cache_misses", tm.nu_misses}};
   write_summary(opt, setup, tot, timings);
   print_table(table, setup, tot);
 }
