@@ -268,7 +268,7 @@ int cmd_bench(const std::vector<std::string>& args) {
                               {"nu_upper_seconds", r.nu_upper_s},
                               {"nu_l2_seconds", r.nu_l2_s},
                               {"metrics_seconds_per_selection", r.metrics_s},
-                              {"peak_rss_bytes", r.rss}});
+                              {"peak_rss_bytes", static_cast<i64>(r.rss)}});
     write_file_atomic(json_path, json_text(j));
   }
   return 0;
