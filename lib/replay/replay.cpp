@@ -272,7 +272,7 @@ void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, st
     t.crit += lt.agg.bound_critical;
     t.layers += 1;
   }
-  // Cache counts are integers in the file (64, not 64.0), as they were before nlohmann-json.
+  // Counts stay integers in the file (64, not 64.0).
   const Json timings = {{"read_seconds", tm.read},
                         {"attention_seconds", tm.attention},
                         {"select_seconds", tm.select},

@@ -12,12 +12,14 @@
 namespace kvsim {
 namespace {
 
-// The anchor direction mu / |mu| from the anchor sum (the 1/m of the mean cancels in the cosine).
-void unit_anchor(const std::vector<double>& mu, avec<float>& unit_mu) {
+// The anchor direction mu / |mu| from the anchor sum (the 1/m of the mean cancels in the cosine);
+// returns |mu|.
+double unit_anchor(const std::vector<double>& mu, avec<float>& unit_mu) {
   double mu_norm = 0;
   for (double x : mu) mu_norm += x * x;
   mu_norm = std::sqrt(mu_norm);
   for (std::size_t c = 0; c < mu.size(); ++c) unit_mu[c] = mu_norm > 0 ? static_cast<float>(mu[c] / mu_norm) : 0.0f;
+  return mu_norm;
 }
 
 // mu += sign * w_j k_j (w_j = 1/|k_j| for anchor=unit, 1 for raw), in float64.
@@ -51,20 +53,14 @@ double score_float64(const float* k, int d, const std::vector<double>& mu, doubl
 // changes every later anchor. Scores farther than twice the bound from the float32 N-th score are
 // on the right side whatever the rounding; only the few inside that band are re-scored in float64.
 void keep_top_float64_boundary(const float* keys, int d, const i64* cand, i64 m, i64 N,
-                               const std::vector<double>& mu, const float* score, std::uint8_t* keep) {
-  std::fill(keep, keep + m, std::uint8_t{0});
-  if (N >= m) {
-    std::fill(keep, keep + m, std::uint8_t{1});
-    return;
-  }
-  if (N <= 0) return;
+                               const std::vector<double>& mu, double mu_norm, const float* score,
+                               std::uint8_t* keep) {
+  std::fill(keep, keep + m, std::uint8_t{N >= m});
+  if (N >= m || N <= 0) return;
   std::vector<float> sorted(score, score + m);
   std::nth_element(sorted.begin(), sorted.begin() + (N - 1), sorted.end(), std::greater<float>());
   const double t = sorted[static_cast<std::size_t>(N - 1)];
   const double band = 2.0 * (2.0 * d + 8.0) * std::ldexp(1.0, -24);
-  double mu_norm = 0;
-  for (double x : mu) mu_norm += x * x;
-  mu_norm = std::sqrt(mu_norm);
   i64 kept = 0;
   std::vector<std::pair<double, i64>> near;  // (float64 score, candidate index)
   for (i64 i = 0; i < m; ++i) {
@@ -128,10 +124,10 @@ std::vector<i64> keydiff_select(const float* keys, int d, i64 n, i64 N, i64 bloc
     }
     const i64 m = static_cast<i64>(cand.size());
     score.resize(static_cast<std::size_t>(m));
-    unit_anchor(mu, unit_mu);
+    const double mu_norm = unit_anchor(mu, unit_mu);
     scores_against(keys, d, inv.data(), cand.data(), m, unit_mu, score.data());
     keep.resize(static_cast<std::size_t>(m));
-    keep_top_float64_boundary(keys, d, cand.data(), m, N, mu, score.data(), keep.data());  // cand is sorted
+    keep_top_float64_boundary(keys, d, cand.data(), m, N, mu, mu_norm, score.data(), keep.data());  // cand is sorted
     cache.clear();
     for (i64 i = 0; i < m; ++i) {
       if (keep[i])

@@ -76,7 +76,8 @@ NumpyResult run_numpy(i64 S, bool full) {
 
 // The library's timings of one length plus the numpy baseline and the peak RSS after it.
 struct LengthResult : LengthTiming {
-  double numpy_s = NAN, numpy_nu_s = NAN, numpy_metrics_s = NAN, rss = 0;
+  double numpy_s = NAN, numpy_nu_s = NAN, numpy_metrics_s = NAN;
+  std::int64_t rss = 0;  // bytes
 };
 
 int cmd_bench(const std::vector<std::string>& args) {
@@ -142,7 +143,7 @@ int cmd_bench(const std::vector<std::string>& args) {
       r.numpy_metrics_s = np.metrics_s;
       if (!np.blas.empty()) numpy_blas = np.blas;
     }
-    r.rss = double(peak_rss_bytes());
+    r.rss = peak_rss_bytes();
     results.push_back(r);
   }
 
@@ -153,7 +154,7 @@ int cmd_bench(const std::vector<std::string>& args) {
     std::printf("%8lld %10.4f %9.4f %9.1f %10.4f %7.2f %9.3f %8.1f %8.2f %10.1f %9.2fs %9.4fs %10.4fs %7.2fGiB\n",
                 static_cast<long long>(r.S), r.core_s, r.core_cpu_s, r.flops() / r.core_s * 1e-9, r.sgemm_s, r.sgemm_s / r.core_s,
                 r.numpy_s, r.numpy_s / r.core_s, r.core1_s / r.core_s, r.core_s / double(r.S) * 1e9,
-                r.nu_exact_s, r.nu_upper_s, r.metrics_s, r.rss / double(1 << 30));
+                r.nu_exact_s, r.nu_upper_s, r.metrics_s, double(r.rss) / double(1 << 30));
   }
   std::printf("cpu/thr = process CPU seconds / threads (idle-machine estimate); ");
   std::printf("ratio = sgemm time / core time (attention core throughput as a share of in-run sgemm on the same\n"
@@ -250,7 +251,7 @@ int cmd_bench(const std::vector<std::string>& args) {
               {"replay_thread_scaling", replay_layer_1thread / (replay_exact / 32)},
               {"select_seconds_per_rule", Json::object()},
               {"load_average_note", "wall times include time other processes held the cores"},
-              {"peak_rss_bytes", static_cast<i64>(rss)},
+              {"peak_rss_bytes", rss},
               {"lengths", Json::array()}};
     for (const auto& [spec, sec] : select_per_rule) j["select_seconds_per_rule"][spec] = sec;
     for (const auto& r : results)
@@ -268,7 +269,7 @@ int cmd_bench(const std::vector<std::string>& args) {
                               {"nu_upper_seconds", r.nu_upper_s},
                               {"nu_l2_seconds", r.nu_l2_s},
                               {"metrics_seconds_per_selection", r.metrics_s},
-                              {"peak_rss_bytes", static_cast<i64>(r.rss)}});
+                              {"peak_rss_bytes", r.rss}});
     write_file_atomic(json_path, json_text(j));
   }
   return 0;
