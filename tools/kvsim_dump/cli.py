@@ -10,10 +10,24 @@ import numpy as np
 from . import VERSION
 from .errors import DumpError
 from .float_storage import STORAGE_DTYPES
-from .prompts import (DEFAULT_NEEDLE, DEFAULT_QUESTION, GENERATED, build_ids, build_longbench,
-                      build_niah, build_plain, parse_token_ids)
+from .prompts import (DEFAULT_NEEDLE, DEFAULT_QUESTION, GENERATED, apply_chat, build_ids,
+                      build_longbench, build_niah, build_plain, parse_token_ids, truncate_context)
 from .recorder import Recorder
 from .trace_file import TraceFileWriter
+from .trace_size import DEFAULT_QUERY_WINDOW, DEFAULT_TARGET_MB, choose_storage, trace_bytes
+from .progress import Progress
+
+DEFAULT_GENERATE = 16
+# Options that only one prompt kind reads: (dest, flag, the --source options that use it).
+PROMPT_KIND_OPTIONS = (
+    ("niah_dir", "--niah-dir", ("niah",)), ("niah_length", "--niah-length", ("niah",)),
+    ("niah_depth", "--niah-depth", ("niah",)), ("needle", "--needle", ("niah",)),
+    ("record", "--record", ("longbench",)), ("max_context", "--max-context", ("longbench",)),
+    ("longbench_template", "--longbench-template", ("longbench",)),
+    ("compression_ratio", "--compression-ratio", ("kvpress_press",)),
+    ("kvpress_point", "--kvpress-point", ("kvpress_press",)),
+    ("system", "--system", ("chat",)),
+)
 
 
 def warn(msg):
@@ -70,12 +84,16 @@ def build_parser():
                     "post-RoPE queries, keys and values of every layer, o_proj and the attention "
                     "output. See traces/README.md.")
     p.add_argument("--model", required=True,
-                   help="llama2.c checkpoint (.bin, or a folder with one .bin + tokenizer.bin) or a "
+                   help="llama2.c checkpoint (.bin, or a folder with one .bin + tokenizer.bin), a "
                         "saved Hugging Face model folder (config.json + weights; or a hub name "
-                        "already in the local cache)")
+                        "already in the local cache), or a GGUF file (.gguf: dequantized through "
+                        "transformers once and cached by sha256; tokenizer and chat template "
+                        "from the file)")
     p.add_argument("--backend", choices=("auto", "llama2c", "hf"), default="auto",
                    help="auto: llama2c for .bin checkpoints, hf otherwise")
-    p.add_argument("--tokenizer", help="llama2.c tokenizer.bin (default: beside the checkpoint)")
+    p.add_argument("--tokenizer", help="llama2.c tokenizer.bin (default: beside the checkpoint), "
+                                       "or a transformers tokenizer folder for Hugging Face and "
+                                       "GGUF models (default: the model's own)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", metavar="FILE", help="plain prompt: the file's text is the context")
     src.add_argument("--niah", action="store_true", help="needle-in-a-haystack prompt")
@@ -84,6 +102,17 @@ def build_parser():
                      help="the prompt as token ids, e.g. 1,403,407 (or @FILE); the context "
                           "segment, exactly as given (no BOS added)")
     p.add_argument("--question", help="question segment (--prompt, --niah)")
+    p.add_argument("--chat", action="store_true",
+                   help="put the prompt in the model's chat template as the user's message (instruct "
+                        "models answer only inside it): the template's head joins the context, its "
+                        "tail (end of the user turn, start of the assistant's) the question, and "
+                        "the generated tokens are the assistant's answer")
+    p.add_argument("--system", metavar="TEXT", help="system message for --chat (default: the "
+                                                    "template's own, if any)")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="at most N prompt tokens: the context is cut in the middle (its first and "
+                        "last halves kept, as LongBench does; NIAH builds a shorter haystack "
+                        "instead); the question and the chat template are kept whole")
     p.add_argument("--question-ids", metavar="IDS", help="question segment as token ids "
                                                          "(--token-ids)")
     g = p.add_argument_group("needle in a haystack")
@@ -97,26 +126,42 @@ def build_parser():
                                                    "this many tokens (as LongBench does)")
     g.add_argument("--longbench-template", help="prompt template with {context} and {input}, for "
                                                 "datasets without a built-in one")
-    p.add_argument("--generate", type=int, default=0, metavar="N",
+    p.add_argument("--generate", type=int, metavar="N",
                    help="greedily generate N tokens and record them (segment 2); exactly N, no "
-                        "stop at end-of-sequence")
+                        f"stop at end-of-sequence. Default 0, except {DEFAULT_GENERATE} for a "
+                        "--prompt without --question (else the trace has no evaluation queries)")
     p.add_argument("--out", required=True, help="trace file to write (.h5)")
     p.add_argument("--layers", help="layers to record, e.g. 0-3,5, or full-attention (the layers "
                                     "without a sliding window shorter than the trace); default "
                                     "all; the trace then numbers the stored layers 0..n-1")
-    p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32",
-                   help="storage dtype of the trace (and the HF model's torch dtype unless "
-                        "--torch-dtype); float16 falls back to float32 on overflow")
-    p.add_argument("--torch-dtype", choices=STORAGE_DTYPES, help="HF backend compute dtype")
-    p.add_argument("--device", help="HF backend device (default cuda if available)")
+    p.add_argument("--dtype", choices=("auto",) + STORAGE_DTYPES, default="auto",
+                   help="storage dtype of the trace (an explicit one is also the HF model's torch "
+                        "dtype unless --torch-dtype); float16 falls back to float32 on overflow. "
+                        "auto: float32 unless the trace would exceed --max-size-mb, then float16")
+    p.add_argument("--torch-dtype", choices=STORAGE_DTYPES, help="HF backend compute dtype "
+                                                                 "(default float32)")
+    p.add_argument("--device", help="HF backend device: cpu, cuda, cuda:N (default cuda if "
+                                    "available); the trace's layout is the same on every device")
     p.add_argument("--attn-implementation", default="sdpa",
                    help="HF attention implementation to load and wrap (sdpa, eager, "
                         "flash_attention_2, ...)")
     p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--queries", default="all",
+    p.add_argument("--queries", default="auto",
                    help="stored query positions: all, or window:W (W positions before the end "
-                        "of the context, then the question and generated tokens)")
-    p.add_argument("--no-o", action="store_true", help="do not store the attention output o")
+                        "of the context, then the question and generated tokens; enough for the "
+                        "default rules, analyze and both compression points, not for h2o, "
+                        "expected, chunk, the step-wise rules or kvsim prefill). auto: all unless "
+                        f"the trace would exceed --max-size-mb, then window:{DEFAULT_QUERY_WINDOW}")
+    o = p.add_mutually_exclusive_group()
+    o.add_argument("--no-o", dest="with_o", action="store_false", default=None,
+                   help="do not store the attention output o")
+    o.add_argument("--with-o", dest="with_o", action="store_true",
+                   help="store the attention output o (kvsim validate --check-o reads it). "
+                        "Default: stored unless the trace would exceed --max-size-mb")
+    p.add_argument("--max-size-mb", type=float, default=DEFAULT_TARGET_MB, metavar="MB",
+                   help="size the auto defaults keep the trace under, giving up in turn o, "
+                        "32-bit storage and all queries (default %(default)g; options given "
+                        "explicitly are never changed)")
     p.add_argument("--max-positions", type=int,
                    help="allow sequences longer than the model was trained for (RoPE is computed, "
                         "so it works, but attention is out of distribution)")
@@ -136,19 +181,37 @@ def build_parser():
     return p
 
 
-def load_backend(args):
+def open_model(args):
+    """The model before its weights load: tokenizer, trained positions, vocabulary size, and
+    load(torch_dtype, device, attn_implementation) for the weights."""
     from .llama2c_backend import Llama2cBackend, looks_like_llama2c
     backend = args.backend
     if backend == "auto":
         backend = "llama2c" if looks_like_llama2c(args.model) or args.model.endswith(".bin") else "hf"
     if backend == "llama2c":
         return Llama2cBackend(args.model, args.tokenizer)
-    from .hf_backend import HFBackend
-    return HFBackend.load(args.model, args.torch_dtype or args.dtype, args.device,
-                          args.attn_implementation, args.trust_remote_code)
+    if args.tokenizer and not os.path.isdir(args.tokenizer):
+        raise DumpError(args.tokenizer, "--tokenizer: Hugging Face and GGUF models take a "
+                                        "transformers tokenizer folder")
+    from .hf_backend import HFSource
+    return HFSource(args.model, args.trust_remote_code, args.tokenizer)
 
 
-def build_prompt(args, tok, vocab_size=None):
+def chat_frame(args, tok):
+    """([], [], "", "") without --chat, else the template's head and tail around the user's message."""
+    if not args.chat:
+        return [], [], "", ""
+    if args.token_ids:
+        raise DumpError("--chat", "needs a text prompt (--prompt, --niah, --longbench); token ids "
+                                  "are used exactly as given")
+    if not hasattr(tok, "chat_frame"):
+        raise DumpError("--chat", "this model's tokenizer has no chat template (llama2.c)")
+    return tok.chat_frame(args.system)
+
+
+def build_prompt(args, tok, vocab_size=None, overhead=0):
+    """The prompt (context and question segments) before any chat template; overhead: tokens the
+    template will add, which --niah-length and --max-tokens count."""
     if args.question_ids and not args.token_ids:
         raise DumpError("--question-ids", "needs --token-ids (use --question with text prompts)")
     if args.token_ids:
@@ -161,15 +224,20 @@ def build_prompt(args, tok, vocab_size=None):
     if args.niah:
         if not args.niah_dir:
             raise DumpError("--niah-dir", "needed with --niah (a folder of *.txt essays)")
-        return build_niah(tok, args.niah_dir, args.niah_length, args.niah_depth, args.needle,
+        length = args.niah_length if args.max_tokens is None else min(args.niah_length, args.max_tokens)
+        if length - overhead < 1:
+            raise DumpError("--niah-length", f"{length} tokens leave no room once the chat template "
+                                             f"takes {overhead}")
+        return build_niah(tok, args.niah_dir, length - overhead, args.niah_depth, args.needle,
                           args.question or DEFAULT_QUESTION), {}
     prompt, dataset, answers = build_longbench(tok, args.longbench, args.record, args.max_context,
                                                args.longbench_template)
     return prompt, {"dataset": dataset}
 
 
-def check_length(backend, seq_len, max_positions):
-    trained = backend.max_positions
+def check_length(max_trained, seq_len, max_positions):
+    """Before the weights load: the prompt and generation fit the model's trained positions."""
+    trained = max_trained
     if trained is None or seq_len <= trained:
         return
     if max_positions is None:
@@ -180,6 +248,26 @@ def check_length(backend, seq_len, max_positions):
         raise DumpError("--max-positions", f"{seq_len} positions needed, {max_positions} allowed")
     warn(f"{seq_len} positions but the model was trained on {trained}: RoPE still applies, but "
          "the attention is out of distribution")
+
+
+def check_options(args, parser):
+    """Option values that are wrong whatever the model, and options this prompt kind ignores."""
+    if args.generate is not None and args.generate < 0:
+        raise DumpError("--generate", "must be >= 0")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise DumpError("--max-tokens", "must be >= 1")
+    if args.max_size_mb <= 0:
+        raise DumpError("--max-size-mb", "must be > 0")
+    if args.token_ids and args.max_tokens is not None:
+        raise DumpError("--max-tokens", "token ids are used exactly as given; shorten the list")
+    for dest, flag, users in PROMPT_KIND_OPTIONS:
+        if getattr(args, dest) != parser.get_default(dest) and not any(getattr(args, u) for u in users):
+            needs = " or ".join("--" + u.replace("_", "-") for u in users)
+            warn(f"{flag} is ignored without {needs}")
+    if args.prompt and args.question is None and args.generate == 0:
+        raise DumpError("--generate", "0 with a --prompt and no --question leaves nothing after the "
+                                      "compression point (end of the context), so a replay would "
+                                      "have no evaluation queries; add --question or --generate N")
 
 
 def check_output_path(out, model, tokenizer=None):
@@ -200,6 +288,19 @@ def check_output_path(out, model, tokenizer=None):
             raise DumpError(out, "--out: is the model's own file; refusing to overwrite an input")
     if os.path.isdir(model) and os.path.samefile(d, model):
         raise DumpError(out, "--out: is inside the model folder; write the trace elsewhere")
+    check_writable(out)
+
+
+def check_writable(out):
+    """The trace is written beside its final name and renamed, so its folder must take a new
+    file: probed with one (removed at once), so root on a read-only file system is caught too."""
+    import tempfile
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kvsim-dump-probe-", dir=os.path.dirname(os.path.abspath(out)))
+    except OSError as e:
+        raise DumpError(out, f"cannot write {out}: {(e.strerror or str(e)).lower()}")
+    os.close(fd)
+    os.remove(probe)
 
 
 def kvpress_jobs(args):
@@ -254,56 +355,92 @@ def record_presses(args, backend, writer, recorder, prompt):
                                            source.strip(), got.get("key_channels"))
 
 
-def progress_printer(label):
-    last = [0.0]
-    tty = sys.stderr.isatty()
-
-    def show(done, total):
-        now = time.monotonic()
-        if done == total or (tty and now - last[0] > 0.5):
-            last[0] = now
-            print(("\r" if tty else "") + f"kvsim-dump: {label} {done}/{total}",
-                  end="\n" if (done == total or not tty) else "", file=sys.stderr, flush=True)
-    return show
+def resolve_generate(args):
+    """(--generate or its default, a note to print once the dump starts): 16 for a --prompt
+    without a question (so that the trace has evaluation queries), else 0."""
+    if args.generate is not None:
+        return args.generate, None
+    if args.prompt and not args.question:
+        return DEFAULT_GENERATE, (f"no --question, so {DEFAULT_GENERATE} tokens are generated as "
+                                  "the evaluation queries (--generate N to choose)")
+    return 0, None
 
 
-def run(args):
-    if args.generate < 0:
-        raise DumpError("--generate", "must be >= 0")
+def size_line(meta, layers, S, n_q, storage, with_o_proj=True):
+    mb = trace_bytes(meta, layers, S, n_q, storage.dtype, storage.with_o, with_o_proj) / 1e6
+    kv = trace_bytes(meta, layers, S, 0, storage.dtype, False, False) / 1e6
+    return (f"{mb:.0f} MB ({storage.dtype}: k/v {kv:.0f} MB, {n_q} stored queries"
+            f"{' with o' if storage.with_o else ''}, o_proj)")
+
+
+def run(args, parser=None):
+    parser = parser or build_parser()
     t0 = time.monotonic()
+    check_options(args, parser)
     check_output_path(args.out, args.model, args.tokenizer)
     if args.kvpress_press:  # fail on a bad expression before the dump, not after it
         from .kvpress_bridge import parse_press
         for _, expr, _ in kvpress_jobs(args):
             parse_press(expr)
-    backend = load_backend(args)
-    tok = backend.tokenizer
-    prompt, extra = build_prompt(args, tok, getattr(backend, "vocab_size", None))
-    P, N = len(prompt.ids), args.generate
-    S = P + N
+    # Everything about the prompt and its length is settled before the weights load.
+    source = open_model(args)
+    tok = source.tokenizer
+    head, tail, head_text, tail_text = chat_frame(args, tok)
+    overhead = len(head) + len(tail)
+    prompt, extra = build_prompt(args, tok, getattr(source, "vocab_size", None), overhead)
+    if args.max_tokens is not None and not args.niah:
+        cut = truncate_context(prompt, args.max_tokens - overhead)
+        if cut:
+            prompt.text = tok.decode(prompt.ids)
+            print(f"kvsim-dump: note: --max-tokens {args.max_tokens}: {cut} context tokens cut in "
+                  "the middle", file=sys.stderr)
+    if args.chat:
+        prompt = apply_chat(prompt, head, tail, head_text, tail_text, getattr(tok, "bos_id", None))
+    P = len(prompt.ids)
     if P == 0:
         raise DumpError("prompt", "no tokens")
-    check_length(backend, S, args.max_positions)
+    N, generate_note = resolve_generate(args)
+    S = P + N
+    check_length(getattr(source, "max_positions", None), S, args.max_positions)
+    compute = args.torch_dtype or (args.dtype if args.dtype != "auto" else "float32")
+    backend = source.load(compute, args.device, args.attn_implementation)
     full = backend.full_attention_layers(S) if hasattr(backend, "full_attention_layers") else None
     layers = parse_layers(args.layers, backend.meta["num_layers"],
                           full if full is not None else range(backend.meta["num_layers"]))
     if hasattr(backend, "check_layers"):
         backend.check_layers(layers, S)
-    q_pos = query_positions(args.queries, prompt.context_end, S)
+    storage, made, _ = choose_storage(backend.meta, len(layers), prompt.context_end, S, args.dtype,
+                                      args.queries, args.with_o, args.max_size_mb)
+    q_pos = query_positions(storage.queries, prompt.context_end, S)
+    print(f"kvsim-dump: trace estimate {size_line(backend.meta, len(layers), S, len(q_pos), storage)}"
+          + (f"; to stay under {args.max_size_mb:g} MB the defaults chose: {'; '.join(made)}" if made else ""),
+          file=sys.stderr)
     meta = dict(backend.meta)
     meta["num_layers"] = len(layers)
     meta["prefill_len"] = P
+    if args.chat:
+        meta["chat_template"] = 1
     if len(layers) != backend.meta["num_layers"]:
         meta["model_layers"] = ",".join(map(str, layers))  # model index of each stored layer
-    writer = TraceFileWriter(args.out, meta, S, q_pos, args.dtype, args.gzip, warn)
+    writer = TraceFileWriter(args.out, meta, S, q_pos, storage.dtype, args.gzip, warn)
+    if generate_note:
+        print(f"kvsim-dump: note: {generate_note}", file=sys.stderr)
     if N == 0 and prompt.context_end == P:
         warn("no question and no generated tokens: nothing follows the compression point (end of "
              "context), so a replay has no evaluation queries; add --question or --generate")
     try:
-        recorder = Recorder(writer, layers, q_pos, with_o=not args.no_o)
+        prefill = Progress("kvsim-dump", f"prefill of {P} tokens: layer", len(layers))
+        generation = Progress("kvsim-dump", "generated", N)
+
+        def on_layer(slot, start, n):
+            if start == 0:
+                prefill.update(slot + 1)
+                if slot + 1 == len(layers):
+                    generation.restart()  # the ETA of the decode steps counts from here
+        recorder = Recorder(writer, layers, q_pos, with_o=storage.with_o, on_layer=on_layer)
         print(f"kvsim-dump: {backend.name} backend, {P} prompt tokens, generating {N}, "
               f"{len(q_pos)} stored queries, layers {args.layers or 'all'}", file=sys.stderr)
-        generated = backend.run(prompt.ids, N, recorder, progress_printer("generated"))
+        generated = backend.run(prompt.ids, N, recorder, lambda i, n: generation.update(i))
         record_presses(args, backend, writer, recorder, prompt)
         # What the attention kernels were really called with (known after the run).
         for key in ("attn_scale", "attn_logit_softcap"):
@@ -319,13 +456,14 @@ def run(args):
         raise
     size = os.path.getsize(args.out)
     print(f"trace      {args.out}")
+    print(f"model      {meta['model']}" + (f" ({meta['source_precision']})" if meta.get("source_precision") else ""))
     print(f"positions  {S} (prompt {P}: context {prompt.context_end}, question "
           f"{P - prompt.context_end}; generated {N})")
-    print(f"queries    {len(q_pos)} stored ({args.queries})")
+    print(f"queries    {len(q_pos)} stored ({storage.queries})")
     print(f"layers     {len(layers)} x {meta['num_heads']} heads ({meta['num_kv_heads']} KV), "
           f"head_dim {meta['head_dim']}")
-    print(f"storage    {writer.dtype}{' gzip' if args.gzip else ''}, {size / 1e6:.2f} MB, "
-          f"{time.monotonic() - t0:.1f} s")
+    print(f"storage    {writer.dtype}{' gzip' if args.gzip else ''}{'' if storage.with_o else ', no o'}, "
+          f"{size / 1e6:.2f} MB, {time.monotonic() - t0:.1f} s")
     for name, (a, b) in sorted(spans.items()):
         print(f"span       {name} [{a}, {b})")
     if N:
@@ -357,4 +495,5 @@ def run_command(prog, run, args, interrupted):
 
 
 def main(argv=None):
-    return run_command("kvsim-dump", run, build_parser().parse_args(argv), "no trace written")
+    parser = build_parser()
+    return run_command("kvsim-dump", lambda a: run(a, parser), parser.parse_args(argv), "no trace written")

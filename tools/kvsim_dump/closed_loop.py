@@ -41,7 +41,9 @@ def build_parser():
         if action.dest == "out":
             action.help = "output folder (created; trace.h5, replay/ and the closed-loop files go there)"
             action.metavar = "DIR"
-    p.set_defaults(generate=32)
+    # Every query in 32 bits: the step-wise rules score with all of them, and the offline replay
+    # should see the tensors the closed loop's model computes (no size-driven defaults here).
+    p.set_defaults(generate=32, queries="all", dtype="float32")
     g = p.add_argument_group("closed loop")
     g.add_argument("--rules", default=DEFAULT_RULES,
                    help="kvsim rule specs separated by ';' (default: %(default)s). keydiff(block=B) also runs "

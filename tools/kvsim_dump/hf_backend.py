@@ -18,6 +18,7 @@ import sys
 
 from . import VERSION
 from .errors import DumpError
+from .gguf_model import GGUFModel, check_architecture, is_gguf
 from .hf_capture import (AttentionCapture, attention_modules, check_all_layers_seen,
                          install_interface_capture, install_legacy_capture, output_projection,
                          to_numpy_weight)
@@ -62,6 +63,28 @@ class HFTokenizer:
 
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def chat_frame(self, system=None):
+        """(head ids, tail ids, head text, tail text): the model's chat template around one user
+        message, with the generation prompt (the assistant turn's start) in the tail."""
+        if not getattr(self.tok, "chat_template", None):
+            raise DumpError("--chat", "the model's tokenizer has no chat template")
+        marker = "\ue000kvsim-user-message\ue000"
+        messages = ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": "user", "content": marker}]
+        try:
+            text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:
+            raise DumpError("--chat", f"the chat template failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        parts = text.split(marker)
+        if len(parts) != 2:
+            raise DumpError("--chat", "the chat template does not place the user message once")
+        head, tail = parts
+        return (self.encode_special(head), self.encode_special(tail), head, tail)
+
+    def encode_special(self, text):
+        """Template text: its special tokens (<|im_start|> ...) become their ids."""
+        return list(self.tok(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
 class IdsOnlyTokenizer:
@@ -234,54 +257,10 @@ class HFBackend:
 
     @classmethod
     def load(cls, name, torch_dtype="float32", device=None, attn_implementation="sdpa",
-             trust_remote_code=False):
-        transformers = import_transformers()
-        import torch
-        transformers.utils.logging.disable_progress_bar()  # stderr is for kvsim-dump's progress
-        looks_like_path = os.sep in name or name.startswith(".") or os.path.exists(name)
-        if looks_like_path and not os.path.isdir(name):
-            raise DumpError(name, "--model: no such model folder" if not os.path.exists(name)
-                            else "--model: not a folder (a Hugging Face model is a folder with "
-                                 "config.json and weights; llama2.c checkpoints end in .bin)")
-        if looks_like_path and not os.path.isfile(os.path.join(name, "config.json")):
-            raise DumpError(name, "--model: no config.json in the folder (not a saved Hugging "
-                                  "Face model)")
-        dtype = getattr(torch, TORCH_DTYPES[torch_dtype])
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, KeyError) as e:
-            raise DumpError(name, f"--model: transformers {transformers.__version__} cannot read "
-                                  f"its config: {str(e).splitlines()[0]}")
-        version = _version_tuple(transformers.__version__)
-        dtype_kw = "dtype" if version >= (4, 56) else "torch_dtype"  # renamed in 4.56
-        def from_pretrained(impl):
-            return transformers.AutoModelForCausalLM.from_pretrained(
-                name, attn_implementation=impl, trust_remote_code=trust_remote_code, **{dtype_kw: dtype})
-        try:
-            try:
-                model = from_pretrained(attn_implementation)
-            except ValueError as e:
-                # Some architectures (gpt-oss) have no sdpa path: their eager kernel is as exact.
-                if attn_implementation != "sdpa" or "does not support an attention implementation" not in str(e):
-                    raise
-                print(f"kvsim-dump: note: {arch_of(config)} has no sdpa attention; using eager",
-                      file=sys.stderr)
-                model = from_pretrained("eager")
-        except (OSError, ValueError, KeyError) as e:
-            raise DumpError(name, f"--model: transformers {transformers.__version__} cannot load "
-                                  f"architecture {arch_of(config)} as a causal LM: "
-                                  f"{str(e).splitlines()[0].split('. ')[0]}")
-        tok = load_tokenizer(transformers, name, trust_remote_code)
-        model = model.to(device).eval()
-        registry = None
-        legacy = version < (4, 48)
-        if not legacy:
-            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-            registry = ALL_ATTENTION_FUNCTIONS
-        versions = f", transformers {transformers.__version__}, torch {torch.__version__}, {torch_dtype} on {device}"
-        return cls(model, tok, name, registry=registry, legacy=legacy, source_versions=versions)
+             trust_remote_code=False, tokenizer=None):
+        """A saved model folder, a hub name in the local cache, or a GGUF file."""
+        return HFSource(name, trust_remote_code, tokenizer).load(torch_dtype, device,
+                                                                  attn_implementation)
 
     def run_press(self, press, ids):
         """Prefills ids with a kvpress press active; returns model layer -> {"kept": [Hkv, n]
@@ -366,3 +345,104 @@ class HFBackend:
             if capture.softcap > 0:
                 m["attn_logit_softcap"] = capture.softcap
         return generated
+
+
+class HFSource:
+    """A Hugging Face model before its weights load: the tokenizer and what the config says about
+    positions and vocabulary, so that every prompt and length check runs before the (slow) load.
+    name: a saved model folder, a hub name already in the local cache, or a GGUF file
+    (gguf_model.py: converted once and cached). tokenizer: an optional transformers tokenizer
+    folder that replaces the model's own."""
+
+    def __init__(self, name, trust_remote_code=False, tokenizer=None):
+        transformers = import_transformers()
+        transformers.utils.logging.disable_progress_bar()  # stderr is for kvsim-dump's progress
+        self.transformers = transformers
+        self.name = name
+        self.trust_remote_code = trust_remote_code
+        self.gguf = None
+        self.extra_meta = {}
+        if is_gguf(name):
+            self.gguf = GGUFModel(name)
+            header = self.gguf.header
+            check_architecture(header, transformers)
+            self.tokenizer = load_tokenizer(transformers, tokenizer or self.gguf.tokenizer_folder(),
+                                            False)
+            self.max_positions = header.context_length
+            self.vocab_size = _vocab_size(self.tokenizer)
+            self.num_layers = header.num_layers
+            self.extra_meta = self.gguf.meta
+            return
+        looks_like_path = os.sep in name or name.startswith(".") or os.path.exists(name)
+        if looks_like_path and not os.path.isdir(name):
+            raise DumpError(name, "--model: no such model folder" if not os.path.exists(name)
+                            else "--model: not a folder or a GGUF file (a Hugging Face model is a "
+                                 "folder with config.json and weights; llama2.c checkpoints end in "
+                                 ".bin; GGUF files in .gguf)")
+        if looks_like_path and not os.path.isfile(os.path.join(name, "config.json")):
+            raise DumpError(name, "--model: no config.json in the folder (not a saved Hugging "
+                                  "Face model)")
+        try:
+            self.config = transformers.AutoConfig.from_pretrained(
+                name, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as e:
+            raise DumpError(name, f"--model: transformers {transformers.__version__} cannot read "
+                                  f"its config: {str(e).splitlines()[0]}")
+        cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        self.tokenizer = load_tokenizer(transformers, tokenizer or name, trust_remote_code)
+        self.max_positions = getattr(cfg, "max_position_embeddings", None)
+        self.vocab_size = getattr(cfg, "vocab_size", None)
+        self.num_layers = getattr(cfg, "num_hidden_layers", None)
+        dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+        if dtype is not None:
+            self.extra_meta["source_precision"] = f"hf:{str(dtype).replace('torch.', '')}"
+
+    def load(self, torch_dtype="float32", device=None, attn_implementation="sdpa"):
+        """The model's weights on the device, wrapped as an HFBackend."""
+        import torch
+        transformers = self.transformers
+        name = self.gguf.model_folder() if self.gguf else self.name
+        config = self.config if not self.gguf else transformers.AutoConfig.from_pretrained(name)
+        dtype = getattr(torch, TORCH_DTYPES[torch_dtype])
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise DumpError("--device", f"{device}: torch {torch.__version__} sees no CUDA device")
+        version = _version_tuple(transformers.__version__)
+        dtype_kw = "dtype" if version >= (4, 56) else "torch_dtype"  # renamed in 4.56
+        trust = self.trust_remote_code
+
+        def from_pretrained(impl):
+            return transformers.AutoModelForCausalLM.from_pretrained(
+                name, attn_implementation=impl, trust_remote_code=trust, **{dtype_kw: dtype})
+        try:
+            try:
+                model = from_pretrained(attn_implementation)
+            except ValueError as e:
+                # Some architectures (gpt-oss) have no sdpa path: their eager kernel is as exact.
+                if attn_implementation != "sdpa" or "does not support an attention implementation" not in str(e):
+                    raise
+                print(f"kvsim-dump: note: {arch_of(config)} has no sdpa attention; using eager",
+                      file=sys.stderr)
+                model = from_pretrained("eager")
+        except (OSError, ValueError, KeyError) as e:
+            raise DumpError(self.name, f"--model: transformers {transformers.__version__} cannot load "
+                                       f"architecture {arch_of(config)} as a causal LM: "
+                                       f"{str(e).splitlines()[0].split('. ')[0]}")
+        model = model.to(device).eval()
+        registry = None
+        legacy = version < (4, 48)
+        if not legacy:
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+            registry = ALL_ATTENTION_FUNCTIONS
+        versions = f", transformers {transformers.__version__}, torch {torch.__version__}, {torch_dtype} on {device}"
+        backend = HFBackend(model, self.tokenizer, self.name, registry=registry, legacy=legacy,
+                            source_versions=versions)
+        backend.meta.update(self.extra_meta)
+        backend.device = device
+        return backend
+
+
+def _vocab_size(tokenizer):
+    tok = getattr(tokenizer, "tok", None)
+    return len(tok) if tok is not None else None

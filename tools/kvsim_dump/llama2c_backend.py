@@ -67,6 +67,12 @@ class Llama2cBackend:
             "attn_scale": float(self.model.scale),
         }
 
+    def load(self, torch_dtype=None, device=None, attn_implementation=None):
+        """The numpy model is already loaded (it is tiny); the HF backend loads here."""
+        if device not in (None, "cpu"):
+            raise DumpError("--device", f"{device}: the llama2.c backend runs in numpy on the CPU")
+        return self
+
     def o_proj(self, layer):
         # llama2.c matmul(xout, x, w, n, d) computes xout[i] = sum_j w[i*n + j] x[j]: wo is
         # already (out = dim) x (in = n_heads*head_dim), the Hugging Face o_proj layout.

@@ -98,8 +98,8 @@ def rope_interleaved(x, positions, theta=ROPE_THETA):
     return out
 
 
-def rmsnorm(x, w):
-    ss = np.mean(x.astype(np.float32) ** 2, axis=-1, keepdims=True) + np.float32(RMS_EPS)
+def rmsnorm(x, w, eps=RMS_EPS):
+    ss = np.mean(x.astype(np.float32) ** 2, axis=-1, keepdims=True) + np.float32(eps)
     return (x / np.sqrt(ss) * w).astype(np.float32)
 
 
@@ -130,11 +130,15 @@ def causal_attention(q, k, v, q_positions, scale, group, block=512):
 class Llama2cModel:
     """Holds the weights and a growing KV cache; forward() runs a block of new positions."""
 
-    def __init__(self, checkpoint_path):
+    def __init__(self, checkpoint_path, weights=None, rope_theta=ROPE_THETA, rms_eps=RMS_EPS):
+        """A llama2.c checkpoint, or (checkpoint_path = a name, weights = (Llama2cConfig, dict of
+        the arrays read_checkpoint returns)) for other Llama-architecture weights in Meta's
+        layout (interleaved RoPE), e.g. a GGUF file's."""
         self.path = checkpoint_path
-        self.cfg, self.w = read_checkpoint(checkpoint_path)
+        self.cfg, self.w = weights if weights is not None else read_checkpoint(checkpoint_path)
         self.name = os.path.basename(checkpoint_path)
         self.scale = 1.0 / np.sqrt(self.cfg.head_dim)
+        self.rope_theta, self.rms_eps = rope_theta, rms_eps
         self.reset()
 
     def reset(self):
@@ -161,21 +165,21 @@ class Llama2cModel:
         H, Hkv, hd = c.n_heads, c.n_kv_heads, c.head_dim
         x = w["token_embedding"][tokens].astype(np.float32)
         for l in range(c.n_layers):
-            xb = rmsnorm(x, w["rms_att"][l])
+            xb = rmsnorm(x, w["rms_att"][l], self.rms_eps)
             q = (xb @ w["wq"][l].T).reshape(n, H, hd).transpose(1, 0, 2)
             k = (xb @ w["wk"][l].T).reshape(n, Hkv, hd).transpose(1, 0, 2)
             v = np.ascontiguousarray((xb @ w["wv"][l].T).reshape(n, Hkv, hd).transpose(1, 0, 2))
-            q, k = rope_interleaved(q, pos), rope_interleaved(k, pos)
+            q, k = rope_interleaved(q, pos, self.rope_theta), rope_interleaved(k, pos, self.rope_theta)
             self.k_cache[l] = np.concatenate([self.k_cache[l], k], axis=1)
             self.v_cache[l] = np.concatenate([self.v_cache[l], v], axis=1)
             o = causal_attention(q, self.k_cache[l], self.v_cache[l], pos, self.scale, H // Hkv)
             if on_layer is not None:
                 on_layer(l, start, q, k, v, o)
             x = x + o.transpose(1, 0, 2).reshape(n, H * hd) @ w["wo"][l].T
-            xb = rmsnorm(x, w["rms_ffn"][l])
+            xb = rmsnorm(x, w["rms_ffn"][l], self.rms_eps)
             h1, h3 = xb @ w["w1"][l].T, xb @ w["w3"][l].T
             x = x + ((h1 / (1.0 + np.exp(-h1))) * h3) @ w["w2"][l].T
-        x = rmsnorm(x[-1:], w["rms_final"])
+        x = rmsnorm(x[-1:], w["rms_final"], self.rms_eps)
         return (x @ w["wcls"].T)[0]
 
     def greedy(self, prompt, n_new, on_layer=None, on_token=None):

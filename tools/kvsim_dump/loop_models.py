@@ -12,6 +12,7 @@ Two backends: the llama2.c numpy model (the same math as the dumper's, run.c's f
 Hugging Face causal LM (its own attention kernel, with a per-head mask added for evicted keys).
 """
 import copy
+import os
 
 import numpy as np
 
@@ -220,8 +221,9 @@ def make_loop_model(args, seq_len):
         loop.kv = llama2c_kv
         return loop
     from .hf_backend import HFBackend
+    tokenizer = args.tokenizer if args.tokenizer and os.path.isdir(args.tokenizer) else None
     backend = HFBackend.load(args.model, args.torch_dtype or "float32", args.device, args.attn_implementation,
-                             args.trust_remote_code)
+                             args.trust_remote_code, tokenizer)
     if backend.legacy:
         raise DumpError("--model", "the closed loop needs transformers >= 4.48 (attention-function registry)")
     full = backend.full_attention_layers(seq_len)

@@ -216,3 +216,48 @@ def build_longbench(tok, path, record, max_context=None, template=None):
     p.add(tok.encode(question_text, continuation=True), QUESTION, question_text)
     answers = rec.get("answers")
     return p, dataset, answers
+
+
+def truncate_context(p, max_tokens):
+    """Cuts the context segment in the middle (first and last halves kept, as LongBench does) so
+    that the whole prompt holds at most max_tokens tokens; the question is kept whole. Spans that
+    the cut touches are dropped, the others move with their tokens. Returns the number cut."""
+    excess = len(p.ids) - max_tokens
+    if excess <= 0:
+        return 0
+    n_c = p.context_end
+    keep = n_c - excess
+    if keep < 2:
+        raise DumpError("--max-tokens", f"{max_tokens} tokens leave no room for the context (the "
+                                        f"question and chat template take {len(p.ids) - n_c})")
+    cut_lo, cut_hi = keep // 2, n_c - (keep - keep // 2)
+    spans = {}
+    for name, (a, b) in p.spans.items():
+        if b <= cut_lo:
+            spans[name] = (a, b)
+        elif a >= cut_hi:
+            spans[name] = (a - excess, b - excess)
+    p.ids = p.ids[:cut_lo] + p.ids[cut_hi:]
+    p.segment = p.segment[:cut_lo] + p.segment[cut_hi:]
+    p.spans = spans
+    return excess
+
+
+def apply_chat(p, head_ids, tail_ids, head_text, tail_text, bos_id=None):
+    """The prompt as the user's message of a chat template: head (the system turn and the start
+    of the user turn) joins the context segment, tail (the end of the user turn and the start of
+    the assistant's) the question segment; what the model generates is the assistant's answer.
+    A BOS the prompt starts with is kept only if the template does not render one itself."""
+    body_ids, body_seg = list(p.ids), list(p.segment)
+    skip = 1 if (bos_id is not None and body_ids and body_ids[0] == bos_id) else 0
+    out = Prompt()
+    if skip and not (head_ids and head_ids[0] == bos_id):
+        out.add([bos_id], CONTEXT, "")
+    out.add(list(head_ids), CONTEXT, head_text)
+    shift = len(out.ids) - skip
+    out.ids.extend(body_ids[skip:])
+    out.segment.extend(body_seg[skip:])
+    out.text += p.text
+    out.spans = {name: (a + shift, b + shift) for name, (a, b) in p.spans.items()}
+    out.add(list(tail_ids), QUESTION, tail_text)
+    return out

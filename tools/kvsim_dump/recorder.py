@@ -9,9 +9,11 @@ import numpy as np
 
 
 class Recorder:
-    def __init__(self, writer, layers, q_pos, with_o=True):
-        """layers: sorted model layer indices to dump; trace layer i is model layer layers[i]."""
+    def __init__(self, writer, layers, q_pos, with_o=True, on_layer=None):
+        """layers: sorted model layer indices to dump; trace layer i is model layer layers[i].
+        on_layer(slot, start, n): called after each recorded block (progress)."""
         self.writer = writer
+        self.on_layer = on_layer
         self.layer_slot = {l: i for i, l in enumerate(layers)}
         self.q_pos = np.asarray(q_pos, dtype=np.int64)
         self.with_o = with_o
@@ -41,6 +43,8 @@ class Recorder:
             if self.with_o and o is not None:
                 os_ = np.asarray(o) if preselected else np.asarray(o)[:, rows]
             self.writer.write_queries(slot, first, qs, os_)
+        if self.on_layer is not None:
+            self.on_layer(slot, start, n)
 
     def layer_attrs(self, layer, attrs):
         """Per-layer attributes of the model layer (trace format v2: attention_type,

@@ -62,7 +62,11 @@ class TraceFileWriter:
             return grp[name]
         kw = {}
         if positions_axis_len is not None:
-            kw["chunks"] = (1, max(1, min(positions_axis_len, CHUNK_POSITIONS)), shape[2])
+            # Equal chunks of at most CHUNK_POSITIONS: a last chunk mostly empty would be stored
+            # whole (2072 positions in chunks of 1024 took 3072 positions of space).
+            n = max(1, positions_axis_len)
+            per = -(-n // -(-n // CHUNK_POSITIONS))
+            kw["chunks"] = (1, per, shape[2])
         if self.gzip:
             kw.update(compression="gzip", shuffle=True)
             kw.setdefault("chunks", True)
