@@ -104,7 +104,7 @@ def main():
             return os.path.getsize(out)
         t_dump, c_dump, size = timed(dump, a.repeat)
         # The whole command, as a user runs it.
-        cmd = [os.path.join(HERE, "kvsim-dump"), "--model", a.model, "--chat", "--niah",
+        cmd = [sys.executable, os.path.join(HERE, "kvsim-dump"), "--model", a.model, "--chat", "--niah",
                "--niah-dir", a.niah_dir, "--niah-length", str(length), "--generate", "0",
                "--device", a.device, *storage_args, "--out", out]
         c0, t0 = children_cpu(), time.perf_counter()

@@ -154,6 +154,21 @@ def _quiet_transformers(transformers):
     transformers.utils.logging.set_verbosity_error()
 
 
+def save_dequantized(model, out):
+    """The dequantized weights as an ordinary float32 Hugging Face folder. Not save_pretrained:
+    newer transformers (5.17) mark a GGUF-loaded model as quantized and refuse to serialise it."""
+    from safetensors.torch import save_file
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    config = model.config
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # the tie is restored on load
+    for attr in ("quantization_config",):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    config.save_pretrained(out)
+    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+
+
 class GGUFModel:
     """A GGUF file resolved into cached Hugging Face folders (tokenizer now, model on demand)."""
 
@@ -244,8 +259,9 @@ class GGUFModel:
         quiet = os.environ.get("TQDM_DISABLE")
         os.environ["TQDM_DISABLE"] = "1"  # the loader's own bar ignores transformers' setting
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
-                                                                      dtype=torch.float32)
+            from .hf_backend import dtype_keyword
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, **{dtype_keyword(transformers): torch.float32})
         except Exception as e:
             raise DumpError(self.path, f"--model: transformers cannot load this GGUF model: "
                                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
@@ -254,7 +270,7 @@ class GGUFModel:
                 os.environ.pop("TQDM_DISABLE", None)
             else:
                 os.environ["TQDM_DISABLE"] = quiet
-        model.save_pretrained(out)
+        save_dequantized(model, out)
         # The tokenizer beside the weights makes the folder a complete model for any HF tool.
         for f in os.listdir(self.tokenizer_folder()):
             if f != "kvsim-gguf.json":

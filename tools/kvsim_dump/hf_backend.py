@@ -45,6 +45,11 @@ def _version_tuple(v):
     return tuple(parts)
 
 
+def dtype_keyword(transformers):
+    """from_pretrained's dtype argument: renamed from torch_dtype in transformers 4.56."""
+    return "dtype" if _version_tuple(transformers.__version__) >= (4, 56) else "torch_dtype"
+
+
 class HFTokenizer:
     """Adapts a transformers tokenizer to encode(piece) / decode(ids) / bos_id."""
 
@@ -409,7 +414,7 @@ class HFSource:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise DumpError("--device", f"{device}: torch {torch.__version__} sees no CUDA device")
         version = _version_tuple(transformers.__version__)
-        dtype_kw = "dtype" if version >= (4, 56) else "torch_dtype"  # renamed in 4.56
+        dtype_kw = dtype_keyword(transformers)
         trust = self.trust_remote_code
 
         def from_pretrained(impl):
