@@ -85,6 +85,8 @@ py::dict meta_dict(const TraceMeta& m) {
   d["version"] = m.version;
   d["model"] = m.model;
   d["source"] = m.source;
+  d["model_sha256"] = m.model_sha256;
+  d["source_precision"] = m.source_precision;
   d["num_layers"] = m.num_layers;
   d["num_heads"] = m.num_heads;
   d["num_kv_heads"] = m.num_kv_heads;

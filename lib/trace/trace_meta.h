@@ -38,6 +38,8 @@ struct TraceMeta {
   std::string path;  // file it was read from (for error messages)
   std::string model;
   std::string source;
+  std::string model_sha256;      // optional: sha256 of the model file (GGUF models)
+  std::string source_precision;  // optional: e.g. "gguf:Q4_1", "hf:bfloat16"
   int num_layers = 0;
   int num_heads = 0;
   int num_kv_heads = 0;

@@ -208,6 +208,8 @@ bool read_root(hid_t file, TraceMeta& meta, Problems& pb) {
   }
   if (auto s = root.str("model", true)) meta.model = *s;
   if (auto s = root.str("source", true)) meta.source = *s;
+  if (auto s = root.str("model_sha256", false)) meta.model_sha256 = *s;
+  if (auto s = root.str("source_precision", false)) meta.source_precision = *s;
 
   bool shape_ok = true;
   auto positive = [&](const char* name, int& out, i64 limit) {

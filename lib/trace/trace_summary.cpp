@@ -6,6 +6,8 @@ Json trace_summary(const TraceMeta& m, const std::string& path) {
   return {{"path", path},
           {"model", m.model},
           {"source", m.source},
+          {"model_sha256", m.model_sha256},
+          {"source_precision", m.source_precision},
           {"num_layers", m.num_layers},
           {"num_heads", m.num_heads},
           {"num_kv_heads", m.num_kv_heads},

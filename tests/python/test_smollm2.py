@@ -38,22 +38,34 @@ def segments(path):
         return list(f["tokens/input_ids"][()]), list(f["tokens/segment"][()])
 
 
-class SmolLM2TraceTest(unittest.TestCase):
-    """One short chat NIAH trace (float32, o stored), reused by the checks against the model."""
+class SmolLM2Case(unittest.TestCase):
+    """The model and a temporary folder for the class; prepare() adds what a suite shares."""
 
     @classmethod
     def setUpClass(cls):
         cls.model = tu.require_smollm2()
         cls.tmp = tu.TempDir()
         cls.dir = cls.tmp.__enter__()
-        cls.trace = os.path.join(cls.dir, "niah.h5")
-        cls.r = dump("--model", cls.model, "--chat", "--niah", "--niah-dir", tu.ESSAYS_DIR,
-                     "--niah-length", "400", "--niah-depth", "0.4", "--generate", "24",
-                     "--dtype", "float32", "--queries", "all", "--with-o", "--out", cls.trace)
+        cls.prepare()
+
+    @classmethod
+    def prepare(cls):
+        pass
 
     @classmethod
     def tearDownClass(cls):
         cls.tmp.__exit__(None, None, None)
+
+
+class SmolLM2TraceTest(SmolLM2Case):
+    """One short chat NIAH trace (float32, o stored), reused by the checks against the model."""
+
+    @classmethod
+    def prepare(cls):
+        cls.trace = os.path.join(cls.dir, "niah.h5")
+        cls.r = dump("--model", cls.model, "--chat", "--niah", "--niah-dir", tu.ESSAYS_DIR,
+                     "--niah-length", "400", "--niah-depth", "0.4", "--generate", "24",
+                     "--dtype", "float32", "--queries", "all", "--with-o", "--out", cls.trace)
 
     def setUp(self):
         self.assertEqual(self.r.returncode, 0, self.r.stderr[-3000:])
@@ -165,23 +177,16 @@ class SmolLM2TraceTest(unittest.TestCase):
                 np.testing.assert_array_equal(f[f"layers/{l}/o_proj"][()], w["wo"][l])
 
 
-class SmolLM2DumperTest(unittest.TestCase):
+class SmolLM2DumperTest(SmolLM2Case):
     """The dumper's options on the real model (item 5 of the real-model issue)."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.model = tu.require_smollm2()
-        cls.tmp = tu.TempDir()
-        cls.dir = cls.tmp.__enter__()
+    def prepare(cls):
         cls.prompt = os.path.join(cls.dir, "prompt.txt")
         with open(os.path.join(tu.ESSAYS_DIR, sorted(os.listdir(tu.ESSAYS_DIR))[0])) as f:
             text = f.read()
         with open(cls.prompt, "w") as f:
             f.write(text[:3000])
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.__exit__(None, None, None)
 
     def out(self, name):
         return os.path.join(self.dir, name)
@@ -312,6 +317,36 @@ class SmolLM2DumperTest(unittest.TestCase):
         r = dump("--model", tu.CHECKPOINT, "--chat", "--prompt", self.prompt, "--out", self.out("d.h5"))
         self.assertEqual(r.returncode, 1)
         self.assertIn("no chat template", r.stderr)
+
+
+class ModelFetchTest(unittest.TestCase):
+    """tools/fetch-model.sh --check: the installed model has the pinned sum; a corrupt or missing
+    one is one line naming the file and the expected sum (no download in this test)."""
+
+    def check(self, folder):
+        return subprocess.run(["bash", os.path.join(tu.TOOLS_DIR, "fetch-model.sh"), "--check"],
+                              capture_output=True, text=True,
+                              env=dict(os.environ, KVSIM_MODEL_DIR=folder))
+
+    def test_installed_model_checks(self):
+        r = self.check(os.path.dirname(tu.require_smollm2()))
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_corrupt_and_missing_model(self):
+        with tu.TempDir() as d:
+            r = self.check(d)
+            self.assertEqual(r.returncode, 1)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+            self.assertIn("missing", r.stderr)
+            self.assertIn(tu.SMOLLM2_SHA256, r.stderr)
+            with open(os.path.join(d, os.path.basename(tu.SMOLLM2)), "wb") as f:
+                f.write(b"GGUF not really")
+            r = self.check(d)
+            self.assertEqual(r.returncode, 1)
+            line = r.stderr.strip()
+            self.assertEqual(len(line.splitlines()), 1, r.stderr)
+            self.assertIn(os.path.join(d, os.path.basename(tu.SMOLLM2)), line)
+            self.assertIn(f"expected {tu.SMOLLM2_SHA256}", line)
 
 
 class GGUFRefusalTest(unittest.TestCase):

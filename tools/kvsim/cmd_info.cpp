@@ -64,7 +64,10 @@ int cmd_info(const std::vector<std::string>& args) {
   const double layer_bytes = q_bytes * (m.has_o ? 2 : 1) + 2 * kv_bytes + op_bytes;
 
   std::printf("trace       %s (%.1f MiB on disk, format v%d)\n", path.c_str(), mib(disk), m.version);
-  std::printf("model       %s\nsource      %s\n", m.model.c_str(), m.source.c_str());
+  std::printf("model       %s", m.model.c_str());
+  if (!m.source_precision.empty()) std::printf(" (%s)", m.source_precision.c_str());
+  if (!m.model_sha256.empty()) std::printf(", sha256 %s", m.model_sha256.c_str());
+  std::printf("\nsource      %s\n", m.source.c_str());
   std::printf("shape       %d layers, %d heads, %d KV heads (group %d), head_dim %d, hidden %d\n", m.num_layers,
               m.num_heads, m.num_kv_heads, m.group_size(), m.head_dim, m.hidden_size);
   std::printf("rope        %s, theta %g%s%s; attn_scale %.9g\n", m.rope_style == RopeStyle::half ? "half" : "interleaved",

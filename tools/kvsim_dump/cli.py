@@ -74,7 +74,7 @@ def query_positions(spec, context_end, seq_len):
         if w < 0:
             raise DumpError("--queries", f"'{spec}': W must be a non-negative integer")
         return np.arange(max(0, context_end - w), seq_len, dtype=np.int64)
-    raise DumpError("--queries", f"'{spec}': expected 'all' or 'window:W'")
+    raise DumpError("--queries", f"'{spec}': expected 'all', 'window:W' or 'auto'")
 
 
 def build_parser():
@@ -135,8 +135,8 @@ def build_parser():
                                     "without a sliding window shorter than the trace); default "
                                     "all; the trace then numbers the stored layers 0..n-1")
     p.add_argument("--dtype", choices=("auto",) + STORAGE_DTYPES, default="auto",
-                   help="storage dtype of the trace (an explicit one is also the HF model's torch "
-                        "dtype unless --torch-dtype); float16 falls back to float32 on overflow. "
+                   help="storage dtype of the trace (the model computes in --torch-dtype); "
+                        "float16 falls back to float32 on overflow. "
                         "auto: float32 unless the trace would exceed --max-size-mb, then float16")
     p.add_argument("--torch-dtype", choices=STORAGE_DTYPES, help="HF backend compute dtype "
                                                                  "(default float32)")
@@ -258,6 +258,8 @@ def check_options(args, parser):
         raise DumpError("--max-tokens", "must be >= 1")
     if args.max_size_mb <= 0:
         raise DumpError("--max-size-mb", "must be > 0")
+    if args.queries != "auto":
+        query_positions(args.queries, 0, 1)  # the spelling, before anything loads
     if args.token_ids and args.max_tokens is not None:
         raise DumpError("--max-tokens", "token ids are used exactly as given; shorten the list")
     for dest, flag, users in PROMPT_KIND_OPTIONS:
@@ -402,7 +404,7 @@ def run(args, parser=None):
     N, generate_note = resolve_generate(args)
     S = P + N
     check_length(getattr(source, "max_positions", None), S, args.max_positions)
-    compute = args.torch_dtype or (args.dtype if args.dtype != "auto" else "float32")
+    compute = args.torch_dtype or "float32"
     backend = source.load(compute, args.device, args.attn_implementation)
     full = backend.full_attention_layers(S) if hasattr(backend, "full_attention_layers") else None
     layers = parse_layers(args.layers, backend.meta["num_layers"],

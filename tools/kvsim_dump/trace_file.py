@@ -10,6 +10,7 @@ the whole trace to float32 (slices already written are widened, which is exact) 
 """
 import json
 import os
+import re
 import sys
 
 import h5py
@@ -53,7 +54,10 @@ class TraceFileWriter:
         try:
             self.f = h5py.File(self.partial, "w")
         except OSError as e:
-            raise DumpError(self.partial, f"cannot create: {e}")
+            # h5py's text is a paragraph; keep the system's reason when it gives one.
+            reason = re.search(r"error message = '([^']+)'", str(e))
+            raise DumpError(path, f"cannot write {path}: "
+                                  f"{(reason.group(1) if reason else str(e).splitlines()[0]).lower()}")
 
     # -- tensors -----------------------------------------------------------------------------
     def _dataset(self, layer, name, shape, positions_axis_len):
