@@ -216,6 +216,11 @@ PYBIND11_MODULE(_kvsim, m) {
   m.def("run_command", &run_command, py::arg("args"),
         "run a kvsim subcommand in-process: (exit code, stdout, error text)");
   m.def("rule_catalogue", &catalogue, "every rule with its parameters and defaults");
+  m.def("expand_rules", [](const std::string& specs) {
+        std::vector<std::string> out;
+        for (const auto& r : make_rules(specs)) out.push_back(r->spec());
+        return out;
+      }, py::arg("specs"), "the canonical spec of every rule of a rule list ('default', 'all', 'a;b')");
   m.def("canonical_spec", [](const std::string& spec) { return make_rule(spec)->spec(); }, py::arg("spec"),
         "the canonical spec string (every parameter spelled out); errors name the bad part");
   bind_trace(m);

@@ -9,7 +9,6 @@ import glob
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import unittest
 

@@ -52,7 +52,11 @@ def apply_kept(model, state, kept_by_layer, n_c, what):
 
 
 def teacher_forced(model, state, tokens, after_step=None):
-    """Feeds the recorded tokens one by one; after_step(state, i, out) may evict."""
+    """Feeds the recorded tokens; after_step(state, i, out) may evict after each one. Without it
+    nothing changes the cache between tokens, so they go in as one block (one forward pass instead
+    of one per token; the same attention, up to float summation order)."""
+    if after_step is None:
+        return model.forward(state, [int(t) for t in tokens])
     outs = []
     for i, t in enumerate(tokens):
         out = model.forward(state, [int(t)])
@@ -66,6 +70,9 @@ def free_running(model, state, last_logits, forced, n_gen, after_step=None):
     """Feeds `forced` (the question) then generates n_gen tokens greedily. Returns (tokens, logits
     [n_gen, vocab]): row g is the distribution the g-th generated token was drawn from."""
     cur, step = last_logits, 0
+    if after_step is None and len(forced):  # nothing to decide between them: one block
+        cur, step = model.forward(state, [int(t) for t in forced]).logits[-1], len(forced)
+        forced = []
     for t in forced:
         out = model.forward(state, [int(t)])
         if after_step:
