@@ -155,7 +155,15 @@ class HFLoop:
                 mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
                 mask = mask.masked_fill(~visible, torch.finfo(query.dtype).min)[None]
                 kwargs.pop("is_causal", None)
-                result = original(module, query, key, value, mask, *args, **kwargs)
+                if impl == "sdpa" and not kwargs.get("softcap") and kwargs.get("s_aux") is None:
+                    # torch's own grouped-query path: transformers' sdpa wrapper repeats K and V
+                    # per query head whenever a mask is given (a third of a step at 4K positions).
+                    out = torch.nn.functional.scaled_dot_product_attention(
+                        query, key, value, attn_mask=mask, scale=kwargs.get("scaling"),
+                        enable_gqa=query.shape[1] != key.shape[1])
+                    result = (out.transpose(1, 2).contiguous(), None)
+                else:
+                    result = original(module, query, key, value, mask, *args, **kwargs)
                 out = result[0] if isinstance(result, tuple) else result
                 seen[layer] = (query[0].detach().float().cpu().numpy(),
                                out[0].transpose(0, 1).detach().float().cpu().numpy())

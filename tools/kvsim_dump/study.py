@@ -79,11 +79,13 @@ def dump_args(args, prompt, trace):
     return cli.build_parser().parse_args(argv)
 
 
-def run_prompt(args, prompt, folder, rules, loop_model, timings):
-    """Everything for one prompt; returns the per-prompt record written to done.json."""
+def run_prompt(args, prompt, folder, rules, loop_model):
+    """Everything for one prompt; returns the per-prompt record written to done.json (with its
+    time split, so that a resumed study still reports the whole)."""
     import kvsim
     os.makedirs(folder, exist_ok=True)
     trace = os.path.join(folder, "trace.h5")
+    timings = {"dump": 0.0, "replay": 0.0, "closed_loop": 0.0}
     t = time.monotonic()
     with contextlib.redirect_stdout(sys.stderr):
         cli.run(dump_args(args, prompt, trace))
@@ -101,7 +103,7 @@ def run_prompt(args, prompt, folder, rules, loop_model, timings):
     except kvsim.KvsimError as e:
         raise DumpError(f"prompt {prompt.id}", str(e))
     timings["replay"] += time.monotonic() - t
-    record = {"id": prompt.id, "kind": prompt.kind, "answerable": prompt.answerable}
+    record = {"id": prompt.id, "kind": prompt.kind, "answerable": prompt.answerable, "time_s": timings}
     if args.no_closed_loop:
         return record
     t = time.monotonic()
@@ -183,7 +185,6 @@ def run(args):
     rules = evicting_rules(args.rules)
     if "full" not in [r.split("(", 1)[0] for r in rules]:
         rules = ["full"] + rules
-    timings = {"dump": 0.0, "replay": 0.0, "closed_loop": 0.0}
     loop_model = None
     if not args.no_closed_loop:
         from .loop_models import make_loop_model
@@ -191,22 +192,24 @@ def run(args):
                                               (["--device", args.device] if args.device else []))
         loop_model = make_loop_model(margs, max(p.length for p in prompts) + args.generate + 64)
     records = []
-    bar = Progress("kvsim-study", "prompts", len(prompts))
+    finished = {p.id for p in prompts if os.path.isfile(os.path.join(args.out, "prompts", p.id, "done.json"))}
+    if finished:
+        progress(f"resuming: {len(finished)} of {len(prompts)} prompts already done")
+    bar = Progress("kvsim-study", "prompts", len(prompts) - len(finished))
     for i, prompt in enumerate(prompts):
         folder = os.path.join(args.out, "prompts", prompt.id)
         done = os.path.join(folder, "done.json")
-        if os.path.isfile(done):
+        if prompt.id in finished:
             with open(done) as f:
                 records.append(json.load(f))
-            bar.update(i + 1)
             continue
         progress(f"[{i + 1}/{len(prompts)}] {prompt.id}")
-        record = run_prompt(args, prompt, folder, rules, loop_model, timings)
+        record = run_prompt(args, prompt, folder, rules, loop_model)
         with open(done + ".partial", "w") as f:
             json.dump(record, f)
         os.replace(done + ".partial", done)
         records.append(record)
-        bar.update(i + 1)
+        bar.update(len(records) - len(finished))
     folders = {r["id"]: os.path.join(args.out, "prompts", r["id"]) for r in records}
     acc = accuracy_table(records, folders)
     acc.to_csv(os.path.join(args.out, "accuracy.csv"), index=False)
@@ -214,15 +217,21 @@ def run(args):
     claims.to_csv(os.path.join(args.out, "claims.csv"), index=False)
     from .study_figures import draw_figures
     figures = draw_figures(acc, claims, os.path.join(args.out, "figures"))
+    timings = {k: sum(r.get("time_s", {}).get(k, 0.0) for r in records) for k in ("dump", "replay", "closed_loop")}
     total = time.monotonic() - t0
     summary = {"model": os.path.basename(args.model), "n_prompts": len(records),
                "n_answerable": sum(1 for r in records if r["answerable"]),
                "rules": rules, "budgets": args.budgets, "claim_budgets": args.claim_budgets,
                "modes": args.modes, "chat": not args.no_chat, "generate": args.generate,
+               # Per-prompt work summed over every run of the study (a resumed one included); total
+               # is this invocation's wall time.
                "time_s": {**{k: round(v, 1) for k, v in timings.items()}, "total": round(total, 1)},
+               "prompts_without_timing": sum(1 for r in records if "time_s" not in r),
                "figures": figures, "command": " ".join(sys.argv)}
     with open(os.path.join(args.out, "study.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    from .study_report import write_summary
+    write_summary(acc, claims, summary, os.path.join(args.out, "summary.md"))
     print_tables(acc, claims)
     print(f"study      {args.out}: {len(records)} prompts in {format_seconds(total)} "
           f"(dump {format_seconds(timings['dump'])}, replay {format_seconds(timings['replay'])}, "
