@@ -69,6 +69,8 @@ class ReducedStudyTest(unittest.TestCase):
             s = json.load(f)
         self.assertEqual(set(s["time_s"]), {"dump", "replay", "closed_loop", "total"})
         self.assertEqual((s["n_prompts"], s["n_answerable"]), (3, 2))
+        with open(os.path.join(self.out, "prompts", "news", "done.json")) as f:
+            self.assertNotIn("closed_loop", json.load(f))  # no answer to check: offline only
         for name in s["figures"]:
             self.assertTrue(os.path.getsize(os.path.join(self.out, "figures", name)) > 1000)
 

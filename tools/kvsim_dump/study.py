@@ -104,7 +104,7 @@ def run_prompt(args, prompt, folder, rules, loop_model):
         raise DumpError(f"prompt {prompt.id}", str(e))
     timings["replay"] += time.monotonic() - t
     record = {"id": prompt.id, "kind": prompt.kind, "answerable": prompt.answerable, "time_s": timings}
-    if args.no_closed_loop:
+    if args.no_closed_loop or not prompt.answerable:  # the closed loop's table is about answers
         return record
     t = time.monotonic()
     record["closed_loop"] = closed_loop_runs(args, prompt, trace, main, loop_model)
