@@ -31,8 +31,9 @@ DEFAULT_MODEL = os.path.abspath(os.path.join(HERE, "..", "..", "models", "SmolLM
 DEFAULT_RULES = "default"
 DEFAULT_BUDGETS = "0.1,0.2,0.3"
 CLAIM_BUDGETS = "0.05,0.1,0.2,0.3,0.5"
-# The CriticalKV claim: each base against critical(base) under either norm (rules doc 4.1).
-CLAIM_BASES = ("snapkv", "ada(snapkv)")
+# The CriticalKV claim: each base against critical(base) under either norm (rules doc 4.1). The
+# third base is the SnapKV of the CriticalKV authors' code (kvpress's: kernel 5, average pooling).
+CLAIM_BASES = ("snapkv", "ada(snapkv)", "snapkv(window=32,kernel=5,pool=avg)")
 CLAIM_RULES = [r for b in CLAIM_BASES for r in (b, f"critical({b})", f"critical({b},norm=l2)")]
 PREFILL_OPTIONS = dict(segment=128, block=16, budget=256, threshold=256)
 

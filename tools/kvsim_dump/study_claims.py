@@ -36,6 +36,7 @@ def row(claim, setting, est, n, source):
 
 def critical_win_rates(prompts, canon):
     """Share of (prompt, layer, head) where critical(base) perturbs strictly less than base."""
+    from .study import CLAIM_BASES
     groups = {}
     for pid, folder in prompts:
         for point in ("agnostic", "aware"):
@@ -43,7 +44,7 @@ def critical_win_rates(prompts, canon):
             if m is None:
                 continue
             h = m[m["head"] >= 0]
-            for base in ("snapkv", "ada(snapkv)"):
+            for base in CLAIM_BASES:
                 for norm, col in (("l1", "pert_l1"), ("l2", "pert_l2")):
                     crit = canon[f"critical({base})" if norm == "l1" else f"critical({base},norm=l2)"]
                     a = h[h["rule"] == crit].set_index(["budget", "eval", "layer", "head"])[col]

@@ -14,6 +14,7 @@ def draw_figures(acc, claims, folder):
     if len(one):
         one["b"] = one["budget"].astype(float)
         fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per rule for up to 20 rules
         for label, g in one.groupby("label"):
             g = g.sort_values("b")
             line, = ax.plot(g["b"], g["accuracy"], "o-", label=label, lw=1.2, ms=3)
@@ -42,7 +43,9 @@ def draw_figures(acc, claims, folder):
                                             r"point=(?P<point>\w+),eval=(?P<eval>\w+),norm=(?P<norm>\w+)")
         crit = crit.join(parts)
         crit["b"] = crit["budget"].astype(float)
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        bases = crit["base"].nunique()
+        fig, axes = plt.subplots(1, bases, figsize=(5.5 * bases, 4), sharey=True, squeeze=False)
+        axes = axes[0]
         for ax, (base, g) in zip(axes, crit.groupby("base")):
             for (point, ev, norm), h in g.groupby(["point", "eval", "norm"]):
                 h = h.sort_values("b")
@@ -52,7 +55,7 @@ def draw_figures(acc, claims, folder):
             ax.axhline(0.5, color="grey", ls=":", lw=1)
             ax.set(title=f"critical({base}) vs {base}", xlabel="budget", ylim=(0, 1))
         axes[0].set_ylabel("share of heads with lower perturbation")
-        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         written.append(_save(fig, folder, "critical_win_rate.png"))
     return written
