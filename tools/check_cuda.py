@@ -27,7 +27,6 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-RUNS = (("cpu", "float32"), ("{gpu}", "float32"), ("{gpu}", "bfloat16"))
 # Largest relative differences accepted (max |a-b| / max |a| per tensor and layer).
 TOL = {"float32": 1e-3, "bfloat16": 0.1}
 # o recomputed from the stored q, k, v: float32 kernels agree to ~1e-6; bfloat16 kernels round
@@ -118,10 +117,12 @@ def main():
     result = {"device": torch.cuda.get_device_name(0) if a.device != "cpu" else "cpu", "torch": torch.__version__, "runs": {}}
     import transformers
     result["transformers"] = transformers.__version__
-    paths = {}
-    for device, dtype in RUNS:
-        device = device.format(gpu=a.device)
-        path = os.path.join(a.out, f"trace-{len(paths)}-{device}-{dtype}.h5")
+    # The CPU in float32 first: the reference of the others.
+    runs = [("cpu", "float32"), (a.device, "float32"), (a.device, "bfloat16")]
+    paths = {}  # run name -> (dtype, trace)
+    for i, (device, dtype) in enumerate(runs):
+        name = f"{i}-{device}-{dtype}"
+        path = os.path.join(a.out, f"trace-{name}.h5")
         cmd = [sys.executable, os.path.join(HERE, "kvsim-dump"), "--model", a.model, "--chat",
                "--prompt", a.prompt, "--question", "What is this text about?", "--max-tokens",
                str(a.max_tokens), "--generate", "16", "--device", device, "--torch-dtype", dtype,
@@ -129,15 +130,14 @@ def main():
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"check_cuda: {device} {dtype} dump failed: {r.stderr.strip()[-2000:]}")
-        result["runs"][f"{len(paths)}-{device}-{dtype}"] = {"stdout": r.stdout.strip().splitlines()[-1],
-                                               "check_o": check_o(path)}
-        paths[(len(paths), device, dtype)] = path
+        result["runs"][name] = {"stdout": r.stdout.strip().splitlines()[-1], "check_o": check_o(path)}
+        paths[name] = (dtype, path)
     ok = True
-    cpu_trace = paths[(0, "cpu", "float32")]
+    cpu_trace = paths["0-cpu-float32"][1]
     base_layout = layout(cpu_trace)
     base, ids0, _, _, _ = tensors(cpu_trace)
-    for (i, device, dtype), path in paths.items():
-        run = result["runs"][f"{i}-{device}-{dtype}"]
+    for name, (dtype, path) in paths.items():
+        run = result["runs"][name]
         run["same_layout"] = layout(path) == base_layout
         t, ids, _, _, _ = tensors(path)
         run["same_tokens"] = bool(np.array_equal(ids, ids0))

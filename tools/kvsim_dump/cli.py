@@ -235,9 +235,8 @@ def build_prompt(args, tok, vocab_size=None, overhead=0):
     return prompt, {"dataset": dataset}
 
 
-def check_length(max_trained, seq_len, max_positions):
+def check_length(trained, seq_len, max_positions):
     """Before the weights load: the prompt and generation fit the model's trained positions."""
-    trained = max_trained
     if trained is None or seq_len <= trained:
         return
     if max_positions is None:

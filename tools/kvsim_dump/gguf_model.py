@@ -94,17 +94,13 @@ class GGUFHeader:
         self.architecture = value("general.architecture")
         if not isinstance(self.architecture, str):
             raise DumpError(path, "general.architecture: missing; not a model GGUF file")
-        self.name = value("general.name", "")
         self.file_type = self._file_type_name(gguf, value("general.file_type"), reader)
         arch = self.architecture
         self.context_length = value(f"{arch}.context_length")
-        self.num_layers = value(f"{arch}.block_count")
         self.add_bos = bool(value("tokenizer.ggml.add_bos_token", False))
         self.special = {key: value(f"tokenizer.ggml.{key}_token_id")
                         for key in ("bos", "eos", "unknown", "padding")}
         self.chat_template = value("tokenizer.chat_template")
-        self.tokenizer_model = value("tokenizer.ggml.model")
-        self.tensor_types = sorted({t.tensor_type.name for t in reader.tensors})
 
     @staticmethod
     def _file_type_name(gguf, code, reader):
@@ -172,14 +168,12 @@ def save_dequantized(model, out):
 class GGUFModel:
     """A GGUF file resolved into cached Hugging Face folders (tokenizer now, model on demand)."""
 
-    def __init__(self, path, use_cache=True, note=None):
+    def __init__(self, path, note=None):
         self.path = os.path.abspath(path)
         self.note = note or (lambda m: print(f"kvsim-dump: {m}", file=sys.stderr))
         self.header = GGUFHeader(self.path)
         self.sha256 = file_sha256(self.path)
-        root = cache_root() if use_cache else tempfile.mkdtemp(prefix="kvsim-gguf-")
-        self.entry = os.path.join(root, "gguf", f"{self.sha256}-v{CACHE_LAYOUT}")
-        self.temporary = not use_cache
+        self.entry = os.path.join(cache_root(), "gguf", f"{self.sha256}-v{CACHE_LAYOUT}")
         self.name = os.path.basename(self.path)
 
     @property
@@ -223,7 +217,6 @@ class GGUFModel:
         from .hf_backend import import_transformers
         transformers = import_transformers()
         _quiet_transformers(transformers)
-        check_architecture(self.header, transformers)
         self.note(f"converting the tokenizer of {self.name} (once; cached by sha256)")
         folder, name = self._gguf_args()
         try:
@@ -251,7 +244,6 @@ class GGUFModel:
         from .hf_backend import import_transformers
         transformers = import_transformers()
         _quiet_transformers(transformers)
-        check_architecture(self.header, transformers)
         import torch
         self.note(f"dequantizing {self.name} ({self.header.source_precision}) to float32 "
                   "(once; cached by sha256)")
@@ -272,10 +264,7 @@ class GGUFModel:
                 os.environ["TQDM_DISABLE"] = quiet
         save_dequantized(model, out)
         # The tokenizer beside the weights makes the folder a complete model for any HF tool.
-        for f in os.listdir(self.tokenizer_folder()):
+        tokenizer = self.tokenizer_folder()
+        for f in os.listdir(tokenizer):
             if f != "kvsim-gguf.json":
-                shutil.copy(os.path.join(self.tokenizer_folder(), f), out)
-
-    def cleanup(self):
-        if self.temporary:
-            shutil.rmtree(os.path.dirname(os.path.dirname(self.entry)), ignore_errors=True)
+                shutil.copy(os.path.join(tokenizer, f), out)

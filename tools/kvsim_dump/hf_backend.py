@@ -375,7 +375,6 @@ class HFSource:
                                             False)
             self.max_positions = header.context_length
             self.vocab_size = _vocab_size(self.tokenizer)
-            self.num_layers = header.num_layers
             self.extra_meta = self.gguf.meta
             return
         looks_like_path = os.sep in name or name.startswith(".") or os.path.exists(name)
@@ -397,7 +396,6 @@ class HFSource:
         self.tokenizer = load_tokenizer(transformers, tokenizer or name, trust_remote_code)
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         self.vocab_size = getattr(cfg, "vocab_size", None)
-        self.num_layers = getattr(cfg, "num_hidden_layers", None)
         dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
         if dtype is not None:
             self.extra_meta["source_precision"] = f"hf:{str(dtype).replace('torch.', '')}"

@@ -141,34 +141,32 @@ class HFLoop:
         def wrap(original):
             def masked_attention(module, query, key, value, attention_mask, *args, **kwargs):
                 layer = module.layer_idx
-                if intact[layer]:
-                    result = original(module, query, key, value, attention_mask, *args, **kwargs)
-                    out = result[0] if isinstance(result, tuple) else result
-                    seen[layer] = (query[0].detach().float().cpu().numpy(),
-                                   out[0].transpose(0, 1).detach().float().cpu().numpy())
-                    return result
-                T, nq = key.shape[2], query.shape[2]
-                pos = torch.arange(start, start + nq, device=query.device)
-                causal = torch.arange(T, device=query.device)[None, :] <= pos[:, None]
-                alive = torch.as_tensor(s["alive"][layer][:, :T], device=query.device)
-                visible = causal[None] & alive[:, None, :]  # [H, n, T]
-                mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
-                mask = mask.masked_fill(~visible, torch.finfo(query.dtype).min)[None]
-                kwargs.pop("is_causal", None)
-                if impl == "sdpa" and not kwargs.get("softcap") and kwargs.get("s_aux") is None:
-                    # torch's own grouped-query path: transformers' sdpa wrapper repeats K and V
-                    # per query head whenever a mask is given (a third of a step at 4K positions).
-                    out = torch.nn.functional.scaled_dot_product_attention(
-                        query, key, value, attn_mask=mask, scale=kwargs.get("scaling"),
-                        enable_gqa=query.shape[1] != key.shape[1])
-                    result = (out.transpose(1, 2).contiguous(), None)
-                else:
-                    result = original(module, query, key, value, mask, *args, **kwargs)
+                result = original(module, query, key, value, attention_mask, *args, **kwargs) \
+                    if intact[layer] else evicted_attention(original, module, query, key, value, args, kwargs)
                 out = result[0] if isinstance(result, tuple) else result
                 seen[layer] = (query[0].detach().float().cpu().numpy(),
                                out[0].transpose(0, 1).detach().float().cpu().numpy())
                 return result
             return masked_attention
+
+        def evicted_attention(original, module, query, key, value, args, kwargs):
+            """The kernel with each head's evicted keys masked."""
+            T, nq = key.shape[2], query.shape[2]
+            pos = torch.arange(start, start + nq, device=query.device)
+            causal = torch.arange(T, device=query.device)[None, :] <= pos[:, None]
+            alive = torch.as_tensor(s["alive"][module.layer_idx][:, :T], device=query.device)
+            visible = causal[None] & alive[:, None, :]  # [H, n, T]
+            mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
+            mask = mask.masked_fill(~visible, torch.finfo(query.dtype).min)[None]
+            kwargs.pop("is_causal", None)
+            if impl == "sdpa" and not kwargs.get("softcap") and kwargs.get("s_aux") is None:
+                # torch's own grouped-query path: transformers' sdpa wrapper repeats K and V per
+                # query head whenever a mask is given (a third of a step at 4K positions).
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    query, key, value, attn_mask=mask, scale=kwargs.get("scaling"),
+                    enable_gqa=query.shape[1] != key.shape[1])
+                return out.transpose(1, 2).contiguous(), None
+            return original(module, query, key, value, mask, *args, **kwargs)
 
         registry = self.backend.registry
         impl = self.model.config._attn_implementation or "eager"

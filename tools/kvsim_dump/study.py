@@ -23,7 +23,7 @@ from .errors import DumpError
 from .progress import Progress, format_seconds
 from .study_claims import claims_table
 from .study_prompts import default_prompts, read_prompt_file
-from .study_tables import accuracy_table
+from .study_tables import accuracy_table, closed_loop_records, layer_perturbation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.abspath(os.path.join(HERE, "..", "..", "..", "shared"))
@@ -212,9 +212,11 @@ def run(args):
         records.append(record)
         bar.update(len(records) - len(finished))
     folders = {r["id"]: os.path.join(args.out, "prompts", r["id"]) for r in records}
-    acc = accuracy_table(records, folders)
+    # Read once, used by the accuracy table and the offline-vs-closed-loop claim.
+    pert = {r["id"]: layer_perturbation(folders[r["id"]]) for r in closed_loop_records(records)}
+    acc = accuracy_table(records, pert)
     acc.to_csv(os.path.join(args.out, "accuracy.csv"), index=False)
-    claims = claims_table(records, folders, acc, PREFILL_OPTIONS)
+    claims = claims_table(records, folders, pert, PREFILL_OPTIONS)
     claims.to_csv(os.path.join(args.out, "claims.csv"), index=False)
     from .study_figures import draw_figures
     figures = draw_figures(acc, claims, os.path.join(args.out, "figures"))

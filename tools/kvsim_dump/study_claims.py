@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from .study_stats import bootstrap, pooled_share, spearman
+from .loop_metrics import spearman
+from .study_stats import bootstrap, pooled_share
 
 CLAIM_COLUMNS = ["claim", "setting", "value", "ci_low", "ci_high", "n", "paper_value", "paper_source"]
 SOURCES = {
@@ -32,6 +33,18 @@ def row(claim, setting, est, n, source):
     paper, text = SOURCES[source]
     return dict(claim=claim, setting=setting, value=est[0], ci_low=est[1], ci_high=est[2], n=int(n),
                 paper_value=paper, paper_source=text)
+
+
+SETTING = (r"base=(?P<base>.+?),budget=(?P<budget>[^,]+),point=(?P<point>\w+),eval=(?P<eval>\w+),"
+           r"norm=(?P<norm>\w+)")
+
+
+def critical_settings(claims):
+    """The critical_head_win_rate rows with their setting split into base, budget (and b, its
+    value), point, eval and norm."""
+    crit = claims[claims["claim"] == "critical_head_win_rate"]
+    crit = crit.join(crit["setting"].str.extract(SETTING))
+    return crit.assign(b=crit["budget"].astype(float))
 
 
 def critical_win_rates(prompts, canon):
@@ -154,16 +167,14 @@ def critiprefill(prompts, options):
                 len(recall), "critiprefill")]
 
 
-def rank_correlations(records, folders):
+def rank_correlations(records, pert):
     """Within each budget, Spearman over rules between the offline layer perturbation and the
     closed-loop accuracy (and KL), averaged over budgets; bootstrap over prompts."""
-    from .study_tables import layer_perturbation
+    from .study_tables import closed_loop_records
     groups = []
-    for r in records:
-        if not (r.get("answerable") and "closed_loop" in r):
-            continue
-        pert = layer_perturbation(folders[r["id"]])
-        groups.append([(x["rule"], x["budget"], pert.get((x["rule"], x["budget"]), np.nan),
+    for r in closed_loop_records(records):
+        p = pert[r["id"]]
+        groups.append([(x["rule"], x["budget"], p.get((x["rule"], x["budget"]), np.nan),
                         float(bool(x["answered"])), x["kl_mean"]) for x in r["closed_loop"]["runs"]
                        if x["mode"] == "oneshot"])
 
@@ -184,12 +195,12 @@ def rank_correlations(records, folders):
                 bootstrap(groups, stat("kl")), n, "kvsim")]
 
 
-def claims_table(records, folders, acc, prefill_options):
+def claims_table(records, folders, pert, prefill_options):
     import kvsim
 
     from .study import CLAIM_RULES
     canon = {r: kvsim._kvsim.canonical_spec(r) for r in CLAIM_RULES}
     prompts = [(r["id"], folders[r["id"]]) for r in records]
     rows = (critical_win_rates(prompts, canon) + ada_bounds(prompts, canon) + bound_tightness(prompts, canon)
-            + keydiff_premise(prompts) + critiprefill(prompts, prefill_options) + rank_correlations(records, folders))
+            + keydiff_premise(prompts) + critiprefill(prompts, prefill_options) + rank_correlations(records, pert))
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)

@@ -37,12 +37,9 @@ def draw_figures(acc, claims, folder):
         ax.legend(fontsize=8)
         fig.tight_layout()
         written.append(_save(fig, folder, "perturbation_vs_accuracy.png"))
-    crit = claims[claims["claim"] == "critical_head_win_rate"].copy()
+    from .study_claims import critical_settings
+    crit = critical_settings(claims)
     if len(crit):
-        parts = crit["setting"].str.extract(r"base=(?P<base>[^,]+(?:\([^)]*\))?),budget=(?P<budget>[^,]+),"
-                                            r"point=(?P<point>\w+),eval=(?P<eval>\w+),norm=(?P<norm>\w+)")
-        crit = crit.join(parts)
-        crit["b"] = crit["budget"].astype(float)
         bases = crit["base"].nunique()
         fig, axes = plt.subplots(1, bases, figsize=(5.5 * bases, 4), sharey=True, squeeze=False)
         axes = axes[0]

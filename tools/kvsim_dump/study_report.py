@@ -18,16 +18,14 @@ def interval(v, lo, hi, digits=3):
 
 def critical_summary(claims):
     """Rows per (base, point, eval, norm): the win rate's range over budgets, and the best."""
-    crit = claims[claims["claim"] == "critical_head_win_rate"].copy()
+    from .study_claims import critical_settings
+    crit = critical_settings(claims)
     if not len(crit):
         return []
-    parts = crit["setting"].str.extract(r"base=(?P<base>.+?),budget=(?P<budget>[^,]+),point=(?P<point>\w+),"
-                                        r"eval=(?P<eval>\w+),norm=(?P<norm>\w+)")
-    crit = crit.join(parts)
     lines = ["| base | compression point | evaluation queries | norm | win rate per budget (95% CI) |",
              "| --- | --- | --- | --- | --- |"]
     for (base, point, ev, norm), g in crit.groupby(["base", "point", "eval", "norm"]):
-        g = g.assign(b=g["budget"].astype(float)).sort_values("b")
+        g = g.sort_values("b")
         cells = "; ".join(f"{b:g}: {interval(v, lo, hi, 2)}" for b, v, lo, hi in
                           zip(g["b"], g["value"], g["ci_low"], g["ci_high"]))
         lines.append(f"| {base} | {point} | {ev} | {norm} | {cells} |")

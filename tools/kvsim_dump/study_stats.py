@@ -5,8 +5,6 @@ import math
 
 import numpy as np
 
-from .loop_metrics import spearman  # noqa: F401  (one rank correlation for every table)
-
 Z95 = 1.959963984540054
 BOOTSTRAP_SAMPLES = 2000
 SEED = 20261204

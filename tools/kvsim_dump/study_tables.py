@@ -53,11 +53,16 @@ def layer_perturbation(folder):
     return m.groupby(["rule", "budget"])["pert_l1"].mean().to_dict()
 
 
-def accuracy_table(records, folders):
-    loops = [r for r in records if r.get("answerable") and "closed_loop" in r]
+def closed_loop_records(records):
+    """The prompts whose closed loop ran (those with an answer)."""
+    return [r for r in records if r.get("answerable") and "closed_loop" in r]
+
+
+def accuracy_table(records, pert):
+    """pert: prompt id -> layer_perturbation() of its main replay."""
+    loops = closed_loop_records(records)
     if not loops:
         return pd.DataFrame(columns=ACCURACY_COLUMNS)
-    pert = {r["id"]: layer_perturbation(folders[r["id"]]) for r in loops}
     keys = list(dict.fromkeys((x["rule"], x["budget"], x["mode"]) for r in loops for x in r["closed_loop"]["runs"]))
     budgets = list(dict.fromkeys(k[1] for k in keys))
     rows = []
