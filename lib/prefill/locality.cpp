@@ -4,6 +4,7 @@
 #include <cmath>
 #include <iterator>
 
+#include "core/splitmix.h"
 #include "kernels/kernels.h"
 
 namespace kvsim::prefill {
@@ -18,6 +19,15 @@ std::vector<i64> locality_anchors(const SegmentPlan& plan, int anchors) {
     if (out.empty() || out.back() != i) out.push_back(i);
   }
   return out;
+}
+
+i64 shuffled_partner(const SegmentPlan& plan, i64 i, int h, int p) {
+  const i64 lo = (plan.config().top_k() + 1) * plan.config().block - 1, hi = plan.n() - 1;
+  if (hi <= lo) return -1;  // no other query in the range
+  const std::uint64_t z = splitmix64(splitmix64(splitmix64(static_cast<std::uint64_t>(i)) ^ static_cast<std::uint64_t>(h)) ^
+                                     static_cast<std::uint64_t>(p));
+  const i64 j = lo + static_cast<i64>(z % static_cast<std::uint64_t>(hi - lo));  // hi - lo choices without i
+  return j >= i ? j + 1 : j;
 }
 
 double jaccard(std::vector<i64> a, std::vector<i64> b) {
@@ -41,9 +51,10 @@ std::vector<LocalityCurve> locality_curves(const HeadsView& x, const SegmentPlan
     curves[h].pairs.assign(static_cast<std::size_t>(2 * S), 0);
   }
   std::vector<std::vector<double>> per_anchor(static_cast<std::size_t>(x.num_heads * na));
+  std::vector<std::vector<double>> shuffled(static_cast<std::size_t>(x.num_heads * na));
 #pragma omp parallel
   {
-    avec<float> A, masses;
+    avec<float> A, masses, partner;
     std::vector<i64> top0(static_cast<std::size_t>(K)), top(static_cast<std::size_t>(K));
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int h = 0; h < x.num_heads; ++h)
@@ -67,6 +78,22 @@ std::vector<LocalityCurve> locality_curves(const HeadsView& x, const SegmentPlan
           local[r - 1] = jaccard(set0, std::vector<i64>(top.begin(), top.begin() + k1));
         }
         per_anchor[static_cast<std::size_t>(h * na + a)] = std::move(local);
+        // The shuffled baseline: anchor i against random far partners j, over the blocks both see.
+        std::vector<double> far;
+        for (int p = 0; p < kShuffledPartners; ++p) {
+          const i64 j = shuffled_partner(plan, i, h, p);
+          if (j < 0) break;
+          const i64 both = (std::min(i, j) + 1) / bs;
+          partner.resize(static_cast<std::size_t>(j + 1));
+          kernels::sgemm(false, true, 1, j + 1, d, 1.0f, x.q_row(h, j), d, x.k_row(g, 0), d, 0.0f, partner.data(), j + 1);
+          kernels::scaled_softmax_inplace(partner.data(), j + 1, x.scale);
+          for (i64 b = 0; b < both; ++b) partner[b] = kernels::sum(partner.data() + b * bs, bs);  // in place: b*bs >= b
+          const i64 ka = kernels::topk(masses.data(), both, K, top0.data());
+          const i64 kb = kernels::topk(partner.data(), both, K, top.data());
+          far.push_back(jaccard(std::vector<i64>(top0.begin(), top0.begin() + ka),
+                                std::vector<i64>(top.begin(), top.begin() + kb)));
+        }
+        shuffled[static_cast<std::size_t>(h * na + a)] = std::move(far);
       }
   }
   // Summed in anchor order, whatever thread computed each anchor (identical for any thread count).
@@ -77,11 +104,16 @@ std::vector<LocalityCurve> locality_curves(const HeadsView& x, const SegmentPlan
         sums[h][r] += local[r];
         curves[h].pairs[r] += 1;
       }
+      for (double v : shuffled[static_cast<std::size_t>(h * na + a)]) {
+        curves[h].shuffled += v;
+        curves[h].shuffled_pairs += 1;
+      }
     }
   for (int h = 0; h < x.num_heads; ++h) {
     curves[h].jaccard.resize(static_cast<std::size_t>(2 * S));
     for (i64 dl = 0; dl < 2 * S; ++dl)
       curves[h].jaccard[dl] = curves[h].pairs[dl] > 0 ? sums[h][dl] / curves[h].pairs[dl] : std::nan("");
+    curves[h].shuffled = curves[h].shuffled_pairs > 0 ? curves[h].shuffled / curves[h].shuffled_pairs : std::nan("");
   }
   return curves;
 }

@@ -58,6 +58,43 @@ std::string locality_csv(const PrefillRunResult& res) {
   return os.str();
 }
 
+std::string locality_shuffled_csv(const PrefillRunResult& res) {
+  std::ostringstream os;
+  os << "layer,head,jaccard,pairs\n";
+  for (const auto& ll : res.locality)
+    for (const auto& c : ll.heads)
+      if (c.shuffled_pairs > 0) os << ll.layer << ',' << c.head << ',' << num(c.shuffled) << ',' << c.shuffled_pairs << '\n';
+  return os.str();
+}
+
+double locality_mean_at(const PrefillRunResult& res, i64 delta, i64* heads) {
+  double sum = 0;
+  i64 cnt = 0;
+  for (const auto& ll : res.locality)
+    for (const auto& c : ll.heads)
+      if (delta >= 1 && delta <= static_cast<i64>(c.pairs.size()) && c.pairs[delta - 1] > 0) {
+        sum += c.jaccard[delta - 1];
+        ++cnt;
+      }
+  if (heads) *heads = cnt;
+  return cnt ? sum / cnt : std::nan("");
+}
+
+LocalityMeans locality_means(const PrefillRunResult& res) {
+  LocalityMeans m;
+  m.j1 = locality_mean_at(res, 1, &m.heads);
+  double sum = 0;
+  i64 cnt = 0;
+  for (const auto& ll : res.locality)
+    for (const auto& c : ll.heads)
+      if (c.shuffled_pairs > 0) {
+        sum += c.shuffled;
+        ++cnt;
+      }
+  m.shuffled = cnt ? sum / cnt : std::nan("");
+  return m;
+}
+
 std::vector<VariantMeans> variant_means(const PrefillRunResult& res) {
   std::vector<VariantMeans> out;
   for (const auto& lm : res.metrics) {
@@ -123,9 +160,16 @@ std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& o
                  {"pair_reduction_sparsified_part", p.sparse_part_reduction()},
                  {"estimation_macs_per_head", p.estimation_macs(m.head_dim)}};
   j["projected"] = res.projected;
+  const LocalityMeans lm = locality_means(res);
   j["locality"] = {{"method", "J(delta) = mean over sampled anchors i of Jaccard(top-K blocks of query i, of query i+delta), "
                               "block masses restricted to blocks entirely at or before i; anchors evenly spaced over "
                               "[(K+1)*block-1, n-2]; pairs with i+delta >= n skipped"},
+                   {"shuffled_method", "mean over anchors i and " + std::to_string(kShuffledPartners) +
+                                           " random partners j (uniform over [(K+1)*block-1, n-1] without i) of "
+                                           "Jaccard(top-K blocks of i, of j), masses restricted to blocks entirely at or "
+                                           "before min(i, j)"},
+                   {"j1_mean", lm.j1},
+                   {"shuffled_mean", lm.shuffled},
                    {"anchors_per_head", static_cast<i64>(res.anchors.size())},
                    {"max_delta", 2 * c.segment},
                    {"anchors", res.anchors}};
@@ -158,6 +202,7 @@ void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, 
   // summary.json last: its presence marks a complete output folder.
   write_file_atomic(dir + "/metrics.csv", metrics_csv(res));
   write_file_atomic(dir + "/locality.csv", locality_csv(res));
+  write_file_atomic(dir + "/locality_shuffled.csv", locality_shuffled_csv(res));
   write_file_atomic(dir + "/summary.json", summary_json(res, opt, command));
 }
 

@@ -2,6 +2,7 @@
 // Output files of `kvsim prefill TRACE --out DIR` (mirroring replay's, docs/outputs.md):
 //   metrics.csv   one row per (layer, head, fusion); head = -1 is the layer row
 //   locality.csv  layer, head, delta, jaccard, pairs
+//   locality_shuffled.csv  layer, head, jaccard, pairs (the shuffled baseline, rules doc 4.4 a)
 //   summary.json  config, segment counts, aggregates, timings, peak RSS (written last)
 // and the JSON of `kvsim prefill --bench --json FILE`. Every file is written atomically.
 #include <string>
@@ -14,6 +15,15 @@ namespace kvsim::prefill {
 
 std::string metrics_csv(const PrefillRunResult& res);
 std::string locality_csv(const PrefillRunResult& res);
+std::string locality_shuffled_csv(const PrefillRunResult& res);
+
+// Means over (layer, head) of J(delta) and of the shuffled baseline, for tables and summaries.
+struct LocalityMeans {
+  double j1 = 0, shuffled = 0;
+  i64 heads = 0;
+};
+LocalityMeans locality_means(const PrefillRunResult& res);
+double locality_mean_at(const PrefillRunResult& res, i64 delta, i64* heads = nullptr);
 std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command);
 void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, const PrefillRunOptions& opt,
                            const std::string& command);

@@ -524,6 +524,13 @@ std::string prefill_section(const PrefillOutput& pf, const std::string& id) {
       t.add_row(row);
       pl.line("layer " + std::to_string(layer), x, y, svg::palette(color++), false);
     }
+    // The shuffled baseline (summary.json, rules doc 4.4 a): J of random far query pairs.
+    const JsonValue* locality = pf.summary.find("locality");
+    const double shuffled = locality ? locality->get_number("shuffled_mean", NAN) : NAN;
+    if (std::isfinite(shuffled) && !deltas.empty()) {
+      const double lo = 1, hi = static_cast<double>(*deltas.rbegin());
+      pl.line("shuffled pairs", {lo, hi}, {shuffled, shuffled}, "#555", false, true);
+    }
     svgs.push_back(pl.render());
     o += plots(svgs) + t.render();
     svgs.clear();

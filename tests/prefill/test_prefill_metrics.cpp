@@ -198,3 +198,57 @@ TEST_CASE("locality: Jaccard helper and curves in [0, 1], J = 1 for identical qu
     CHECK(curves[1].jaccard[i] == 1.0);
   }
 }
+
+// Float64 top-K block set of query t of head h over the first `blocks` blocks of its own softmax.
+static std::vector<i64> top_blocks_f64(const HeadsView& x, int h, i64 t, i64 blocks, i64 bs, i64 K) {
+  const int g = x.kv_head_of(h), d = x.head_dim;
+  std::vector<double> a(static_cast<std::size_t>(t + 1));
+  double mx = -INFINITY, tot = 0;
+  for (i64 j = 0; j <= t; ++j) {
+    double dot = 0;
+    for (int c = 0; c < d; ++c) dot += double(x.q_row(h, t)[c]) * x.k_row(g, j)[c];
+    mx = std::max(mx, a[j] = dot * x.scale);
+  }
+  for (auto& e : a) tot += (e = std::exp(e - mx));
+  std::vector<double> mass(static_cast<std::size_t>(blocks), 0.0);
+  for (i64 b = 0; b < blocks; ++b)
+    for (i64 j = b * bs; j < (b + 1) * bs; ++j) mass[b] += a[j] / tot;
+  std::vector<i64> idx(static_cast<std::size_t>(blocks));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + K, idx.end(), [&](i64 p, i64 q) { return mass[p] > mass[q]; });
+  idx.resize(static_cast<std::size_t>(K));
+  return idx;
+}
+
+TEST_CASE("locality: the shuffled baseline equals a float64 recount over the same random partners") {
+  PrefillConfig c = cfg_small();
+  const i64 n = 200, bs = c.block, K = c.top_k();
+  test::RandomLayer L(2, 1, 16, n, 8, 3.0f);
+  for (i64 t = 0; t < n; ++t) std::copy(L.view.q_row(1, 0), L.view.q_row(1, 0) + 16, L.q.data() + (n + t) * 16);
+  const SegmentPlan plan(n, c);
+  const auto anchors = locality_anchors(plan, 5);
+  const auto curves = locality_curves(L.view, plan, 5);
+  const i64 lo = (K + 1) * bs - 1;
+  double sum = 0;
+  i64 pairs = 0;
+  for (i64 i : anchors)
+    for (int p = 0; p < kShuffledPartners; ++p) {
+      const i64 j = shuffled_partner(plan, i, 0, p);
+      CHECK(j >= lo);
+      CHECK(j <= n - 1);
+      CHECK(j != i);
+      CHECK(j == shuffled_partner(plan, i, 0, p));  // a pure function of its coordinates
+      const i64 both = (std::min(i, j) + 1) / bs;
+      sum += jaccard(top_blocks_f64(L.view, 0, i, both, bs, K), top_blocks_f64(L.view, 0, j, both, bs, K));
+      ++pairs;
+    }
+  CHECK(curves[0].shuffled_pairs == pairs);
+  CHECK(curves[0].shuffled == doctest::Approx(sum / pairs).epsilon(1e-12));
+  CHECK(curves[0].shuffled < 1.0);  // random queries do not share their block sets
+  CHECK(curves[1].shuffled == 1.0);  // one query everywhere: every pair agrees
+  // Partners spread over the range rather than clustering near the anchor.
+  std::vector<i64> seen;
+  for (int p = 0; p < kShuffledPartners; ++p) seen.push_back(shuffled_partner(plan, anchors[2], 0, p));
+  std::sort(seen.begin(), seen.end());
+  CHECK(std::unique(seen.begin(), seen.end()) - seen.begin() >= kShuffledPartners - 2);
+}

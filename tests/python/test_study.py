@@ -62,8 +62,8 @@ class ReducedStudyTest(unittest.TestCase):
                          ["claim", "setting", "value", "ci_low", "ci_high", "n", "paper_value", "paper_source"])
         for claim in ("critical_head_win_rate", "ada_bound_not_larger_share", "ada_bound_mean_reduction",
                       "bound_tightness_median", "keydiff_premise_spearman", "keydiff_premise_share",
-                      "critiprefill_locality_J1", "critiprefill_locality_chance", "critiprefill_block_recall",
-                      "offline_vs_closed_spearman"):
+                      "critiprefill_locality_J1", "critiprefill_locality_shuffled", "critiprefill_locality_lift",
+                      "critiprefill_block_recall", "offline_vs_closed_spearman"):
             self.assertIn(claim, set(self.claims["claim"]), claim)
         with open(os.path.join(self.out, "study.json")) as f:
             s = json.load(f)

@@ -73,17 +73,15 @@ void print_run_table(const prefill::PrefillRunResult& res) {
   if (!res.locality.empty()) {
     const i64 S = res.plan.config().segment;
     for (i64 delta : {i64{1}, S / 4, S, 2 * S}) {
-      double sum = 0;
       i64 cnt = 0;
-      for (const auto& ll : res.locality)
-        for (const auto& c : ll.heads)
-          if (delta >= 1 && c.pairs[delta - 1] > 0) {
-            sum += c.jaccard[delta - 1];
-            ++cnt;
-          }
-      if (cnt) std::printf("locality J(%lld) = %.4f (mean over %lld layer-heads)\n", static_cast<long long>(delta), sum / cnt,
+      const double mean = prefill::locality_mean_at(res, delta, &cnt);
+      if (cnt) std::printf("locality J(%lld) = %.4f (mean over %lld layer-heads)\n", static_cast<long long>(delta), mean,
                            static_cast<long long>(cnt));
     }
+    const prefill::LocalityMeans lm = prefill::locality_means(res);
+    if (std::isfinite(lm.shuffled))
+      std::printf("locality J(shuffled pairs) = %.4f (baseline: the same anchors against random far queries)\n",
+                  lm.shuffled);
   }
 }
 
@@ -169,7 +167,7 @@ int cmd_prefill(const std::vector<std::string>& args) {
               << "): every query ran dense; lower --threshold / --segment to simulate short prompts\n";
   prefill::write_prefill_outputs(out, res, ro, command);
   print_run_table(res);
-  std::printf("wrote %s/{metrics.csv,locality.csv,summary.json} in %.2f s, peak RSS %.1f MiB\n", out.c_str(),
+  std::printf("wrote %s/{metrics.csv,locality.csv,locality_shuffled.csv,summary.json} in %.2f s, peak RSS %.1f MiB\n", out.c_str(),
               res.total_seconds, static_cast<double>(peak_rss_bytes()) / (1024.0 * 1024.0));
   return 0;
 }

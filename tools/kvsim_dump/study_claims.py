@@ -137,32 +137,39 @@ def keydiff_premise(prompts):
 
 
 def critiprefill(prompts, options):
-    j1, chance, recall = [], [], []
+    """J(delta=1) per (layer, head) against the shuffled baseline (the same anchors against random
+    far queries, locality_shuffled.csv), their per-head difference, and block recall."""
+    j1, shuffled, lift, recall = [], [], [], []
     for pid, folder in prompts:
-        loc_path = os.path.join(folder, "prefill", "locality.csv")
-        sum_path = os.path.join(folder, "prefill", "summary.json")
-        if not (os.path.isfile(loc_path) and os.path.isfile(sum_path)):
+        d = os.path.join(folder, "prefill")
+        paths = [os.path.join(d, f) for f in ("locality.csv", "locality_shuffled.csv", "summary.json")]
+        if not all(os.path.isfile(p) for p in paths):
             continue
-        loc = pd.read_csv(loc_path)
-        with open(sum_path) as f:
+        loc, shuf = pd.read_csv(paths[0]), pd.read_csv(paths[1])
+        with open(paths[2]) as f:
             s = json.load(f)
-        d1 = loc[(loc["delta"] == 1) & (loc["pairs"] > 0)]["jaccard"].values
-        if len(d1):
-            j1.append(d1)
-        K, block = s["config"]["top_k"], s["config"]["block"]
-        # Two independent uniform K-subsets of the N blocks an anchor may select: E[J] ~ K/(2N-K).
-        Ns = [((a + 1) // block) for a in s["locality"]["anchors"]]
-        chance.append(float(np.mean([K / (2 * N - K) if N >= K else 1.0 for N in Ns])))
+        d1 = loc[(loc["delta"] == 1) & (loc["pairs"] > 0)][["layer", "head", "jaccard"]]
+        both = d1.merge(shuf[shuf["pairs"] > 0][["layer", "head", "jaccard"]], on=["layer", "head"],
+                        suffixes=("", "_shuffled"))
+        if len(both):
+            j1.append(both["jaccard"].values)
+            shuffled.append(both["jaccard_shuffled"].values)
+            lift.append((both["jaccard"] - both["jaccard_shuffled"]).values)
         on = [v for v in s["variants"] if v["fusion"] == "on"]
         if on and on[0]["block_recall_mean"] is not None:
             recall.append(on[0]["block_recall_mean"])
     if not j1:
         return []
     cfg = ",".join(f"{k}={v}" for k, v in options.items())
-    return [row("critiprefill_locality_J1", f"delta=1,{cfg}", bootstrap(j1, lambda gs: float(np.mean(np.concatenate(gs)))),
-                sum(len(x) for x in j1), "critiprefill"),
-            row("critiprefill_locality_chance", f"random K-of-N block sets at the same anchors,{cfg}",
-                bootstrap(chance, lambda g: float(np.mean(g))), len(chance), "kvsim"),
+    n = sum(len(x) for x in j1)
+
+    def mean(gs):
+        return float(np.mean(np.concatenate(gs)))
+    return [row("critiprefill_locality_J1", f"delta=1,{cfg}", bootstrap(j1, mean), n, "critiprefill"),
+            row("critiprefill_locality_shuffled", f"same anchors against random far queries,{cfg}",
+                bootstrap(shuffled, mean), n, "kvsim"),
+            row("critiprefill_locality_lift", f"J(1) minus shuffled, per head,{cfg}", bootstrap(lift, mean), n,
+                "critiprefill"),
             row("critiprefill_block_recall", f"fusion=on,{cfg}", bootstrap(recall, lambda g: float(np.mean(g))),
                 len(recall), "critiprefill")]
 

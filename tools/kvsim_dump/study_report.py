@@ -4,7 +4,8 @@ import numpy as np
 
 CLAIM_ORDER = ("critical_head_win_rate", "ada_bound_not_larger_share", "ada_bound_mean_reduction",
                "bound_tightness_median", "keydiff_premise_spearman", "keydiff_premise_share",
-               "critiprefill_locality_J1", "critiprefill_locality_chance", "critiprefill_block_recall",
+               "critiprefill_locality_J1", "critiprefill_locality_shuffled", "critiprefill_locality_lift",
+               "critiprefill_block_recall",
                "offline_vs_closed_spearman")
 
 

@@ -146,12 +146,15 @@ def analyze(trace, out=None, progress=False, **options):
 
 def prefill(trace, out=None, progress=False, **options):
     """`kvsim prefill` (CritiPrefill simulation): metrics.csv as a DataFrame; df.attrs["locality"]
-    is locality.csv, df.attrs["summary"] summary.json."""
+    is locality.csv, df.attrs["locality_shuffled"] its shuffled baseline (locality_shuffled.csv),
+    df.attrs["summary"] summary.json."""
     with _out_dir(out) as d:
         table = run("prefill", _path(trace), "--out", d, *_args(options), progress=progress)
         df = _read_csv(os.path.join(d, "metrics.csv"))
-        loc = os.path.join(d, "locality.csv")
-        df.attrs.update(locality=_read_csv(loc) if os.path.exists(loc) else None, summary=_summary(d), table=table)
+        loc, shuf = os.path.join(d, "locality.csv"), os.path.join(d, "locality_shuffled.csv")
+        df.attrs.update(locality=_read_csv(loc) if os.path.exists(loc) else None,
+                        locality_shuffled=_read_csv(shuf) if os.path.exists(shuf) else None,
+                        summary=_summary(d), table=table)
         return df
 
 
