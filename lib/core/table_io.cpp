@@ -44,33 +44,36 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   f.commit();
 }
 
-AtomicOutFile::AtomicOutFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".partial") {
+AtomicOutFile::AtomicOutFile(std::string path) : path_(std::move(path)) {
   check_output_target(path_);
-  register_partial_file(tmp_);
+  tmp_ = create_partial_file(path_);
   out_.open(tmp_, std::ios::binary | std::ios::trunc);
   if (!out_) {
-    unregister_partial_file(tmp_);
+    discard_partial_file(tmp_);
     fail(path_, "", "cannot open for writing");
   }
 }
 
 AtomicOutFile::~AtomicOutFile() {
-  if (!committed_) {
+  if (state_ != State::committed) {
     out_.close();
-    std::error_code ec;
-    std::filesystem::remove(tmp_, ec);
+    discard_partial_file(tmp_);
   }
-  unregister_partial_file(tmp_);
 }
 
-void AtomicOutFile::commit() {
+void AtomicOutFile::finish() {
+  if (state_ != State::open) return;
   out_.flush();
   if (!out_) fail(path_, "", "write failed (disk full?)");
   out_.close();
-  std::error_code ec;
-  std::filesystem::rename(tmp_, path_, ec);
-  if (ec) fail(path_, "", "cannot rename from " + tmp_ + ": " + ec.message());
-  committed_ = true;
+  if (out_.fail()) fail(path_, "", "write failed at close (disk full?)");
+  state_ = State::finished;
+}
+
+void AtomicOutFile::commit() {
+  finish();
+  commit_partial_file(tmp_, path_);
+  state_ = State::committed;
 }
 
 }  // namespace kvsim

@@ -1,7 +1,7 @@
 #pragma once
 // Tiny writers for the output files: RFC 4180 CSV fields (JSON: core/json.h). Output files are
-// written to "<name>.partial" and renamed by commit_file(), so a crash never leaves a file that
-// looks complete.
+// written to a partial file of their own (core/output_path.h) and renamed by commit(), so a crash
+// never leaves a file that looks complete.
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -18,19 +18,23 @@ std::string read_whole_file(const std::string& path);
 // Writes `content` to path atomically (temp file + rename). Throws kvsim::Error on failure.
 void write_file_atomic(const std::string& path, const std::string& content);
 
-// Streams to "<path>.partial"; commit() renames it to path. Destruction without commit()
-// removes the partial file.
+// Streams to a unique partial file; finish() flushes and closes it (throwing if any write
+// failed), commit() finishes and renames it to path. Destruction without commit() removes the
+// partial file. Finishing every file of a run before committing any keeps a run's outputs
+// all-or-nothing.
 class AtomicOutFile {
  public:
   explicit AtomicOutFile(std::string path);
   ~AtomicOutFile();
   std::ofstream& stream() { return out_; }
+  void finish();
   void commit();
 
  private:
+  enum class State { open, finished, committed };
   std::string path_, tmp_;
   std::ofstream out_;
-  bool committed_ = false;
+  State state_ = State::open;
 };
 
 }  // namespace kvsim

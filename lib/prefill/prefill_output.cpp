@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "core/output_path.h"
+#include "core/output_folder.h"
 #include "core/run_header.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
@@ -193,17 +193,13 @@ std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& o
   return json_text(j);
 }
 
-void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, const PrefillRunOptions& opt,
+void write_prefill_outputs(OutputFolder& folder, const PrefillRunResult& res, const PrefillRunOptions& opt,
                            const std::string& command) {
-  std::error_code ec;
-  note_replacing("kvsim prefill", dir, "summary.json");
-  std::filesystem::create_directories(dir, ec);
-  if (ec) fail(dir, "--out", "cannot create the folder: " + ec.message());
-  // summary.json last: its presence marks a complete output folder.
-  write_file_atomic(dir + "/metrics.csv", metrics_csv(res));
-  write_file_atomic(dir + "/locality.csv", locality_csv(res));
-  write_file_atomic(dir + "/locality_shuffled.csv", locality_shuffled_csv(res));
-  write_file_atomic(dir + "/summary.json", summary_json(res, opt, command));
+  folder.publish({{"metrics.csv", metrics_csv(res)},
+                  {"locality.csv", locality_csv(res)},
+                  {"locality_shuffled.csv", locality_shuffled_csv(res)},
+                  {"summary.json", summary_json(res, opt, command)}},
+                 kPrefillOutputs);
 }
 
 std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command) {

@@ -4,14 +4,21 @@
 //   locality.csv  layer, head, delta, jaccard, pairs
 //   locality_shuffled.csv  layer, head, jaccard, pairs (the shuffled baseline, rules doc 4.4 a)
 //   summary.json  config, segment counts, aggregates, timings, peak RSS (written last)
-// and the JSON of `kvsim prefill --bench --json FILE`. Every file is written atomically.
+// and the JSON of `kvsim prefill --bench --json FILE`. The folder follows core/output_folder.h.
 #include <string>
 #include <vector>
 
 #include "prefill/prefill_bench.h"
 #include "prefill/prefill_run.h"
 
+namespace kvsim {
+class OutputFolder;
+}
+
 namespace kvsim::prefill {
+
+inline const std::vector<std::string> kPrefillOutputs = {"metrics.csv", "locality.csv", "locality_shuffled.csv",
+                                                         "summary.json"};
 
 std::string metrics_csv(const PrefillRunResult& res);
 std::string locality_csv(const PrefillRunResult& res);
@@ -25,7 +32,7 @@ struct LocalityMeans {
 LocalityMeans locality_means(const PrefillRunResult& res);
 double locality_mean_at(const PrefillRunResult& res, i64 delta, i64* heads = nullptr);
 std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command);
-void write_prefill_outputs(const std::string& dir, const PrefillRunResult& res, const PrefillRunOptions& opt,
+void write_prefill_outputs(OutputFolder& folder, const PrefillRunResult& res, const PrefillRunOptions& opt,
                            const std::string& command);
 
 std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command);

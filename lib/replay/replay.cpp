@@ -19,6 +19,7 @@
 #include "core/progress.h"
 #include "core/run_header.h"
 #include "core/ranges.h"
+#include "core/output_folder.h"
 #include "core/output_path.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
@@ -291,28 +292,34 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
   TraceReader reader(opt.trace_path);
   const ReplaySetup setup = prepare_replay(opt, reader.meta());
 
-  std::error_code ec;
-  note_replacing("kvsim replay", opt.out_dir, "summary.json");
-  std::filesystem::create_directories(opt.out_dir, ec);
-  if (ec) fail(opt.out_dir, "", "cannot create output folder: " + ec.message());
-  AtomicOutFile metrics(opt.out_dir + "/metrics.csv");
+  OutputFolder folder("kvsim replay", opt.out_dir, "summary.json");
+  AtomicOutFile metrics(folder.path("metrics.csv"));
   write_metrics_header(metrics.stream());
   std::optional<AtomicOutFile> per_query;
   if (opt.per_query) {
-    per_query.emplace(opt.out_dir + "/metrics_per_query.csv");
+    per_query.emplace(folder.path("metrics_per_query.csv"));
     write_per_query_header(per_query->stream());
   }
   std::unique_ptr<SelectionFile> selfile;
-  if (opt.save_selection) selfile = std::make_unique<SelectionFile>(opt.out_dir + "/selection.h5");
+  if (opt.save_selection) selfile = std::make_unique<SelectionFile>(folder.path("selection.h5"));
 
   Progress progress("replay", static_cast<std::int64_t>(setup.layers.size() * setup.rules.size()));
   ReplayTimings tm;
   auto totals = replay_layers(opt, setup, reader, setup.layers, metrics.stream(),
                               per_query ? &per_query->stream() : nullptr, selfile.get(), tm, &progress);
+  // Every file complete before anything is replaced: a failed write leaves the earlier run intact.
+  metrics.finish();
+  if (per_query) per_query->finish();
+  if (selfile) selfile->finish();
+  std::vector<std::string> written = {"metrics.csv", "summary.json"};
+  if (per_query) written.push_back("metrics_per_query.csv");
+  if (selfile) written.push_back("selection.h5");
+  folder.clear_previous(kReplayOutputs, written);
   metrics.commit();
   if (per_query) per_query->commit();
   if (selfile) selfile->commit();
   write_replay_summary(opt, setup, std::move(totals), tm, total.seconds(), table);
+  folder.done();
 }
 
 }  // namespace kvsim

@@ -2,7 +2,9 @@
 // The replay driver: trace x rules x budgets -> metrics.csv, metrics_per_query.csv,
 // summary.json, selection.h5 (docs/outputs.md). One layer is resident at a time; all stored
 // query rows are loaded (rules may read any prompt query, e.g. H2O reads all of them).
-// Every output is written to "<name>.partial" and renamed only when the whole run succeeded.
+// The --out folder follows core/output_folder.h: locked for the run, every output written to a
+// partial file and renamed only when the whole run succeeded, an earlier run's other outputs
+// removed then.
 //
 // run_replay is prepare_replay + replay_layers over every layer + write_replay_summary; kvsim
 // sweep runs replay_layers on layer ranges (units) elsewhere and merges them, with the same
@@ -23,6 +25,10 @@ namespace kvsim {
 class Progress;
 class SelectionFile;
 class TraceReader;
+
+// Every file a replay can write into its --out folder (summary.json, the marker, last).
+inline const std::vector<std::string> kReplayOutputs = {"metrics.csv", "metrics_per_query.csv", "selection.h5",
+                                                        "summary.json"};
 
 struct ReplayOptions {
   std::string trace_path;

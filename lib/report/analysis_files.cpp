@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <set>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/table_io.h"
@@ -11,27 +12,24 @@ namespace kvsim::report {
 
 namespace fs = std::filesystem;
 
-void write_key_stats_csv(const std::string& path, const std::vector<HeadKeyStats>& stats) {
-  AtomicOutFile f(path);
-  auto& o = f.stream();
+std::string key_stats_csv(const std::vector<HeadKeyStats>& stats) {
+  std::ostringstream o;
   o << "layer,head,kv_head,eval,n_queries,n_keys,spearman,mass_frac_90,entropy,entropy_norm,span_mass\n";
   for (const auto& s : stats)
     o << s.layer << ',' << s.head << ',' << s.kv_head << ',' << s.eval << ',' << s.n_queries << ',' << s.n_keys << ','
       << format_double(s.spearman) << ',' << format_double(s.mass_frac_90) << ',' << format_double(s.entropy) << ','
       << format_double(s.entropy_norm) << ',' << format_double(s.span_mass) << '\n';
-  f.commit();
+  return o.str();
 }
 
-void write_key_recall_csv(const std::string& path, const std::vector<HeadKeyStats>& stats,
-                          const std::vector<TopN>& top) {
-  AtomicOutFile f(path);
-  auto& o = f.stream();
+std::string key_recall_csv(const std::vector<HeadKeyStats>& stats, const std::vector<TopN>& top) {
+  std::ostringstream o;
   o << "layer,head,eval,top,top_tokens,recall\n";
   for (const auto& s : stats)
     for (std::size_t i = 0; i < top.size() && i < s.recall.size(); ++i)
       o << s.layer << ',' << s.head << ',' << s.eval << ',' << csv_field(top[i].text) << ',' << top[i].tokens << ','
         << format_double(s.recall[i]) << '\n';
-  f.commit();
+  return o.str();
 }
 
 bool is_analyze_output(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "key_stats.csv"); }

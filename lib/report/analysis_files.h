@@ -12,9 +12,11 @@
 
 namespace kvsim::report {
 
-void write_key_stats_csv(const std::string& path, const std::vector<HeadKeyStats>& stats);
-void write_key_recall_csv(const std::string& path, const std::vector<HeadKeyStats>& stats,
-                          const std::vector<TopN>& top);
+// The files of `kvsim analyze --out DIR`, summary.json (the marker) last.
+inline const std::vector<std::string> kAnalyzeOutputs = {"key_stats.csv", "key_recall.csv", "summary.json"};
+
+std::string key_stats_csv(const std::vector<HeadKeyStats>& stats);
+std::string key_recall_csv(const std::vector<HeadKeyStats>& stats, const std::vector<TopN>& top);
 
 struct RecallRow {
   int layer = 0, head = 0;

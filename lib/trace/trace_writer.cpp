@@ -11,6 +11,7 @@
 #include "kernels/kernels.h"
 #include "trace/float_narrow.h"
 #include "trace/h5_handles.h"
+#include "trace/h5_output_driver.h"
 #include "trace/trace_schema.h"
 
 namespace kvsim {
@@ -21,6 +22,7 @@ struct TraceWriter::Impl {
   std::string path, partial;
   TraceMeta meta;
   WriteOptions opt;
+  h5::OutputStatus status;  // before file: the driver writes into it until the file closes
   Handle file;
   std::vector<bool> written;
   bool finished = false;
@@ -127,27 +129,28 @@ TraceWriter::TraceWriter(const std::string& path, const TraceMeta& meta, const W
   h5::silence_errors();
   Impl& m = *impl_;
   m.path = path;
-  m.partial = path + ".partial";
   m.meta = meta;
   m.opt = opt;
   check_meta(meta, path);
   check_output_target(path);
-  register_partial_file(m.partial);
+  m.partial = create_partial_file(path);
   m.written.assign(static_cast<std::size_t>(meta.num_layers), false);
-  m.file = h5::file_handle(H5Fcreate(m.partial.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+  {
+    Handle fapl = h5::plist_handle(h5::output_file_access(&m.status));
+    m.file = h5::file_handle(H5Fcreate(m.partial.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id()));
+  }
   if (!m.file) {
-    unregister_partial_file(m.partial);
+    discard_partial_file(m.partial);
     fail(m.partial, "", "cannot create the file (check the folder exists and is writable)");
   }
   try {
     if (opt.gzip && (H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0 || H5Zfilter_avail(H5Z_FILTER_SHUFFLE) <= 0))
       m.error("--gzip", "this HDF5 library has no deflate/shuffle filter");
     m.write_root();
+    if (!m.status.ok()) m.error("", m.status.message());
   } catch (...) {  // no destructor runs for a failed constructor: clean up here
     m.file.reset();
-    std::error_code ec;
-    std::filesystem::remove(m.partial, ec);
-    unregister_partial_file(m.partial);
+    discard_partial_file(m.partial);
     throw;
   }
 }
@@ -156,9 +159,7 @@ TraceWriter::~TraceWriter() {
   std::lock_guard lock(h5::library_mutex());
   if (!impl_ || impl_->finished) return;
   impl_->file.reset();
-  std::error_code ec;
-  std::filesystem::remove(impl_->partial, ec);
-  unregister_partial_file(impl_->partial);
+  discard_partial_file(impl_->partial);
 }
 
 void TraceWriter::Impl::write_tensor(hid_t group, int layer, const std::string& name, const avec<float>& data,
@@ -200,6 +201,7 @@ void TraceWriter::Impl::write_tensor(hid_t group, int layer, const std::string& 
     // Raw words with the file's type as memory type: no conversion by HDF5.
     rc = H5Dwrite(d.id(), ftype, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data());
   }
+  if (!status.ok()) error(field, status.message());
   if (rc < 0) error(field, "cannot write dataset (disk full?)");
 }
 
@@ -258,11 +260,10 @@ void TraceWriter::finish() {
   for (int l = 0; l < m.meta.num_layers; ++l)
     if (!m.written[l]) m.error("/layers/" + std::to_string(l), "layer was never written");
   if (H5Fflush(m.file.id(), H5F_SCOPE_GLOBAL) < 0) m.error("", "cannot flush (disk full?)");
+  if (!m.status.ok()) m.error("", m.status.message());
   if (H5Fclose(m.file.release()) < 0) m.error("", "cannot close the file (disk full?)");
-  std::error_code ec;
-  std::filesystem::rename(m.partial, m.path, ec);
-  if (ec) fail(m.path, "", "cannot rename " + m.partial + ": " + ec.message());
-  unregister_partial_file(m.partial);
+  if (!m.status.ok()) m.error("", m.status.message());
+  commit_partial_file(m.partial, m.path);
   m.finished = true;
 }
 

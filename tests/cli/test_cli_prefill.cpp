@@ -12,6 +12,7 @@
 using namespace kvsim;
 using kvsim::test::run_kvsim;
 using kvsim::test::slurp;
+using kvsim::test::partial_files;
 namespace fs = std::filesystem;
 
 namespace {
@@ -55,7 +56,7 @@ TEST_CASE("kvsim prefill: synthetic trace with every query stored, fusion both")
   CHECK(r.out.find("locality J(1)") != std::string::npos);
   for (const char* f : {"metrics.csv", "locality.csv", "summary.json"}) {
     CHECK(fs::exists(out + "/" + f));
-    CHECK(!fs::exists(out + "/" + f + ".partial"));
+    CHECK(partial_files(out + "/" + f).empty());
   }
   const auto m = lines(slurp(out + "/metrics.csv"));
   REQUIRE(!m.empty());

@@ -27,7 +27,7 @@ TEST_CASE("cli: synth, info, validate on a small trace") {
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
   CHECK(r.out.find("wrote " + p) != std::string::npos);
   CHECK(fs::exists(p));
-  CHECK(!fs::exists(p + ".partial"));
+  CHECK(partial_files(p).empty());
 
   r = run_kvsim("info " + p);
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
@@ -102,5 +102,5 @@ TEST_CASE("cli: bad arguments exit 2 with one line; bad files exit 1 with one li
   CHECK(r.err.find("cannot create the file") != std::string::npos);
   CHECK(lines(r.err) == 1);
   CHECK(!fs::exists(bad_out));
-  CHECK(!fs::exists(bad_out + ".partial"));
+  CHECK(partial_files(bad_out).empty());
 }

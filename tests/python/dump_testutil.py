@@ -28,6 +28,16 @@ def run_dump(*args):
     return subprocess.run([DUMP_SCRIPT, *args], capture_output=True, text=True)
 
 
+def partial_files(target):
+    """What an interrupted or failed write leaves behind: target's "<name>.<pid>-<random>.partial"
+    files beside it, or, for a folder, every partial file under it."""
+    if os.path.isdir(target):
+        return sorted(os.path.join(d, f) for d, _, files in os.walk(target) for f in files if f.endswith(".partial"))
+    folder, name = os.path.split(os.path.abspath(target))
+    return sorted(os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                  if f.startswith(name + ".") and f.endswith(".partial"))
+
+
 class TempDir:
     def __enter__(self):
         self.path = tempfile.mkdtemp(prefix="kvsim_dump_test_")

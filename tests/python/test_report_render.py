@@ -15,6 +15,8 @@ import unittest
 import numpy as np
 import pandas as pd
 
+import dump_testutil as tu
+
 SOURCE_DIR = os.environ.get("KVSIM_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 
@@ -138,7 +140,7 @@ class ReportRenderTest(unittest.TestCase):
     def test_page_is_self_contained(self):
         with open(self.html, encoding="utf-8") as f:
             text = f.read()
-        self.assertFalse(os.path.exists(self.html + ".partial"))
+        self.assertEqual(tu.partial_files(self.html), [])
         self.assertNotIn("<script", text)
         self.assertNotIn("https://", text)
         self.assertEqual(set(re.findall(r"http://[^\"' ]+", text)), {"http://www.w3.org/2000/svg"})

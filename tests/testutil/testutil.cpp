@@ -12,6 +12,25 @@ namespace kvsim::test {
 
 namespace fs = std::filesystem;
 
+std::vector<std::string> partial_files(const std::string& target) {
+  std::vector<std::string> found;
+  auto is_partial = [](const fs::path& p) { return p.extension() == ".partial"; };
+  std::error_code ec;
+  if (fs::is_directory(target, ec)) {
+    for (const auto& e : fs::recursive_directory_iterator(target, ec))
+      if (is_partial(e.path())) found.push_back(e.path().string());
+    return found;
+  }
+  const fs::path t(target);
+  const std::string prefix = t.filename().string() + ".";
+  const fs::path folder = t.has_parent_path() ? t.parent_path() : fs::path(".");
+  for (const auto& e : fs::directory_iterator(folder, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && is_partial(e.path())) found.push_back(e.path().string());
+  }
+  return found;
+}
+
 TempDir::TempDir(const std::string& tag) {
   static std::atomic<int> counter{0};
   path = fs::path(KVSIM_BINARY_DIR) / "test-tmp" /

@@ -2,6 +2,7 @@
 // Helpers shared by the doctest suites: temporary folders, running the CLI, shared data paths.
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace kvsim::test {
 
@@ -26,6 +27,10 @@ RunResult run_command(const std::string& cmdline);
 RunResult run_kvsim(const std::string& args);
 // $KVSIM_CACHE_DIR when set (ctest sets it under the build tree), else <build>/test-tmp/nu-cache.
 std::string test_nu_cache_dir();
+
+// What an interrupted or failed write leaves behind: partial files ("<name>.<pid>-<random>.partial")
+// of target in its folder, or, when target is a folder, every partial file under it.
+std::vector<std::string> partial_files(const std::string& target);
 
 std::string source_dir();  // repository root
 std::string shared_dir();  // ../shared beside the repository

@@ -5,12 +5,14 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <memory>
 
 #include <boost/program_options.hpp>
 
 #include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
+#include "core/output_folder.h"
 #include "core/output_path.h"
 #include "core/progress.h"
 #include "core/ranges.h"
@@ -61,6 +63,7 @@ int cmd_analyze(const std::vector<std::string>& args) {
   Stopwatch total;
   TraceReader reader(trace_path);
   const TraceMeta& meta = reader.meta();
+  std::unique_ptr<OutputFolder> folder;  // made once the options are checked, held for the run
   const i64 n_c = cp == "agnostic" ? meta.context_end() : meta.prefill_len;
   if (n_c < 1) fail(trace_path, "/tokens/segment", "empty compressible span (n_c = 0)");
   const i64 window = std::min<i64>(vm["window"].as<long long>(), n_c);
@@ -80,6 +83,7 @@ int cmd_analyze(const std::vector<std::string>& args) {
   if (n_eval == 0 && n_window == 0)
     fail(trace_path, "/q_pos", "no stored query at or after n_c = " + std::to_string(n_c) + " nor in the window");
 
+  folder = std::make_unique<OutputFolder>("kvsim analyze", out_dir, "summary.json");
   std::vector<report::HeadKeyStats> stats;
   double read_s = 0, compute_s = 0;
   {
@@ -99,13 +103,6 @@ int cmd_analyze(const std::vector<std::string>& args) {
     }
   }
 
-  note_replacing("kvsim analyze", out_dir, "summary.json");
-  std::filesystem::create_directories(out_dir);
-  const auto path = [&](const char* name) { return (std::filesystem::path(out_dir) / name).string(); };
-  // summary.json goes last: a folder without it is visibly incomplete.
-  std::filesystem::remove(path("summary.json"));
-  report::write_key_stats_csv(path("key_stats.csv"), stats);
-  report::write_key_recall_csv(path("key_recall.csv"), stats, opt.top);
 
   std::string command;
   for (const auto& a : args) command += (command.empty() ? "kvsim " : " ") + a;
@@ -142,7 +139,10 @@ int cmd_analyze(const std::vector<std::string>& args) {
   }
   j["timings"] = {{"read_seconds", read_s}, {"compute_seconds", compute_s}, {"total_seconds", total.seconds()}};
   j["peak_rss_bytes"] = static_cast<std::int64_t>(peak_rss_bytes());
-  write_file_atomic(path("summary.json"), json_text(j));
+  folder->publish({{"key_stats.csv", report::key_stats_csv(stats)},
+                   {"key_recall.csv", report::key_recall_csv(stats, opt.top)},
+                   {"summary.json", json_text(j)}},
+                  report::kAnalyzeOutputs);
 
   // Short table on stdout: per layer and evaluation set, mean correlation and first recall.
   std::printf("%-6s %-8s %6s %10s %12s\n", "layer", "eval", "heads", "spearman", "recall@" );

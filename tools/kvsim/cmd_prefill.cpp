@@ -10,6 +10,7 @@
 #include "cli_args.h"
 #include "command.h"
 #include "core/error.h"
+#include "core/output_folder.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "prefill/prefill_output.h"
@@ -160,12 +161,13 @@ int cmd_prefill(const std::vector<std::string>& args) {
   ro.fusion_on = fusion != "off";
   ro.fusion_off = fusion != "on";
   ro.locality_anchors = anchors;
+  OutputFolder folder("kvsim prefill", out, "summary.json");
   const auto res = prefill::run_prefill_trace(trace, ro);
   if (res.plan.num_sparse_segments() == 0 || ro.cfg.layer_skip >= res.meta.num_layers)
     std::cerr << "kvsim prefill: note: nothing was sparsified (prompt " << res.plan.n() << " tokens, segment "
               << cfg.segment << ", threshold " << cfg.threshold << ", layer_skip " << cfg.layer_skip
               << "): every query ran dense; lower --threshold / --segment to simulate short prompts\n";
-  prefill::write_prefill_outputs(out, res, ro, command);
+  prefill::write_prefill_outputs(folder, res, ro, command);
   print_run_table(res);
   std::printf("wrote %s/{metrics.csv,locality.csv,locality_shuffled.csv,summary.json} in %.2f s, peak RSS %.1f MiB\n", out.c_str(),
               res.total_seconds, static_cast<double>(peak_rss_bytes()) / (1024.0 * 1024.0));

@@ -1,8 +1,9 @@
 """Streams trace format v2 into an HDF5 file (architecture.md section 3; traces/README.md).
 
 Tensors arrive in slices (a block of positions of one layer) and are written at once, so the
-dumper holds at most one block in memory. The file is written as "<out>.partial" and renamed by
-finish(); abort() (or any exception before finish) removes it, so an interrupted dump never leaves
+dumper holds at most one block in memory. The file is written as "<out>.<pid>-<random>.partial"
+(created exclusively, so two dumps to one path never share it, as kvsim's own writers do) and
+renamed by finish(); abort() (or any exception before finish) removes it, so an interrupted dump never leaves
 a file that looks complete.
 
 float16 storage checks every slice for overflow; the first slice that would become Inf switches
@@ -11,6 +12,7 @@ the whole trace to float32 (slices already written are widened, which is exact) 
 import json
 import os
 import re
+import secrets
 import sys
 
 import h5py
@@ -30,7 +32,7 @@ class TraceFileWriter:
         if dtype not in float_storage.STORAGE_DTYPES:
             raise DumpError("--dtype", f"unknown storage dtype {dtype!r}")
         self.path = path
-        self.partial = path + ".partial"
+        self.partial = None
         self.meta = dict(meta)
         self.S = int(seq_len)
         self.q_pos = np.asarray(q_pos, dtype=np.int64)
@@ -52,6 +54,7 @@ class TraceFileWriter:
         if not os.path.isdir(d):
             raise DumpError(path, "output folder does not exist")
         try:
+            self.partial = new_partial_file(path)
             self.f = h5py.File(self.partial, "w")
         except OSError as e:
             # h5py's text is a paragraph; keep the system's reason when it gives one.
@@ -204,7 +207,7 @@ class TraceFileWriter:
             self.f.close()
         except Exception:
             pass
-        if os.path.exists(self.partial):
+        if self.partial and os.path.exists(self.partial):
             os.remove(self.partial)
 
 
@@ -220,6 +223,18 @@ def _attr(value):
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     raise TypeError(f"attribute value {value!r}")
+
+
+def new_partial_file(path):
+    """A new empty "<path>.<pid>-<random>.partial", created with O_EXCL (never another writer's)."""
+    for _ in range(16):
+        partial = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+        try:
+            os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return partial
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a unique partial file beside {path}")
 
 
 def _repack(path):
