@@ -4,11 +4,13 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <iostream>
 #include <optional>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/output_folder.h"
 #include "core/progress.h"
 #include "core/sysinfo.h"
 #include "sweep/sweep_merge.h"
@@ -39,16 +41,22 @@ class LocalComm : public SweepComm {
   long long next_ = 0;
 };
 
-void check_out_dir(const SweepOptions& opt) {
+// The units folder: the sweep's working state. --force discards it; otherwise each unit is
+// recomputed (and rewritten atomically) unless --resume finds it finished with the same key.
+void prepare_units_folder(const SweepOptions& opt) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (fs::exists(opt.out_dir, ec) && !fs::is_directory(opt.out_dir, ec))
-    fail(opt.out_dir, "", "--out exists and is not a folder");
-  if (fs::exists(opt.out_dir + "/units", ec) && !opt.resume && !opt.force)
-    fail(opt.out_dir, "", "holds a sweep already: --resume reuses its finished units, --force starts over");
   if (opt.force) fs::remove_all(opt.out_dir + "/units", ec);
+  if (!opt.resume && fs::is_directory(opt.out_dir + "/units", ec)) {
+    int finished = 0;
+    for (const auto& e : fs::directory_iterator(opt.out_dir + "/units", ec))
+      finished += fs::exists(e.path() / "unit.json", ec);
+    if (finished > 0)
+      std::cerr << "kvsim sweep: note: " << opt.out_dir << "/units holds " << finished
+                << " finished units of an earlier run; they are recomputed (--resume reuses them)\n";
+  }
   fs::create_directories(opt.out_dir + "/units", ec);
-  if (ec) fail(opt.out_dir, "", "cannot create the output folder: " + ec.message());
+  if (ec) fail(opt.out_dir, "--out", "cannot create the units folder: " + ec.message());
 }
 
 }  // namespace
@@ -61,11 +69,13 @@ int run_sweep(const SweepOptions& opt, SweepComm& comm, std::ostream& table) {
   if (opt.replay.save_selection) fail("--save-selection", "", "not available in a sweep (use kvsim replay on one trace)");
   set_thread_count(opt.replay.threads);
 
-  // Rank 0 checks the folder and plans; everyone gets the same plan.
+  // Rank 0 holds the folder (locked until it returns) and plans; everyone gets the same plan.
+  std::optional<OutputFolder> folder;
   std::string plan_text, setup_error;
   if (comm.rank() == 0) {
     try {
-      check_out_dir(opt);
+      folder.emplace("kvsim sweep", opt.out_dir, "sweep.json");
+      prepare_units_folder(opt);
       plan_text = plan_to_json(plan_traces(opt));
     } catch (const Error& e) {
       setup_error = e.what();
@@ -126,7 +136,7 @@ int run_sweep(const SweepOptions& opt, SweepComm& comm, std::ostream& table) {
     r->resumed = resumed[i];
     records.push_back(*r);
   }
-  const int failed = merge_sweep(opt, plan, units, records, ranks, wall.seconds(), table);
+  const int failed = merge_sweep(opt, *folder, plan, units, records, ranks, wall.seconds(), table);
   return failed == 0 ? 0 : 1;
 }
 

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <sstream>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -33,11 +35,45 @@ void append_labelled(std::ostream& out, const std::string& label, const std::str
     if (!line.empty()) out << prefix << line << "\n";
 }
 
+// The per-trace folder labels an earlier sweep.json in DIR names ({} when there is none).
+std::vector<std::string> earlier_labels(const std::string& out_dir) {
+  std::vector<std::string> labels;
+  try {
+    const json j = json::parse(read_whole_file(out_dir + "/sweep.json"));
+    for (const auto& t : j.at("traces")) labels.push_back(t.at("label").get<std::string>());
+  } catch (...) {  // no earlier sweep, or not ours: nothing of it is removed
+  }
+  return labels;
+}
+
+// After the new sweep.json: what the earlier sweep left that this one does not have. Only kvsim's
+// own file names are removed, and a folder only when that leaves it empty.
+void remove_earlier_sweep(const std::string& out_dir, const std::vector<std::string>& old_labels,
+                          const std::vector<TracePlan>& plan, const std::vector<SweepUnit>& units) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  for (const auto& label : old_labels) {
+    if (label.find('/') != std::string::npos || label == ".." || label == "." || is_reserved_label(label)) continue;
+    const bool kept = std::any_of(plan.begin(), plan.end(), [&](const TracePlan& t) { return t.label == label; });
+    if (kept) continue;
+    remove_stale_outputs(out_dir + "/" + label, kReplayOutputs, {});
+    fs::remove(out_dir + "/" + label, ec);  // only if empty
+  }
+  for (const auto& e : fs::directory_iterator(out_dir + "/units", ec)) {
+    const std::string id = e.path().filename().string();
+    const bool kept = std::any_of(units.begin(), units.end(), [&](const SweepUnit& u) { return u.id == id; });
+    if (!kept && e.is_directory()) fs::remove_all(e.path(), ec);
+  }
+}
+
 }  // namespace
 
-int merge_sweep(const SweepOptions& opt, const std::vector<TracePlan>& plan, const std::vector<SweepUnit>& units,
+int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector<TracePlan>& plan,
+                const std::vector<SweepUnit>& units,
                 const std::vector<UnitRecord>& records, const std::vector<RankStats>& ranks, double wall_seconds,
                 std::ostream& table) {
+  const std::vector<std::string> old_labels = earlier_labels(opt.out_dir);
+  folder.clear_previous({"sweep_metrics.csv"}, {"sweep_metrics.csv"});  // the earlier sweep.json first
   AtomicOutFile sweep_metrics(opt.out_dir + "/sweep_metrics.csv");
   {
     std::ostringstream header;
@@ -87,10 +123,16 @@ int merge_sweep(const SweepOptions& opt, const std::vector<TracePlan>& plan, con
           totals.insert(totals.end(), records[i].totals.begin(), records[i].totals.end());
           tm.add(records[i].timings);
         }
+        metrics.finish();
+        if (per_query) per_query->finish();
+        ::unlink((out + "/summary.json").c_str());  // this trace folder's marker goes before its files
         metrics.commit();
         if (per_query) per_query->commit();
         std::ostringstream ignored;  // the per-trace rule table; the sweep prints one line per trace
         write_replay_summary(ro, setup, std::move(totals), tm, seconds, ignored);
+        std::vector<std::string> written = {"metrics.csv", "summary.json"};
+        if (per_query) written.push_back("metrics_per_query.csv");
+        remove_stale_outputs(out, kReplayOutputs, written);
       } catch (const Error& e) {
         error = e.what();
       }
@@ -144,6 +186,8 @@ int merge_sweep(const SweepOptions& opt, const std::vector<TracePlan>& plan, con
             {"resumed_units", resumed},
             {"wall_seconds", wall_seconds}};
   write_file_atomic(opt.out_dir + "/sweep.json", j.dump(1) + "\n");
+  remove_earlier_sweep(opt.out_dir, old_labels, plan, units);
+  folder.done();
   return failed;
 }
 

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -14,24 +14,44 @@ namespace kvsim {
 
 using json = nlohmann::json;
 
-namespace {
+bool is_reserved_label(const std::string& label) {
+  for (const char* r : kSweepReservedNames)
+    if (label == r) return true;
+  const std::string partial = ".partial";
+  return label.empty() || label[0] == '.' ||
+         (label.size() >= partial.size() && label.compare(label.size() - partial.size(), partial.size(), partial) == 0);
+}
 
-// Folder-safe, unique labels from the trace file names: a/b/niah.h5 -> niah, then niah-2, ...
-std::vector<std::string> labels_of(const std::vector<std::string>& paths) {
-  std::vector<std::string> out;
-  std::map<std::string, int> seen;
+std::vector<std::string> sweep_labels(const std::vector<std::string>& paths) {
+  std::vector<std::string> stems;
   for (const auto& p : paths) {
     std::string stem = std::filesystem::path(p).stem().string();
     for (char& c : stem)
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) c = '_';
-    if (stem.empty() || stem == "units" || stem[0] == '.') stem = "trace_" + stem;
-    const int n = ++seen[stem];
-    out.push_back(n == 1 ? stem : stem + "-" + std::to_string(n));
+    if (is_reserved_label(stem)) stem = "trace_" + stem;
+    if (is_reserved_label(stem)) stem = "trace";  // "trace_x.partial": still a partial name
+    stems.push_back(stem);
+  }
+  // Every stem is taken as is by its first trace; later ones get stem-2, stem-3, ... skipping any
+  // name that is another trace's stem or already given, so a/niah, b/niah-2, c/niah are niah,
+  // niah-2, niah-3: unique by construction.
+  std::set<std::string> taken(stems.begin(), stems.end());
+  std::set<std::string> given;
+  std::vector<std::string> out;
+  for (const auto& stem : stems) {
+    std::string label = stem;
+    if (given.count(label)) {
+      for (int n = 2;; ++n) {
+        label = stem + "-" + std::to_string(n);
+        if (!taken.count(label)) break;
+      }
+      taken.insert(label);
+    }
+    given.insert(label);
+    out.push_back(label);
   }
   return out;
 }
-
-}  // namespace
 
 ReplayOptions trace_options(const SweepOptions& opt, const TracePlan& t, const std::string& out_dir) {
   ReplayOptions r = opt.replay;
@@ -44,7 +64,7 @@ ReplayOptions trace_options(const SweepOptions& opt, const TracePlan& t, const s
 
 std::vector<TracePlan> plan_traces(const SweepOptions& opt) {
   std::vector<TracePlan> plan;
-  const auto labels = labels_of(opt.traces);
+  const auto labels = sweep_labels(opt.traces);
   for (std::size_t i = 0; i < opt.traces.size(); ++i) {
     TracePlan t;
     t.path = opt.traces[i];

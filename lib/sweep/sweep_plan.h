@@ -25,6 +25,15 @@ struct SweepUnit {
   double cost = 0;          // for ordering: positions x layers
 };
 
+// The names a sweep writes in its --out folder besides the per-trace folders.
+inline constexpr const char* kSweepReservedNames[] = {"units", "nu-cache", "sweep.json", "sweep_metrics.csv"};
+// Per-trace folder names from the trace paths: folder-safe file stems, never a reserved name, a
+// hidden or a partial-file name, unique by construction (later duplicates get stem-2, -3, ...
+// past every other trace's own stem).
+std::vector<std::string> sweep_labels(const std::vector<std::string>& paths);
+// True for names a per-trace folder may not have: reserved, empty, hidden or "*.partial".
+bool is_reserved_label(const std::string& label);
+
 // Opens every trace (metadata only) and checks the replay options against it (rank 0).
 std::vector<TracePlan> plan_traces(const SweepOptions& opt);
 std::string plan_to_json(const std::vector<TracePlan>& plan);

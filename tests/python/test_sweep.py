@@ -4,8 +4,12 @@
   (1, 2, 3), with a trace split over several ranks (layer-range units);
 - resume after a killed run: finished units are reused, the result is the same;
 - a corrupt or missing trace in the list is reported in sweep.json, the others finish;
-- the plain binary refuses to run N copies under mpirun; kvsim report reads a sweep folder.
+- the plain binary refuses to run N copies under mpirun; kvsim report reads a sweep folder;
+- per-trace folders never collide (equal file names, names of the sweep's own outputs), a sweep
+  into a folder holding an earlier one replaces its results, and a folder another run holds is
+  refused at once (one process, no MPI needed).
 """
+import fcntl
 import csv
 import io
 import json
@@ -127,9 +131,6 @@ class SweepTest(unittest.TestCase):
         for t in TRACES:
             label = os.path.splitext(os.path.basename(t))[0]
             self.assertFalse(os.path.exists(os.path.join(out, label, "metrics.csv")))
-        r = run(args)
-        self.assertEqual(r.returncode, 1)
-        self.assertIn("--resume reuses its finished units", r.stderr)
         r = run(args + ["--resume"])
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(os.path.join(out, "sweep.json")) as fh:
@@ -166,6 +167,83 @@ class SweepTest(unittest.TestCase):
                  "--rules", "snapkv", "--budgets", "0.1", "--out", os.path.join(self.dir, "plain")])
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("use kvsim-mpi sweep", r.stderr)
+
+
+class SweepFolderTest(unittest.TestCase):
+    """kvsim sweep on one process: labels, the overwrite policy and the folder lock."""
+
+    def setUp(self):
+        self.tmp = tu.TempDir()
+        self.dir = self.tmp.__enter__()
+
+    def tearDown(self):
+        self.tmp.__exit__(None, None, None)
+
+    def trace_copy(self, rel, src=TRACES[0]):
+        path = os.path.join(self.dir, "in", rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.copyfile(src, path)
+        return path
+
+    def sweep(self, traces, out, *extra):
+        return run([KVSIM, "sweep", "--traces", ",".join(traces), "--rules", "snapkv;tova", "--budgets", "0.1",
+                    "--out", out, *extra])
+
+    def test_colliding_names_get_their_own_folders(self):
+        traces = [self.trace_copy("a/niah.h5"), self.trace_copy("b/niah-2.h5", TRACES[1]),
+                  self.trace_copy("c/niah.h5", TRACES[1]), self.trace_copy("d/sweep_metrics.csv.h5"),
+                  self.trace_copy("e/nu-cache.h5"), self.trace_copy("f/sweep.json.h5")]
+        out = os.path.join(self.dir, "out")
+        r = self.sweep(traces, out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "sweep.json")) as fh:
+            labels = [t["label"] for t in json.load(fh)["traces"]]
+        self.assertEqual(labels, ["niah", "niah-2", "niah-3", "trace_sweep_metrics.csv", "trace_nu-cache",
+                                  "trace_sweep.json"])
+        per_trace = {}
+        for label, src in zip(labels, [TRACES[0], TRACES[1], TRACES[1], TRACES[0], TRACES[0], TRACES[0]]):
+            with open(os.path.join(out, label, "metrics.csv")) as fh:
+                per_trace[label] = fh.read()
+            with open(os.path.join(out, label, "summary.json")) as fh:
+                self.assertEqual(os.path.basename(json.load(fh)["trace"]["path"]),
+                                 os.path.basename(traces[labels.index(label)]))
+        self.assertNotEqual(per_trace["niah"], per_trace["niah-2"])  # two different traces, two folders
+        with open(os.path.join(out, "sweep_metrics.csv")) as fh:
+            rows = list(csv.reader(fh))[1:]
+        for label in labels:
+            self.assertEqual(sum(1 for row in rows if row[0] == label), per_trace[label].count("\n") - 1, label)
+
+    def test_an_earlier_sweep_is_replaced_after_success(self):
+        a, b = self.trace_copy("a/one.h5"), self.trace_copy("b/two.h5", TRACES[1])
+        out = os.path.join(self.dir, "out")
+        r = self.sweep([a, b], out, "--per-query")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("were replaced", r.stderr)
+        self.assertTrue(os.path.exists(os.path.join(out, "one", "metrics_per_query.csv")))
+        r = self.sweep([a], out)  # no --resume or --force needed: the same policy as kvsim replay
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("finished units of an earlier run; they are recomputed (--resume reuses them)", r.stderr)
+        self.assertIn("held the results of an earlier run (sweep.json); they were replaced", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(out, "two")), "a trace of the earlier sweep only")
+        self.assertFalse(os.path.exists(os.path.join(out, "one", "metrics_per_query.csv")))
+        with open(os.path.join(out, "sweep.json")) as fh:
+            units = sorted(u["id"] for u in json.load(fh)["units"])
+        self.assertEqual(sorted(os.listdir(os.path.join(out, "units"))), units)
+        with open(os.path.join(out, "sweep_metrics.csv")) as fh:
+            self.assertEqual({row[0] for row in list(csv.reader(fh))[1:]}, {"one"})
+
+    def test_a_folder_another_run_holds_is_refused(self):
+        out = os.path.join(self.dir, "out")
+        os.makedirs(out)
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running kvsim holds it
+            r = self.sweep([TRACES[0]], out)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("another kvsim run is writing this folder", r.stderr)
+            self.assertEqual(os.listdir(out), [])
+        finally:
+            os.close(fd)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
       ("layers-per-unit", po::value(&so.layers_per_unit)->default_value(so.layers_per_unit),
        "layers per work unit: a trace with more layers spreads over several processes")
       ("resume", "reuse the finished units found in DIR (same trace files and options)")
-      ("force", "discard the units found in DIR and start over")
+      ("force", "discard the units found in DIR first (without --resume they are recomputed anyway)")
       ("threads", po::value(&ro.threads)->default_value(0),
        "OpenMP threads per process (0: OMP_NUM_THREADS, or the cores divided by the processes on the node)");
   const po::variables_map vm = parse_args(args, opts);
@@ -73,7 +73,9 @@ int cmd_sweep(const std::vector<std::string>& args) {
                  "layer range); under kvsim-mpi (mpirun -n N kvsim-mpi sweep ...) the ranks take them from a\n"
                  "shared counter, so fast and slow units balance, and each rank reads only its units' layers.\n"
                  "Every unit is written atomically and --resume skips finished ones. The per-trace folders\n"
-                 "hold exactly what kvsim replay writes for that trace, whatever the number of processes.\n\n"
+                 "hold exactly what kvsim replay writes for that trace, whatever the number of processes.\n"
+                 "Like kvsim replay, a sweep into a folder that holds an earlier one replaces its results\n"
+                 "once the new ones are complete; another run writing the folder makes it fail at once.\n\n"
               << opts;
     return 0;
   }
