@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "kernels/kernels.h"
+#include "trace/self_contained.h"
 #include "trace/untrusted_file.h"
 
 namespace kvsim::trace_detail {
@@ -64,7 +65,7 @@ Handle open_trace_file(const std::string& path, Problems& pb) {
   const std::string unsafe = preflight("trace metadata", [&] {
     Problems scratch(path, /*collect=*/true);
     Handle f = h5::open_untrusted_file(path);
-    if (!f) return;
+    if (!f || !foreign_storage(f.id()).field.empty()) return;  // reported below, nothing followed
     TraceMeta m;
     m.path = path;
     read_root(f.id(), m, scratch);
@@ -77,7 +78,15 @@ Handle open_trace_file(const std::string& path, Problems& pb) {
     return {};
   }
   Handle f = h5::open_untrusted_file(path);
-  if (!f) pb.add("", "cannot open as HDF5 (truncated or corrupt file)");
+  if (!f) {
+    pb.add("", "cannot open as HDF5 (truncated or corrupt file)");
+    return f;
+  }
+  const ForeignStorage foreign = foreign_storage(f.id());
+  if (!foreign.field.empty()) {
+    pb.add(foreign.field, foreign.what);
+    return {};
+  }
   return f;
 }
 

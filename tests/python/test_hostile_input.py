@@ -171,12 +171,51 @@ class BadInputTourTest(unittest.TestCase):
         assert r.returncode == 0, r.stderr
         cls.fifo = os.path.join(d, "fifo")
         os.mkfifo(cls.fifo)
+        cls.make_foreign_traces(d)
         cls.link = os.path.join(d, "link.html")
         os.symlink(cls.text, cls.link)
 
     @classmethod
     def tearDownClass(cls):
         cls.tmp.__exit__(None, None, None)
+
+    @classmethod
+    def make_foreign_traces(cls, d):
+        """Traces whose data would come from elsewhere: refused, naming the object (soft links stay fine)."""
+        def edited(name, edit, **create):
+            p = os.path.join(d, f"{name}.h5")
+            if create:  # a new file with creation properties, the small trace's content copied in
+                with h5py.File(cls.small, "r") as src, h5py.File(p, "w", **create) as dst:
+                    for key in src:
+                        src.copy(src[key], dst, name=key)
+                    dst.attrs.update(src.attrs)
+            else:
+                shutil.copy(cls.small, p)
+            with h5py.File(p, "r+") as f:
+                edit(f)
+            cls.edited[name] = p
+
+        def relink(target):
+            def edit(f):
+                del f["layers/1"]
+                f["layers/1"] = h5py.ExternalLink(target, "/layers/0")
+            return edit
+
+        def external_raw(f):
+            k = f["layers/1/k"][()]
+            k.tofile(os.path.join(d, "raw_k.bin"))
+            del f["layers/1/k"]
+            f.create_dataset("layers/1/k", shape=k.shape, dtype=k.dtype,
+                             external=[("raw_k.bin", 0, h5py.h5f.UNLIMITED)])
+
+        def soft(f):
+            f["alias_of_layer_0"] = h5py.SoftLink("/layers/0")
+
+        edited("external_link", relink("small.h5"))
+        edited("external_fifo", relink("fifo"))
+        edited("external_raw", external_raw)
+        edited("soft_link", soft)
+        edited("user_block", lambda f: None, userblock_size=512)
 
     @staticmethod
     def put_nan(f):
@@ -228,6 +267,14 @@ class BadInputTourTest(unittest.TestCase):
             ("finite values near 3e38 (o_proj)", rep(e["huge_o_proj"]),
              None, 1, "/layers/1/o_proj: values up to 3e+38"),
             ("finite values near 3e38, validate", ["validate", e["huge_k"]], None, 1, ""),
+            ("external link", rep(e["external_link"]), None, 1,
+             "/layers/1: an external link to small.h5:/layers/0 (a trace must be self-contained)"),
+            ("external link, validate", ["validate", e["external_link"]], None, 1, "/layers/1: an external link"),
+            ("external link to a fifo", rep(e["external_fifo"]), None, 1, "/layers/1: an external link to fifo"),
+            ("external raw storage", rep(e["external_raw"]), None, 1,
+             "/layers/1/k: its raw data is stored in an external file"),
+            ("user block", rep(e["user_block"]), None, 1, "@userblock: 512 bytes"),
+            ("soft link inside the file", rep(e["soft_link"]), None, 0, ""),
             ("unknown rule", replay + ["snapkw"], None, 1, "snapkw"),
             ("unknown parameter", replay + ["snapkv(windw=3)"], None, 1, "unknown parameter 'windw'"),
             ("non-ASCII in a spec", replay + ["snapkv(wíndow=3)"], None, 1, "found 'í'"),
