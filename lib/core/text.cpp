@@ -31,4 +31,28 @@ std::string shorten_utf8(const std::string& s, std::size_t max_bytes) {
   return s.substr(0, cut) + "...";
 }
 
+std::string printable(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  auto escape = [&](unsigned char c) {
+    static const char* hex = "0123456789abcdef";
+    out += "\\x";
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  };
+  for (std::size_t i = 0; i < s.size();) {
+    const std::string ch = utf8_char_at(s, i);
+    const auto lead = static_cast<unsigned char>(ch[0]);
+    const bool invalid = ch.size() == 1 && lead >= 0x80;
+    const bool control = (ch.size() == 1 && ((lead < 0x20 && lead != '\t') || lead == 0x7F)) ||
+                         (ch.size() == 2 && lead == 0xC2 && static_cast<unsigned char>(ch[1]) < 0xA0);  // C1
+    if (invalid || control)
+      for (char c : ch) escape(static_cast<unsigned char>(c));
+    else
+      out += ch;
+    i += ch.size();
+  }
+  return out;
+}
+
 }  // namespace kvsim

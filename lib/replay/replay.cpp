@@ -291,6 +291,8 @@ void run_replay(const ReplayOptions& opt, std::ostream& table) {
   if (opt.out_dir.empty()) fail("--out", "", "an output folder is required");
   TraceReader reader(opt.trace_path);
   const ReplaySetup setup = prepare_replay(opt, reader.meta());
+  const std::string repeated = repeated_budgets_note(opt.budgets);
+  if (!repeated.empty()) std::cerr << "kvsim replay: note: " << repeated << "\n";
 
   OutputFolder folder("kvsim replay", opt.out_dir, "summary.json");
   AtomicOutFile metrics(folder.path("metrics.csv"));

@@ -3,6 +3,7 @@
 // included, so rules are compared at matched kept-token counts.
 #include "rules/budget.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -83,7 +84,7 @@ i64 Budget::share_of(i64 n, i64 n_c) const {
   return std::max<i64>(1, static_cast<i64>(std::floor(x)));
 }
 
-std::vector<Budget> parse_budgets(const std::string& list) {
+std::vector<Budget> parse_budgets(const std::string& list, std::vector<std::string>* merged) {
   std::vector<Budget> out;
   std::size_t begin = 0;
   for (;;) {
@@ -92,11 +93,30 @@ std::vector<Budget> parse_budgets(const std::string& list) {
     std::size_t a = part.find_first_not_of(" \t"), b = part.find_last_not_of(" \t");
     part = a == std::string::npos ? "" : part.substr(a, b - a + 1);
     if (part.empty()) fail("budgets '" + list + "'", "", "empty budget in the comma-separated list");
-    out.push_back(Budget::parse(part));
+    const Budget budget = Budget::parse(part);
+    const bool repeated = std::any_of(out.begin(), out.end(), [&](const Budget& o) {
+      return o.kind == budget.kind && o.value == budget.value;
+    });
+    if (!repeated) out.push_back(budget);
+    else if (merged) merged->push_back(budget.text);
     if (end == std::string::npos) break;
     begin = end + 1;
   }
   return out;
+}
+
+std::string repeated_budgets_note(const std::string& list) {
+  std::vector<std::string> merged;
+  try {
+    parse_budgets(list, &merged);
+  } catch (const Error&) {
+    return "";  // the command reports the bad list itself
+  }
+  if (merged.empty()) return "";
+  std::string which;
+  for (const auto& m : merged) which += (which.empty() ? "" : ", ") + m;
+  return "--budgets: " + which + (merged.size() == 1 ? " repeats an earlier budget" : " repeat earlier budgets") +
+         "; each budget is replayed once";
 }
 
 }  // namespace kvsim

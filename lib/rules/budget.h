@@ -33,6 +33,11 @@ struct Budget {
   i64 share_of(i64 n, i64 n_c) const;
 };
 
-std::vector<Budget> parse_budgets(const std::string& comma_separated);
+// The budgets of a comma-separated list, each once: a budget equal to an earlier one (same kind
+// and value: "0.2,20%", "0.2,0.2") is dropped, its text added to *merged when given.
+std::vector<Budget> parse_budgets(const std::string& comma_separated, std::vector<std::string>* merged = nullptr);
+// "" or the note a command prints when the list repeats a budget ("--budgets: 20% repeats an
+// earlier budget; each budget is replayed once").
+std::string repeated_budgets_note(const std::string& comma_separated);
 
 }  // namespace kvsim

@@ -75,6 +75,8 @@ int run_sweep(const SweepOptions& opt, SweepComm& comm, std::ostream& table) {
   if (comm.rank() == 0) {
     try {
       folder.emplace("kvsim sweep", opt.out_dir, "sweep.json");
+      const std::string repeated = repeated_budgets_note(opt.replay.budgets);
+      if (!repeated.empty()) std::cerr << "kvsim sweep: note: " << repeated << "\n";
       prepare_units_folder(opt);
       plan_text = plan_to_json(plan_traces(opt));
     } catch (const Error& e) {

@@ -11,6 +11,7 @@
 - kvsim prefill gives byte-identical files with 1 and 2 threads.
 """
 import concurrent.futures
+import csv
 import os
 import shutil
 import signal
@@ -315,6 +316,26 @@ class BadInputTourTest(unittest.TestCase):
                     self.assertFalse(os.path.exists(os.path.join(out, "summary.json")), what)
         self.assertTrue(os.path.exists("/dev/full") and not os.path.isfile("/dev/full"))
         self.assertTrue(os.path.islink(self.link))
+
+    def test_info_escapes_control_characters(self):
+        p = os.path.join(self.dir, "escapes.h5")
+        shutil.copy(self.small, p)
+        with h5py.File(p, "r+") as f:
+            f.attrs["model"] = "model\x1b]0;retitled\x07\x1b[2J\nsecond line"
+        rc, out, err = kvsim("info", p)
+        self.assertEqual(rc, 0, err)
+        self.assertNotIn("\x1b", out)
+        self.assertNotIn("\x07", out)
+        self.assertIn("model       model\\x1b]0;retitled\\x07\\x1b[2J\\x0asecond line", out)
+
+    def test_repeated_budgets_are_replayed_once(self):
+        out = os.path.join(self.dir, "repeated")
+        rc, _, err = kvsim("replay", self.small, "--rules", "snapkv", "--budgets", "0.2,20%,0.3,0.2", "--out", out)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("note: --budgets: 20%, 0.2 repeat earlier budgets; each budget is replayed once", err)
+        with open(os.path.join(out, "metrics.csv"), newline="") as fh:
+            budgets = {row["budget"] for row in csv.DictReader(fh)}
+        self.assertEqual(budgets, {"0.2", "0.3"})
 
     def test_replacing_results_is_announced(self):
         out = os.path.join(self.dir, "again")

@@ -156,6 +156,15 @@ TEST_CASE("budgets") {
   REQUIRE(bs.size() == 3);
   CHECK(bs[1].text == "20%");
   CHECK(contains(error_of([] { parse_budgets("0.1,,2"); }), "empty budget"));
+  // A repeated budget (same kind and value, however written) is replayed once, with a note.
+  std::vector<std::string> merged;
+  bs = parse_budgets("0.2,20%,cr=0.8,512,0.2,cr=0.80,512", &merged);
+  REQUIRE(bs.size() == 3);
+  CHECK(bs[0].text == "0.2");
+  CHECK(bs[1].text == "cr=0.8");  // a compression ratio of 0.8 is not a fraction 0.2: kept apart
+  CHECK(merged == std::vector<std::string>{"20%", "0.2", "cr=0.80", "512"});
+  CHECK(repeated_budgets_note("0.1,0.2") == "");
+  CHECK(repeated_budgets_note("0.2,0.2") == "--budgets: 0.2 repeats an earlier budget; each budget is replayed once");
 }
 
 TEST_CASE("kvsim rules lists every rule with its parameters and the budget convention") {

@@ -11,6 +11,7 @@
 #include "cli_args.h"
 #include "command.h"
 #include "core/sysinfo.h"
+#include "core/text.h"
 #include "trace/crash_guard.h"
 #include "trace/trace_reader.h"
 
@@ -63,24 +64,24 @@ int cmd_info(const std::vector<std::string>& args) {
   const double op_bytes = m.has_o_proj ? 4.0 * m.hidden_size * m.num_heads * d : 0.0;
   const double layer_bytes = q_bytes * (m.has_o ? 2 : 1) + 2 * kv_bytes + op_bytes;
 
-  std::printf("trace       %s (%.1f MiB on disk, format v%d)\n", path.c_str(), mib(disk), m.version);
-  std::printf("model       %s", m.model.c_str());
-  if (!m.source_precision.empty()) std::printf(" (%s)", m.source_precision.c_str());
-  if (!m.model_sha256.empty()) std::printf(", sha256 %s", m.model_sha256.c_str());
-  std::printf("\nsource      %s\n", m.source.c_str());
+  std::printf("trace       %s (%.1f MiB on disk, format v%d)\n", printable(path).c_str(), mib(disk), m.version);
+  std::printf("model       %s", printable(m.model).c_str());
+  if (!m.source_precision.empty()) std::printf(" (%s)", printable(m.source_precision).c_str());
+  if (!m.model_sha256.empty()) std::printf(", sha256 %s", printable(m.model_sha256).c_str());
+  std::printf("\nsource      %s\n", printable(m.source).c_str());
   std::printf("shape       %d layers, %d heads, %d KV heads (group %d), head_dim %d, hidden %d\n", m.num_layers,
               m.num_heads, m.num_kv_heads, m.group_size(), m.head_dim, m.hidden_size);
   std::printf("rope        %s, theta %g%s%s; attn_scale %.9g\n", m.rope_style == RopeStyle::half ? "half" : "interleaved",
-              m.rope_theta, m.rope_scaling.empty() ? "" : ", scaling ", m.rope_scaling.c_str(), m.attn_scale);
+              m.rope_theta, m.rope_scaling.empty() ? "" : ", scaling ", printable(m.rope_scaling).c_str(), m.attn_scale);
   if (m.rotary_dim > 0) std::printf("            partial rotary: first %d of %d components rotate\n", m.rotary_dim, m.head_dim);
   if (m.attn_softcap > 0) std::printf("softcap     logits soft-capped at %g (c tanh(x / c))\n", m.attn_softcap);
   for (int l = 0; l < static_cast<int>(m.layer_attrs.size()); ++l) {
     const LayerAttrs& a = m.layer_attrs[l];
     if (a.attention_type.empty() && !a.sliding_window && !a.rope_theta && a.rope_scaling.empty()) continue;
-    std::printf("layer %-5d %s%s%s%s%s\n", l, a.attention_type.empty() ? "" : a.attention_type.c_str(),
+    std::printf("layer %-5d %s%s%s%s%s\n", l, a.attention_type.empty() ? "" : printable(a.attention_type).c_str(),
                 a.sliding_window ? (", window " + std::to_string(a.sliding_window) + " (>= S: no effect)").c_str() : "",
                 a.rope_theta ? (", rope_theta " + std::to_string(a.rope_theta)).c_str() : "",
-                a.rope_scaling.empty() ? "" : ", rope_scaling ", a.rope_scaling.c_str());
+                a.rope_scaling.empty() ? "" : ", rope_scaling ", printable(a.rope_scaling).c_str());
   }
   std::printf("positions   S = %lld: context %lld, question %lld, generated %lld (prefill_len %lld)\n",
               static_cast<long long>(m.seq_len), static_cast<long long>(ctx), static_cast<long long>(question),
@@ -92,7 +93,7 @@ int cmd_info(const std::vector<std::string>& args) {
   std::printf("storage     %s; o_proj %s, o %s\n", dtype_name(m.dtype), m.has_o_proj ? "yes" : "no",
               m.has_o ? "yes" : "no");
   for (const auto& [name, span] : m.spans)
-    std::printf("span        %s [%lld, %lld)\n", name.c_str(), static_cast<long long>(span.first),
+    std::printf("span        %s [%lld, %lld)\n", printable(name).c_str(), static_cast<long long>(span.first),
                 static_cast<long long>(span.second));
   if (!m.text.empty()) std::printf("text        %zu bytes\n", m.text.size());
   std::printf("layer size  %.1f MiB as float32 (q %.1f, k %.1f, v %.1f, o_proj %.1f%s)\n", mib(layer_bytes),

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/sysinfo.h"
+#include "core/text.h"
 #include "kernels/isa.h"
 
 namespace kvsim::cli {
@@ -42,10 +43,10 @@ int run_command(const std::vector<std::string>& args, std::ostream& err) {
       kernels::check_isa_setting();  // so is a KVSIM_FORCE_ISA this CPU cannot honour
       return c.run(args);
     } catch (const boost::program_options::error& e) {
-      err << "kvsim " << name << ": " << e.what() << " (see kvsim " << name << " --help)\n";
+      err << "kvsim " << name << ": " << printable(e.what()) << " (see kvsim " << name << " --help)\n";
       return 2;
     } catch (const kvsim::Error& e) {
-      err << "kvsim " << name << ": error: " << e.what() << "\n";
+      err << "kvsim " << name << ": error: " << printable(e.what()) << "\n";
       return 1;
     } catch (const std::bad_alloc&) {
       err << "kvsim " << name << ": error: out of memory\n";
