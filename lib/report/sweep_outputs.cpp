@@ -6,6 +6,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "core/text.h"
 #include "report/paper_claims.h"
 
 namespace kvsim::report {
@@ -21,6 +22,11 @@ SweepOutput load_sweep_output(const std::string& dir) {
   for (const auto& t : traces->items()) {
     SweepTrace st;
     st.label = t.get_string("label");
+    // A label names a folder inside the sweep: one path component, never a way out of it.
+    if (st.label.empty() || st.label == "." || st.label == ".." || st.label.find('/') != std::string::npos ||
+        st.label.find('\0') != std::string::npos)
+      fail(dir + "/sweep.json", "traces[].label",
+           "'" + shorten_utf8(st.label, 80) + "' is not a folder name inside the sweep folder");
     st.path = t.get_string("path");
     st.status = t.get_string("status");
     st.error = t.get_string("error");

@@ -232,6 +232,23 @@ class SweepFolderTest(unittest.TestCase):
         with open(os.path.join(out, "sweep_metrics.csv")) as fh:
             self.assertEqual({row[0] for row in list(csv.reader(fh))[1:]}, {"one"})
 
+    def test_report_never_leaves_the_sweep_folder(self):
+        out = os.path.join(self.dir, "out")
+        r = self.sweep([self.trace_copy("a/one.h5")], out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        shutil.copytree(os.path.join(out, "one"), os.path.join(self.dir, "elsewhere"))
+        with open(os.path.join(out, "sweep.json")) as fh:
+            sweep = json.load(fh)
+        sweep["traces"][0]["label"] = "../elsewhere"  # an edited sweep.json
+        with open(os.path.join(out, "sweep.json"), "w") as fh:
+            json.dump(sweep, fh)
+        html = os.path.join(self.dir, "r.html")
+        r = run([KVSIM, "report", out, "--out", html])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("sweep.json: traces[].label: '../elsewhere' is not a folder name inside the sweep folder",
+                      r.stderr)
+        self.assertFalse(os.path.exists(html))
+
     def test_a_folder_another_run_holds_is_refused(self):
         out = os.path.join(self.dir, "out")
         os.makedirs(out)
