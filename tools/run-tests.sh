@@ -13,4 +13,8 @@ if ! grep -qw avx512f /proc/cpuinfo && [ "${KVSIM_AVX512_EMULATION:-1}" != 0 ]; 
 fi
 # A short libFuzzer run of the trace reader (tests/fuzz), seeded with the corpus and the
 # regression inputs; KVSIM_FUZZ_SECONDS=0 skips it.
-if [ "${KVSIM_FUZZ_SECONDS:-60}" != 0 ]; then bash tools/fuzz.sh "${KVSIM_FUZZ_SECONDS:-60}"; fi
+# The same under AddressSanitizer (tools/fuzz.sh --asan).
+if [ "${KVSIM_FUZZ_SECONDS:-60}" != 0 ]; then
+  bash tools/fuzz.sh "${KVSIM_FUZZ_SECONDS:-60}"
+  bash tools/fuzz.sh "${KVSIM_FUZZ_SECONDS:-60}" --asan
+fi

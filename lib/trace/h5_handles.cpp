@@ -84,8 +84,12 @@ i64 num_points(hid_t space) {
 }
 
 // Every chunk of a chunked dataset: listed by the index, inside the file, at a chunk-aligned
-// coordinate inside the dataset (a corrupt index makes HDF5 1.10 copy from wild addresses).
-static std::string chunk_index_problem(hid_t dset, int rank, const hsize_t* chunk, std::uintmax_t file_size) {
+// coordinate inside the dataset (a corrupt index makes HDF5 1.10 copy from wild addresses), and,
+// without filters, storing a whole chunk: HDF5 1.10 reads an unfiltered chunk into a buffer of
+// its stored size and then copies the full chunk out of it (ASan: a 1280-byte read out of an
+// 8-byte buffer, shared regression crash-2910c391). raw_chunk_bytes is 0 for filtered datasets.
+static std::string chunk_index_problem(hid_t dset, int rank, const hsize_t* chunk, std::uintmax_t file_size,
+                                       long double raw_chunk_bytes) {
   Handle space = space_handle(H5Dget_space(dset));
   hsize_t dims[32], maxdims[32];
   if (!space || H5Sget_simple_extent_ndims(space.id()) != rank || H5Sget_simple_extent_dims(space.id(), dims, maxdims) < 0)
@@ -113,6 +117,9 @@ static std::string chunk_index_problem(hid_t dset, int rank, const hsize_t* chun
     for (int i = 0; i < rank; ++i)
       if (off[i] >= dims[i] || off[i] % chunk[i] != 0)
         return "has a chunk at a coordinate outside its shape (corrupt chunk index)";
+    if (raw_chunk_bytes > 0 && static_cast<long double>(size) < raw_chunk_bytes)
+      return "has an unfiltered chunk of " + std::to_string(size) + " bytes where a chunk holds " +
+             std::to_string(static_cast<long long>(raw_chunk_bytes)) + " (corrupt chunk index)";
   }
   return "";
 }
@@ -159,7 +166,13 @@ std::string storage_problem(hid_t dset, i64 n, std::size_t elem_size, std::uintm
         return "uses HDF5 filter " + std::to_string(f) + ", which kvsim does not read";
     }
     if (stored == 0) return "declares " + std::to_string(n) + " values but stores none (unwritten dataset or corrupt chunk index)";
-    if (const std::string bad = chunk_index_problem(dset, rank, chunk, file_size); !bad.empty()) return bad;
+    long double raw_chunk_bytes = 0;
+    if (filters == 0) {
+      raw_chunk_bytes = static_cast<long double>(file_elem);
+      for (int i = 0; i < rank; ++i) raw_chunk_bytes *= static_cast<long double>(chunk[i]);
+    }
+    if (const std::string bad = chunk_index_problem(dset, rank, chunk, file_size, raw_chunk_bytes); !bad.empty())
+      return bad;
     if (stored > file_size) return "claims " + std::to_string(stored) + " stored bytes in a " +
                                    std::to_string(file_size) + "-byte file (corrupt)";
     constexpr long double kMaxExpansion = 1100.0L;  // deflate's limit is ~1032:1
