@@ -6,6 +6,8 @@
 
 #include <unistd.h>
 
+#include "core/interrupt.h"
+
 namespace kvsim {
 
 Progress::Progress(std::string label, std::int64_t total)
@@ -26,6 +28,11 @@ void Progress::set_note(const std::string& note) {
 }
 
 void Progress::advance(std::int64_t n) {
+  advance_locked(n);
+  if (std::this_thread::get_id() == owner_) throw_if_interrupted();
+}
+
+void Progress::advance_locked(std::int64_t n) {
   std::lock_guard<std::mutex> lock(mu_);
   done_ += n;
   if (!enabled_) return;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <thread>
 
 #include "core/sysinfo.h"
 
@@ -13,10 +14,13 @@ class Progress {
  public:
   Progress(std::string label, std::int64_t total);
   ~Progress();  // finishes the line
-  void advance(std::int64_t n = 1);  // thread-safe
+  // Thread-safe. On the thread that made the Progress it is also an interruption point
+  // (core/interrupt.h): it may throw Interrupted, so call it outside OpenMP regions there.
+  void advance(std::int64_t n = 1);
   void set_note(const std::string& note);
 
  private:
+  void advance_locked(std::int64_t n);
   void draw(bool final);
   std::string label_, note_;
   std::int64_t total_, done_ = 0;
@@ -25,6 +29,7 @@ class Progress {
   double last_draw_ = -1;
   Stopwatch clock_;
   std::mutex mu_;
+  std::thread::id owner_ = std::this_thread::get_id();
 };
 
 }  // namespace kvsim

@@ -13,9 +13,11 @@
 #include <cstdio>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "command.h"
 #include "core/error.h"
+#include "core/interrupt.h"
 #include "kernels/isa.h"
 #include "numpy_views.h"
 #include "py_rules.h"
@@ -58,16 +60,51 @@ std::string capture_stdout(Fn&& fn) {
   return out;
 }
 
+// Ctrl-C during a run: Python's handler only records the signal while the engine holds no GIL, so
+// the engine polls here (core/interrupt.h, from its progress path on the thread that called
+// run_command); the exception Python's handler raises (KeyboardInterrupt, or whatever a user's
+// handler raises) is kept and re-raised once the engine has unwound and removed its partial files.
+std::thread::id g_run_thread;
+std::unique_ptr<py::error_already_set> g_pending;  // touched with the GIL held only
+
+bool poll_python_signals() {
+  if (std::this_thread::get_id() != g_run_thread) return false;
+  py::gil_scoped_acquire gil;
+  if (g_pending) return true;
+  if (PyErr_CheckSignals() == 0) return false;
+  g_pending = std::make_unique<py::error_already_set>();  // fetches (and clears) the error
+  return true;
+}
+
 // (exit code, stdout text, error message line(s)).
 py::tuple run_command(const std::vector<std::string>& args) {
   int code = 0;
   std::ostringstream err;
   std::string out;
+  g_pending.reset();
+  g_run_thread = std::this_thread::get_id();
+  set_interrupt_poll(&poll_python_signals);
+  struct Unset {
+    ~Unset() { set_interrupt_poll(nullptr); }
+  } unset;
   {
     py::gil_scoped_release release;  // the engine runs without the GIL; Python rules take it back
     out = capture_stdout([&] { code = cli::run_command(args, err); });
   }
+  if (g_pending) {
+    std::unique_ptr<py::error_already_set> e = std::move(g_pending);
+    e->restore();
+    throw py::error_already_set();
+  }
   return py::make_tuple(code, out, err.str());
+}
+
+// Trace strings as Python text: invalid UTF-8 bytes as \xNN escapes (as kvsim info prints them),
+// never a UnicodeDecodeError.
+py::str text(const std::string& s) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "backslashreplace");
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(o);
 }
 
 struct PyTrace {
@@ -81,12 +118,12 @@ struct PyLayer {
 
 py::dict meta_dict(const TraceMeta& m) {
   py::dict d;
-  d["path"] = m.path;
+  d["path"] = text(m.path);
   d["version"] = m.version;
-  d["model"] = m.model;
-  d["source"] = m.source;
-  d["model_sha256"] = m.model_sha256;
-  d["source_precision"] = m.source_precision;
+  d["model"] = text(m.model);
+  d["source"] = text(m.source);
+  d["model_sha256"] = text(m.model_sha256);
+  d["source_precision"] = text(m.source_precision);
   d["num_layers"] = m.num_layers;
   d["num_heads"] = m.num_heads;
   d["num_kv_heads"] = m.num_kv_heads;
@@ -94,7 +131,7 @@ py::dict meta_dict(const TraceMeta& m) {
   d["hidden_size"] = m.hidden_size;
   d["rope_style"] = m.rope_style == RopeStyle::half ? "half" : "interleaved";
   d["rope_theta"] = m.rope_theta;
-  d["rope_scaling"] = m.rope_scaling;
+  d["rope_scaling"] = text(m.rope_scaling);
   d["attn_scale"] = m.attn_scale;
   d["attn_logit_softcap"] = m.attn_softcap;
   d["rotary_dim"] = m.rotated_dims();
@@ -105,7 +142,7 @@ py::dict meta_dict(const TraceMeta& m) {
   d["has_o_proj"] = m.has_o_proj;
   d["has_o"] = m.has_o;
   py::dict spans;
-  for (const auto& [k, v] : m.spans) spans[py::str(k)] = py::make_tuple(v.first, v.second);
+  for (const auto& [k, v] : m.spans) spans[text(k)] = py::make_tuple(v.first, v.second);
   d["spans"] = spans;
   return d;
 }

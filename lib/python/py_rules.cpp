@@ -7,7 +7,8 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
-#include <set>
+#include <cstdint>
+#include <map>
 
 #include "attention/layer_cache.h"
 #include "core/error.h"
@@ -23,7 +24,8 @@ namespace {
 PyObject* g_rule_error = nullptr;  // kvsim.RuleError, created in bind_rules
 
 std::mutex g_names_mu;
-std::set<std::string> g_names;  // Python rules currently registered
+std::map<std::string, std::uint64_t> g_owners;  // Python rules registered now -> their owner's token
+std::uint64_t g_next_token = 0;
 
 // A Python callable shared by every rule object the registry builds; released with the GIL.
 using PyFn = std::shared_ptr<py::object>;
@@ -118,25 +120,41 @@ LayerView make_view(const RuleInput& in, i64 window) {
 
 std::string where(const std::string& rule, int layer) { return "rule '" + rule + "' on layer " + std::to_string(layer); }
 
-// Calls fn(args...) with the GIL held; a Python exception becomes kvsim.RuleError (its cause
-// kept) and propagates to the caller of the replay.
+// Calls fn(args...) with the GIL held; an Exception becomes kvsim.RuleError (its cause kept) and
+// propagates to the caller of the replay. KeyboardInterrupt, SystemExit and other BaseExceptions
+// that are not Exceptions propagate as themselves.
 template <typename... Args>
 py::object call(const PyFn& fn, const std::string& rule, int layer, Args&&... args) {
   try {
     return (*fn)(std::forward<Args>(args)...);
   } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_Exception)) throw;
     py::raise_from(e, g_rule_error, (where(rule, layer) + ": " + py::str(e.value()).cast<std::string>()).c_str());
     throw py::error_already_set();
   }
 }
 
+// Only real numbers (and booleans) are scores or masks: complex would lose its imaginary part,
+// strings and objects would be parsed or cast silently.
+void require_real_array(const py::object& result, const std::string& what) {
+  if (!py::isinstance<py::array>(result)) return;  // lists, torch tensors: converted below
+  const char kind = py::reinterpret_borrow<py::array>(result).dtype().kind();
+  if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b')
+    fail(what, "", "must be a real (float, integer or bool) array, got dtype " +
+                       py::str(py::reinterpret_borrow<py::array>(result).dtype()).cast<std::string>());
+}
+
 // The rule's returned array as float32 [rows, n_c]; rows must be one of `allowed`.
 std::vector<float> as_matrix(const py::object& result, const std::string& what, i64 n_c, const std::vector<i64>& allowed,
                              i64& rows) {
+  require_real_array(result, what);
   py::array_t<float, py::array::c_style | py::array::forcecast> a;
   try {
-    a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(result);
-  } catch (const py::error_already_set&) {
+    py::object arr = py::module_::import("numpy").attr("asarray")(result);  // lists, tensors
+    require_real_array(arr, what);
+    a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+  } catch (const py::error_already_set& e) {
+    if (!e.matches(PyExc_Exception)) throw;
   }
   if (!a) fail(what, "", "must return a numeric array, got " + py::str(py::type::of(result)).cast<std::string>());
   std::string want;
@@ -213,6 +231,15 @@ class PyMaskRule : public Rule {
                              std::to_string(i / in.n_c) + ", " + std::to_string(i % in.n_c) + "]");
         s.kept[i] = raw[i] != 0.0f;
       }
+      // A mask may keep fewer tokens than the budget, never more: matched budgets are the point.
+      const i64 budget_tokens = b.tokens_for(in.n_c);
+      for (i64 u = 0; u < rows; ++u) {
+        i64 kept = 0;
+        for (i64 j = 0; j < in.n_c; ++j) kept += s.kept[static_cast<std::size_t>(u * in.n_c + j)];
+        if (kept > budget_tokens)
+          fail(what, "", "row " + std::to_string(u) + " keeps " + std::to_string(kept) + " tokens, more than the " +
+                             std::to_string(budget_tokens) + " of the budget");
+      }
       out.push_back(std::move(s));
     }
     return out;
@@ -250,14 +277,17 @@ py::array builtin_scores(const std::string& spec, const LayerView& v) {
   return out;
 }
 
-void remember(const std::string& name) {
+// Records the new owner of a name; returns its token and whether it replaced another rule's.
+Registration remember(const std::string& name) {
   std::lock_guard lock(g_names_mu);
-  g_names.insert(name);
+  auto [it, fresh] = g_owners.try_emplace(name, 0);
+  it->second = ++g_next_token;
+  return {it->second, !fresh};
 }
 
 }  // namespace
 
-void register_score_rule(const std::string& name, py::function fn, const ScoreRuleOptions& opt) {
+Registration register_score_rule(const std::string& name, py::function fn, const ScoreRuleOptions& opt) {
   if (opt.gqa != "mean" && opt.gqa != "max" && opt.gqa != "sum" && opt.gqa != "query")
     fail("ScoreRule '" + name + "'", "gqa", "must be mean, max, sum or query, got '" + opt.gqa + "'");
   if (opt.protect_window < 0 || opt.window < 1) fail("ScoreRule '" + name + "'", "window", "must be positive");
@@ -266,31 +296,33 @@ void register_score_rule(const std::string& name, py::function fn, const ScoreRu
   register_runtime_rule(info, [name, f, opt](SpecReader& r) -> std::unique_ptr<Rule> {
     return std::make_unique<PyScoreRule>(name, f, opt);
   });
-  remember(name);
+  return remember(name);
 }
 
-void register_mask_rule(const std::string& name, py::function fn, long long window) {
+Registration register_mask_rule(const std::string& name, py::function fn, long long window) {
   PyFn f = hold(std::move(fn));
   RuleInfo info{name, "Python MaskRule", {}, /*in_all=*/false, /*example=*/name};
   register_runtime_rule(info, [name, f, window](SpecReader&) -> std::unique_ptr<Rule> {
     return std::make_unique<PyMaskRule>(name, f, window);
   });
-  remember(name);
+  return remember(name);
 }
 
-bool unregister_python_rule(const std::string& name) {
+bool unregister_python_rule(const std::string& name, std::uint64_t token) {
   std::lock_guard lock(g_names_mu);
-  g_names.erase(name);
+  auto it = g_owners.find(name);
+  if (it == g_owners.end() || it->second != token) return false;  // another rule owns the name now
+  g_owners.erase(it);
   return unregister_runtime_rule(name);
 }
 
 void unregister_all_python_rules() {
-  std::set<std::string> names;
+  std::map<std::string, std::uint64_t> owners;
   {
     std::lock_guard lock(g_names_mu);
-    names.swap(g_names);
+    owners.swap(g_owners);
   }
-  for (const auto& n : names) unregister_runtime_rule(n);
+  for (const auto& [name, token] : owners) unregister_runtime_rule(name);
 }
 
 void bind_rules(py::module_& m) {
@@ -324,13 +356,23 @@ void bind_rules(py::module_& m) {
       .def_readonly("tokens", &BudgetView::tokens, "nominal kept tokens per unit, protected included")
       .def_readonly("fraction", &BudgetView::fraction, "kept share of n_c")
       .def("__repr__", [](const BudgetView& b) { return "<kvsim.BudgetView " + b.text + ": " + std::to_string(b.tokens) + " tokens>"; });
+  // Registration: (token, replaced) -> the rule object keeps the token, so that unregister()
+  // removes its own registration only; replaced says it took the name from another Python rule.
   m.def("_register_score_rule",
         [](const std::string& name, py::function fn, const std::string& gqa, long long protect, long long window,
-           bool attention) { register_score_rule(name, std::move(fn), {gqa, protect, window, attention}); },
+           bool attention) {
+          const Registration r = register_score_rule(name, std::move(fn), {gqa, protect, window, attention});
+          return py::make_tuple(r.token, r.replaced);
+        },
         py::arg("name"), py::arg("fn"), py::arg("gqa"), py::arg("protect_window"), py::arg("window"),
         py::arg("attention"));
-  m.def("_register_mask_rule", &register_mask_rule, py::arg("name"), py::arg("fn"), py::arg("window"));
-  m.def("_unregister_rule", &unregister_python_rule, py::arg("name"));
+  m.def("_register_mask_rule",
+        [](const std::string& name, py::function fn, long long window) {
+          const Registration r = register_mask_rule(name, std::move(fn), window);
+          return py::make_tuple(r.token, r.replaced);
+        },
+        py::arg("name"), py::arg("fn"), py::arg("window"));
+  m.def("_unregister_rule", &unregister_python_rule, py::arg("name"), py::arg("token"));
   m.def("scores", &builtin_scores, py::arg("spec"), py::arg("layer"),
         "the per-token scores [units, n_c] a built-in scorer (spec string) gives this layer: build on kvsim's "
         "scorers inside a Python rule");

@@ -10,6 +10,7 @@
 // NaN scores are kvsim errors naming the rule, the layer and the problem.
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
 
 namespace kvsim::python {
@@ -23,9 +24,16 @@ struct ScoreRuleOptions {
   bool attention = true;         // scores estimate attention mass: ada / critical / pyramid may wrap it
 };
 
-void register_score_rule(const std::string& name, py::function fn, const ScoreRuleOptions& opt);
-void register_mask_rule(const std::string& name, py::function fn, long long window);
-bool unregister_python_rule(const std::string& name);
+// A registration belongs to the rule object that made it (its token); registering a name another
+// Python rule holds replaces that rule (re-running a notebook cell) and says so.
+struct Registration {
+  std::uint64_t token = 0;
+  bool replaced = false;
+};
+Registration register_score_rule(const std::string& name, py::function fn, const ScoreRuleOptions& opt);
+Registration register_mask_rule(const std::string& name, py::function fn, long long window);
+// Removes the rule only while `token` still owns its name; false otherwise.
+bool unregister_python_rule(const std::string& name, std::uint64_t token);
 void unregister_all_python_rules();  // at interpreter exit, while Python still runs
 
 // Binds LayerView, BudgetView, RuleError and the functions above into m.

@@ -211,7 +211,7 @@ class ModuleTest(unittest.TestCase):
         kvsim.ScoreRule("np_text", lambda L: "no")
         with self.assertRaises(kvsim.KvsimError) as e:
             kvsim.replay(NIAH, rules="np_text", budgets=[0.2])
-        self.assertIn("must return a numeric array", str(e.exception))
+        self.assertIn("must be a real (float, integer or bool) array, got dtype <U2", str(e.exception))
         with self.assertRaises(kvsim.KvsimError) as e:
             kvsim.ScoreRule("snapkv", numpy_knorm)
         self.assertIn("the name of a built-in rule", str(e.exception))

@@ -2,8 +2,11 @@
 
 A rule is registered in kvsim's C++ rule registry under its name, so it is a spec string like any
 other: "my_rule", "ada(my_rule,alpha=0.2)", "critical(ada(my_rule))". Creating a rule with the
-name of an earlier Python rule replaces it (re-running a notebook cell); built-in names are refused.
+name of an earlier Python rule replaces it (re-running a notebook cell) with a warning; a rule's
+unregister() removes only its own registration. Built-in names are refused.
 """
+import warnings
+
 from . import _kvsim
 
 
@@ -12,6 +15,13 @@ class _PythonRule:
 
     def __init__(self, name):
         self.name = name
+        self._token = None
+
+    def _registered(self, registration):
+        self._token, replaced = registration
+        if replaced:
+            warnings.warn(f"kvsim: Python rule {self.name!r} replaces an earlier rule of that name; specs naming "
+                          f"{self.name!r} now run this one", stacklevel=3)
 
     @property
     def spec(self):
@@ -24,8 +34,9 @@ class _PythonRule:
         return f"kvsim.{type(self).__name__}({self.name!r})"
 
     def unregister(self):
-        """Removes the rule from the registry (it is removed at exit anyway)."""
-        _kvsim._unregister_rule(self.name)
+        """Removes this rule from the registry (it is removed at exit anyway); a later rule that took
+        its name stays. Returns whether this rule was still registered."""
+        return bool(self._token is not None and _kvsim._unregister_rule(self.name, self._token))
 
 
 class ScoreRule(_PythonRule):
@@ -40,25 +51,28 @@ class ScoreRule(_PythonRule):
     scores (ties to the lower position) and measures the perturbation and both bounds.
     attention=True declares the scores attention-like, so ada(), critical() and pyramid() wrap it.
     Exceptions in fn raise kvsim.RuleError naming the rule and the layer (the original is its
-    __cause__); a wrong shape or a NaN is a kvsim.KvsimError.
+    __cause__); KeyboardInterrupt and SystemExit propagate as themselves; a wrong shape, a NaN or
+    a non-real dtype (complex, string, object) is a kvsim.KvsimError.
     """
     kind = "score"
 
     def __init__(self, name, fn, gqa="mean", protect_window=0, window=32, attention=True):
         super().__init__(name)
         self.fn = fn
-        _kvsim._register_score_rule(name, fn, gqa, int(protect_window), int(window), bool(attention))
+        self._registered(_kvsim._register_score_rule(name, fn, gqa, int(protect_window), int(window),
+                                                     bool(attention)))
 
 
 class MaskRule(_PythonRule):
     """fn(layer, budget) -> kept mask [num_kv_heads, n_c] or [num_heads, n_c] (bool or 0/1), for
-    budget.tokens kept tokens per unit (budget.text, budget.fraction also given)."""
+    budget.tokens kept tokens per unit (budget.text, budget.fraction also given). A row keeping
+    more than budget.tokens is a kvsim.KvsimError (fewer is allowed)."""
     kind = "mask"
 
     def __init__(self, name, fn, window=32):
         super().__init__(name)
         self.fn = fn
-        _kvsim._register_mask_rule(name, fn, int(window))
+        self._registered(_kvsim._register_mask_rule(name, fn, int(window)))
 
 
 def _spec(rule):

@@ -67,8 +67,7 @@ def run(*args, progress=False):
 @contextlib.contextmanager
 def _out_dir(out):
     if out is not None:
-        os.makedirs(out, exist_ok=True)
-        yield os.fspath(out)
+        yield os.fspath(out)  # the engine makes it (and removes it again if the run fails)
     else:
         with tempfile.TemporaryDirectory(prefix="kvsim_") as d:
             yield d
