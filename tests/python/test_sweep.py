@@ -44,6 +44,30 @@ def summary_aggregates(path):
     return [[{k: v for k, v in b.items() if k != "select_seconds"} for b in r["budgets"]] for r in rules]
 
 
+def children_named(parent, name):
+    """Pids of the processes whose parent is `parent` and whose command is `name`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if int(rest[1]) == parent and comm == name[:15]:
+            out.append(int(pid))
+    return out
+
+
+def alive(pid):
+    """Running (a zombie nobody has reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @unittest.skipUnless(shutil.which("mpirun") and os.path.exists(KVSIM_MPI), "needs OpenMPI (mpirun) and kvsim-mpi")
 class SweepTest(unittest.TestCase):
     @classmethod
@@ -138,6 +162,42 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(sweep["resumed_units"], finished)
         self.assertEqual(sum(u["resumed"] for u in sweep["units"]), finished)
         self.check_same_as_replay(out)
+
+    def test_ranks_end_when_mpirun_is_killed(self):
+        # Units of ~20 s each (one 16K-position layer with 4K stored queries per rank), so a rank
+        # that outlives mpirun is seen running long after the kill.
+        trace = os.path.join(self.dir, "long_units.h5")
+        r = run([KVSIM, "synth", "--out", trace, "--layers", "2", "--heads", "8", "--kv-heads", "2", "--head-dim",
+                 "64", "--hidden", "512", "--seq-len", "16384", "--window", "64", "--gen-len", "4096"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = os.path.join(self.dir, "orphans")
+        args = ["sweep", "--traces", trace, "--rules", "critical(ada(snapkv));tova(variant=stepwise)", "--budgets",
+                "0.1,0.2", "--layers-per-unit", "1", "--threads", "1", "--nu-cache", "off", "--out", out]
+        p = subprocess.Popen(["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", KVSIM_MPI, *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        try:
+            deadline = time.time() + 60
+            ranks = []
+            while time.time() < deadline and p.poll() is None:  # the state: both ranks inside a unit
+                ranks = children_named(p.pid, "kvsim-mpi")
+                if len(ranks) == 2 and len(tu.partial_files(os.path.join(out, "units"))) >= 2:
+                    break
+                time.sleep(0.02)
+            self.assertEqual(len(ranks), 2, "the ranks never started")
+            self.assertGreaterEqual(len(tu.partial_files(os.path.join(out, "units"))), 2, "no rank started a unit")
+            self.assertIsNone(p.poll(), "the sweep finished before mpirun could be killed")
+        finally:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        deadline = time.time() + 5  # a unit takes ~20 s: only a rank that stops on its own is gone by then
+        while time.time() < deadline and any(alive(pid) for pid in ranks):
+            time.sleep(0.02)
+        left = [pid for pid in ranks if alive(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        self.assertEqual(left, [], "ranks outlived mpirun")
+        self.assertEqual(tu.partial_files(out), [])  # their SIGTERM handler removed the partial files
+        self.assertFalse(os.path.exists(os.path.join(out, "sweep.json")))
 
     def test_bad_traces_are_reported_and_the_rest_finish(self):
         corrupt = os.path.join(self.dir, "corrupt.h5")

@@ -1,8 +1,14 @@
 // kvsim-mpi: the kvsim commands, with `sweep` spread over MPI ranks (mpirun -n N kvsim-mpi
 // sweep ..., or srun). Other commands run on every rank as they would alone, so use it for sweep.
 // A failing rank aborts the job (MPI_Abort) rather than leaving the others waiting forever;
-// finished units are on disk and --resume continues.
+// finished units are on disk and --resume continues. A rank whose launcher dies (mpirun killed
+// with SIGKILL) gets SIGTERM and ends, removing its partial files, instead of running on as an
+// orphan beside a --resume of the same sweep.
 #include <mpi.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <exception>
 #include <iostream>
@@ -13,6 +19,9 @@
 #include "sweep_comm.h"
 
 int main(int argc, char** argv) {
+  const pid_t launcher = getppid();
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != launcher) std::raise(SIGTERM);  // the launcher died before prctl took effect
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);  // OpenMP threads, MPI from one
   using namespace kvsim::cli;
