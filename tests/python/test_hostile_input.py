@@ -16,6 +16,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 import unittest
 
@@ -375,22 +377,67 @@ class SignalsTest(unittest.TestCase):
             self.assertIn("partial outputs removed", err)
             self.assertFalse(os.path.exists(out), "the folder this run created is removed with its partial files")
 
-    def test_sigterm_of_the_dumper_leaves_no_partial(self):
+    def interrupt_at(self, phase, cmd, out):
+        """Runs cmd with the dumper paused at `phase` (KVSIM_DUMP_PAUSE_AT), sends SIGTERM once it
+        says it is there, and returns (exit code, stderr)."""
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, KVSIM_DUMP_PAUSE_AT=phase))
+        seen = []
+        for line in p.stderr:  # the state, not a sleep: the writer says where it waits
+            seen.append(line)
+            if f"paused at {phase}" in line:
+                break
+        self.assertIn(f"kvsim-dump: paused at {phase}\n", seen, f"{phase}: never reached: {''.join(seen)}")
+        p.send_signal(signal.SIGTERM)
+        err = p.stderr.read()
+        p.stderr.close()
+        p.wait(timeout=60)
+        return p.returncode, err
+
+    def test_sigterm_of_the_dumper_at_every_phase(self):
+        for phase in ("created", "writing", "finish", "committed"):
+            with self.subTest(phase), tu.TempDir() as d:
+                out = os.path.join(d, "t.h5")
+                rc, err = self.interrupt_at(phase, [tu.DUMP_SCRIPT, "--model", tu.CHECKPOINT, "--niah", "--niah-dir",
+                                                    tu.ESSAYS_DIR, "--niah-length", "400", "--generate", "8",
+                                                    "--out", out], out)
+                self.assertEqual(rc, 130, err)
+                self.assertEqual(tu.partial_files(out), [])
+                self.assertEqual(sorted(os.listdir(d)), ["t.h5"] if phase == "committed" else [])
+                if phase == "committed":  # renamed into place: complete, kept, and said so
+                    self.assertIn(f"interrupted after {out} was written completely (kept)", err)
+                    ran, code, text = tu.kvsim_validate(out)
+                    self.assertTrue(ran and code == 0, text)
+                else:
+                    self.assertIn("interrupted; no trace written", err)
+
+    def test_sigterm_during_the_float16_repack(self):
+        """A float16 trace that overflowed is repacked as float32 in finish(): the repack's own
+        temporary file goes with the partial file."""
+        script = textwrap.dedent("""
+            import sys
+            import numpy as np
+            sys.path.insert(0, sys.argv[2])
+            from kvsim_dump import cli
+            from kvsim_dump.trace_file import TraceFileWriter
+
+            def run(out):
+                meta = dict(num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, model="m")
+                w = TraceFileWriter(out, meta, 4, [3], dtype="float16", warn=lambda msg: None)
+                k = np.ones((1, 4, 4), np.float32)
+                w.write_kv(0, 0, k * 1e6, k)  # overflows float16: the whole trace becomes float32
+                w.write_queries(0, 0, np.ones((2, 1, 4), np.float32))
+                w.finish([1, 2, 3, 4], [0, 0, 0, 2])
+                return 0
+
+            sys.exit(cli.run_command("kvsim-dump", run, sys.argv[1], "no trace written", one_trace=True))
+        """)
         with tu.TempDir() as d:
             out = os.path.join(d, "t.h5")
-            p = subprocess.Popen([tu.DUMP_SCRIPT, "--model", tu.CHECKPOINT, "--niah", "--niah-dir", tu.ESSAYS_DIR,
-                                  "--niah-length", "2048", "--max-positions", "2200", "--generate", "100",
-                                  "--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not tu.partial_files(out):
-                time.sleep(0.05)
-            self.assertTrue(tu.partial_files(out), "the dumper never started writing")
-            p.send_signal(signal.SIGTERM)
-            _, err = p.communicate(timeout=60)
-            self.assertEqual(p.returncode, 130, err)
-            self.assertIn("interrupted", err)
-            self.assertEqual(tu.partial_files(out), [])
-            self.assertFalse(os.path.exists(out))
+            rc, err = self.interrupt_at("repack", [sys.executable, "-c", script, out, tu.TOOLS_DIR], out)
+            self.assertEqual(rc, 130, err)
+            self.assertIn("interrupted; no trace written", err)
+            self.assertEqual(os.listdir(d), [])  # neither the partial file nor its .repack
 
 
 if __name__ == "__main__":

@@ -423,7 +423,7 @@ def run(args, parser=None):
         meta["chat_template"] = 1
     if len(layers) != backend.meta["num_layers"]:
         meta["model_layers"] = ",".join(map(str, layers))  # model index of each stored layer
-    writer = TraceFileWriter(args.out, meta, S, q_pos, storage.dtype, args.gzip, warn)
+    writer = TraceFileWriter(args.out, meta, S, q_pos, storage.dtype, args.gzip, warn)  # cli.run_command aborts
     if generate_note:
         print(f"kvsim-dump: note: {generate_note}", file=sys.stderr)
     if N == 0 and prompt.context_end == P:
@@ -481,9 +481,12 @@ def interrupt_on_sigterm():
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
-def run_command(prog, run, args, interrupted):
+def run_command(prog, run, args, interrupted, one_trace=False):
     """Runs a tool's run(args): its DumpError as a one-line error (exit 1), SIGINT/SIGTERM as
-    `interrupted` (exit 130; the tool has already removed its partial outputs)."""
+    `interrupted` (exit 130). Any trace still being written is aborted here, whatever statement
+    the signal cut; for a tool writing one trace (one_trace), a trace already renamed into place
+    is complete and said to be kept."""
+    from . import trace_file
     interrupt_on_sigterm()
     try:
         return run(args)
@@ -491,10 +494,24 @@ def run_command(prog, run, args, interrupted):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+        abort_live_writers(trace_file)
+        if one_trace and trace_file.committed_outputs:
+            kept = ", ".join(trace_file.committed_outputs)
+            print(f"{prog}: interrupted after {kept} was written completely (kept)", file=sys.stderr)
+        else:
+            print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         return 130
+    finally:
+        abort_live_writers(trace_file)
+
+
+def abort_live_writers(trace_file):
+    with trace_file.signals_deferred():
+        for writer in list(trace_file.live_writers):
+            writer.abort()
 
 
 def main(argv=None):
     parser = build_parser()
-    return run_command("kvsim-dump", lambda a: run(a, parser), parser.parse_args(argv), "no trace written")
+    return run_command("kvsim-dump", lambda a: run(a, parser), parser.parse_args(argv), "no trace written",
+                       one_trace=True)

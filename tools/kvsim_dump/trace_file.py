@@ -11,9 +11,12 @@ the whole trace to float32 (slices already written are widened, which is exact) 
 """
 import json
 import os
+import contextlib
 import re
 import secrets
+import signal
 import sys
+import threading
 
 import h5py
 import numpy as np
@@ -26,6 +29,36 @@ FORMAT_VERSION = 2  # v2 adds optional soft-cap, rotary_dim and per-layer attrib
 CHUNK_POSITIONS = 1024
 
 
+# Traces renamed into place by this process: an interrupt that lands after the rename says the
+# trace is complete and kept instead of "no trace written" (cli.run_command).
+committed_outputs = []
+# Writers holding a partial file: whatever escapes the tool's own cleanup (an interrupt between
+# two statements) is aborted by cli.run_command.
+live_writers = set()
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM held back (delivered on exit) while a step that must not be cut in half
+    runs: creating and recording the partial file, removing it, renaming it into place."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def pause_at(phase):
+    """Test hook for the interrupt path: with KVSIM_DUMP_PAUSE_AT=phase the writer says it reached
+    the phase (created, writing, finish, repack, committed) and waits there for a signal."""
+    if os.environ.get("KVSIM_DUMP_PAUSE_AT") == phase:
+        print(f"kvsim-dump: paused at {phase}", file=sys.stderr, flush=True)
+        signal.pause()
+
+
 class TraceFileWriter:
     def __init__(self, path, meta, seq_len, q_pos, dtype="float32", gzip=False, warn=None):
         """meta: root attributes (format/version are added here). q_pos: sorted stored positions."""
@@ -33,6 +66,8 @@ class TraceFileWriter:
             raise DumpError("--dtype", f"unknown storage dtype {dtype!r}")
         self.path = path
         self.partial = None
+        self.f = None
+        self.first_write = True
         self.meta = dict(meta)
         self.S = int(seq_len)
         self.q_pos = np.asarray(q_pos, dtype=np.int64)
@@ -54,9 +89,15 @@ class TraceFileWriter:
         if not os.path.isdir(d):
             raise DumpError(path, "output folder does not exist")
         try:
-            self.partial = new_partial_file(path)
+            with signals_deferred():  # the partial file exists exactly when a live writer names it
+                self.partial = new_partial_file(path)
+                live_writers.add(self)
+            pause_at("created")
             self.f = h5py.File(self.partial, "w")
-        except OSError as e:
+        except BaseException as e:
+            self.abort()
+            if not isinstance(e, OSError):
+                raise
             # h5py's text is a paragraph; keep the system's reason when it gives one.
             reason = re.search(r"error message = '([^']+)'", str(e))
             raise DumpError(path, f"cannot write {path}: "
@@ -92,6 +133,9 @@ class TraceFileWriter:
             self._promote_to_float32(name, float(np.abs(x).max()))
             ds = self.f[name]
         ds[index] = float_storage.encode(x, self.dtype)
+        if self.first_write:
+            self.first_write = False
+            pause_at("writing")
 
     def _promote_to_float32(self, where, peak):
         self.warn(f"{where}: |value| {peak:.6g} overflows float16 (max 65504); "
@@ -197,18 +241,30 @@ class TraceFileWriter:
             f.attrs[key] = _attr(value)
         f.attrs["format"] = FORMAT
         f.attrs["version"] = np.int64(FORMAT_VERSION)
+        pause_at("finish")
         f.close()
         if self.promoted:
             _repack(self.partial)  # reclaim the space of the widened float16 datasets
-        os.replace(self.partial, self.path)
+        with signals_deferred():
+            os.replace(self.partial, self.path)
+            self.partial = None
+            live_writers.discard(self)
+            committed_outputs.append(self.path)
+        pause_at("committed")
 
     def abort(self):
-        try:
-            self.f.close()
-        except Exception:
-            pass
-        if self.partial and os.path.exists(self.partial):
-            os.remove(self.partial)
+        """Removes the partial file (and a repack's temporary file), whatever phase was cut."""
+        with signals_deferred():
+            try:
+                if self.f is not None:
+                    self.f.close()
+            except Exception:
+                pass
+            for p in (self.partial, self.partial and self.partial + ".repack"):
+                if p and os.path.exists(p):
+                    os.remove(p)
+            self.partial = None
+            live_writers.discard(self)
 
 
 def _attr(value):
@@ -238,8 +294,9 @@ def new_partial_file(path):
 
 
 def _repack(path):
-    tmp = path + ".repack"
+    tmp = path + ".repack"  # removed with the partial file by abort()
     with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+        pause_at("repack")
         for key in src:
             src.copy(src[key], dst, name=key)
         for key, value in src.attrs.items():
