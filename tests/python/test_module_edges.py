@@ -6,7 +6,8 @@
 - a rule's registration belongs to its object: unregister() removes only its own, replacing a
   name warns;
 - only real (float, integer, bool) arrays are scores or masks; a mask over its budget is an error;
-- Trace.meta decodes a non-UTF-8 model string like kvsim info (\\xNN), never UnicodeDecodeError.
+- Trace.meta decodes a non-UTF-8 model string like kvsim info (\\xNN), never UnicodeDecodeError;
+- a full disk during selection.h5 is a KvsimError, later calls work, and the interpreter exits 0.
 """
 import os
 import shutil
@@ -104,6 +105,32 @@ class RuleEdgesTest(unittest.TestCase):
                 f.attrs["model"] = np.bytes_(b"model \xff\xfe end")
             meta = kvsim.open_trace(p).meta
             self.assertEqual(meta["model"], "model \\xff\\xfe end")
+
+
+FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys, kvsim
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))  # writes past 20 kB fail
+    try:
+        kvsim.replay(sys.argv[1], rules="snapkv;tova", budgets=[0.2, 0.3], out=sys.argv[2] + "/a",
+                     return_selection=True)
+        print("no error")
+    except kvsim.KvsimError as e:
+        print("KvsimError", "selection.h5" in str(e) and "write failed" in str(e))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    df = kvsim.replay(sys.argv[1], rules="snapkv", budgets=[0.2], out=sys.argv[2] + "/b", return_selection=True)
+    print("later call", len(df.metrics) > 0 and len(df.selection) > 0)
+""")
+
+
+class FullDiskTest(unittest.TestCase):
+    def test_a_failed_write_is_an_error_and_the_interpreter_exits_cleanly(self):
+        with tu.TempDir() as d:
+            r = subprocess.run([sys.executable, "-c", FULL_DISK, NIAH, d], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)  # was 139: HDF5's teardown crashed at exit
+            self.assertEqual(r.stdout.split("\n")[:2], ["KvsimError True", "later call True"], r.stdout + r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(d, "a")))
+            self.assertEqual(tu.partial_files(d), [])
 
 
 CHILD = textwrap.dedent("""
