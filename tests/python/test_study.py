@@ -73,6 +73,14 @@ class ReducedStudyTest(unittest.TestCase):
             self.assertNotIn("closed_loop", json.load(f))  # no answer to check: offline only
         for name in s["figures"]:
             self.assertTrue(os.path.getsize(os.path.join(self.out, "figures", name)) > 1000)
+        # report.html: summary.md's tables and every figure inline, nothing fetched, no script.
+        with open(os.path.join(self.out, "report.html"), encoding="utf-8") as f:
+            page = f.read()
+        self.assertIn("<h2>The CriticalKV claim (paper: &gt; 92% of heads)</h2>", page)
+        self.assertIn("<th>claim</th><th>setting</th><th>value [95% CI]</th>", page)
+        self.assertEqual(page.count('src="data:image/png;base64,'), len(s["figures"]))
+        self.assertNotIn("<script", page)
+        self.assertNotIn("http", page)
 
     def test_full_row_is_the_full_cache(self):
         recs = self.records()

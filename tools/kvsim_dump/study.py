@@ -1,5 +1,6 @@
 """kvsim-study: a model and a prompt set in; every trace, the offline replays, the closed-loop runs
-and two tables with 95% intervals out (accuracy.csv, claims.csv; study.json, figures/).
+and two tables with 95% intervals out (accuracy.csv, claims.csv; study.json, figures/, summary.md and
+report.html, one self-contained page of both).
 
 Per prompt (prompts/<id>/): the trace (kvsim-dump, in the chat template), the main replay of the
 study's rules at its budgets (the closed loop's kept sets), the claim replays (CriticalKV and
@@ -233,8 +234,11 @@ def run(args):
                "figures": figures, "command": " ".join(sys.argv)}
     with open(os.path.join(args.out, "study.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    from .study_html import write_report_html
     from .study_report import write_summary
     write_summary(acc, claims, summary, os.path.join(args.out, "summary.md"))
+    write_report_html(os.path.join(args.out, "summary.md"), os.path.join(args.out, "figures"), figures,
+                      os.path.join(args.out, "report.html"))
     print_tables(acc, claims)
     print(f"study      {args.out}: {len(records)} prompts in {format_seconds(total)} "
           f"(dump {format_seconds(timings['dump'])}, replay {format_seconds(timings['replay'])}, "
