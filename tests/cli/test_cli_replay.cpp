@@ -35,16 +35,7 @@ std::vector<std::string> split_csv_line(const std::string& line) {  // RFC 4180 
 }
 
 std::string small_trace(const TempDir& dir, bool all_queries = true) {
-  SynthOptions o;
-  o.num_layers = 2;
-  o.num_heads = 4;
-  o.num_kv_heads = 2;
-  o.head_dim = 16;
-  o.hidden_size = 64;
-  o.seq_len = 320;
-  o.question_len = 8;
-  o.gen_len = 8;
-  o.window = 32;
+  SynthOptions o = small_shape(2, 320);
   o.all_queries = all_queries;
   const std::string path = dir.file(all_queries ? "t.h5" : "tw.h5");
   write_synthetic_trace(path, o, WriteOptions{});

@@ -20,18 +20,8 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string small_trace(const TempDir& dir) {
-  SynthOptions o;
-  o.num_layers = 2;
-  o.num_heads = 4;
-  o.num_kv_heads = 2;
-  o.head_dim = 16;
-  o.hidden_size = 64;
-  o.seq_len = 320;
-  o.question_len = 8;
-  o.gen_len = 8;
-  o.window = 32;
   const std::string path = dir.file("t.h5");
-  write_synthetic_trace(path, o, WriteOptions{});
+  write_synthetic_trace(path, small_shape(2, 320), WriteOptions{});
   return path;
 }
 

@@ -84,14 +84,7 @@ TEST_CASE("selection.h5 on a full disk: one error, no partial file, no open HDF5
 
 TEST_CASE("a trace on a full disk: one error, no partial file, no open HDF5 identifier") {
   TempDir dir("trace-full");
-  SynthOptions o;
-  o.num_layers = 4;
-  o.num_heads = 4;
-  o.num_kv_heads = 2;
-  o.head_dim = 16;
-  o.hidden_size = 64;
-  o.seq_len = 1024;
-  o.window = 32;
+  const SynthOptions o = small_shape(4, 1024);
   const std::string path = dir.file("t.h5");
   const ssize_t before = open_hdf5_objects();
   {

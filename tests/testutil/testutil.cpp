@@ -12,6 +12,20 @@ namespace kvsim::test {
 
 namespace fs = std::filesystem;
 
+SynthOptions small_shape(int num_layers, i64 seq_len) {
+  SynthOptions o;
+  o.num_layers = num_layers;
+  o.num_heads = 4;
+  o.num_kv_heads = 2;
+  o.head_dim = 16;
+  o.hidden_size = 64;
+  o.seq_len = seq_len;
+  o.question_len = 8;
+  o.gen_len = 8;
+  o.window = 32;
+  return o;
+}
+
 std::vector<std::string> partial_files(const std::string& target) {
   std::vector<std::string> found;
   auto is_partial = [](const fs::path& p) { return p.extension() == ".partial"; };

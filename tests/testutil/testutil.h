@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "trace/synthetic.h"
+
 namespace kvsim::test {
 
 // A fresh empty folder under the build tree, removed at destruction.
@@ -31,6 +33,10 @@ std::string test_nu_cache_dir();
 // What an interrupted or failed write leaves behind: partial files ("<name>.<pid>-<random>.partial")
 // of target in its folder, or, when target is a folder, every partial file under it.
 std::vector<std::string> partial_files(const std::string& target);
+
+// The small synthetic shape the CLI and writer tests share: 4 heads, 2 KV heads, head_dim 16,
+// hidden 64, question 8 and generated 8 positions, a 32-query window.
+SynthOptions small_shape(int num_layers, i64 seq_len);
 
 std::string source_dir();  // repository root
 std::string shared_dir();  // ../shared beside the repository
