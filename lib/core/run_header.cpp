@@ -1,5 +1,6 @@
 #include "core/run_header.h"
 
+#include "core/blas_kernels.h"
 #include "core/sysinfo.h"
 
 #ifndef KVSIM_VERSION
@@ -13,7 +14,8 @@ Json run_header(const std::string& command, const std::string& isa) {
               {"command", command},
               {"created", iso_timestamp()},
               {"isa", isa},
-              {"threads", max_threads()}};
+              {"threads", max_threads()},
+              {"blas", blas_json(blas_info())}};
 }
 
 }  // namespace kvsim

@@ -1,6 +1,7 @@
 #pragma once
 // The first fields of every summary.json kvsim writes (replay, prefill, prefill --bench,
-// analyze): kvsim_version, command, created (UTC), isa (the kernel set that ran) and threads.
+// analyze): kvsim_version, command, created (UTC), isa (the kernel set that ran), threads and
+// blas (library, build, the kernels it ran and who chose them: core/blas_kernels.h).
 #include <string>
 
 #include "core/json.h"

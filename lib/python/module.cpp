@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "command.h"
+#include "core/blas_kernels.h"
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "kernels/isa.h"
@@ -260,6 +261,18 @@ PYBIND11_MODULE(_kvsim, m) {
       }, py::arg("specs"), "the canonical spec of every rule of a rule list ('default', 'all', 'a;b')");
   m.def("canonical_spec", [](const std::string& spec) { return make_rule(spec)->spec(); }, py::arg("spec"),
         "the canonical spec string (every parameter spelled out); errors name the bad part");
+  m.def("_note_blas_choice", &note_blas_choice, py::arg("chosen_by"));
+  m.def("blas_info", [] {
+        const BlasInfo b = blas_info();
+        py::dict d;
+        d["name"] = b.name;
+        d["config"] = b.config;
+        d["core"] = b.core;
+        d["threading"] = b.threading;
+        d["chosen_by"] = b.chosen_by;
+        if (!b.corrected_from.empty()) d["corrected_from"] = b.corrected_from;
+        return d;
+      }, "the BLAS the engine runs: library, build, core (kernels), threading, who chose the core");
   bind_trace(m);
   bind_rules(m);
   bind_select(m);

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/blas_kernels.h"
 #include "core/error.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
@@ -173,6 +174,7 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
   json j = {{"kvsim_version", KVSIM_VERSION},
             {"command", opt.command},
             {"created", iso_timestamp()},
+            {"blas", blas_json(blas_info())},
             {"ranks", static_cast<int>(ranks.size())},
             {"options", {{"rules", ro.rules}, {"budgets", ro.budgets}, {"layers", ro.layers}, {"heads", ro.heads},
                          {"compression_point", compression_point_name(ro.protocol.compression_point)},

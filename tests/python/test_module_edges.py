@@ -9,6 +9,7 @@
 - Trace.meta decodes a non-UTF-8 model string like kvsim info (\\xNN), never UnicodeDecodeError;
 - a full disk during selection.h5 is a KvsimError, later calls work, and the interpreter exits 0.
 """
+import json
 import os
 import shutil
 import signal
@@ -121,6 +122,26 @@ FULL_DISK = textwrap.dedent("""
     df = kvsim.replay(sys.argv[1], rules="snapkv", budgets=[0.2], out=sys.argv[2] + "/b", return_selection=True)
     print("later call", len(df.metrics) > 0 and len(df.selection) > 0)
 """)
+
+
+class BlasTest(unittest.TestCase):
+    def test_the_engine_runs_the_cpus_blas_kernels_unless_asked_otherwise(self):
+        code = "import kvsim, json; print(json.dumps(kvsim.blas()))"
+        levels = {"SkylakeX": 3, "Cooperlake": 3, "SapphireRapids": 3, "Haswell": 2, "Zen": 2}
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "KVSIM_BLAS_CORETYPE")}
+
+        def blas(**extra):
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(env, **extra))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return json.loads(r.stdout)
+        from kvsim import _blas
+        chosen = blas()
+        self.assertGreaterEqual(levels.get(chosen["core"], 0), levels.get(_blas.cpu_coretype(), 0), chosen)
+        self.assertIn("OpenBLAS 0.", chosen["config"])
+        user = blas(OPENBLAS_CORETYPE="Prescott")
+        self.assertEqual((user["core"], user["chosen_by"]), ("Prescott", "OPENBLAS_CORETYPE"))
+        native = blas(KVSIM_BLAS_CORETYPE="native")
+        self.assertEqual(native["chosen_by"], "OpenBLAS")
 
 
 class FullDiskTest(unittest.TestCase):

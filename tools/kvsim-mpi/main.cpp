@@ -14,11 +14,13 @@
 #include <iostream>
 
 #include "command.h"
+#include "core/blas_kernels.h"
 #include "core/output_path.h"
 #include "mpi_comm.h"
 #include "sweep_comm.h"
 
 int main(int argc, char** argv) {
+  kvsim::use_cpu_blas_kernels(argv);  // may re-execute once, before MPI_Init
   const pid_t launcher = getppid();
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != launcher) std::raise(SIGTERM);  // the launcher died before prctl took effect

@@ -18,6 +18,7 @@
 
 #include "cli_args.h"
 #include "command.h"
+#include "core/blas_kernels.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "core/sysinfo.h"
@@ -119,6 +120,10 @@ int cmd_bench(const std::vector<std::string>& args) {
   getloadavg(load, 1);
   std::printf("kvsim bench: isa %s, %d threads, shape H=%d Hkv=%d d=%d D=%d, %d eval queries, load average %.1f\n",
               kernels::isa_name(kernels::active_isa()), threads, kHeads, kKvHeads, kDim, kHidden, kEval, load[0]);
+  const BlasInfo blas = blas_info();
+  std::printf("BLAS: %s, core %s (chosen by %s%s), %s threading\n", blas.config.c_str(), blas.core.c_str(),
+              blas.chosen_by.c_str(), blas.corrected_from.empty() ? "" : (", OpenBLAS had picked " + blas.corrected_from).c_str(),
+              blas.threading.c_str());
 
   {
     const BlasThreading bt = probe_blas_threading();
@@ -237,6 +242,7 @@ int cmd_bench(const std::vector<std::string>& args) {
     const LengthResult& key = ref32 ? *ref32 : results.back();
     Json j = {{"isa", kernels::isa_name(kernels::active_isa())},
               {"threads", threads},
+              {"blas", blas_json(blas)},
               {"reference_seq_len", key.S},
               {"sgemm_ratio", key.sgemm_s / key.core_s},
               {"numpy_speedup", key.numpy_s / key.core_s},

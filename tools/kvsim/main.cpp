@@ -4,9 +4,11 @@
 #include <iostream>
 
 #include "command.h"
+#include "core/blas_kernels.h"
 #include "core/output_path.h"
 
 int main(int argc, char** argv) {
+  kvsim::use_cpu_blas_kernels(argv);  // may re-execute once, before anything else runs
   using namespace kvsim::cli;
   kvsim::install_partial_file_cleanup();  // SIGINT/SIGTERM leave no .partial behind
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
@@ -14,7 +16,10 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::string(argv[1]) == "--version") {
-    std::cout << "kvsim " << KVSIM_VERSION << "\n";
+    const kvsim::BlasInfo b = kvsim::blas_info();
+    std::cout << "kvsim " << KVSIM_VERSION << "\nBLAS: " << b.config << "; core " << b.core << " (chosen by "
+              << b.chosen_by << (b.corrected_from.empty() ? "" : ", OpenBLAS had picked " + b.corrected_from)
+              << "), " << b.threading << " threading\n";
     return 0;
   }
   try {

@@ -15,9 +15,15 @@ budget, top-k, protected window, GQA reduction, the Ada-KV / CriticalKV wrappers
     kvsim.replay(t, rules=[knorm, kvsim.wrap("ada", knorm)], budgets=[0.2])
 """
 import atexit
-
-from . import _kvsim
 import os
+
+from . import _blas
+
+_BLAS_CHOICE = _blas.choose_before_import()  # before the engine (and OpenBLAS) loads
+from . import _kvsim  # noqa: E402
+_blas.after_import(_BLAS_CHOICE)
+if _BLAS_CHOICE[0]:
+    _kvsim._note_blas_choice(_BLAS_CHOICE[0])
 
 from ._kvsim import KvsimError, Layer, LayerView, RuleError, Trace, scores  # noqa: F401
 from .python_rules import MaskRule, ScoreRule, select, wrap  # noqa: F401
@@ -27,11 +33,17 @@ from .selections import write_selection  # noqa: F401
 __version__ = _kvsim.__version__
 
 
+def blas():
+    """The engine's BLAS: library, build config, the kernels running (core), threading and who
+    chose them (OpenBLAS itself, OPENBLAS_CORETYPE, KVSIM_BLAS_CORETYPE or kvsim)."""
+    return _kvsim.blas_info()
+
+
 def open_trace(path):
     """Opens a trace (kvsim trace format v1/v2): .meta, .q_pos, .segments, .input_ids and
     .layer(l) with read-only numpy views (no copy). Errors name the file and the field."""
     return _kvsim.open_trace(os.fspath(path))
-__all__ = ["open_trace", "scores", "select", "replay", "analyze", "prefill", "rules", "run", "ScoreRule", "MaskRule", "wrap",
+__all__ = ["blas", "open_trace", "scores", "select", "replay", "analyze", "prefill", "rules", "run", "ScoreRule", "MaskRule", "wrap",
            "write_selection", "KvsimError", "RuleError", "Trace", "Layer", "LayerView"]
 
 # Python rules hold Python callables inside the C++ registry: release them while Python runs.
