@@ -152,24 +152,20 @@ class HFLoop:
         def evicted_attention(original, module, query, key, value, args, kwargs):
             """The kernel with each head's evicted keys masked."""
             T, nq = key.shape[2], query.shape[2]
+            pos = torch.arange(start, start + nq, device=query.device)
+            causal = torch.arange(T, device=query.device)[None, :] <= pos[:, None]
             alive = torch.as_tensor(s["alive"][module.layer_idx][:, :T], device=query.device)
-            if nq == 1:  # a decode step sees every cached position: only eviction hides keys
-                visible = alive[:, None, :]  # [H, 1, T]
-            else:
-                pos = torch.arange(start, start + nq, device=query.device)
-                causal = torch.arange(T, device=query.device)[None, :] <= pos[:, None]
-                visible = causal[None] & alive[:, None, :]  # [H, n, T]
-            kwargs.pop("is_causal", None)
-            if impl == "sdpa" and not kwargs.get("softcap") and kwargs.get("s_aux") is None:
-                # torch's own grouped-query path with a boolean mask (True = attend): transformers'
-                # sdpa wrapper repeats K and V per query head whenever a mask is given (a third of
-                # a step at 4K positions), and an additive float mask costs a fill per layer.
-                out = torch.nn.functional.scaled_dot_product_attention(
-                    query, key, value, attn_mask=visible[None], scale=kwargs.get("scaling"),
-                    enable_gqa=query.shape[1] != key.shape[1])
-                return out.transpose(1, 2).contiguous(), None
+            visible = causal[None] & alive[:, None, :]  # [H, n, T]
             mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
             mask = mask.masked_fill(~visible, torch.finfo(query.dtype).min)[None]
+            kwargs.pop("is_causal", None)
+            if impl == "sdpa" and not kwargs.get("softcap") and kwargs.get("s_aux") is None:
+                # torch's own grouped-query path: transformers' sdpa wrapper repeats K and V per
+                # query head whenever a mask is given (a third of a step at 4K positions).
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    query, key, value, attn_mask=mask, scale=kwargs.get("scaling"),
+                    enable_gqa=query.shape[1] != key.shape[1])
+                return out.transpose(1, 2).contiguous(), None
             return original(module, query, key, value, mask, *args, **kwargs)
 
         registry = self.backend.registry
