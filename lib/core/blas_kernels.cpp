@@ -106,7 +106,14 @@ void use_cpu_blas_kernels(char** argv) {
   }
   setenv("OPENBLAS_CORETYPE", want.c_str(), 1);
   setenv(kCorrectedFrom, openblas_get_corename(), 1);
-  execv("/proc/self/exe", argv);
+  // The binary's own path, not /proc/self/exe: exec'ing the link would rename the process
+  // "exe" in ps, top and /proc/PID/comm.
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    execv(self, argv);
+  }
   // exec failed (no /proc): run on with the kernels OpenBLAS chose; blas_info() says which.
   unsetenv(kCorrectedFrom);
 }
