@@ -198,15 +198,58 @@ class ClosedLoopTransformersTest(unittest.TestCase):
             np.testing.assert_allclose(a[c], b[c], rtol=2e-3, atol=1e-7, err_msg=c)
         self.assertTrue((a.loc[("full", "0.1", "oneshot"), ["kl_mean", "hidden_drift_last"]] == 0).all())
 
-    def test_tiny_random_qwen2(self):
-        cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                       max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-        torch.manual_seed(0)
-        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    def tiny_qwen2(self):
+        """A tiny random Qwen2 (4 query heads over 2 KV heads) and a 96-token prompt."""
         folder = os.path.join(self.dir, "qwen2")
-        model.save_pretrained(folder)
-        ids = ",".join(str(3 + (7 * i) % 120) for i in range(96))
+        if not os.path.isdir(folder):
+            cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                           max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+                                           eos_token_id=2)
+            torch.manual_seed(0)
+            transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+        return folder, ",".join(str(3 + (7 * i) % 120) for i in range(96))
+
+    def test_batched_and_compacted_runs_equal_single_masked_ones(self):
+        # Batches change only float rounding: the same rows to 1e-4 and the same greedy tokens.
+        # ada gives its KV heads different counts (padding inside a layer), pyramid its layers
+        # different widths (padding across a batch), 1.0 keeps everything (never compacted).
+        folder, ids = self.tiny_qwen2()
+        rules = "full;snapkv(window=8);ada(snapkv(window=8));pyramid(snapkv(window=8));streaming;random"
+        outs = {}
+        for batch in ("1", "4"):
+            outs[batch] = os.path.join(self.dir, f"qwen2-batch{batch}")
+            r = closed_loop("--model", folder, "--token-ids", ids, "--generate", "8", "--rules", rules, "--budgets",
+                            "0.2,0.5,1.0", "--batch", batch, "--out", outs[batch])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        (one, _, doc1), (four, _, doc4) = read(outs["1"]), read(outs["4"])
+        self.assertEqual(list(one["rule"]), list(four["rule"]))
+        for c in ("kl_next_token", "logprob", "hidden_drift", "attn_out_l1"):
+            np.testing.assert_allclose(one[c], four[c], rtol=1e-4, atol=1e-6, err_msg=c)
+        self.assertEqual([r["free_tokens"] for r in doc1["runs"]], [r["free_tokens"] for r in doc4["runs"]])
+        # Dropping evicted entries from the cache equals masking them in place.
+        import kvsim
+        from kvsim_dump.closed_loop import ClosedLoop, Plan, TraceInfo, build_parser, load_model
+        trace = os.path.join(outs["1"], "trace.h5")
+        info = TraceInfo(trace, "agnostic")
+        model = load_model(build_parser().parse_args(["--model", folder, "--token-ids", ids, "--out", "x"]), info)
+        loop = ClosedLoop(model, info, kvsim.select, True, 1)
+        offline = kvsim.replay(trace, ["ada(snapkv(window=8))", "streaming"], "0.2", return_selection=True, progress=False)
+        for canon in dict.fromkeys(offline.metrics["rule"]):
+            plan, kept = Plan(canon), {l: offline.selection[(canon, "0.2", l)] for l in range(info.num_layers)}
+            state = loop.start(plan, "oneshot", kept)[0]
+            self.assertLess(state["cache"].layers[0].keys.shape[2], info.n_c, "nothing was dropped")
+            compacted = loop.run(plan, "0.2", "oneshot", kept)
+            model.drop_evicted = lambda s: None
+            masked = loop.run(plan, "0.2", "oneshot", kept)
+            del model.drop_evicted
+            self.assertEqual(compacted[1]["free_tokens"], masked[1]["free_tokens"])
+            for c in ("kl_next_token", "hidden_drift", "attn_out_l1"):
+                np.testing.assert_allclose([r[c] for r in compacted[0]], [r[c] for r in masked[0]], rtol=1e-4,
+                                           atol=1e-6, err_msg=(canon, c))
+
+    def test_tiny_random_qwen2(self):
+        folder, ids = self.tiny_qwen2()
         out = os.path.join(self.dir, "qwen2-loop")
         r = closed_loop("--model", folder, "--token-ids", ids, "--generate", "8", "--rules",
                         "full;streaming;keydiff(block=16);tova(variant=stepwise)", "--budgets", "0.1,1.0", "--out", out)

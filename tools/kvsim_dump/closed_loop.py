@@ -20,9 +20,10 @@ import numpy as np
 from . import cli
 from .errors import DumpError
 from .loop_metrics import free_rows, teacher_forced_rows
-from .loop_runs import (Snapshot, apply_kept, blockwise_prefill, decode_reselection, free_running, kv_kept,
-                        teacher_forced)
+from .loop_runs import (Snapshot, apply_kept, blockwise_prefill, concat, decode_reselection, free_running,
+                        free_running_batch, kv_kept, teacher_forced)
 from .loop_summary import write_outputs
+from .progress import Progress
 
 DEFAULT_RULES = ("snapkv;ada(snapkv);critical(snapkv);critical(ada(snapkv));keydiff(block=64);tova;"
                  "tova(variant=stepwise);streaming;knorm;random")
@@ -55,6 +56,7 @@ def build_parser():
     g.add_argument("--evict-every", type=int, default=1, metavar="E",
                    help="decode-time eviction: re-select every E fed tokens (variant=stepwise rules)")
     g.add_argument("--no-free-run", action="store_true", help="skip the free-running (greedy) continuations")
+    add_batch_option(g)
     g.add_argument("--threads", type=int, help="threads of the offline replay")
     g.add_argument("--force", action="store_true", help="replace the closed-loop files of an existing --out DIR")
     return p
@@ -72,6 +74,13 @@ def prepare_out(out, force):
     for name in ("closed_loop.json", "closed_loop.csv", "offline_vs_closed.csv", "closed_loop.png", "trace.h5"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out, name))
+
+
+def add_batch_option(group):
+    group.add_argument("--batch", type=int, default=16, metavar="B",
+                       help="one-shot runs that go through the model together (one pass over the weights per "
+                            "step for all; default %(default)s; 1 runs them one by one, batches change results "
+                            "only by float rounding)")
 
 
 def split_rules(text):
@@ -180,14 +189,12 @@ def run(args):
     model = load_model(args, info)
     rows, runs = [], []
     loop = ClosedLoop(model, info, kvsim.select, not args.no_free_run, args.evict_every)
-    jobs = [(Plan(c), b) for c in rules for b in budgets]
-    for i, (plan, budget) in enumerate(jobs):
-        kept = {l: offline.selection[(plan.canon, budget, l)] for l in range(info.num_layers)}
-        for mode in plan.modes:
-            progress(f"[{i + 1}/{len(jobs)}] {plan.canon} at {budget}: {mode}")
-            r, summary = loop.run(plan, budget, mode, kept)
-            rows += r
-            runs.append(summary)
+    jobs = [(plan, b, mode, {l: offline.selection[(plan.canon, b, l)] for l in range(info.num_layers)})
+            for plan in map(Plan, rules) for b in budgets for mode in plan.modes]
+    bar = Progress("kvsim-closed-loop", "runs", len(jobs))
+    for r, summary in loop.run_many(jobs, args.batch, bar.update):
+        rows += r
+        runs.append(summary)
     write_outputs(args.out, rows, runs, offline, loop.reference_summary(), info, args, time.monotonic() - t0)
     return 0
 
@@ -210,13 +217,11 @@ class ClosedLoop:
         self.continuation = info.ids[n_c:]
         self.targets = info.ids[n_c + 1:] + [-1]
         self.o_projs = [model.o_proj(l) for l in range(model.num_layers)]
-        self.full = teacher_forced(model, model.copy_state(self.snapshot.state), self.continuation)
         self.answer = needle_answer(info)
         self.n_gen = info.S - info.P
         self.forced = info.ids[n_c:info.P]
-        if free:
-            self.full_free = free_running(model, model.copy_state(self.snapshot.state), self.snapshot.last_logits,
-                                          self.forced, self.n_gen)
+        self.full, self.full_free = self.continue_from(model.copy_state(self.snapshot.state),
+                                                       self.snapshot.last_logits, None)
 
     def reference_summary(self):
         out = {"n_c": self.info.n_c, "continuation": len(self.continuation), "generated": self.n_gen,
@@ -239,29 +244,97 @@ class ClosedLoop:
         state = m.copy_state(self.snapshot.state)
         apply_kept(m, state, kept, n_c, plan.canon)
         policy = None
-        if mode == "decode":
+        if mode == "decode":  # re-selection reads `alive` by position: the cache stays whole
             policy = decode_reselection(m, plan.one_shot, int(kept[0][0].sum()), self.every, self.select)
+        else:
+            m.drop_evicted(state)
         return state, self.snapshot.last_logits, policy
 
     def run(self, plan, budget, mode, kept):
-        m, n_c = self.m, self.info.n_c
-        base = dict(rule=plan.canon, budget=budget, mode=mode)
         state, last, policy = self.start(plan, mode, kept)
-        prompt_state = m.copy_state(state) if self.free else None
-        true_kept = kv_kept(m, state, n_c) if mode == "blockwise" else None
-        ev = teacher_forced(m, state, self.continuation, policy)
+        true_kept = kv_kept(self.m, state, self.info.n_c) if mode == "blockwise" else None
+        ev, free = self.continue_from(state, last, policy)
+        return self.measure(plan, budget, mode, kept, ev, free, last, true_kept)
+
+    def continue_from(self, state, last, policy):
+        """The continuation after the compression point: the question, then the recorded answer
+        teacher-forced (the BlockOut compared with the full cache's) and, from the state after the
+        question, the free-running answer ((tokens, logits), or None). The question is fed once
+        for both. A batched state (stack_states) takes one `last` per run and gives lists, one
+        entry per run."""
+        m, q, B = self.m, len(self.forced), state.get("batch")
+        rest = self.continuation[q:]
+        head = teacher_forced(m, state, self.forced, policy) if q else None
+        free_state = m.copy_state(state) if self.free else None
+        tail = teacher_forced(m, state, rest, policy, first_step=q) if len(rest) else None
+        runs = range(B or 1)
+        pick = (lambda out, b: out) if B is None else (lambda out, b: out[b])  # noqa: E731
+        ev = [concat([pick(p, b) for p in (head, tail) if p is not None]) for b in runs]
+        lasts = [pick(head, b).logits[-1] if q else pick(last, b) for b in runs]
+        if not self.free:
+            free = [None for _ in runs]
+        elif B is None:
+            free = [free_running(m, free_state, lasts[0], self.n_gen, policy, first_step=q)]
+        else:
+            free = free_running_batch(m, free_state, lasts, self.n_gen)
+        return (ev, free) if B is not None else (ev[0], free[0])
+
+    def run_many(self, jobs, batch, done=None):
+        """(rows, summary) per (plan, budget, mode, kept) job, in order. One-shot runs whose cache
+        was compacted go through the model up to `batch` at a time: every step is one pass over
+        the weights for all of them (a one-token step of a small model is bound by reading its
+        weights). Other runs, and every run with batch 1, go one by one (run). done(n) is told how
+        many runs have finished."""
+        if batch < 1:
+            raise DumpError("--batch", "must be >= 1")
+        m = self.m
+        results, group = [None] * len(jobs), []
+
+        def finished(i, out):
+            results[i] = out
+            if done:
+                done(sum(r is not None for r in results))
+
+        def flush():
+            if group:
+                for i, out in zip([i for i, _ in group], self._run_batch([j for _, j in group])):
+                    finished(i, out)
+                group.clear()
+        for i, (plan, budget, mode, kept) in enumerate(jobs):
+            if batch > 1 and mode == "oneshot" and hasattr(m, "stack_states"):
+                state, last, _ = self.start(plan, mode, kept)
+                if state.get("slot_pos") is not None:  # something was evicted: a compacted cache
+                    group.append((i, (plan, budget, kept, state, last)))
+                    if len(group) == batch:
+                        flush()
+                    continue
+            finished(i, self.run(plan, budget, mode, kept))
+        flush()
+        return results
+
+    def _run_batch(self, group):
+        state = self.m.stack_states([st for _, _, _, st, _ in group])
+        evs, frees = self.continue_from(state, [last for *_, last in group], None)
+        return [self.measure(plan, budget, "oneshot", kept, ev, free, last, None)
+                for (plan, budget, kept, _, last), ev, free in zip(group, evs, frees)]
+
+    def measure(self, plan, budget, mode, kept, ev, free, last, true_kept):
+        """The rows and summary of one run: its teacher-forced BlockOut `ev`, its free-running
+        (tokens, logits) `free` and, block-wise, the kept sets the process really held."""
+        n_c = self.info.n_c
+        base = dict(rule=plan.canon, budget=budget, mode=mode)
         rows = teacher_forced_rows(dict(base, decoding="teacher_forced"), self.full, ev, self.targets, self.o_projs,
                                    n_c)
         summary = dict(base, kept_tokens=int(sum(int(k.sum()) for k in kept.values())))
         if true_kept is not None:
             summary["jaccard_true_vs_simulated"] = jaccard_by_layer(true_kept, kept)
             summary["prompt_last_logits_kl"] = float(kl_logits(self.snapshot.last_logits, last))
-        if self.free:
+        if free is not None:
             ft, fl = self.full_free
-            toks, logits = free_running(m, prompt_state, last, self.forced, self.n_gen, policy)
+            toks, logits = free
             rows += free_rows(dict(base, decoding="free"), ft, fl, toks, logits, self.info.P)
             agree = np.array(toks) == np.array(ft)
-            summary.update(free_tokens=toks, free_text=m.tokenizer.decode(toks),
+            summary.update(free_tokens=toks, free_text=self.m.tokenizer.decode(toks),
                            free_first_divergence=int(np.argmin(agree)) if not agree.all() else len(toks),
                            needle_recall=recall(toks, self.answer))
         return rows, summary

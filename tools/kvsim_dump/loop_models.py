@@ -49,6 +49,9 @@ class Llama2cLoop:
     def copy_state(self, s):
         return copy.deepcopy(s)
 
+    def drop_evicted(self, s):
+        """Evicted keys stay in place, masked by `alive`: tiny checkpoints, nothing to gain."""
+
     def forward(self, s, tokens):
         from .llama2c_model import rmsnorm, rope_interleaved
         w, c = self.m.w, self.m.cfg
@@ -120,23 +123,71 @@ class HFLoop:
         return self._o_proj[layer]
 
     def new_state(self):
-        return {"cache": None, "alive": [np.zeros((self.num_heads, 0), bool) for _ in range(self.num_layers)], "n": 0}
+        return {"cache": None, "alive": [np.zeros((self.num_heads, 0), bool) for _ in range(self.num_layers)], "n": 0,
+                "slot_pos": None}
 
     def copy_state(self, s):
-        return {"cache": copy.deepcopy(s["cache"]), "alive": [a.copy() for a in s["alive"]], "n": s["n"]}
+        # The cache's layers only ever rebind their tensors (DynamicLayer.update concatenates into
+        # new ones), so copies may share them: no 190 MB deep copy of a 4K prompt per run.
+        cache = s["cache"]
+        if cache is not None:
+            cache = copy.copy(cache)
+            cache.layers = [copy.copy(layer) for layer in cache.layers]
+        slots = s.get("slot_pos")
+        return dict(s, cache=cache, alive=[a.copy() for a in s["alive"]],
+                    slot_pos=None if slots is None else [p.copy() for p in slots])
+
+    def drop_evicted(self, s):
+        """Removes the evicted keys and values from the cache, as a compressed cache holds them:
+        per KV head the slots any of its query heads still sees, padded to the layer's longest
+        head (padding and a query head's other heads' slots stay masked by `alive`). Every later
+        step then attends over the kept entries only (at 10% of a 4K prompt, a tenth of the
+        work) instead of masking the whole prompt. `alive` and the new `slot_pos` are indexed by
+        cache slot from here on; a state that keeps everything is left as it is (the same
+        arithmetic as the full cache, to the last bit)."""
+        torch = self.torch
+        if all(a.all() for a in s["alive"]):
+            return
+        G, Hkv = self.num_heads // self.num_kv_heads, self.num_kv_heads
+        s["slot_pos"] = []
+        for l, layer in enumerate(s["cache"].layers):
+            alive = s["alive"][l]
+            seen_by_kv_head = alive.reshape(Hkv, G, -1).any(axis=1)
+            idx = [np.flatnonzero(row) for row in seen_by_kv_head]
+            width = max(len(i) for i in idx)
+            padded = np.stack([np.pad(i, (0, width - len(i)), constant_values=i[0] if len(i) else 0) for i in idx])
+            live = np.arange(width)[None, :] < np.array([len(i) for i in idx])[:, None]  # [Hkv, width]
+            gather = torch.as_tensor(padded, device=layer.keys.device)[None, :, :, None].expand(
+                1, Hkv, width, layer.keys.shape[-1])
+            layer.keys = torch.gather(layer.keys, 2, gather)
+            layer.values = torch.gather(layer.values, 2, gather)
+            rows = np.take_along_axis(alive.reshape(Hkv, G, -1), padded[:, None, :], axis=2)
+            s["alive"][l] = (rows & live[:, None, :]).reshape(self.num_heads, width)
+            s["slot_pos"].append(padded)
 
     def forward(self, s, tokens):
+        """Feeds `tokens` (ids) at the next positions. A batched state (stack_states) takes one
+        list of ids per run, all of one length, and gives one BlockOut per run."""
         import sys
         torch = self.torch
-        from .hf_capture import install_interface_capture
-        n, start = len(tokens), s["n"]
+        batched = "batch" in s
+        ids = [list(t) for t in tokens] if batched else [list(tokens)]
+        B, n, start = len(ids), len(ids[0]), s["n"]
+        slots = s.get("slot_pos")
         for l in range(self.num_layers):
-            s["alive"][l] = np.concatenate([s["alive"][l], np.ones((self.num_heads, n), bool)], axis=1)
+            a = s["alive"][l]
+            s["alive"][l] = np.concatenate([a, np.ones(a.shape[:-1] + (n,), bool)], axis=-1)
+            if slots is not None:
+                p = slots[l]
+                slots[l] = np.concatenate([p, np.broadcast_to(np.arange(start, start + n), p.shape[:-1] + (n,))],
+                                          axis=-1)
         seen = {}
         # Layers that evicted nothing keep the model's own (causal) attention path: a custom
         # [H, n, T] mask forces the slow masked kernel, which at 8K positions made the full-cache
-        # prefill 5x slower than the model's.
-        intact = [bool(a.all()) for a in s["alive"]]
+        # prefill 5x slower than the model's. Once evicted entries are dropped (drop_evicted),
+        # cache slots are no longer positions and the model's own mask would be wrong: every
+        # layer takes the masked path.
+        intact = [slots is None and bool(a.all()) for a in s["alive"]]
 
         def wrap(original):
             def masked_attention(module, query, key, value, attention_mask, *args, **kwargs):
@@ -144,20 +195,25 @@ class HFLoop:
                 result = original(module, query, key, value, attention_mask, *args, **kwargs) \
                     if intact[layer] else evicted_attention(original, module, query, key, value, args, kwargs)
                 out = result[0] if isinstance(result, tuple) else result
-                seen[layer] = (query[0].detach().float().cpu().numpy(),
-                               out[0].transpose(0, 1).detach().float().cpu().numpy())
+                seen[layer] = (query.detach().float().cpu().numpy(),
+                               out.transpose(1, 2).detach().float().cpu().numpy())
                 return result
             return masked_attention
 
         def evicted_attention(original, module, query, key, value, args, kwargs):
-            """The kernel with each head's evicted keys masked."""
-            T, nq = key.shape[2], query.shape[2]
-            pos = torch.arange(start, start + nq, device=query.device)
-            causal = torch.arange(T, device=query.device)[None, :] <= pos[:, None]
-            alive = torch.as_tensor(s["alive"][module.layer_idx][:, :T], device=query.device)
-            visible = causal[None] & alive[:, None, :]  # [H, n, T]
-            mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
-            mask = mask.masked_fill(~visible, torch.finfo(query.dtype).min)[None]
+            """The kernel with each head's evicted keys (and a batch's padding) masked."""
+            T, nq, layer = key.shape[2], query.shape[2], module.layer_idx
+            pos = np.arange(start, start + nq)
+            alive = s["alive"][layer][..., :T].reshape(-1, self.num_heads, T)  # [B, H, T]
+            key_pos = np.arange(T).reshape(1, 1, T) if slots is None else slots[layer][..., :T].reshape(
+                -1, self.num_kv_heads, T)  # slot positions per KV head
+            key_pos = np.repeat(key_pos, self.num_heads // key_pos.shape[1], axis=1)
+            visible = (key_pos[:, :, None, :] <= pos[None, None, :, None]) & alive[:, :, None, :]  # [B, H, n, T]
+            mask = None
+            if not visible.all():  # a single new token over a compacted cache needs none
+                mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
+                mask = mask.masked_fill(~torch.as_tensor(visible, device=query.device),
+                                        torch.finfo(query.dtype).min)
             kwargs.pop("is_causal", None)
             if impl == "sdpa" and not kwargs.get("softcap") and kwargs.get("s_aux") is None:
                 # torch's own grouped-query path: transformers' sdpa wrapper repeats K and V per
@@ -166,6 +222,8 @@ class HFLoop:
                     query, key, value, attn_mask=mask, scale=kwargs.get("scaling"),
                     enable_gqa=query.shape[1] != key.shape[1])
                 return out.transpose(1, 2).contiguous(), None
+            if mask is None:
+                mask = torch.zeros((B, self.num_heads, nq, T), dtype=query.dtype, device=query.device)
             return original(module, query, key, value, mask, *args, **kwargs)
 
         registry = self.backend.registry
@@ -187,13 +245,13 @@ class HFLoop:
                     registry[impl] = original
         residual = {}  # each decoder layer's output (the residual stream, before the final norm)
         hooks = [layer.register_forward_hook(lambda mod, inp, res, i=i: residual.__setitem__(
-            i, (res[0] if isinstance(res, tuple) else res)[0].float().cpu().numpy()))
+            i, (res[0] if isinstance(res, tuple) else res).float().cpu().numpy()))
             for i, layer in enumerate(self._decoder_layers())]
         try:
             with torch.no_grad():
-                out = self.model(input_ids=torch.tensor([list(tokens)], device=self.device),
+                out = self.model(input_ids=torch.tensor(ids, device=self.device),
                                  past_key_values=s["cache"], use_cache=True,
-                                 position_ids=torch.arange(start, start + n, device=self.device)[None])
+                                 position_ids=torch.arange(start, start + n, device=self.device)[None].expand(B, n))
         finally:
             restore()
             for h in hooks:
@@ -202,9 +260,32 @@ class HFLoop:
             raise DumpError("closed loop", f"the attention kernel was reached by {len(seen)} of {self.num_layers} layers")
         s["cache"] = out.past_key_values
         s["n"] = start + n
-        hidden = [residual[l] for l in range(self.num_layers)]
-        return BlockOut(out.logits[0].double().cpu().numpy(), hidden, [seen[l][1] for l in range(self.num_layers)],
-                        [seen[l][0] for l in range(self.num_layers)])
+        logits = out.logits.double().cpu().numpy()
+        L = range(self.num_layers)
+        outs = [BlockOut(logits[b], [residual[l][b] for l in L], [seen[l][1][b] for l in L], [seen[l][0][b] for l in L])
+                for b in range(B)]
+        return outs if batched else outs[0]
+
+    def stack_states(self, states):
+        """One batched state of compacted ones (drop_evicted) at the same position: each layer's
+        cache padded to its widest run, the padding masked by `alive`. forward() then moves every
+        run one step in one pass over the weights (a step of a 135M model reads 0.5 GB of them)."""
+        torch = self.torch
+        if any(st.get("slot_pos") is None for st in states) or len({st["n"] for st in states}) != 1:
+            raise DumpError("closed loop", "only compacted states at one position can run as a batch")
+        cache = copy.copy(states[0]["cache"])
+        cache.layers, alive, slots = [], [], []
+        for l in range(self.num_layers):
+            width = max(st["alive"][l].shape[-1] for st in states)
+            pad = lambda a, v: np.pad(a, ((0, 0), (0, width - a.shape[-1])), constant_values=v)  # noqa: E731
+            alive.append(np.stack([pad(st["alive"][l], False) for st in states]))
+            slots.append(np.stack([pad(st["slot_pos"][l], 0) for st in states]))
+            layer = copy.copy(states[0]["cache"].layers[l])
+            grow = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2]))  # noqa: E731
+            layer.keys = torch.cat([grow(st["cache"].layers[l].keys) for st in states])
+            layer.values = torch.cat([grow(st["cache"].layers[l].values) for st in states])
+            cache.layers.append(layer)
+        return {"cache": cache, "alive": alive, "slot_pos": slots, "n": states[0]["n"], "batch": len(states)}
 
     def _decoder_layers(self):
         inner = getattr(self.model, "model", None)

@@ -51,33 +51,27 @@ def apply_kept(model, state, kept_by_layer, n_c, what):
         state["alive"][layer][:, :n_c] = head_rows(mask, model.num_heads, model.num_kv_heads, what)
 
 
-def teacher_forced(model, state, tokens, after_step=None):
-    """Feeds the recorded tokens; after_step(state, i, out) may evict after each one. Without it
-    nothing changes the cache between tokens, so they go in as one block (one forward pass instead
-    of one per token; the same attention, up to float summation order)."""
+def teacher_forced(model, state, tokens, after_step=None, first_step=0):
+    """Feeds the recorded tokens; after_step(state, step, out) may evict after each one (steps
+    counted on from first_step, the tokens fed before). Without it nothing changes the cache
+    between tokens, so they go in as one block (one forward pass instead of one per token; the
+    same attention, up to float summation order), for every run of a batched state at once."""
+    tokens = [int(t) for t in tokens]
     if after_step is None:
-        return model.forward(state, [int(t) for t in tokens])
+        return model.forward(state, [tokens] * state["batch"] if "batch" in state else tokens)
     outs = []
     for i, t in enumerate(tokens):
-        out = model.forward(state, [int(t)])
+        out = model.forward(state, [t])
         outs.append(out)
-        if after_step:
-            after_step(state, i, out)
+        after_step(state, first_step + i, out)
     return concat(outs)
 
 
-def free_running(model, state, last_logits, forced, n_gen, after_step=None):
-    """Feeds `forced` (the question) then generates n_gen tokens greedily. Returns (tokens, logits
-    [n_gen, vocab]): row g is the distribution the g-th generated token was drawn from."""
-    cur, step = last_logits, 0
-    if after_step is None and len(forced):  # nothing to decide between them: one block
-        cur, step = model.forward(state, [int(t) for t in forced]).logits[-1], len(forced)
-        forced = []
-    for t in forced:
-        out = model.forward(state, [int(t)])
-        if after_step:
-            after_step(state, step, out)
-        cur, step = out.logits[-1], step + 1
+def free_running(model, state, last_logits, n_gen, after_step=None, first_step=0):
+    """Generates n_gen tokens greedily from a state whose last position gave `last_logits`;
+    after_step as in teacher_forced. Returns (tokens, logits [n_gen, vocab]): row g is the
+    distribution the g-th generated token was drawn from."""
+    cur, step = last_logits, first_step
     tokens, logits = [], []
     for g in range(n_gen):
         logits.append(cur)
@@ -88,6 +82,20 @@ def free_running(model, state, last_logits, forced, n_gen, after_step=None):
                 after_step(state, step, out)
             cur, step = out.logits[-1], step + 1
     return tokens, np.array(logits)
+
+
+def free_running_batch(model, state, last_logits, n_gen):
+    """free_running without eviction between steps for a batched state: one (tokens, logits) per
+    run, each run's own greedy token fed as its row of every step."""
+    cur = list(last_logits)
+    tokens, logits = [[] for _ in cur], [[] for _ in cur]
+    for g in range(n_gen):
+        for b, c in enumerate(cur):
+            logits[b].append(c)
+            tokens[b].append(int(np.argmax(c)))
+        if g + 1 < n_gen:
+            cur = [o.logits[-1] for o in model.forward(state, [[t[-1]] for t in tokens])]
+    return [(t, np.array(lg)) for t, lg in zip(tokens, logits)]
 
 
 def _alive_candidates(state, layer, group, upto):

@@ -64,6 +64,8 @@ def build_parser():
     p.add_argument("--no-chat", action="store_true", help="prompts without the chat template")
     p.add_argument("--device", help="model device for the dumps and the closed loop")
     p.add_argument("--threads", type=int, help="replay threads")
+    from .closed_loop import add_batch_option
+    add_batch_option(p)
     return p
 
 
@@ -131,10 +133,9 @@ def closed_loop_runs(args, prompt, trace, offline, model):
             if canon.split("(", 1)[0] != "full" for budget in budgets for mode in Plan(canon).modes
             if mode in modes]
     bar = Progress("kvsim-study", f"{prompt.id}: closed-loop run", len(jobs))
-    for done, (plan, budget, mode) in enumerate(jobs, 1):
-        kept = {l: offline.selection[(plan.canon, budget, l)] for l in range(info.num_layers)}
-        rows, summary = loop.run(plan, budget, mode, kept)
-        bar.update(done)
+    jobs = [(plan, budget, mode, {l: offline.selection[(plan.canon, budget, l)] for l in range(info.num_layers)})
+            for plan, budget, mode in jobs]
+    for (plan, budget, mode, _), (rows, summary) in zip(jobs, loop.run_many(jobs, args.batch, bar.update)):
         kl = [r["kl_next_token"] for r in rows
               if r["layer"] == -1 and r["decoding"] == "teacher_forced" and np.isfinite(r["kl_next_token"])]
         out["runs"].append({"rule": plan.canon, "budget": budget, "mode": mode,
