@@ -229,14 +229,14 @@ class ClosedLoopTransformersTest(unittest.TestCase):
         self.assertEqual([r["free_tokens"] for r in doc1["runs"]], [r["free_tokens"] for r in doc4["runs"]])
         # Dropping evicted entries from the cache equals masking them in place.
         import kvsim
-        from kvsim_dump.closed_loop import ClosedLoop, Plan, TraceInfo, build_parser, load_model
+        from kvsim_dump.closed_loop import ClosedLoop, Plan, TraceInfo, build_parser, load_model, offline_kept
         trace = os.path.join(outs["1"], "trace.h5")
         info = TraceInfo(trace, "agnostic")
         model = load_model(build_parser().parse_args(["--model", folder, "--token-ids", ids, "--out", "x"]), info)
         loop = ClosedLoop(model, info, kvsim.select, True, 1)
         offline = kvsim.replay(trace, ["ada(snapkv(window=8))", "streaming"], "0.2", return_selection=True, progress=False)
         for canon in dict.fromkeys(offline.metrics["rule"]):
-            plan, kept = Plan(canon), {l: offline.selection[(canon, "0.2", l)] for l in range(info.num_layers)}
+            plan, kept = Plan(canon), offline_kept(offline, canon, "0.2", info.num_layers)
             state = loop.start(plan, "oneshot", kept)[0]
             self.assertLess(state["cache"].layers[0].keys.shape[2], info.n_c, "nothing was dropped")
             compacted = loop.run(plan, "0.2", "oneshot", kept)

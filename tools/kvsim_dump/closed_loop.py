@@ -83,6 +83,11 @@ def add_batch_option(group):
                             "only by float rounding)")
 
 
+def offline_kept(offline, canon, budget, num_layers):
+    """The offline replay's kept masks of one rule and budget, by layer (the closed loop's input)."""
+    return {l: offline.selection[(canon, budget, l)] for l in range(num_layers)}
+
+
 def split_rules(text):
     import kvsim
     specs = [s.strip() for s in text.split(";") if s.strip()]
@@ -189,7 +194,7 @@ def run(args):
     model = load_model(args, info)
     rows, runs = [], []
     loop = ClosedLoop(model, info, kvsim.select, not args.no_free_run, args.evict_every)
-    jobs = [(plan, b, mode, {l: offline.selection[(plan.canon, b, l)] for l in range(info.num_layers)})
+    jobs = [(plan, b, mode, offline_kept(offline, plan.canon, b, info.num_layers))
             for plan in map(Plan, rules) for b in budgets for mode in plan.modes]
     bar = Progress("kvsim-closed-loop", "runs", len(jobs))
     for r, summary in loop.run_many(jobs, args.batch, bar.update):
@@ -251,7 +256,9 @@ class ClosedLoop:
         return state, self.snapshot.last_logits, policy
 
     def run(self, plan, budget, mode, kept):
-        state, last, policy = self.start(plan, mode, kept)
+        return self._run_started(plan, budget, mode, kept, *self.start(plan, mode, kept))
+
+    def _run_started(self, plan, budget, mode, kept, state, last, policy):
         true_kept = kv_kept(self.m, state, self.info.n_c) if mode == "blockwise" else None
         ev, free = self.continue_from(state, last, policy)
         return self.measure(plan, budget, mode, kept, ev, free, last, true_kept)
@@ -289,11 +296,12 @@ class ClosedLoop:
             raise DumpError("--batch", "must be >= 1")
         m = self.m
         results, group = [None] * len(jobs), []
+        count = iter(range(1, len(jobs) + 1))
 
         def finished(i, out):
             results[i] = out
             if done:
-                done(sum(r is not None for r in results))
+                done(next(count))
 
         def flush():
             if group:
@@ -301,14 +309,14 @@ class ClosedLoop:
                     finished(i, out)
                 group.clear()
         for i, (plan, budget, mode, kept) in enumerate(jobs):
-            if batch > 1 and mode == "oneshot" and hasattr(m, "stack_states"):
-                state, last, _ = self.start(plan, mode, kept)
-                if state.get("slot_pos") is not None:  # something was evicted: a compacted cache
-                    group.append((i, (plan, budget, kept, state, last)))
-                    if len(group) == batch:
-                        flush()
-                    continue
-            finished(i, self.run(plan, budget, mode, kept))
+            started = self.start(plan, mode, kept)
+            state, last, _ = started
+            if batch > 1 and mode == "oneshot" and hasattr(m, "stack_states") and state.get("slot_pos") is not None:
+                group.append((i, (plan, budget, kept, state, last)))  # evicted: a compacted cache
+                if len(group) == batch:
+                    flush()
+            else:
+                finished(i, self._run_started(plan, budget, mode, kept, *started))
         flush()
         return results
 

@@ -67,26 +67,10 @@ def teacher_forced(model, state, tokens, after_step=None, first_step=0):
     return concat(outs)
 
 
-def free_running(model, state, last_logits, n_gen, after_step=None, first_step=0):
-    """Generates n_gen tokens greedily from a state whose last position gave `last_logits`;
-    after_step as in teacher_forced. Returns (tokens, logits [n_gen, vocab]): row g is the
+def greedy(last_logits, n_gen, feed):
+    """n_gen greedy tokens for each run from its last logits; feed(tokens) feeds one token per run
+    and returns each run's next logits. One (tokens, logits [n_gen, vocab]) per run: row g is the
     distribution the g-th generated token was drawn from."""
-    cur, step = last_logits, first_step
-    tokens, logits = [], []
-    for g in range(n_gen):
-        logits.append(cur)
-        tokens.append(int(np.argmax(cur)))
-        if g + 1 < n_gen:
-            out = model.forward(state, [tokens[-1]])
-            if after_step:
-                after_step(state, step, out)
-            cur, step = out.logits[-1], step + 1
-    return tokens, np.array(logits)
-
-
-def free_running_batch(model, state, last_logits, n_gen):
-    """free_running without eviction between steps for a batched state: one (tokens, logits) per
-    run, each run's own greedy token fed as its row of every step."""
     cur = list(last_logits)
     tokens, logits = [[] for _ in cur], [[] for _ in cur]
     for g in range(n_gen):
@@ -94,8 +78,28 @@ def free_running_batch(model, state, last_logits, n_gen):
             logits[b].append(c)
             tokens[b].append(int(np.argmax(c)))
         if g + 1 < n_gen:
-            cur = [o.logits[-1] for o in model.forward(state, [[t[-1]] for t in tokens])]
+            cur = feed([t[-1] for t in tokens])
     return [(t, np.array(lg)) for t, lg in zip(tokens, logits)]
+
+
+def free_running(model, state, last_logits, n_gen, after_step=None, first_step=0):
+    """Generates n_gen tokens greedily from a state whose last position gave `last_logits`;
+    after_step as in teacher_forced. Returns (tokens, logits) as greedy()."""
+    step = [first_step]
+
+    def feed(token):
+        out = model.forward(state, token)
+        if after_step:
+            after_step(state, step[0], out)
+        step[0] += 1
+        return [out.logits[-1]]
+    return greedy([last_logits], n_gen, feed)[0]
+
+
+def free_running_batch(model, state, last_logits, n_gen):
+    """free_running without eviction between steps for a batched state: one (tokens, logits) per
+    run, each run's own greedy token fed as its row of every step."""
+    return greedy(last_logits, n_gen, lambda tokens: [o.logits[-1] for o in model.forward(state, [[t] for t in tokens])])
 
 
 def _alive_candidates(state, layer, group, upto):

@@ -120,7 +120,7 @@ def closed_loop_runs(args, prompt, trace, offline, model):
     """The full cache's answer, and per (rule, budget, mode) the answer and the teacher-forced KL."""
     import kvsim
 
-    from .closed_loop import ClosedLoop, Plan, TraceInfo
+    from .closed_loop import ClosedLoop, Plan, TraceInfo, offline_kept
     info = TraceInfo(trace, "agnostic")
     loop = ClosedLoop(model, info, kvsim.select, True, 1)
     ref = loop.reference_summary()
@@ -133,7 +133,7 @@ def closed_loop_runs(args, prompt, trace, offline, model):
             if canon.split("(", 1)[0] != "full" for budget in budgets for mode in Plan(canon).modes
             if mode in modes]
     bar = Progress("kvsim-study", f"{prompt.id}: closed-loop run", len(jobs))
-    jobs = [(plan, budget, mode, {l: offline.selection[(plan.canon, budget, l)] for l in range(info.num_layers)})
+    jobs = [(plan, budget, mode, offline_kept(offline, plan.canon, budget, info.num_layers))
             for plan, budget, mode in jobs]
     for (plan, budget, mode, _), (rows, summary) in zip(jobs, loop.run_many(jobs, args.batch, bar.update)):
         kl = [r["kl_next_token"] for r in rows
