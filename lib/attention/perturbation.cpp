@@ -316,48 +316,68 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
 
 // Through o_proj: Delta^h_t = delta^h_t W_o^h (d -> D) and y_t = sum_h Delta^h_t, their L1 and L2
 // norms, without materialising any [n x D] product: kernels::project_panel per 64-column panel
-// of W_o^h, heads accumulated into the panel's y in head order. Panels run in parallel and write
-// their own partial sums, reduced in panel order: identical for any thread count.
-void project_norms(const LayerCache& cache, const Shape& s, const avec<float>& delta,
-                   const std::vector<std::uint8_t>& head_zero, PerturbationResult& r) {
+// of W_o^h, heads accumulated into the panel's y in head order. All selections of a batch go
+// through each panel together (their deltas stacked, B n rows per head), so W_o streams from
+// memory once per batch, not once per selection; rows are independent in the kernel, so the
+// result is bit-identical to one call per selection. Panels run in parallel and write their own
+// partial sums, reduced in panel order: identical for any thread count.
+void project_norms(const LayerCache& cache, const Shape& s, const std::vector<Sums*>& sums,
+                   const std::vector<std::vector<std::uint8_t>>& head_zero, std::vector<PerturbationResult*>& res) {
+  const std::size_t B = sums.size();
+  if (B == 0) return;
   const i64 P = kernels::panel_count(s.D);
-  const std::size_t hn = static_cast<std::size_t>(s.H) * s.n;
-#pragma omp parallel for schedule(dynamic, 1)
+  const i64 rows = static_cast<i64>(B) * s.n;  // per head: selection b's query qi at b * n + qi
+  const std::size_t hr = static_cast<std::size_t>(s.H) * rows;
+  std::vector<std::uint8_t> all_zero(s.H, 1);  // a head no selection perturbs is skipped
   for (int h = 0; h < s.H; ++h)
-    if (!head_zero[h]) cache.packed_o_proj(h);
-  std::vector<float> l1p(P * hn, 0.f), sqp(P * hn, 0.f), ly1(P * s.n), lsq(P * s.n);
+    for (std::size_t b = 0; b < B; ++b) all_zero[h] &= head_zero[b][h];
+  avec<float> stacked(hr * s.d);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int h = 0; h < s.H; ++h) {
+    if (all_zero[h]) continue;
+    cache.packed_o_proj(h);
+    for (std::size_t b = 0; b < B; ++b)
+      std::copy_n(sums[b]->delta.data() + static_cast<std::size_t>(h) * s.n * s.d, s.n * s.d,
+                  stacked.data() + (static_cast<std::size_t>(h) * rows + b * s.n) * s.d);
+  }
+  std::vector<float> l1p(P * hr, 0.f), sqp(P * hr, 0.f), ly1(P * rows), lsq(P * rows);
 #pragma omp parallel for schedule(dynamic, 1)
   for (i64 p = 0; p < P; ++p) {
-    float* y = scratch_floats(0, static_cast<std::size_t>(s.n) * kernels::kPanel);
-    std::fill(y, y + s.n * kernels::kPanel, 0.f);
+    float* y = scratch_floats(0, static_cast<std::size_t>(rows) * kernels::kPanel);
+    std::fill(y, y + rows * kernels::kPanel, 0.f);
     for (int h = 0; h < s.H; ++h) {
-      if (head_zero[h]) continue;
+      if (all_zero[h]) continue;
       const float* panel = cache.packed_o_proj(h) + p * s.d * kernels::kPanel;
-      kernels::project_panel(delta.data() + static_cast<std::size_t>(h) * s.n * s.d, s.n, s.d, panel,
-                             l1p.data() + p * hn + h * s.n, sqp.data() + p * hn + h * s.n, y);
+      kernels::project_panel(stacked.data() + static_cast<std::size_t>(h) * rows * s.d, rows, s.d, panel,
+                             l1p.data() + p * hr + h * rows, sqp.data() + p * hr + h * rows, y);
     }
-    for (i64 qi = 0; qi < s.n; ++qi) {  // padding columns of y are exactly 0
-      ly1[p * s.n + qi] = kernels::abs_sum(y + qi * kernels::kPanel, kernels::kPanel);
-      lsq[p * s.n + qi] = kernels::dot(y + qi * kernels::kPanel, y + qi * kernels::kPanel, kernels::kPanel);
+    for (i64 r = 0; r < rows; ++r) {  // padding columns of y are exactly 0
+      ly1[p * rows + r] = kernels::abs_sum(y + r * kernels::kPanel, kernels::kPanel);
+      lsq[p * rows + r] = kernels::dot(y + r * kernels::kPanel, y + r * kernels::kPanel, kernels::kPanel);
     }
   }
-  for (std::size_t k = 0; k < hn; ++k) {
-    double a = 0, q = 0;
-    for (i64 p = 0; p < P; ++p) {
-      a += l1p[p * hn + k];
-      q += sqp[p * hn + k];
+  for (std::size_t b = 0; b < B; ++b) {
+    PerturbationResult& r = *res[b];
+    for (int h = 0; h < s.H; ++h)
+      for (i64 qi = 0; qi < s.n; ++qi) {
+        const std::size_t k = static_cast<std::size_t>(h) * rows + b * s.n + qi;
+        double a = 0, q = 0;
+        for (i64 p = 0; p < P; ++p) {
+          a += l1p[p * hr + k];
+          q += sqp[p * hr + k];
+        }
+        r.l1[r.at(h, qi)] = a;
+        r.l2[r.at(h, qi)] = std::sqrt(q);
+      }
+    for (i64 qi = 0; qi < s.n; ++qi) {
+      double a = 0, q = 0;
+      for (i64 p = 0; p < P; ++p) {
+        a += ly1[p * rows + b * s.n + qi];
+        q += lsq[p * rows + b * s.n + qi];
+      }
+      r.layer_l1[qi] = a;
+      r.layer_l2[qi] = std::sqrt(q);
     }
-    r.l1[k] = a;
-    r.l2[k] = std::sqrt(q);
-  }
-  for (i64 qi = 0; qi < s.n; ++qi) {
-    double a = 0, q = 0;
-    for (i64 p = 0; p < P; ++p) {
-      a += ly1[p * s.n + qi];
-      q += lsq[p * s.n + qi];
-    }
-    r.layer_l1[qi] = a;
-    r.layer_l2[qi] = std::sqrt(q);
   }
 }
 
@@ -393,10 +413,10 @@ PerturbationResult empty_result(const Shape& s) {
   return r;
 }
 
-// From the sums of one selection: F, delta, the per-head bounds, the norms of Delta^h and of the
-// layer's Delta, the layer rows.
-PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, const Shape& s, bool pruned,
-                          Sums& z) {
+// From the sums of one selection: F, delta (in place of the output sums), the per-head bounds;
+// which heads it leaves exactly unperturbed (head_zero) and ThinK's logit-shift terms (tilts).
+PerturbationResult finish_heads(const LayerCache& cache, const LayerReference& ref, const Shape& s, bool pruned,
+                                Sums& z, std::vector<std::uint8_t>& head_zero, std::vector<double>& tilts) {
   PerturbationResult r = empty_result(s);
   const QuerySet set = ref.set();
   const auto& E = z.E;
@@ -406,8 +426,8 @@ PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, co
   const auto& use_support = z.use_support;
   avec<float>& delta = z.delta;
   // delta from the evicted sums, F, per-head bounds.
-  std::vector<std::uint8_t> head_zero(s.H, 1);
-  std::vector<double> tilts(static_cast<std::size_t>(s.H) * s.n, 0.0);  // ThinK: tanh(r/4) per head, query
+  head_zero.assign(s.H, 1);
+  tilts.assign(static_cast<std::size_t>(s.H) * s.n, 0.0);  // ThinK: tanh(r/4) per head, query
 #pragma omp parallel for schedule(dynamic, 1)
   for (int h = 0; h < s.H; ++h) {
     const double* T = cache.prob_sums(set, h);
@@ -448,14 +468,13 @@ PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, co
       r.theta[k] = F > 0 ? Enu[k] / Z + (1.0 / F - 1.0) * (Knu[k] / Z) : kNaN;
     }
   }
+  return r;
+}
 
-  // Norms of Delta^h = delta W_o^h and of the layer's Delta = sum_h Delta^h.
-  if (ref.projected())
-    project_norms(cache, s, delta, head_zero, r);
-  else
-    identity_norms(s, delta, r);
-
-  // Layer rows: Ada-KV and summed theta, F statistics.
+// The layer rows (Ada-KV, summed theta, F statistics) and the relative norms, once the norms of
+// Delta^h and of the layer's Delta are in r.
+void finish_layer(const LayerReference& ref, const Shape& s, const std::vector<double>& tilts,
+                  PerturbationResult& r) {
 #pragma omp parallel for schedule(static)
   for (i64 qi = 0; qi < s.n; ++qi) {
     double fsum = 0, fmin = 1e300, miss = 0, C = 0, th = 0;
@@ -482,7 +501,6 @@ PerturbationResult finish(const LayerCache& cache, const LayerReference& ref, co
     r.layer_rel_l1[qi] = ratio(r.layer_l1[qi], ref.layer_out_l1(qi));
     r.layer_rel_l2[qi] = ratio(r.layer_l2[qi], ref.layer_out_l2(qi));
   }
-  return r;
 }
 
 std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const LayerReference& ref,
@@ -521,6 +539,8 @@ std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const Lay
 #pragma omp parallel for schedule(dynamic, 1)
     for (int u = 0; u < batch.front()->units; ++u) static_unit(cache, ref, batch, s, u, batch_sums);
   }
+  std::vector<std::vector<std::uint8_t>> head_zero(selp.size());
+  std::vector<std::vector<double>> tilts(selp.size());
   for (std::size_t b = 0; b < selp.size(); ++b) {
     const Selection& sel = *selp[b];
     Sums& z = sums[b];
@@ -531,8 +551,22 @@ std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const Lay
 #pragma omp parallel for schedule(dynamic, 1)
       for (int h = 0; h < s.H; ++h) per_query_head(cache, ref, sel, s, h, z.E, z.K, z.Enu, z.Knu, z.delta, z.use_support);
     }
-    out[b] = finish(cache, ref, s, !sel.key_channels.empty(), z);
+    out[b] = finish_heads(cache, ref, s, !sel.key_channels.empty(), z, head_zero[b], tilts[b]);
   }
+  // Norms of Delta^h = delta W_o^h and of the layer's Delta = sum_h Delta^h: every selection
+  // through o_proj at once.
+  if (ref.projected()) {
+    std::vector<Sums*> zs;
+    std::vector<PerturbationResult*> rs;
+    for (std::size_t b = 0; b < selp.size(); ++b) {
+      zs.push_back(&sums[b]);
+      rs.push_back(&out[b]);
+    }
+    project_norms(cache, s, zs, head_zero, rs);
+  } else {
+    for (std::size_t b = 0; b < selp.size(); ++b) identity_norms(s, sums[b].delta, out[b]);
+  }
+  for (std::size_t b = 0; b < selp.size(); ++b) finish_layer(ref, s, tilts[b], out[b]);
   return out;
 }
 

@@ -80,7 +80,10 @@ BlasInfo blas_info() {
 void note_blas_choice(const std::string& chosen_by) { g_noted_chooser = chosen_by; }
 
 Json blas_json(const BlasInfo& b) {
-  Json j{{"name", b.name}, {"config", b.config}, {"core", b.core}, {"threading", b.threading},
+  // openblas_get_config() starts "OpenBLAS 0.3.21 ...": the version is its second word.
+  std::string version;
+  if (b.config.rfind("OpenBLAS ", 0) == 0) version = b.config.substr(9, b.config.find(' ', 9) - 9);
+  Json j{{"name", b.name}, {"version", version}, {"config", b.config}, {"core", b.core}, {"threading", b.threading},
          {"chosen_by", b.chosen_by}};
   if (!b.corrected_from.empty()) j["corrected_from"] = b.corrected_from;
   return j;

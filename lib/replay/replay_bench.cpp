@@ -194,7 +194,21 @@ LengthTiming time_length(i64 S, int threads, int reps) {
   Selection sel(GqaMode::kv, kKvHeads, b.n_c);
   for (i64 j = 0; j < i64(sel.kept.size()); ++j) sel.kept[j] = (j * 2654435761u) % 5 == 0;  // 20%
   r.metrics_s = best_of(reps, [&] { measure_perturbation(cache, ref, sel); });
+  // Support: the kept tokens and the question; evicted: the rest of the context.
+  const i64 support = sel.kept_count(0) + (S - b.n_c), evicted = b.n_c - sel.kept_count(0);
+  const i64 narrower = std::min(support, evicted);
+  r.metrics_floor_flops = 2.0 * kHeads * kEval * kDim * (double(narrower) + kHidden);
   return r;
+}
+
+double best_sgemm_gflops() {
+  const i64 m = 2048;
+  avec<float> A(m * m), B(m * m), C(m * m);
+  fill_random(A.data(), m * m, 9, 1.f);
+  fill_random(B.data(), m * m, 10, 1.f);
+  const double t =
+      best_of(3, [&] { kernels::sgemm(false, false, m, m, m, 1.f, A.data(), m, B.data(), m, 0.f, C.data(), m); });
+  return 2.0 * double(m) * m * m / t * 1e-9;
 }
 
 BlasThreading probe_blas_threading() {

@@ -49,9 +49,16 @@ struct LengthTiming {
   double core_s = 0, core_cpu_s = 0, core1_s = 0, sgemm_s = 0, nu_exact_s = 0, nu_upper_s = 0, nu_l2_s = 0,
          metrics_s = 0;
   int nu_exact_heads = 0;
+  // GEMM flops the metrics of that selection cannot avoid: per head and query the kept or the
+  // evicted columns (the narrower) times the value rows, and delta through W_o^h (2 n d D per head).
+  double metrics_floor_flops = 0;
   double flops() const { return 4.0 * kHeads * kEval * double(S) * kDim; }  // of the attention core
 };
 LengthTiming time_length(i64 S, int threads, int reps);
+
+// The best sgemm rate this BLAS reaches here: 2048^3, outside any parallel region (the BLAS
+// uses its own threads), best of 3; GFLOP/s.
+double best_sgemm_gflops();
 
 // Is BLAS single-threaded inside an OpenMP parallel region? One 1024^3 sgemm outside any region
 // (OpenBLAS may use every thread) vs alone on thread 0 of a 2-thread region (best of 3 each).

@@ -1,6 +1,7 @@
 // kvsim bench: times the replay core on synthetic Llama-8B-shaped layers generated in memory
 // (32 heads, 8 KV heads, head_dim 128, hidden 4096, 64 evaluation queries) and compares it, in
-// the same run, with OpenBLAS sgemm on the same shapes and with a plain numpy implementation.
+// the same run, with the machine's FMA peak, OpenBLAS sgemm (on the same shapes and at its best),
+// torch (its bmm on the core's shapes and a torch replay of the same selections) and numpy.
 // The measurements themselves are in lib/replay/replay_bench.h; this file runs and prints them.
 #include <omp.h>
 
@@ -21,12 +22,15 @@
 #include "core/blas_kernels.h"
 #include "core/error.h"
 #include "core/json.h"
+#include "core/script_json.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
+#include "kernels/fma_peak.h"
 #include "kernels/isa.h"
 #include "kernels/kernel_bench.h"
 #include "kernels/kernels.h"
 #include "replay/replay_bench.h"
+#include "replay/torch_bench.h"
 
 namespace kvsim::cli {
 namespace {
@@ -45,28 +49,13 @@ NumpyResult run_numpy(i64 S, bool full) {
   const std::string cmd = std::string("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=") +
                           std::to_string(max_threads()) + " " KVSIM_PYTHON " " KVSIM_SOURCE_DIR
                           "/tools/bench_numpy.py --seq-len " + std::to_string(S) +
-                          (full ? " --nu-heads 4 --metrics" : "") + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) {
-    r.error = "cannot start " KVSIM_PYTHON;
+                          (full ? " --nu-heads 4 --metrics" : "");
+  const ScriptJson got = run_json_script(cmd, "bench_numpy.py", "seconds");
+  if (!got.error.empty()) {
+    r.error = got.error;
     return r;
   }
-  std::string out;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, p)) out += buf;
-  const int st = pclose(p);
-  // The script prints its result as one JSON line, last.
-  const auto last = out.find_last_not_of('\n');
-  const std::string line = last == std::string::npos ? "" : out.substr(out.rfind('\n', last) + 1);
-  Json j;
-  try {
-    j = parse_json(line, "bench_numpy.py output");
-  } catch (const Error&) {
-  }
-  if (st != 0 || !j.is_object() || !j.contains("seconds")) {
-    r.error = "bench_numpy.py failed: " + out.substr(0, 200);
-    return r;
-  }
+  const Json& j = got.json;
   const auto num = [&](const char* key) { return j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN; };
   r.seconds = num("seconds");
   r.nu_per_head_s = num("nu_exact_seconds_per_head");
@@ -90,12 +79,14 @@ int cmd_bench(const std::vector<std::string>& args) {
       ("lengths", po::value(&lengths_text)->default_value(lengths_text), "sequence lengths (tokens)")
       ("quick", "short run: 4096,16384 only, one repetition, no full-replay measurement")
       ("no-numpy", "skip the numpy baseline")
-      ("no-replay", "skip the full-replay measurement");
+      ("no-torch", "skip the torch anchors (torch's bmm and a torch replay of the same selections)")
+      ("no-replay", "skip the full-replay measurement")
+      ("no-kernels", "skip the per-kernel scalar vs SIMD table");
   const po::variables_map vm = parse_args(args, opts);
   if (vm.count("help")) {
     std::cout << "Times the replay core on synthetic Llama-8B-shaped layers (no disk): attention of 64\n"
                  "evaluation queries, projected value norms, perturbation metrics, and one layer of a full\n"
-                 "replay (6 rules x 5 budgets), against in-run OpenBLAS sgemm and numpy.\n\n" << opts;
+                 "replay (6 rules x 5 budgets), against in-run anchors: the FMA peak, OpenBLAS sgemm, torch and numpy.\n\n" << opts;
     return 0;
   }
   const bool quick = vm.count("quick") > 0;
@@ -134,6 +125,13 @@ int cmd_bench(const std::vector<std::string>& args) {
                 "region %.1f ms (ratio %.2f; ~%d expected on an idle machine: BLAS is single-threaded inside)\n",
                 outside * 1e3, inside * 1e3, inside / outside, std::min(2, max_threads()));
   }
+
+  // The anchors every ratio below is read against: the machine's FMA peak and the best sgemm.
+  const kernels::FmaPeak peak = kernels::measure_fma_peak(threads);
+  const double sgemm_best = best_sgemm_gflops();
+  std::printf("anchors: FP32 FMA peak %.1f GFLOP/s per core, %.1f on %d threads (%d-lane FMA loop); best sgemm "
+              "(2048^3) %.1f GFLOP/s = %.2f of peak\n",
+              peak.gflops_per_thread, peak.gflops_all, peak.threads, peak.lanes, sgemm_best, sgemm_best / peak.gflops_all);
 
   std::vector<LengthResult> results;
   std::string numpy_blas;
@@ -175,6 +173,39 @@ int cmd_bench(const std::vector<std::string>& args) {
     std::printf("%8lld %12.4f %12.4f %8.1f %12.3f %12.3f %8.1f %12.4f %12.4f %8.1f\n", static_cast<long long>(r.S),
                 r.core_s, r.numpy_s, r.numpy_s / r.core_s, r.nu_exact_s, r.numpy_nu_s, r.numpy_nu_s / r.nu_exact_s,
                 r.metrics_s, r.numpy_metrics_s, r.numpy_metrics_s / r.metrics_s);
+
+  // torch on the same layer and selections (the reference length: 32K when measured).
+  TorchAnchor torch;
+  const LengthResult* anchor_len = &results.front();  // the longest up to 32K (torch holds S x n_q x 3)
+  for (const auto& r : results)
+    if (r.S <= 32768 && r.S > anchor_len->S) anchor_len = &r;
+  if (vm.count("no-torch")) {
+    torch.error = "skipped (--no-torch)";
+  } else {
+    try {
+      torch = run_torch_anchor(make_layer(anchor_len->S), threads, reps, KVSIM_PYTHON,
+                               KVSIM_SOURCE_DIR "/tools/bench_torch.py");
+    } catch (const Error& e) {
+      torch.error = e.what();
+    }
+  }
+  if (torch.error.empty()) {
+    std::printf("\nvs torch %s (%s, %d threads), S=%lld, the same layer:\n"
+                "  attention core: torch bmm alone %.4f s, torch core %.4f s, kvsim core %.4f s: "
+                "core_vs_torch_bmm %.2f (>1: kvsim faster)\n"
+                "  replay of %d selections (%s at %s; core + metrics, selection excluded): torch %.3f s, "
+                "kvsim %.3f s: %.2fx; torch's rows vs kvsim's: L1 %.1e, F %.1e (max relative difference)\n",
+                torch.torch_version.c_str(), torch.blas.c_str(), threads, static_cast<long long>(anchor_len->S),
+                torch.torch_bmm_s, torch.torch_core_s, anchor_len->core_s, torch.torch_bmm_s / anchor_len->core_s,
+                torch.selections, kTorchAnchorRules, kTorchAnchorBudgets, torch.torch_replay_s, torch.kvsim_replay_s,
+                torch.torch_replay_s / torch.kvsim_replay_s, torch.max_rel_diff_l1, torch.max_rel_diff_F);
+  } else {
+    std::printf("\ntorch anchors not measured: %s\n", torch.error.c_str());
+  }
+  std::printf("metrics per selection vs their GEMM floor at the best sgemm rate:");
+  for (const auto& r : results)
+    std::printf(" S=%lld %.2fx", static_cast<long long>(r.S), r.metrics_s / (r.metrics_floor_flops / (sgemm_best * 1e9)));
+  std::printf("\n");
 
   // The target: 32 layers x 32K tokens x 64 eval queries x 6 rules x 5 budgets.
   double replay_exact = NAN, replay_upper = NAN, replay_exact_cpu = NAN, replay_upper_cpu = NAN;
@@ -228,7 +259,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   const std::int64_t rss = peak_rss_bytes();
   std::printf("peak RSS %.2f GiB\n", double(rss) / double(1 << 30));
 
-  try {
+  if (!vm.count("no-kernels")) try {
     const auto kt = kernels::bench_kernels();
     std::printf("\n%-26s %-22s %12s %12s %8s\n", "kernel", "shape", "scalar Ge/s", "fast Ge/s", "speedup");
     for (const auto& k : kt)
@@ -243,6 +274,11 @@ int cmd_bench(const std::vector<std::string>& args) {
     Json j = {{"isa", kernels::isa_name(kernels::active_isa())},
               {"threads", threads},
               {"blas", blas_json(blas)},
+              {"peak_gflops", peak.gflops_all},
+              {"peak_gflops_per_core", peak.gflops_per_thread},
+              {"best_sgemm_gflops", sgemm_best},
+              {"metrics_floor_ratio", key.metrics_s / (key.metrics_floor_flops / (sgemm_best * 1e9))},
+              {"torch", Json::object()},
               {"reference_seq_len", key.S},
               {"sgemm_ratio", key.sgemm_s / key.core_s},
               {"numpy_speedup", key.numpy_s / key.core_s},
@@ -260,6 +296,20 @@ int cmd_bench(const std::vector<std::string>& args) {
               {"peak_rss_bytes", rss},
               {"lengths", Json::array()}};
     for (const auto& [spec, sec] : select_per_rule) j["select_seconds_per_rule"][spec] = sec;
+    if (torch.error.empty()) {
+      j["core_vs_torch_bmm"] = torch.torch_bmm_s / anchor_len->core_s;
+      j["core_vs_torch_core"] = torch.torch_core_s / anchor_len->core_s;
+      j["torch_replay_speedup"] = torch.torch_replay_s / torch.kvsim_replay_s;
+      j["torch"] = {{"version", torch.torch_version}, {"blas", torch.blas}, {"seq_len", anchor_len->S},
+                    {"bmm_seconds", torch.torch_bmm_s}, {"core_seconds", torch.torch_core_s},
+                    {"replay_seconds", torch.torch_replay_s}, {"kvsim_replay_seconds", torch.kvsim_replay_s},
+                    {"selections", torch.selections}, {"rules", kTorchAnchorRules}, {"budgets", kTorchAnchorBudgets},
+                    {"max_rel_diff_l1", torch.max_rel_diff_l1}, {"max_rel_diff_F", torch.max_rel_diff_F}};
+    } else {
+      j["core_vs_torch_bmm"] = nullptr;
+      j["torch_replay_speedup"] = nullptr;
+      j["torch"] = {{"error", torch.error}};
+    }
     for (const auto& r : results)
       j["lengths"].push_back({{"seq_len", r.S},
                               {"core_seconds", r.core_s},
@@ -275,6 +325,7 @@ int cmd_bench(const std::vector<std::string>& args) {
                               {"nu_upper_seconds", r.nu_upper_s},
                               {"nu_l2_seconds", r.nu_l2_s},
                               {"metrics_seconds_per_selection", r.metrics_s},
+                              {"metrics_floor_ratio", r.metrics_s / (r.metrics_floor_flops / (sgemm_best * 1e9))},
                               {"peak_rss_bytes", r.rss}});
     write_file_atomic(json_path, json_text(j));
   }

@@ -1,0 +1,125 @@
+#include "replay/torch_bench.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "attention/layer_cache.h"
+#include "attention/perturbation.h"
+#include "core/error.h"
+#include "core/json.h"
+#include "core/script_json.h"
+#include "core/sysinfo.h"
+#include "core/table_io.h"
+#include "rules/budget.h"
+#include "rules/factory.h"
+#include "rules/window_attention.h"
+
+namespace kvsim::bench {
+
+namespace {
+
+template <class T> void write_raw(const std::filesystem::path& p, const T* x, std::size_t n) {
+  std::ofstream f(p, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(x), static_cast<std::streamsize>(n * sizeof(T)));
+  if (!f) throw Error(p.string() + ": cannot write the torch anchor's input");
+}
+
+struct TempFolder {
+  std::filesystem::path path;
+  TempFolder() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/kvsim-bench-torch-XXXXXX";
+    if (!mkdtemp(tmpl.data())) throw Error(tmpl + ": cannot create a temporary folder");
+    path = tmpl;
+  }
+  ~TempFolder() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+}  // namespace
+
+TorchAnchor run_torch_anchor(const BenchLayer& b, int threads, int reps, const std::string& python,
+                             const std::string& script) {
+  TorchAnchor r;
+  omp_set_num_threads(threads);
+  // The selections, made once (not timed on either side).
+  std::vector<Selection> sels;
+  {
+    WindowAttentionMemo memo;
+    LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
+    RuleInput in;
+    in.meta = &b.meta;
+    in.data = &b.data;
+    in.n_c = b.n_c;
+    in.eval_rows = b.eval_rows;
+    in.cache = &cache;
+    in.window_memo = &memo;
+    for (const auto& rule : make_rules(kTorchAnchorRules))
+      for (auto& s : rule->select(in, parse_budgets(kTorchAnchorBudgets))) sels.push_back(std::move(s));
+  }
+  for (const auto& s : sels)
+    if (s.mode != sels.front().mode || !s.per_query.empty() || !s.key_channels.empty())
+      throw Error("torch anchor: the anchored rules must give static selections of one GQA mode");
+  r.selections = static_cast<int>(sels.size());
+  // kvsim: the core and every selection's metrics, as a replay layer does them.
+  std::vector<PerturbationResult> res;
+  r.kvsim_replay_s = 1e300;
+  for (int k = 0; k < reps; ++k) {
+    Stopwatch sw;
+    LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows);
+    LayerReference ref(cache, QuerySet::eval, NormKind::upper);
+    res = measure_perturbations(cache, ref, sels);
+    r.kvsim_replay_s = std::min(r.kvsim_replay_s, sw.seconds());
+  }
+  TempFolder tmp;
+  const LayerData& L = b.data;
+  const i64 n = static_cast<i64>(b.eval_rows.size());
+  Json meta = {{"heads", L.num_heads}, {"kv_heads", L.num_kv_heads}, {"head_dim", L.head_dim},
+               {"hidden", L.hidden_size}, {"seq_len", L.seq_len}, {"num_q", L.num_q}, {"n_c", b.n_c},
+               {"attn_scale", b.meta.attn_scale}, {"selections", sels.size()}, {"units", sels.front().units},
+               {"eval_rows", b.eval_rows}, {"eval_pos", Json::array()}};
+  for (i64 r0 : b.eval_rows) meta["eval_pos"].push_back(b.meta.q_pos[r0]);
+  write_file_atomic((tmp.path / "layer.json").string(), json_text(meta));
+  write_raw(tmp.path / "q.f32", L.q.data(), L.q.size());
+  write_raw(tmp.path / "k.f32", L.k.data(), L.k.size());
+  write_raw(tmp.path / "v.f32", L.v.data(), L.v.size());
+  write_raw(tmp.path / "o_proj.f32", L.o_proj.data(), L.o_proj.size());
+  std::vector<std::uint8_t> masks;
+  std::vector<double> l1, F;
+  for (std::size_t s = 0; s < sels.size(); ++s) {
+    masks.insert(masks.end(), sels[s].kept.begin(), sels[s].kept.end());
+    for (int h = 0; h < L.num_heads; ++h)
+      for (i64 qi = 0; qi < n; ++qi) {
+        l1.push_back(res[s].l1[res[s].at(h, qi)]);
+        F.push_back(res[s].F[res[s].at(h, qi)]);
+      }
+  }
+  write_raw(tmp.path / "masks.u8", masks.data(), masks.size());
+  write_raw(tmp.path / "kvsim_l1.f64", l1.data(), l1.size());
+  write_raw(tmp.path / "kvsim_F.f64", F.data(), F.size());
+  const ScriptJson got = run_json_script("env -u OPENBLAS_CORETYPE " + python + " " + script + " " +
+                                              tmp.path.string() + " --threads " + std::to_string(threads) +
+                                              " --reps " + std::to_string(reps),
+                                          "bench_torch.py", "replay_seconds");
+  if (!got.error.empty()) {
+    r.error = got.error;
+    return r;
+  }
+  const Json& j = got.json;
+  r.torch_version = j.value("torch", "");
+  r.blas = j.value("blas", "");
+  r.torch_bmm_s = j["bmm_seconds"].get<double>();
+  r.torch_core_s = j["core_seconds"].get<double>();
+  r.torch_replay_s = j["replay_seconds"].get<double>();
+  r.max_rel_diff_l1 = j["max_rel_diff_l1"].get<double>();
+  r.max_rel_diff_F = j["max_rel_diff_F"].get<double>();
+  return r;
+}
+
+}  // namespace kvsim::bench
