@@ -6,20 +6,18 @@
 #include <string>
 
 #include "core/error.h"
+#include "attention/static_sums.h"
 #include "kernels/kernels.h"
 
 namespace kvsim {
 
 namespace {
 
+using namespace perturbation_detail;
+
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 double ratio(double x, double ref) { return ref > 0 ? x / ref : (x == 0 ? 0.0 : kNaN); }
-
-struct Shape {
-  int H, Hkv, G, d, D;
-  i64 S, n;
-};
 
 void check_selection(const LayerCache& cache, const Selection& sel, const Shape& s) {
   const std::string where = "selection";
@@ -43,16 +41,6 @@ void check_selection(const LayerCache& cache, const Selection& sel, const Shape&
   }
 }
 
-// Which sum delta is formed from. The support form o - oP/F loses relative accuracy when F -> 1
-// (delta is a small difference), the evicted form (oev - (1-F) o)/F when F -> 0 (1/F amplifies
-// rounding); between 5% and 95% both stay within ~1e-6, so the cheaper one (fewer columns) wins.
-bool use_support_form(double kept_mass, double evicted_mass, bool prefer_support) {
-  const double F = kept_mass / (kept_mass + evicted_mass);
-  if (F < 0.05) return true;
-  if (F > 0.95) return false;
-  return prefer_support;
-}
-
 int unit_of(const Selection& sel, int h, int G) { return sel.mode == GqaMode::kv ? h / G : h; }
 
 // Support mask of query qi of head h over [0, t].
@@ -68,126 +56,6 @@ void support_mask(const LayerCache& cache, const Selection& sel, QuerySet set, i
   }
   const std::uint8_t* kept = sel.unit_mask(u);
   for (i64 j = 0; j < std::min(t + 1, sel.n_c); ++j) m[j] = kept[j] != 0;
-}
-
-// Per-thread scratch that is fully overwritten before it is read (no per-call zero fill).
-float* scratch_floats(std::size_t slot, std::size_t n) {
-  static thread_local std::vector<avec<float>> buf;
-  if (buf.size() <= slot) buf.resize(slot + 1);
-  if (buf[slot].size() < n) buf[slot].resize(n);
-  return buf[slot].data();
-}
-
-// What one selection's metrics are built from: evicted mass E and kept mass K, summed separately
-// (both positive sums, so F = K / (K + E) never comes from a cancellation), their nu-weighted
-// versions, and per head and query either the evicted or the support output sum (use_support),
-// later turned into delta in place.
-struct Sums {
-  std::vector<double> E, K, Enu, Knu;
-  avec<float> delta;
-  std::vector<std::uint8_t> use_support;
-  std::vector<double> shift_range, support_nu_max;  // ThinK only (pruned_keys_head)
-  explicit Sums(std::size_t hn, int d) : E(hn, 0.0), K(hn, 0.0), Enu(hn, 0.0), Knu(hn, 0.0), delta(hn * d, 0.f),
-                                          use_support(hn, 0), shift_range(hn, 0.0), support_nu_max(hn, 0.0) {}
-};
-
-// One selection's view of a unit: support mask over [0, len) (kept + [n_c, t], always present)
-// and the columns of each form (0: support, 1: evicted).
-struct UnitMasks {
-  std::vector<std::uint8_t> mask[2];
-  std::vector<i64> cols[2];
-  bool prefer_support = false;
-  UnitMasks(const Selection& sel, int u, i64 len) {
-    const std::uint8_t* kept = sel.unit_mask(u);
-    mask[0].assign(len, 1);
-    mask[1].assign(len, 0);
-    for (i64 j = 0; j < len; ++j) {
-      if (j < sel.n_c) {
-        mask[0][j] = kept[j] != 0;
-        mask[1][j] = kept[j] == 0;
-      }
-      cols[mask[0][j] ? 0 : 1].push_back(j);
-    }
-    prefer_support = cols[0].size() < cols[1].size();  // fewer columns to multiply
-  }
-  i64 width(int form) const { return static_cast<i64>(cols[form].size()); }
-};
-
-// Static kept masks, all heads of one unit, for a batch of selections (the budgets of one rule)
-// in one pass over each probability row: for every selection, the masses (kernels::split_mass_sums)
-// and the row compacted to the columns of the better-conditioned form of delta, while the row is
-// still in cache. Rows with F >= 1/2 get the evicted sum oev (delta = (oev - (1-F) o)/F), rows
-// with F < 1/2 the support sum oP (delta = o - oP/F), so 1/F never amplifies a cancellation. Each
-// (selection, form) is then one sgemm of the compacted rows with the gathered value rows.
-void static_unit(const LayerCache& cache, const LayerReference& ref, const std::vector<const Selection*>& sels,
-                 const Shape& s, int u, const std::vector<Sums*>& sums) {
-  const QuerySet set = ref.set();
-  const GqaMode mode = sels.front()->mode;
-  const int h0 = mode == GqaMode::kv ? u * s.G : u;
-  const int nh = mode == GqaMode::kv ? s.G : 1;
-  i64 maxt = 0;
-  for (i64 qi = 0; qi < s.n; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
-  const i64 len = maxt + 1;  // probabilities past a query's t are zero
-  const std::size_t B = sels.size();
-  std::vector<UnitMasks> um;
-  std::vector<std::size_t> active;  // selections that evict something in this unit
-  for (std::size_t b = 0; b < B; ++b) {
-    um.emplace_back(*sels[b], u, len);
-    if (!um[b].cols[1].empty()) active.push_back(b);
-  }
-  if (active.empty()) return;  // every row exactly unperturbed
-  // Compacted rows are buffered per chunk of rows, ~4M floats per selection and thread. The chunk
-  // depends on len only, never on the batch, so a batch gives bit-identical results to one call
-  // per selection (the sgemm's rounding depends on its row count).
-  const i64 R = static_cast<i64>(nh) * s.n;
-  const i64 chunk = std::max<i64>(1, std::min<i64>(R, (i64{1} << 22) / len));
-  std::vector<float*> A(2 * B, nullptr), V(2 * B, nullptr);  // [b * 2 + form]; V gathered on first use
-  for (std::size_t b : active)
-    for (int form = 0; form < 2; ++form)
-      A[b * 2 + form] = scratch_floats(b * 2 + form, static_cast<std::size_t>(chunk * um[b].width(form)));
-  const float* Vh = cache.data().v_head(h0 / s.G);
-  avec<float> tmp;
-  std::vector<std::vector<std::size_t>> dest(2 * B);
-  for (i64 r0 = 0; r0 < R; r0 += chunk) {
-    const i64 rn = std::min(chunk, R - r0);
-    for (auto& dst : dest) dst.clear();
-    for (i64 r = r0; r < r0 + rn; ++r) {
-      const int h = h0 + static_cast<int>(r / s.n);
-      const i64 qi = r % s.n;
-      const float* row = cache.probs(set, h) + qi * s.S;
-      const float* nu = cache.value_norms(h, ref.nu_kind());
-      const std::size_t at = static_cast<std::size_t>(h) * s.n + qi;
-      for (std::size_t b : active) {
-        Sums& z = *sums[b];
-        float m4[4];
-        kernels::split_mass_sums(row, nu, um[b].mask[0].data(), len, m4);
-        z.K[at] = m4[0];
-        z.E[at] = m4[1];
-        z.Knu[at] = m4[2];
-        z.Enu[at] = m4[3];
-        if (z.E[at] == 0) continue;  // nothing in the support evicted
-        const int form = use_support_form(z.K[at], z.E[at], um[b].prefer_support) ? 0 : 1;
-        z.use_support[at] = form == 0;
-        auto& dst = dest[b * 2 + form];
-        kernels::compress_masked(row, um[b].mask[form].data(), len, A[b * 2 + form] + dst.size() * um[b].width(form));
-        dst.push_back(at);
-      }
-    }
-    for (std::size_t b : active)
-      for (int form = 0; form < 2; ++form) {
-        const auto& dst = dest[b * 2 + form];
-        const i64 rows = static_cast<i64>(dst.size()), w = um[b].width(form);
-        if (rows == 0) continue;
-        float*& Vb = V[b * 2 + form];
-        if (!Vb) {
-          Vb = scratch_floats(2 * B + b * 2 + form, static_cast<std::size_t>(w) * s.d);
-          for (i64 i = 0; i < w; ++i) std::copy_n(Vh + um[b].cols[form][i] * s.d, s.d, Vb + i * s.d);
-        }
-        if (tmp.size() < static_cast<std::size_t>(rows) * s.d) tmp.resize(static_cast<std::size_t>(rows) * s.d);
-        kernels::sgemm(false, false, rows, s.d, w, 1.f, A[b * 2 + form], w, Vb, s.d, 0.f, tmp.data(), s.d);
-        for (i64 r = 0; r < rows; ++r) std::copy_n(tmp.data() + r * s.d, s.d, sums[b]->delta.data() + dst[r] * s.d);
-      }
-  }
 }
 
 // Per-query support (step-wise rules, or window queries with per-query masks absent): same sums

@@ -37,9 +37,11 @@ struct PerturbationResult {
 // Throws kvsim::Error when the selection does not fit the layer (units, n_c, mask lengths).
 PerturbationResult measure_perturbation(const LayerCache& cache, const LayerReference& ref,
                                         const Selection& sel);
-// The same for several selections (the budgets of one rule), identical results; static kept
-// sets of one GQA mode share each pass over the attention probabilities, which is the memory
-// traffic that dominates a single measurement.
+// The same for several selections (the budgets of one rule). Static kept sets of one GQA mode
+// share each pass over the attention probabilities and all selections share one pass through
+// o_proj (bit-identical to one call per selection); where their kept sets are nested in a unit
+// (the budgets of one score rule), every column is multiplied once for the whole batch
+// (static_sums.h), equal to one call per selection within float32 reassociation.
 std::vector<PerturbationResult> measure_perturbations(const LayerCache& cache, const LayerReference& ref,
                                                       const std::vector<Selection>& sels);
 

@@ -194,10 +194,21 @@ LengthTiming time_length(i64 S, int threads, int reps) {
   Selection sel(GqaMode::kv, kKvHeads, b.n_c);
   for (i64 j = 0; j < i64(sel.kept.size()); ++j) sel.kept[j] = (j * 2654435761u) % 5 == 0;  // 20%
   r.metrics_s = best_of(reps, [&] { measure_perturbation(cache, ref, sel); });
-  // Support: the kept tokens and the question; evicted: the rest of the context.
-  const i64 support = sel.kept_count(0) + (S - b.n_c), evicted = b.n_c - sel.kept_count(0);
-  const i64 narrower = std::min(support, evicted);
-  r.metrics_floor_flops = 2.0 * kHeads * kEval * kDim * (double(narrower) + kHidden);
+  // GEMM floor of one selection: its narrower form (support: the kept tokens and the question;
+  // evicted: the rest of the context) times the value rows, and delta through every W_o^h.
+  const auto floor_flops = [&](const Selection& x) {
+    const i64 support = x.kept_count(0) + (S - b.n_c), evicted = b.n_c - x.kept_count(0);
+    return 2.0 * kHeads * kEval * kDim * (double(std::min(support, evicted)) + kHidden);
+  };
+  r.metrics_floor_flops = floor_flops(sel);
+  std::vector<Selection> nested;
+  for (int tenth = 1; tenth <= 5; ++tenth) {
+    Selection x(GqaMode::kv, kKvHeads, b.n_c);
+    for (i64 j = 0; j < i64(x.kept.size()); ++j) x.kept[j] = (j * 2654435761u) % 10 < std::uint64_t(tenth);
+    r.metrics_batch_floor_flops += floor_flops(x) / 5;
+    nested.push_back(std::move(x));
+  }
+  r.metrics_batch_s = best_of(reps, [&] { measure_perturbations(cache, ref, nested); }) / 5;
   return r;
 }
 

@@ -52,6 +52,9 @@ struct LengthTiming {
   // GEMM flops the metrics of that selection cannot avoid: per head and query the kept or the
   // evicted columns (the narrower) times the value rows, and delta through W_o^h (2 n d D per head).
   double metrics_floor_flops = 0;
+  // The budgets of one rule as a replay measures them: five nested kept sets (10% ... 50% of one
+  // hashed ranking) in one measure_perturbations call; seconds and floor flops per selection.
+  double metrics_batch_s = 0, metrics_batch_floor_flops = 0;
   double flops() const { return 4.0 * kHeads * kEval * double(S) * kDim; }  // of the attention core
 };
 LengthTiming time_length(i64 S, int threads, int reps);

@@ -342,7 +342,9 @@ TEST_CASE("measure_perturbations: a batch (static kv + query, step-wise, ThinK) 
     LayerCache cache(meta, L, s.n_c, rows_from(meta, s.n_c, s.S), rows_from(meta, s.n_c - 16, s.n_c));
     LayerReference ref(cache, set, NormKind::l1);
     std::vector<Selection> sels;
-    for (double keep : {0.05, 0.3, 0.6, 1.0}) sels.push_back(random_selection(s, GqaMode::kv, keep, 40));
+    // Different seeds: not nested, so the general path (nested sets: the next test case).
+    unsigned kv_seed = 40;
+    for (double keep : {0.05, 0.3, 0.6, 1.0}) sels.push_back(random_selection(s, GqaMode::kv, keep, kv_seed += 5));
     sels.push_back(random_selection(s, GqaMode::query, 0.4, 41));
     sels.push_back(random_selection(s, GqaMode::query, 0.1, 42));
     auto stepwise = random_selection(s, GqaMode::kv, 0.5, 43);
@@ -377,6 +379,52 @@ TEST_CASE("measure_perturbations: a batch (static kv + query, step-wise, ThinK) 
       CHECK(same(batch[b].layer_l1, one.layer_l1));
       CHECK(same(batch[b].layer_l2, one.layer_l2));
       CHECK(same(batch[b].layer_theta, one.layer_theta));
+    }
+  }
+}
+
+TEST_CASE("measure_perturbations: nested kept sets (budgets of one ranking) measured segment-wise agree with "
+          "one call per selection and with the float64 oracle") {
+  unsigned seed = 71;
+  for (const auto& c : cases()) {
+    const auto meta = make_meta(c.shape);
+    const auto L = make_layer(c.shape, seed++);
+    const auto rows = rows_from(meta, c.shape.n_c, c.shape.S);
+    LayerCache cache(meta, L, c.shape.n_c, rows);
+    LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+    for (GqaMode mode : {GqaMode::kv, GqaMode::query}) {
+      CAPTURE(c.shape.H);
+      CAPTURE(c.shape.o_proj);
+      CAPTURE(static_cast<int>(mode));
+      // One seed, growing thresholds: each kept set contains the previous one (a ranking's prefixes),
+      // listed out of order, with a duplicate, to exercise the chain's sort and empty segments.
+      std::vector<Selection> sels;
+      for (double keep : {0.5, 0.1, 0.8, 0.3, 0.3, 0.97}) sels.push_back(random_selection(c.shape, mode, keep, seed));
+      ++seed;
+      const auto batch = measure_perturbations(cache, ref, sels);
+      const int G = c.shape.H / c.shape.Hkv;
+      for (std::size_t b = 0; b < sels.size(); ++b) {
+        CAPTURE(b);
+        const auto one = measure_perturbation(cache, ref, sels[b]);
+        auto support = [&](int h, i64, i64 j) {
+          const int u = mode == GqaMode::kv ? h / G : h;
+          return j >= c.shape.n_c || sels[b].unit_mask(u)[j] != 0;
+        };
+        compare(batch[b], oracle(meta, L, rows, support), ref);
+        check_bound_chain(batch[b]);
+        const auto close = [](const std::vector<double>& x, const std::vector<double>& y) {
+          double scale = 0;
+          for (double v : y) scale = std::max(scale, std::abs(v));
+          for (std::size_t i = 0; i < x.size(); ++i)
+            if (!(std::abs(x[i] - y[i]) <= 2e-6 * (std::abs(y[i]) + 1e-3 * scale))) return false;
+          return x.size() == y.size();
+        };
+        CHECK(close(batch[b].F, one.F));
+        CHECK(close(batch[b].l1, one.l1));
+        CHECK(close(batch[b].l2, one.l2));
+        CHECK(close(batch[b].theta, one.theta));
+        CHECK(close(batch[b].layer_l1, one.layer_l1));
+      }
     }
   }
 }

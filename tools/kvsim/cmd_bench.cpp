@@ -202,9 +202,12 @@ int cmd_bench(const std::vector<std::string>& args) {
   } else {
     std::printf("\ntorch anchors not measured: %s\n", torch.error.c_str());
   }
-  std::printf("metrics per selection vs their GEMM floor at the best sgemm rate:");
+  std::printf("metrics per selection vs their GEMM floor at the best sgemm rate (one 20%% selection alone; "
+              "in a batch of 5 nested budgets 10-50%%, as a replay measures a rule):");
   for (const auto& r : results)
-    std::printf(" S=%lld %.2fx", static_cast<long long>(r.S), r.metrics_s / (r.metrics_floor_flops / (sgemm_best * 1e9)));
+    std::printf(" S=%lld %.2fx, %.2fx", static_cast<long long>(r.S),
+                r.metrics_s / (r.metrics_floor_flops / (sgemm_best * 1e9)),
+                r.metrics_batch_s / (r.metrics_batch_floor_flops / (sgemm_best * 1e9)));
   std::printf("\n");
 
   // The target: 32 layers x 32K tokens x 64 eval queries x 6 rules x 5 budgets.
@@ -277,7 +280,8 @@ int cmd_bench(const std::vector<std::string>& args) {
               {"peak_gflops", peak.gflops_all},
               {"peak_gflops_per_core", peak.gflops_per_thread},
               {"best_sgemm_gflops", sgemm_best},
-              {"metrics_floor_ratio", key.metrics_s / (key.metrics_floor_flops / (sgemm_best * 1e9))},
+              {"metrics_floor_ratio", key.metrics_batch_s / (key.metrics_batch_floor_flops / (sgemm_best * 1e9))},
+              {"metrics_floor_ratio_single", key.metrics_s / (key.metrics_floor_flops / (sgemm_best * 1e9))},
               {"torch", Json::object()},
               {"reference_seq_len", key.S},
               {"sgemm_ratio", key.sgemm_s / key.core_s},
@@ -325,7 +329,9 @@ int cmd_bench(const std::vector<std::string>& args) {
                               {"nu_upper_seconds", r.nu_upper_s},
                               {"nu_l2_seconds", r.nu_l2_s},
                               {"metrics_seconds_per_selection", r.metrics_s},
-                              {"metrics_floor_ratio", r.metrics_s / (r.metrics_floor_flops / (sgemm_best * 1e9))},
+                              {"metrics_floor_ratio_single", r.metrics_s / (r.metrics_floor_flops / (sgemm_best * 1e9))},
+                              {"metrics_batch_seconds_per_selection", r.metrics_batch_s},
+                              {"metrics_floor_ratio", r.metrics_batch_s / (r.metrics_batch_floor_flops / (sgemm_best * 1e9))},
                               {"peak_rss_bytes", r.rss}});
     write_file_atomic(json_path, json_text(j));
   }
