@@ -15,6 +15,7 @@
 #include "attention/layer_reference.h"
 #include "attention/norm_cache.h"
 #include "attention/perturbation.h"
+#include "core/core_share.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/run_header.h"
@@ -118,6 +119,8 @@ void ReplayTimings::add(const ReplayTimings& o) {
   metrics += o.metrics;
   nu_hits += o.nu_hits;
   nu_misses += o.nu_misses;
+  threads_min = threads_min == 0 ? o.threads_min : (o.threads_min == 0 ? threads_min : std::min(threads_min, o.threads_min));
+  threads_max = std::max(threads_max, o.threads_max);
 }
 
 ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
@@ -164,6 +167,9 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
   if (!opt.nu_cache_dir.empty()) nu_cache = std::make_unique<NormCache>(opt.nu_cache_dir);
 
   std::vector<LayerTotal> totals;
+  // --threads 0 (the default): OpenMP's count is the ceiling, lowered while other processes keep
+  // cores busy; --threads N: exactly N.
+  CoreShare share(max_threads(), opt.threads == 0);
   // The next layer is read on a second thread while this one is replayed (reading is serial
   // HDF5 + widening). HDF5 is not thread-safe here, so not while selection.h5 is being written.
   const bool prefetch = !selection && layers.size() > 1;
@@ -195,6 +201,7 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
     WindowAttentionMemo window_memo;  // snapkv-family rules share the window attention
     in.window_memo = &window_memo;
     for (std::size_t r = 0; r < rules.size(); ++r) {
+      share.apply();
       sw.reset();
       const auto sels = rules[r]->select(in, budgets);
       const double sel_s = sw.seconds();
@@ -241,6 +248,11 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
       if (progress) progress->advance();
     }
   }
+  share.restore();  // the summary's header records the ceiling
+  if (share.max_used() > 0) {
+    const ReplayTimings used{.threads_min = share.min_used(), .threads_max = share.max_used()};
+    tm.add(used);
+  }
   if (nu_cache) {
     tm.nu_hits += nu_cache->hits();
     tm.nu_misses += nu_cache->misses();
@@ -280,7 +292,9 @@ void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, st
                         {"metrics_seconds", tm.metrics},
                         {"total_seconds", total_seconds},
                         {"nu_cache_hits", tm.nu_hits},
-                        {"nu_cache_misses", tm.nu_misses}};
+                        {"nu_cache_misses", tm.nu_misses},
+                        {"threads_min", tm.threads_min},
+                        {"threads_max", tm.threads_max}};
   write_summary(opt, setup, tot, timings);
   print_table(table, setup, tot);
 }

@@ -69,6 +69,9 @@ struct LayerTotal {
 struct ReplayTimings {
   double read = 0, attention = 0, select = 0, metrics = 0;
   i64 nu_hits = 0, nu_misses = 0;
+  // Threads the replay ran with (core_share.h: fewer while other processes keep cores busy,
+  // unless --threads fixed the count); 0 before any layer.
+  int threads_min = 0, threads_max = 0;
   void add(const ReplayTimings& o);
 };
 

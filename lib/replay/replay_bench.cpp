@@ -204,7 +204,7 @@ LengthTiming time_length(i64 S, int threads, int reps) {
   std::vector<Selection> nested;
   for (int tenth = 1; tenth <= 5; ++tenth) {
     Selection x(GqaMode::kv, kKvHeads, b.n_c);
-    for (i64 j = 0; j < i64(x.kept.size()); ++j) x.kept[j] = (j * 2654435761u) % 10 < std::uint64_t(tenth);
+    for (i64 j = 0; j < i64(x.kept.size()); ++j) x.kept[j] = (j * 2654435761u) % 10 < tenth;
     r.metrics_batch_floor_flops += floor_flops(x) / 5;
     nested.push_back(std::move(x));
   }

@@ -32,7 +32,8 @@ json to_json(const UnitRecord& r) {
   return {{"key", r.key},         {"status", r.status}, {"error", r.error},   {"rank", r.rank},
           {"host", r.host},       {"seconds", r.seconds},
           {"timings", {{"read", tm.read}, {"attention", tm.attention}, {"select", tm.select}, {"metrics", tm.metrics},
-                       {"nu_hits", tm.nu_hits}, {"nu_misses", tm.nu_misses}}},
+                       {"nu_hits", tm.nu_hits}, {"nu_misses", tm.nu_misses}, {"threads_min", tm.threads_min},
+                       {"threads_max", tm.threads_max}}},
           {"totals", totals}};
 }
 
@@ -51,6 +52,8 @@ UnitRecord from_json(const json& j) {
   r.timings.metrics = tm.at("metrics");
   r.timings.nu_hits = tm.at("nu_hits");
   r.timings.nu_misses = tm.at("nu_misses");
+  r.timings.threads_min = tm.value("threads_min", 0);  // absent in records of older sweeps
+  r.timings.threads_max = tm.value("threads_max", 0);
   for (const auto& e : j.at("totals")) {
     LayerTotal t;
     t.rule = e.at(0);
