@@ -102,28 +102,34 @@ void per_query_head(const LayerCache& cache, const LayerReference& ref, const Se
 // what its bounds need (finish): the nu-weighted masses, the largest nu of the support, and the
 // range r of the logit shift Delta_j = z'_j - z_j over the support (z: the transformed logits,
 // soft-capping included), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r / 4).
-void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
-                      int h, Sums& z) {
+// `group`: selections pruning the same key channels (the budgets of one ThinK rule), which share
+// the two logit products; each then masks, normalises and multiplies its own copy.
+void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const std::vector<const Selection*>& group,
+                      const Shape& s, int h, const std::vector<Sums*>& zs) {
   const QuerySet set = ref.set();
   const LayerData& L = cache.data();
   const int g = h / s.G;
-  const std::uint8_t* ch = sel.key_channels.data() + static_cast<std::size_t>(g) * s.d;
+  const std::uint8_t* ch = group.front()->key_channels.data() + static_cast<std::size_t>(g) * s.d;
   i64 maxt = 0;
   for (i64 qi = 0; qi < s.n; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
   const i64 ncols = maxt + 1;
   // q . (k * mask) == (q * mask) . k; the pruned channels' part separately, so the shift of an
   // uncapped logit is exact rather than a difference of two large logits.
-  avec<float> qm(static_cast<std::size_t>(s.n) * s.d), qd(static_cast<std::size_t>(s.n) * s.d);
+  // qm (kept channels) and qd (pruned channels) stacked: one product of 2n rows, rows
+  // independent, so the same values as two products and a better-shaped GEMM.
+  avec<float> qmd(static_cast<std::size_t>(2 * s.n) * s.d);
   for (i64 qi = 0; qi < s.n; ++qi) {
     const float* q = L.q_row(h, cache.rows(set)[qi]);
     for (int c = 0; c < s.d; ++c) {
-      qm[qi * s.d + c] = ch[c] ? q[c] : 0.f;
-      qd[qi * s.d + c] = ch[c] ? 0.f : q[c];
+      qmd[qi * s.d + c] = ch[c] ? q[c] : 0.f;
+      qmd[(s.n + qi) * s.d + c] = ch[c] ? 0.f : q[c];
     }
   }
-  avec<float> logits(static_cast<std::size_t>(s.n) * ncols), dropped(static_cast<std::size_t>(s.n) * ncols);
-  kernels::sgemm(false, true, s.n, ncols, s.d, 1.f, qm.data(), s.d, L.k_head(g), s.d, 0.f, logits.data(), ncols);
-  kernels::sgemm(false, true, s.n, ncols, s.d, 1.f, qd.data(), s.d, L.k_head(g), s.d, 0.f, dropped.data(), ncols);
+  const std::size_t cells = static_cast<std::size_t>(s.n) * ncols;
+  float* kept_logits = scratch_floats(0, 2 * cells);  // per-thread buffers, reused across heads
+  const float* dropped = kept_logits + cells;
+  float* logits = scratch_floats(2, cells);
+  kernels::sgemm(false, true, 2 * s.n, ncols, s.d, 1.f, qmd.data(), s.d, L.k_head(g), s.d, 0.f, kept_logits, ncols);
   const kernels::LogitSpec logit = cache.meta().logits();
   auto transform = [&](double x) {
     const double v = logit.scale * x;
@@ -135,11 +141,15 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
   const float* o = cache.outputs(set, h);
   std::vector<std::uint8_t> m;
   std::vector<bool> empty(s.n, false);
+  for (std::size_t b = 0; b < group.size(); ++b) {
+  const Selection& sel = *group[b];
+  Sums& z = *zs[b];
+  std::copy_n(kept_logits, cells, logits);
   for (i64 qi = 0; qi < s.n; ++qi) {
     support_mask(cache, sel, set, h, s.G, qi, m);
     const i64 t = cache.pos(set, qi);
-    float* row = logits.data() + qi * ncols;
-    const float* drow = dropped.data() + qi * ncols;
+    float* row = logits + qi * ncols;
+    const float* drow = dropped + qi * ncols;
     const float* arow = a + qi * s.S;
     double kept_mass = 0, ev_mass = 0, knu = 0, enu = 0, lo = 0, hi = 0, numax = 0;
     bool any = false;
@@ -172,13 +182,14 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
     std::fill(row + (any ? t + 1 : 0), row + ncols, 0.f);
   }
   float* dl = z.delta.data() + static_cast<std::size_t>(h) * s.n * s.d;
-  kernels::sgemm(false, false, s.n, s.d, ncols, 1.f, logits.data(), ncols, L.v_head(g), s.d, 0.f, dl, s.d);
+  kernels::sgemm(false, false, s.n, s.d, ncols, 1.f, logits, ncols, L.v_head(g), s.d, 0.f, dl, s.d);
   for (i64 qi = 0; qi < s.n; ++qi) {
     const float inv = static_cast<float>(1.0 / T[qi]);
     for (int c = 0; c < s.d; ++c) {
       float& x = dl[qi * s.d + c];
       x = empty[qi] ? std::numeric_limits<float>::quiet_NaN() : o[qi * s.d + c] * inv - x;
     }
+  }
   }
 }
 
@@ -409,12 +420,26 @@ std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const Lay
   }
   std::vector<std::vector<std::uint8_t>> head_zero(selp.size());
   std::vector<std::vector<double>> tilts(selp.size());
+  // ThinK: selections pruning the same channels share their logit products.
+  std::vector<std::uint8_t> pruned_done(selp.size(), 0);
+  for (std::size_t b = 0; b < selp.size(); ++b) {
+    if (selp[b]->key_channels.empty() || pruned_done[b]) continue;
+    std::vector<const Selection*> group;
+    std::vector<Sums*> zs;
+    for (std::size_t c = b; c < selp.size(); ++c)
+      if (!pruned_done[c] && selp[c]->key_channels == selp[b]->key_channels) {
+        group.push_back(selp[c]);
+        zs.push_back(&sums[c]);
+        pruned_done[c] = 1;
+      }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, group, s, h, zs);
+  }
   for (std::size_t b = 0; b < selp.size(); ++b) {
     const Selection& sel = *selp[b];
     Sums& z = sums[b];
     if (!sel.key_channels.empty()) {
-#pragma omp parallel for schedule(dynamic, 1)
-      for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, sel, s, h, z);
+      // measured above, with the selections sharing its channels
     } else if (!is_static(sel)) {
 #pragma omp parallel for schedule(dynamic, 1)
       for (int h = 0; h < s.H; ++h) per_query_head(cache, ref, sel, s, h, z.E, z.K, z.Enu, z.Knu, z.delta, z.use_support);

@@ -67,6 +67,9 @@ inline __m256 exp_ps(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
   p = _mm256_add_ps(p, _mm256_set1_ps(1.f));
+  // Below -104 the result rounds to 0 anyway: a zero p avoids the underflowing multiplies and
+  // their microcode assists (see simd_avx512.h). NaN lanes pass (unordered compare).
+  p = _mm256_and_ps(p, _mm256_cmp_ps(x, _mm256_set1_ps(-104.f), _CMP_NLT_UQ));
   const __m256i ni = _mm256_cvtps_epi32(n);  // n is integral (a NaN x gives garbage, but p is NaN)
   const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
   const __m256i bias = _mm256_set1_epi32(127);

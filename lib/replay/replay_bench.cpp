@@ -131,11 +131,15 @@ double time_sgemm(const BenchLayer& b, int threads, int reps) {
   });
 }
 
-ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec) {
+ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec, bool warm) {
   WindowAttentionMemo window_memo;  // as in kvsim replay: snapkv-family rules share it
   ReplayLayerTiming t;
-  Stopwatch sw;
   LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
+  if (warm) {
+    cache.precompute_norms(nu);
+    if (nu != NormKind::upper) cache.precompute_norms(NormKind::upper);  // rules' own upper norms
+  }
+  Stopwatch sw;
   LayerReference ref(cache, QuerySet::eval, nu);
   const auto rules = make_rules(rules_spec);
   const auto budgets = parse_budgets("0.1,0.2,0.3,0.4,0.5");

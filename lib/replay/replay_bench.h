@@ -76,7 +76,9 @@ struct ReplayLayerTiming {
   double seconds = 0;
   std::vector<std::pair<std::string, double>> select_seconds;  // rule spec -> select() wall time
 };
-ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec);
+// warm: the value norms are computed before the clock starts (a replay whose nu cache holds the
+// layer reads them from disk instead).
+ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec, bool warm = false);
 
 // select() alone, all 5 budgets, for each rule of `set` that is not in `skip` (already timed).
 std::vector<std::pair<std::string, double>> select_only_timings(const BenchLayer& b, const std::string& set,
