@@ -29,6 +29,8 @@ template <class F> double best_of(int reps, F&& f) {
   return best;
 }
 
+}  // namespace
+
 // What a rule sees of the bench layer (as kvsim replay builds it per layer).
 RuleInput bench_rule_input(const BenchLayer& b, LayerCache& cache, WindowAttentionMemo& window_memo) {
   RuleInput in;
@@ -40,8 +42,6 @@ RuleInput bench_rule_input(const BenchLayer& b, LayerCache& cache, WindowAttenti
   in.window_memo = &window_memo;
   return in;
 }
-
-}  // namespace
 
 void fill_random(float* x, i64 n, std::uint64_t seed, float scale) {
 #pragma omp parallel for schedule(static)
@@ -148,7 +148,9 @@ ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std:
     Stopwatch sel;
     auto selections = r->select(in, budgets);
     t.select_seconds.emplace_back(r->spec(), sel.seconds());
+    Stopwatch met;
     measure_perturbations(cache, ref, selections);
+    t.metrics_seconds.emplace_back(r->spec(), met.seconds());
   }
   t.seconds = sw.seconds();
   return t;

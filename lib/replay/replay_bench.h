@@ -8,7 +8,10 @@
 #include <utility>
 #include <vector>
 
+#include "attention/layer_cache.h"
 #include "attention/layer_reference.h"
+#include "rules/rule.h"
+#include "rules/window_attention.h"
 #include "core/types.h"
 #include "trace/layer_data.h"
 #include "trace/trace_meta.h"
@@ -27,6 +30,10 @@ struct BenchLayer {
 // Context of S - 64 tokens then 64 question tokens; stored queries: the 64-token observation
 // window and the 64 evaluation queries. Deterministic (counter-hash random values).
 BenchLayer make_layer(i64 S);
+
+// What a rule sees of the bench layer (as kvsim replay builds it per layer); the cache and memo
+// must outlive the result.
+RuleInput bench_rule_input(const BenchLayer& b, LayerCache& cache, WindowAttentionMemo& window_memo);
 
 // Uniform(-a, a) with unit variance from a counter hash: parallel and deterministic.
 void fill_random(float* x, i64 n, std::uint64_t seed, float scale);
@@ -74,7 +81,8 @@ BlasThreading probe_blas_threading();
 // the wall time of each rule's select() (all budgets) apart.
 struct ReplayLayerTiming {
   double seconds = 0;
-  std::vector<std::pair<std::string, double>> select_seconds;  // rule spec -> select() wall time
+  std::vector<std::pair<std::string, double>> select_seconds;   // rule spec -> select() wall time
+  std::vector<std::pair<std::string, double>> metrics_seconds;  // rule spec -> its budgets' metrics
 };
 // warm: the value norms are computed before the clock starts (a replay whose nu cache holds the
 // layer reads them from disk instead).

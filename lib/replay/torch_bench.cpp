@@ -53,13 +53,7 @@ TorchAnchor run_torch_anchor(const BenchLayer& b, int threads, int reps, const s
   {
     WindowAttentionMemo memo;
     LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
-    RuleInput in;
-    in.meta = &b.meta;
-    in.data = &b.data;
-    in.n_c = b.n_c;
-    in.eval_rows = b.eval_rows;
-    in.cache = &cache;
-    in.window_memo = &memo;
+    const RuleInput in = bench_rule_input(b, cache, memo);
     for (const auto& rule : make_rules(kTorchAnchorRules))
       for (auto& s : rule->select(in, parse_budgets(kTorchAnchorBudgets))) sels.push_back(std::move(s));
   }

@@ -213,6 +213,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   // The target: 32 layers x 32K tokens x 64 eval queries x 6 rules x 5 budgets.
   double replay_exact = NAN, replay_upper = NAN, replay_exact_cpu = NAN, replay_upper_cpu = NAN;
   double replay_layer_1thread = NAN, replay_default_warm = NAN;
+  Json default_rule_seconds = Json::object();  // rule -> {select, metrics} of the warm default layer
   std::vector<std::pair<std::string, double>> select_per_rule;
   const LengthResult* ref32 = nullptr;
   for (const auto& r : results)
@@ -244,10 +245,17 @@ int cmd_bench(const std::vector<std::string>& args) {
                   rules_exact.c_str());
       select_per_rule = te.select_seconds;
       // kvsim replay's default set at 5 budgets with a warm nu cache (norms read, not computed).
-      const double warm_layer = time_replay_layer(b, NormKind::l1, "default", true).seconds;
-      replay_default_warm = 32 * warm_layer;
-      std::printf("  default set (15 rules x 5 budgets), --nu exact from a warm nu cache: %.1f s wall (layer %.2f s)\n",
-                  replay_default_warm, warm_layer);
+      const ReplayLayerTiming warm = time_replay_layer(b, NormKind::l1, "default", true);
+      replay_default_warm = 32 * warm.seconds;
+      std::printf("  default set (15 rules x 5 budgets), --nu exact from a warm nu cache: %.1f s wall (layer %.2f s);\n"
+                  "  per rule, select + metrics of its 5 budgets (one layer):\n",
+                  replay_default_warm, warm.seconds);
+      for (std::size_t i = 0; i < warm.select_seconds.size(); ++i) {
+        std::printf("    %-58.58s %7.3f s + %7.3f s\n", warm.select_seconds[i].first.c_str(),
+                    warm.select_seconds[i].second, warm.metrics_seconds[i].second);
+        default_rule_seconds[warm.select_seconds[i].first] = {{"select", warm.select_seconds[i].second},
+                                                              {"metrics", warm.metrics_seconds[i].second}};
+      }
       // The rest of kvsim replay's default set: selection only (its metrics cost what the above cost).
       for (const auto& [spec, sec] : select_only_timings(b, "default", rules_exact)) select_per_rule.emplace_back(spec, sec);
       std::printf("selection time per rule (one layer, 5 budgets; the default set, select() alone):\n");
@@ -297,6 +305,7 @@ int cmd_bench(const std::vector<std::string>& args) {
               {"full_replay_seconds", replay_exact},
               {"full_replay_seconds_nu_upper", replay_upper},
               {"default_replay_warm_seconds", replay_default_warm},
+              {"default_replay_layer_seconds_per_rule", default_rule_seconds},
               {"full_replay_cpu_seconds_per_thread", replay_exact_cpu},
               {"full_replay_cpu_seconds_per_thread_nu_upper", replay_upper_cpu},
               {"replay_layer_seconds_1_thread", replay_layer_1thread},
