@@ -102,21 +102,36 @@ void per_query_head(const LayerCache& cache, const LayerReference& ref, const Se
 // what its bounds need (finish): the nu-weighted masses, the largest nu of the support, and the
 // range r of the logit shift Delta_j = z'_j - z_j over the support (z: the transformed logits,
 // soft-capping included), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r / 4).
-// `group`: selections pruning the same key channels (the budgets of one ThinK rule), which share
-// the two logit products; each then masks, normalises and multiplies its own copy.
-void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const std::vector<const Selection*>& group,
-                      const Shape& s, int h, const std::vector<Sums*>& zs) {
+// The pruned logits are computed on the union of the queries' supports only (gathered key and
+// value rows), not on every position: an evicted position's probability is 0 either way.
+void pruned_keys_selection(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
+                           int h, Sums& z) {
   const QuerySet set = ref.set();
   const LayerData& L = cache.data();
   const int g = h / s.G;
-  const std::uint8_t* ch = group.front()->key_channels.data() + static_cast<std::size_t>(g) * s.d;
+  const std::uint8_t* ch = sel.key_channels.data() + static_cast<std::size_t>(g) * s.d;
   i64 maxt = 0;
   for (i64 qi = 0; qi < s.n; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
   const i64 ncols = maxt + 1;
+  // Per-query supports over [0, ncols) (zero past t), and their union's columns.
+  static thread_local std::vector<std::uint8_t> masks;
+  masks.assign(static_cast<std::size_t>(s.n) * ncols, 0);
+  std::vector<std::uint8_t> m, any_support(ncols, 0);
+  for (i64 qi = 0; qi < s.n; ++qi) {
+    support_mask(cache, sel, set, h, s.G, qi, m);
+    std::uint8_t* mq = masks.data() + static_cast<std::size_t>(qi) * ncols;
+    for (std::size_t j = 0; j < m.size(); ++j) {
+      mq[j] = m[j] != 0;
+      any_support[j] |= mq[j];
+    }
+  }
+  std::vector<i64> cols;
+  for (i64 j = 0; j < ncols; ++j)
+    if (any_support[j]) cols.push_back(j);
+  const i64 w = static_cast<i64>(cols.size());
   // q . (k * mask) == (q * mask) . k; the pruned channels' part separately, so the shift of an
-  // uncapped logit is exact rather than a difference of two large logits.
-  // qm (kept channels) and qd (pruned channels) stacked: one product of 2n rows, rows
-  // independent, so the same values as two products and a better-shaped GEMM.
+  // uncapped logit is exact rather than a difference of two large logits. qm (kept channels) and
+  // qd (pruned channels) stacked: one product of 2n rows.
   avec<float> qmd(static_cast<std::size_t>(2 * s.n) * s.d);
   for (i64 qi = 0; qi < s.n; ++qi) {
     const float* q = L.q_row(h, cache.rows(set)[qi]);
@@ -125,11 +140,16 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
       qmd[(s.n + qi) * s.d + c] = ch[c] ? 0.f : q[c];
     }
   }
-  const std::size_t cells = static_cast<std::size_t>(s.n) * ncols;
-  float* kept_logits = scratch_floats(0, 2 * cells);  // per-thread buffers, reused across heads
-  const float* dropped = kept_logits + cells;
-  float* logits = scratch_floats(2, cells);
-  kernels::sgemm(false, true, 2 * s.n, ncols, s.d, 1.f, qmd.data(), s.d, L.k_head(g), s.d, 0.f, kept_logits, ncols);
+  const std::size_t cells = static_cast<std::size_t>(s.n) * w;
+  float* logits = scratch_floats(0, std::max<std::size_t>(1, 2 * cells));  // per-thread, reused
+  const float* dropped = logits + cells;
+  float* Kg = scratch_floats(1, static_cast<std::size_t>(std::max<i64>(1, w)) * s.d);
+  float* Vg = scratch_floats(2, static_cast<std::size_t>(std::max<i64>(1, w)) * s.d);
+  for (i64 i = 0; i < w; ++i) {
+    std::copy_n(L.k_head(g) + cols[i] * s.d, s.d, Kg + i * s.d);
+    std::copy_n(L.v_head(g) + cols[i] * s.d, s.d, Vg + i * s.d);
+  }
+  if (w > 0) kernels::sgemm(false, true, 2 * s.n, w, s.d, 1.f, qmd.data(), s.d, Kg, s.d, 0.f, logits, w);
   const kernels::LogitSpec logit = cache.meta().logits();
   auto transform = [&](double x) {
     const double v = logit.scale * x;
@@ -139,57 +159,54 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
   const float* nu = cache.value_norms(h, ref.nu_kind());
   const double* T = cache.prob_sums(set, h);
   const float* o = cache.outputs(set, h);
-  std::vector<std::uint8_t> m;
   std::vector<bool> empty(s.n, false);
-  for (std::size_t b = 0; b < group.size(); ++b) {
-  const Selection& sel = *group[b];
-  Sums& z = *zs[b];
-  std::copy_n(kept_logits, cells, logits);
   for (i64 qi = 0; qi < s.n; ++qi) {
-    support_mask(cache, sel, set, h, s.G, qi, m);
+    const std::uint8_t* mq = masks.data() + static_cast<std::size_t>(qi) * ncols;
     const i64 t = cache.pos(set, qi);
-    float* row = logits + qi * ncols;
-    const float* drow = dropped + qi * ncols;
     const float* arow = a + qi * s.S;
-    double kept_mass = 0, ev_mass = 0, knu = 0, enu = 0, lo = 0, hi = 0, numax = 0;
+    float m4[4];  // kept and evicted masses over [0, t], plain and nu-weighted
+    kernels::split_mass_sums(arow, nu, mq, t + 1, m4);
+    float* row = logits + qi * w;
+    const float* drow = dropped + qi * w;
+    double lo = 0, hi = 0, numax = 0;
     bool any = false;
-    for (i64 j = 0; j <= t; ++j) {
-      const double w = static_cast<double>(arow[j]) * nu[j];
-      if (!m[j]) {
-        ev_mass += arow[j];
-        enu += w;
-        row[j] = -std::numeric_limits<float>::infinity();
+    for (i64 i = 0; i < w; ++i) {
+      const i64 j = cols[i];
+      if (!mq[j]) {  // outside this query's support (evicted for it, or past t)
+        row[i] = -std::numeric_limits<float>::infinity();
         continue;
       }
-      kept_mass += arow[j];
-      knu += w;
       numax = std::max(numax, static_cast<double>(nu[j]));
-      const double shift = logit.softcap > 0 ? transform(row[j]) - transform(static_cast<double>(row[j]) + drow[j])
-                                             : -logit.scale * static_cast<double>(drow[j]);
+      const double shift = logit.softcap > 0 ? transform(row[i]) - transform(static_cast<double>(row[i]) + drow[i])
+                                             : -logit.scale * static_cast<double>(drow[i]);
       lo = any ? std::min(lo, shift) : shift;
       hi = any ? std::max(hi, shift) : shift;
       any = true;
     }
     const std::size_t k = static_cast<std::size_t>(h) * s.n + qi;
-    z.K[k] = kept_mass;
-    z.E[k] = ev_mass;
-    z.Knu[k] = knu;
-    z.Enu[k] = enu;
+    z.K[k] = m4[0];
+    z.E[k] = m4[1];
+    z.Knu[k] = m4[2];
+    z.Enu[k] = m4[3];
     z.shift_range[k] = hi - lo;
     z.support_nu_max[k] = numax;
-    if (any) kernels::logit_softmax_inplace(row, t + 1, logit);
+    if (any)
+      kernels::logit_softmax_inplace(row, w, logit);
+    else
+      std::fill(row, row + w, 0.f);
     empty[qi] = !any;
-    std::fill(row + (any ? t + 1 : 0), row + ncols, 0.f);
   }
   float* dl = z.delta.data() + static_cast<std::size_t>(h) * s.n * s.d;
-  kernels::sgemm(false, false, s.n, s.d, ncols, 1.f, logits, ncols, L.v_head(g), s.d, 0.f, dl, s.d);
+  if (w > 0)
+    kernels::sgemm(false, false, s.n, s.d, w, 1.f, logits, w, Vg, s.d, 0.f, dl, s.d);
+  else
+    std::fill(dl, dl + s.n * s.d, 0.f);
   for (i64 qi = 0; qi < s.n; ++qi) {
     const float inv = static_cast<float>(1.0 / T[qi]);
     for (int c = 0; c < s.d; ++c) {
       float& x = dl[qi * s.d + c];
       x = empty[qi] ? std::numeric_limits<float>::quiet_NaN() : o[qi * s.d + c] * inv - x;
     }
-  }
   }
 }
 
@@ -420,26 +437,12 @@ std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const Lay
   }
   std::vector<std::vector<std::uint8_t>> head_zero(selp.size());
   std::vector<std::vector<double>> tilts(selp.size());
-  // ThinK: selections pruning the same channels share their logit products.
-  std::vector<std::uint8_t> pruned_done(selp.size(), 0);
-  for (std::size_t b = 0; b < selp.size(); ++b) {
-    if (selp[b]->key_channels.empty() || pruned_done[b]) continue;
-    std::vector<const Selection*> group;
-    std::vector<Sums*> zs;
-    for (std::size_t c = b; c < selp.size(); ++c)
-      if (!pruned_done[c] && selp[c]->key_channels == selp[b]->key_channels) {
-        group.push_back(selp[c]);
-        zs.push_back(&sums[c]);
-        pruned_done[c] = 1;
-      }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, group, s, h, zs);
-  }
   for (std::size_t b = 0; b < selp.size(); ++b) {
     const Selection& sel = *selp[b];
     Sums& z = sums[b];
     if (!sel.key_channels.empty()) {
-      // measured above, with the selections sharing its channels
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int h = 0; h < s.H; ++h) pruned_keys_selection(cache, ref, sel, s, h, z);
     } else if (!is_static(sel)) {
 #pragma omp parallel for schedule(dynamic, 1)
       for (int h = 0; h < s.H; ++h) per_query_head(cache, ref, sel, s, h, z.E, z.K, z.Enu, z.Knu, z.delta, z.use_support);
