@@ -83,7 +83,7 @@ def main():
 
     with torch.inference_mode():
         bmm_s, _ = best_of(a.reps, gemms)
-        core_s, (P, o) = best_of(a.reps, core)
+        core_s, _ = best_of(a.reps, core)
         # Per-head W_o^h as [H, d, D] for one bmm of all heads.
         Wh = t["o_proj"].reshape(-1, H, d).permute(1, 2, 0).contiguous()
         masks = t["masks"].bool()

@@ -104,7 +104,7 @@ void per_query_head(const LayerCache& cache, const LayerReference& ref, const Se
 // soft-capping included), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r / 4).
 // The pruned logits are computed on the union of the queries' supports only (gathered key and
 // value rows), not on every position: an evicted position's probability is 0 either way.
-void pruned_keys_selection(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
+void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
                            int h, Sums& z) {
   const QuerySet set = ref.set();
   const LayerData& L = cache.data();
@@ -145,10 +145,8 @@ void pruned_keys_selection(const LayerCache& cache, const LayerReference& ref, c
   const float* dropped = logits + cells;
   float* Kg = scratch_floats(1, static_cast<std::size_t>(std::max<i64>(1, w)) * s.d);
   float* Vg = scratch_floats(2, static_cast<std::size_t>(std::max<i64>(1, w)) * s.d);
-  for (i64 i = 0; i < w; ++i) {
-    std::copy_n(L.k_head(g) + cols[i] * s.d, s.d, Kg + i * s.d);
-    std::copy_n(L.v_head(g) + cols[i] * s.d, s.d, Vg + i * s.d);
-  }
+  gather_rows(L.k_head(g), cols, s.d, Kg);
+  gather_rows(L.v_head(g), cols, s.d, Vg);
   if (w > 0) kernels::sgemm(false, true, 2 * s.n, w, s.d, 1.f, qmd.data(), s.d, Kg, s.d, 0.f, logits, w);
   const kernels::LogitSpec logit = cache.meta().logits();
   auto transform = [&](double x) {
@@ -442,7 +440,7 @@ std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const Lay
     Sums& z = sums[b];
     if (!sel.key_channels.empty()) {
 #pragma omp parallel for schedule(dynamic, 1)
-      for (int h = 0; h < s.H; ++h) pruned_keys_selection(cache, ref, sel, s, h, z);
+      for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, sel, s, h, z);
     } else if (!is_static(sel)) {
 #pragma omp parallel for schedule(dynamic, 1)
       for (int h = 0; h < s.H; ++h) per_query_head(cache, ref, sel, s, h, z.E, z.K, z.Enu, z.Knu, z.delta, z.use_support);

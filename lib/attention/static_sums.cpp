@@ -82,7 +82,7 @@ void nested_unit(const LayerCache& cache, const LayerReference& ref, const std::
     V[k] = scratch_floats(nseg + k, static_cast<std::size_t>(w) * s.d);
     out[k] = scratch_floats(2 * nseg + k, static_cast<std::size_t>(chunk) * s.d);
     NU[k] = scratch_floats(3 * nseg + k, static_cast<std::size_t>(w));
-    for (i64 i = 0; i < w; ++i) std::copy_n(Vh + c.seg_cols[k][i] * s.d, s.d, V[k] + i * s.d);
+    gather_rows(Vh, c.seg_cols[k], s.d, V[k]);
   }
   // Segment masses of each row in the chunk: [row][seg] (mass, nu-weighted mass).
   std::vector<double> mass(static_cast<std::size_t>(chunk) * nseg), mass_nu(mass.size());
@@ -219,7 +219,7 @@ void static_unit(const LayerCache& cache, const LayerReference& ref, const std::
         float*& Vb = V[b * 2 + form];
         if (!Vb) {
           Vb = scratch_floats(2 * B + b * 2 + form, static_cast<std::size_t>(w) * s.d);
-          for (i64 i = 0; i < w; ++i) std::copy_n(Vh + um[b].cols[form][i] * s.d, s.d, Vb + i * s.d);
+          gather_rows(Vh, um[b].cols[form], s.d, Vb);
         }
         if (tmp.size() < static_cast<std::size_t>(rows) * s.d) tmp.resize(static_cast<std::size_t>(rows) * s.d);
         kernels::sgemm(false, false, rows, s.d, w, 1.f, A[b * 2 + form], w, Vb, s.d, 0.f, tmp.data(), s.d);

@@ -1,6 +1,7 @@
 #pragma once
 // Internal to measure_perturbations (perturbation.cpp): what one selection's metrics are built
 // from, and the pass that fills them for static kept sets (static_sums.cpp).
+#include <algorithm>
 #include <vector>
 
 #include "attention/layer_cache.h"
@@ -30,6 +31,12 @@ inline float* scratch_floats(std::size_t slot, std::size_t n) {
   if (buf.size() <= slot) buf.resize(slot + 1);
   if (buf[slot].size() < n) buf[slot].resize(n);
   return buf[slot].data();
+}
+
+// out[i] = rows[cols[i]] for rows of length d: the key or value rows of a set of columns,
+// contiguous for one sgemm.
+inline void gather_rows(const float* rows, const std::vector<i64>& cols, int d, float* out) {
+  for (std::size_t i = 0; i < cols.size(); ++i) std::copy_n(rows + cols[i] * d, d, out + i * d);
 }
 
 // What one selection's metrics are built from: evicted mass E and kept mass K, summed separately

@@ -1,7 +1,6 @@
 #include "core/core_share.h"
 
 #include <omp.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,9 +21,7 @@ CoreShare::CoreShare(int ceiling, bool adaptive)
 CoreShare::Sample CoreShare::sample() {
   Sample s;
   s.wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  s.self = double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+  s.self = cpu_seconds();
   // First line of /proc/stat: cpu user nice system idle iowait irq softirq steal ... (clock ticks).
   std::ifstream f("/proc/stat");
   std::string cpu;

@@ -7,6 +7,9 @@
 namespace kvsim {
 
 std::int64_t peak_rss_bytes();   // getrusage ru_maxrss
+// Process CPU seconds (user + system, all threads): on a shared machine, wall time also counts
+// the time other processes held the cores; CPU time / threads approximates an idle machine.
+double cpu_seconds();
 std::int64_t current_rss_bytes();  // /proc/self/statm
 int max_threads();               // omp_get_max_threads()
 int online_cores();              // sysconf(_SC_NPROCESSORS_ONLN), at least 1

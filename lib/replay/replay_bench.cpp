@@ -1,7 +1,6 @@
 #include "replay/replay_bench.h"
 
 #include <omp.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <cmath>
@@ -92,14 +91,6 @@ BenchLayer make_layer(i64 S) {
   fill_random(L.v.data(), i64(L.v.size()), 3, 1.f);
   fill_random(L.o_proj.data(), i64(L.o_proj.size()), 4, 1.f / 64.f);
   return b;
-}
-
-// Process CPU seconds (user + system, all threads): on a shared machine, wall time also counts
-// the time other processes held the cores; CPU time / threads approximates an idle machine.
-double cpu_seconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
 // The attention core: full causal attention + head outputs of the evaluation queries.

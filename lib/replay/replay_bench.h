@@ -38,10 +38,6 @@ RuleInput bench_rule_input(const BenchLayer& b, LayerCache& cache, WindowAttenti
 // Uniform(-a, a) with unit variance from a counter hash: parallel and deterministic.
 void fill_random(float* x, i64 n, std::uint64_t seed, float scale);
 
-// Process CPU seconds (user + system, all threads): on a shared machine, wall time also counts
-// the time other processes held the cores; CPU time / threads approximates an idle machine.
-double cpu_seconds();
-
 // Best wall time of `reps` runs with `threads` OpenMP threads: the attention core (full causal
 // attention + head outputs of the evaluation queries), and plain OpenBLAS on the same shapes
 // (per KV group QK^T [G*n x d]x[d x S] and PV [G*n x S]x[S x d]).
