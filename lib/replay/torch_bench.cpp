@@ -13,7 +13,7 @@
 #include "core/json.h"
 #include "core/script_json.h"
 #include "core/sysinfo.h"
-#include "core/table_io.h"
+#include "core/output_path.h"
 #include "rules/budget.h"
 #include "rules/factory.h"
 #include "rules/window_attention.h"
@@ -22,23 +22,32 @@ namespace kvsim::bench {
 
 namespace {
 
-template <class T> void write_raw(const std::filesystem::path& p, const T* x, std::size_t n) {
-  std::ofstream f(p, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(x), static_cast<std::streamsize>(n * sizeof(T)));
-  if (!f) throw Error(p.string() + ": cannot write the torch anchor's input");
-}
-
+// A temporary folder for the torch script's input (~330 MB at 32K): removed when it goes out of
+// scope, and on SIGINT/SIGTERM through the CLI's cleanup registry (output_path.h), so an
+// interrupted bench leaves nothing in /tmp.
 struct TempFolder {
   std::filesystem::path path;
+  std::vector<std::string> files;
   TempFolder() {
     const char* base = std::getenv("TMPDIR");
     std::string tmpl = std::string(base && *base ? base : "/tmp") + "/kvsim-bench-torch-XXXXXX";
     if (!mkdtemp(tmpl.data())) throw Error(tmpl + ": cannot create a temporary folder");
     path = tmpl;
+    register_created_folder(path.string());
   }
   ~TempFolder() {
     std::error_code ec;
     std::filesystem::remove_all(path, ec);
+    for (const auto& f : files) unregister_partial_file(f);
+    unregister_created_folder(path.string());
+  }
+  template <class T> void write_raw(const std::string& name, const T* x, std::size_t n) {
+    const std::string p = (path / name).string();
+    files.push_back(p);
+    register_partial_file(p);
+    std::ofstream f(p, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(x), static_cast<std::streamsize>(n * sizeof(T)));
+    if (!f) throw Error(p + ": cannot write the torch anchor's input");
   }
 };
 
@@ -79,11 +88,12 @@ TorchAnchor run_torch_anchor(const BenchLayer& b, int threads, int reps, const s
                {"attn_scale", b.meta.attn_scale}, {"selections", sels.size()}, {"units", sels.front().units},
                {"eval_rows", b.eval_rows}, {"eval_pos", Json::array()}};
   for (i64 r0 : b.eval_rows) meta["eval_pos"].push_back(b.meta.q_pos[r0]);
-  write_file_atomic((tmp.path / "layer.json").string(), json_text(meta));
-  write_raw(tmp.path / "q.f32", L.q.data(), L.q.size());
-  write_raw(tmp.path / "k.f32", L.k.data(), L.k.size());
-  write_raw(tmp.path / "v.f32", L.v.data(), L.v.size());
-  write_raw(tmp.path / "o_proj.f32", L.o_proj.data(), L.o_proj.size());
+  const std::string layer_json = json_text(meta);
+  tmp.write_raw("layer.json", layer_json.data(), layer_json.size());
+  tmp.write_raw("q.f32", L.q.data(), L.q.size());
+  tmp.write_raw("k.f32", L.k.data(), L.k.size());
+  tmp.write_raw("v.f32", L.v.data(), L.v.size());
+  tmp.write_raw("o_proj.f32", L.o_proj.data(), L.o_proj.size());
   std::vector<std::uint8_t> masks;
   std::vector<double> l1, F;
   for (std::size_t s = 0; s < sels.size(); ++s) {
@@ -94,9 +104,9 @@ TorchAnchor run_torch_anchor(const BenchLayer& b, int threads, int reps, const s
         F.push_back(res[s].F[res[s].at(h, qi)]);
       }
   }
-  write_raw(tmp.path / "masks.u8", masks.data(), masks.size());
-  write_raw(tmp.path / "kvsim_l1.f64", l1.data(), l1.size());
-  write_raw(tmp.path / "kvsim_F.f64", F.data(), F.size());
+  tmp.write_raw("masks.u8", masks.data(), masks.size());
+  tmp.write_raw("kvsim_l1.f64", l1.data(), l1.size());
+  tmp.write_raw("kvsim_F.f64", F.data(), F.size());
   const ScriptJson got = run_json_script("env -u OPENBLAS_CORETYPE " + python + " " + script + " " +
                                               tmp.path.string() + " --threads " + std::to_string(threads) +
                                               " --reps " + std::to_string(reps),
