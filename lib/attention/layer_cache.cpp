@@ -1,11 +1,13 @@
 #include "attention/layer_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <mutex>
 
+#include <omp.h>
 #include <sys/mman.h>
 
 #include "attention/norm_cache.h"
@@ -98,8 +100,10 @@ class BufferPool {
 struct FloatBuffer {
   float* p = nullptr;
   std::size_t bytes = 0;
-  ~FloatBuffer() {
+  ~FloatBuffer() { release(); }
+  void release() {
     if (p) BufferPool::instance().give(p, bytes);
+    p = nullptr;
   }
   void allocate(std::size_t n) {
     bytes = ((n == 0 ? 1 : n) * sizeof(float) + 63) / 64 * 64;
@@ -107,14 +111,22 @@ struct FloatBuffer {
   }
 };
 
+// One KV group's probability tile [G][n][S]: computed on first use, released on request
+// (release_probs) and recomputed, bit-identically, if asked for again. The head outputs and row
+// sums computed with it stay for the whole layer.
+struct GroupTile {
+  std::mutex mu;
+  bool outputs_done = false;
+  FloatBuffer probs;
+};
+
 struct SetState {
   std::vector<i64> rows, pos;
   i64 max_pos = -1;
   std::once_flag alloc_once;
-  std::unique_ptr<std::once_flag[]> group_once;  // per KV group
-  FloatBuffer probs;                             // [H][n][S]
-  FloatBuffer out;                               // [H][n][d]
-  std::vector<double> sums;                      // [H][n]
+  std::unique_ptr<GroupTile[]> tiles;  // per KV group
+  FloatBuffer out;                     // [H][n][d]
+  std::vector<double> sums;            // [H][n]
 };
 
 }  // namespace
@@ -134,6 +146,7 @@ struct LayerCache::Impl {
   std::vector<FloatBuffer> packed;              // [H]: W_o^h in projection panels
   const NormCache* norm_cache = nullptr;        // optional on-disk cache of exact l1/l2 norms
   std::unique_ptr<LayerNormKeys> norm_keys;
+  std::atomic<std::size_t> tile_bytes{0}, tile_bytes_peak{0};  // probability tiles alive
 
   Impl(const TraceMeta& m, const LayerData& l, i64 nc) : meta(m), data(l), n_c(nc) {
     H = l.num_heads;
@@ -158,40 +171,77 @@ struct LayerCache::Impl {
       st.max_pos = std::max(st.max_pos, t);
     }
     st.rows = std::move(rows);
-    st.group_once.reset(new std::once_flag[std::max(Hkv, 1)]);
+    st.tiles.reset(new GroupTile[std::max(Hkv, 1)]);
+  }
+
+  void count_tile(std::ptrdiff_t bytes) {
+    const std::size_t now = tile_bytes.fetch_add(static_cast<std::size_t>(bytes)) + static_cast<std::size_t>(bytes);
+    std::size_t peak = tile_bytes_peak.load();
+    while (now > peak && !tile_bytes_peak.compare_exchange_weak(peak, now)) {
+    }
   }
 
   // One sgemm per KV group: [G*n x d] stacked queries x K_g^T over [0, max_pos], then a
-  // stable softmax of each row over [0, t]; then the head outputs with a second sgemm.
-  void compute_group(QuerySet s, int g) {
+  // stable softmax of each row over [0, t]; then the head outputs with a second sgemm (the
+  // first time only: a recomputed tile is bit-identical).
+  void compute_group(QuerySet s, int g, GroupTile& tile) {
     SetState& st = set(s);
     const i64 n = static_cast<i64>(st.rows.size());
-    std::call_once(st.alloc_once, [&] {
-      st.probs.allocate(static_cast<std::size_t>(H) * n * S);
-      st.out.allocate(static_cast<std::size_t>(H) * n * d);
-      st.sums.assign(static_cast<std::size_t>(H) * n, 0.0);
-    });
+    tile.probs.allocate(static_cast<std::size_t>(G) * n * S);
+    count_tile(static_cast<std::ptrdiff_t>(tile.probs.bytes));
     if (n == 0) return;
     const i64 ncols = st.max_pos + 1;
     avec<float> qstack(static_cast<std::size_t>(G) * n * d);
     for (int r = 0; r < G; ++r)
       for (i64 qi = 0; qi < n; ++qi)
         std::copy_n(data.q_row(g * G + r, st.rows[qi]), d, qstack.data() + (r * n + qi) * d);
-    float* C = st.probs.p + static_cast<std::size_t>(g) * G * n * S;
+    float* C = tile.probs.p;
     kernels::sgemm(false, true, G * n, ncols, d, 1.f, qstack.data(), d, data.k_head(g), d, 0.f, C, S);
     for (i64 r = 0; r < G * n; ++r) {
       float* row = C + r * S;
       const i64 t = st.pos[r % n];
       kernels::logit_softmax_inplace(row, t + 1, logits);
       std::fill(row + t + 1, row + S, 0.f);
-      st.sums[static_cast<std::size_t>(g) * G * n + r] = kernels::sum(row, t + 1);
+      if (!tile.outputs_done) st.sums[static_cast<std::size_t>(g) * G * n + r] = kernels::sum(row, t + 1);
     }
-    kernels::sgemm(false, false, G * n, d, ncols, 1.f, C, S, data.v_head(g), d, 0.f,
-                   st.out.p + static_cast<std::size_t>(g) * G * n * d, d);
+    if (!tile.outputs_done)
+      kernels::sgemm(false, false, G * n, d, ncols, 1.f, C, S, data.v_head(g), d, 0.f,
+                     st.out.p + static_cast<std::size_t>(g) * G * n * d, d);
+    tile.outputs_done = true;
   }
 
-  void ensure_group(QuerySet s, int g) {
-    std::call_once(set(s).group_once[g], [&] { compute_group(s, g); });
+  void alloc_set(QuerySet s) {
+    SetState& st = set(s);
+    std::call_once(st.alloc_once, [&] {
+      const std::size_t n = st.rows.size();
+      st.out.allocate(static_cast<std::size_t>(H) * n * d);
+      st.sums.assign(static_cast<std::size_t>(H) * n, 0.0);
+    });
+  }
+
+  // The group's tile, computed if absent.
+  const float* group_probs(QuerySet s, int g) {
+    alloc_set(s);
+    GroupTile& tile = set(s).tiles[g];
+    std::lock_guard<std::mutex> lock(tile.mu);
+    if (!tile.probs.p) compute_group(s, g, tile);
+    return tile.probs.p;
+  }
+
+  // Outputs and row sums only: computes the tile the first time, never again.
+  void ensure_outputs(QuerySet s, int g) {
+    alloc_set(s);
+    GroupTile& tile = set(s).tiles[g];
+    std::lock_guard<std::mutex> lock(tile.mu);
+    if (!tile.outputs_done) compute_group(s, g, tile);
+  }
+
+  void release(QuerySet s, int g) {
+    GroupTile& tile = set(s).tiles[g];
+    std::lock_guard<std::mutex> lock(tile.mu);
+    if (!tile.probs.p) return;
+    count_tile(-static_cast<std::ptrdiff_t>(tile.probs.bytes));
+    tile.probs.release();
   }
 
   // W_o^h packed for the projection kernel, once per head: the exact L1 norms and the metrics share it.
@@ -261,17 +311,21 @@ const std::vector<i64>& LayerCache::rows(QuerySet s) const { return impl_->set(s
 i64 LayerCache::pos(QuerySet s, i64 qi) const { return impl_->set(s).pos[qi]; }
 
 const float* LayerCache::probs(QuerySet s, int h) const {
-  impl_->ensure_group(s, h / impl_->G);
-  return impl_->set(s).probs.p + static_cast<std::size_t>(h) * count(s) * impl_->S;
+  const int G = impl_->G;
+  return impl_->group_probs(s, h / G) + static_cast<std::size_t>(h % G) * count(s) * impl_->S;
 }
 
+void LayerCache::release_probs(QuerySet s, int g) const { impl_->release(s, g); }
+
+std::size_t LayerCache::prob_bytes_peak() const { return impl_->tile_bytes_peak.load(); }
+
 const float* LayerCache::outputs(QuerySet s, int h) const {
-  impl_->ensure_group(s, h / impl_->G);
+  impl_->ensure_outputs(s, h / impl_->G);
   return impl_->set(s).out.p + static_cast<std::size_t>(h) * count(s) * impl_->d;
 }
 
 const double* LayerCache::prob_sums(QuerySet s, int h) const {
-  impl_->ensure_group(s, h / impl_->G);
+  impl_->ensure_outputs(s, h / impl_->G);
   return impl_->set(s).sums.data() + static_cast<std::size_t>(h) * count(s);
 }
 
@@ -287,10 +341,26 @@ const float* LayerCache::packed_o_proj(int h) const {
   return impl_->packed_of(h);
 }
 
+void LayerCache::walk_groups(QuerySet s, const std::function<void(int, int)>& use, bool release,
+                             double* core_seconds) const {
+  // Without release nothing is gained by waves: one wave of every group (fewer barriers).
+  const int groups = impl_->Hkv, wave = release ? std::max(1, omp_get_max_threads()) : std::max(1, groups);
+  for (int g0 = 0; g0 < groups; g0 += wave) {
+    const int g1 = std::min(groups, g0 + wave);
+    const double t0 = omp_get_wtime();
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int g = g0; g < g1; ++g) impl_->group_probs(s, g);
+    if (core_seconds) *core_seconds += omp_get_wtime() - t0;
+    use(g0, g1);
+    if (release)
+      for (int g = g0; g < g1; ++g) impl_->release(s, g);
+  }
+}
+
 void LayerCache::precompute(QuerySet s) const {
   const int groups = impl_->Hkv;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int g = 0; g < groups; ++g) impl_->ensure_group(s, g);
+  for (int g = 0; g < groups; ++g) impl_->group_probs(s, g);
 }
 
 void LayerCache::precompute_norms(NormKind kind) const {

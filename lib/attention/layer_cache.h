@@ -3,6 +3,7 @@
 // evaluation queries (and of the observation-window queries), the full head outputs, and
 // projected value norms. Computed lazily, once per head or KV group, thread-safe
 // (std::call_once), so rules and the metrics can ask for them from inside OpenMP loops.
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -38,7 +39,8 @@ class LayerCache {
 
   // Causal attention probabilities of the evaluation queries for query head h:
   // [n_eval][seq_len], row qi normalised over [0, t_qi], zero after.
-  // One sgemm per KV group (the G heads' queries stacked), then a stable softmax per row.
+  // One sgemm per KV group (the G heads' queries stacked), then a stable softmax per row. Kept
+  // per KV group (a tile [G][n][seq_len]) until release_probs; a pointer is valid until then.
   const float* eval_probs(int h) const;
   // Projected value norms nu^h_j. W_o^h = rows h*d..h*d+d-1 of o_proj^T; without o_proj the
   // identity (nu = ||v||_1 or ||v||_2). Computed for j in [0, norm_len()), the positions any
@@ -59,6 +61,19 @@ class LayerCache {
   const float* outputs(QuerySet s, int h) const;
   // Float32 softmax row sums (1 up to rounding), per query: used to normalise masses.
   const double* prob_sums(QuerySet s, int h) const;
+
+  // Frees KV group g's probability tile (long contexts: the metrics walk the groups in waves, so
+  // at most a wave of tiles is alive, not H x n x seq_len floats). Asking for it again recomputes
+  // it, bit-identically; outputs and prob_sums stay. No probs pointer of the group may be in use.
+  void release_probs(QuerySet s, int g) const;
+  // The most bytes of probability tiles alive at once so far (both query sets).
+  std::size_t prob_bytes_peak() const;
+  // The KV groups in waves of one per OpenMP thread: a wave's tiles computed in parallel, then
+  // use(g0, g1) for groups [g0, g1), then (release) the wave's tiles freed, so at most a wave of
+  // [G][n][seq_len] tiles is alive (without release: one wave of all groups). core_seconds (if
+  // given) is increased by the computing time.
+  void walk_groups(QuerySet s, const std::function<void(int g0, int g1)>& use, bool release,
+                   double* core_seconds = nullptr) const;
 
   // Computes everything for the set / norm kind now, in parallel over KV groups / heads.
   void precompute(QuerySet s) const;

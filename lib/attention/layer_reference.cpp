@@ -11,16 +11,14 @@ LayerReference::LayerReference(const LayerCache& cache, QuerySet set, NormKind n
     : set_(set), nu_(nu), n_q_(cache.count(set)), projected_(cache.data().has_o_proj()) {
   const LayerData& L = cache.data();
   const int H = L.num_heads, d = L.head_dim, D = L.hidden_size;
-  const i64 n = n_q_, S = L.seq_len;
+  const i64 n = n_q_;
   const std::size_t hn = static_cast<std::size_t>(H) * n;
   head_l1_.assign(hn, 0);
   head_l2_.assign(hn, 0);
-  c0_.assign(hn, 0);
   nu_max_.assign(hn, 0);
   y_l1_.assign(n, 0);
   y_l2_.assign(n, 0);
   if (n == 0) return;
-  cache.precompute(set);
   cache.precompute_norms(nu);
   const int width = projected_ ? D : d;
   avec<float> proj(hn * width);  // o^h W_o^h per head and query
@@ -34,7 +32,6 @@ LayerReference::LayerReference(const LayerCache& cache, QuerySet set, NormKind n
                      static_cast<i64>(H) * d, 0.f, P, D);
     else
       std::copy_n(o, n * d, P);
-    const float* a = cache.probs(set, h);
     const float* nuv = cache.value_norms(h, nu);
     for (i64 qi = 0; qi < n; ++qi) {
       // Outputs were formed from rows summing to T (1 up to rounding): normalise.
@@ -44,13 +41,8 @@ LayerReference::LayerReference(const LayerCache& cache, QuerySet set, NormKind n
       head_l1_[h * n + qi] = kernels::abs_sum(p, width);
       head_l2_[h * n + qi] = std::sqrt(static_cast<double>(kernels::dot(p, p, width)));
       const i64 t = cache.pos(set, qi);
-      const float* row = a + qi * S;
-      double c0 = 0, mx = 0;
-      for (i64 j = 0; j <= t; ++j) {
-        c0 += static_cast<double>(row[j]) * nuv[j];
-        mx = std::max(mx, static_cast<double>(nuv[j]));
-      }
-      c0_[h * n + qi] = c0 / T[qi];
+      double mx = 0;
+      for (i64 j = 0; j <= t; ++j) mx = std::max(mx, static_cast<double>(nuv[j]));
       nu_max_[h * n + qi] = mx;
     }
   }

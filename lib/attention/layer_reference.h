@@ -1,7 +1,8 @@
 #pragma once
 // Selection-independent quantities of one layer and query set that every metric row needs:
 // norms of the full-attention projected head outputs o^h W_o^h and of the layer output y, and
-// for the bounds C0 = sum_{j<=t} a_j nu_j and max_{j<=t} nu_j per head and query.
+// for the bounds max_{j<=t} nu_j per head and query. Needs the head outputs, not the
+// probability tiles (it can be built after they were released).
 #include <vector>
 
 #include "attention/layer_cache.h"
@@ -20,7 +21,6 @@ class LayerReference {
   // [h * n_q + qi]
   double head_out_l1(int h, i64 qi) const { return head_l1_[h * n_q_ + qi]; }
   double head_out_l2(int h, i64 qi) const { return head_l2_[h * n_q_ + qi]; }
-  double nu_mass(int h, i64 qi) const { return c0_[h * n_q_ + qi]; }      // sum_j a_j nu_j (a normalised)
   double nu_max(int h, i64 qi) const { return nu_max_[h * n_q_ + qi]; }   // max_{j<=t} nu_j
   double layer_out_l1(i64 qi) const { return y_l1_[qi]; }
   double layer_out_l2(i64 qi) const { return y_l2_[qi]; }
@@ -30,7 +30,7 @@ class LayerReference {
   NormKind nu_;
   i64 n_q_ = 0;
   bool projected_ = false;
-  std::vector<double> head_l1_, head_l2_, c0_, nu_max_, y_l1_, y_l2_;
+  std::vector<double> head_l1_, head_l2_, nu_max_, y_l1_, y_l2_;
 };
 
 }  // namespace kvsim

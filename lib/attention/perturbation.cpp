@@ -2,12 +2,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include "core/error.h"
 #include "attention/static_sums.h"
 #include "kernels/kernels.h"
+
+#include <omp.h>
 
 namespace kvsim {
 
@@ -60,15 +64,20 @@ void support_mask(const LayerCache& cache, const Selection& sel, QuerySet set, i
 
 // Per-query support (step-wise rules, or window queries with per-query masks absent): same sums
 // for one head, one query at a time.
-void per_query_head(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
-                    int h, std::vector<double>& E, std::vector<double>& K, std::vector<double>& Enu, std::vector<double>& Knu,
-                    avec<float>& oev, std::vector<std::uint8_t>& use_support) {
-  const float* a = cache.probs(ref.set(), h);
-  const float* nu = cache.value_norms(h, ref.nu_kind());
+void per_query_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
+                    int h, Sums& z) {
+  auto& E = z.E;
+  auto& K = z.K;
+  auto& Enu = z.Enu;
+  auto& Knu = z.Knu;
+  auto& oev = z.delta;
+  auto& use_support = z.use_support;
+  const float* a = cache.probs(set, h);
+  const float* nu = cache.value_norms(h, nu_kind);
   const float* V = cache.data().v_head(h / s.G);
   std::vector<std::uint8_t> m, inv;
   for (i64 qi = 0; qi < s.n; ++qi) {
-    support_mask(cache, sel, ref.set(), h, s.G, qi, m);
+    support_mask(cache, sel, set, h, s.G, qi, m);
     const float* row = a + qi * s.S;
     inv.resize(m.size());
     double e = 0, en = 0, kept_mass = 0, knu = 0;
@@ -104,9 +113,8 @@ void per_query_head(const LayerCache& cache, const LayerReference& ref, const Se
 // soft-capping included), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r / 4).
 // The pruned logits are computed on the union of the queries' supports only (gathered key and
 // value rows), not on every position: an evicted position's probability is 0 either way.
-void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const Selection& sel, const Shape& s,
-                           int h, Sums& z) {
-  const QuerySet set = ref.set();
+void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
+                      int h, Sums& z) {
   const LayerData& L = cache.data();
   const int g = h / s.G;
   const std::uint8_t* ch = sel.key_channels.data() + static_cast<std::size_t>(g) * s.d;
@@ -154,7 +162,7 @@ void pruned_keys_head(const LayerCache& cache, const LayerReference& ref, const 
     return logit.softcap > 0 ? logit.softcap * std::tanh(v / logit.softcap) : v;
   };
   const float* a = cache.probs(set, h);
-  const float* nu = cache.value_norms(h, ref.nu_kind());
+  const float* nu = cache.value_norms(h, nu_kind);
   const double* T = cache.prob_sums(set, h);
   const float* o = cache.outputs(set, h);
   std::vector<bool> empty(s.n, false);
@@ -397,84 +405,133 @@ void finish_layer(const LayerReference& ref, const Shape& s, const std::vector<d
   }
 }
 
-std::vector<PerturbationResult> measure_batch(const LayerCache& cache, const LayerReference& ref,
-                                              const std::vector<const Selection*>& selp) {
+bool is_static(const Selection& sel, QuerySet set) {
+  return sel.key_channels.empty() && !(set == QuerySet::eval && !sel.per_query.empty());
+}
+
+// The probability-dependent sums of every selection, for the heads of KV groups [g0, g1):
+// static selections of one GQA mode and batch share each pass over a unit's rows; ThinK's
+// pruned keys and step-wise per-query masks go one selection and head at a time. Every item
+// writes its own heads' sums, so the order (and the thread count) never changes a value.
+void wave_sums(const LayerCache& cache, QuerySet set, NormKind nu, const Shape& s,
+               const std::vector<std::vector<const Selection*>>& batches, std::vector<std::vector<Sums>>& sums,
+               int g0, int g1) {
+  std::vector<std::function<void()>> items;
+  for (std::size_t bi = 0; bi < batches.size(); ++bi) {
+    const auto& sels = batches[bi];
+    for (GqaMode mode : {GqaMode::kv, GqaMode::query}) {
+      std::vector<const Selection*> batch;
+      std::vector<Sums*> batch_sums;
+      for (std::size_t b = 0; b < sels.size(); ++b)
+        if (is_static(*sels[b], set) && sels[b]->mode == mode) {
+          batch.push_back(sels[b]);
+          batch_sums.push_back(&sums[bi][b]);
+        }
+      if (batch.empty()) continue;
+      const int u0 = mode == GqaMode::kv ? g0 : g0 * s.G, u1 = mode == GqaMode::kv ? g1 : g1 * s.G;
+      for (int u = u0; u < u1; ++u)
+        items.push_back([&cache, set, nu, &s, batch, batch_sums, u] { static_unit(cache, set, nu, batch, s, u, batch_sums); });
+    }
+    for (std::size_t b = 0; b < sels.size(); ++b) {
+      const Selection& sel = *sels[b];
+      if (is_static(sel, set)) continue;
+      Sums& z = sums[bi][b];
+      for (int h = g0 * s.G; h < g1 * s.G; ++h) {
+        if (!sel.key_channels.empty())
+          items.push_back([&cache, set, nu, &sel, &s, h, &z] { pruned_keys_head(cache, set, nu, sel, s, h, z); });
+        else
+          items.push_back([&cache, set, nu, &sel, &s, h, &z] { per_query_head(cache, set, nu, sel, s, h, z); });
+      }
+    }
+  }
+  const i64 count = static_cast<i64>(items.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (i64 i = 0; i < count; ++i) items[i]();
+}
+
+std::vector<std::vector<PerturbationResult>> measure_batches(const LayerCache& cache, QuerySet set, NormKind nu,
+                                                             const LayerReference* given_ref,
+                                                             const std::vector<std::vector<const Selection*>>& batches,
+                                                             bool release_tiles, double* attention_seconds) {
   const LayerData& L = cache.data();
   Shape s{L.num_heads, L.num_kv_heads, L.num_heads / L.num_kv_heads, L.head_dim, L.hidden_size, L.seq_len,
-          ref.n_q()};
-  const QuerySet set = ref.set();
-  for (const Selection* sel : selp) check_selection(cache, *sel, s);
-  std::vector<PerturbationResult> out(selp.size());
+          cache.count(set)};
+  std::vector<std::vector<PerturbationResult>> out(batches.size());
+  for (std::size_t bi = 0; bi < batches.size(); ++bi) {
+    for (const Selection* sel : batches[bi]) check_selection(cache, *sel, s);
+    out[bi].resize(batches[bi].size());
+  }
   if (s.n == 0) {
-    for (auto& r : out) r = empty_result(s);
+    for (auto& o : out)
+      for (auto& r : o) r = empty_result(s);
     return out;
   }
-  cache.precompute(set);
-  cache.precompute_norms(ref.nu_kind());
+  cache.precompute_norms(nu);
   const std::size_t hn = static_cast<std::size_t>(s.H) * s.n;
-  std::vector<Sums> sums;
-  sums.reserve(selp.size());
-  for (std::size_t b = 0; b < selp.size(); ++b) sums.emplace_back(hn, s.d);
-
-  // Static selections of one GQA mode share each pass over the probability rows; ThinK's pruned
-  // keys and step-wise per-query masks are measured one selection at a time.
-  auto is_static = [&](const Selection& sel) {
-    return sel.key_channels.empty() && !(set == QuerySet::eval && !sel.per_query.empty());
-  };
-  for (GqaMode mode : {GqaMode::kv, GqaMode::query}) {
-    std::vector<const Selection*> batch;
-    std::vector<Sums*> batch_sums;
-    for (std::size_t b = 0; b < selp.size(); ++b)
-      if (is_static(*selp[b]) && selp[b]->mode == mode) {
-        batch.push_back(selp[b]);
-        batch_sums.push_back(&sums[b]);
-      }
-    if (batch.empty()) continue;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int u = 0; u < batch.front()->units; ++u) static_unit(cache, ref, batch, s, u, batch_sums);
+  std::vector<std::vector<Sums>> sums(batches.size());
+  for (std::size_t bi = 0; bi < batches.size(); ++bi) {
+    sums[bi].reserve(batches[bi].size());
+    for (std::size_t b = 0; b < batches[bi].size(); ++b) sums[bi].emplace_back(hn, s.d);
   }
-  std::vector<std::vector<std::uint8_t>> head_zero(selp.size());
-  std::vector<std::vector<double>> tilts(selp.size());
-  for (std::size_t b = 0; b < selp.size(); ++b) {
-    const Selection& sel = *selp[b];
-    Sums& z = sums[b];
-    if (!sel.key_channels.empty()) {
-#pragma omp parallel for schedule(dynamic, 1)
-      for (int h = 0; h < s.H; ++h) pruned_keys_head(cache, ref, sel, s, h, z);
-    } else if (!is_static(sel)) {
-#pragma omp parallel for schedule(dynamic, 1)
-      for (int h = 0; h < s.H; ++h) per_query_head(cache, ref, sel, s, h, z.E, z.K, z.Enu, z.Knu, z.delta, z.use_support);
-    }
-    out[b] = finish_heads(cache, ref, s, !sel.key_channels.empty(), z, head_zero[b], tilts[b]);
-  }
-  // Norms of Delta^h = delta W_o^h and of the layer's Delta = sum_h Delta^h: every selection
-  // through o_proj at once.
-  if (ref.projected()) {
+  // Every selection takes what it needs from a wave of group tiles before the next wave.
+  double core_s = 0;
+  cache.walk_groups(set, [&](int g0, int g1) { wave_sums(cache, set, nu, s, batches, sums, g0, g1); }, release_tiles,
+                    &core_s);
+  std::unique_ptr<LayerReference> own_ref;
+  const double t0 = omp_get_wtime();
+  if (!given_ref) own_ref = std::make_unique<LayerReference>(cache, set, nu);
+  core_s += omp_get_wtime() - t0;
+  if (attention_seconds) *attention_seconds += core_s;
+  const LayerReference& ref = given_ref ? *given_ref : *own_ref;
+  // Per batch: F, delta and the head bounds; the norms of Delta^h = delta W_o^h and of the
+  // layer's Delta = sum_h Delta^h, the batch's selections through o_proj at once (one batch at a
+  // time: the stacked deltas of every rule would cost more memory than the probability tiles).
+  for (std::size_t bi = 0; bi < batches.size(); ++bi) {
+    const std::size_t B = batches[bi].size();
+    std::vector<std::vector<std::uint8_t>> head_zero(B);
+    std::vector<std::vector<double>> tilts(B);
     std::vector<Sums*> zs;
     std::vector<PerturbationResult*> rs;
-    for (std::size_t b = 0; b < selp.size(); ++b) {
-      zs.push_back(&sums[b]);
-      rs.push_back(&out[b]);
+    for (std::size_t b = 0; b < B; ++b) {
+      out[bi][b] = finish_heads(cache, ref, s, !batches[bi][b]->key_channels.empty(), sums[bi][b], head_zero[b], tilts[b]);
+      zs.push_back(&sums[bi][b]);
+      rs.push_back(&out[bi][b]);
     }
-    project_norms(cache, s, zs, head_zero, rs);
-  } else {
-    for (std::size_t b = 0; b < selp.size(); ++b) identity_norms(s, sums[b].delta, out[b]);
+    if (ref.projected())
+      project_norms(cache, s, zs, head_zero, rs);
+    else
+      for (std::size_t b = 0; b < B; ++b) identity_norms(s, zs[b]->delta, *rs[b]);
+    for (std::size_t b = 0; b < B; ++b) finish_layer(ref, s, tilts[b], *rs[b]);
+    sums[bi].clear();
+    sums[bi].shrink_to_fit();
   }
-  for (std::size_t b = 0; b < selp.size(); ++b) finish_layer(ref, s, tilts[b], out[b]);
   return out;
+}
+
+std::vector<const Selection*> pointers(const std::vector<Selection>& sels) {
+  std::vector<const Selection*> p;
+  for (const auto& sel : sels) p.push_back(&sel);
+  return p;
 }
 
 }  // namespace
 
 std::vector<PerturbationResult> measure_perturbations(const LayerCache& cache, const LayerReference& ref,
                                                       const std::vector<Selection>& sels) {
-  std::vector<const Selection*> selp;
-  for (const auto& sel : sels) selp.push_back(&sel);
-  return measure_batch(cache, ref, selp);
+  if (ref.n_q() != cache.count(ref.set())) fail("selection", "reference", "built for another layer cache");
+  return std::move(measure_batches(cache, ref.set(), ref.nu_kind(), &ref, {pointers(sels)}, false, nullptr).front());
 }
 
 PerturbationResult measure_perturbation(const LayerCache& cache, const LayerReference& ref, const Selection& sel) {
-  return std::move(measure_batch(cache, ref, {&sel}).front());
+  return std::move(measure_batches(cache, ref.set(), ref.nu_kind(), &ref, {{&sel}}, false, nullptr).front().front());
+}
+
+std::vector<std::vector<PerturbationResult>> measure_rules(const LayerCache& cache, QuerySet set, NormKind nu,
+                                                           const std::vector<std::vector<Selection>>& rules,
+                                                           double* attention_seconds) {
+  std::vector<std::vector<const Selection*>> batches;
+  for (const auto& sels : rules) batches.push_back(pointers(sels));
+  return measure_batches(cache, set, nu, nullptr, batches, true, attention_seconds);
 }
 
 }  // namespace kvsim

@@ -44,5 +44,14 @@ PerturbationResult measure_perturbation(const LayerCache& cache, const LayerRefe
 // (static_sums.h), equal to one call per selection within float32 reassociation.
 std::vector<PerturbationResult> measure_perturbations(const LayerCache& cache, const LayerReference& ref,
                                                       const std::vector<Selection>& sels);
+// A layer's replay: the budgets of every rule ([rule][budget]) measured on one query set in one
+// walk over the KV groups, each group's probability tile freed once every selection has used it
+// (LayerCache::release_probs), so long contexts never hold all H x n x seq_len probabilities;
+// the reference (LayerReference with nu) is built from the head outputs. Equal to
+// measure_perturbations per rule, bit for bit. attention_seconds (if given) is increased by the
+// wall time of the attention core and the reference.
+std::vector<std::vector<PerturbationResult>> measure_rules(const LayerCache& cache, QuerySet set, NormKind nu,
+                                                           const std::vector<std::vector<Selection>>& rules,
+                                                           double* attention_seconds = nullptr);
 
 }  // namespace kvsim

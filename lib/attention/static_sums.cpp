@@ -68,9 +68,8 @@ bool find_chain(const std::vector<UnitMasks>& um, std::vector<std::size_t> activ
   return true;
 }
 
-void nested_unit(const LayerCache& cache, const LayerReference& ref, const std::vector<UnitMasks>& um,
+void nested_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const std::vector<UnitMasks>& um,
                  const Chain& c, const Shape& s, int h0, int nh, i64 len, const std::vector<Sums*>& sums) {
-  const QuerySet set = ref.set();
   const std::size_t m = c.order.size(), nseg = m + 1;
   const i64 R = static_cast<i64>(nh) * s.n;
   const i64 chunk = std::max<i64>(1, std::min<i64>(R, (i64{1} << 22) / len));
@@ -94,7 +93,7 @@ void nested_unit(const LayerCache& cache, const LayerReference& ref, const std::
       const int h = h0 + static_cast<int>((r0 + r) / s.n);
       const float* row = cache.probs(set, h) + ((r0 + r) % s.n) * s.S;
       if (h != nu_head) {
-        const float* nu = cache.value_norms(h, ref.nu_kind());
+        const float* nu = cache.value_norms(h, nu_kind);
         for (std::size_t k = 0; k < nseg; ++k) kernels::compress_masked(nu, c.seg_mask[k].data(), len, NU[k]);
         nu_head = h;
       }
@@ -153,9 +152,8 @@ void nested_unit(const LayerCache& cache, const LayerReference& ref, const std::
 
 }  // namespace
 
-void static_unit(const LayerCache& cache, const LayerReference& ref, const std::vector<const Selection*>& sels,
+void static_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const std::vector<const Selection*>& sels,
                  const Shape& s, int u, const std::vector<Sums*>& sums) {
-  const QuerySet set = ref.set();
   const GqaMode mode = sels.front()->mode;
   const int h0 = mode == GqaMode::kv ? u * s.G : u;
   const int nh = mode == GqaMode::kv ? s.G : 1;
@@ -172,7 +170,7 @@ void static_unit(const LayerCache& cache, const LayerReference& ref, const std::
   if (active.empty()) return;  // every row exactly unperturbed
   if (active.size() > 1) {
     Chain chain;
-    if (find_chain(um, active, len, chain)) return nested_unit(cache, ref, um, chain, s, h0, nh, len, sums);
+    if (find_chain(um, active, len, chain)) return nested_unit(cache, set, nu_kind, um, chain, s, h0, nh, len, sums);
   }
   // Compacted rows are buffered per chunk of rows, ~4M floats per selection and thread. The chunk
   // depends on len only, never on the batch, so a batch gives bit-identical results to one call
@@ -193,7 +191,7 @@ void static_unit(const LayerCache& cache, const LayerReference& ref, const std::
       const int h = h0 + static_cast<int>(r / s.n);
       const i64 qi = r % s.n;
       const float* row = cache.probs(set, h) + qi * s.S;
-      const float* nu = cache.value_norms(h, ref.nu_kind());
+      const float* nu = cache.value_norms(h, nu_kind);
       const std::size_t at = static_cast<std::size_t>(h) * s.n + qi;
       for (std::size_t b : active) {
         Sums& z = *sums[b];

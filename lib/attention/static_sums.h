@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "attention/layer_cache.h"
-#include "attention/layer_reference.h"
 #include "rules/selection.h"
 
 namespace kvsim::perturbation_detail {
@@ -58,7 +57,7 @@ struct Sums {
 // still in cache. Rows with F >= 1/2 get the evicted sum oev (delta = (oev - (1-F) o)/F), rows
 // with F < 1/2 the support sum oP (delta = o - oP/F), so 1/F never amplifies a cancellation. Each
 // (selection, form) is then one sgemm of the compacted rows with the gathered value rows.
-void static_unit(const LayerCache& cache, const LayerReference& ref, const std::vector<const Selection*>& sels,
+void static_unit(const LayerCache& cache, QuerySet set, NormKind nu, const std::vector<const Selection*>& sels,
                  const Shape& s, int u, const std::vector<Sums*>& sums);
 
 }  // namespace kvsim::perturbation_detail

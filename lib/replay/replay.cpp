@@ -121,6 +121,7 @@ void ReplayTimings::add(const ReplayTimings& o) {
   nu_misses += o.nu_misses;
   threads_min = threads_min == 0 ? o.threads_min : (o.threads_min == 0 ? threads_min : std::min(threads_min, o.threads_min));
   threads_max = std::max(threads_max, o.threads_max);
+  prob_tiles_peak_bytes = std::max(prob_tiles_peak_bytes, o.prob_tiles_peak_bytes);
 }
 
 ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
@@ -187,9 +188,6 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
     sw.reset();
     LayerCache cache(meta, data, p.n_c, p.eval_rows, p.window_rows);
     cache.set_norm_cache(nu_cache.get());
-    std::vector<std::unique_ptr<LayerReference>> refs;
-    for (const auto& s : sets) refs.push_back(std::make_unique<LayerReference>(cache, s.first, opt.nu));
-    tm.attention += sw.seconds();
     RuleInput in;
     in.meta = &meta;
     in.layer = l;
@@ -200,25 +198,36 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
     in.cache = &cache;
     WindowAttentionMemo window_memo;  // snapkv-family rules share the window attention
     in.window_memo = &window_memo;
+    // Every rule selects first; then all their budgets are measured in one walk over the KV
+    // groups, so each group's attention probabilities are computed once and freed after use.
+    std::vector<std::vector<Selection>> rule_sels;
+    std::vector<double> select_s;
     for (std::size_t r = 0; r < rules.size(); ++r) {
       share.apply();
       sw.reset();
-      const auto sels = rules[r]->select(in, budgets);
-      const double sel_s = sw.seconds();
-      tm.select += sel_s;
-      if (sels.size() != budgets.size())
-        fail(rules[r]->spec(), "select", "returned " + std::to_string(sels.size()) + " selections for " +
+      rule_sels.push_back(rules[r]->select(in, budgets));
+      select_s.push_back(sw.seconds());
+      tm.select += select_s.back();
+      if (rule_sels.back().size() != budgets.size())
+        fail(rules[r]->spec(), "select", "returned " + std::to_string(rule_sels.back().size()) + " selections for " +
                                              std::to_string(budgets.size()) + " budgets");
-      sw.reset();
+      if (progress) progress->advance();
+    }
+    share.apply();
+    sw.reset();
+    std::vector<std::vector<std::vector<PerturbationResult>>> results;  // [set][rule][budget]
+    double core_s = 0;
+    for (const auto& s : sets) results.push_back(measure_rules(cache, s.first, opt.nu, rule_sels, &core_s));
+    tm.attention += core_s;
+    for (std::size_t r = 0; r < rules.size(); ++r) {
+      const auto& sels = rule_sels[r];
       const std::string spec = rules[r]->spec();
-      std::vector<std::vector<PerturbationResult>> results;  // [set][budget]: all budgets at once
-      for (std::size_t si = 0; si < sets.size(); ++si) results.push_back(measure_perturbations(cache, *refs[si], sels));
       for (std::size_t b = 0; b < budgets.size(); ++b) {
         if (selection)
           selection->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text,
                            meta.num_kv_heads);
         for (std::size_t si = 0; si < sets.size(); ++si) {
-          const PerturbationResult& res = results[si][b];
+          const PerturbationResult& res = results[si][r][b];
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.
           const i64 layer_budget = sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : setup.budget_tokens[b];
           RowKey key{spec, budgets[b].text, layer_budget, l, sets[si].second};
@@ -234,7 +243,7 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
           t.budget = static_cast<int>(b);
           t.layer = l;
           t.budget_tokens = static_cast<double>(layer_budget);
-          t.select_seconds = sel_s / static_cast<double>(budgets.size());  // one select() serves all budgets
+          t.select_seconds = select_s[r] / static_cast<double>(budgets.size());  // one select() serves all budgets
           t.agg = agg;
           for (i64 x : sels[b].tied_at_cut) {
             t.tied_sum += static_cast<double>(x);
@@ -244,9 +253,9 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
           totals.push_back(t);
         }
       }
-      tm.metrics += sw.seconds();
-      if (progress) progress->advance();
     }
+    tm.metrics += sw.seconds() - core_s;
+    tm.prob_tiles_peak_bytes = std::max(tm.prob_tiles_peak_bytes, static_cast<i64>(cache.prob_bytes_peak()));
   }
   share.restore();  // the summary's header records the ceiling
   if (share.max_used() > 0) {
@@ -294,7 +303,8 @@ void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, st
                         {"nu_cache_hits", tm.nu_hits},
                         {"nu_cache_misses", tm.nu_misses},
                         {"threads_min", tm.threads_min},
-                        {"threads_max", tm.threads_max}};
+                        {"threads_max", tm.threads_max},
+                        {"prob_tiles_peak_mib", static_cast<double>(tm.prob_tiles_peak_bytes) / (1 << 20)}};
   write_summary(opt, setup, tot, timings);
   print_table(table, setup, tot);
 }

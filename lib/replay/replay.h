@@ -72,6 +72,8 @@ struct ReplayTimings {
   // Threads the replay ran with (core_share.h: fewer while other processes keep cores busy,
   // unless --threads fixed the count); 0 before any layer.
   int threads_min = 0, threads_max = 0;
+  // The most bytes of attention-probability tiles a layer held at once (LayerCache::prob_bytes_peak).
+  i64 prob_tiles_peak_bytes = 0;
   void add(const ReplayTimings& o);
 };
 

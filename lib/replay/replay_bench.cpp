@@ -93,12 +93,15 @@ BenchLayer make_layer(i64 S) {
   return b;
 }
 
-// The attention core: full causal attention + head outputs of the evaluation queries.
-double time_core(const BenchLayer& b, int threads, int reps) {
+// The attention core: full causal attention + head outputs of the evaluation queries, the KV
+// groups' probability tiles computed and freed in waves as the replay's metrics walk them.
+// tiles_peak: the most bytes of tiles alive at once.
+double time_core(const BenchLayer& b, int threads, int reps, std::size_t* tiles_peak) {
   omp_set_num_threads(threads);
   return best_of(reps, [&] {
     LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows);
-    cache.precompute(QuerySet::eval);
+    cache.walk_groups(QuerySet::eval, [](int, int) {}, true);
+    if (tiles_peak) *tiles_peak = cache.prob_bytes_peak();
   });
 }
 
@@ -122,7 +125,8 @@ double time_sgemm(const BenchLayer& b, int threads, int reps) {
   });
 }
 
-ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec, bool warm) {
+ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec, bool warm,
+                                    bool per_rule_metrics) {
   WindowAttentionMemo window_memo;  // as in kvsim replay: snapkv-family rules share it
   ReplayLayerTiming t;
   LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
@@ -131,19 +135,28 @@ ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std:
     if (nu != NormKind::upper) cache.precompute_norms(NormKind::upper);  // rules' own upper norms
   }
   Stopwatch sw;
-  LayerReference ref(cache, QuerySet::eval, nu);
   const auto rules = make_rules(rules_spec);
   const auto budgets = parse_budgets("0.1,0.2,0.3,0.4,0.5");
   const RuleInput in = bench_rule_input(b, cache, window_memo);
+  std::vector<std::vector<Selection>> selections;
   for (const auto& r : rules) {
     Stopwatch sel;
-    auto selections = r->select(in, budgets);
+    selections.push_back(r->select(in, budgets));
     t.select_seconds.emplace_back(r->spec(), sel.seconds());
-    Stopwatch met;
-    measure_perturbations(cache, ref, selections);
-    t.metrics_seconds.emplace_back(r->spec(), met.seconds());
   }
+  Stopwatch met;
+  measure_rules(cache, QuerySet::eval, nu, selections);
+  t.metrics_total = met.seconds();
   t.seconds = sw.seconds();
+  if (per_rule_metrics) {
+    LayerReference ref(cache, QuerySet::eval, nu);
+    cache.precompute(QuerySet::eval);
+    for (std::size_t r = 0; r < rules.size(); ++r) {
+      Stopwatch one;
+      measure_perturbations(cache, ref, selections[r]);
+      t.metrics_seconds.emplace_back(rules[r]->spec(), one.seconds());
+    }
+  }
   return t;
 }
 
@@ -171,7 +184,7 @@ LengthTiming time_length(i64 S, int threads, int reps) {
   r.S = S;
   const BenchLayer b = make_layer(S);
   const double c0 = cpu_seconds();
-  r.core_s = time_core(b, threads, reps);
+  r.core_s = time_core(b, threads, reps, &r.prob_tiles_peak_bytes);
   r.core_cpu_s = (cpu_seconds() - c0) / reps / threads;
   r.sgemm_s = time_sgemm(b, threads, reps);
   r.core1_s = threads > 1 ? time_core(b, 1, 1) : r.core_s;

@@ -41,7 +41,7 @@ void fill_random(float* x, i64 n, std::uint64_t seed, float scale);
 // Best wall time of `reps` runs with `threads` OpenMP threads: the attention core (full causal
 // attention + head outputs of the evaluation queries), and plain OpenBLAS on the same shapes
 // (per KV group QK^T [G*n x d]x[d x S] and PV [G*n x S]x[S x d]).
-double time_core(const BenchLayer& b, int threads, int reps);
+double time_core(const BenchLayer& b, int threads, int reps, std::size_t* tiles_peak = nullptr);
 double time_sgemm(const BenchLayer& b, int threads, int reps);
 
 // The replay core's pieces at one length S: attention core (threads, its CPU time per thread,
@@ -49,6 +49,7 @@ double time_sgemm(const BenchLayer& b, int threads, int reps);
 // tokens, else on 4 heads, scaled), and the metrics of one 20% selection.
 struct LengthTiming {
   i64 S = 0;
+  std::size_t prob_tiles_peak_bytes = 0;  // attention probabilities alive at once in the core
   double core_s = 0, core_cpu_s = 0, core1_s = 0, sgemm_s = 0, nu_exact_s = 0, nu_upper_s = 0, nu_l2_s = 0,
          metrics_s = 0;
   int nu_exact_heads = 0;
@@ -73,16 +74,20 @@ struct BlasThreading {
 };
 BlasThreading probe_blas_threading();
 
-// One layer of a full replay (the rules x budgets 0.1..0.5, metrics for every selection), with
-// the wall time of each rule's select() (all budgets) apart.
+// One layer of a full replay as kvsim replay runs it (every rule selects the budgets 0.1..0.5,
+// then measure_rules measures all selections in one walk over the KV groups), with the wall time
+// of each rule's select() (all budgets) apart.
 struct ReplayLayerTiming {
-  double seconds = 0;
+  double seconds = 0, metrics_total = 0;
   std::vector<std::pair<std::string, double>> select_seconds;   // rule spec -> select() wall time
-  std::vector<std::pair<std::string, double>> metrics_seconds;  // rule spec -> its budgets' metrics
+  // rule spec -> its budgets' metrics alone (measure_perturbations with the layer's probabilities
+  // held), timed after the replay and outside `seconds`; only with per_rule_metrics.
+  std::vector<std::pair<std::string, double>> metrics_seconds;
 };
 // warm: the value norms are computed before the clock starts (a replay whose nu cache holds the
-// layer reads them from disk instead).
-ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec, bool warm = false);
+// layer reads them from disk instead); per_rule_metrics: also time each rule's metrics alone.
+ReplayLayerTiming time_replay_layer(const BenchLayer& b, NormKind nu, const std::string& rules_spec, bool warm = false,
+                                    bool per_rule_metrics = false);
 
 // select() alone, all 5 budgets, for each rule of `set` that is not in `skip` (already timed).
 std::vector<std::pair<std::string, double>> select_only_timings(const BenchLayer& b, const std::string& set,

@@ -22,6 +22,22 @@ std::vector<i64> rows_from(const TraceMeta& m, i64 lo, i64 hi) {
   return r;
 }
 
+// Bit-identical (NaN equal to NaN).
+bool same_values(const std::vector<double>& x, const std::vector<double>& y) {
+  if (x.size() != y.size()) return false;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
+  return true;
+}
+
+bool same_result(const PerturbationResult& a, const PerturbationResult& b) {
+  return same_values(a.F, b.F) && same_values(a.l1, b.l1) && same_values(a.l2, b.l2) &&
+         same_values(a.rel_l1, b.rel_l1) && same_values(a.bound_ada, b.bound_ada) &&
+         same_values(a.theta, b.theta) && same_values(a.layer_l1, b.layer_l1) &&
+         same_values(a.layer_l2, b.layer_l2) && same_values(a.layer_ada, b.layer_ada) &&
+         same_values(a.layer_theta, b.layer_theta) && same_values(a.layer_F_min, b.layer_F_min);
+}
+
 // |fast - exact| <= 1e-5 |exact| + 1e-6 scale (scale: magnitude of the quantity's reference).
 void check_close(double fast, double exact, double scale, const std::string& what) {
   INFO(what << ": fast " << fast << " oracle " << exact);
@@ -365,12 +381,7 @@ TEST_CASE("measure_perturbations: a batch (static kv + query, step-wise, ThinK) 
     for (std::size_t b = 0; b < sels.size(); ++b) {
       CAPTURE(b);
       const auto one = measure_perturbation(cache, ref, sels[b]);
-      const auto same = [](const std::vector<double>& x, const std::vector<double>& y) {
-        if (x.size() != y.size()) return false;
-        for (std::size_t i = 0; i < x.size(); ++i)
-          if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
-        return true;
-      };
+      const auto same = same_values;
       CHECK(same(batch[b].F, one.F));
       CHECK(same(batch[b].l1, one.l1));
       CHECK(same(batch[b].l2, one.l2));
@@ -427,4 +438,68 @@ TEST_CASE("measure_perturbations: nested kept sets (budgets of one ranking) meas
       }
     }
   }
+}
+
+TEST_CASE("measure_rules: every rule's budgets in one walk over the KV groups, tiles freed, equal bit for bit to "
+          "measure_perturbations per rule; a released tile is recomputed bit-identically") {
+  LayerShape s;
+  s.H = 8; s.Hkv = 4; s.d = 16; s.D = 80; s.S = 160; s.n_c = 120; s.structured = true;
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 23);
+  const auto eval = rows_from(meta, s.n_c, s.S), window = rows_from(meta, s.n_c - 16, s.n_c);
+  // Rules: nested budgets (one ranking), unrelated kv + query sets, a step-wise and a ThinK rule.
+  std::vector<std::vector<Selection>> rules(4);
+  for (double keep : {0.1, 0.3, 0.6}) rules[0].push_back(random_selection(s, GqaMode::kv, keep, 90));
+  rules[1].push_back(random_selection(s, GqaMode::kv, 0.2, 91));
+  rules[1].push_back(random_selection(s, GqaMode::query, 0.4, 92));
+  auto stepwise = random_selection(s, GqaMode::kv, 0.5, 93);
+  {
+    LayerCache c(meta, L, s.n_c, eval);
+    for (int u = 0; u < stepwise.units; ++u)
+      for (i64 qi = 0; qi < c.n_eval(); ++qi) {
+        std::vector<std::uint8_t> m(c.eval_pos(qi) + 1, 1);
+        for (std::size_t j = 1; j < m.size(); j += 4) m[j] = 0;
+        m.back() = 1;
+        stepwise.per_query.push_back(m);
+      }
+  }
+  rules[2].push_back(stepwise);
+  auto think = random_selection(s, GqaMode::kv, 0.5, 94);
+  think.key_channels.assign(s.Hkv * s.d, 1);
+  think.key_channels[5] = 0;
+  rules[3].push_back(think);
+  const int threads_before = omp_get_max_threads();
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    for (QuerySet set : {QuerySet::eval, QuerySet::window}) {
+      CAPTURE(threads);
+      CAPTURE(static_cast<int>(set));
+      LayerCache kept(meta, L, s.n_c, eval, window), walked(meta, L, s.n_c, eval, window);
+      LayerReference ref(kept, set, NormKind::l1);
+      const auto all = measure_rules(walked, set, NormKind::l1, rules);
+      REQUIRE(all.size() == rules.size());
+      for (std::size_t r = 0; r < rules.size(); ++r) {
+        const auto one = measure_perturbations(kept, ref, rules[r]);
+        REQUIRE(all[r].size() == one.size());
+        for (std::size_t b = 0; b < one.size(); ++b) {
+          CAPTURE(r);
+          CAPTURE(b);
+          CHECK(same_result(all[r][b], one[b]));
+        }
+      }
+      // At most one wave (one tile per thread) of [G][n][S] tiles alive at once, never all groups.
+      const std::size_t tile = static_cast<std::size_t>(s.H / s.Hkv) * kept.count(set) * s.S * sizeof(float);
+      CHECK(walked.prob_bytes_peak() >= tile);
+      CHECK(walked.prob_bytes_peak() <= static_cast<std::size_t>(threads) * (tile + 64));
+      // Released tiles come back bit-identical.
+      for (int h = 0; h < s.H; ++h) {
+        const float* a = kept.probs(set, h);
+        const float* b = walked.probs(set, h);
+        bool equal = true;
+        for (i64 i = 0; i < kept.count(set) * s.S; ++i) equal &= a[i] == b[i];
+        CHECK(equal);
+      }
+    }
+  }
+  omp_set_num_threads(threads_before);
 }
