@@ -25,13 +25,12 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
-from kvsim_dump import cli  # noqa: E402
-from kvsim_dump.prompts import apply_chat, build_niah  # noqa: E402
-from kvsim_dump.recorder import Recorder  # noqa: E402
-from kvsim_dump.trace_file import TraceFileWriter  # noqa: E402
-from kvsim_dump.trace_size import choose_storage  # noqa: E402
+from kvsim.dump import cli  # noqa: E402
+from kvsim.dump.prompts import apply_chat, build_niah  # noqa: E402
+from kvsim.dump.recorder import Recorder  # noqa: E402
+from kvsim.dump.trace_file import TraceFileWriter  # noqa: E402
+from kvsim.dump.trace_size import choose_storage  # noqa: E402
 
 DEFAULT_MODEL = os.path.join(HERE, "..", "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DEFAULT_ESSAYS = os.path.join(HERE, "..", "..", "shared", "corpora", "paul_graham_essays")
@@ -67,7 +66,7 @@ def main():
     a = p.parse_args()
     import torch
 
-    from kvsim_dump.hf_backend import HFSource
+    from kvsim.dump.hf_backend import HFSource
     source = HFSource(a.model)
     tok = source.tokenizer
     head, tail, head_text, tail_text = tok.chat_frame()

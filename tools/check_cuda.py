@@ -25,7 +25,6 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 # Largest relative differences accepted (max |a-b| / max |a| per tensor and layer).
 TOL = {"float32": 1e-3, "bfloat16": 0.1}
@@ -76,9 +75,9 @@ def check_o(path):
 
 def closed_loop_model(model_path, trace, gpu):
     """Next-token logits of the evicted cache, CPU vs CUDA (float32)."""
-    from kvsim_dump.hf_backend import HFBackend
-    from kvsim_dump.loop_models import HFLoop
-    from kvsim_dump.loop_runs import Snapshot, apply_kept, teacher_forced
+    from kvsim.dump.hf_backend import HFBackend
+    from kvsim.closed_loop.models import HFLoop
+    from kvsim.closed_loop.runs import Snapshot, apply_kept, teacher_forced
     _, ids, seg, _, _ = tensors(trace)
     n_c = int(np.argmax(seg != 0))
     P = int(np.argmax(seg == 2))

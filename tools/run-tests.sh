@@ -6,6 +6,10 @@ bash tools/install-deps.sh
 bash tools/build.sh
 # --no-tests=error: a run that finds no test fails instead of passing silently.
 ctest --test-dir build --output-on-failure --no-tests=error -j"$(nproc)" "$@"
+# The package as a user installs it: wheel, fresh venv, another directory (needs PyPI).
+if [ "${KVSIM_PACKAGE_CHECK:-1}" != 0 ]; then
+  bash tools/check-package.sh
+fi
 # A CPU without AVX-512 skips the *_avx512 suites above; there they run again against the
 # AVX-512 kernels emulated on AVX2 (SIMDe; build-avx512emu). KVSIM_AVX512_EMULATION=0 skips it.
 if ! grep -qw avx512f /proc/cpuinfo && [ "${KVSIM_AVX512_EMULATION:-1}" != 0 ]; then

@@ -206,8 +206,13 @@ bool read_root(hid_t file, TraceMeta& meta, Problems& pb) {
   AttrReader root{file, pb, ""};
   const std::size_t before = pb.count();
 
+  // An HDF5 file of another tool: one line, not a list of every attribute it lacks.
+  if (H5Aexists(file, "format") == 0) {
+    pb.add("@format", "missing: not a kvsim trace (see traces/README.md)");
+    return false;
+  }
   if (auto f = root.str("format", true); f && *f != "kvsim-trace")
-    pb.add("@format", "is \"" + *f + "\", expected \"kvsim-trace\" (not a kvsim trace)");
+    pb.add("@format", "is \"" + *f + "\", expected \"kvsim-trace\": not a kvsim trace (see traces/README.md)");
   if (auto v = root.integer("version", true)) {
     if (*v < 1 || *v > kTraceFormatVersion)
       pb.add("@version", "is " + std::to_string(*v) + "; this kvsim reads trace format versions 1 to " +

@@ -19,8 +19,6 @@ ESSAYS_DIR = os.path.join(SHARED_DIR, "corpora", "paul_graham_essays")
 LONGBENCH = os.path.join(SHARED_DIR, "corpora", "longbench", "multi_news.jsonl")
 TRACES_DIR = os.path.join(SOURCE_DIR, "traces")
 
-if TOOLS_DIR not in sys.path:
-    sys.path.insert(0, TOOLS_DIR)
 
 
 def run_dump(*args):

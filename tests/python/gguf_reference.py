@@ -63,7 +63,7 @@ def load_llama(path):
     """(numpy Llama2cModel over the file's dequantized tensors, metadata dict)."""
     import gguf
 
-    from kvsim_dump.llama2c_model import Llama2cConfig, Llama2cModel
+    from kvsim.dump.llama2c_model import Llama2cConfig, Llama2cModel
 
     r = gguf.GGUFReader(path, "r")
 

@@ -229,7 +229,7 @@ class ClosedLoopTransformersTest(unittest.TestCase):
         self.assertEqual([r["free_tokens"] for r in doc1["runs"]], [r["free_tokens"] for r in doc4["runs"]])
         # Dropping evicted entries from the cache equals masking them in place.
         import kvsim
-        from kvsim_dump.closed_loop import ClosedLoop, Plan, TraceInfo, build_parser, load_model, offline_kept
+        from kvsim.closed_loop.loop import ClosedLoop, Plan, TraceInfo, build_parser, load_model, offline_kept
         trace = os.path.join(outs["1"], "trace.h5")
         info = TraceInfo(trace, "agnostic")
         model = load_model(build_parser().parse_args(["--model", folder, "--token-ids", ids, "--out", "x"]), info)

@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 
 import dump_testutil as tu
-from kvsim_dump.errors import DumpError
-from kvsim_dump.recorder import Recorder
-from kvsim_dump.trace_file import TraceFileWriter
+from kvsim.dump.errors import DumpError
+from kvsim.dump.recorder import Recorder
+from kvsim.dump.trace_file import TraceFileWriter
 
 try:
     import torch
@@ -187,7 +187,7 @@ def reference_forward(model, ids):
 @unittest.skipIf(torch is None, "torch is not installed")
 class HFCaptureTest(unittest.TestCase):
     def dump(self, model, legacy, queries, n_new=5, layers=None, registry=REGISTRY):
-        from kvsim_dump.hf_backend import HFBackend
+        from kvsim.dump.hf_backend import HFBackend
         warnings = []
         backend = HFBackend(model, FakeTokenizer(), "fake", registry=registry, legacy=legacy,
                             warn=warnings.append)
@@ -256,7 +256,7 @@ class HFCaptureTest(unittest.TestCase):
 
     def test_repeated_kv_is_refused(self):
         # Keys with H heads (already repeat_kv'ed) would silently change the trace's GQA layout.
-        from kvsim_dump.hf_capture import AttentionCapture
+        from kvsim.dump.hf_capture import AttentionCapture
         cap = AttentionCapture(None, H, HKV, HD, print)
         q = torch.zeros(1, H, 3, HD)
         with self.assertRaises(DumpError) as e:

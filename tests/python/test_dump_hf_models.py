@@ -251,7 +251,7 @@ class MaskCheckTest(unittest.TestCase):
     """The capture's backstop: masks that are not plain causal are recognised."""
 
     def test_deviations(self):
-        from kvsim_dump.hf_capture import mask_deviation
+        from kvsim.dump.hf_capture import mask_deviation
         n = T = 6
         pos = torch.arange(T)
         causal = pos[None, :] <= pos[:, None]

@@ -6,8 +6,8 @@ import unittest
 import numpy as np
 
 import dump_testutil as tu
-from kvsim_dump.llama2c_model import Llama2cModel
-from kvsim_dump.llama2c_tokenizer import Llama2cTokenizer
+from kvsim.dump.llama2c_model import Llama2cModel
+from kvsim.dump.llama2c_tokenizer import Llama2cTokenizer
 
 
 # ---- independent reference: own file parser, one position at a time, float64, complex RoPE ----
@@ -171,7 +171,7 @@ class Llama2cBackendTest(unittest.TestCase):
     def test_rope_positions_beyond_training_length(self):
         # RoPE is computed, not tabulated: a position past seq_len rotates like the reference.
         ref = ReferenceLlama(tu.CHECKPOINT)
-        from kvsim_dump.llama2c_model import rope_interleaved
+        from kvsim.dump.llama2c_model import rope_interleaved
         vec = np.random.default_rng(0).standard_normal(64)
         pos = 700
         ours = rope_interleaved(vec.reshape(8, 1, 8).astype(np.float32), [pos]).reshape(-1)

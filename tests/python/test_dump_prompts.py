@@ -4,9 +4,9 @@ import os
 import unittest
 
 import dump_testutil as tu
-from kvsim_dump.errors import DumpError
-from kvsim_dump.llama2c_tokenizer import Llama2cTokenizer
-from kvsim_dump.prompts import (CONTEXT, DEFAULT_NEEDLE, LONGBENCH_TEMPLATES, QUESTION,
+from kvsim.dump.errors import DumpError
+from kvsim.dump.llama2c_tokenizer import Llama2cTokenizer
+from kvsim.dump.prompts import (CONTEXT, DEFAULT_NEEDLE, LONGBENCH_TEMPLATES, QUESTION,
                                 build_longbench, build_niah)
 
 

@@ -7,10 +7,10 @@ import h5py
 import numpy as np
 
 import dump_testutil as tu
-from kvsim_dump import float_storage
-from kvsim_dump.cli import query_positions
-from kvsim_dump.errors import DumpError
-from kvsim_dump.trace_file import TraceFileWriter
+from kvsim.dump import float_storage
+from kvsim.dump.cli import query_positions
+from kvsim.dump.errors import DumpError
+from kvsim.dump.trace_file import TraceFileWriter
 
 
 def replay_full_attention(f, layer):
@@ -77,7 +77,7 @@ class DumpedTraceTest(unittest.TestCase):
                 np.testing.assert_allclose(replay_full_attention(f, l), o, atol=1e-4, rtol=0)
 
     def test_o_proj_is_wo(self):
-        from kvsim_dump.llama2c_model import read_checkpoint
+        from kvsim.dump.llama2c_model import read_checkpoint
         _, w = read_checkpoint(tu.CHECKPOINT)
         with h5py.File(self.trace, "r") as f:
             np.testing.assert_array_equal(f["layers/3/o_proj"][()], w["wo"][3])

@@ -417,9 +417,8 @@ class SignalsTest(unittest.TestCase):
         script = textwrap.dedent("""
             import sys
             import numpy as np
-            sys.path.insert(0, sys.argv[2])
-            from kvsim_dump import cli
-            from kvsim_dump.trace_file import TraceFileWriter
+            from kvsim.dump import cli
+            from kvsim.dump.trace_file import TraceFileWriter
 
             def run(out):
                 meta = dict(num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, model="m")

@@ -2,7 +2,7 @@
 
 - parity: kvpress's presses on the bundled traces and on a trace dumped through transformers
   keep exactly the tokens (and ThinK's key channels) that kvsim's rules keep, outside exact
-  ties, at several compression ratios (tools/kvsim_dump/kvpress_parity.py);
+  ties, at several compression ratios (kvsim/parity.py);
 - the two deviations found earlier stay fixed: PyramidKV's float schedule and CriticalAdaKV's
   first stage agree token for token on the NIAH sample at 0.5;
 - ExpectedAttention: kvpress's float32 scores tie at exact zeros across the cut; kvsim's log
@@ -26,7 +26,7 @@ try:
 except ImportError as e:  # pragma: no cover
     raise unittest.SkipTest(f"needs the project .venv ({e.name} missing)")
 
-from kvsim_dump import kvpress_parity as kp
+from kvsim import parity as kp
 
 CONVERTER = os.path.join(tu.TOOLS_DIR, "llama2c-to-hf")
 

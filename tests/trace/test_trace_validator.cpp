@@ -338,3 +338,21 @@ TEST_CASE("writer: refuses bad input and never leaves a complete-looking file") 
   CHECK_THROWS_WITH_AS(TraceWriter(tmp.file("no/such/dir/x.h5"), meta), doctest::Contains("cannot create"), Error);
   CHECK(!fs::exists(p));
 }
+
+TEST_CASE("an HDF5 file of another tool is one line: not a kvsim trace, with the pointer to the format") {
+  TempDir tmp("val-foreign");
+  const std::string p = tmp.file("foreign.h5");
+  {
+    const hid_t f = H5Fcreate(p.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    const hsize_t n = 3;
+    const hid_t space = H5Screate_simple(1, &n, nullptr);
+    const hid_t d = H5Dcreate2(f, "x", H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(d);
+    H5Sclose(space);
+    H5Fclose(f);
+  }
+  const auto problems = validate_trace(p);
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("@format: missing: not a kvsim trace (see traces/README.md)") != std::string::npos);
+  CHECK_THROWS_WITH_AS(TraceReader{p}, doctest::Contains("not a kvsim trace"), Error);
+}

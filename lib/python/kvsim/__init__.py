@@ -29,6 +29,7 @@ from ._kvsim import KvsimError, Layer, LayerView, RuleError, Trace, scores  # no
 from .python_rules import MaskRule, ScoreRule, select, wrap  # noqa: F401
 from .runs import analyze, prefill, replay, rules, run  # noqa: F401
 from .selections import write_selection  # noqa: F401
+from .external_trace import write_trace  # noqa: F401
 
 __version__ = _kvsim.__version__
 
@@ -44,7 +45,7 @@ def open_trace(path):
     .layer(l) with read-only numpy views (no copy). Errors name the file and the field."""
     return _kvsim.open_trace(os.fspath(path))
 __all__ = ["blas", "open_trace", "scores", "select", "replay", "analyze", "prefill", "rules", "run", "ScoreRule", "MaskRule", "wrap",
-           "write_selection", "KvsimError", "RuleError", "Trace", "Layer", "LayerView"]
+           "write_selection", "write_trace", "KvsimError", "RuleError", "Trace", "Layer", "LayerView"]
 
 # Python rules hold Python callables inside the C++ registry: release them while Python runs.
 atexit.register(_kvsim._unregister_all_rules)

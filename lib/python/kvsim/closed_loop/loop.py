@@ -1,0 +1,374 @@
+"""kvsim-closed-loop: the model re-run with each rule's eviction in place, next to the offline replay.
+
+One command: dump the trace (kvsim-dump's options), replay it offline (kvsim.replay, with
+per-query metrics and the kept sets), then for every rule and budget run the model itself with the
+rule's kept set applied to its KV cache, and measure what changes against the full cache:
+next-token KL, top-1 agreement, teacher-forced log-likelihood, per-layer hidden-state drift and
+attention output change, greedy free-running agreement, needle recall. Outputs in --out DIR:
+trace.h5, replay/ (the offline replay), closed_loop.csv, closed_loop.json, offline_vs_closed.csv
+and closed_loop.png. `kvsim report DIR` renders the comparison.
+"""
+import contextlib
+import copy
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+from kvsim.dump import cli
+from kvsim.dump.errors import DumpError
+from kvsim.closed_loop.metrics import free_rows, teacher_forced_rows
+from kvsim.closed_loop.runs import (Snapshot, apply_kept, blockwise_prefill, concat, decode_reselection, free_running,
+                        free_running_batch, kv_kept, teacher_forced)
+from kvsim.closed_loop.summary import write_outputs
+from kvsim.dump.progress import Progress
+
+DEFAULT_RULES = ("snapkv;ada(snapkv);critical(snapkv);critical(ada(snapkv));keydiff(block=64);tova;"
+                 "tova(variant=stepwise);streaming;knorm;random")
+NOT_EVICTING = {"quest": "selects pages per query and evicts nothing",
+                "think": "prunes key channels, which the closed loop does not apply to the model"}
+
+
+def build_parser():
+    p = cli.build_parser()
+    p.prog = "kvsim-closed-loop"
+    p.description = ("Dump a trace, replay it offline, then re-run the model with each rule's eviction in "
+                     "its KV cache and compare (closed_loop.csv, closed_loop.json, offline_vs_closed.csv, "
+                     "closed_loop.png in --out DIR; kvsim report DIR shows them). Prompt and model options "
+                     "are kvsim-dump's.")
+    for action in p._actions:
+        if action.dest == "out":
+            action.help = "output folder (created; trace.h5, replay/ and the closed-loop files go there)"
+            action.metavar = "DIR"
+    # Every query in 32 bits: the step-wise rules score with all of them, and the offline replay
+    # should see the tensors the closed loop's model computes (no size-driven defaults here).
+    p.set_defaults(generate=32, queries="all", dtype="float32")
+    g = p.add_argument_group("closed loop")
+    g.add_argument("--rules", default=DEFAULT_RULES,
+                   help="kvsim rule specs separated by ';' (default: %(default)s). keydiff(block=B) also runs "
+                        "the true block-wise prefill; variant=stepwise rules re-select during decoding")
+    g.add_argument("--budgets", default="0.1,0.2,0.3,0.5", help="kvsim budgets (fractions, cr=R, token counts)")
+    g.add_argument("--compression-point", choices=("agnostic", "aware"), default="agnostic",
+                   help="where the cache is compressed: end of the context (default, the replay's) or end "
+                        "of the prompt")
+    g.add_argument("--evict-every", type=int, default=1, metavar="E",
+                   help="decode-time eviction: re-select every E fed tokens (variant=stepwise rules)")
+    g.add_argument("--no-free-run", action="store_true", help="skip the free-running (greedy) continuations")
+    add_batch_option(g)
+    g.add_argument("--threads", type=int, help="threads of the offline replay")
+    g.add_argument("--force", action="store_true", help="replace the closed-loop files of an existing --out DIR")
+    return p
+
+
+def prepare_out(out, force):
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise DumpError(out, "--out: exists and is not a folder")
+    if os.path.exists(os.path.join(out, "closed_loop.json")) and not force:
+        raise DumpError(out, "--out: already holds a closed loop (closed_loop.json); pass --force to replace it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise DumpError(out, "--out: the parent folder does not exist")
+    os.makedirs(out, exist_ok=True)
+    for name in ("closed_loop.json", "closed_loop.csv", "offline_vs_closed.csv", "closed_loop.png", "trace.h5"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, name))
+
+
+def add_batch_option(group):
+    group.add_argument("--batch", type=int, default=16, metavar="B",
+                       help="one-shot runs that go through the model together (one pass over the weights per "
+                            "step for all; default %(default)s; 1 runs them one by one, batches change results "
+                            "only by float rounding)")
+
+
+def offline_kept(offline, canon, budget, num_layers):
+    """The offline replay's kept masks of one rule and budget, by layer (the closed loop's input)."""
+    return {l: offline.selection[(canon, budget, l)] for l in range(num_layers)}
+
+
+def split_rules(text):
+    import kvsim
+    specs = [s.strip() for s in text.split(";") if s.strip()]
+    if not specs:
+        raise DumpError("--rules", "no rule given")
+    out = []
+    for s in specs:
+        try:
+            canon = kvsim._kvsim.canonical_spec(s)
+        except ValueError as e:
+            raise DumpError("--rules", str(e))
+        name = canon.split("(", 1)[0]
+        if name in NOT_EVICTING:
+            raise DumpError("--rules", f"'{s}': {name} {NOT_EVICTING[name]}")
+        if name == "h2o" and "variant=stepwise" in canon:
+            raise DumpError("--rules", f"'{s}': decode-time H2O needs the attention of every decoded query, which "
+                                       "the closed loop does not accumulate; use h2o (one-shot)")
+        out.append(canon)
+    return out
+
+
+def param(canon, key, default):
+    m = re.search(r"[(,]" + key + r"=([^,()]+)", canon)
+    return m.group(1) if m else default
+
+
+class Plan:
+    """What runs for one rule: the modes, and the one-shot spec the real processes re-select with."""
+
+    def __init__(self, canon):
+        self.canon, self.name = canon, canon.split("(", 1)[0]
+        self.block = int(param(canon, "block", "0")) if self.name == "keydiff" else 0
+        self.stepwise = self.name == "tova" and param(canon, "variant", "oneshot") == "stepwise"
+        self.modes = ["decode"] if self.stepwise else ["oneshot"] + (["blockwise"] if self.block > 0 else [])
+        if self.block > 0:
+            self.recent = float(param(canon, "recent", "0"))
+            self.one_shot = re.sub(r"block=\d+", "block=0", canon).replace(f",recent={param(canon, 'recent', '0')}",
+                                                                          ",recent=0")
+        if self.stepwise:
+            self.one_shot = "tova(variant=oneshot)"
+
+
+class TraceInfo:
+    def __init__(self, path, point):
+        import kvsim
+        t = kvsim.open_trace(path)
+        m = t.meta
+        self.ids = [int(x) for x in t.input_ids]
+        self.S, self.P, self.context_end = m["seq_len"], m["prefill_len"], m["context_end"]
+        self.n_c = self.context_end if point == "agnostic" else self.P
+        self.spans = m.get("spans", {})
+        self.num_layers = m["num_layers"]
+        if "model_layers" in m and m["model_layers"]:
+            raise DumpError("--layers", "the closed loop evicts in every layer: record them all")
+
+
+def bigrams(tokens):
+    return {(a, b) for a, b in zip(tokens[:-1], tokens[1:])}
+
+
+def needle_answer(info):
+    """The needle's token bigrams that the question does not contain: what a retrieval of the
+    needle produces and a parroted question does not."""
+    if "needle" not in info.spans:
+        return None
+    a, b = info.spans["needle"]
+    return sorted(bigrams(info.ids[a:b]) - bigrams(info.ids[info.context_end:info.P]))
+
+
+def recall(tokens, answer):
+    """Share of the needle's answer bigrams that the generated tokens contain."""
+    return float(np.mean([g in bigrams(tokens) for g in answer])) if answer else float("nan")
+
+
+def progress(msg):
+    print(f"kvsim-closed-loop: {msg}", file=sys.stderr, flush=True)
+
+
+def run(args):
+    import kvsim
+    t0 = time.monotonic()
+    if args.evict_every < 1:
+        raise DumpError("--evict-every", "must be >= 1")
+    if args.generate < 1:
+        raise DumpError("--generate", "the closed loop needs a recorded continuation: --generate N with N >= 1")
+    if args.layers:
+        raise DumpError("--layers", "the closed loop evicts in every layer: record them all")
+    rules = split_rules(args.rules)
+    prepare_out(args.out, args.force)
+    trace = os.path.join(args.out, "trace.h5")
+    dump_args = copy.copy(args)
+    dump_args.out = trace
+    with contextlib.redirect_stdout(sys.stderr):
+        cli.run(dump_args)
+    info = TraceInfo(trace, args.compression_point)
+    progress(f"offline replay of {len(rules)} rules at budgets {args.budgets}")
+    try:
+        offline = kvsim.replay(trace, rules, args.budgets, per_query=True, return_selection=True,
+                               out=os.path.join(args.out, "replay"), compression_point=args.compression_point,
+                               threads=args.threads)
+    except kvsim.KvsimError as e:
+        raise DumpError("kvsim replay", str(e).replace("kvsim replay: error: ", "", 1))
+    budgets = list(dict.fromkeys(offline.metrics["budget"].astype(str)))
+    model = load_model(args, info)
+    rows, runs = [], []
+    loop = ClosedLoop(model, info, kvsim.select, not args.no_free_run, args.evict_every)
+    jobs = [(plan, b, mode, offline_kept(offline, plan.canon, b, info.num_layers))
+            for plan in map(Plan, rules) for b in budgets for mode in plan.modes]
+    bar = Progress("kvsim-closed-loop", "runs", len(jobs))
+    for r, summary in loop.run_many(jobs, args.batch, bar.update):
+        rows += r
+        runs.append(summary)
+    write_outputs(args.out, rows, runs, offline, loop.reference_summary(), info, args, time.monotonic() - t0)
+    return 0
+
+
+def load_model(args, info):
+    from kvsim.closed_loop.models import make_loop_model
+    model = make_loop_model(args, info.S)
+    if model.num_layers != info.num_layers:
+        raise DumpError("trace", f"{info.num_layers} layers stored, the model has {model.num_layers}")
+    return model
+
+
+class ClosedLoop:
+    """The full-cache references (computed once) and one run per rule, budget and mode."""
+
+    def __init__(self, model, info, select, free, every):
+        self.m, self.info, self.select, self.free, self.every = model, info, select, free, every
+        n_c = info.n_c
+        self.snapshot = Snapshot(model, info.ids[:n_c])
+        self.continuation = info.ids[n_c:]
+        self.targets = info.ids[n_c + 1:] + [-1]
+        self.o_projs = [model.o_proj(l) for l in range(model.num_layers)]
+        self.answer = needle_answer(info)
+        self.n_gen = info.S - info.P
+        self.forced = info.ids[n_c:info.P]
+        self.full, self.full_free = self.continue_from(model.copy_state(self.snapshot.state),
+                                                       self.snapshot.last_logits, None)
+
+    def reference_summary(self):
+        out = {"n_c": self.info.n_c, "continuation": len(self.continuation), "generated": self.n_gen,
+               "needle_answer_bigrams": self.answer}
+        if self.free:
+            out["free_tokens_full"] = self.full_free[0]
+            out["free_text_full"] = self.m.tokenizer.decode(self.full_free[0])
+            out["needle_recall_full"] = recall(self.full_free[0], self.answer)
+        return out
+
+    def start(self, plan, mode, kept):
+        """The state at the compression point, the last prompt logits and the after_step policy."""
+        m, n_c = self.m, self.info.n_c
+        if mode == "blockwise":
+            n_keep = int(kept[0][0].sum())
+            recent = int(plan.recent * n_keep + 1e-9)
+            state, last = blockwise_prefill(m, self.info.ids[:n_c], n_keep, recent, plan.block, plan.one_shot,
+                                            self.select)
+            return state, last, None
+        state = m.copy_state(self.snapshot.state)
+        apply_kept(m, state, kept, n_c, plan.canon)
+        policy = None
+        if mode == "decode":  # re-selection reads `alive` by position: the cache stays whole
+            policy = decode_reselection(m, plan.one_shot, int(kept[0][0].sum()), self.every, self.select)
+        else:
+            m.drop_evicted(state)
+        return state, self.snapshot.last_logits, policy
+
+    def run(self, plan, budget, mode, kept):
+        return self._run_started(plan, budget, mode, kept, *self.start(plan, mode, kept))
+
+    def _run_started(self, plan, budget, mode, kept, state, last, policy):
+        true_kept = kv_kept(self.m, state, self.info.n_c) if mode == "blockwise" else None
+        ev, free = self.continue_from(state, last, policy)
+        return self.measure(plan, budget, mode, kept, ev, free, last, true_kept)
+
+    def continue_from(self, state, last, policy):
+        """The continuation after the compression point: the question, then the recorded answer
+        teacher-forced (the BlockOut compared with the full cache's) and, from the state after the
+        question, the free-running answer ((tokens, logits), or None). The question is fed once
+        for both. A batched state (stack_states) takes one `last` per run and gives lists, one
+        entry per run."""
+        m, q, B = self.m, len(self.forced), state.get("batch")
+        rest = self.continuation[q:]
+        head = teacher_forced(m, state, self.forced, policy) if q else None
+        free_state = m.copy_state(state) if self.free else None
+        tail = teacher_forced(m, state, rest, policy, first_step=q) if len(rest) else None
+        runs = range(B or 1)
+        pick = (lambda out, b: out) if B is None else (lambda out, b: out[b])  # noqa: E731
+        ev = [concat([pick(p, b) for p in (head, tail) if p is not None]) for b in runs]
+        lasts = [pick(head, b).logits[-1] if q else pick(last, b) for b in runs]
+        if not self.free:
+            free = [None for _ in runs]
+        elif B is None:
+            free = [free_running(m, free_state, lasts[0], self.n_gen, policy, first_step=q)]
+        else:
+            free = free_running_batch(m, free_state, lasts, self.n_gen)
+        return (ev, free) if B is not None else (ev[0], free[0])
+
+    def run_many(self, jobs, batch, done=None):
+        """(rows, summary) per (plan, budget, mode, kept) job, in order. One-shot runs whose cache
+        was compacted go through the model up to `batch` at a time: every step is one pass over
+        the weights for all of them (a one-token step of a small model is bound by reading its
+        weights). Other runs, and every run with batch 1, go one by one (run). done(n) is told how
+        many runs have finished."""
+        if batch < 1:
+            raise DumpError("--batch", "must be >= 1")
+        m = self.m
+        results, group = [None] * len(jobs), []
+        count = iter(range(1, len(jobs) + 1))
+
+        def finished(i, out):
+            results[i] = out
+            if done:
+                done(next(count))
+
+        def flush():
+            if group:
+                for i, out in zip([i for i, _ in group], self._run_batch([j for _, j in group])):
+                    finished(i, out)
+                group.clear()
+        for i, (plan, budget, mode, kept) in enumerate(jobs):
+            started = self.start(plan, mode, kept)
+            state, last, _ = started
+            if batch > 1 and mode == "oneshot" and hasattr(m, "stack_states") and state.get("slot_pos") is not None:
+                group.append((i, (plan, budget, kept, state, last)))  # evicted: a compacted cache
+                if len(group) == batch:
+                    flush()
+            else:
+                finished(i, self._run_started(plan, budget, mode, kept, *started))
+        flush()
+        return results
+
+    def _run_batch(self, group):
+        state = self.m.stack_states([st for _, _, _, st, _ in group])
+        evs, frees = self.continue_from(state, [last for *_, last in group], None)
+        return [self.measure(plan, budget, "oneshot", kept, ev, free, last, None)
+                for (plan, budget, kept, _, last), ev, free in zip(group, evs, frees)]
+
+    def measure(self, plan, budget, mode, kept, ev, free, last, true_kept):
+        """The rows and summary of one run: its teacher-forced BlockOut `ev`, its free-running
+        (tokens, logits) `free` and, block-wise, the kept sets the process really held."""
+        n_c = self.info.n_c
+        base = dict(rule=plan.canon, budget=budget, mode=mode)
+        rows = teacher_forced_rows(dict(base, decoding="teacher_forced"), self.full, ev, self.targets, self.o_projs,
+                                   n_c)
+        summary = dict(base, kept_tokens=int(sum(int(k.sum()) for k in kept.values())))
+        if true_kept is not None:
+            summary["jaccard_true_vs_simulated"] = jaccard_by_layer(true_kept, kept)
+            summary["prompt_last_logits_kl"] = float(kl_logits(self.snapshot.last_logits, last))
+        if free is not None:
+            ft, fl = self.full_free
+            toks, logits = free
+            rows += free_rows(dict(base, decoding="free"), ft, fl, toks, logits, self.info.P)
+            agree = np.array(toks) == np.array(ft)
+            summary.update(free_tokens=toks, free_text=self.m.tokenizer.decode(toks),
+                           free_first_divergence=int(np.argmin(agree)) if not agree.all() else len(toks),
+                           needle_recall=recall(toks, self.answer))
+        return rows, summary
+
+
+def jaccard_by_layer(true_kept, sim_kept):
+    """Per layer, mean over KV heads of |true & simulated| / |true | simulated|."""
+    out = []
+    for l in sorted(true_kept):
+        t, s = true_kept[l].astype(bool), sim_kept[l].astype(bool)
+        if s.shape != t.shape:
+            s = s.reshape(t.shape[0], -1, s.shape[-1]).any(axis=1) if s.shape[0] > t.shape[0] else s
+        inter, union = (t & s).sum(axis=-1), (t | s).sum(axis=-1)
+        out.append(float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0))))
+    return out
+
+
+def kl_logits(a, b):
+    from kvsim.closed_loop.metrics import kl_rows, log_softmax
+    return kl_rows(log_softmax(a[None]), log_softmax(b[None]))[0]
+
+
+def main(argv=None):
+    return cli.run_command("kvsim-closed-loop", run, build_parser().parse_args(argv),
+                           "the closed-loop files were not written")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

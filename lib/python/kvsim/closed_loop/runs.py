@@ -1,0 +1,181 @@
+"""The closed loop's runs of the model (closed_loop.py): the prompt prefilled once with the full
+cache (the snapshot every one-shot run starts from), the continuation fed token by token (teacher
+forced on the recorded tokens, or greedy), and the two processes the offline replay can only
+simulate: true block-wise prefill (KeyDiff's process, the cache cut back after every block before
+the next block's queries exist) and decode-time re-selection every E steps.
+
+Every continuation is fed one token per forward call, the full reference included, so the full
+cache and a rule that keeps everything run the same arithmetic and agree to the last bit.
+"""
+import numpy as np
+
+from kvsim.dump.errors import DumpError
+from kvsim.closed_loop.models import BlockOut
+
+
+def concat(outs):
+    """One BlockOut of a list of consecutive ones."""
+    L = len(outs[0].hidden)
+    return BlockOut(np.concatenate([o.logits for o in outs]),
+                    [np.concatenate([o.hidden[l] for o in outs]) for l in range(L)],
+                    [np.concatenate([o.attn[l] for o in outs], axis=1) for l in range(L)],
+                    [np.concatenate([o.queries[l] for o in outs], axis=1) for l in range(L)])
+
+
+def head_rows(mask, num_heads, num_kv_heads, what):
+    """A kept mask [units, n] as one row per query head: units are query heads, KV heads (repeated
+    over their group) or the whole layer (one set)."""
+    units = mask.shape[0]
+    if units == num_heads:
+        return mask
+    if units == num_kv_heads:
+        return np.repeat(mask, num_heads // num_kv_heads, axis=0)
+    if units == 1:
+        return np.repeat(mask, num_heads, axis=0)
+    raise DumpError(what, f"a kept mask with {units} units fits neither {num_heads} query heads nor "
+                          f"{num_kv_heads} KV heads")
+
+
+class Snapshot:
+    """The state after the full-cache prefill of [0, n_c), and the logits of its last position."""
+
+    def __init__(self, model, prompt_ids):
+        self.state = model.new_state()
+        out = model.forward(self.state, prompt_ids)
+        self.last_logits = out.logits[-1]
+
+
+def apply_kept(model, state, kept_by_layer, n_c, what):
+    """One-shot eviction at the compression point: the rule's kept masks [units, n_c] per layer."""
+    for layer, mask in kept_by_layer.items():
+        state["alive"][layer][:, :n_c] = head_rows(mask, model.num_heads, model.num_kv_heads, what)
+
+
+def teacher_forced(model, state, tokens, after_step=None, first_step=0):
+    """Feeds the recorded tokens; after_step(state, step, out) may evict after each one (steps
+    counted on from first_step, the tokens fed before). Without it nothing changes the cache
+    between tokens, so they go in as one block (one forward pass instead of one per token; the
+    same attention, up to float summation order), for every run of a batched state at once."""
+    tokens = [int(t) for t in tokens]
+    if after_step is None:
+        return model.forward(state, [tokens] * state["batch"] if "batch" in state else tokens)
+    outs = []
+    for i, t in enumerate(tokens):
+        out = model.forward(state, [t])
+        outs.append(out)
+        after_step(state, first_step + i, out)
+    return concat(outs)
+
+
+def greedy(last_logits, n_gen, feed):
+    """n_gen greedy tokens for each run from its last logits; feed(tokens) feeds one token per run
+    and returns each run's next logits. One (tokens, logits [n_gen, vocab]) per run: row g is the
+    distribution the g-th generated token was drawn from."""
+    cur = list(last_logits)
+    tokens, logits = [[] for _ in cur], [[] for _ in cur]
+    for g in range(n_gen):
+        for b, c in enumerate(cur):
+            logits[b].append(c)
+            tokens[b].append(int(np.argmax(c)))
+        if g + 1 < n_gen:
+            cur = feed([t[-1] for t in tokens])
+    return [(t, np.array(lg)) for t, lg in zip(tokens, logits)]
+
+
+def free_running(model, state, last_logits, n_gen, after_step=None, first_step=0):
+    """Generates n_gen tokens greedily from a state whose last position gave `last_logits`;
+    after_step as in teacher_forced. Returns (tokens, logits) as greedy()."""
+    step = [first_step]
+
+    def feed(token):
+        out = model.forward(state, token)
+        if after_step:
+            after_step(state, step[0], out)
+        step[0] += 1
+        return [out.logits[-1]]
+    return greedy([last_logits], n_gen, feed)[0]
+
+
+def free_running_batch(model, state, last_logits, n_gen):
+    """free_running without eviction between steps for a batched state: one (tokens, logits) per
+    run, each run's own greedy token fed as its row of every step."""
+    return greedy(last_logits, n_gen, lambda tokens: [o.logits[-1] for o in model.forward(state, [[t] for t in tokens])])
+
+
+def _alive_candidates(state, layer, group, upto):
+    """Per KV head, the alive positions below `upto` (KV-head sets: every query head of a group
+    holds the same row)."""
+    alive = state["alive"][layer]
+    return [np.flatnonzero(alive[g * group, :upto]) for g in range(alive.shape[0] // group)]
+
+
+def _keep_per_kv_head(model, state, layer, spec, n_keep, upto, select):
+    """Cuts every KV head of a layer back to n_keep of its alive positions below `upto`, by the
+    rule `spec` run on those keys alone (kvsim.select)."""
+    G = model.num_heads // model.num_kv_heads
+    cand = _alive_candidates(state, layer, G, upto)
+    if all(len(c) <= n_keep for c in cand):
+        return
+    if len({len(c) for c in cand}) != 1:
+        raise DumpError("closed loop", f"layer {layer}: KV heads hold different numbers of tokens")
+    K, _ = model.kv(state, layer)
+    keys = np.stack([K[g, c] for g, c in enumerate(cand)])
+    kept = select(spec, keys, [n_keep], num_heads=model.num_kv_heads)[0]  # [Hkv, m]
+    alive = state["alive"][layer]
+    for g, c in enumerate(cand):
+        alive[g * G:(g + 1) * G, c[~kept[g]]] = False
+
+
+def blockwise_prefill(model, prompt_ids, n_keep, recent, block, spec_one_shot, select):
+    """KeyDiff's real process on the model: the first n_keep - recent tokens, then blocks of
+    `block` tokens, the cache cut back to n_keep - recent after each block by the one-shot rule
+    on the surviving keys, and the last `recent` tokens kept as they come (the schedule of
+    kvsim's simulated keydiff(block=)). Returns (state, logits of the last prompt position)."""
+    n_c = len(prompt_ids)
+    older, keep = n_c - recent, n_keep - recent
+    if keep < 1 and older > 0:
+        raise DumpError("--budgets", f"{n_keep} tokens leave none for the block-wise process after {recent} recent ones")
+    state = model.new_state()
+    bounds = [0, min(max(keep, 0), older)]
+    while bounds[-1] < older:
+        bounds.append(min(older, bounds[-1] + block))
+    if older < n_c:
+        bounds.append(n_c)
+    last = None
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b <= a:
+            continue
+        last = model.forward(state, prompt_ids[a:b]).logits[-1]
+        if b <= older and b > keep:
+            for layer in range(model.num_layers):
+                _keep_per_kv_head(model, state, layer, spec_one_shot, keep, b, select)
+    return state, last
+
+
+def kv_kept(model, state, n_c):
+    """The surviving prompt positions per layer as KV-head masks [Hkv, n_c]."""
+    G = model.num_heads // model.num_kv_heads
+    return {l: state["alive"][l][::G, :n_c].copy() for l in range(model.num_layers)}
+
+
+def decode_reselection(model, spec_one_shot, n_keep, every, select):
+    """after_step for decode-time eviction: every `every` fed tokens, each layer's cache (one set
+    shared by all heads, as TOVA keeps) is cut back to n_keep by the one-shot rule, scored with
+    the current token's own query (kvpress DecodingPress semantics)."""
+    def after(state, i, out):
+        if (i + 1) % every:
+            return
+        for layer in range(model.num_layers):
+            alive = state["alive"][layer]
+            if not (alive == alive[:1]).all():
+                raise DumpError("closed loop", f"decode re-selection needs one kept set per layer (layer {layer})")
+            cand = np.flatnonzero(alive[0])
+            if len(cand) <= n_keep:
+                continue
+            K, _ = model.kv(state, layer)
+            q = out.queries[layer][:, -1:, :]
+            kept = select(spec_one_shot, K[:, cand], [n_keep], q=q, q_pos=[len(cand) - 1],
+                          attn_scale=model.scale, num_heads=model.num_heads)[0]
+            rows = head_rows(kept, model.num_heads, model.num_kv_heads, spec_one_shot)
+            alive[:, cand] = rows
+    return after
