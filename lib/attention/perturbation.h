@@ -19,7 +19,7 @@
 
 #include "attention/layer_cache.h"
 #include "attention/layer_reference.h"
-#include "rules/selection.h"
+#include "core/selection.h"
 
 namespace kvsim {
 

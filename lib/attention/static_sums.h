@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "attention/layer_cache.h"
-#include "rules/selection.h"
+#include "core/selection.h"
 
 namespace kvsim::perturbation_detail {
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "attention/perturbation.h"
-#include "rules/selection.h"
+#include "core/selection.h"
 
 namespace kvsim {
 

@@ -8,7 +8,7 @@
 #include <memory>
 #include <string>
 
-#include "rules/selection.h"
+#include "core/selection.h"
 
 namespace kvsim {
 

@@ -6,7 +6,7 @@
 
 #include "kernels/kernels.h"
 #include "rules/registry.h"
-#include "rules/selection.h"
+#include "core/selection.h"
 
 namespace kvsim {
 

@@ -9,7 +9,7 @@
 #include "kernels/kernels.h"
 #include "rules/gqa.h"
 #include "rules/rule.h"
-#include "rules/selection.h"
+#include "core/selection.h"
 
 namespace kvsim::rules_more {
 

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "rules/budget.h"
-#include "rules/selection.h"
+#include "core/selection.h"
 #include "trace/layer_data.h"
 #include "trace/trace_meta.h"
 

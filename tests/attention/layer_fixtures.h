@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "rules/selection.h"
+#include "core/selection.h"
 #include "trace/layer_data.h"
 #include "trace/trace_meta.h"
 

@@ -38,6 +38,18 @@ bool same_result(const PerturbationResult& a, const PerturbationResult& b) {
          same_values(a.layer_theta, b.layer_theta) && same_values(a.layer_F_min, b.layer_F_min);
 }
 
+// Step-wise per-query masks over [0, t] for every unit and evaluation query of `cache`: every
+// `step`-th position from `first` evicted, the query's own position kept.
+void add_stepwise_masks(Selection& sel, const LayerCache& cache, std::size_t first, std::size_t step) {
+  for (int u = 0; u < sel.units; ++u)
+    for (i64 qi = 0; qi < cache.n_eval(); ++qi) {
+      std::vector<std::uint8_t> m(cache.eval_pos(qi) + 1, 1);
+      for (std::size_t j = first; j < m.size(); j += step) m[j] = 0;
+      m.back() = 1;
+      sel.per_query.push_back(m);
+    }
+}
+
 // |fast - exact| <= 1e-5 |exact| + 1e-6 scale (scale: magnitude of the quantity's reference).
 void check_close(double fast, double exact, double scale, const std::string& what) {
   INFO(what << ": fast " << fast << " oracle " << exact);
@@ -364,13 +376,7 @@ TEST_CASE("measure_perturbations: a batch (static kv + query, step-wise, ThinK) 
     sels.push_back(random_selection(s, GqaMode::query, 0.4, 41));
     sels.push_back(random_selection(s, GqaMode::query, 0.1, 42));
     auto stepwise = random_selection(s, GqaMode::kv, 0.5, 43);
-    for (int u = 0; u < stepwise.units; ++u)
-      for (i64 qi = 0; qi < cache.n_eval(); ++qi) {
-        std::vector<std::uint8_t> m(cache.eval_pos(qi) + 1, 1);
-        for (std::size_t j = 0; j < m.size(); j += 3) m[j] = 0;
-        m.back() = 1;
-        stepwise.per_query.push_back(m);
-      }
+    add_stepwise_masks(stepwise, cache, 0, 3);
     sels.push_back(stepwise);
     auto think = random_selection(s, GqaMode::kv, 0.5, 44);
     think.key_channels.assign(s.Hkv * s.d, 1);
@@ -453,16 +459,7 @@ TEST_CASE("measure_rules: every rule's budgets in one walk over the KV groups, t
   rules[1].push_back(random_selection(s, GqaMode::kv, 0.2, 91));
   rules[1].push_back(random_selection(s, GqaMode::query, 0.4, 92));
   auto stepwise = random_selection(s, GqaMode::kv, 0.5, 93);
-  {
-    LayerCache c(meta, L, s.n_c, eval);
-    for (int u = 0; u < stepwise.units; ++u)
-      for (i64 qi = 0; qi < c.n_eval(); ++qi) {
-        std::vector<std::uint8_t> m(c.eval_pos(qi) + 1, 1);
-        for (std::size_t j = 1; j < m.size(); j += 4) m[j] = 0;
-        m.back() = 1;
-        stepwise.per_query.push_back(m);
-      }
-  }
+  add_stepwise_masks(stepwise, LayerCache(meta, L, s.n_c, eval), 1, 4);
   rules[2].push_back(stepwise);
   auto think = random_selection(s, GqaMode::kv, 0.5, 94);
   think.key_channels.assign(s.Hkv * s.d, 1);

@@ -1,4 +1,4 @@
-#include "rules/selection.h"
+#include "core/selection.h"
 
 #include <numeric>
 
