@@ -60,12 +60,42 @@ class KvpressTest(unittest.TestCase):
         cls.tmp.__exit__(None, None, None)
 
     def check_parity(self, traces, ratios):
-        rows = kp.parity_table(os.environ["KVSIM_CLI"], traces, ratios=ratios)
+        rows = kp.parity_table(traces, ratios=ratios)
         table = kp.format_table(rows)
         print("\n" + table)
         self.assertTrue(kp.parity_holds(rows), table)
         self.assertEqual({r["press"] for r in rows}, {p[0] for p in kp.PAIRS})
         return rows
+
+    def test_a_failing_press_is_a_row_and_the_others_still_run(self):
+        trace = os.path.join(tu.TRACES_DIR, "niah_stories260k.h5")
+        pairs = [("Broken kvpress side", "NoSuchPress(compression_ratio={cr})", "snapkv", "post"),
+                 ("Broken kvsim side", "KnormPress(compression_ratio={cr})", "nosuchrule", "post"),
+                 kp.PAIRS[2]]  # Knorm
+        rows = kp.parity_table([trace], pairs, ratios=(0.5,))
+        by = {r["press"]: r for r in rows}
+        self.assertEqual(len(rows), 3)
+        self.assertIn("NoSuchPress", by["Broken kvpress side"]["error"])
+        self.assertTrue(by["Broken kvsim side"]["error"].startswith("kvsim: "), by["Broken kvsim side"]["error"])
+        self.assertNotIn("kvsim replay: kvsim replay", by["Broken kvsim side"]["error"])
+        self.assertIsNone(by["Knorm"]["error"])
+        self.assertEqual(by["Knorm"]["differing"], by["Knorm"]["explained_by_ties"] + by["Knorm"]["explained_by_tolerance"])
+        self.assertFalse(kp.parity_holds(rows))  # a failure is never a pass
+        self.assertTrue(kp.parity_holds([by["Knorm"]]))
+        text = kp.format_compact(rows)
+        self.assertIn("FAILED: ", text)
+        # The command: every pair printed, exit status 1 only for the failure.
+        code = kp.main([trace, "--ratios", "0.5", "--only", "Knorm"])
+        self.assertEqual(code, 0)
+
+    def test_near_ties_are_counted_apart_from_exact_ties(self):
+        # One row of 6 scores, top 3 kept: the cut is 0.5; 0.5 (again) is an exact tie, 0.5 + 2e-8 a
+        # float32 near-tie, 0.4 a real difference.
+        x = np.array([[0.9, 0.8, 0.5, 0.5, 0.5 + 2e-8, 0.4]], dtype=np.float64)
+        calls = [(x, np.array([[0.9, 0.8, 0.5]]), True)]
+        exact, near = kp.tie_positions(calls, Hkv=1, n=6)
+        self.assertEqual(exact, {(0, 2), (0, 3)})
+        self.assertEqual(near, {(0, 4)})
 
     def test_parity_niah_sample(self):
         rows = self.check_parity([os.path.join(tu.TRACES_DIR, "niah_stories260k.h5")], (0.25, 0.5, 0.75))
