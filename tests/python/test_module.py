@@ -8,6 +8,7 @@
   NaN are one-line errors; the GIL is released while the engine runs.
 """
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -170,6 +171,24 @@ class ModuleTest(unittest.TestCase):
         rows = [df[df.rule == r].drop(columns="rule").reset_index(drop=True) for r in df.rule.unique()]
         pd.testing.assert_frame_equal(rows[0], rows[1])
         pd.testing.assert_frame_equal(rows[0], rows[2])
+
+    def test_info_lists_stored_selections_and_their_budgets(self):
+        """kvsim info names each stored selection, its kind and budgets, and the external() spelling."""
+        path = os.path.join(self.dir, "with_selections.h5")
+        shutil.copyfile(NIAH, path)
+        t = kvsim.open_trace(NIAH)  # the sample, not the copy: an open trace holds its file's lock
+        n_c = t.meta["context_end"]
+        kept = {b: {l: np.ones((4, n_c), np.uint8) for l in range(t.num_layers)} for b in ("cr=0.25", "0.5")}
+        kvsim.write_selection(path, "press", n_c, kept=kept, source="SnapKVPress")
+        kvsim.write_selection(path, "ranked", n_c, scores={l: np.zeros((4, n_c), np.float32)
+                                                           for l in range(t.num_layers)})
+        out = kvsim.run("info", path)
+        self.assertIn(f"selection   press: kept, mode kv, n_c {n_c}, from SnapKVPress; external(name=press) "
+                      f"--budgets ", out)
+        line = next(x for x in out.splitlines() if x.startswith("selection   press"))
+        self.assertEqual(sorted(line.split("--budgets ")[1].split(",")), ["0.5", "cr=0.25"])
+        self.assertIn("selection   ranked: scores, mode kv", out)
+        self.assertIn("external(name=ranked) (any budget)", out)
 
     def test_select_on_arrays_equals_replay(self):
         """kvsim.select on one layer's arrays (no trace) keeps what the replay keeps."""

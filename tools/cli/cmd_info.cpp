@@ -13,6 +13,7 @@
 #include "core/sysinfo.h"
 #include "core/text.h"
 #include "trace/crash_guard.h"
+#include "trace/stored_selection.h"
 #include "trace/trace_reader.h"
 
 namespace kvsim::cli {
@@ -96,6 +97,21 @@ int cmd_info(const std::vector<std::string>& args) {
     std::printf("span        %s [%lld, %lld)\n", printable(name).c_str(), static_cast<long long>(span.first),
                 static_cast<long long>(span.second));
   if (!m.text.empty()) std::printf("text        %zu bytes\n", m.text.size());
+  // Stored selections (e.g. kvpress presses from kvsim-dump --kvpress-press): what
+  // external(name=...) can replay, at which budgets.
+  for (const auto& name : stored_selection_names(path)) {
+    try {
+      const StoredSelectionInfo s = StoredSelection(path, name).info();  // a copy: the reader is a temporary
+      std::string budgets;
+      for (const auto& b : s.budgets) budgets += (budgets.empty() ? "" : ",") + printable(b);
+      std::printf("selection   %s: %s, mode %s, n_c %lld%s%s; external(name=%s)%s%s\n", printable(name).c_str(),
+                  s.kind.c_str(), s.mode.c_str(), static_cast<long long>(s.n_c), s.source.empty() ? "" : ", from ",
+                  printable(s.source).c_str(), printable(name).c_str(),
+                  s.kind == "kept" ? " --budgets " : " (any budget)", budgets.c_str());
+    } catch (const Error& e) {
+      std::printf("selection   %s: unreadable: %s\n", printable(name).c_str(), e.what());
+    }
+  }
   std::printf("layer size  %.1f MiB as float32 (q %.1f, k %.1f, v %.1f, o_proj %.1f%s)\n", mib(layer_bytes),
               mib(q_bytes), mib(kv_bytes), mib(kv_bytes), mib(op_bytes), m.has_o ? ", o same as q" : "");
 
