@@ -357,11 +357,7 @@ void LayerCache::walk_groups(QuerySet s, const std::function<void(int, int)>& us
   }
 }
 
-void LayerCache::precompute(QuerySet s) const {
-  const int groups = impl_->Hkv;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int g = 0; g < groups; ++g) impl_->group_probs(s, g);
-}
+void LayerCache::precompute(QuerySet s) const { walk_groups(s, [](int, int) {}, false); }
 
 void LayerCache::precompute_norms(NormKind kind) const {
   const int heads = impl_->H;

@@ -2,7 +2,8 @@
 // Per-layer quantities shared by every rule and budget: full causal attention of the
 // evaluation queries (and of the observation-window queries), the full head outputs, and
 // projected value norms. Computed lazily, once per head or KV group, thread-safe
-// (std::call_once), so rules and the metrics can ask for them from inside OpenMP loops.
+// (std::call_once, a mutex per KV group's probability tile), so rules and the metrics can ask for
+// them from inside OpenMP loops.
 #include <functional>
 #include <memory>
 #include <vector>

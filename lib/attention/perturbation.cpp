@@ -66,12 +66,6 @@ void support_mask(const LayerCache& cache, const Selection& sel, QuerySet set, i
 // for one head, one query at a time.
 void per_query_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
                     int h, Sums& z) {
-  auto& E = z.E;
-  auto& K = z.K;
-  auto& Enu = z.Enu;
-  auto& Knu = z.Knu;
-  auto& oev = z.delta;
-  auto& use_support = z.use_support;
   const float* a = cache.probs(set, h);
   const float* nu = cache.value_norms(h, nu_kind);
   const float* V = cache.data().v_head(h / s.G);
@@ -95,15 +89,16 @@ void per_query_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, con
         knu += static_cast<double>(row[j]) * nu[j];
       }
     }
-    K[h * s.n + qi] = kept_mass;
-    Knu[h * s.n + qi] = knu;
+    const std::size_t at = static_cast<std::size_t>(h) * s.n + qi;
+    z.K[at] = kept_mass;
+    z.Knu[at] = knu;
     if (!any) continue;  // nothing in the support is evicted: exactly zero perturbation
-    E[h * s.n + qi] = e;
-    Enu[h * s.n + qi] = en;
+    z.E[at] = e;
+    z.Enu[at] = en;
     const bool small_F = use_support_form(kept_mass, e, 2 * n_ev > static_cast<i64>(m.size()));
-    use_support[h * s.n + qi] = small_F;
+    z.use_support[at] = small_F;
     kernels::masked_weighted_rowsum(row, small_F ? m.data() : inv.data(), V, static_cast<i64>(m.size()), s.d,
-                                    s.d, oev.data() + (static_cast<std::size_t>(h) * s.n + qi) * s.d);
+                                    s.d, z.delta.data() + at * s.d);
   }
 }
 

@@ -20,12 +20,12 @@ class OracleRule : public ScoredRule {
     const i64 n_eval = c.n_eval(), S = d.seq_len, n = in.n_c;
     if (n_eval == 0) fail(spec(), "", "no evaluation queries at or after the compression point");
     std::vector<float> mass(static_cast<std::size_t>(d.num_heads) * n, 0.0f);
-    // One KV group's probability tile at a time per thread, freed after use: the metrics
-    // recompute it rather than the layer holding every head's probabilities at once.
+    // The KV groups' probability tiles in waves of one per thread, freed after use (the metrics
+    // recompute them rather than the layer holding every head's probabilities at once).
     const int G = d.num_heads / d.num_kv_heads;
+    c.walk_groups(QuerySet::eval, [&](int g0, int g1) {
 #pragma omp parallel for schedule(dynamic)
-    for (int g = 0; g < d.num_kv_heads; ++g) {
-      for (int h = g * G; h < (g + 1) * G; ++h) {
+      for (int h = g0 * G; h < g1 * G; ++h) {
         const float* p = c.eval_probs(h);
         float* m = mass.data() + h * n;
         // Accumulate in double, then one rounding: the mean is exact to float precision.
@@ -34,8 +34,7 @@ class OracleRule : public ScoredRule {
           for (i64 j = 0; j < n; ++j) acc[j] += p[q * S + j];
         for (i64 j = 0; j < n; ++j) m[j] = static_cast<float>(acc[j] / static_cast<double>(n_eval));
       }
-      c.release_probs(QuerySet::eval, g);
-    }
+    }, true);
     UnitScores s(gqa_.mode, units_for(gqa_.mode, d), n);
     reduce_heads(mass.data(), d.num_heads, d.num_heads / d.num_kv_heads, n, n, gqa_, s.score.data(), n);
     return s;

@@ -9,6 +9,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -96,16 +97,16 @@ def write_trace(path, *, q, k, v, q_positions, segment, rope_theta, rope_style="
             return
         lines = out.strip().splitlines()
         exceeded = [ln for ln in lines if ln.endswith("EXCEEDS tolerance")]
-        if exceeded:  # "o layer L: ..., max rel err X, ... EXCEEDS tolerance"
+        if exceeded:  # "o layer L: N queries, max rel err X, ... EXCEEDS tolerance"
             layer = exceeded[0].split(":")[0].split()[-1]
-            first = (f"/layers/{layer}/o: not reproduced by kvsim's full attention "
-                     f"({exceeded[0].split(', ', 1)[1].rsplit(' EXCEEDS', 1)[0]}): check RoPE, scale and layout")
+            first = f"/layers/{layer}/o: not reproduced by kvsim's full attention ({exceeded[0]}); check RoPE, scale and layout"
         else:
             first = (lines or err.strip().splitlines() or ["invalid trace"])[0].replace(partial + ": ", "")
         raise DumpError(path, first)
 
     try:
-        w = TraceFileWriter(path, attrs, S, q_positions, dtype=dtype, warn=lambda msg: None)
+        w = TraceFileWriter(path, attrs, S, q_positions, dtype=dtype,
+                            warn=lambda msg: warnings.warn(f"kvsim.write_trace: {msg}", stacklevel=3))
         try:
             for l in range(L):
                 w.write_kv(l, 0, k[l], v[l])
