@@ -1,6 +1,9 @@
 // _kvsim: the C++ engine as a Python extension module. The kvsim package (kvsim/__init__.py)
 // builds the user-facing API on these few entry points:
-//   run_command(argv)      any kvsim subcommand in-process (the same code as the CLI), GIL released
+//   replay(...)            the typed replay (lib/replay/replay.h): columns in, columns out, no files
+//                          unless out= is given (engine_api.h)
+//   output_tables()        every declared output column (core/columns.h)
+//   run_command(argv)      any other kvsim subcommand in-process (the same code as the CLI), GIL released
 //   open_trace(path)       a trace: metadata and zero-copy, read-only numpy views of its layers
 //   rule_catalogue()       every rule, its parameters and defaults
 //   _register_*_rule(...)  rules written in Python (py_rules.h)
@@ -13,13 +16,13 @@
 #include <cstdio>
 #include <memory>
 #include <sstream>
-#include <thread>
 
 #include "command.h"
 #include "core/blas_kernels.h"
 #include "core/error.h"
-#include "core/interrupt.h"
 #include "kernels/isa.h"
+#include "engine_api.h"
+#include "engine_call.h"
 #include "numpy_views.h"
 #include "py_rules.h"
 #include "select_arrays.h"
@@ -61,42 +64,12 @@ std::string capture_stdout(Fn&& fn) {
   return out;
 }
 
-// Ctrl-C during a run: Python's handler only records the signal while the engine holds no GIL, so
-// the engine polls here (core/interrupt.h, from its progress path on the thread that called
-// run_command); the exception Python's handler raises (KeyboardInterrupt, or whatever a user's
-// handler raises) is kept and re-raised once the engine has unwound and removed its partial files.
-std::thread::id g_run_thread;
-std::unique_ptr<py::error_already_set> g_pending;  // touched with the GIL held only
-
-bool poll_python_signals() {
-  if (std::this_thread::get_id() != g_run_thread) return false;
-  py::gil_scoped_acquire gil;
-  if (g_pending) return true;
-  if (PyErr_CheckSignals() == 0) return false;
-  g_pending = std::make_unique<py::error_already_set>();  // fetches (and clears) the error
-  return true;
-}
-
 // (exit code, stdout text, error message line(s)).
 py::tuple run_command(const std::vector<std::string>& args) {
   int code = 0;
   std::ostringstream err;
   std::string out;
-  g_pending.reset();
-  g_run_thread = std::this_thread::get_id();
-  set_interrupt_poll(&poll_python_signals);
-  struct Unset {
-    ~Unset() { set_interrupt_poll(nullptr); }
-  } unset;
-  {
-    py::gil_scoped_release release;  // the engine runs without the GIL; Python rules take it back
-    out = capture_stdout([&] { code = cli::run_command(args, err); });
-  }
-  if (g_pending) {
-    std::unique_ptr<py::error_already_set> e = std::move(g_pending);
-    e->restore();
-    throw py::error_already_set();
-  }
+  call_engine([&] { out = capture_stdout([&] { code = cli::run_command(args, err); }); });
   return py::make_tuple(code, out, err.str());
 }
 
@@ -274,6 +247,7 @@ PYBIND11_MODULE(_kvsim, m) {
         return d;
       }, "the BLAS the engine runs: library, build, core (kernels), threading, who chose the core");
   bind_trace(m);
+  bind_engine(m);
   bind_rules(m);
   bind_select(m);
 }

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <iostream>
 #include <filesystem>
@@ -37,14 +38,16 @@ namespace kvsim {
 namespace {
 
 struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
-  double budget_tokens = 0, kept = 0, F = 0, l1 = 0, l2 = 0, rel_l1 = 0, ada = 0, crit = 0, select_s = 0;
+  double budget_tokens = 0, kept = 0, select_s = 0;
+  std::array<double, kNumMetrics> values{};
   int layers = 0;
   double tied_sum = 0;  // Selection::tied_at_cut over layers and units
   i64 tied_units = 0, tied_max = 0;
+  double mean(std::size_t metric) const { return values[metric] / (layers > 0 ? layers : 1); }
 };
 
-void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot,
-                   const Json& timings) {
+Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot,
+                  const Json& timings) {
   const TraceMeta& meta = s.meta;
   const Protocol& p = s.protocol;
   Json j = run_header(opt.command, kernels::isa_name(kernels::active_isa()));
@@ -65,16 +68,11 @@ void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::ve
     for (std::size_t b = 0; b < s.budgets.size(); ++b) {
       const Totals& t = tot[r][b];
       const double n = t.layers > 0 ? t.layers : 1;
-      Json e = {{"budget", s.budgets[b].text},
-                {"budget_tokens_mean", t.budget_tokens / n},
-                {"kept_tokens_mean", t.kept / n},
-                {"retained_mass_mean", t.F / n},
-                {"pert_l1_mean", t.l1 / n},
-                {"pert_l2_mean", t.l2 / n},
-                {"rel_pert_l1_mean", t.rel_l1 / n},
-                {"bound_ada_mean", t.ada / n},
-                {"bound_critical_mean", t.crit / n},
-                {"select_seconds", t.select_s}};
+      // The fields of summary_budget_schema(), in its order.
+      Json e = {{"budget", s.budgets[b].text}, {"budget_tokens_mean", t.budget_tokens / n}, {"kept_tokens_mean", t.kept / n}};
+      for (std::size_t m = 0; m < kNumMetrics; ++m)
+        if (!kMetricColumns[m].summary.empty()) e[std::string(kMetricColumns[m].summary)] = t.mean(m);
+      e["select_seconds"] = t.select_s;
       if (t.tied_units > 0) {  // rules that rank by scores: how often the cut fell inside a tie
         e["tied_at_cut_mean"] = t.tied_sum / static_cast<double>(t.tied_units);
         e["tied_at_cut_max"] = t.tied_max;
@@ -86,14 +84,14 @@ void write_summary(const ReplayOptions& opt, const ReplaySetup& s, const std::ve
   j["rules"] = std::move(rules);
   j["timings"] = timings;
   j["peak_rss_bytes"] = static_cast<i64>(peak_rss_bytes());
-  write_file_atomic(opt.out_dir + "/summary.json", json_text(j));
+  return j;
 }
 
-void print_table(std::ostream& out, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot) {
+std::string summary_table(const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot) {
   char line[512];
   std::snprintf(line, sizeof line, "%-44s %8s %9s %9s %12s %14s %12s\n", "rule", "budget", "kept", "mean F",
                 "pert_l1", "bound_critical", "bound_ada");
-  out << line;
+  std::string out = line;
   // Short labels (parameters at their defaults dropped); metrics.csv keeps the full specs.
   std::vector<std::string> specs;
   for (const auto& rule : s.rules) specs.push_back(rule->spec());
@@ -105,9 +103,12 @@ void print_table(std::ostream& out, const ReplaySetup& s, const std::vector<std:
       std::string spec = labels.at(specs[r]);
       if (spec.size() > 44) spec = spec.substr(0, 41) + "...";
       std::snprintf(line, sizeof line, "%-44s %8s %9.1f %9.4f %12.5g %14.5g %12.5g\n", spec.c_str(),
-                    s.budgets[b].text.c_str(), t.kept / n, t.F / n, t.l1 / n, t.crit / n, t.ada / n);
-      out << line;
+                    s.budgets[b].text.c_str(), t.kept / n, t.mean(metric_index("retained_mass")),
+                    t.mean(metric_index("pert_l1")), t.mean(metric_index("bound_critical")),
+                    t.mean(metric_index("bound_ada")));
+      out += line;
     }
+  return out;
 }
 
 }  // namespace
@@ -153,8 +154,8 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
 }
 
 std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetup& setup, const TraceReader& reader,
-                                      const std::vector<int>& layers, std::ostream& metrics, std::ostream* per_query,
-                                      SelectionFile* selection, ReplayTimings& tm, Progress* progress) {
+                                      const std::vector<int>& layers, const ReplaySinks& sinks, ReplayTimings& tm,
+                                      Progress* progress) {
   const TraceMeta& meta = setup.meta;
   const Protocol& p = setup.protocol;
   const auto& budgets = setup.budgets;
@@ -173,7 +174,7 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
   CoreShare share(max_threads(), opt.threads == 0);
   // The next layer is read on a second thread while this one is replayed (reading is serial
   // HDF5 + widening). HDF5 is not thread-safe here, so not while selection.h5 is being written.
-  const bool prefetch = !selection && layers.size() > 1;
+  const bool prefetch = !sinks.file && layers.size() > 1;
   std::future<LayerData> next;
   for (std::size_t li = 0; li < layers.size(); ++li) {
     const int l = layers[li];
@@ -223,19 +224,26 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
       const auto& sels = rule_sels[r];
       const std::string spec = rules[r]->spec();
       for (std::size_t b = 0; b < budgets.size(); ++b) {
-        if (selection)
-          selection->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text,
-                           meta.num_kv_heads);
+        if (sinks.file)
+          sinks.file->write(static_cast<int>(r), static_cast<int>(b), l, sels[b], spec, budgets[b].text,
+                            meta.num_kv_heads);
+        if (sinks.kept) {
+          SavedSelection saved{static_cast<int>(r), static_cast<int>(b), l, spec, budgets[b].text, meta.num_kv_heads,
+                               sels[b]};
+          saved.selection.per_query.clear();
+          sinks.kept->push_back(std::move(saved));
+        }
         for (std::size_t si = 0; si < sets.size(); ++si) {
           const PerturbationResult& res = results[si][r][b];
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.
           const i64 layer_budget = sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : setup.budget_tokens[b];
           RowKey key{spec, budgets[b].text, layer_budget, l, sets[si].second};
-          const auto agg = write_metric_rows(metrics, key, sels[b], res, setup.heads, G);
-          if (per_query) {
+          NullRowSink none;
+          const auto agg = write_metric_rows(sinks.metrics ? *sinks.metrics : none, key, sels[b], res, setup.heads, G);
+          if (sinks.per_query) {
             std::vector<i64> pos;
             for (i64 qi = 0; qi < res.n_q; ++qi) pos.push_back(cache.pos(sets[si].first, qi));
-            write_per_query_rows(*per_query, key, sels[b], res, pos, setup.heads, G);
+            write_per_query_rows(*sinks.per_query, key, sels[b], res, pos, setup.heads, G);
           }
           if (sets[si].first != summary_set) continue;
           LayerTotal t;
@@ -269,8 +277,14 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
   return totals;
 }
 
-void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, std::vector<LayerTotal> totals,
-                          const ReplayTimings& tm, double total_seconds, std::ostream& table) {
+NormKind parse_bound_norm(const std::string& s) {
+  if (s == "exact") return NormKind::l1;
+  if (s == "upper") return NormKind::upper;
+  fail("--nu", s, "must be exact or upper");
+}
+
+ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, std::vector<LayerTotal> totals,
+                             const ReplayTimings& tm, double total_seconds) {
   // Sum in the order one run accumulates: layer by layer (setup.layers order), then rule, budget.
   std::map<int, std::size_t> order;
   for (std::size_t i = 0; i < setup.layers.size(); ++i) order[setup.layers[i]] = i;
@@ -286,12 +300,7 @@ void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, st
     t.tied_units += lt.tied_units;
     t.budget_tokens += lt.budget_tokens;
     t.kept += lt.agg.kept_tokens;
-    t.F += lt.agg.retained_mass;
-    t.l1 += lt.agg.pert_l1;
-    t.l2 += lt.agg.pert_l2;
-    t.rel_l1 += lt.agg.rel_pert_l1;
-    t.ada += lt.agg.bound_ada;
-    t.crit += lt.agg.bound_critical;
+    for (std::size_t m = 0; m < kNumMetrics; ++m) t.values[m] += lt.agg.values[m];
     t.layers += 1;
   }
   // Counts stay integers in the file (64, not 64.0).
@@ -305,47 +314,77 @@ void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, st
                         {"threads_min", tm.threads_min},
                         {"threads_max", tm.threads_max},
                         {"prob_tiles_peak_mib", static_cast<double>(tm.prob_tiles_peak_bytes) / (1 << 20)}};
-  write_summary(opt, setup, tot, timings);
-  print_table(table, setup, tot);
+  ReplaySummary out{summary_json(opt, setup, tot, timings), summary_table(setup, tot)};
+  if (!opt.out_dir.empty()) write_file_atomic(opt.out_dir + "/summary.json", json_text(out.json));
+  return out;
 }
 
-void run_replay(const ReplayOptions& opt, std::ostream& table) {
+ReplayResult replay(const ReplayOptions& opt) {
   Stopwatch total;
   set_thread_count(opt.threads);
-  if (opt.out_dir.empty()) fail("--out", "", "an output folder is required");
+  const bool files = !opt.out_dir.empty();
+  if (!files && !opt.collect) fail("--out", "", "an output folder is required");
   TraceReader reader(opt.trace_path);
   const ReplaySetup setup = prepare_replay(opt, reader.meta());
   const std::string repeated = repeated_budgets_note(opt.budgets);
   if (!repeated.empty()) std::cerr << "kvsim replay: note: " << repeated << "\n";
 
-  OutputFolder folder("kvsim replay", opt.out_dir, "summary.json");
-  AtomicOutFile metrics(folder.path("metrics.csv"));
-  write_metrics_header(metrics.stream());
-  std::optional<AtomicOutFile> per_query;
-  if (opt.per_query) {
-    per_query.emplace(folder.path("metrics_per_query.csv"));
-    write_per_query_header(per_query->stream());
-  }
+  ReplayResult result;
+  std::optional<OutputFolder> folder;
+  std::optional<AtomicOutFile> metrics, per_query;
   std::unique_ptr<SelectionFile> selfile;
-  if (opt.save_selection) selfile = std::make_unique<SelectionFile>(folder.path("selection.h5"));
+  std::vector<std::unique_ptr<RowSink>> sinks;  // owners; the last sink of a table is the one used
+  const auto add = [&](RowSink* a, RowSink* b) -> RowSink* {
+    if (a && b) sinks.push_back(std::make_unique<TeeRowSink>(*a, *b));
+    return a && b ? sinks.back().get() : (a ? a : b);
+  };
+  const auto csv = [&](std::optional<AtomicOutFile>& f, const TableSchema& schema, const char* name) -> RowSink* {
+    if (!files) return nullptr;
+    f.emplace(folder->path(name));
+    sinks.push_back(std::make_unique<CsvRowSink>(f->stream(), schema));
+    return sinks.back().get();
+  };
+  const auto memory = [&](ColumnTable& t, const TableSchema& schema) -> RowSink* {
+    if (!opt.collect) return nullptr;
+    t = ColumnTable(schema);
+    sinks.push_back(std::make_unique<ColumnTableSink>(t));
+    return sinks.back().get();
+  };
+  if (files) folder.emplace("kvsim replay", opt.out_dir, "summary.json");
+  ReplaySinks out;
+  out.metrics = add(csv(metrics, metrics_schema(), "metrics.csv"), memory(result.metrics, metrics_schema()));
+  if (opt.per_query)
+    out.per_query = add(csv(per_query, per_query_schema(), "metrics_per_query.csv"),
+                        memory(result.per_query, per_query_schema()));
+  if (opt.save_selection && files) selfile = std::make_unique<SelectionFile>(folder->path("selection.h5"));
+  out.file = selfile.get();
+  if (opt.save_selection && opt.collect) out.kept = &result.selection;
 
   Progress progress("replay", static_cast<std::int64_t>(setup.layers.size() * setup.rules.size()));
   ReplayTimings tm;
-  auto totals = replay_layers(opt, setup, reader, setup.layers, metrics.stream(),
-                              per_query ? &per_query->stream() : nullptr, selfile.get(), tm, &progress);
-  // Every file complete before anything is replaced: a failed write leaves the earlier run intact.
-  metrics.finish();
-  if (per_query) per_query->finish();
-  if (selfile) selfile->finish();
-  std::vector<std::string> written = {"metrics.csv", "summary.json"};
-  if (per_query) written.push_back("metrics_per_query.csv");
-  if (selfile) written.push_back("selection.h5");
-  folder.clear_previous(kReplayOutputs, written);
-  metrics.commit();
-  if (per_query) per_query->commit();
-  if (selfile) selfile->commit();
-  write_replay_summary(opt, setup, std::move(totals), tm, total.seconds(), table);
-  folder.done();
+  auto totals = replay_layers(opt, setup, reader, setup.layers, out, tm, &progress);
+  if (files) {
+    // Every file complete before anything is replaced: a failed write leaves the earlier run intact.
+    metrics->finish();
+    if (per_query) per_query->finish();
+    if (selfile) selfile->finish();
+    std::vector<std::string> written = {"metrics.csv", "summary.json"};
+    if (per_query) written.push_back("metrics_per_query.csv");
+    if (selfile) written.push_back("selection.h5");
+    folder->clear_previous(kReplayOutputs, written);
+    metrics->commit();
+    if (per_query) per_query->commit();
+    if (selfile) selfile->commit();
+  }
+  result.summary = replay_summary(opt, setup, std::move(totals), tm, total.seconds());
+  if (files) folder->done();
+  return result;
+}
+
+void run_replay(const ReplayOptions& opt, std::ostream& table) {
+  ReplayOptions o = opt;
+  o.collect = false;
+  table << replay(o).summary.table;
 }
 
 }  // namespace kvsim

@@ -6,15 +6,18 @@
 // partial file and renamed only when the whole run succeeded, an earlier run's other outputs
 // removed then.
 //
-// run_replay is prepare_replay + replay_layers over every layer + write_replay_summary; kvsim
-// sweep runs replay_layers on layer ranges (units) elsewhere and merges them, with the same
-// rows and the same summary sums as one run_replay.
+// replay() is the typed entry (the Python API calls it): prepare_replay + replay_layers over every
+// layer + replay_summary, its rows as columnar tables in memory and/or files in --out. run_replay
+// is the CLI over it. kvsim sweep runs replay_layers on layer ranges (units) elsewhere and merges
+// them, with the same rows and the same summary sums as one replay.
 #include <memory>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "attention/layer_cache.h"
+#include "core/columns.h"
+#include "core/json.h"
 #include "replay/metric_rows.h"
 #include "replay/protocol.h"
 #include "rules/budget.h"
@@ -42,7 +45,11 @@ struct ReplayOptions {
   NormKind nu = NormKind::l1;     // value norm of the bounds: exact l1 or the cheap upper bound
   std::string nu_cache_dir;       // on-disk cache of exact value norms (attention/norm_cache.h); "": none
   std::string command;            // argv joined, for summary.json
+  bool collect = false;           // keep the rows (and kept masks) in memory: ReplayResult
 };
+
+// "exact" | "upper" (--nu); throws kvsim::Error naming --nu.
+NormKind parse_bound_norm(const std::string& s);
 
 // Everything the options and the trace fix before any layer is read.
 struct ReplaySetup {
@@ -77,18 +84,47 @@ struct ReplayTimings {
   void add(const ReplayTimings& o);
 };
 
-// Replays `layers` (ascending, a subset of setup.layers): metric rows to `metrics`, per-query
-// rows to `per_query` (if not null), kept masks to `selection` (if not null). progress may be null.
+// One kept set as selection.h5 stores it (Selection without the step-wise masks).
+struct SavedSelection {
+  int rule = 0, budget = 0, layer = 0;
+  std::string rule_spec, budget_text;
+  int num_kv_heads = 0;
+  Selection selection;
+};
+
+// Where replay_layers puts what it computes; any may be null.
+struct ReplaySinks {
+  RowSink* metrics = nullptr;    // metrics.csv rows
+  RowSink* per_query = nullptr;  // metrics_per_query.csv rows
+  SelectionFile* file = nullptr;                 // selection.h5
+  std::vector<SavedSelection>* kept = nullptr;   // kept masks in memory
+};
+
+// Replays `layers` (ascending, a subset of setup.layers) into `sinks`. progress may be null.
 std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetup& setup, const TraceReader& reader,
-                                      const std::vector<int>& layers, std::ostream& metrics, std::ostream* per_query,
-                                      SelectionFile* selection, ReplayTimings& timings, Progress* progress);
+                                      const std::vector<int>& layers, const ReplaySinks& sinks, ReplayTimings& timings,
+                                      Progress* progress);
 
-// summary.json in opt.out_dir and the short table: the totals (of any layers, in any order)
-// are summed in the order of setup.layers, so a merge of ranges equals one run.
-void write_replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, std::vector<LayerTotal> totals,
-                          const ReplayTimings& timings, double total_seconds, std::ostream& table);
+struct ReplaySummary {
+  Json json;          // summary.json
+  std::string table;  // the short table the CLI prints
+};
+// summary.json (written into opt.out_dir unless it is empty) and the short table: the totals (of
+// any layers, in any order) are summed in the order of setup.layers, so a merge of ranges equals one run.
+ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, std::vector<LayerTotal> totals,
+                             const ReplayTimings& timings, double total_seconds);
 
-// Runs the replay; prints the short result table to `table`. Throws kvsim::Error.
+struct ReplayResult {
+  ColumnTable metrics, per_query;         // with opt.collect (per_query: with opt.per_query too)
+  std::vector<SavedSelection> selection;  // with opt.collect and opt.save_selection
+  ReplaySummary summary;
+};
+
+// Runs the replay: files in opt.out_dir when it is set (atomically, docs/outputs.md), the tables
+// in memory with opt.collect (one of the two is required). Throws kvsim::Error.
+ReplayResult replay(const ReplayOptions& opt);
+
+// The CLI: replay() into opt.out_dir, the short table printed to `table`.
 void run_replay(const ReplayOptions& opt, std::ostream& table);
 
 }  // namespace kvsim

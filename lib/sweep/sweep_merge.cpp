@@ -76,11 +76,7 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
   const std::vector<std::string> old_labels = earlier_labels(opt.out_dir);
   folder.clear_previous({"sweep_metrics.csv"}, {"sweep_metrics.csv"});  // the earlier sweep.json first
   AtomicOutFile sweep_metrics(opt.out_dir + "/sweep_metrics.csv");
-  {
-    std::ostringstream header;
-    write_metrics_header(header);
-    sweep_metrics.stream() << "trace," << header.str();
-  }
+  sweep_metrics.stream() << sweep_metrics_schema().header() << "\n";
   json traces = json::array();
   int failed = 0;
   char line[512];
@@ -108,11 +104,11 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
         TraceReader reader(t.path);
         const ReplaySetup setup = prepare_replay(ro, reader.meta());
         AtomicOutFile metrics(out + "/metrics.csv");
-        write_metrics_header(metrics.stream());
+        metrics.stream() << metrics_schema().header() << "\n";
         std::optional<AtomicOutFile> per_query;
         if (ro.per_query) {
           per_query.emplace(out + "/metrics_per_query.csv");
-          write_per_query_header(per_query->stream());
+          per_query->stream() << per_query_schema().header() << "\n";
         }
         std::vector<LayerTotal> totals;
         ReplayTimings tm;
@@ -129,8 +125,8 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
         ::unlink((out + "/summary.json").c_str());  // this trace folder's marker goes before its files
         metrics.commit();
         if (per_query) per_query->commit();
-        std::ostringstream ignored;  // the per-trace rule table; the sweep prints one line per trace
-        write_replay_summary(ro, setup, std::move(totals), tm, seconds, ignored);
+        // The per-trace rule table is not printed: the sweep prints one line per trace.
+        replay_summary(ro, setup, std::move(totals), tm, seconds);
         std::vector<std::string> written = {"metrics.csv", "summary.json"};
         if (per_query) written.push_back("metrics_per_query.csv");
         remove_stale_outputs(out, kReplayOutputs, written);

@@ -24,10 +24,14 @@ double num(const json& j) { return j.is_null() ? std::nan("") : j.get<double>();
 
 json to_json(const UnitRecord& r) {
   json totals = json::array();
-  for (const auto& t : r.totals)
-    totals.push_back({t.rule, t.budget, t.layer, num(t.budget_tokens), num(t.select_seconds), num(t.agg.kept_tokens),
-                      num(t.agg.retained_mass), num(t.agg.pert_l1), num(t.agg.pert_l2), num(t.agg.rel_pert_l1),
-                      num(t.agg.bound_ada), num(t.agg.bound_critical), num(t.tied_sum), t.tied_units, t.tied_max});
+  for (const auto& t : r.totals) {
+    json values = json::object();  // the layer row by metric column name (metric_columns.h)
+    for (std::size_t m = 0; m < kNumMetrics; ++m) values[std::string(kMetricColumns[m].column.name)] = num(t.agg.values[m]);
+    totals.push_back({{"rule", t.rule}, {"budget", t.budget}, {"layer", t.layer}, {"budget_tokens", num(t.budget_tokens)},
+                      {"select_seconds", num(t.select_seconds)}, {"kept_tokens", num(t.agg.kept_tokens)},
+                      {"values", std::move(values)}, {"tied_sum", num(t.tied_sum)}, {"tied_units", t.tied_units},
+                      {"tied_max", t.tied_max}});
+  }
   const auto& tm = r.timings;
   return {{"key", r.key},         {"status", r.status}, {"error", r.error},   {"rank", r.rank},
           {"host", r.host},       {"seconds", r.seconds},
@@ -56,21 +60,17 @@ UnitRecord from_json(const json& j) {
   r.timings.threads_max = tm.value("threads_max", 0);
   for (const auto& e : j.at("totals")) {
     LayerTotal t;
-    t.rule = e.at(0);
-    t.budget = e.at(1);
-    t.layer = e.at(2);
-    t.budget_tokens = num(e.at(3));
-    t.select_seconds = num(e.at(4));
-    t.agg.kept_tokens = num(e.at(5));
-    t.agg.retained_mass = num(e.at(6));
-    t.agg.pert_l1 = num(e.at(7));
-    t.agg.pert_l2 = num(e.at(8));
-    t.agg.rel_pert_l1 = num(e.at(9));
-    t.agg.bound_ada = num(e.at(10));
-    t.agg.bound_critical = num(e.at(11));
-    t.tied_sum = num(e.at(12));
-    t.tied_units = e.at(13);
-    t.tied_max = e.at(14);
+    t.rule = e.at("rule");
+    t.budget = e.at("budget");
+    t.layer = e.at("layer");
+    t.budget_tokens = num(e.at("budget_tokens"));
+    t.select_seconds = num(e.at("select_seconds"));
+    t.agg.kept_tokens = num(e.at("kept_tokens"));
+    const json& values = e.at("values");
+    for (std::size_t m = 0; m < kNumMetrics; ++m) t.agg.values[m] = num(values.at(std::string(kMetricColumns[m].column.name)));
+    t.tied_sum = num(e.at("tied_sum"));
+    t.tied_units = e.at("tied_units");
+    t.tied_max = e.at("tied_max");
     r.totals.push_back(t);
   }
   return r;
@@ -98,8 +98,14 @@ UnitRecord run_unit(const SweepOptions& opt, const TracePlan& t, const SweepUnit
     AtomicOutFile metrics(dir + "/metrics.csv");
     std::optional<AtomicOutFile> per_query;
     if (ro.per_query) per_query.emplace(dir + "/metrics_per_query.csv");
-    rec.totals = replay_layers(ro, setup, reader, u.layers, metrics.stream(), per_query ? &per_query->stream() : nullptr,
-                               nullptr, rec.timings, nullptr);
+    // Unit files have no header: the merge appends them under the trace folder's one.
+    CsvRowSink metric_rows(metrics.stream(), metrics_schema(), false);
+    std::optional<CsvRowSink> query_rows;
+    if (per_query) query_rows.emplace(per_query->stream(), per_query_schema(), false);
+    ReplaySinks sinks;
+    sinks.metrics = &metric_rows;
+    sinks.per_query = query_rows ? &*query_rows : nullptr;
+    rec.totals = replay_layers(ro, setup, reader, u.layers, sinks, rec.timings, nullptr);
     metrics.commit();
     if (per_query) per_query->commit();
   } catch (const Error& e) {

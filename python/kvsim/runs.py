@@ -95,42 +95,80 @@ class ReplayResult:
         return f"<kvsim.ReplayResult {len(self.metrics)} metric rows>"
 
 
-def _read_selection(path):
-    import h5py
+_REPLAY_OPTIONS = ("compression_point", "window", "eval", "nu", "nu_cache", "threads")
+
+
+def frame(table):
+    """A DataFrame from the engine's columns ({"columns", "types", "data"}), in the declared dtypes."""
+    import pandas as pd
+    return pd.DataFrame(dict(zip(table["columns"], table["data"])), columns=table["columns"])
+
+
+def read_table(path, table=None):
+    """An output CSV file of kvsim (metrics.csv, metrics_per_query.csv, sweep_metrics.csv, ...) read
+    in its declared column types (`kvsim columns`), doubles exactly as written: equal to the
+    DataFrame the API returns for the same run."""
+    import pandas as pd
+    name = table or os.path.basename(os.fspath(path))
+    cols = _kvsim.output_tables().get(name)
+    if cols is None:
+        return _read_csv(path)
+    dtype = {c: {"str": object, "int64": "int64", "float64": "float64"}[t] for c, t, _, _ in cols}
+    return pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values={c: ["nan"] for c, t, _, _ in cols
+                                                                             if t == "float64"},
+                       float_precision="round_trip")
+
+
+def _selection_dict(entries):
     out = {}
-    with h5py.File(path, "r") as f:
-        for r in f:
-            for b in f[r]:
-                for l, g in f[r][b]["layers"].items():
-                    ds = g["kept"]
-                    key = (ds.attrs["rule"], ds.attrs["budget"], int(l))
-                    out[key] = ds[()].astype(bool)
-                    if "key_channels" in g:
-                        out[key + ("key_channels",)] = g["key_channels"][()].astype(bool)
+    for e in entries:
+        key = (e["rule"], e["budget"], e["layer"])
+        out[key] = e["kept"]
+        if e["key_channels"] is not None:
+            out[key + ("key_channels",)] = e["key_channels"]
     return out
+
+
+def _replay_command(trace, rules, budgets, out, options):
+    args = ["kvsim", "replay", trace, "--rules", rules, "--budgets", budgets] + (["--out", out] if out else [])
+    return " ".join(args + _args(options))
 
 
 def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, per_query=False,
            return_selection=False, out=None, progress=False, **options):
     """Replays `trace` (a path or kvsim.Trace) through `rules` (spec string with ';', Python rules,
     kvsim.wrap(...), or a list of them) at `budgets` (0.2, "20%", "cr=0.8", 512, or a list).
+    Options are kvsim replay's: compression_point="aware", window=64, eval="both", nu="upper",
+    nu_cache="off" (or a folder), threads=2.
     Returns the metrics.csv rows as a DataFrame (df.attrs["summary"] holds summary.json and
     df.attrs["table"] the printed table); with per_query or return_selection, a ReplayResult.
-    out=DIR keeps the output files there (else a temporary folder)."""
-    with _out_dir(out) as d:
-        args = ["replay", _path(trace), "--rules", specs_text(rules), "--budgets", _budgets_text(budgets),
-                "--out", d] + _args(dict(layers=layers, heads=heads, per_query=per_query,
-                                         save_selection=return_selection, **options))
-        table = run(*args, progress=progress)
-        df = _read_csv(os.path.join(d, "metrics.csv"))
-        summary = _summary(d)
-        df.attrs["summary"] = summary
-        df.attrs["table"] = table
-        if not (per_query or return_selection):
-            return df
-        pq = _read_csv(os.path.join(d, "metrics_per_query.csv")) if per_query else None
-        sel = _read_selection(os.path.join(d, "selection.h5")) if return_selection else None
-        return ReplayResult(df, pq, sel, summary)
+    The engine hands its columns over directly (no file is written or read); out=DIR also writes
+    kvsim replay's files there."""
+    unknown = sorted(set(options) - set(_REPLAY_OPTIONS))
+    if unknown:
+        raise TypeError(f"kvsim.replay() got unexpected keyword arguments {unknown} "
+                        f"(its options: {', '.join(_REPLAY_OPTIONS)})")
+    path, specs, budget_text = _path(trace), specs_text(rules), _budgets_text(budgets)
+    out = os.fspath(out) if out is not None else ""
+    kw = {k: v for k, v in dict(layers=layers, heads=heads, **options).items() if v is not None}
+    command = _replay_command(path, specs, budget_text, out,
+                              dict(kw, per_query=per_query, save_selection=return_selection))
+    kw = {k: (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v) for k, v in kw.items()}
+    for k in ("layers", "heads", "compression_point", "eval", "nu", "nu_cache"):
+        if k in kw:
+            kw[k] = str(kw[k])
+    with _progress(progress):
+        r = _kvsim.replay(path, specs, budget_text, out=out, per_query=bool(per_query),
+                          save_selection=bool(return_selection), command=command, **kw)
+    df = frame(r["metrics"])
+    summary = json.loads(r["summary"])
+    df.attrs["summary"] = summary
+    df.attrs["table"] = r["table"]
+    if not (per_query or return_selection):
+        return df
+    pq = frame(r["per_query"]) if per_query else None
+    sel = _selection_dict(r["selection"]) if return_selection else None
+    return ReplayResult(df, pq, sel, summary)
 
 
 def analyze(trace, out=None, progress=False, **options):

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 import time
+import tempfile
 import unittest
 
 import numpy as np
@@ -74,10 +75,21 @@ class ModuleTest(unittest.TestCase):
         for trace in (NIAH, LONGBENCH):
             out = os.path.join(self.dir, "cli_" + os.path.basename(trace))
             cli("replay", trace, "--rules", rules, "--budgets", "0.1,cr=0.5,200", "--per-query", "--out", out)
+            before = set(os.listdir(tempfile.gettempdir()))
             res = kvsim.replay(trace, rules=rules, budgets=[0.1, "cr=0.5", 200], per_query=True)
-            pd.testing.assert_frame_equal(res.metrics, pd.read_csv(os.path.join(out, "metrics.csv")))
-            pd.testing.assert_frame_equal(res.per_query, pd.read_csv(os.path.join(out, "metrics_per_query.csv")))
+            # The engine hands its columns over: nothing written or read on the way.
+            self.assertEqual({f for f in set(os.listdir(tempfile.gettempdir())) - before if "kvsim" in f}, set())
+            for df, name in ((res.metrics, "metrics.csv"), (res.per_query, "metrics_per_query.csv")):
+                # Bit for bit the CLI's file, in the declared dtypes (kvsim columns) ...
+                pd.testing.assert_frame_equal(df, kvsim.read_table(os.path.join(out, name)), check_exact=True)
+                # ... and the values a plain pd.read_csv of it gives (which infers its own dtypes).
+                pd.testing.assert_frame_equal(df.astype({"budget": str}),
+                                              pd.read_csv(os.path.join(out, name)).astype({"budget": str}),
+                                              check_dtype=False)
+            self.assertEqual(list(res.metrics.columns), [c[0] for c in kvsim._kvsim.output_tables()["metrics.csv"]])
             self.assertEqual(res.summary["protocol"]["n_c"], kvsim.open_trace(trace).meta["context_end"])
+            self.assertEqual(res.summary["command"],
+                             f"kvsim replay {trace} --rules {rules} --budgets 0.1,cr=0.5,200 --per-query")
 
     def test_analyze_and_prefill_equal_cli_files(self):
         out = os.path.join(self.dir, "analyze")

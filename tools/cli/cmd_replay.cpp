@@ -56,8 +56,11 @@ int cmd_replay(const std::vector<std::string>& args) {
   if (ro.budgets.empty()) throw po::error("missing --budgets");
   if (ro.out_dir.empty()) throw po::error("missing --out DIR");
   if (ro.threads < 0) throw po::error("--threads must be >= 0");
-  if (nu != "exact" && nu != "upper") throw po::error("--nu must be exact or upper");
-  ro.nu = nu == "exact" ? NormKind::l1 : NormKind::upper;
+  try {
+    ro.nu = parse_bound_norm(nu);
+  } catch (const Error& e) {
+    throw po::error(e.what());
+  }
   if (nu_cache.empty()) throw po::error("--nu-cache needs a folder or off");
   ro.nu_cache_dir = nu_cache == "off" ? "" : nu_cache;
   cli::set_protocol_modes(ro.protocol, cp, eval);

@@ -11,12 +11,15 @@ import sys
 
 import numpy as np
 
+from kvsim import _kvsim
 from kvsim.dump import VERSION
 from kvsim.closed_loop.metrics import spearman
 
-CSV_COLUMNS = ["rule", "budget", "mode", "decoding", "step", "position", "layer", "kl_next_token", "token_agreement",
-               "logprob", "logprob_full", "hidden_drift", "attn_out_l1"]
-OFFLINE = ["pert_l1", "rel_pert_l1", "pert_l2", "bound_ada", "bound_critical", "retained_mass"]
+# The tables' columns are declared once in the engine (lib/report/closed_loop_columns.cpp, `kvsim columns`).
+_TABLES = _kvsim.output_tables()
+CSV_COLUMNS = [c[0] for c in _TABLES["closed_loop.csv"]]
+TABLE_COLUMNS = [c[0] for c in _TABLES["offline_vs_closed.csv"]]
+OFFLINE = [c[len("offline_"):] for c in TABLE_COLUMNS if c.startswith("offline_")]
 # (offline metric, closed-loop metric) pairs whose rank correlation across rules and budgets is reported.
 PAIRS = [("offline_pert_l1", "kl_mean"), ("offline_pert_l1", "hidden_drift_last"), ("offline_rel_pert_l1", "kl_mean"),
          ("offline_bound_critical", "kl_mean"), ("offline_bound_ada", "kl_mean"), ("offline_retained_mass", "kl_mean"),
@@ -124,7 +127,11 @@ def write_outputs(out, rows, runs, offline, reference, info, args, elapsed):
         table.append(dict(rule=rule, budget=budget, mode=mode, kept_tokens=r["kept_tokens"], **off[(rule, budget)], **a,
                           free_first_divergence=r.get("free_first_divergence", float("nan")),
                           needle_recall=r.get("needle_recall", float("nan"))))
-    table = pd.DataFrame(table)
+    table = pd.DataFrame(table) if table else pd.DataFrame(columns=TABLE_COLUMNS)
+    if set(table.columns) != set(TABLE_COLUMNS):  # a column computed here must be declared there
+        raise RuntimeError(f"offline_vs_closed.csv: columns {sorted(set(table.columns) ^ set(TABLE_COLUMNS))} "
+                           "differ from the declaration (lib/report/closed_loop_columns.cpp)")
+    table = table[TABLE_COLUMNS]
     _atomic(os.path.join(out, "offline_vs_closed.csv"),
             lambda p: table.to_csv(p, index=False, float_format="%.9g", na_rep="nan"))
     corr = correlations(table)

@@ -1,0 +1,93 @@
+#include "replay/metric_columns.h"
+
+#include <deque>
+#include <string>
+
+#include "core/error.h"
+
+namespace kvsim {
+
+namespace {
+
+// The columns every metrics row starts with (metric_rows.cpp writes them in this order).
+const std::vector<Column> kKeyColumns = {
+    {"rule", ColumnType::text, "", "canonical spec of the rule (every parameter spelled out, see kvsim rules)"},
+    {"budget", ColumnType::text, "", "the budget as written (0.2, 20%, cr=0.8, 512)"},
+    {"budget_tokens", ColumnType::integer, "tokens",
+     "kept tokens per head the budget means for this trace's compressible span n_c (the rule's own layer "
+     "budget where it has one: pyramid)"},
+    {"kept_tokens", ColumnType::real, "tokens",
+     "tokens the rule really kept (per head; the mean over heads on the layer row). Above budget_tokens "
+     "only where kvsim rules says so (chunkkv keeps whole chunks)"},
+    {"layer", ColumnType::integer, "", "layer index"},
+    {"head", ColumnType::integer, "",
+     "query head; -1: the whole layer (in kv mode a head row reports its KV head's set)"},
+    {"eval", ColumnType::text, "",
+     "queries (the evaluation queries after the compression point) or window (the observation window)"},
+};
+
+TableSchema metric_table(std::string_view file, std::string_view content, Column count, bool per_query) {
+  TableSchema s{file, content, kKeyColumns};
+  s.columns.push_back(count);
+  for (const MetricColumn& m : kMetricColumns)
+    if (!per_query || m.per_query) s.columns.push_back(m.column);
+  return s;
+}
+
+}  // namespace
+
+const MetricColumn& metric_column(std::string_view name) {
+  for (const MetricColumn& m : kMetricColumns)
+    if (m.column.name == name) return m;
+  fail("metrics.csv", std::string(name), "no such metric column");
+}
+
+const TableSchema& metrics_schema() {
+  static const TableSchema s = metric_table(
+      "metrics.csv", "one (rule, budget, layer, head, eval set), aggregated over the evaluation queries",
+      {"n_queries", ColumnType::integer, "", "evaluation queries aggregated in the row"}, false);
+  return s;
+}
+
+const TableSchema& per_query_schema() {
+  static const TableSchema s = metric_table(
+      "metrics_per_query.csv", "one (rule, budget, layer, head, eval set, query): the query's values",
+      {"query_pos", ColumnType::integer, "", "the query's token position"}, true);
+  return s;
+}
+
+const TableSchema& sweep_metrics_schema() {
+  static const TableSchema s = [] {
+    TableSchema t = metrics_schema();
+    t.file = "sweep_metrics.csv";
+    t.content = "a metrics.csv row of one trace of the sweep";
+    t.columns.insert(t.columns.begin(), {"trace", ColumnType::text, "", "the trace's label (its folder in the sweep)"});
+    return t;
+  }();
+  return s;
+}
+
+const TableSchema& summary_budget_schema() {
+  static const TableSchema s = [] {
+    TableSchema t{"summary.json", "rules[].budgets[]: one budget of one rule, means over the replayed layers "
+                                  "of the layer rows (head = -1) of the summary query set", {}};
+    t.columns.push_back({"budget", ColumnType::text, "", "the budget as written"});
+    t.columns.push_back({"budget_tokens_mean", ColumnType::real, "tokens", "budget_tokens, mean over layers"});
+    t.columns.push_back({"kept_tokens_mean", ColumnType::real, "tokens", "kept_tokens, mean over layers"});
+    static std::deque<std::string> meanings;  // the generated texts outlive the schema's views
+    for (const MetricColumn& m : kMetricColumns)
+      if (!m.summary.empty()) {
+        meanings.push_back(std::string(m.column.name) + ", mean over layers");
+        t.columns.push_back({m.summary, ColumnType::real, m.column.unit, meanings.back()});
+      }
+    t.columns.push_back({"select_seconds", ColumnType::real, "s",
+                         "this budget's share of the rule's selection wall time"});
+    t.columns.push_back({"tied_at_cut_mean", ColumnType::real, "tokens",
+                         "rules that rank by scores: tokens tied with the cut per unit, mean (absent otherwise)"});
+    t.columns.push_back({"tied_at_cut_max", ColumnType::integer, "tokens", "the same, maximum over units"});
+    return t;
+  }();
+  return s;
+}
+
+}  // namespace kvsim

@@ -1,0 +1,13 @@
+#include "report/output_tables.h"
+
+#include "replay/metric_columns.h"
+#include "report/closed_loop_columns.h"
+
+namespace kvsim::report {
+
+std::vector<const TableSchema*> output_tables() {
+  return {&metrics_schema(), &per_query_schema(), &summary_budget_schema(), &sweep_metrics_schema(),
+          &closed_loop_schema(), &offline_vs_closed_schema()};
+}
+
+}  // namespace kvsim::report

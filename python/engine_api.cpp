@@ -1,0 +1,142 @@
+#include "engine_api.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+
+#include "attention/norm_cache.h"
+#include "core/error.h"
+#include "engine_call.h"
+#include "replay/replay.h"
+#include "report/output_tables.h"
+
+namespace kvsim::python {
+
+namespace py = pybind11;
+
+namespace {
+
+// A vector handed to numpy without a copy: the array owns it.
+template <typename T>
+py::array owned_array(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* hold = new std::vector<T>(std::move(v));
+  py::capsule owner(hold, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, hold->data(), owner);
+}
+
+// {"columns": [names], "types": [type names], "data": [numpy array or list of str per column]}.
+py::dict table_dict(ColumnTable&& t) {
+  py::list names, types, data;
+  for (std::size_t c = 0; c < t.columns.size(); ++c) {
+    const Column& col = t.schema->columns[c];
+    names.append(std::string(col.name));
+    types.append(column_type_name(col.type));
+    std::visit(
+        [&](auto& v) {
+          using T = typename std::decay_t<decltype(v)>::value_type;
+          if constexpr (std::is_same_v<T, std::string>) {
+            data.append(py::cast(v));
+          } else {
+            const auto n = static_cast<py::ssize_t>(v.size());
+            data.append(owned_array(std::move(v), {n}));
+          }
+        },
+        t.columns[c]);
+  }
+  py::dict d;
+  d["columns"] = names;
+  d["types"] = types;
+  d["data"] = data;
+  return d;
+}
+
+py::array bool_mask(const std::vector<std::uint8_t>& m, py::ssize_t rows, py::ssize_t cols) {
+  py::array_t<bool> a({rows, cols});
+  bool* out = a.mutable_data();
+  for (std::size_t i = 0; i < m.size(); ++i) out[i] = m[i] != 0;
+  return a;
+}
+
+py::dict replay(const std::string& trace, const std::string& rules, const std::string& budgets,
+                const std::string& out, const std::string& layers, const std::string& heads,
+                const std::string& compression_point, int window, const std::string& eval, const std::string& nu,
+                const std::optional<std::string>& nu_cache, bool per_query, bool save_selection, int threads,
+                const std::string& command) {
+  ReplayResult r;
+  call_command("replay", [&] {
+    ReplayOptions o;
+    o.trace_path = trace;
+    o.rules = rules;
+    o.budgets = budgets;
+    o.out_dir = out;
+    o.layers = layers;
+    o.heads = heads;
+    o.protocol.compression_point = parse_compression_point(compression_point);
+    o.protocol.window = window;
+    o.protocol.eval = parse_eval_mode(eval);
+    o.nu = parse_bound_norm(nu);
+    const std::string cache = nu_cache ? *nu_cache : default_norm_cache_dir();
+    o.nu_cache_dir = cache == "off" ? "" : cache;
+    o.per_query = per_query;
+    o.save_selection = save_selection;
+    if (threads < 0) fail("threads", std::to_string(threads), "must be >= 0");
+    o.threads = threads;
+    o.command = command;
+    o.collect = true;
+    r = kvsim::replay(o);
+  });
+  py::dict d;
+  d["metrics"] = table_dict(std::move(r.metrics));
+  d["per_query"] = per_query ? py::object(table_dict(std::move(r.per_query))) : py::none();
+  d["summary"] = json_text(r.summary.json);
+  d["table"] = r.summary.table;
+  if (save_selection) {
+    py::list sel;
+    for (const SavedSelection& s : r.selection) {
+      const Selection& x = s.selection;
+      py::dict e;
+      e["rule"] = s.rule_spec;
+      e["budget"] = s.budget_text;
+      e["layer"] = s.layer;
+      e["mode"] = gqa_mode_name(x.mode);
+      e["kept"] = bool_mask(x.kept, x.units, static_cast<py::ssize_t>(x.n_c));
+      e["key_channels"] = x.key_channels.empty() || s.num_kv_heads <= 0
+                              ? py::object(py::none())
+                              : py::object(bool_mask(x.key_channels, s.num_kv_heads,
+                                                     static_cast<py::ssize_t>(x.key_channels.size() / s.num_kv_heads)));
+      sel.append(e);
+    }
+    d["selection"] = sel;
+  } else {
+    d["selection"] = py::none();
+  }
+  return d;
+}
+
+py::dict output_tables() {
+  py::dict out;
+  for (const TableSchema* s : report::output_tables()) {
+    py::list cols;
+    for (const Column& c : s->columns)
+      cols.append(py::make_tuple(std::string(c.name), column_type_name(c.type), std::string(c.unit),
+                                 std::string(c.meaning)));
+    out[py::str(std::string(s->file))] = cols;
+  }
+  return out;
+}
+
+}  // namespace
+
+void bind_engine(py::module_& m) {
+  m.def("replay", &replay, py::arg("trace"), py::arg("rules"), py::arg("budgets"), py::arg("out") = "",
+        py::arg("layers") = "all", py::arg("heads") = "all", py::arg("compression_point") = "agnostic",
+        py::arg("window") = ProtocolOptions{}.window, py::arg("eval") = "queries", py::arg("nu") = "exact",
+        py::arg("nu_cache") = py::none(), py::arg("per_query") = false, py::arg("save_selection") = false,
+        py::arg("threads") = 0, py::arg("command") = "kvsim.replay",
+        "the replay (kvsim replay's options); returns the tables as columns, summary.json's text, the "
+        "printed table and the kept masks; writes files only into `out` when it is given");
+  m.def("output_tables", &output_tables, "{file: [(column, type, unit, meaning)]} of every declared output table");
+}
+
+}  // namespace kvsim::python
