@@ -44,4 +44,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     || { echo "kvsim: .venv is unusable (imports failed); see above" >&2; exit 1; }
   echo "$want" >"$stamp"
 fi
+# The build backend tools/build.sh installs the checkout with (pip install . into .venv).
+build_lock=tools/requirements-build.txt
+build_stamp=.venv/.kvsim-build-lock.sha256
+if [ "$(cat "$build_stamp" 2>/dev/null)" != "$(sha256sum "$build_lock" | cut -d' ' -f1)" ]; then
+  .venv/bin/python -m pip install --quiet --no-deps --progress-bar off -r "$build_lock"
+  sha256sum "$build_lock" | cut -d' ' -f1 >"$build_stamp"
+fi
 bash tools/fetch-model.sh
