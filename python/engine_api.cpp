@@ -9,6 +9,8 @@
 #include "core/error.h"
 #include "engine_call.h"
 #include "replay/replay.h"
+#include "prefill/prefill_output.h"
+#include "report/analyze_run.h"
 #include "report/output_tables.h"
 
 namespace kvsim::python {
@@ -114,6 +116,66 @@ py::dict replay(const std::string& trace, const std::string& rules, const std::s
   return d;
 }
 
+py::dict analyze(const std::string& trace, const std::string& out, const std::string& layers,
+                 const std::string& compression_point, long long window, const std::string& top,
+                 const std::string& command) {
+  report::AnalyzeResult r;
+  call_command("analyze", [&] {
+    report::AnalyzeOptions o;
+    o.trace_path = trace;
+    o.out_dir = out;
+    o.layers = layers;
+    o.compression_point = compression_point;
+    o.window = window;
+    o.top = top;
+    o.command = command;
+    o.collect = true;
+    r = report::run_analysis(o);
+  });
+  py::dict d;
+  d["key_stats"] = table_dict(std::move(r.key_stats));
+  d["key_recall"] = table_dict(std::move(r.key_recall));
+  d["summary"] = json_text(r.summary);
+  d["table"] = r.table;
+  return d;
+}
+
+py::dict prefill(const std::string& trace, const std::string& out, long long segment, long long block,
+                 long long budget, long long threshold, int layer_skip, const std::string& fusion,
+                 int locality_anchors, const std::string& command) {
+  prefill::PrefillRunResult res;
+  prefill::PrefillRunOptions o;
+  std::string summary;
+  call_command("prefill", [&] {
+    if (fusion != "on" && fusion != "off" && fusion != "both")
+      fail("fusion", fusion, "must be on, off or both");
+    o.cfg.segment = segment;
+    o.cfg.block = block;
+    o.cfg.budget = budget;
+    o.cfg.threshold = threshold;
+    o.cfg.layer_skip = layer_skip;
+    o.cfg.validate();
+    o.fusion_on = fusion != "off";
+    o.fusion_off = fusion != "on";
+    o.locality_anchors = locality_anchors;
+    res = prefill::run_prefill(trace, o, out, command);
+    summary = prefill::summary_json(res, o, command);
+  });
+  const auto table = [&](const TableSchema& schema, void (*write)(RowSink&, const prefill::PrefillRunResult&)) {
+    ColumnTable t(schema);
+    ColumnTableSink sink(t);
+    write(sink, res);
+    return table_dict(std::move(t));
+  };
+  py::dict d;
+  d["metrics"] = table(prefill::prefill_metrics_schema(), prefill::write_metrics);
+  d["locality"] = table(prefill::locality_schema(), prefill::write_locality);
+  d["locality_shuffled"] = table(prefill::locality_shuffled_schema(), prefill::write_locality_shuffled);
+  d["summary"] = summary;
+  d["table"] = prefill::run_table(res);
+  return d;
+}
+
 py::dict output_tables() {
   py::dict out;
   for (const TableSchema* s : report::output_tables()) {
@@ -136,6 +198,17 @@ void bind_engine(py::module_& m) {
         py::arg("threads") = 0, py::arg("command") = "kvsim.replay",
         "the replay (kvsim replay's options); returns the tables as columns, summary.json's text, the "
         "printed table and the kept masks; writes files only into `out` when it is given");
+  const report::AnalyzeOptions a;
+  m.def("analyze", &analyze, py::arg("trace"), py::arg("out") = "", py::arg("layers") = a.layers,
+        py::arg("compression_point") = a.compression_point, py::arg("window") = a.window, py::arg("top") = a.top,
+        py::arg("command") = "kvsim.analyze",
+        "kvsim analyze (KeyDiff premise statistics): key_stats and key_recall as columns, summary.json's text");
+  const prefill::PrefillConfig c;
+  m.def("prefill", &prefill, py::arg("trace"), py::arg("out") = "", py::arg("segment") = c.segment,
+        py::arg("block") = c.block, py::arg("budget") = c.budget, py::arg("threshold") = c.threshold,
+        py::arg("layer_skip") = c.layer_skip, py::arg("fusion") = "on",
+        py::arg("locality_anchors") = prefill::PrefillRunOptions{}.locality_anchors, py::arg("command") = "kvsim.prefill",
+        "kvsim prefill TRACE (CritiPrefill simulated): metrics, locality and its shuffled baseline as columns");
   m.def("output_tables", &output_tables, "{file: [(column, type, unit, meaning)]} of every declared output table");
 }
 

@@ -19,8 +19,9 @@ fi
 # it would shadow the installed package.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 rm -f "$site/kvsim-build.pth"
-args=(-Cbuild-dir=build -Ccmake.define.KVSIM_BUILD_TESTS=ON -Cinstall.strip=false)
-if [ $# -gt 0 ]; then args+=("-Ccmake.args=$(IFS=';'; echo "$*")"); fi
+args=(--config-settings=build-dir=build --config-settings=cmake.define.KVSIM_BUILD_TESTS=ON
+      --config-settings=install.strip=false)
+if [ $# -gt 0 ]; then args+=("--config-settings=cmake.args=$(IFS=';'; echo "$*")"); fi
 start=$(date +%s)
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation --progress-bar off "${args[@]}" .
 echo "kvsim: built in build/ and installed into .venv ($(($(date +%s) - start)) s)" >&2

@@ -1,5 +1,7 @@
 #include "core/columns.h"
 
+#include <limits>
+
 #include "core/error.h"
 #include "core/table_io.h"
 
@@ -56,6 +58,7 @@ void CsvRowSink::real(double v) {
   sep();
   out_ << format_double(v);
 }
+void CsvRowSink::missing() { sep(); }
 void CsvRowSink::end_row() {
   if (cell_ != columns_) throw std::logic_error("CsvRowSink: row with a wrong number of cells");
   out_ << '\n';
@@ -79,6 +82,9 @@ std::vector<T>& ColumnTableSink::next(ColumnType want) {
 void ColumnTableSink::text(std::string_view v) { next<std::string>(ColumnType::text).emplace_back(v); }
 void ColumnTableSink::integer(std::int64_t v) { next<std::int64_t>(ColumnType::integer).push_back(v); }
 void ColumnTableSink::real(double v) { next<double>(ColumnType::real).push_back(v); }
+void ColumnTableSink::missing() {
+  next<double>(ColumnType::real).push_back(std::numeric_limits<double>::quiet_NaN());
+}
 void ColumnTableSink::end_row() {
   if (cell_ != t_.columns.size()) throw std::logic_error("ColumnTableSink: row with a wrong number of cells");
   cell_ = 0;

@@ -42,6 +42,7 @@ class RowSink {
   virtual void text(std::string_view v) = 0;
   virtual void integer(std::int64_t v) = 0;
   virtual void real(double v) = 0;
+  virtual void missing() = 0;  // a real column with no value: an empty CSV field, NaN in memory
   virtual void end_row() = 0;
 };
 
@@ -52,6 +53,7 @@ class CsvRowSink : public RowSink {
   void text(std::string_view v) override;
   void integer(std::int64_t v) override;
   void real(double v) override;
+  void missing() override;
   void end_row() override;
 
  private:
@@ -77,6 +79,7 @@ class ColumnTableSink : public RowSink {
   void text(std::string_view v) override;
   void integer(std::int64_t v) override;
   void real(double v) override;
+  void missing() override;
   void end_row() override;
 
  private:
@@ -92,6 +95,7 @@ class NullRowSink : public RowSink {
   void text(std::string_view) override {}
   void integer(std::int64_t) override {}
   void real(double) override {}
+  void missing() override {}
   void end_row() override {}
 };
 
@@ -102,6 +106,7 @@ class TeeRowSink : public RowSink {
   void text(std::string_view v) override { a_.text(v), b_.text(v); }
   void integer(std::int64_t v) override { a_.integer(v), b_.integer(v); }
   void real(double v) override { a_.real(v), b_.real(v); }
+  void missing() override { a_.missing(), b_.missing(); }
   void end_row() override { a_.end_row(), b_.end_row(); }
 
  private:

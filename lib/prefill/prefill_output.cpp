@@ -1,10 +1,16 @@
 #include "prefill/prefill_output.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
 #include <filesystem>
+#include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 
+#include "core/columns.h"
 #include "core/error.h"
 #include "core/output_folder.h"
 #include "core/run_header.h"
@@ -19,52 +25,128 @@ namespace {
 
 std::string num(double v) { return format_double(v); }
 
-// Fields of one metrics row; empty metrics when no query was sparsified (dense layers).
-std::string metric_fields(const MetricSums& m, const LayerMetrics& lm) {
-  std::ostringstream os;
-  os << m.n;
-  if (m.n == 0) {
-    os << ",,,,,,,,,," << num(lm.pair_reduction) << "," << num(lm.kept_keys_mean);
-    return os.str();
-  }
+// One metrics row's values; missing metrics when no query was sparsified (dense layers).
+void metric_fields(RowSink& out, const MetricSums& m, const LayerMetrics& lm) {
+  out.integer(m.n);
   const double n = static_cast<double>(m.n);
-  os << ',' << num(m.retained / n) << ',' << num(m.retained_min) << ',' << num(m.l1 / n) << ',' << num(m.l1_max) << ','
-     << num(m.l2 / n) << ',' << num(m.l2_max) << ',' << num(m.rel_l1 / n) << ',' << num(m.rel_l2 / n) << ','
-     << num(m.recall / n) << ',' << num(lm.pair_reduction) << ',' << num(lm.kept_keys_mean);
+  for (double v : {m.retained / n, m.retained_min, m.l1 / n, m.l1_max, m.l2 / n, m.l2_max, m.rel_l1 / n,
+                   m.rel_l2 / n, m.recall / n})
+    if (m.n == 0) out.missing();
+    else out.real(v);
+  out.real(lm.pair_reduction);
+  out.real(lm.kept_keys_mean);
+  out.end_row();
+}
+
+// printf into a growing string (the table is returned, the CLI prints it).
+void put(std::string& out, const char* fmt, ...) {
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  out += line;
+}
+
+std::string cell(double v, const char* fmt) {
+  if (!std::isfinite(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, v);
+  return buf;
+}
+
+std::string csv_text(const TableSchema& schema, void (*write)(RowSink&, const PrefillRunResult&),
+                     const PrefillRunResult& res) {
+  std::ostringstream os;
+  CsvRowSink csv(os, schema);
+  write(csv, res);
   return os.str();
 }
 
 }  // namespace
 
-std::string metrics_csv(const PrefillRunResult& res) {
-  std::ostringstream os;
-  os << "layer,head,fusion,n_sparse_queries,retained_mass,retained_mass_min,pert_l1,pert_l1_max,pert_l2,pert_l2_max,"
-        "rel_pert_l1,rel_pert_l2,block_recall,pair_reduction,kept_keys_mean\n";
-  for (const auto& lm : res.metrics) {
-    for (std::size_t h = 0; h < lm.heads.size(); ++h)
-      os << lm.layer << ',' << h << ',' << lm.variant << ',' << metric_fields(lm.heads[h], lm) << '\n';
-    os << lm.layer << ",-1," << lm.variant << ',' << metric_fields(lm.layer_row, lm) << '\n';
-  }
-  return os.str();
+const TableSchema& prefill_metrics_schema() {
+  static const TableSchema s{
+      "prefill/metrics.csv",
+      "kvsim prefill's metrics.csv: one (layer, head, fusion variant) over the sparsified queries; head -1 is the layer "
+      "(metrics empty for dense layers)",
+      {{"layer", ColumnType::integer, "", "layer index"},
+       {"head", ColumnType::integer, "", "query head; -1: the whole layer (through o_proj when stored)"},
+       {"fusion", ColumnType::text, "", "on | off: CritiPrefill's layer fusion of criticality scores"},
+       {"n_sparse_queries", ColumnType::integer, "", "queries whose attention was sparsified"},
+       {"retained_mass", ColumnType::real, "", "attention mass of the attended blocks, mean over queries"},
+       {"retained_mass_min", ColumnType::real, "", "its minimum over queries"},
+       {"pert_l1", ColumnType::real, "output units", "exact ‖o_dense − o_sparse‖₁, mean over queries"},
+       {"pert_l1_max", ColumnType::real, "output units", "its maximum"},
+       {"pert_l2", ColumnType::real, "output units", "the same in L2, mean"},
+       {"pert_l2_max", ColumnType::real, "output units", "its maximum"},
+       {"rel_pert_l1", ColumnType::real, "", "pert_l1 over ‖o_dense‖₁, mean"},
+       {"rel_pert_l2", ColumnType::real, "", "pert_l2 over ‖o_dense‖₂, mean"},
+       {"block_recall", ColumnType::real, "", "share of the true top blocks the estimate selected, mean"},
+       {"pair_reduction", ColumnType::real, "", "dense causal (query, key) pairs over attended pairs of the layer"},
+       {"kept_keys_mean", ColumnType::real, "tokens", "attended keys per sparsified query, mean"}}};
+  return s;
 }
 
-std::string locality_csv(const PrefillRunResult& res) {
-  std::ostringstream os;
-  os << "layer,head,delta,jaccard,pairs\n";
+const TableSchema& locality_schema() {
+  static const TableSchema s{"locality.csv", "one (layer, head, segment distance δ): criticality locality",
+                             {{"layer", ColumnType::integer, "", "layer index"},
+                              {"head", ColumnType::integer, "", "query head"},
+                              {"delta", ColumnType::integer, "segments", "distance between the two query segments"},
+                              {"jaccard", ColumnType::real, "", "Jaccard similarity of their critical block sets, mean"},
+                              {"pairs", ColumnType::integer, "", "segment pairs averaged"}}};
+  return s;
+}
+
+const TableSchema& locality_shuffled_schema() {
+  static const TableSchema s{"locality_shuffled.csv",
+                             "one (layer, head): the shuffled baseline (8 random far partners per anchor)",
+                             {{"layer", ColumnType::integer, "", "layer index"},
+                              {"head", ColumnType::integer, "", "query head"},
+                              {"jaccard", ColumnType::real, "", "Jaccard similarity with random far segments, mean"},
+                              {"pairs", ColumnType::integer, "", "pairs averaged"}}};
+  return s;
+}
+
+void write_metrics(RowSink& out, const PrefillRunResult& res) {
+  for (const auto& lm : res.metrics) {
+    for (std::size_t h = 0; h < lm.heads.size(); ++h) {
+      out.integer(lm.layer);
+      out.integer(static_cast<i64>(h));
+      out.text(lm.variant);
+      metric_fields(out, lm.heads[h], lm);
+    }
+    out.integer(lm.layer);
+    out.integer(-1);
+    out.text(lm.variant);
+    metric_fields(out, lm.layer_row, lm);
+  }
+}
+
+void write_locality(RowSink& out, const PrefillRunResult& res) {
   for (const auto& ll : res.locality)
     for (const auto& c : ll.heads)
       for (std::size_t i = 0; i < c.jaccard.size(); ++i)
-        if (c.pairs[i] > 0) os << ll.layer << ',' << c.head << ',' << i + 1 << ',' << num(c.jaccard[i]) << ',' << c.pairs[i] << '\n';
-  return os.str();
+        if (c.pairs[i] > 0) {
+          out.integer(ll.layer);
+          out.integer(c.head);
+          out.integer(static_cast<i64>(i + 1));
+          out.real(c.jaccard[i]);
+          out.integer(c.pairs[i]);
+          out.end_row();
+        }
 }
 
-std::string locality_shuffled_csv(const PrefillRunResult& res) {
-  std::ostringstream os;
-  os << "layer,head,jaccard,pairs\n";
+void write_locality_shuffled(RowSink& out, const PrefillRunResult& res) {
   for (const auto& ll : res.locality)
     for (const auto& c : ll.heads)
-      if (c.shuffled_pairs > 0) os << ll.layer << ',' << c.head << ',' << num(c.shuffled) << ',' << c.shuffled_pairs << '\n';
-  return os.str();
+      if (c.shuffled_pairs > 0) {
+        out.integer(ll.layer);
+        out.integer(c.head);
+        out.real(c.shuffled);
+        out.integer(c.shuffled_pairs);
+        out.end_row();
+      }
 }
 
 double locality_mean_at(const PrefillRunResult& res, i64 delta, i64* heads) {
@@ -195,9 +277,9 @@ std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& o
 
 void write_prefill_outputs(OutputFolder& folder, const PrefillRunResult& res, const PrefillRunOptions& opt,
                            const std::string& command) {
-  folder.publish({{"metrics.csv", metrics_csv(res)},
-                  {"locality.csv", locality_csv(res)},
-                  {"locality_shuffled.csv", locality_shuffled_csv(res)},
+  folder.publish({{"metrics.csv", csv_text(prefill_metrics_schema(), write_metrics, res)},
+                  {"locality.csv", csv_text(locality_schema(), write_locality, res)},
+                  {"locality_shuffled.csv", csv_text(locality_shuffled_schema(), write_locality_shuffled, res)},
                   {"summary.json", summary_json(res, opt, command)}},
                  kPrefillOutputs);
 }
@@ -232,6 +314,57 @@ std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& op
                             {"dense_fraction_of_sgemm_cpu", r.dense_fraction_of_sgemm_cpu}});
   j["peak_rss_bytes"] = static_cast<i64>(peak_rss_bytes());
   return json_text(j);
+}
+
+std::string run_table(const PrefillRunResult& res) {
+  std::string out;
+  put(out, "%-5s %-6s %8s %9s %9s %10s %9s %8s %7s\n", "layer", "fusion", "queries", "F_mean", "F_min",
+              "pert_l1", "rel_l2", "recall", "pairs/");
+  for (const auto& lm : res.metrics) {
+    const auto& m = lm.layer_row;
+    if (m.n == 0) {
+      put(out, "%-5d %-6s %8s %9s %9s %10s %9s %8s %7s\n", lm.layer, lm.variant.c_str(), "dense", "-", "-", "-",
+                  "-", "-", "1.00");
+      continue;
+    }
+    const double n = static_cast<double>(m.n);
+    put(out, "%-5d %-6s %8lld %9s %9s %10s %9s %8s %7s\n", lm.layer, lm.variant.c_str(), static_cast<long long>(m.n),
+                cell(m.retained / n, "%.5f").c_str(), cell(m.retained_min, "%.5f").c_str(),
+                cell(m.l1 / n, "%.4g").c_str(), cell(m.rel_l2 / n, "%.4f").c_str(), cell(m.recall / n, "%.4f").c_str(),
+                cell(lm.pair_reduction, "%.2f").c_str());
+  }
+  for (const auto& v : variant_means(res))
+    put(out, "mean over %d sparse layers, fusion %s: F %.5f (min %.5f), rel_pert_l2 %.4f, block recall %.4f, "
+                "pair reduction %.2fx\n",
+                v.layers, v.variant.c_str(), v.retained, v.retained_min, v.rel_l2, v.recall, v.pair_reduction);
+  if (!res.locality.empty()) {
+    const i64 S = res.plan.config().segment;
+    for (i64 delta : {i64{1}, S / 4, S, 2 * S}) {
+      i64 cnt = 0;
+      const double mean = locality_mean_at(res, delta, &cnt);
+      if (cnt) put(out, "locality J(%lld) = %.4f (mean over %lld layer-heads)\n", static_cast<long long>(delta), mean,
+                           static_cast<long long>(cnt));
+    }
+    const LocalityMeans lm = locality_means(res);
+    if (std::isfinite(lm.shuffled))
+      put(out, "locality J(shuffled pairs) = %.4f (baseline: the same anchors against random far queries)\n",
+                  lm.shuffled);
+  }
+  return out;
+}
+
+PrefillRunResult run_prefill(const std::string& trace, const PrefillRunOptions& opt, const std::string& out_dir,
+                             const std::string& command) {
+  std::optional<OutputFolder> folder;  // locked before the run, published after it
+  if (!out_dir.empty()) folder.emplace("kvsim prefill", out_dir, "summary.json");
+  PrefillRunResult res = run_prefill_trace(trace, opt);
+  const PrefillConfig& cfg = opt.cfg;
+  if (res.plan.num_sparse_segments() == 0 || cfg.layer_skip >= res.meta.num_layers)
+    std::cerr << "kvsim prefill: note: nothing was sparsified (prompt " << res.plan.n() << " tokens, segment "
+              << cfg.segment << ", threshold " << cfg.threshold << ", layer_skip " << cfg.layer_skip
+              << "): every query ran dense; lower --threshold / --segment to simulate short prompts\n";
+  if (folder) write_prefill_outputs(*folder, res, opt, command);
+  return res;
 }
 
 }  // namespace kvsim::prefill

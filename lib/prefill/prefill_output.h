@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/columns.h"
 #include "prefill/prefill_bench.h"
 #include "prefill/prefill_run.h"
 
@@ -20,9 +21,13 @@ namespace kvsim::prefill {
 inline const std::vector<std::string> kPrefillOutputs = {"metrics.csv", "locality.csv", "locality_shuffled.csv",
                                                          "summary.json"};
 
-std::string metrics_csv(const PrefillRunResult& res);
-std::string locality_csv(const PrefillRunResult& res);
-std::string locality_shuffled_csv(const PrefillRunResult& res);
+// The tables, declared once (core/columns.h), and their rows to any sink.
+const TableSchema& prefill_metrics_schema();    // metrics.csv ("prefill/metrics.csv" among the tables)
+const TableSchema& locality_schema();           // locality.csv
+const TableSchema& locality_shuffled_schema();  // locality_shuffled.csv
+void write_metrics(RowSink& out, const PrefillRunResult& res);
+void write_locality(RowSink& out, const PrefillRunResult& res);
+void write_locality_shuffled(RowSink& out, const PrefillRunResult& res);
 
 // Means over (layer, head) of J(delta) and of the shuffled baseline, for tables and summaries.
 struct LocalityMeans {
@@ -34,6 +39,14 @@ double locality_mean_at(const PrefillRunResult& res, i64 delta, i64* heads = nul
 std::string summary_json(const PrefillRunResult& res, const PrefillRunOptions& opt, const std::string& command);
 void write_prefill_outputs(OutputFolder& folder, const PrefillRunResult& res, const PrefillRunOptions& opt,
                            const std::string& command);
+
+// The short table `kvsim prefill` prints (per layer and variant, means, locality).
+std::string run_table(const PrefillRunResult& res);
+
+// kvsim prefill TRACE: run_prefill_trace, with the files written into out_dir when it is not empty
+// (locked for the run, published atomically), and a note on stderr when nothing was sparsified.
+PrefillRunResult run_prefill(const std::string& trace, const PrefillRunOptions& opt, const std::string& out_dir,
+                             const std::string& command);
 
 std::string bench_json(const std::vector<BenchRow>& rows, const BenchOptions& opt, const std::string& command);
 

@@ -12,24 +12,64 @@ namespace kvsim::report {
 
 namespace fs = std::filesystem;
 
-std::string key_stats_csv(const std::vector<HeadKeyStats>& stats) {
-  std::ostringstream o;
-  o << "layer,head,kv_head,eval,n_queries,n_keys,spearman,mass_frac_90,entropy,entropy_norm,span_mass\n";
-  for (const auto& s : stats)
-    o << s.layer << ',' << s.head << ',' << s.kv_head << ',' << s.eval << ',' << s.n_queries << ',' << s.n_keys << ','
-      << format_double(s.spearman) << ',' << format_double(s.mass_frac_90) << ',' << format_double(s.entropy) << ','
-      << format_double(s.entropy_norm) << ',' << format_double(s.span_mass) << '\n';
-  return o.str();
+const TableSchema& key_stats_schema() {
+  static const TableSchema s{
+      "key_stats.csv", "one (layer, query head, eval set): KeyDiff's premise statistics",
+      {{"layer", ColumnType::integer, "", "layer index"},
+       {"head", ColumnType::integer, "", "query head"},
+       {"kv_head", ColumnType::integer, "", "its KV head"},
+       {"eval", ColumnType::text, "", "queries (positions >= n_c) or window (the observation window)"},
+       {"n_queries", ColumnType::integer, "", "queries averaged"},
+       {"n_keys", ColumnType::integer, "tokens", "keys of the compressible span [0, n_c)"},
+       {"spearman", ColumnType::real, "",
+        "Spearman correlation (average ranks) of KeyDiff's distinctiveness −cos(k_j, μ) and the mean attention key j gets"},
+       {"mass_frac_90", ColumnType::real, "", "fewest span keys holding 90% of the span mass, over n_c (mean over queries)"},
+       {"entropy", ColumnType::real, "nats", "entropy of the span attention renormalised (mean over queries)"},
+       {"entropy_norm", ColumnType::real, "", "entropy / log(n_c)"},
+       {"span_mass", ColumnType::real, "", "attention mass on [0, n_c) (mean over queries)"}}};
+  return s;
 }
 
-std::string key_recall_csv(const std::vector<HeadKeyStats>& stats, const std::vector<TopN>& top) {
-  std::ostringstream o;
-  o << "layer,head,eval,top,top_tokens,recall\n";
+const TableSchema& key_recall_schema() {
+  static const TableSchema s{
+      "key_recall.csv", "one (layer, query head, eval set, top-N): recall of the attention top-N by KeyDiff's",
+      {{"layer", ColumnType::integer, "", "layer index"},
+       {"head", ColumnType::integer, "", "query head"},
+       {"eval", ColumnType::text, "", "queries or window"},
+       {"top", ColumnType::text, "", "N as written (--top): a fraction of n_c or a token count"},
+       {"top_tokens", ColumnType::integer, "tokens", "N in tokens"},
+       {"recall", ColumnType::real, "", "|top-N attention ∩ top-N KeyDiff| / N"}}};
+  return s;
+}
+
+void write_key_stats(RowSink& out, const std::vector<HeadKeyStats>& stats) {
+  for (const auto& s : stats) {
+    out.integer(s.layer);
+    out.integer(s.head);
+    out.integer(s.kv_head);
+    out.text(s.eval);
+    out.integer(s.n_queries);
+    out.integer(s.n_keys);
+    out.real(s.spearman);
+    out.real(s.mass_frac_90);
+    out.real(s.entropy);
+    out.real(s.entropy_norm);
+    out.real(s.span_mass);
+    out.end_row();
+  }
+}
+
+void write_key_recall(RowSink& out, const std::vector<HeadKeyStats>& stats, const std::vector<TopN>& top) {
   for (const auto& s : stats)
-    for (std::size_t i = 0; i < top.size() && i < s.recall.size(); ++i)
-      o << s.layer << ',' << s.head << ',' << s.eval << ',' << csv_field(top[i].text) << ',' << top[i].tokens << ','
-        << format_double(s.recall[i]) << '\n';
-  return o.str();
+    for (std::size_t i = 0; i < top.size() && i < s.recall.size(); ++i) {
+      out.integer(s.layer);
+      out.integer(s.head);
+      out.text(s.eval);
+      out.text(top[i].text);
+      out.integer(top[i].tokens);
+      out.real(s.recall[i]);
+      out.end_row();
+    }
 }
 
 bool is_analyze_output(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "key_stats.csv"); }

@@ -1,12 +1,10 @@
 #pragma once
-// Files of `kvsim analyze --out DIR`:
-//   key_stats.csv   layer, head, kv_head, eval, n_queries, n_keys, spearman, mass_frac_90, entropy,
-//                   entropy_norm, span_mass          (one row per layer x query head x eval set)
-//   key_recall.csv  layer, head, eval, top, top_tokens, recall   (one row per ... x top-N)
-//   summary.json    written by the CLI (trace, protocol, per-layer means, timings)
+// Files of `kvsim analyze --out DIR` (report/analyze_run.h): key_stats.csv and key_recall.csv
+// (columns declared below), summary.json (trace, protocol, means, timings); and their reader.
 #include <string>
 #include <vector>
 
+#include "core/columns.h"
 #include "report/json_reader.h"
 #include "report/key_stats.h"
 
@@ -15,8 +13,10 @@ namespace kvsim::report {
 // The files of `kvsim analyze --out DIR`, summary.json (the marker) last.
 inline const std::vector<std::string> kAnalyzeOutputs = {"key_stats.csv", "key_recall.csv", "summary.json"};
 
-std::string key_stats_csv(const std::vector<HeadKeyStats>& stats);
-std::string key_recall_csv(const std::vector<HeadKeyStats>& stats, const std::vector<TopN>& top);
+const TableSchema& key_stats_schema();   // key_stats.csv
+const TableSchema& key_recall_schema();  // key_recall.csv
+void write_key_stats(RowSink& out, const std::vector<HeadKeyStats>& stats);
+void write_key_recall(RowSink& out, const std::vector<HeadKeyStats>& stats, const std::vector<TopN>& top);
 
 struct RecallRow {
   int layer = 0, head = 0;

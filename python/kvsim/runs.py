@@ -105,18 +105,26 @@ def frame(table):
 
 
 def read_table(path, table=None):
-    """An output CSV file of kvsim (metrics.csv, metrics_per_query.csv, sweep_metrics.csv, ...) read
-    in its declared column types (`kvsim columns`), doubles exactly as written: equal to the
-    DataFrame the API returns for the same run."""
+    """A kvsim output CSV file (metrics.csv, metrics_per_query.csv, sweep_metrics.csv, key_stats.csv,
+    prefill's metrics.csv, ...) read in its declared column types (`kvsim columns`), doubles exactly
+    as written: equal to the DataFrame the API returns for the same run. The table is the declared
+    one whose columns the file's header spells (or `table`, a name `kvsim columns` lists)."""
     import pandas as pd
-    name = table or os.path.basename(os.fspath(path))
-    cols = _kvsim.output_tables().get(name)
-    if cols is None:
-        return _read_csv(path)
+    tables = _kvsim.output_tables()
+    if table is None:
+        with open(path, encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\r\n").split(",")
+        name = os.path.basename(os.fspath(path))
+        matches = [t for t, cols in tables.items() if [c[0] for c in cols] == header]
+        matches.sort(key=lambda t: t != name)  # the file's own name first
+        if not matches:
+            raise ValueError(f"{path}: its header matches no declared kvsim table (kvsim columns lists them)")
+        table = matches[0]
+    cols = tables[table]
     dtype = {c: {"str": object, "int64": "int64", "float64": "float64"}[t] for c, t, _, _ in cols}
-    return pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values={c: ["nan"] for c, t, _, _ in cols
-                                                                             if t == "float64"},
-                       float_precision="round_trip")
+    # Text stays text ("nan" is a budget only by accident); a missing real (prefill's dense layers) is NaN.
+    na = {c: ["nan", ""] for c, t, _, _ in cols if t == "float64"}
+    return pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=na, float_precision="round_trip")
 
 
 def _selection_dict(entries):
@@ -173,26 +181,46 @@ def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, 
 
 def analyze(trace, out=None, progress=False, **options):
     """`kvsim analyze` (KeyDiff premise statistics): key_stats.csv as a DataFrame;
-    df.attrs["recall"] is key_recall.csv, df.attrs["summary"] summary.json."""
-    with _out_dir(out) as d:
-        table = run("analyze", _path(trace), "--out", d, *_args(options), progress=progress)
-        df = _read_csv(os.path.join(d, "key_stats.csv"))
-        df.attrs.update(recall=_read_csv(os.path.join(d, "key_recall.csv")), summary=_summary(d), table=table)
-        return df
+    df.attrs["recall"] is key_recall.csv, df.attrs["summary"] summary.json. Options are the CLI's:
+    layers="0-3", compression_point="aware", window=64, top="0.1,16". The engine hands its columns
+    over directly; out=DIR also writes the files there."""
+    known = ("layers", "compression_point", "window", "top")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"kvsim.analyze() got unexpected keyword arguments {unknown} (its options: {', '.join(known)})")
+    path, out = _path(trace), (os.fspath(out) if out is not None else "")
+    kw = {k: (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()
+          if v is not None}
+    command = " ".join(["kvsim", "analyze", path] + (["--out", out] if out else []) + _args(kw))
+    for k in ("layers", "compression_point", "top"):
+        if k in kw:
+            kw[k] = str(kw[k])
+    with _progress(progress):
+        r = _kvsim.analyze(path, out=out, command=command, **kw)
+    df = frame(r["key_stats"])
+    df.attrs.update(recall=frame(r["key_recall"]), summary=json.loads(r["summary"]), table=r["table"])
+    return df
 
 
 def prefill(trace, out=None, progress=False, **options):
     """`kvsim prefill` (CritiPrefill simulation): metrics.csv as a DataFrame; df.attrs["locality"]
     is locality.csv, df.attrs["locality_shuffled"] its shuffled baseline (locality_shuffled.csv),
-    df.attrs["summary"] summary.json."""
-    with _out_dir(out) as d:
-        table = run("prefill", _path(trace), "--out", d, *_args(options), progress=progress)
-        df = _read_csv(os.path.join(d, "metrics.csv"))
-        loc, shuf = os.path.join(d, "locality.csv"), os.path.join(d, "locality_shuffled.csv")
-        df.attrs.update(locality=_read_csv(loc) if os.path.exists(loc) else None,
-                        locality_shuffled=_read_csv(shuf) if os.path.exists(shuf) else None,
-                        summary=_summary(d), table=table)
-        return df
+    df.attrs["summary"] summary.json. Options are the CLI's: segment, block, budget, threshold,
+    layer_skip, fusion ("on", "off", "both"), locality_anchors. The engine hands its columns over
+    directly; out=DIR also writes the files there."""
+    known = ("segment", "block", "budget", "threshold", "layer_skip", "fusion", "locality_anchors")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"kvsim.prefill() got unexpected keyword arguments {unknown} (its options: {', '.join(known)})")
+    path, out = _path(trace), (os.fspath(out) if out is not None else "")
+    kw = {k: v for k, v in options.items() if v is not None}
+    command = " ".join(["kvsim", "prefill", path] + (["--out", out] if out else []) + _args(kw))
+    with _progress(progress):
+        r = _kvsim.prefill(path, out=out, command=command, **kw)
+    df = frame(r["metrics"])
+    df.attrs.update(locality=frame(r["locality"]), locality_shuffled=frame(r["locality_shuffled"]),
+                    summary=json.loads(r["summary"]), table=r["table"])
+    return df
 
 
 def rules():

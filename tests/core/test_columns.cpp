@@ -2,6 +2,7 @@
 // written against its declaration cannot drift from it.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <sstream>
 
 #include "core/columns.h"

@@ -7,6 +7,7 @@
 - a Python rule's exception is a kvsim.RuleError naming the rule and the layer; wrong shapes and
   NaN are one-line errors; the GIL is released while the engine runs.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -75,10 +76,16 @@ class ModuleTest(unittest.TestCase):
         for trace in (NIAH, LONGBENCH):
             out = os.path.join(self.dir, "cli_" + os.path.basename(trace))
             cli("replay", trace, "--rules", rules, "--budgets", "0.1,cr=0.5,200", "--per-query", "--out", out)
-            before = set(os.listdir(tempfile.gettempdir()))
-            res = kvsim.replay(trace, rules=rules, budgets=[0.1, "cr=0.5", 200], per_query=True)
-            # The engine hands its columns over: nothing written or read on the way.
-            self.assertEqual({f for f in set(os.listdir(tempfile.gettempdir())) - before if "kvsim" in f}, set())
+            # The engine hands its columns over: nothing written or read on the way (the temporary
+            # folder Python would use stays empty).
+            scratch = os.path.join(self.dir, "scratch_" + os.path.basename(trace))
+            os.makedirs(scratch)
+            old, tempfile.tempdir = tempfile.tempdir, scratch
+            try:
+                res = kvsim.replay(trace, rules=rules, budgets=[0.1, "cr=0.5", 200], per_query=True)
+            finally:
+                tempfile.tempdir = old
+            self.assertEqual(os.listdir(scratch), [])
             for df, name in ((res.metrics, "metrics.csv"), (res.per_query, "metrics_per_query.csv")):
                 # Bit for bit the CLI's file, in the declared dtypes (kvsim columns) ...
                 pd.testing.assert_frame_equal(df, kvsim.read_table(os.path.join(out, name)), check_exact=True)
@@ -95,13 +102,19 @@ class ModuleTest(unittest.TestCase):
         out = os.path.join(self.dir, "analyze")
         cli("analyze", NIAH, "--out", out)
         df = kvsim.analyze(NIAH)
-        pd.testing.assert_frame_equal(df, pd.read_csv(os.path.join(out, "key_stats.csv")))
-        pd.testing.assert_frame_equal(df.attrs["recall"], pd.read_csv(os.path.join(out, "key_recall.csv")))
+        pd.testing.assert_frame_equal(df, kvsim.read_table(os.path.join(out, "key_stats.csv")), check_exact=True)
+        pd.testing.assert_frame_equal(df.attrs["recall"], kvsim.read_table(os.path.join(out, "key_recall.csv")),
+                                      check_exact=True)
+        self.assertEqual(df.attrs["summary"]["protocol"], json.load(open(os.path.join(out, "summary.json")))["protocol"])
         out = os.path.join(self.dir, "prefill")
         args = dict(segment=128, block=16, budget=256, threshold=256)
         cli("prefill", NIAH, "--out", out, *sum(([f"--{k}", str(v)] for k, v in args.items()), []))
         df = kvsim.prefill(NIAH, **args)
-        pd.testing.assert_frame_equal(df, pd.read_csv(os.path.join(out, "metrics.csv")))
+        pd.testing.assert_frame_equal(df, kvsim.read_table(os.path.join(out, "metrics.csv")), check_exact=True)
+        for name in ("locality", "locality_shuffled"):
+            pd.testing.assert_frame_equal(df.attrs[name], kvsim.read_table(os.path.join(out, name + ".csv")),
+                                          check_exact=True)
+        self.assertIn("layer", df.attrs["table"])
 
     def test_open_trace_views(self):
         t = kvsim.open_trace(NIAH)

@@ -44,48 +44,6 @@ std::string joined(const std::vector<std::string>& args) {
   return s;
 }
 
-std::string cell(double v, const char* fmt) {
-  if (!std::isfinite(v)) return "-";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, fmt, v);
-  return buf;
-}
-
-void print_run_table(const prefill::PrefillRunResult& res) {
-  std::printf("%-5s %-6s %8s %9s %9s %10s %9s %8s %7s\n", "layer", "fusion", "queries", "F_mean", "F_min",
-              "pert_l1", "rel_l2", "recall", "pairs/");
-  for (const auto& lm : res.metrics) {
-    const auto& m = lm.layer_row;
-    if (m.n == 0) {
-      std::printf("%-5d %-6s %8s %9s %9s %10s %9s %8s %7s\n", lm.layer, lm.variant.c_str(), "dense", "-", "-", "-",
-                  "-", "-", "1.00");
-      continue;
-    }
-    const double n = static_cast<double>(m.n);
-    std::printf("%-5d %-6s %8lld %9s %9s %10s %9s %8s %7s\n", lm.layer, lm.variant.c_str(), static_cast<long long>(m.n),
-                cell(m.retained / n, "%.5f").c_str(), cell(m.retained_min, "%.5f").c_str(),
-                cell(m.l1 / n, "%.4g").c_str(), cell(m.rel_l2 / n, "%.4f").c_str(), cell(m.recall / n, "%.4f").c_str(),
-                cell(lm.pair_reduction, "%.2f").c_str());
-  }
-  for (const auto& v : prefill::variant_means(res))
-    std::printf("mean over %d sparse layers, fusion %s: F %.5f (min %.5f), rel_pert_l2 %.4f, block recall %.4f, "
-                "pair reduction %.2fx\n",
-                v.layers, v.variant.c_str(), v.retained, v.retained_min, v.rel_l2, v.recall, v.pair_reduction);
-  if (!res.locality.empty()) {
-    const i64 S = res.plan.config().segment;
-    for (i64 delta : {i64{1}, S / 4, S, 2 * S}) {
-      i64 cnt = 0;
-      const double mean = prefill::locality_mean_at(res, delta, &cnt);
-      if (cnt) std::printf("locality J(%lld) = %.4f (mean over %lld layer-heads)\n", static_cast<long long>(delta), mean,
-                           static_cast<long long>(cnt));
-    }
-    const prefill::LocalityMeans lm = prefill::locality_means(res);
-    if (std::isfinite(lm.shuffled))
-      std::printf("locality J(shuffled pairs) = %.4f (baseline: the same anchors against random far queries)\n",
-                  lm.shuffled);
-  }
-}
-
 void print_bench_table(const std::vector<prefill::BenchRow>& rows) {
   std::printf("wall clock:\n%7s %9s %9s %8s %8s %8s %9s %9s %9s %10s\n", "n", "dense_s", "sparse_s", "est_s", "speedup",
               "ideal", "sp/ideal", "dense_GF", "sgemm_GF", "dense/blas");
@@ -161,14 +119,8 @@ int cmd_prefill(const std::vector<std::string>& args) {
   ro.fusion_on = fusion != "off";
   ro.fusion_off = fusion != "on";
   ro.locality_anchors = anchors;
-  OutputFolder folder("kvsim prefill", out, "summary.json");
-  const auto res = prefill::run_prefill_trace(trace, ro);
-  if (res.plan.num_sparse_segments() == 0 || ro.cfg.layer_skip >= res.meta.num_layers)
-    std::cerr << "kvsim prefill: note: nothing was sparsified (prompt " << res.plan.n() << " tokens, segment "
-              << cfg.segment << ", threshold " << cfg.threshold << ", layer_skip " << cfg.layer_skip
-              << "): every query ran dense; lower --threshold / --segment to simulate short prompts\n";
-  prefill::write_prefill_outputs(folder, res, ro, command);
-  print_run_table(res);
+  const auto res = prefill::run_prefill(trace, ro, out, command);
+  std::cout << prefill::run_table(res) << std::flush;
   std::printf("wrote %s/{metrics.csv,locality.csv,locality_shuffled.csv,summary.json} in %.2f s, peak RSS %.1f MiB\n", out.c_str(),
               res.total_seconds, static_cast<double>(peak_rss_bytes()) / (1024.0 * 1024.0));
   return 0;
