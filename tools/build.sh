@@ -23,5 +23,6 @@ args=(--config-settings=build-dir=build --config-settings=cmake.define.KVSIM_BUI
       --config-settings=install.strip=false)
 if [ $# -gt 0 ]; then args+=("--config-settings=cmake.args=$(IFS=';'; echo "$*")"); fi
 start=$(date +%s)
+[ -f build/CMakeCache.txt ] || echo "kvsim: building (pip install . into .venv, CMake folder build/; about 6 minutes on 2 cores the first time)" >&2
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation --progress-bar off "${args[@]}" .
 echo "kvsim: built in build/ and installed into .venv ($(($(date +%s) - start)) s)" >&2

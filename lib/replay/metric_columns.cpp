@@ -12,6 +12,8 @@ namespace {
 // The columns every metrics row starts with (metric_rows.cpp writes them in this order).
 const std::vector<Column> kKeyColumns = {
     {"rule", ColumnType::text, "", "canonical spec of the rule (every parameter spelled out, see kvsim rules)"},
+    {"label", ColumnType::text, "",
+     "short label of the rule: its spec without the parameters at their catalogue defaults (unique within the run)"},
     {"budget", ColumnType::text, "", "the budget as written (0.2, 20%, cr=0.8, 512)"},
     {"budget_tokens", ColumnType::integer, "tokens",
      "kept tokens per head the budget means for this trace's compressible span n_c (the rule's own layer "

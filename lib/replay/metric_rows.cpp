@@ -30,6 +30,7 @@ double layer_kept(const Selection& sel, int H, int G) {
 // The key columns, in metric_columns.cpp's order.
 void write_key(RowSink& out, const RowKey& k, double kept, int head) {
   out.text(k.rule);
+  out.text(k.label);
   out.text(k.budget);
   out.integer(k.budget_tokens);
   out.real(kept);

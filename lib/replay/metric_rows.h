@@ -13,7 +13,7 @@
 namespace kvsim {
 
 struct RowKey {
-  std::string rule, budget;
+  std::string rule, label, budget;
   i64 budget_tokens = 0;
   int layer = 0;
   std::string eval;  // "queries" | "window"

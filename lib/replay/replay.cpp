@@ -168,6 +168,10 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
   std::unique_ptr<NormCache> nu_cache;
   if (!opt.nu_cache_dir.empty()) nu_cache = std::make_unique<NormCache>(opt.nu_cache_dir);
 
+  std::vector<std::string> specs;
+  for (const auto& rule : rules) specs.push_back(rule->spec());
+  const auto labels = short_rule_labels(specs);  // the label column: unique within the run
+
   std::vector<LayerTotal> totals;
   // --threads 0 (the default): OpenMP's count is the ceiling, lowered while other processes keep
   // cores busy; --threads N: exactly N.
@@ -237,7 +241,7 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
           const PerturbationResult& res = results[si][r][b];
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.
           const i64 layer_budget = sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : setup.budget_tokens[b];
-          RowKey key{spec, budgets[b].text, layer_budget, l, sets[si].second};
+          RowKey key{spec, labels.at(spec), budgets[b].text, layer_budget, l, sets[si].second};
           NullRowSink none;
           const auto agg = write_metric_rows(sinks.metrics ? *sinks.metrics : none, key, sels[b], res, setup.heads, G);
           if (sinks.per_query) {

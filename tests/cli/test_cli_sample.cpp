@@ -47,12 +47,14 @@ TEST_CASE("cli: metrics.csv budget_tokens follows pyramid's per-layer schedule")
   std::getline(csv, line);  // header
   std::map<std::string, std::map<int, long>> budget_of;  // rule name -> layer -> budget_tokens (layer rows)
   while (std::getline(csv, line)) {
-    // rule is quoted (its spec has commas): "spec",budget,budget_tokens,kept_tokens,layer,head,...
+    // rule is quoted (its spec has commas): "spec",label,budget,budget_tokens,kept_tokens,layer,head,...
+    // (the labels here, snapkv and pyramid(snapkv), have no comma)
     const auto close = line.find("\",");
     REQUIRE(close != std::string::npos);
     const std::string name = line.substr(1, line.find('(') - 1);
     std::stringstream rest(line.substr(close + 2));
-    std::string budget, budget_tokens, kept, layer, head;
+    std::string label, budget, budget_tokens, kept, layer, head;
+    std::getline(rest, label, ',');
     std::getline(rest, budget, ',');
     std::getline(rest, budget_tokens, ',');
     std::getline(rest, kept, ',');

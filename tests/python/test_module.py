@@ -148,8 +148,8 @@ class ModuleTest(unittest.TestCase):
         df = res.metrics
         specs = list(dict.fromkeys(df["rule"]))
         for i in range(0, len(specs), 2):
-            a = df[df.rule == specs[i]].drop(columns="rule").reset_index(drop=True)
-            b = df[df.rule == specs[i + 1]].drop(columns="rule").reset_index(drop=True)
+            a = df[df.rule == specs[i]].drop(columns=["rule", "label"]).reset_index(drop=True)
+            b = df[df.rule == specs[i + 1]].drop(columns=["rule", "label"]).reset_index(drop=True)
             pd.testing.assert_frame_equal(a, b, check_exact=True, obj=f"{specs[i]} vs {specs[i + 1]}")
         for key, mask in res.selection.items():
             if key[0] in specs[1::2]:
@@ -165,7 +165,7 @@ class ModuleTest(unittest.TestCase):
                                 ("chunkkv", {"len": 20})):
             ours = f"{wrapper}({spec}" + "".join(f",{k}={v}" for k, v in params.items()) + ")"
             df = kvsim.replay(NIAH, rules=[ours, kvsim.wrap(wrapper, same, **params)], budgets=[0.1, "cr=0.5"])
-            a, b = (df[df.rule == r].drop(columns="rule").reset_index(drop=True) for r in df.rule.unique())
+            a, b = (df[df.rule == r].drop(columns=["rule", "label"]).reset_index(drop=True) for r in df.rule.unique())
             pd.testing.assert_frame_equal(a, b, check_exact=True, obj=wrapper)
 
     def test_mask_rule_and_external_selection(self):
@@ -178,7 +178,7 @@ class ModuleTest(unittest.TestCase):
             return m
         mask = kvsim.MaskRule("np_recent", recent)
         df = kvsim.replay(t, rules=["streaming(sink=0)", mask], budgets=[0.2])
-        a, b = (df[df.rule == r].drop(columns="rule").reset_index(drop=True) for r in df.rule.unique())
+        a, b = (df[df.rule == r].drop(columns=["rule", "label"]).reset_index(drop=True) for r in df.rule.unique())
         pd.testing.assert_frame_equal(a, b)
         # The same masks from a file any tool could write.
         path = os.path.join(self.dir, "mine.h5")
@@ -193,7 +193,7 @@ class ModuleTest(unittest.TestCase):
         kvsim.write_selection(path, "recent_scores", n_c, scores=scores)
         df = kvsim.replay(t, rules=["streaming(sink=0)", f"external(name=recent,file={path})",
                                     f"external(name=recent_scores,file={path},kind=scores)"], budgets=[0.2])
-        rows = [df[df.rule == r].drop(columns="rule").reset_index(drop=True) for r in df.rule.unique()]
+        rows = [df[df.rule == r].drop(columns=["rule", "label"]).reset_index(drop=True) for r in df.rule.unique()]
         pd.testing.assert_frame_equal(rows[0], rows[1])
         pd.testing.assert_frame_equal(rows[0], rows[2])
 
