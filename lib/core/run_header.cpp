@@ -7,10 +7,15 @@
 #error "KVSIM_VERSION comes from CMakeLists.txt (project VERSION)"
 #endif
 
+#ifndef KVSIM_SOURCE_REVISION
+#error "KVSIM_SOURCE_REVISION comes from CMakeLists.txt (git describe)"
+#endif
+
 namespace kvsim {
 
 Json run_header(const std::string& command, const std::string& isa) {
   return Json{{"kvsim_version", KVSIM_VERSION},
+              {"source_revision", KVSIM_SOURCE_REVISION},
               {"command", command},
               {"created", iso_timestamp()},
               {"isa", isa},

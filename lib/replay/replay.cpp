@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/run_header.h"
+#include "core/sha256.h"
 #include "core/ranges.h"
 #include "core/output_folder.h"
 #include "core/output_path.h"
@@ -47,11 +48,11 @@ struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
 };
 
 Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot,
-                  const Json& timings) {
+                  const Json& timings, const std::string& trace_sha256) {
   const TraceMeta& meta = s.meta;
   const Protocol& p = s.protocol;
   Json j = run_header(opt.command, kernels::isa_name(kernels::active_isa()));
-  j["trace"] = trace_summary(meta, opt.trace_path);
+  j["trace"] = trace_summary(meta, opt.trace_path, trace_sha256);
   j["protocol"] = {{"compression_point", compression_point_name(opt.protocol.compression_point)},
                    {"n_c", p.n_c},
                    {"window", opt.protocol.window},
@@ -288,7 +289,7 @@ NormKind parse_bound_norm(const std::string& s) {
 }
 
 ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, std::vector<LayerTotal> totals,
-                             const ReplayTimings& tm, double total_seconds) {
+                             const ReplayTimings& tm, double total_seconds, const std::string& trace_sha256) {
   // Sum in the order one run accumulates: layer by layer (setup.layers order), then rule, budget.
   std::map<int, std::size_t> order;
   for (std::size_t i = 0; i < setup.layers.size(); ++i) order[setup.layers[i]] = i;
@@ -318,7 +319,7 @@ ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup,
                         {"threads_min", tm.threads_min},
                         {"threads_max", tm.threads_max},
                         {"prob_tiles_peak_mib", static_cast<double>(tm.prob_tiles_peak_bytes) / (1 << 20)}};
-  ReplaySummary out{summary_json(opt, setup, tot, timings), summary_table(setup, tot)};
+  ReplaySummary out{summary_json(opt, setup, tot, timings, trace_sha256), summary_table(setup, tot)};
   if (!opt.out_dir.empty()) write_file_atomic(opt.out_dir + "/summary.json", json_text(out.json));
   return out;
 }
@@ -332,6 +333,8 @@ ReplayResult replay(const ReplayOptions& opt) {
   const ReplaySetup setup = prepare_replay(opt, reader.meta());
   const std::string repeated = repeated_budgets_note(opt.budgets);
   if (!repeated.empty()) std::cerr << "kvsim replay: note: " << repeated << "\n";
+  // The trace's digest for summary.json, read on a second thread while the layers are replayed.
+  std::future<std::string> trace_sha256 = std::async(std::launch::async, file_sha256, opt.trace_path);
 
   ReplayResult result;
   std::optional<OutputFolder> folder;
@@ -380,7 +383,7 @@ ReplayResult replay(const ReplayOptions& opt) {
     if (per_query) per_query->commit();
     if (selfile) selfile->commit();
   }
-  result.summary = replay_summary(opt, setup, std::move(totals), tm, total.seconds());
+  result.summary = replay_summary(opt, setup, std::move(totals), tm, total.seconds(), trace_sha256.get());
   if (files) folder->done();
   return result;
 }

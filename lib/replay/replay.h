@@ -111,8 +111,9 @@ struct ReplaySummary {
 };
 // summary.json (written into opt.out_dir unless it is empty) and the short table: the totals (of
 // any layers, in any order) are summed in the order of setup.layers, so a merge of ranges equals one run.
+// trace_sha256: the trace file's digest if already known, else computed here.
 ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup, std::vector<LayerTotal> totals,
-                             const ReplayTimings& timings, double total_seconds);
+                             const ReplayTimings& timings, double total_seconds, const std::string& trace_sha256 = "");
 
 struct ReplayResult {
   ColumnTable metrics, per_query;         // with opt.collect (per_query: with opt.per_query too)

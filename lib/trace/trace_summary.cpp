@@ -1,9 +1,12 @@
 #include "trace/trace_summary.h"
 
+#include "core/sha256.h"
+
 namespace kvsim {
 
-Json trace_summary(const TraceMeta& m, const std::string& path) {
+Json trace_summary(const TraceMeta& m, const std::string& path, const std::string& sha256) {
   return {{"path", path},
+          {"sha256", sha256.empty() ? file_sha256(path) : sha256},
           {"model", m.model},
           {"source", m.source},
           {"model_sha256", m.model_sha256},

@@ -8,6 +8,8 @@
 
 namespace kvsim {
 
-Json trace_summary(const TraceMeta& meta, const std::string& path);
+// sha256: the file's digest when the caller has it already (replay reads it on a second thread
+// while it runs); empty: computed here.
+Json trace_summary(const TraceMeta& meta, const std::string& path, const std::string& sha256 = "");
 
 }  // namespace kvsim

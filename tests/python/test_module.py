@@ -7,6 +7,7 @@
 - a Python rule's exception is a kvsim.RuleError naming the rule and the layer; wrong shapes and
   NaN are one-line errors; the GIL is released while the engine runs.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -95,6 +96,10 @@ class ModuleTest(unittest.TestCase):
                                               check_dtype=False)
             self.assertEqual(list(res.metrics.columns), [c[0] for c in kvsim._kvsim.output_tables()["metrics.csv"]])
             self.assertEqual(res.summary["protocol"]["n_c"], kvsim.open_trace(trace).meta["context_end"])
+            # Provenance: the trace's digest and the source revision kvsim was built from.
+            with open(trace, "rb") as fh:
+                self.assertEqual(res.summary["trace"]["sha256"], hashlib.sha256(fh.read()).hexdigest())
+            self.assertTrue(res.summary["source_revision"])
             self.assertEqual(res.summary["command"],
                              f"kvsim replay {trace} --rules {rules} --budgets 0.1,cr=0.5,200 --per-query")
 
