@@ -27,6 +27,7 @@
 #include "py_rules.h"
 #include "select_arrays.h"
 #include "rules/factory.h"
+#include "rules/presets.h"
 #include "trace/trace_reader.h"
 
 namespace kvsim::python {
@@ -227,6 +228,12 @@ PYBIND11_MODULE(_kvsim, m) {
   m.def("run_command", &run_command, py::arg("args"),
         "run a kvsim subcommand in-process: (exit code, stdout, error text)");
   m.def("rule_catalogue", &catalogue, "every rule with its parameters and defaults");
+  m.def("kvpress_presets", [] {
+        py::list out;
+        for (const auto& p : kvpress_presets())
+          out.append(py::make_tuple(std::string(p.name), std::string(p.spec), std::string(p.kvpress)));
+        return out;
+      }, "(NAME@kvpress, the kvsim spec, the kvpress press it equals) for every preset");
   m.def("expand_rules", [](const std::string& specs) {
         std::vector<std::string> out;
         for (const auto& r : make_rules(specs)) out.push_back(r->spec());

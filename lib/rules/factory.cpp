@@ -2,13 +2,14 @@
 #include "rules/factory.h"
 
 #include "core/error.h"
+#include "rules/presets.h"
 #include "rules/registry.h"
 #include "rules/spec.h"
 
 namespace kvsim {
 
 std::unique_ptr<Rule> make_rule(const std::string& text) {
-  Spec spec = parse_spec(text);  // its errors already name the spec and the column
+  Spec spec = parse_spec(expand_presets(text));  // its errors already name the spec and the column
   try {
     return build_rule(spec);
   } catch (const Error& e) {

@@ -26,35 +26,36 @@ import numpy as np
 
 from kvsim.dump.errors import DumpError
 
-# (label, kvpress expression with {cr}, kvsim spec, shim mode)
+# (label, kvpress expression with {cr}, kvsim spec, shim mode). NAME@kvpress are kvsim's presets
+# (lib/rules/presets.cpp, `kvsim rules`): this table is what checks them against kvpress.
 PAIRS = [
     ("SnapKV", "SnapKVPress(compression_ratio={cr}, window_size=64, kernel_size=5)",
-     "snapkv(window=64,kernel=5,pool=avg)", "post"),
-    ("TOVA", "TOVAPress(compression_ratio={cr})", "tova", "post"),
-    ("Knorm", "KnormPress(compression_ratio={cr})", "knorm", "post"),
-    ("KeyDiff", "KeyDiffPress(compression_ratio={cr})", "keydiff(block=0)", "post"),
+     "snapkv@kvpress", "post"),
+    ("TOVA", "TOVAPress(compression_ratio={cr})", "tova@kvpress", "post"),
+    ("Knorm", "KnormPress(compression_ratio={cr})", "knorm@kvpress", "post"),
+    ("KeyDiff", "KeyDiffPress(compression_ratio={cr})", "keydiff@kvpress", "post"),
     ("KeyDiff, BlockPress", "BlockPress(press=KeyDiffPress(compression_ratio={cr}), block_size=128)",
      "keydiff(block=128)", "post"),
-    ("StreamingLLM", "StreamingLLMPress(compression_ratio={cr}, n_sink=4)", "streaming(sink=4)", "post"),
-    ("ObservedAttention", "ObservedAttentionPress(compression_ratio={cr})", "h2o(variant=kvpress)", "post"),
+    ("StreamingLLM", "StreamingLLMPress(compression_ratio={cr}, n_sink=4)", "streaming@kvpress", "post"),
+    ("ObservedAttention", "ObservedAttentionPress(compression_ratio={cr})", "h2o@kvpress", "post"),
     ("PyramidKV", "PyramidKVPress(compression_ratio={cr}, window_size=64, kernel_size=5)",
-     "pyramid(snapkv(window=64,kernel=5,pool=avg),variant=float)", "post"),
+     "pyramid@kvpress", "post"),
     ("AdaKV", "AdaKVPress(press=SnapKVPress(compression_ratio={cr}, window_size=64, kernel_size=5))",
-     "ada(snapkv(window=64,kernel=5,pool=avg),window_in_floor=true)", "post"),
+     "ada@kvpress", "post"),
     ("CriticalKV", "CriticalKVPress(press=SnapKVPress(compression_ratio={cr}, window_size=64, kernel_size=5))",
-     "critical(snapkv(window=64,kernel=5,pool=avg))", "post"),
+     "critical@kvpress", "post"),
     ("CriticalAdaKV", "CriticalAdaKVPress(press=SnapKVPress(compression_ratio={cr}, window_size=64, kernel_size=5))",
-     "critical(ada(snapkv(window=64,kernel=5,pool=avg),window_in_floor=true))", "post"),
+     "criticalada@kvpress", "post"),
     ("ChunkKV", "ChunkKVPress(press=SnapKVPress(compression_ratio={cr}, window_size=64, kernel_size=5), chunk_length=20)",
-     "chunkkv(snapkv(window=64,kernel=5,pool=avg),len=20)", "post"),
+     "chunkkv@kvpress", "post"),
     ("ChunkPress", "ChunkPress(press=SnapKVPress(compression_ratio={cr}, window_size=64, kernel_size=5), chunk_length=1024)",
-     "chunk(snapkv(window=64,kernel=5,pool=avg),len=1024)", "post"),
-    ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected(space=linear)", "pre"),
+     "chunk(snapkv@kvpress,len=1024)", "post"),
+    ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
      "ComposedPress(presses=[SnapKVPress(compression_ratio={cr}, window_size=64, kernel_size=5), "
      "ThinKPress(key_channel_compression_ratio=0.5, window_size=32)])",
-     "think(snapkv(window=64,kernel=5,pool=avg),ratio=0.5,window=32)", "post"),
+     "think(snapkv@kvpress,ratio=0.5,window=32)", "post"),
 ]
 RATIOS = (0.25, 0.5, 0.75)
 # A differing token whose kvpress score is within this relative distance of the cut's score is a

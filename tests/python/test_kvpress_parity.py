@@ -67,6 +67,18 @@ class KvpressTest(unittest.TestCase):
         self.assertEqual({r["press"] for r in rows}, {p[0] for p in kp.PAIRS})
         return rows
 
+    def test_every_preset_is_checked_against_its_press(self):
+        """Each NAME@kvpress preset is a row of the parity table, paired with the press it names."""
+        from kvsim import _kvsim
+        import kvsim
+        by_spec = {spec: expr for _, expr, spec, _ in kp.PAIRS}
+        for name, spec, press in _kvsim.kvpress_presets():
+            self.assertIn(name, by_spec, f"{name} is not checked by kvpress-parity")
+            self.assertTrue(by_spec[name].startswith(press.split("(")[0]), (name, by_spec[name], press))
+            self.assertEqual(_kvsim.canonical_spec(name), _kvsim.canonical_spec(spec))
+        with self.assertRaisesRegex(kvsim.KvsimError, "unknown preset 'snapkv@nowhere'"):
+            _kvsim.canonical_spec("snapkv@nowhere")
+
     def test_a_failing_press_is_a_row_and_the_others_still_run(self):
         trace = os.path.join(tu.TRACES_DIR, "niah_stories260k.h5")
         pairs = [("Broken kvpress side", "NoSuchPress(compression_ratio={cr})", "snapkv", "post"),

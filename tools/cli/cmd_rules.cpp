@@ -5,6 +5,7 @@
 
 #include "command.h"
 #include "rules/factory.h"
+#include "rules/presets.h"
 
 namespace kvsim::cli {
 namespace {
@@ -43,6 +44,11 @@ int cmd_rules(const std::vector<std::string>& args) {
                "kvpress's sets outside exact ties. Readings of the papers that kvpress does not follow stay\n"
                "reachable: pyramid(variant=int), ada(variant=A), critical(floor_in_stage1=false). expected's\n"
                "default space=log departs from kvpress on purpose (float32 softmax underflows to zeros).\n\n";
+  std::cout << "kvpress presets (NAME@kvpress: exactly kvpress's press with its default arguments; also\n"
+               "inside wrappers, e.g. critical(snapkv@kvpress)):\n";
+  for (const auto& p : kvpress_presets())
+    std::cout << "  " << p.name << " = " << p.spec << "   (kvpress " << p.kvpress << ")\n";
+  std::cout << "\n";
   for (const auto& r : rule_catalogue()) {
     std::cout << r.name << "  -  " << r.summary << "\n";
     for (const auto& p : r.params)
