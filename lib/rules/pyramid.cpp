@@ -77,7 +77,7 @@ KVSIM_RULE((RuleInfo{"pyramid",
                      "PyramidKV: per-layer budgets decreasing linearly with depth over a SnapKV-like base",
                      {{"base", "rule", "snapkv", "attention scorer (positional argument), e.g. snapkv(window=8)"},
                       {"beta", "double", "20", "max/min layer budget ratio parameter (min = b/beta)"},
-                      {"variant", "choice int|float", "int",
+                      {"variant", "choice int|float", "float",
                        "int: original integer steps, window on top of b = B - w, total overshoots L*B; "
                        "float: kvpress PyramidKVPress, window inside, schedule from the unrounded kept count "
                        "n_c (1 - cr), Python rounding; average B"}}}),
@@ -87,7 +87,8 @@ KVSIM_RULE((RuleInfo{"pyramid",
                r.error("base rule '" + base->spec() +
                        "' must be an attention-score rule such as snapkv (write ada(pyramid(snapkv)) for Ada-Pyramid)");
              const double beta = r.get_double("beta", 20, 1e-9, 1e9);
-             const bool integer = r.get_choice("variant", "int", {"int", "float"}) == "int";
+             // float by default (rules doc 2.7): the same kept-token count as every other rule.
+             const bool integer = r.get_choice("variant", "float", {"int", "float"}) == "int";
              return std::make_unique<PyramidRule>(r.canonical(), std::move(base), beta, integer);
            });
 
