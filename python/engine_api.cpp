@@ -53,6 +53,16 @@ py::dict table_dict(ColumnTable&& t) {
   return d;
 }
 
+// What every typed call returns: its tables as columns, summary.json's text and the printed table.
+py::dict outputs(std::initializer_list<std::pair<const char*, ColumnTable*>> tables, const Json& summary,
+                 const std::string& table) {
+  py::dict d;
+  for (const auto& [name, t] : tables) d[name] = t ? py::object(table_dict(std::move(*t))) : py::object(py::none());
+  d["summary"] = json_text(summary);
+  d["table"] = table;
+  return d;
+}
+
 py::array bool_mask(const std::vector<std::uint8_t>& m, py::ssize_t rows, py::ssize_t cols) {
   py::array_t<bool> a({rows, cols});
   bool* out = a.mutable_data();
@@ -88,11 +98,8 @@ py::dict replay(const std::string& trace, const std::string& rules, const std::s
     o.collect = true;
     r = kvsim::replay(o);
   });
-  py::dict d;
-  d["metrics"] = table_dict(std::move(r.metrics));
-  d["per_query"] = per_query ? py::object(table_dict(std::move(r.per_query))) : py::none();
-  d["summary"] = json_text(r.summary.json);
-  d["table"] = r.summary.table;
+  py::dict d = outputs({{"metrics", &r.metrics}, {"per_query", per_query ? &r.per_query : nullptr}}, r.summary.json,
+                       r.summary.table);
   if (save_selection) {
     py::list sel;
     for (const SavedSelection& s : r.selection) {
@@ -132,12 +139,7 @@ py::dict analyze(const std::string& trace, const std::string& out, const std::st
     o.collect = true;
     r = report::run_analysis(o);
   });
-  py::dict d;
-  d["key_stats"] = table_dict(std::move(r.key_stats));
-  d["key_recall"] = table_dict(std::move(r.key_recall));
-  d["summary"] = json_text(r.summary);
-  d["table"] = r.table;
-  return d;
+  return outputs({{"key_stats", &r.key_stats}, {"key_recall", &r.key_recall}}, r.summary, r.table);
 }
 
 py::dict prefill(const std::string& trace, const std::string& out, long long segment, long long block,
@@ -165,15 +167,13 @@ py::dict prefill(const std::string& trace, const std::string& out, long long seg
     ColumnTable t(schema);
     ColumnTableSink sink(t);
     write(sink, res);
-    return table_dict(std::move(t));
+    return t;
   };
-  py::dict d;
-  d["metrics"] = table(prefill::prefill_metrics_schema(), prefill::write_metrics);
-  d["locality"] = table(prefill::locality_schema(), prefill::write_locality);
-  d["locality_shuffled"] = table(prefill::locality_shuffled_schema(), prefill::write_locality_shuffled);
-  d["summary"] = summary;
-  d["table"] = prefill::run_table(res);
-  return d;
+  ColumnTable metrics = table(prefill::prefill_metrics_schema(), prefill::write_metrics),
+              locality = table(prefill::locality_schema(), prefill::write_locality),
+              shuffled = table(prefill::locality_shuffled_schema(), prefill::write_locality_shuffled);
+  return outputs({{"metrics", &metrics}, {"locality", &locality}, {"locality_shuffled", &shuffled}},
+                 parse_json(summary, "prefill summary"), prefill::run_table(res));
 }
 
 py::dict output_tables() {

@@ -47,7 +47,9 @@ const TableSchema& offline_vs_closed_schema() {
     TableSchema t{"offline_vs_closed.csv", "one (rule, budget, mode): offline layer means beside closed-loop means",
                   {kRule, kBudget, kMode,
                    {"kept_tokens", ColumnType::real, "tokens",
-                    "tokens kept, summed over layers and KV heads (the replay's kept_tokens is per head)"}}};
+                    "tokens kept per selection unit (KV head), mean over layers and units: the replay's kept_tokens"},
+                   {"kept_tokens_total", ColumnType::integer, "tokens",
+                    "tokens kept, summed over layers and selection units"}}};
     for (std::string_view name : kOffline) {
       const Column& m = metric_column(name).column;
       texts.push_back("offline_" + std::string(name));

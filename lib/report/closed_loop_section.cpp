@@ -76,7 +76,7 @@ std::string closed_loop_section(const ClosedLoopOutput& c, const std::string& id
                   HtmlCell::num(rc.within_budget)});
   o += corr.render();
   HtmlTable t(id + "-runs", "Per rule, budget and mode (offline_vs_closed.csv)",
-              {"rule", "budget", "mode", "kept tokens", "offline pert_l1", "offline bound_critical", "KL", "top-1 agreement",
+              {"rule", "budget", "mode", "kept / head", "offline pert_l1", "offline bound_critical", "KL", "top-1 agreement",
                "Δ log-likelihood", "last-layer drift", "free-run agreement", "needle recall"});
   for (const auto& r : c.runs)
     t.add_row({L.cell(r.rule), HtmlCell::str(r.budget), HtmlCell::str(r.mode), HtmlCell::num(r.kept_tokens),

@@ -333,7 +333,9 @@ class ClosedLoop:
         base = dict(rule=plan.canon, budget=budget, mode=mode)
         rows = teacher_forced_rows(dict(base, decoding="teacher_forced"), self.full, ev, self.targets, self.o_projs,
                                    n_c)
-        summary = dict(base, kept_tokens=int(sum(int(k.sum()) for k in kept.values())))
+        # Per selection unit (KV head), as the replay's kept_tokens; the sum over layers and units apart.
+        total, units = sum(int(k.sum()) for k in kept.values()), sum(k.shape[0] for k in kept.values())
+        summary = dict(base, kept_tokens=total / max(units, 1), kept_tokens_total=total)
         if true_kept is not None:
             summary["jaccard_true_vs_simulated"] = jaccard_by_layer(true_kept, kept)
             summary["prompt_last_logits_kl"] = float(kl_logits(self.snapshot.last_logits, last))

@@ -124,7 +124,8 @@ def write_outputs(out, rows, runs, offline, reference, info, args, elapsed):
     table = []
     for (rule, budget, mode), a in agg.items():
         r = runs_by_key[(rule, budget, mode)]
-        table.append(dict(rule=rule, budget=budget, mode=mode, kept_tokens=r["kept_tokens"], **off[(rule, budget)], **a,
+        table.append(dict(rule=rule, budget=budget, mode=mode, kept_tokens=r["kept_tokens"],
+                          kept_tokens_total=r["kept_tokens_total"], **off[(rule, budget)], **a,
                           free_first_divergence=r.get("free_first_divergence", float("nan")),
                           needle_recall=r.get("needle_recall", float("nan"))))
     table = pd.DataFrame(table) if table else pd.DataFrame(columns=TABLE_COLUMNS)
