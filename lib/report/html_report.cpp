@@ -613,39 +613,52 @@ std::string sweep_summary(const SweepOutput& s, const std::string& id) {
     if (std::find(rules.begin(), rules.end(), c.rule) == rules.end()) rules.push_back(c.rule);
   const Labels L(rules);
   o += h(3, "Across traces", id + "-cross");
-  o += p("Per rule and budget, the spread over traces of each trace's mean over layers (layer rows), and of its bound "
-         "tightness: the median over head rows of pert_l1 / bound_critical (1 = the bound is attained).");
-  Plot pert(600, 400), tight(600, 400);
-  pert.title("perturbation vs budget, mean over traces (dashed: min and max)").xlabel("budget_tokens")
-      .ylabel("pert_l1 (trace mean over layers)").yscale(Scale::log);
-  tight.title("CriticalKV bound tightness, mean over traces").xlabel("budget_tokens")
-      .ylabel("median pert_l1 / bound_critical").y_from_zero();
-  int color = 0;
-  for (const auto& rule : rules) {
-    std::vector<const CrossTraceStats*> mine;
-    for (const auto& c : stats)
-      if (c.rule == rule) mine.push_back(&c);
-    std::sort(mine.begin(), mine.end(), [](auto a, auto b) { return a->budget_tokens_mean < b->budget_tokens_mean; });
-    std::vector<double> x, m, lo, hi, t;
-    for (const auto* c : mine) {
-      x.push_back(c->budget_tokens_mean);
-      m.push_back(c->pert_l1_mean);
-      lo.push_back(c->pert_l1_min);
-      hi.push_back(c->pert_l1_max);
-      t.push_back(c->tightness_mean);
-    }
-    pert.line(L(rule), x, m, svg::palette(color));
-    pert.line(L(rule) + " min", x, lo, svg::palette(color), true, true);
-    pert.line(L(rule) + " max", x, hi, svg::palette(color), true, true);
-    tight.line(L(rule), x, t, svg::palette(color));
-    ++color;
-  }
-  o += plots({pert.render(), tight.render()}) + dropped_note(pert);
-  HtmlTable t(id + "-cross-table", "Per rule and budget over the finished traces",
-              {"rule", "budget", "traces", "budget_tokens", "pert_l1 mean", "pert_l1 std", "pert_l1 min", "pert_l1 max",
-               "retained_mass mean", "retained_mass std", "tightness mean", "tightness std"});
+  o += p("Per model, rule and budget, the spread over that model's traces of each trace's mean over layers (layer "
+         "rows), and of its bound tightness: the median over head rows of pert_l1 / bound_critical (1 = the bound is "
+         "attained). Traces of different models are never averaged together; the plots use rel_pert_l1 (the "
+         "perturbation over the norm of the full-attention output), which is comparable across models, and the "
+         "budgets as typed.");
+  std::vector<std::string> models;
   for (const auto& c : stats)
-    t.add_row({L.cell(c.rule), HtmlCell::str(c.budget), HtmlCell::integer(c.traces), HtmlCell::num(c.budget_tokens_mean),
+    if (std::find(models.begin(), models.end(), c.model) == models.end()) models.push_back(c.model);
+  const std::string axis = budget_axis(stats);
+  std::string figures;
+  for (const auto& model : models) {
+    Plot pert(600, 400), tight(600, 400);
+    pert.title(model + ": relative perturbation, mean over traces (dashed: min and max)").xlabel(axis)
+        .ylabel("rel_pert_l1 (trace mean over layers)").yscale(Scale::log);
+    tight.title(model + ": CriticalKV bound tightness, mean over traces").xlabel(axis)
+        .ylabel("median pert_l1 / bound_critical").y_from_zero();
+    int color = 0;
+    for (const auto& rule : rules) {
+      std::vector<const CrossTraceStats*> mine;
+      for (const auto& c : stats)
+        if (c.rule == rule && c.model == model) mine.push_back(&c);
+      std::sort(mine.begin(), mine.end(), [](auto a, auto b) { return a->budget_x < b->budget_x; });
+      std::vector<double> x, m, lo, hi, t;
+      for (const auto* c : mine) {
+        x.push_back(c->budget_x);
+        m.push_back(c->rel_pert_l1_mean);
+        lo.push_back(c->rel_pert_l1_min);
+        hi.push_back(c->rel_pert_l1_max);
+        t.push_back(c->tightness_mean);
+      }
+      pert.line(L(rule), x, m, svg::palette(color));
+      pert.line(L(rule) + " min", x, lo, svg::palette(color), true, true);
+      pert.line(L(rule) + " max", x, hi, svg::palette(color), true, true);
+      tight.line(L(rule), x, t, svg::palette(color));
+      ++color;
+    }
+    figures += plots({pert.render(), tight.render()}) + dropped_note(pert);
+  }
+  o += figures;
+  HtmlTable t(id + "-cross-table", "Per model, rule and budget over the finished traces",
+              {"model", "rule", "budget", "traces", "budget_tokens", "rel_pert_l1 mean", "rel_pert_l1 std",
+               "pert_l1 mean", "pert_l1 std", "pert_l1 min", "pert_l1 max", "retained_mass mean", "retained_mass std",
+               "tightness mean", "tightness std"});
+  for (const auto& c : stats)
+    t.add_row({HtmlCell::str(c.model), L.cell(c.rule), HtmlCell::str(c.budget), HtmlCell::integer(c.traces),
+               HtmlCell::num(c.budget_tokens_mean), HtmlCell::num(c.rel_pert_l1_mean), HtmlCell::num(c.rel_pert_l1_std),
                HtmlCell::num(c.pert_l1_mean), HtmlCell::num(c.pert_l1_std), HtmlCell::num(c.pert_l1_min),
                HtmlCell::num(c.pert_l1_max), HtmlCell::num(c.retained_mass_mean), HtmlCell::num(c.retained_mass_std),
                HtmlCell::num(c.tightness_mean), HtmlCell::num(c.tightness_std)});

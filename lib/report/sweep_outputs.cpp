@@ -4,10 +4,12 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/text.h"
 #include "report/paper_claims.h"
+#include "rules/budget.h"
 
 namespace kvsim::report {
 
@@ -63,19 +65,68 @@ void mean_std(const std::vector<double>& v, double& mean, double& sd) {
 
 }  // namespace
 
+namespace {
+
+std::string model_of(const ReplayOutput& r) {
+  const JsonValue* t = r.summary.find("trace");
+  if (!t) return "(model not recorded)";
+  const auto n = [&](const char* k) {
+    const double v = t->get_number(k, NAN);
+    return std::isfinite(v) ? std::to_string(static_cast<long long>(v)) : std::string("?");
+  };
+  // The file name only: dumps of one model record it with and without folders.
+  std::string name = t->get_string("model", "");
+  name = name.substr(name.find_last_of('/') + 1);
+  if (name.empty()) name = "(unnamed model)";
+  return name + " (" + n("num_layers") + " layers, " + n("num_heads") + "/" + n("num_kv_heads") + " heads, d " +
+         n("head_dim") + ")";
+}
+
+// The budget as typed, on one axis: its kept fraction (f or 1 - cr) or its token count.
+bool typed_budget(const std::string& text, double& x, bool& tokens) {
+  try {
+    const Budget b = Budget::parse(text);
+    tokens = b.kind == Budget::Kind::tokens;
+    x = b.kind == Budget::Kind::compression_ratio ? 1 - b.value : b.value;
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+std::string budget_axis(const std::vector<CrossTraceStats>& stats) {
+  bool fractions = true, tokens = true;
+  for (const auto& c : stats) {
+    double x = 0;
+    bool is_tokens = false;
+    if (!typed_budget(c.budget, x, is_tokens)) fractions = tokens = false;
+    (is_tokens ? fractions : tokens) = false;
+  }
+  if (fractions) return "budget: kept fraction (as typed; cr=R is 1 - R)";
+  if (tokens) return "budget: tokens per head (as typed)";
+  return "budget: kept fraction of n_c (mean over traces)";
+}
+
 std::vector<CrossTraceStats> cross_trace_stats(const SweepOutput& s) {
   struct Acc {
-    std::vector<double> tokens, pert, mass, tight;
+    std::vector<double> tokens, fraction, pert, rel, mass, tight;
   };
-  std::map<std::pair<std::string, std::string>, Acc> acc;
-  std::vector<std::pair<std::string, std::string>> order;
+  using Key = std::tuple<std::string, std::string, std::string>;  // model, rule, budget
+  std::map<Key, Acc> acc;
+  std::vector<Key> order;
   for (const auto& r : s.replays) {
+    const std::string model = model_of(r);
+    const double n_c = r.summary.find("protocol") ? r.summary.find("protocol")->get_number("n_c", NAN) : NAN;
     for (const auto& st : rule_budget_stats(r)) {
-      const auto key = std::make_pair(st.rule, st.budget);
+      const Key key{model, st.rule, st.budget};
       if (!acc.count(key)) order.push_back(key);
       Acc& a = acc[key];
       a.tokens.push_back(st.budget_tokens);
+      a.fraction.push_back(st.budget_tokens / n_c);
       a.pert.push_back(st.pert_l1);
+      a.rel.push_back(st.rel_pert_l1);
       a.mass.push_back(st.retained_mass);
       std::vector<double> ratios;
       for (const auto& row : r.rows)
@@ -89,21 +140,32 @@ std::vector<CrossTraceStats> cross_trace_stats(const SweepOutput& s) {
   for (const auto& key : order) {
     const Acc& a = acc[key];
     CrossTraceStats c;
-    c.rule = key.first;
-    c.budget = key.second;
+    std::tie(c.model, c.rule, c.budget) = key;
     c.traces = static_cast<int>(a.pert.size());
-    double sd = 0;
+    double sd = 0, fraction = 0;
     mean_std(a.tokens, c.budget_tokens_mean, sd);
+    mean_std(a.fraction, fraction, sd);
     mean_std(a.pert, c.pert_l1_mean, c.pert_l1_std);
     c.pert_l1_min = *std::min_element(a.pert.begin(), a.pert.end());
     c.pert_l1_max = *std::max_element(a.pert.begin(), a.pert.end());
+    mean_std(a.rel, c.rel_pert_l1_mean, c.rel_pert_l1_std);
+    c.rel_pert_l1_min = *std::min_element(a.rel.begin(), a.rel.end());
+    c.rel_pert_l1_max = *std::max_element(a.rel.begin(), a.rel.end());
     mean_std(a.mass, c.retained_mass_mean, c.retained_mass_std);
     std::vector<double> tight;
     for (double t : a.tight)
       if (std::isfinite(t)) tight.push_back(t);
     mean_std(tight, c.tightness_mean, c.tightness_std);
+    c.budget_x = fraction;
     out.push_back(c);
   }
+  // Every budget on the axis budget_axis() names: as typed where the study's budgets share a kind.
+  const std::string axis = budget_axis(out);
+  if (axis.find("as typed") != std::string::npos)
+    for (auto& c : out) {
+      bool tokens = false;
+      typed_budget(c.budget, c.budget_x, tokens);
+    }
   return out;
 }
 
