@@ -18,6 +18,7 @@ kvsim_require(OpenMP_CXX_FOUND g++ OpenMP)
 kvsim_require(HDF5_FOUND libhdf5-dev HDF5 COMPONENTS C)
 kvsim_require(Boost_FOUND libboost-program-options-dev Boost COMPONENTS program_options)
 kvsim_require(nlohmann_json_FOUND nlohmann-json3-dev nlohmann_json 3)
+kvsim_require(toml11_FOUND libtoml11-dev toml11)  # kvsim sweep --config study.toml
 kvsim_require(PKG_CONFIG_FOUND pkg-config PkgConfig)
 # The OpenMP variant of OpenBLAS (libopenblas-openmp-dev), so BLAS threads and ours share one pool.
 pkg_check_modules(OPENBLAS QUIET IMPORTED_TARGET openblas)

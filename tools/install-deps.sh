@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 pkgs=(
   g++ cmake make pkg-config git
   libopenblas-openmp-dev libhdf5-dev libboost-program-options-dev doctest-dev
-  nlohmann-json3-dev pybind11-dev python3-dev
+  nlohmann-json3-dev libtoml11-dev pybind11-dev python3-dev
   libopenmpi-dev openmpi-bin
   python3 python3-venv python3-pip
   chromium fonts-liberation

@@ -13,9 +13,11 @@
 
 namespace kvsim {
 
+const char* source_revision() { return KVSIM_SOURCE_REVISION; }
+
 Json run_header(const std::string& command, const std::string& isa) {
   return Json{{"kvsim_version", KVSIM_VERSION},
-              {"source_revision", KVSIM_SOURCE_REVISION},
+              {"source_revision", source_revision()},
               {"command", command},
               {"created", iso_timestamp()},
               {"isa", isa},

@@ -24,6 +24,7 @@ struct SweepOptions {
   bool resume = false;  // reuse finished units found in out_dir
   bool force = false;   // discard finished units found in out_dir
   std::string command;
+  std::string config;  // --config: the study file's path and settings as JSON text ("" without one)
 };
 
 // What the processes of one sweep share. Rank 0 plans, hands out nothing (the counter does) and

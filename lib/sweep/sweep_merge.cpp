@@ -11,6 +11,7 @@
 
 #include "core/blas_kernels.h"
 #include "core/error.h"
+#include "core/run_header.h"
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "trace/trace_reader.h"
@@ -168,6 +169,7 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
   }
   const ReplayOptions& ro = opt.replay;
   json j = {{"kvsim_version", KVSIM_VERSION},
+            {"source_revision", source_revision()},
             {"command", opt.command},
             {"created", iso_timestamp()},
             {"blas", blas_json(blas_info())},
@@ -183,6 +185,7 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
             {"failures", {{"traces", failed}, {"units", unit_failures}}},
             {"resumed_units", resumed},
             {"wall_seconds", wall_seconds}};
+  if (!opt.config.empty()) j["config"] = json::parse(opt.config);  // the study file, as read
   write_file_atomic(opt.out_dir + "/sweep.json", j.dump(1) + "\n");
   remove_earlier_sweep(opt.out_dir, old_labels, plan, units);
   folder.done();

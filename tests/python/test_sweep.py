@@ -13,6 +13,7 @@ import fcntl
 import csv
 import io
 import json
+import tempfile
 import os
 import shutil
 import signal
@@ -325,3 +326,34 @@ class SweepFolderTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class StudyConfigTest(unittest.TestCase):
+    def test_study_file_equals_the_command_line_and_is_recorded(self):
+        """kvsim sweep --config study.toml gives the rows of the same options on the command line;
+        options on the command line override the file; sweep.json records the file; a key that is
+        not an option is an error naming the file and the key."""
+        with tempfile.TemporaryDirectory() as d:
+            study = os.path.join(d, "study.toml")
+            with open(study, "w") as fh:
+                fh.write(f'# study\ntraces = {json.dumps(TRACES)}\nrules = ["snapkv@kvpress", "streaming"]\n'
+                         'budgets = [0.1, "cr=0.5"]\nlayers = "0-3"\nper_query = true\n')
+            a = run([KVSIM, "sweep", "--config", study, "--layers", "1-2", "--out", os.path.join(d, "a")])
+            self.assertEqual(a.returncode, 0, a.stderr)
+            b = run([KVSIM, "sweep", "--traces", ",".join(TRACES), "--rules", "snapkv@kvpress;streaming", "--budgets",
+                     "0.1,cr=0.5", "--layers", "1-2", "--per-query", "--out", os.path.join(d, "b")])
+            self.assertEqual(b.returncode, 0, b.stderr)
+            for f in ("sweep_metrics.csv", "niah_stories260k/metrics_per_query.csv"):
+                with open(os.path.join(d, "a", f)) as x, open(os.path.join(d, "b", f)) as y:
+                    self.assertEqual(x.read(), y.read(), f)
+            with open(os.path.join(d, "a", "sweep.json")) as fh:
+                j = json.load(fh)
+            self.assertEqual(j["config"]["settings"]["budgets"], [0.1, "cr=0.5"])
+            self.assertEqual(j["options"]["layers"], "1-2")
+            self.assertTrue(j["source_revision"])
+            with open(study, "a") as fh:
+                fh.write("bogus = 1\n")
+            c = run([KVSIM, "sweep", "--config", study, "--out", os.path.join(d, "c")])
+            self.assertEqual(c.returncode, 1)
+            self.assertIn(f"{study}: bogus: not an option of kvsim sweep", c.stderr)
+            self.assertFalse(os.path.exists(os.path.join(d, "c", "sweep.json")))

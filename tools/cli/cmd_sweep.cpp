@@ -10,6 +10,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "sweep/sweep.h"
+#include "study_config.h"
 #include "sweep_comm.h"
 
 namespace kvsim::cli {
@@ -44,9 +45,12 @@ int cmd_sweep(const std::vector<std::string>& args) {
   namespace po = boost::program_options;
   SweepOptions so;
   ReplayOptions& ro = so.replay;
-  std::string traces, trace_list, cp = "agnostic", eval = "queries", nu = "exact", nu_cache;
+  std::string traces, trace_list, cp = "agnostic", eval = "queries", nu = "exact", nu_cache, config;
   po::options_description opts("kvsim sweep (--traces A.h5,B.h5 | --trace-list FILE) --rules SPECS --budgets LIST --out DIR [options]");
   opts.add_options()("help,h", "show this help")
+      ("config", po::value(&config),
+       "study file (TOML): every key an option below (traces = [...], rules = [...], budgets = [...], ...); "
+       "the command line overrides it; recorded in sweep.json")
       ("traces", po::value(&traces), "comma-separated trace files")
       ("trace-list", po::value(&trace_list), "file with one trace path per line (# comments)")
       ("rules", po::value(&ro.rules), "rule specs separated by ';' (as kvsim replay)")
@@ -67,7 +71,13 @@ int cmd_sweep(const std::vector<std::string>& args) {
       ("force", "discard the units found in DIR first (without --resume they are recomputed anyway)")
       ("threads", po::value(&ro.threads)->default_value(0),
        "OpenMP threads per process (0: OMP_NUM_THREADS, or the cores divided by the processes on the node)");
-  const po::variables_map vm = parse_args(args, opts);
+  po::variables_map vm = parse_args(args, opts);
+  if (!config.empty()) {  // the file fills what the command line left unset
+    const StudyConfig study = read_study_config(config, opts);
+    so.config = study.json;
+    po::store(po::command_line_parser(study.args).options(opts).run(), vm);
+    po::notify(vm);
+  }
   if (vm.count("help")) {
     std::cout << "Replays every trace of a study through the same rules and budgets. Work units are (trace,\n"
                  "layer range); under kvsim-mpi (mpirun -n N kvsim-mpi sweep ...) the ranks take them from a\n"
