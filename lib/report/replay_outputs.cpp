@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "replay/metric_columns.h"
 #include "report/csv_reader.h"
 
 namespace kvsim::report {
@@ -13,12 +14,18 @@ namespace fs = std::filesystem;
 
 std::vector<MetricRow> parse_metrics_csv(const std::string& path) {
   const CsvTable t = CsvTable::read(path);
-  const auto c_rule = t.column("rule"), c_budget = t.column("budget"), c_bt = t.column("budget_tokens"),
-             c_kept = t.column("kept_tokens"), c_layer = t.column("layer"), c_head = t.column("head"),
-             c_eval = t.column("eval"), c_nq = t.column("n_queries"), c_f = t.column("retained_mass"),
-             c_fmin = t.column("retained_mass_min"), c_p1 = t.column("pert_l1"), c_p1m = t.column("pert_l1_max"),
-             c_p2 = t.column("pert_l2"), c_p2m = t.column("pert_l2_max"), c_r1 = t.column("rel_pert_l1"),
-             c_r2 = t.column("rel_pert_l2"), c_ba = t.column("bound_ada"), c_bc = t.column("bound_critical");
+  // Columns by their declared names (replay/metric_columns.h): a name the declaration lacks
+  // throws here, not as a silently missing column.
+  const auto column = [&](std::string_view name) {
+    metrics_schema().index(name);
+    return t.column(std::string(name));
+  };
+  const auto c_rule = column("rule"), c_budget = column("budget"), c_bt = column("budget_tokens"),
+             c_kept = column("kept_tokens"), c_layer = column("layer"), c_head = column("head"),
+             c_eval = column("eval"), c_nq = column("n_queries"), c_f = column("retained_mass"),
+             c_fmin = column("retained_mass_min"), c_p1 = column("pert_l1"), c_p1m = column("pert_l1_max"),
+             c_p2 = column("pert_l2"), c_p2m = column("pert_l2_max"), c_r1 = column("rel_pert_l1"),
+             c_r2 = column("rel_pert_l2"), c_ba = column("bound_ada"), c_bc = column("bound_critical");
   std::vector<MetricRow> rows;
   rows.reserve(t.rows());
   for (std::size_t i = 0; i < t.rows(); ++i) {
