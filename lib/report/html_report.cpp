@@ -625,10 +625,10 @@ std::string sweep_summary(const SweepOutput& s, const std::string& id) {
   std::string figures;
   for (const auto& model : models) {
     Plot pert(600, 400), tight(600, 400);
-    pert.title(model + ": relative perturbation, mean over traces (dashed: min and max)").xlabel(axis)
+    // The model goes in a heading: plot titles stay short enough to show whole.
+    pert.title("relative perturbation (dashed: min, max)").xlabel(axis)
         .ylabel("rel_pert_l1 (trace mean over layers)").yscale(Scale::log);
-    tight.title(model + ": CriticalKV bound tightness, mean over traces").xlabel(axis)
-        .ylabel("median pert_l1 / bound_critical").y_from_zero();
+    tight.title("CriticalKV bound tightness").xlabel(axis).ylabel("median pert_l1 / bound_critical").y_from_zero();
     int color = 0;
     for (const auto& rule : rules) {
       std::vector<const CrossTraceStats*> mine;
@@ -649,7 +649,11 @@ std::string sweep_summary(const SweepOutput& s, const std::string& id) {
       tight.line(L(rule), x, t, svg::palette(color));
       ++color;
     }
-    figures += plots({pert.render(), tight.render()}) + dropped_note(pert);
+    int traces = 0;
+    for (const auto& c : stats)
+      if (c.model == model) traces = std::max(traces, c.traces);
+    figures += "<h4>" + html_escape(model) + ": means over its " + std::to_string(traces) + " trace(s)</h4>" +
+               plots({pert.render(), tight.render()}) + dropped_note(pert);
   }
   o += figures;
   HtmlTable t(id + "-cross-table", "Per model, rule and budget over the finished traces",
