@@ -1,5 +1,6 @@
 #include "report/html_parts.h"
 
+#include "report/report_exports.h"
 #include "rules/rule_labels.h"
 
 namespace kvsim::report {
@@ -7,6 +8,7 @@ namespace kvsim::report {
 std::string p(const std::string& text) { return "<p class=\"note\">" + text + "</p>"; }
 
 std::string h(int level, const std::string& text, const std::string& id) {
+  if (ReportExports* e = active_exports()) e->section(id);  // figures below are named after it
   const std::string l = std::to_string(level);
   return "<h" + l + (id.empty() ? "" : " id=\"" + id + "\"") + ">" + html_escape(text) + "</h" + l + ">";
 }

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "core/table_io.h"
+#include "report/report_exports.h"
 
 namespace kvsim::report {
 
@@ -15,6 +16,7 @@ std::string display_number(double v) {
 }
 
 std::string HtmlTable::render() const {
+  if (ReportExports* e = active_exports()) e->table({id_, caption_, headers_, rows_});
   std::string o = "<div class=\"tablewrap\"><table class=\"data\" id=\"" + html_escape(id_) + "\">";
   if (!caption_.empty()) o += "<caption>" + html_escape(caption_) + "</caption>";
   o += "<thead><tr>";

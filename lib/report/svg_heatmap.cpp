@@ -1,11 +1,13 @@
 #include "report/svg_heatmap.h"
 
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 
 #include "report/markup_escape.h"
+#include "report/report_exports.h"
 #include "report/svg_plot.h"
 
 namespace kvsim::svg {
@@ -104,6 +106,7 @@ std::string HeatMap::render() const {
     o += "<text x=\"" + fmt(bx + 15) + "\" y=\"" + fmt(mt + bh / 2 + 4) + "\" font-size=\"10\">" + report::html_escape(value_label) +
          (log_color ? " (log)" : "") + "</text>";
   o += "</svg>";
+  if (report::ReportExports* e = report::active_exports()) e->figure(o, title);
   return o;
 }
 

@@ -1,5 +1,6 @@
 #include "report/svg_plot.h"
 
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -7,6 +8,7 @@
 #include <limits>
 
 #include "report/markup_escape.h"
+#include "report/report_exports.h"
 
 namespace kvsim::svg {
 
@@ -306,6 +308,7 @@ std::string Plot::render() const {
     legend_entry(s->color, s->label, s->dashed, s->kind == Series::Kind::bars, s->kind == Series::Kind::points);
   if (identity_in_legend) legend_entry("#222", identity_label_, true, false);
   o += "</svg>";
+  if (report::ReportExports* e = report::active_exports()) e->figure(o, title_);
   return o;
 }
 

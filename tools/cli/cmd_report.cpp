@@ -2,6 +2,7 @@
 // prefill output folders.
 #include <filesystem>
 #include <iostream>
+#include <set>
 
 #include <boost/program_options.hpp>
 
@@ -10,6 +11,7 @@
 #include "core/error.h"
 #include "core/table_io.h"
 #include "report/html_report.h"
+#include "report/report_exports.h"
 
 namespace kvsim::cli {
 namespace {
@@ -22,7 +24,13 @@ int cmd_report(const std::vector<std::string>& args) {
       ("analyze", po::value<std::vector<std::string>>()->composing(), "a kvsim analyze --out folder (repeatable)")
       ("prefill", po::value<std::vector<std::string>>()->composing(), "a kvsim prefill --out folder (repeatable)")
       ("max-traces", po::value<int>()->default_value(8), "sweep folders: per-trace sections shown (all traces are in the "
-                                                         "cross-trace summary)");
+                                                         "cross-trace summary)")
+      ("figures", po::value<std::string>(), "also write every figure into this folder, one file each, named after its "
+                                            "section (SECTION-N-title.svg)")
+      ("tables", po::value<std::string>(), "also write every table into this folder (TABLE_ID.md / .tex / .csv)")
+      ("format", po::value<std::string>()->default_value("svg,md,tex,csv"),
+       "file formats: svg for figures; md, tex (booktabs) and csv for tables")
+      ("digits", po::value<int>()->default_value(4), "significant digits of the md and tex tables (csv: full precision)");
   po::options_description hidden;
   hidden.add_options()("dirs", po::value<std::vector<std::string>>()->composing(), "");
   po::options_description all;
@@ -65,8 +73,56 @@ int cmd_report(const std::vector<std::string>& args) {
 
   const std::filesystem::path parent = std::filesystem::path(out_path).parent_path();
   if (!parent.empty() && !std::filesystem::is_directory(parent)) fail(out_path, "", "folder does not exist");
-  const std::string html = report::render_html_report(in);
+  // --figures / --tables: the same tables and figures the page shows, also as files.
+  const std::string figures = vm.count("figures") ? vm["figures"].as<std::string>() : "",
+                    tables = vm.count("tables") ? vm["tables"].as<std::string>() : "";
+  const int digits = vm["digits"].as<int>();
+  if (digits < 1 || digits > 17) throw po::error("--digits must be in 1..17");
+  std::set<std::string> formats;
+  for (std::size_t b = 0, e; b <= vm["format"].as<std::string>().size(); b = e + 1) {
+    const std::string& f = vm["format"].as<std::string>();
+    e = f.find(',', b);
+    if (e == std::string::npos) e = f.size();
+    const std::string one = f.substr(b, e - b);
+    if (one == "png" || one == "pdf")
+      throw po::error("--format " + one + ": not available; kvsim writes SVG figures (any SVG tool converts them, "
+                      "e.g. rsvg-convert or inkscape)");
+    if (one != "svg" && one != "md" && one != "tex" && one != "csv") throw po::error("--format: unknown format '" + one + "'");
+    formats.insert(one);
+  }
+  report::ReportExports exports;
+  std::string html;
+  {
+    report::ExportScope scope(figures.empty() && tables.empty() ? nullptr : &exports);
+    html = report::render_html_report(in);
+  }
+  // Every file complete before the page: a failed write leaves no page that claims them.
+  const auto write_all = [&](const std::string& dir, const std::vector<std::pair<std::string, std::string>>& files) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) fail(dir, "", "cannot create: " + ec.message());
+    for (const auto& [name, text] : files) write_file_atomic(dir + "/" + name, text);
+  };
+  std::size_t n_figures = 0, n_tables = 0;
+  if (!figures.empty() && formats.count("svg")) {
+    std::vector<std::pair<std::string, std::string>> files;
+    for (const auto& f : exports.figures) files.push_back({f.name + ".svg", "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + f.svg + "\n"});
+    write_all(figures, files);
+    n_figures = files.size();
+  }
+  if (!tables.empty()) {
+    std::vector<std::pair<std::string, std::string>> files;
+    for (const auto& t : exports.tables) {
+      if (formats.count("md")) files.push_back({t.name + ".md", report::table_markdown(t, digits)});
+      if (formats.count("tex")) files.push_back({t.name + ".tex", report::table_latex(t, digits)});
+      if (formats.count("csv")) files.push_back({t.name + ".csv", report::table_csv(t)});
+    }
+    write_all(tables, files);
+    n_tables = exports.tables.size();
+  }
   write_file_atomic(out_path, html);
+  if (!figures.empty()) std::cout << "wrote " << n_figures << " figure file(s) into " << figures << "\n";
+  if (!tables.empty()) std::cout << "wrote " << n_tables << " table(s) into " << tables << "\n";
 
   std::cout << "wrote " << out_path << " (" << html.size() / 1024 << " KiB): " << in.replays.size()
             << " replay, " << in.analyses.size() << " analyze, " << in.prefills.size() << " prefill, " << in.sweeps.size()
