@@ -109,7 +109,7 @@ std::string bound_vs_actual(const ReplayOutput& out, const std::string& id) {
 
   // Tightness: ratio measured / bound per layer, points jittered by head.
   Plot ratio(600, 380);
-  ratio.title("tightness pert_l1 / bound_critical per layer").xlabel("layer").ylabel("measured / θ").yscale(Scale::log);
+  ratio.title("tightness pert_l1 / bound_critical per layer").xlabel("layer").integer_x().ylabel("measured / θ").yscale(Scale::log);
   const auto ratios = tightness_ratios(out, true);
   std::vector<double> xs, ys;
   for (std::size_t li = 0; li < out.layers.size(); ++li)
@@ -126,7 +126,7 @@ std::string bound_vs_actual(const ReplayOutput& out, const std::string& id) {
   }
   ratio.line("median", hx, hy, "#d62728");
   Plot ratio_ada(600, 380);
-  ratio_ada.title("tightness pert_l1 / bound_ada per layer").xlabel("layer").ylabel("measured / Ada-KV bound").yscale(Scale::log);
+  ratio_ada.title("tightness pert_l1 / bound_ada per layer").xlabel("layer").integer_x().ylabel("measured / Ada-KV bound").yscale(Scale::log);
   const auto ratios_ada = tightness_ratios(out, false);
   xs.clear();
   ys.clear();
@@ -256,8 +256,8 @@ std::string critical_section(const ReplayOutput& out, const std::string& id) {
                 {"rule", "base", "budget", "layer", "heads", "wins", "ties", "win rate", "pert_l1 rule", "pert_l1 base",
                  "cumulative advantage"});
   Plot rate(600, 380), cum(600, 380);
-  rate.title("head win rate of critical(X) over X").xlabel("layer").ylabel("fraction of heads with lower pert_l1");
-  cum.title("cumulative advantage over layers").xlabel("layer").ylabel("Σ (pert_l1 X − pert_l1 critical(X))");
+  rate.title("head win rate of critical(X) over X").xlabel("layer").integer_x().ylabel("fraction of heads with lower pert_l1");
+  cum.title("cumulative advantage over layers").xlabel("layer").integer_x().ylabel("Σ (pert_l1 X − pert_l1 critical(X))");
   int color = 0;
   std::vector<double> lx, ly, lc;
   std::string label;
@@ -329,11 +329,11 @@ std::string ada_section(const ReplayOutput& out, const std::string& id) {
       fa.push_back(e->sum_f_ada);
     }
     Plot b(600, 360);
-    b.title("Ada-KV bound per layer, budget " + key.second).xlabel("layer").ylabel("ε = 2C·Σ(1−F)").yscale(Scale::log);
+    b.title("Ada-KV bound per layer, budget " + key.second).xlabel("layer").integer_x().ylabel("ε = 2C·Σ(1−F)").yscale(Scale::log);
     b.line("uniform: " + L(g.front()->base), x, bu, svg::palette(0), true, true);
     b.line("adaptive: " + L(key.first), x, ba, svg::palette(1));
     Plot f(600, 360);
-    f.title("Σ_h F_h per layer, budget " + key.second).xlabel("layer").ylabel("sum of retained mass over heads");
+    f.title("Σ_h F_h per layer, budget " + key.second).xlabel("layer").integer_x().ylabel("sum of retained mass over heads");
     f.line("uniform: " + L(g.front()->base), x, fu, svg::palette(0), true, true);
     f.line("adaptive: " + L(key.first), x, fa, svg::palette(1));
     svgs.push_back(b.render());
@@ -384,7 +384,7 @@ std::string keydiff_section(const AnalyzeOutput& a, const std::string& id) {
   std::vector<std::string> svgs;
   int color = 0;
   Plot sp(600, 360);
-  sp.title("Spearman ρ(distinctiveness, attention) per head").xlabel("layer").ylabel("Spearman ρ");
+  sp.title("Spearman ρ(distinctiveness, attention) per head").xlabel("layer").integer_x().ylabel("Spearman ρ");
   for (const auto& ev : evals) {
     std::vector<double> xs, ys, mx, my;
     for (int l : a.layers) {
@@ -557,7 +557,7 @@ std::string prefill_section(const PrefillOutput& pf, const std::string& id) {
       }
     }
     Plot pl(600, 360);
-    pl.title("segment-estimate block recall per layer").xlabel("layer").ylabel("block_recall (layer row)").y_from_zero();
+    pl.title("segment-estimate block recall per layer").xlabel("layer").integer_x().ylabel("block_recall (layer row)").y_from_zero();
     int color = 0;
     for (const auto& [fusion, xy] : recall) pl.line("fusion " + fusion, xy.first, xy.second, svg::palette(color++));
     svgs.push_back(pl.render());

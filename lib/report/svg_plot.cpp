@@ -219,7 +219,17 @@ std::string Plot::render() const {
     o += "<text x=\"" + fmt(width_ / 2.0) + "\" y=\"18\" text-anchor=\"middle\" font-size=\"13\" font-weight=\"bold\">" +
          report::html_escape(title_) + "</text>";
   // Grid and ticks.
-  const auto xt = xscale_ == Scale::log ? log_ticks(X.lo, X.hi) : linear_ticks(X.lo, X.hi);
+  auto xt = xscale_ == Scale::log ? log_ticks(X.lo, X.hi) : linear_ticks(X.lo, X.hi);
+  if (integer_x_ && xscale_ == Scale::linear) {
+    std::vector<double> whole;
+    for (double t : xt)
+      if (std::abs(t - std::round(t)) < 1e-9) whole.push_back(std::round(t));
+    if (whole.size() < 2)  // a short axis: every integer in range
+      for (double v = std::ceil(X.lo); v <= X.hi + 1e-9 && whole.size() < 64; v += 1) whole.push_back(v);
+    std::sort(whole.begin(), whole.end());
+    whole.erase(std::unique(whole.begin(), whole.end()), whole.end());
+    xt = whole;
+  }
   const auto yt = yscale_ == Scale::log ? log_ticks(Y.lo, Y.hi) : linear_ticks(Y.lo, Y.hi);
   for (double t : xt) {
     const std::string x = fmt(px(t));

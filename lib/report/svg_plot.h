@@ -41,6 +41,8 @@ class Plot {
   Plot& same_ranges(bool on = true) { same_ranges_ = on; return *this; }
   Plot& identity_line(std::string label = "y = x") { identity_ = true; identity_label_ = std::move(label); return *this; }
   Plot& y_from_zero(bool on = true) { y_from_zero_ = on; return *this; }
+  // Only whole-number ticks on x (layers, heads): no 0.5 or 1.5 on a 4-layer axis.
+  Plot& integer_x(bool on = true) { integer_x_ = on; return *this; }
 
   Plot& scatter(std::string label, std::vector<double> x, std::vector<double> y, std::string color = "");
   Plot& line(std::string label, std::vector<double> x, std::vector<double> y, std::string color = "",
@@ -57,7 +59,7 @@ class Plot {
   int width_, height_;
   std::string title_, xlabel_, ylabel_, identity_label_;
   Scale xscale_ = Scale::linear, yscale_ = Scale::linear;
-  bool same_ranges_ = false, identity_ = false, y_from_zero_ = false;
+  bool same_ranges_ = false, identity_ = false, y_from_zero_ = false, integer_x_ = false;
   std::vector<Series> series_;
 };
 

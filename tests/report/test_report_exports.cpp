@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "report/report_exports.h"
+#include "report/svg_plot.h"
 #include "testutil/testutil.h"
 
 using namespace kvsim;
@@ -78,4 +79,13 @@ TEST_CASE("kvsim report --figures --tables writes every figure and table of the 
                       " --format png");
   CHECK(r.exit_code == 2);
   CHECK(r.err.find("--format png: not available") != std::string::npos);
+}
+
+TEST_CASE("layer axes get whole-number ticks only") {
+  svg::Plot p(400, 300);
+  p.integer_x().line("a", {0, 1, 2, 3}, {10, 20, 30, 40});  // y ticks without halves
+  const std::string s = p.render();
+  CHECK(s.find(">0.5<") == std::string::npos);
+  CHECK(s.find(">1.5<") == std::string::npos);
+  for (const char* t : {">0<", ">1<", ">2<", ">3<"}) CHECK(s.find(t) != std::string::npos);
 }
