@@ -93,6 +93,7 @@ std::string bound_vs_actual(const ReplayOutput& out, const std::string& id) {
   ada.title("measured vs Ada-KV bound").xlabel("bound_ada").ylabel("pert_l1 (measured)");
   for (Plot* pl : {&crit, &ada}) pl->xscale(Scale::log).yscale(Scale::log).same_ranges().identity_line();
   int color = 0;
+  std::vector<std::string> facets;  // one small panel per rule: no rule hidden behind another
   for (const auto& rule : out.rules) {
     std::vector<double> bc, ba, pert;
     for (const auto& r : out.rows)
@@ -103,9 +104,16 @@ std::string bound_vs_actual(const ReplayOutput& out, const std::string& id) {
       }
     crit.scatter(L(rule), bc, pert, svg::palette(color));
     ada.scatter(L(rule), ba, pert, svg::palette(color));
+    Plot facet(290, 250);
+    facet.title(L(rule)).xlabel("bound_critical").ylabel("pert_l1").xscale(Scale::log).yscale(Scale::log)
+        .same_ranges().identity_line().scatter(L(rule), bc, pert, svg::palette(color));
+    facets.push_back(facet.render());
     ++color;
   }
   o += plots({crit.render(), ada.render()}) + dropped_note(crit);
+  if (out.rules.size() > 1)
+    o += p("The same points as the left plot, one panel per rule (measured against θ; nothing drawn over "
+           "another rule's points):") + plots(facets);
 
   // Tightness: ratio measured / bound per layer, points jittered by head.
   Plot ratio(600, 380);
