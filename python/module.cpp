@@ -28,6 +28,7 @@
 #include "select_arrays.h"
 #include "rules/factory.h"
 #include "rules/presets.h"
+#include "rules/rule_labels.h"
 #include "trace/trace_reader.h"
 
 namespace kvsim::python {
@@ -239,6 +240,8 @@ PYBIND11_MODULE(_kvsim, m) {
         for (const auto& r : make_rules(specs)) out.push_back(r->spec());
         return out;
       }, py::arg("specs"), "the canonical spec of every rule of a rule list ('default', 'all', 'a;b')");
+  m.def("short_rule_labels", &short_rule_labels, py::arg("specs"),
+        "{spec: short label} (parameters at their defaults dropped, unique among the specs given)");
   m.def("canonical_spec", [](const std::string& spec) { return make_rule(spec)->spec(); }, py::arg("spec"),
         "the canonical spec string (every parameter spelled out); errors name the bad part");
   m.def("_note_blas_choice", &note_blas_choice, py::arg("chosen_by"));

@@ -172,29 +172,39 @@ def plot(table, gap, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     t = table[table["mode"] != "blockwise"]
     markers = "osD^v<>pP*X"
     budgets = list(dict.fromkeys(t["budget"]))
+    labels = _kvsim.short_rule_labels(list(dict.fromkeys(table["rule"])))  # the engine's short labels
     for ax, y, label in ((axes[0], "kl_mean", "closed loop: mean next-token KL(full || evicted)"),
                          (axes[1], "hidden_drift_last", "closed loop: last-layer hidden-state relative drift")):
         for i, (rule, g) in enumerate(t.groupby("rule", sort=False)):
             for b, gb in g.groupby("budget", sort=False):
-                ax.scatter(gb["offline_pert_l1"], np.maximum(gb[y], 1e-12), color=f"C{i % 10}",
+                # Past ten rules the colours repeat: hollow markers tell the second ten apart.
+                ax.scatter(gb["offline_pert_l1"], np.maximum(gb[y], 1e-12), edgecolors=f"C{i % 10}",
+                           facecolors=f"C{i % 10}" if i < 10 else "none",
                            marker=markers[budgets.index(b) % len(markers)],
-                           label=_short(rule) if b == budgets[0] else None)
+                           label=labels.get(rule, rule) if b == budgets[0] else None)
         bw = table[table["mode"] == "blockwise"]
         if len(bw):
             ax.scatter(bw["offline_pert_l1"], np.maximum(bw[y], 1e-12), facecolors="none", edgecolors="k", s=90,
                        label="keydiff, true block-wise")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # labelled ticks at 1, 2, 5 x 10^k only: no colliding labels
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("offline replay: mean layer perturbation ||Δo W_o||₁")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    # The legend beside the plots, every label whole.
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("Offline perturbation vs the model after a real eviction (markers: budgets " +
                  ", ".join(map(str, budgets)) + ")")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
+    fig.savefig(path, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
