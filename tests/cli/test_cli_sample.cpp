@@ -38,7 +38,7 @@ TEST_CASE("cli: replay --rules all runs every rule on the bundled sample trace")
 TEST_CASE("cli: metrics.csv budget_tokens follows pyramid's per-layer schedule") {
   test::TempDir tmp("sample-pyramid");
   const std::string trace = test::source_dir() + "/traces/niah_stories260k.h5";
-  const auto r = test::run_kvsim("replay " + trace + " --rules 'snapkv;pyramid(snapkv)' --budgets 0.2 --out " +
+  const auto r = test::run_kvsim("replay " + trace + " --rules 'snapkv;pyramid(snapkv,variant=int)' --budgets 0.2 --out " +
                                  tmp.file("out"));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
@@ -48,13 +48,14 @@ TEST_CASE("cli: metrics.csv budget_tokens follows pyramid's per-layer schedule")
   std::map<std::string, std::map<int, long>> budget_of;  // rule name -> layer -> budget_tokens (layer rows)
   while (std::getline(csv, line)) {
     // rule is quoted (its spec has commas): "spec",label,budget,budget_tokens,kept_tokens,layer,head,...
-    // (the labels here, snapkv and pyramid(snapkv), have no comma)
-    const auto close = line.find("\",");
+    // and so is a label with a comma (pyramid(snapkv,variant=int)).
+    auto close = line.find("\",");
     REQUIRE(close != std::string::npos);
     const std::string name = line.substr(1, line.find('(') - 1);
+    if (line[close + 2] == '"') close = line.find("\",", close + 3);  // skip the quoted label
+    else close = line.find(',', close + 2) - 1;
     std::stringstream rest(line.substr(close + 2));
-    std::string label, budget, budget_tokens, kept, layer, head;
-    std::getline(rest, label, ',');
+    std::string budget, budget_tokens, kept, layer, head;
     std::getline(rest, budget, ',');
     std::getline(rest, budget_tokens, ',');
     std::getline(rest, kept, ',');

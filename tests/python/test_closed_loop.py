@@ -215,7 +215,7 @@ class ClosedLoopTransformersTest(unittest.TestCase):
         # ada gives its KV heads different counts (padding inside a layer), pyramid its layers
         # different widths (padding across a batch), 1.0 keeps everything (never compacted).
         folder, ids = self.tiny_qwen2()
-        rules = "full;snapkv(window=8);ada(snapkv(window=8));pyramid(snapkv(window=8));streaming;random"
+        rules = "full;snapkv(window=8);ada(snapkv(window=8));pyramid(snapkv(window=8),variant=int);streaming;random"
         outs = {}
         for batch in ("1", "4"):
             outs[batch] = os.path.join(self.dir, f"qwen2-batch{batch}")

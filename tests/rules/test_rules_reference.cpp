@@ -365,7 +365,7 @@ TEST_CASE("rule invariants") {
   same("critical(ada(snapkv(window=16)),alpha=1)", "ada(snapkv(window=16))");
   same("ada(snapkv(window=16),alpha=1)", "snapkv(window=16)");        // full safeguard = uniform
   same("ada(snapkv(window=16),alpha=1,variant=A)", "snapkv(window=16)");
-  same("pyramid(snapkv(window=16),variant=int)", "pyramid(snapkv(window=16))");
+  same("pyramid(snapkv(window=16),variant=float)", "pyramid(snapkv(window=16))");  // the default
   same("ada(snapkv(window=16),skip=3)", "snapkv(window=16)");  // layer 2 < skip: uniform
   // Nested top-k: kept sets grow with the budget.
   for (const char* spec : {"snapkv", "oracle", "knorm", "ada(snapkv)"}) {
