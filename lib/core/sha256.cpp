@@ -84,12 +84,13 @@ std::string Sha256::hex() {
   return out;
 }
 
-std::string file_sha256(const std::string& path) {
+std::string file_sha256(const std::string& path, const std::atomic<bool>* cancel) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "", "cannot read");
   Sha256 h;
   std::vector<char> buf(1 << 20);
   while (in) {
+    if (cancel && cancel->load(std::memory_order_relaxed)) return "";
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
     h.update(buf.data(), static_cast<std::size_t>(in.gcount()));
   }

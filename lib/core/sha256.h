@@ -1,6 +1,7 @@
 #pragma once
 // SHA-256 (FIPS 180-4) of bytes and of files, for provenance: summary.json records the trace's
 // digest so a result names exactly the file it came from.
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -22,6 +23,8 @@ class Sha256 {
 };
 
 // The digest of a whole file. Throws kvsim::Error "<path>: cannot read" when it cannot be read.
-std::string file_sha256(const std::string& path);
+// With `cancel`, returns "" as soon as it is set (checked every MiB): a run that fails or is
+// interrupted does not wait for the rest of a large file.
+std::string file_sha256(const std::string& path, const std::atomic<bool>* cancel = nullptr);
 
 }  // namespace kvsim

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -344,8 +345,19 @@ ReplayResult replay(const ReplayOptions& opt) {
   const ReplaySetup setup = prepare_replay(opt, reader.meta());
   const std::string repeated = repeated_budgets_note(opt.budgets);
   if (!repeated.empty()) std::cerr << "kvsim replay: note: " << repeated << "\n";
-  // The trace's digest for summary.json, read on a second thread while the layers are replayed.
-  std::future<std::string> trace_sha256 = std::async(std::launch::async, file_sha256, opt.trace_path);
+  // The trace's digest for summary.json, read on a second thread while the layers are replayed;
+  // a run that fails or is interrupted cancels it instead of waiting for the rest of the file.
+  struct Digest {
+    std::atomic<bool> cancel{false};
+    std::future<std::string> value;
+    ~Digest() {
+      cancel = true;
+      if (value.valid()) value.wait();
+    }
+  } trace_sha256;
+  trace_sha256.value = std::async(std::launch::async, [&path = opt.trace_path, &c = trace_sha256.cancel] {
+    return file_sha256(path, &c);
+  });
 
   ReplayResult result;
   std::optional<OutputFolder> folder;
@@ -394,7 +406,7 @@ ReplayResult replay(const ReplayOptions& opt) {
     if (per_query) per_query->commit();
     if (selfile) selfile->commit();
   }
-  result.summary = replay_summary(opt, setup, std::move(totals), tm, total.seconds(), trace_sha256.get());
+  result.summary = replay_summary(opt, setup, std::move(totals), tm, total.seconds(), trace_sha256.value.get());
   if (files) folder->done();
   return result;
 }

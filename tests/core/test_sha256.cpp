@@ -1,6 +1,8 @@
 // SHA-256 against the FIPS 180-4 examples and the 1,000,000 x 'a' vector, fed in odd pieces.
 #include <doctest/doctest.h>
 
+#include <cstdio>
+#include <fstream>
 #include <string>
 
 #include "core/sha256.h"
@@ -23,4 +25,17 @@ TEST_CASE("sha256: FIPS 180-4 vectors, any split of the input") {
           "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
   }
   CHECK(sha(std::string(1000000, 'a'), 4096) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE("sha256: a file's digest, and a cancelled one returns at once") {
+  const std::string path = std::string(KVSIM_BINARY_DIR) + "/test-tmp-sha256.bin";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << "abc";
+  }
+  CHECK(file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  std::atomic<bool> cancel{true};
+  CHECK(file_sha256(path, &cancel).empty());
+  std::remove(path.c_str());
+  CHECK_THROWS(file_sha256(path));
 }
