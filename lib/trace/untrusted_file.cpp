@@ -1,5 +1,6 @@
 #include "trace/untrusted_file.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -10,9 +11,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <new>
 
 
@@ -116,6 +119,9 @@ std::string preflight(const char* what, const std::function<void()>& parse) {
   const PreflightLimits lim = preflight_limits();
   int fds[2];
   if (pipe(fds) != 0) return "";  // cannot isolate: parse in-process as before
+  // The child's stderr (HDF5 error stacks, sanitizer reports) goes to a private temporary file,
+  // never to the user's: the parent's one line mentions it, KVSIM_DEBUG=1 prints it.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> diagnostics(std::tmpfile(), &std::fclose);
   std::fflush(nullptr);         // nothing buffered may be written twice
   const pid_t pid = fork();
   if (pid < 0) {
@@ -126,6 +132,7 @@ std::string preflight(const char* what, const std::function<void()>& parse) {
   if (pid == 0) {
     close(fds[0]);
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a parent that was killed
+    dup2(diagnostics ? fileno(diagnostics.get()) : open("/dev/null", O_WRONLY), 2);
     isolate_sanitizer_in_child();
     if (getppid() == 1) _exit(0);
     signal(SIGPIPE, SIG_IGN);
@@ -170,17 +177,33 @@ std::string preflight(const char* what, const std::function<void()>& parse) {
   int ws = 0;
   while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
   }
+  // What the child wrote to its stderr: printed with KVSIM_DEBUG=1, else only counted in the note.
+  std::string text;
+  if (diagnostics) {
+    std::rewind(diagnostics.get());
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, diagnostics.get())) > 0 && text.size() < (1u << 20);)
+      text.append(buf, n);
+  }
+  const char* debug = std::getenv("KVSIM_DEBUG");
+  const bool show = debug && *debug && std::string(debug) != "0";
+  if (show && !text.empty()) std::fprintf(stderr, "kvsim: preflight of the %s, diagnostics:\n%s\n", what, text.c_str());
+  std::string note;
+  if (!text.empty() && !show) {
+    const long lines = std::count(text.begin(), text.end(), '\n') + (text.back() != '\n');
+    note = "; " + std::to_string(lines) + " line(s) of diagnostics, KVSIM_DEBUG=1 prints them";
+  }
   char secs[32];
   std::snprintf(secs, sizeof secs, "%g", lim.seconds);
   if (timed_out)
     return std::string("reading the ") + what + " did not finish within " + secs +
-           " s (corrupt HDF5 structure; KVSIM_PREFLIGHT_SECONDS raises the limit)";
+           " s (corrupt HDF5 structure; KVSIM_PREFLIGHT_SECONDS raises the limit" + note + ")";
   if (status == kNoMemory)
     return std::string("reading the ") + what + " needs more than " + std::to_string(lim.memory >> 20) +
-           " MiB (corrupt sizes in the HDF5 structure?)";
+           " MiB (corrupt sizes in the HDF5 structure?" + note + ")";
   if (status != kDone) {
     const std::string how = WIFSIGNALED(ws) ? std::string(" (signal: ") + strsignal(WTERMSIG(ws)) + ")" : "";
-    return std::string("the HDF5 library crashed reading the ") + what + how + " (corrupt file)";
+    return std::string("the HDF5 library crashed reading the ") + what + how + " (corrupt file" + note + ")";
   }
   return "";
 }
