@@ -54,11 +54,11 @@ py::dict table_dict(ColumnTable&& t) {
 }
 
 // What every typed call returns: its tables as columns, summary.json's text and the printed table.
-py::dict outputs(std::initializer_list<std::pair<const char*, ColumnTable*>> tables, const Json& summary,
+py::dict outputs(std::initializer_list<std::pair<const char*, ColumnTable*>> tables, const std::string& summary,
                  const std::string& table) {
   py::dict d;
   for (const auto& [name, t] : tables) d[name] = t ? py::object(table_dict(std::move(*t))) : py::object(py::none());
-  d["summary"] = json_text(summary);
+  d["summary"] = summary;  // summary.json's text
   d["table"] = table;
   return d;
 }
@@ -98,7 +98,7 @@ py::dict replay(const std::string& trace, const std::string& rules, const std::s
     o.collect = true;
     r = kvsim::replay(o);
   });
-  py::dict d = outputs({{"metrics", &r.metrics}, {"per_query", per_query ? &r.per_query : nullptr}}, r.summary.json,
+  py::dict d = outputs({{"metrics", &r.metrics}, {"per_query", per_query ? &r.per_query : nullptr}}, json_text(r.summary.json),
                        r.summary.table);
   if (save_selection) {
     py::list sel;
@@ -139,7 +139,7 @@ py::dict analyze(const std::string& trace, const std::string& out, const std::st
     o.collect = true;
     r = report::run_analysis(o);
   });
-  return outputs({{"key_stats", &r.key_stats}, {"key_recall", &r.key_recall}}, r.summary, r.table);
+  return outputs({{"key_stats", &r.key_stats}, {"key_recall", &r.key_recall}}, json_text(r.summary), r.table);
 }
 
 py::dict prefill(const std::string& trace, const std::string& out, long long segment, long long block,
@@ -173,7 +173,7 @@ py::dict prefill(const std::string& trace, const std::string& out, long long seg
               locality = table(prefill::locality_schema(), prefill::write_locality),
               shuffled = table(prefill::locality_shuffled_schema(), prefill::write_locality_shuffled);
   return outputs({{"metrics", &metrics}, {"locality", &locality}, {"locality_shuffled", &shuffled}},
-                 parse_json(summary, "prefill summary"), prefill::run_table(res));
+                 summary, prefill::run_table(res));
 }
 
 py::dict output_tables() {

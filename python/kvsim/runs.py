@@ -6,7 +6,6 @@ window=64, nu="upper", threads=2, nu_cache="off"; True is a flag, None/False lea
 import contextlib
 import json
 import os
-import tempfile
 
 from . import _kvsim
 from .python_rules import specs_text
@@ -64,23 +63,9 @@ def run(*args, progress=False):
     return out
 
 
-@contextlib.contextmanager
-def _out_dir(out):
-    if out is not None:
-        yield os.fspath(out)  # the engine makes it (and removes it again if the run fails)
-    else:
-        with tempfile.TemporaryDirectory(prefix="kvsim_") as d:
-            yield d
-
-
 def _read_csv(path):
     import pandas as pd
     return pd.read_csv(path, keep_default_na=True)
-
-
-def _summary(d):
-    with open(os.path.join(d, "summary.json")) as fh:
-        return json.load(fh)
 
 
 class ReplayResult:
@@ -95,7 +80,23 @@ class ReplayResult:
         return f"<kvsim.ReplayResult {len(self.metrics)} metric rows>"
 
 
-_REPLAY_OPTIONS = ("compression_point", "window", "eval", "nu", "nu_cache", "threads")
+_REPLAY_OPTIONS = ("layers", "heads", "compression_point", "window", "eval", "nu", "nu_cache", "threads")
+
+
+def _engine_options(name, known, options, text=()):
+    """The keyword options of kvsim.NAME(), checked against the CLI's (`known`): None dropped,
+    lists joined with ',' and the `text` ones as strings, as the engine's typed call takes them."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"kvsim.{name}() got unexpected keyword arguments {unknown} (its options: {', '.join(known)})")
+    kw = {k: (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()
+          if v is not None}
+    return {k: str(v) if k in text else v for k, v in kw.items()}
+
+
+def _command(name, positional, out, options):
+    """The `kvsim NAME ...` line the call equals (summary.json records it)."""
+    return " ".join(["kvsim", name, *positional] + (["--out", out] if out else []) + _args(options))
 
 
 def frame(table):
@@ -137,11 +138,6 @@ def _selection_dict(entries):
     return out
 
 
-def _replay_command(trace, rules, budgets, out, options):
-    args = ["kvsim", "replay", trace, "--rules", rules, "--budgets", budgets] + (["--out", out] if out else [])
-    return " ".join(args + _args(options))
-
-
 def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, per_query=False,
            return_selection=False, out=None, progress=False, **options):
     """Replays `trace` (a path or kvsim.Trace) through `rules` (spec string with ';', Python rules,
@@ -152,19 +148,12 @@ def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, 
     df.attrs["table"] the printed table); with per_query or return_selection, a ReplayResult.
     The engine hands its columns over directly (no file is written or read); out=DIR also writes
     kvsim replay's files there."""
-    unknown = sorted(set(options) - set(_REPLAY_OPTIONS))
-    if unknown:
-        raise TypeError(f"kvsim.replay() got unexpected keyword arguments {unknown} "
-                        f"(its options: {', '.join(_REPLAY_OPTIONS)})")
     path, specs, budget_text = _path(trace), specs_text(rules), _budgets_text(budgets)
     out = os.fspath(out) if out is not None else ""
-    kw = {k: v for k, v in dict(layers=layers, heads=heads, **options).items() if v is not None}
-    command = _replay_command(path, specs, budget_text, out,
-                              dict(kw, per_query=per_query, save_selection=return_selection))
-    kw = {k: (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v) for k, v in kw.items()}
-    for k in ("layers", "heads", "compression_point", "eval", "nu", "nu_cache"):
-        if k in kw:
-            kw[k] = str(kw[k])
+    kw = _engine_options("replay", _REPLAY_OPTIONS, dict(layers=layers, heads=heads, **options),
+                         text=("layers", "heads", "compression_point", "eval", "nu", "nu_cache"))
+    command = _command("replay", [path, "--rules", specs, "--budgets", budget_text], out,
+                       dict(kw, per_query=per_query, save_selection=return_selection))
     with _progress(progress):
         r = _kvsim.replay(path, specs, budget_text, out=out, per_query=bool(per_query),
                           save_selection=bool(return_selection), command=command, **kw)
@@ -184,17 +173,10 @@ def analyze(trace, out=None, progress=False, **options):
     df.attrs["recall"] is key_recall.csv, df.attrs["summary"] summary.json. Options are the CLI's:
     layers="0-3", compression_point="aware", window=64, top="0.1,16". The engine hands its columns
     over directly; out=DIR also writes the files there."""
-    known = ("layers", "compression_point", "window", "top")
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise TypeError(f"kvsim.analyze() got unexpected keyword arguments {unknown} (its options: {', '.join(known)})")
     path, out = _path(trace), (os.fspath(out) if out is not None else "")
-    kw = {k: (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()
-          if v is not None}
-    command = " ".join(["kvsim", "analyze", path] + (["--out", out] if out else []) + _args(kw))
-    for k in ("layers", "compression_point", "top"):
-        if k in kw:
-            kw[k] = str(kw[k])
+    kw = _engine_options("analyze", ("layers", "compression_point", "window", "top"), options,
+                         text=("layers", "compression_point", "top"))
+    command = _command("analyze", [path], out, kw)
     with _progress(progress):
         r = _kvsim.analyze(path, out=out, command=command, **kw)
     df = frame(r["key_stats"])
@@ -208,13 +190,10 @@ def prefill(trace, out=None, progress=False, **options):
     df.attrs["summary"] summary.json. Options are the CLI's: segment, block, budget, threshold,
     layer_skip, fusion ("on", "off", "both"), locality_anchors. The engine hands its columns over
     directly; out=DIR also writes the files there."""
-    known = ("segment", "block", "budget", "threshold", "layer_skip", "fusion", "locality_anchors")
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise TypeError(f"kvsim.prefill() got unexpected keyword arguments {unknown} (its options: {', '.join(known)})")
     path, out = _path(trace), (os.fspath(out) if out is not None else "")
-    kw = {k: v for k, v in options.items() if v is not None}
-    command = " ".join(["kvsim", "prefill", path] + (["--out", out] if out else []) + _args(kw))
+    kw = _engine_options("prefill", ("segment", "block", "budget", "threshold", "layer_skip", "fusion",
+                                     "locality_anchors"), options)
+    command = _command("prefill", [path], out, kw)
     with _progress(progress):
         r = _kvsim.prefill(path, out=out, command=command, **kw)
     df = frame(r["metrics"])

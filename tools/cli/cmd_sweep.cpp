@@ -96,8 +96,11 @@ int cmd_sweep(const std::vector<std::string>& args) {
   if (so.out_dir.empty()) throw po::error("missing --out DIR");
   if (ro.threads < 0) throw po::error("--threads must be >= 0");
   if (so.layers_per_unit < 1) throw po::error("--layers-per-unit must be >= 1");
-  if (nu != "exact" && nu != "upper") throw po::error("--nu must be exact or upper");
-  ro.nu = nu == "exact" ? NormKind::l1 : NormKind::upper;
+  try {
+    ro.nu = parse_bound_norm(nu);
+  } catch (const Error& e) {
+    throw po::error(e.what());
+  }
   ro.nu_cache_dir = !vm.count("nu-cache") ? so.out_dir + "/nu-cache" : nu_cache == "off" ? "" : nu_cache;
   cli::set_protocol_modes(ro.protocol, cp, eval);
   ro.per_query = vm.count("per-query") > 0;
