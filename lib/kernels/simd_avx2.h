@@ -14,10 +14,13 @@ namespace kvsim::kernels::avx2 {
 
 // Lanes [0, n) of an 8-lane vector as an integer mask (n is clamped to [0, 8]): AVX2 has no
 // mask registers, so the tail of a loop uses maskload/maskstore, which never touch other lanes.
+// The table is a namespace-scope constant, not a static local of the inline function: ISA files
+// are compiled with -fno-weak, where an inline function's static data is not shared.
+alignas(32) static constexpr std::int32_t kTailMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                                0,  0,  0,  0,  0,  0,  0,  0};
 inline __m256i tail_mask(i64 n) {
-  alignas(32) static const std::int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
   const i64 c = n <= 0 ? 0 : (n >= 8 ? 8 : n);
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - c));
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMaskTable + 8 - c));
 }
 inline __m256 load_tail(const float* p, __m256i m) { return _mm256_maskload_ps(p, m); }
 inline void store_tail(float* p, __m256i m, __m256 v) { _mm256_maskstore_ps(p, m, v); }

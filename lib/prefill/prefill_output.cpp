@@ -23,8 +23,6 @@ namespace kvsim::prefill {
 
 namespace {
 
-std::string num(double v) { return format_double(v); }
-
 // One metrics row's values; missing metrics when no query was sparsified (dense layers).
 void metric_fields(RowSink& out, const MetricSums& m, const LayerMetrics& lm) {
   out.integer(m.n);
