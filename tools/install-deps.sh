@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kvsim needs and is missing: Debian 12 packages (apt-get) for the C++ build,
-# the report render, the MPI sweep, the fuzz target (clang's libFuzzer) and the AVX-512 emulation
+# the report render and its PNG/PDF figures (librsvg's rsvg-convert), pdflatex with booktabs
+# (the tests compile the report's LaTeX tables), the MPI sweep, the fuzz target (clang's libFuzzer) and the AVX-512 emulation
 # check (SIMDe), and the project's Python environment .venv/ (pinned
 # lock tools/requirements.txt: torch, transformers, kvpress, gguf, h5py, numpy, pandas, ...), and
 # the real model of the main job and the tests (tools/fetch-model.sh: SmolLM2-135M-Instruct GGUF
@@ -14,7 +15,8 @@ pkgs=(
   nlohmann-json3-dev libtoml11-dev pybind11-dev python3-dev
   libopenmpi-dev openmpi-bin
   python3 python3-venv python3-pip
-  chromium fonts-liberation
+  chromium fonts-liberation librsvg2-bin
+  texlive-latex-base texlive-latex-recommended
   clang libomp-14-dev
   libsimde-dev
 )

@@ -15,6 +15,11 @@ fi
 if ! grep -qw avx512f /proc/cpuinfo && [ "${KVSIM_AVX512_EMULATION:-1}" != 0 ]; then
   bash tools/check-avx512-emulated.sh
 fi
+# The C++ suites (and the Python suites that call the extension) once more under ASan + UBSan
+# (build-asan, tools/check-sanitized.sh); KVSIM_SANITIZED=0 skips it.
+if [ "${KVSIM_SANITIZED:-1}" != 0 ]; then
+  bash tools/check-sanitized.sh
+fi
 # A short libFuzzer run of the trace reader (tests/fuzz), seeded with the corpus and the
 # regression inputs; KVSIM_FUZZ_SECONDS=0 skips it.
 # The same under AddressSanitizer (tools/fuzz.sh --asan).

@@ -32,7 +32,7 @@ std::string scatter(const ClosedLoopOutput& c, const Labels& L, double ClosedLoo
         xs.push_back(r.offline_pert_l1);
         ys.push_back(r.*y);
       }
-    if (!xs.empty()) pl.scatter(L(rule), xs, ys, svg::palette(color++));
+    if (!xs.empty()) pl.scatter(L(rule), xs, ys, svg::pen(color++));
   }
   std::vector<double> bx, by;
   for (const auto& r : c.runs)

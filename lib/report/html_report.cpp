@@ -102,11 +102,11 @@ std::string bound_vs_actual(const ReplayOutput& out, const std::string& id) {
         ba.push_back(r.bound_ada);
         pert.push_back(r.pert_l1);
       }
-    crit.scatter(L(rule), bc, pert, svg::palette(color));
-    ada.scatter(L(rule), ba, pert, svg::palette(color));
+    crit.scatter(L(rule), bc, pert, svg::pen(color));
+    ada.scatter(L(rule), ba, pert, svg::pen(color));
     Plot facet(290, 250);
     facet.title(L(rule)).xlabel("bound_critical").ylabel("pert_l1").xscale(Scale::log).yscale(Scale::log)
-        .same_ranges().identity_line().scatter(L(rule), bc, pert, svg::palette(color));
+        .same_ranges().identity_line().scatter(L(rule), bc, pert, svg::pen(color));
     facets.push_back(facet.render());
     ++color;
   }
@@ -189,8 +189,8 @@ std::string rule_comparison(const ReplayOutput& out, const std::string& id) {
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return x[a] < x[b]; });
     std::vector<double> xs, ys, fs;
     for (auto i : order) { xs.push_back(x[i]); ys.push_back(y[i]); fs.push_back(f[i]); }
-    pert.line(L(rule), xs, ys, svg::palette(color));
-    mass.line(L(rule), xs, fs, svg::palette(color));
+    pert.line(L(rule), xs, ys, svg::pen(color));
+    mass.line(L(rule), xs, fs, svg::pen(color));
     ++color;
   }
   o += plots({pert.render(), mass.render()}) + dropped_note(pert);
@@ -271,8 +271,8 @@ std::string critical_section(const ReplayOutput& out, const std::string& id) {
   std::string label;
   auto flush = [&]() {
     if (lx.empty()) return;
-    rate.line(label, lx, ly, svg::palette(color));
-    cum.line(label, lx, lc, svg::palette(color));
+    rate.line(label, lx, ly, svg::pen(color));
+    cum.line(label, lx, lc, svg::pen(color));
     ++color;
     lx.clear(); ly.clear(); lc.clear();
   };
@@ -530,7 +530,7 @@ std::string prefill_section(const PrefillOutput& pf, const std::string& id) {
         row.push_back(it == by_delta.end() ? HtmlCell::str("") : HtmlCell::num(it->second.first / it->second.second));
       }
       t.add_row(row);
-      pl.line("layer " + std::to_string(layer), x, y, svg::palette(color++), false);
+      pl.line("layer " + std::to_string(layer), x, y, svg::pen(color++), false);
     }
     // The shuffled baseline (summary.json, rules doc 4.4 a): J of random far query pairs.
     const JsonValue* locality = pf.summary.find("locality");
@@ -634,7 +634,7 @@ std::string sweep_summary(const SweepOutput& s, const std::string& id) {
   for (const auto& model : models) {
     Plot pert(600, 400), tight(600, 400);
     // The model goes in a heading: plot titles stay short enough to show whole.
-    pert.title("relative perturbation (dashed: min, max)").xlabel(axis)
+    pert.title("relative perturbation (dotted: min, max over traces)").xlabel(axis)
         .ylabel("rel_pert_l1 (trace mean over layers)").yscale(Scale::log);
     tight.title("CriticalKV bound tightness").xlabel(axis).ylabel("median pert_l1 / bound_critical").y_from_zero();
     int color = 0;
@@ -651,10 +651,12 @@ std::string sweep_summary(const SweepOutput& s, const std::string& id) {
         hi.push_back(c->rel_pert_l1_max);
         t.push_back(c->tightness_mean);
       }
-      pert.line(L(rule), x, m, svg::palette(color));
-      pert.line(L(rule) + " min", x, lo, svg::palette(color), true, true);
-      pert.line(L(rule) + " max", x, hi, svg::palette(color), true, true);
-      tight.line(L(rule), x, t, svg::palette(color));
+      // min and max: dotted, unmarked and out of the legend (one entry per rule).
+      const svg::Pen range{svg::pen(color).color, false, true};
+      pert.line(L(rule), x, m, svg::pen(color));
+      pert.line("", x, lo, range, false);
+      pert.line("", x, hi, range, false);
+      tight.line(L(rule), x, t, svg::pen(color));
       ++color;
     }
     int traces = 0;

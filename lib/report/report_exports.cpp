@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "core/table_io.h"
 
@@ -53,9 +54,38 @@ std::string cell_text(const HtmlCell& c, int digits) {
   return buf;
 }
 
+// The non-ASCII symbols of kvsim's headers and captions as pdflatex-safe LaTeX (the table then
+// compiles without inputenc/unicode set-up); any other UTF-8 sequence passes through unchanged.
+const std::map<std::string, std::string>& latex_symbols() {
+  static const std::map<std::string, std::string> m = {
+      {"Σ", "\\ensuremath{\\Sigma}"}, {"Δ", "\\ensuremath{\\Delta}"}, {"θ", "\\ensuremath{\\theta}"},
+      {"ρ", "\\ensuremath{\\rho}"}, {"μ", "\\ensuremath{\\mu}"}, {"ν", "\\ensuremath{\\nu}"},
+      {"ε", "\\ensuremath{\\varepsilon}"}, {"α", "\\ensuremath{\\alpha}"}, {"β", "\\ensuremath{\\beta}"},
+      {"λ", "\\ensuremath{\\lambda}"}, {"τ", "\\ensuremath{\\tau}"}, {"−", "\\ensuremath{-}"},
+      {"‖", "\\ensuremath{\\|}"}, {"·", "\\ensuremath{\\cdot}"}, {"×", "\\ensuremath{\\times}"},
+      {"∩", "\\ensuremath{\\cap}"}, {"≤", "\\ensuremath{\\leq}"}, {"≥", "\\ensuremath{\\geq}"},
+      {"≈", "\\ensuremath{\\approx}"}, {"…", "\\ldots{}"}, {"—", "---"}, {"–", "--"}, {"₀", "\\ensuremath{_0}"},
+      {"₁", "\\ensuremath{_1}"}, {"₂", "\\ensuremath{_2}"}, {"⁻", "\\ensuremath{^{-}}"},
+      {"⁰", "\\ensuremath{^0}"}, {"¹", "\\ensuremath{^1}"}, {"²", "\\ensuremath{^2}"},
+      {"³", "\\ensuremath{^3}"}, {"⁴", "\\ensuremath{^4}"}, {"⁵", "\\ensuremath{^5}"},
+      {"⁶", "\\ensuremath{^6}"}, {"⁷", "\\ensuremath{^7}"}, {"⁸", "\\ensuremath{^8}"},
+      {"⁹", "\\ensuremath{^9}"}};
+  return m;
+}
+
 std::string latex_escape(const std::string& s) {
   std::string o;
-  for (char c : s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (static_cast<unsigned char>(c) >= 0x80) {  // one UTF-8 sequence: lead byte + continuation bytes
+      std::size_t e = i + 1;
+      while (e < s.size() && (static_cast<unsigned char>(s[e]) & 0xC0) == 0x80) ++e;
+      const std::string symbol = s.substr(i, e - i);
+      const auto it = latex_symbols().find(symbol);
+      o += it == latex_symbols().end() ? symbol : it->second;
+      i = e - 1;
+      continue;
+    }
     switch (c) {
       case '&': case '%': case '$': case '#': case '_': case '{': case '}': o += std::string("\\") + c; break;
       case '~': o += "\\textasciitilde{}"; break;

@@ -67,6 +67,16 @@ const std::string& palette(int i) {
   return colors[static_cast<std::size_t>(((i % 10) + 10) % 10)];
 }
 
+Pen pen(int i) {
+  Pen p;
+  p.color = palette(i);
+  const int round = (i < 0 ? 0 : i / 10) % 3;
+  p.dashed = round == 1;
+  p.dotted = round == 2;
+  p.marker = round == 0 ? Marker::circle : (round == 1 ? Marker::square : Marker::triangle);
+  return p;
+}
+
 std::vector<double> linear_ticks(double lo, double hi, int target) {
   std::vector<double> t;
   if (!(hi > lo)) return {lo};
@@ -115,6 +125,22 @@ std::string tick_label(double v, Scale scale) {
 
 namespace {
 
+// One marker centred at (x, y) with "radius" r.
+std::string marker_svg(Marker m, double x, double y, double r, const std::string& color, const char* opacity) {
+  const std::string paint = "\" fill=\"" + color + "\" fill-opacity=\"" + opacity + "\"/>";
+  if (m == Marker::square)
+    return "<rect x=\"" + fmt(x - r) + "\" y=\"" + fmt(y - r) + "\" width=\"" + fmt(2 * r) + "\" height=\"" +
+           fmt(2 * r) + paint;
+  if (m == Marker::triangle)
+    return "<polygon points=\"" + fmt(x) + "," + fmt(y - 1.2 * r) + " " + fmt(x - 1.1 * r) + "," + fmt(y + 0.8 * r) +
+           " " + fmt(x + 1.1 * r) + "," + fmt(y + 0.8 * r) + paint;
+  return "<circle cx=\"" + fmt(x) + "\" cy=\"" + fmt(y) + "\" r=\"" + fmt(r) + paint;
+}
+
+const char* dash_attribute(bool dashed, bool dotted) {
+  return dashed ? " stroke-dasharray=\"6,3\"" : (dotted ? " stroke-dasharray=\"1.5,2.5\"" : "");
+}
+
 // A series of the given kind; an empty color picks the palette colour of its index.
 Series new_series(Series::Kind kind, std::string label, std::string color, std::size_t index) {
   Series s;
@@ -143,6 +169,19 @@ Plot& Plot::line(std::string label, std::vector<double> x, std::vector<double> y
   s.dashed = dashed;
   s.opacity = 1.0;
   series_.push_back(std::move(s));
+  return *this;
+}
+
+Plot& Plot::scatter(std::string label, std::vector<double> x, std::vector<double> y, const Pen& pen) {
+  scatter(std::move(label), std::move(x), std::move(y), pen.color);
+  series_.back().marker = pen.marker;
+  return *this;
+}
+
+Plot& Plot::line(std::string label, std::vector<double> x, std::vector<double> y, const Pen& pen, bool markers) {
+  line(std::move(label), std::move(x), std::move(y), pen.color, markers, pen.dashed);
+  series_.back().dotted = pen.dotted;
+  series_.back().marker = pen.marker;
   return *this;
 }
 
@@ -201,7 +240,17 @@ std::string Plot::render() const {
   const int legend_rows = static_cast<int>(legend.size()) + (identity_in_legend ? 1 : 0);
   const double ml = 72, mr = 18, mt = title_.empty() ? 12 : 30, mb = 52;
   const double pw = width_ - ml - mr, ph = height_ - mt - mb;
-  const int total_h = height_ + legend_rows * 16 + (legend_rows ? 6 : 0);
+  // The legend sits right of the axes, one entry per line, so the plot keeps its height whatever
+  // the number of rules; narrow panels (facets) keep it underneath. Labels longer than
+  // kLegendChars are cut (the full text is the entry's tooltip).
+  constexpr std::size_t kLegendChars = 48;
+  const bool beside = width_ >= 400 && legend_rows > 0;
+  std::size_t longest = identity_in_legend ? identity_label_.size() : 0;
+  for (const Series* s : legend) longest = std::max(longest, std::min(s->label.size(), kLegendChars + 3));
+  const int legend_w = beside ? static_cast<int>(30 + 6.3 * static_cast<double>(longest)) : 0;
+  const int total_w = width_ + legend_w;
+  const int total_h = beside ? std::max(height_, static_cast<int>(mt) + 8 + legend_rows * 16)
+                             : height_ + legend_rows * 16 + (legend_rows ? 6 : 0);
 
   auto map = [](double v, const Range& r, Scale s) {
     if (s == Scale::log) return (std::log10(v) - std::log10(r.lo)) / (std::log10(r.hi) - std::log10(r.lo));
@@ -211,8 +260,8 @@ std::string Plot::render() const {
   auto py = [&](double y) { return mt + ph * (1 - map(y, Y, yscale_)); };
 
   std::string o;
-  o += "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"plot\" width=\"" + std::to_string(width_) +
-       "\" height=\"" + std::to_string(total_h) + "\" viewBox=\"0 0 " + std::to_string(width_) + " " +
+  o += "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"plot\" width=\"" + std::to_string(total_w) +
+       "\" height=\"" + std::to_string(total_h) + "\" viewBox=\"0 0 " + std::to_string(total_w) + " " +
        std::to_string(total_h) + "\" font-family=\"sans-serif\" font-size=\"11\">";
   o += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>";
   if (!title_.empty())
@@ -285,38 +334,47 @@ std::string Plot::render() const {
       }
       if (!pts.empty())
         o += "<polyline fill=\"none\" stroke=\"" + s.color + "\" stroke-width=\"2\"" +
-             (s.dashed ? " stroke-dasharray=\"6,3\"" : "") + " points=\"" + pts + "\"/>";
+             dash_attribute(s.dashed, s.dotted) + " points=\"" + pts + "\"/>";
       if (!s.markers) continue;
     }
     const double r = s.kind == Series::Kind::points ? 3.0 : 3.5;
     for (std::size_t i = 0; i < s.y.size(); ++i) {
       if (!drawable(s.x[i], xscale_) || !drawable(s.y[i], yscale_)) continue;
-      o += "<circle cx=\"" + fmt(px(s.x[i])) + "\" cy=\"" + fmt(py(s.y[i])) + "\" r=\"" + fmt(r) + "\" fill=\"" +
-           s.color + "\" fill-opacity=\"" + (s.kind == Series::Kind::points ? "0.6" : "1") + "\"/>";
+      o += marker_svg(s.marker, px(s.x[i]), py(s.y[i]), r, s.color, s.kind == Series::Kind::points ? "0.6" : "1");
     }
   }
   o += "</g>";
 
-  // Legend under the axes: one entry per line, full labels (rule specs are long).
-  double ly = height_ + 4;
-  auto legend_entry = [&](const std::string& color, const std::string& label, bool dashed, bool bar, bool dot = false) {
-    const std::string y = fmt(ly);
-    if (dot)
-      o += "<circle cx=\"" + fmt(ml + 8) + "\" cy=\"" + fmt(ly - 4) + "\" r=\"4\" fill=\"" + color + "\"/>";
-    else if (bar)
-      o += "<rect x=\"" + fmt(ml) + "\" y=\"" + fmt(ly - 8) + "\" width=\"16\" height=\"9\" fill=\"" + color +
+  // Legend: each entry drawn as its series is (colour, dash, marker).
+  const double lx = beside ? width_ - mr + 12 : ml;
+  double ly = beside ? mt + 10 : height_ + 4;
+  const std::size_t max_chars = beside ? kLegendChars : 95;
+  auto legend_entry = [&](const Series& s) {
+    if (s.kind == Series::Kind::points)
+      o += marker_svg(s.marker, lx + 8, ly - 4, 4, s.color, "1");
+    else if (s.kind == Series::Kind::bars)
+      o += "<rect x=\"" + fmt(lx) + "\" y=\"" + fmt(ly - 8) + "\" width=\"16\" height=\"9\" fill=\"" + s.color +
            "\" fill-opacity=\"0.6\"/>";
-    else
-      o += "<line x1=\"" + fmt(ml) + "\" y1=\"" + fmt(ly - 4) + "\" x2=\"" + fmt(ml + 16) + "\" y2=\"" + fmt(ly - 4) +
-           "\" stroke=\"" + color + "\" stroke-width=\"3\"" + (dashed ? " stroke-dasharray=\"4,3\"" : "") + "/>";
-    std::string text = label.size() > 95 ? label.substr(0, 92) + "..." : label;
-    o += "<text x=\"" + fmt(ml + 22) + "\" y=\"" + y + "\"><title>" + report::html_escape(label) + "</title>" + report::html_escape(text) +
-         "</text>";
+    else {
+      o += "<line x1=\"" + fmt(lx) + "\" y1=\"" + fmt(ly - 4) + "\" x2=\"" + fmt(lx + 20) + "\" y2=\"" + fmt(ly - 4) +
+           "\" stroke=\"" + s.color + "\" stroke-width=\"2.5\"" + dash_attribute(s.dashed, s.dotted) + "/>";
+      if (s.markers) o += marker_svg(s.marker, lx + 10, ly - 4, 3, s.color, "1");
+    }
+    const std::string text = s.label.size() > max_chars ? s.label.substr(0, max_chars) + "..." : s.label;
+    o += "<text x=\"" + fmt(lx + 26) + "\" y=\"" + fmt(ly) + "\"><title>" + report::html_escape(s.label) + "</title>" +
+         report::html_escape(text) + "</text>";
     ly += 16;
   };
-  for (const Series* s : legend)
-    legend_entry(s->color, s->label, s->dashed, s->kind == Series::Kind::bars, s->kind == Series::Kind::points);
-  if (identity_in_legend) legend_entry("#222", identity_label_, true, false);
+  for (const Series* s : legend) legend_entry(*s);
+  if (identity_in_legend) {
+    Series identity;
+    identity.kind = Series::Kind::line;
+    identity.label = identity_label_;
+    identity.color = "#222";
+    identity.dashed = true;
+    identity.markers = false;
+    legend_entry(identity);
+  }
   o += "</svg>";
   if (report::ReportExports* e = report::active_exports()) e->figure(o, title_);
   return o;

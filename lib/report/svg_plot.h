@@ -1,7 +1,7 @@
 #pragma once
 // A small SVG plotting module for the self-contained HTML report: axes with linear or log
 // scales and "nice" ticks, scatter / line / bar series, an optional y = x reference line and a
-// legend under the plot. Output is a standalone <svg> element (no scripts, no external fonts).
+// legend beside the plot (under it on narrow panels). Output is a standalone <svg> element (no scripts, no external fonts).
 #include <string>
 #include <vector>
 
@@ -16,6 +16,17 @@ std::vector<double> log_ticks(double lo, double hi);
 std::string tick_label(double v, Scale scale);  // "0.25", "10⁻³", "2×10⁴"
 
 const std::string& palette(int i);  // categorical colours (Tableau 10), cycling
+
+enum class Marker { circle, square, triangle };
+// The i-th categorical style for one series per rule: Tableau 10's colours, then the same colours
+// dashed with square markers (i = 10..19), then dotted with triangles (20..29), so a plot of up
+// to 30 rules never draws two of them alike.
+struct Pen {
+  std::string color;
+  bool dashed = false, dotted = false;
+  Marker marker = Marker::circle;
+};
+Pen pen(int i);
 std::string fmt(double v);  // "%.1f": coordinates and sizes in SVG output
 
 struct Series {
@@ -25,7 +36,8 @@ struct Series {
   std::vector<double> x, y;
   std::vector<double> x2;  // bars: right edges (x holds left edges, y heights)
   bool markers = true;     // lines: draw a marker at every point
-  bool dashed = false;
+  bool dashed = false, dotted = false;
+  Marker marker = Marker::circle;
   double opacity = 0.75;
 };
 
@@ -47,6 +59,8 @@ class Plot {
   Plot& scatter(std::string label, std::vector<double> x, std::vector<double> y, std::string color = "");
   Plot& line(std::string label, std::vector<double> x, std::vector<double> y, std::string color = "",
              bool markers = true, bool dashed = false);
+  Plot& scatter(std::string label, std::vector<double> x, std::vector<double> y, const Pen& pen);
+  Plot& line(std::string label, std::vector<double> x, std::vector<double> y, const Pen& pen, bool markers = true);
   Plot& bars(std::string label, std::vector<double> left, std::vector<double> right,
              std::vector<double> heights, std::string color = "");
 

@@ -5,6 +5,8 @@
 #include <fstream>
 #include <string>
 
+#include <unistd.h>
+
 #include "core/sha256.h"
 
 using namespace kvsim;
@@ -28,7 +30,8 @@ TEST_CASE("sha256: FIPS 180-4 vectors, any split of the input") {
 }
 
 TEST_CASE("sha256: a file's digest, and a cancelled one returns at once") {
-  const std::string path = std::string(KVSIM_BINARY_DIR) + "/test-tmp-sha256.bin";
+  // One file per process: ctest runs core_scalar and core_avx2 at the same time.
+  const std::string path = std::string(KVSIM_BINARY_DIR) + "/test-tmp-sha256-" + std::to_string(getpid()) + ".bin";
   {
     std::ofstream out(path, std::ios::binary);
     out << "abc";

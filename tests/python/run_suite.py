@@ -21,7 +21,7 @@ def stale_reason():
         return f"import kvsim failed ({e})"
     pkg = os.path.dirname(os.path.realpath(kvsim.__file__))
     src = os.path.join(source, "python", "kvsim")
-    if pkg.startswith(os.path.realpath(os.path.join(binary, ""))) or pkg == os.path.realpath(src):
+    if pkg.startswith(os.path.join(os.path.realpath(binary), "")) or pkg == os.path.realpath(src):
         return f"kvsim is imported from {pkg}, not from an installed package"
     for folder, _, files in os.walk(src):
         for f in files:

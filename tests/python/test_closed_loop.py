@@ -76,8 +76,11 @@ class ClosedLoopStoriesTest(unittest.TestCase):
         self.assertTrue((lay["hidden_drift"] == 0).all() and (lay["attn_out_l1"] == 0).all())
 
     def test_files(self):
-        self.assertEqual(sorted(os.listdir(self.out)), ["closed_loop.csv", "closed_loop.json", "closed_loop.png",
-                                                        "offline_vs_closed.csv", "replay", "trace.h5"])
+        self.assertEqual(sorted(os.listdir(self.out)), ["closed_loop.csv", "closed_loop.json", "closed_loop.pdf",
+                                                        "closed_loop.png", "offline_vs_closed.csv", "replay",
+                                                        "trace.h5"])
+        with open(os.path.join(self.out, "closed_loop.pdf"), "rb") as fh:
+            self.assertEqual(fh.read(5), b"%PDF-")
         for c in ("rule", "budget", "mode", "step", "layer", "kl_next_token", "token_agreement", "hidden_drift"):
             self.assertIn(c, self.cl.columns)
         with open(os.path.join(self.out, "closed_loop.png"), "rb") as fh:

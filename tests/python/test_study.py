@@ -73,6 +73,8 @@ class ReducedStudyTest(unittest.TestCase):
             self.assertNotIn("closed_loop", json.load(f))  # no answer to check: offline only
         for name in s["figures"]:
             self.assertTrue(os.path.getsize(os.path.join(self.out, "figures", name)) > 1000)
+            with open(os.path.join(self.out, "figures", name[:-4] + ".pdf"), "rb") as fh:  # the paper's copy
+                self.assertEqual(fh.read(5), b"%PDF-")
         # report.html: summary.md's tables and every figure inline, nothing fetched, no script.
         with open(os.path.join(self.out, "report.html"), encoding="utf-8") as f:
             page = f.read()

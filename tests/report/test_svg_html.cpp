@@ -45,10 +45,28 @@ TEST_CASE("plot: one circle per drawable point, dropped points counted, legend e
   const std::string s = p.render();
   CHECK(s.rfind("<svg", 0) == 0);
   CHECK(s.find("t &lt;&amp;&gt;") != std::string::npos);
-  CHECK(count(s, "<circle") == 2 + 2 + 1);  // scatter points, line markers, the scatter legend dot
+  CHECK(count(s, "<circle") == 2 + 2 + 1 + 1);  // scatter points, line markers, both legend entries' markers
   CHECK(p.dropped_points() == 2);
   CHECK(count(s, "<polyline") == 1);
   CHECK(s.find(">y = x</text>") != std::string::npos);
+}
+
+TEST_CASE("plot: pens beyond ten rules differ in dash and marker, the legend sits beside the plot") {
+  svg::Plot p(600, 300);
+  for (int i = 0; i < 12; ++i) p.line("rule " + std::to_string(i), {1, 2}, {1.0 + i, 2.0 + i}, svg::pen(i));
+  const std::string s = p.render();
+  CHECK(svg::pen(0).color == svg::pen(10).color);
+  CHECK((!svg::pen(0).dashed && svg::pen(10).dashed && svg::pen(20).dotted));
+  CHECK(svg::pen(10).marker == svg::Marker::square);
+  CHECK(count(s, "<polyline") == 12);
+  CHECK(count(s, "stroke-dasharray=\"6,3\"") == 2 * 2);  // two dashed series, each line and legend entry
+  CHECK(count(s, "<rect x=") >= 2 * 2 + 2);                // their square markers (plot and legend)
+  // Beside: the picture is wider than the 600 px plot, and no taller than it for 12 entries.
+  CHECK(s.find("width=\"600\"") == std::string::npos);
+  CHECK(s.find("height=\"300\"") != std::string::npos);
+  svg::Plot narrow(290, 250);
+  narrow.scatter("a", {1}, {1});
+  CHECK(narrow.render().find("width=\"290\"") != std::string::npos);  // facets keep it underneath
 }
 
 TEST_CASE("histogram and heat map") {

@@ -10,6 +10,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/table_io.h"
+#include "report/figure_files.h"
 #include "report/html_report.h"
 #include "report/report_exports.h"
 
@@ -25,11 +26,12 @@ int cmd_report(const std::vector<std::string>& args) {
       ("prefill", po::value<std::vector<std::string>>()->composing(), "a kvsim prefill --out folder (repeatable)")
       ("max-traces", po::value<int>()->default_value(8), "sweep folders: per-trace sections shown (all traces are in the "
                                                          "cross-trace summary)")
-      ("figures", po::value<std::string>(), "also write every figure into this folder, one file each, named after its "
-                                            "section (SECTION-N-title.svg)")
+      ("figures", po::value<std::string>(), "also write every figure into this folder, one file per figure and format, "
+                                            "named after its section (SECTION-N-title.svg/.png/.pdf)")
       ("tables", po::value<std::string>(), "also write every table into this folder (TABLE_ID.md / .tex / .csv)")
       ("format", po::value<std::string>()->default_value("svg,md,tex,csv"),
-       "file formats: svg for figures; md, tex (booktabs) and csv for tables")
+       "file formats: svg, png (300 dpi) and pdf for figures (png and pdf through rsvg-convert); md, tex "
+       "(booktabs) and csv for tables")
       ("digits", po::value<int>()->default_value(4), "significant digits of the md and tex tables (csv: full precision)");
   po::options_description hidden;
   hidden.add_options()("dirs", po::value<std::vector<std::string>>()->composing(), "");
@@ -84,11 +86,18 @@ int cmd_report(const std::vector<std::string>& args) {
     e = f.find(',', b);
     if (e == std::string::npos) e = f.size();
     const std::string one = f.substr(b, e - b);
-    if (one == "png" || one == "pdf")
-      throw po::error("--format " + one + ": not available; kvsim writes SVG figures (any SVG tool converts them, "
-                      "e.g. rsvg-convert or inkscape)");
-    if (one != "svg" && one != "md" && one != "tex" && one != "csv") throw po::error("--format: unknown format '" + one + "'");
+    if (one != "svg" && one != "png" && one != "pdf" && one != "md" && one != "tex" && one != "csv")
+      throw po::error("--format: unknown format '" + one + "'");
     formats.insert(one);
+  }
+  // PNG and PDF are converted from the SVG by rsvg-convert: missing, it stops the run before
+  // anything is written.
+  std::string converter;
+  if (!figures.empty() && (formats.count("png") || formats.count("pdf"))) {
+    converter = report::svg_converter();
+    if (converter.empty())
+      throw po::error("--format png/pdf needs rsvg-convert (Debian package librsvg2-bin; bash tools/install-deps.sh "
+                      "installs it), or use --format svg");
   }
   report::ReportExports exports;
   std::string html;
@@ -104,11 +113,29 @@ int cmd_report(const std::vector<std::string>& args) {
     for (const auto& [name, text] : files) write_file_atomic(dir + "/" + name, text);
   };
   std::size_t n_figures = 0, n_tables = 0;
-  if (!figures.empty() && formats.count("svg")) {
+  if (!figures.empty()) {
+    // The SVG files are the source of the PNG/PDF ones; without svg in --format they are
+    // temporary (hidden names, removed after the conversion).
+    const bool keep_svg = formats.count("svg") > 0;
     std::vector<std::pair<std::string, std::string>> files;
-    for (const auto& f : exports.figures) files.push_back({f.name + ".svg", "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + f.svg + "\n"});
+    const auto svg_name = [&](const report::ExportedFigure& f) { return (keep_svg ? "" : ".svg-source-") + f.name + ".svg"; };
+    for (const auto& f : exports.figures)
+      files.push_back({svg_name(f), "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + f.svg + "\n"});
     write_all(figures, files);
-    n_figures = files.size();
+    struct RemoveSources {
+      std::vector<std::string> paths;
+      ~RemoveSources() {
+        std::error_code ec;
+        for (const auto& p : paths) std::filesystem::remove(p, ec);
+      }
+    } sources;
+    if (!keep_svg)
+      for (const auto& f : exports.figures) sources.paths.push_back(figures + "/" + svg_name(f));
+    for (const char* format : {"png", "pdf"})
+      if (formats.count(format))
+        for (const auto& f : exports.figures)
+          report::convert_svg(converter, figures + "/" + svg_name(f), figures + "/" + f.name + "." + format, format);
+    n_figures = exports.figures.size();
   }
   if (!tables.empty()) {
     std::vector<std::pair<std::string, std::string>> files;
@@ -121,7 +148,13 @@ int cmd_report(const std::vector<std::string>& args) {
     n_tables = exports.tables.size();
   }
   write_file_atomic(out_path, html);
-  if (!figures.empty()) std::cout << "wrote " << n_figures << " figure file(s) into " << figures << "\n";
+  if (!figures.empty()) {
+    std::string kinds;
+    for (const char* f : {"svg", "png", "pdf"})
+      if (formats.count(f)) kinds += (kinds.empty() ? "" : ", ") + std::string(f);
+    std::cout << "wrote " << n_figures << " figure(s) into " << figures << " (" << (kinds.empty() ? "no figure format" : kinds)
+              << ")\n";
+  }
   if (!tables.empty()) std::cout << "wrote " << n_tables << " table(s) into " << tables << "\n";
 
   std::cout << "wrote " << out_path << " (" << html.size() / 1024 << " KiB): " << in.replays.size()

@@ -6,7 +6,7 @@ rule's kept set applied to its KV cache, and measure what changes against the fu
 next-token KL, top-1 agreement, teacher-forced log-likelihood, per-layer hidden-state drift and
 attention output change, greedy free-running agreement, needle recall. Outputs in --out DIR:
 trace.h5, replay/ (the offline replay), closed_loop.csv, closed_loop.json, offline_vs_closed.csv
-and closed_loop.png. `kvsim report DIR` renders the comparison.
+and closed_loop.png (closed_loop.pdf for a paper). `kvsim report DIR` renders the comparison.
 """
 import contextlib
 import copy
@@ -36,7 +36,7 @@ def build_parser():
     p.prog = "kvsim-closed-loop"
     p.description = ("Dump a trace, replay it offline, then re-run the model with each rule's eviction in "
                      "its KV cache and compare (closed_loop.csv, closed_loop.json, offline_vs_closed.csv, "
-                     "closed_loop.png in --out DIR; kvsim report DIR shows them). Prompt and model options "
+                     "closed_loop.png and .pdf in --out DIR; kvsim report DIR shows them). Prompt and model options "
                      "are kvsim-dump's.")
     for action in p._actions:
         if action.dest == "out":
@@ -71,7 +71,8 @@ def prepare_out(out, force):
     if not os.path.isdir(parent):
         raise DumpError(out, "--out: the parent folder does not exist")
     os.makedirs(out, exist_ok=True)
-    for name in ("closed_loop.json", "closed_loop.csv", "offline_vs_closed.csv", "closed_loop.png", "trace.h5"):
+    for name in ("closed_loop.json", "closed_loop.csv", "offline_vs_closed.csv", "closed_loop.png", "closed_loop.pdf",
+                 "trace.h5"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out, name))
 

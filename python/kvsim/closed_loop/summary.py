@@ -143,8 +143,10 @@ def write_outputs(out, rows, runs, offline, reference, info, args, elapsed):
         seq_len=info.S, prefill_len=info.P, context_end=info.context_end, reference=reference,
         runs=[dict(r, **{k: v for k, v in agg[(r["rule"], r["budget"], r["mode"])].items()}) for r in runs],
         correlations=corr, keydiff_gap=gap, elapsed_s=elapsed,
-        files=["closed_loop.csv", "offline_vs_closed.csv", "closed_loop.png", "replay/", "trace.h5"])
-    _atomic(os.path.join(out, "closed_loop.png"), lambda p: plot(table, gap, p))
+        files=["closed_loop.csv", "offline_vs_closed.csv", "closed_loop.png", "closed_loop.pdf", "replay/", "trace.h5"])
+    # The figure for the page (PNG) and for a paper (PDF, vector), drawn from the same table.
+    _atomic(os.path.join(out, "closed_loop.png"), lambda p: plot(table, gap, p, "png"))
+    _atomic(os.path.join(out, "closed_loop.pdf"), lambda p: plot(table, gap, p, "pdf"))
     _atomic(os.path.join(out, "closed_loop.json"),
             lambda p: open(p, "w").write(json.dumps(_clean(doc), indent=1) + "\n"))
     print_table(table, corr, gap)
@@ -168,7 +170,7 @@ def print_table(table, corr, gap):
               f"kept-set Jaccard {g['jaccard_mean']:.3f}")
 
 
-def plot(table, gap, path):
+def plot(table, gap, path, fmt="png"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -206,5 +208,5 @@ def plot(table, gap, path):
     fig.suptitle("Offline perturbation vs the model after a real eviction (markers: budgets " +
                  ", ".join(map(str, budgets)) + ")")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png", bbox_inches="tight")
+    fig.savefig(path, dpi=150, format=fmt, bbox_inches="tight")
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""The study's figures (figures/*.png): accuracy against budget per rule with its 95% band and the
+"""The study's figures (figures/NAME.png at 300 dpi for the page, NAME.pdf in vector form for a
+paper): accuracy against budget per rule with its 95% band and the
 full-cache line, offline perturbation against accuracy, and the CriticalKV head win rate per
 setting against the paper's 92%."""
 import os
@@ -59,8 +60,13 @@ def draw_figures(acc, claims, folder):
 
 
 def _save(fig, folder, name):
+    """Writes NAME.png and NAME.pdf (each under a temporary name, then renamed); returns NAME.png."""
     import matplotlib.pyplot as plt
-    path = os.path.join(folder, name)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    stem = os.path.splitext(name)[0]
+    for ext, options in ((".png", dict(dpi=300)), (".pdf", {})):
+        path = os.path.join(folder, stem + ext)
+        tmp = path + ".partial"
+        fig.savefig(tmp, format=ext[1:], bbox_inches="tight", **options)
+        os.replace(tmp, path)
     plt.close(fig)
-    return name
+    return stem + ".png"
