@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <string>
 
 #include <omp.h>
 #include <sys/mman.h>
@@ -111,9 +112,9 @@ struct FloatBuffer {
   }
 };
 
-// One KV group's probability tile [G][n][S]: computed on first use, released on request
-// (release_probs) and recomputed, bit-identically, if asked for again. The head outputs and row
-// sums computed with it stay for the whole layer.
+// One probability tile [G][q1 - q0][S] (a KV group's heads x a query range): computed on first
+// use, released on request (release_probs) and recomputed, bit-identically, if asked for again.
+// The head outputs and row sums computed with it stay for the whole layer.
 struct GroupTile {
   std::mutex mu;
   bool outputs_done = false;
@@ -123,8 +124,10 @@ struct GroupTile {
 struct SetState {
   std::vector<i64> rows, pos;
   i64 max_pos = -1;
+  i64 range = 1;   // queries per tile
+  int ranges = 1;  // tiles per KV group
   std::once_flag alloc_once;
-  std::unique_ptr<GroupTile[]> tiles;  // per KV group
+  std::unique_ptr<GroupTile[]> tiles;  // [group * ranges + range]
   FloatBuffer out;                     // [H][n][d]
   std::vector<double> sums;            // [H][n]
 };
@@ -171,8 +174,36 @@ struct LayerCache::Impl {
       st.max_pos = std::max(st.max_pos, t);
     }
     st.rows = std::move(rows);
-    st.tiles.reset(new GroupTile[std::max(Hkv, 1)]);
+    split_ranges(st, tile_budget_from_env());
   }
+
+  // The set's queries in ranges of equal size (the last no longer) whose tiles fit in `budget`
+  // bytes (at least one query per range).
+  void split_ranges(SetState& st, i64 budget) {
+    const i64 n = static_cast<i64>(st.rows.size());
+    const i64 per_query = std::max<i64>(1, static_cast<i64>(G) * S * static_cast<i64>(sizeof(float)));
+    st.range = std::max<i64>(1, std::min<i64>(n, budget / per_query));
+    st.ranges = n == 0 ? 1 : static_cast<int>((n + st.range - 1) / st.range);
+    st.range = n == 0 ? 1 : (n + st.ranges - 1) / st.ranges;
+    st.ranges = n == 0 ? 1 : static_cast<int>((n + st.range - 1) / st.range);
+    st.tiles.reset(new GroupTile[static_cast<std::size_t>(std::max(Hkv, 1)) * st.ranges]);
+  }
+
+  // KVSIM_TILE_MIB (whole MiB, >= 1), else 256 MiB: up to 128K positions a Llama-8B-shaped
+  // group's 128 evaluation queries fit in one tile (ranges cost time: each range's P V product
+  // packs the group's values again, 7% of the core at 128K with two ranges).
+  static i64 tile_budget_from_env() {
+    const char* e = std::getenv("KVSIM_TILE_MIB");
+    if (!e || !*e) return i64{256} << 20;
+    char* end = nullptr;
+    const long long mib = std::strtoll(e, &end, 10);
+    if (*end != '\0' || mib < 1 || mib > (1LL << 20))
+      fail("KVSIM_TILE_MIB", "value", std::string("'") + e + "' is not a whole number of MiB in [1, 1048576]");
+    return static_cast<i64>(mib) << 20;
+  }
+
+  i64 range_begin(const SetState& st, int c) const { return std::min<i64>(c * st.range, static_cast<i64>(st.rows.size())); }
+  i64 range_end(const SetState& st, int c) const { return range_begin(st, c + 1); }
 
   void count_tile(std::ptrdiff_t bytes) {
     const std::size_t now = tile_bytes.fetch_add(static_cast<std::size_t>(bytes)) + static_cast<std::size_t>(bytes);
@@ -181,32 +212,42 @@ struct LayerCache::Impl {
     }
   }
 
-  // One sgemm per KV group: [G*n x d] stacked queries x K_g^T over [0, max_pos], then a
-  // stable softmax of each row over [0, t]; then the head outputs with a second sgemm (the
-  // first time only: a recomputed tile is bit-identical).
-  void compute_group(QuerySet s, int g, GroupTile& tile) {
+  // One sgemm per tile: [G*m x d] stacked queries of range c x K_g^T over [0, max_pos] of the
+  // whole set (the same product shapes whatever the range: values never depend on the tiling of
+  // other rows), then a stable softmax of each row over [0, t]; then the head outputs with a
+  // second sgemm (the first time only: a recomputed tile is bit-identical).
+  void compute_tile(QuerySet s, int g, int c, GroupTile& tile) {
     SetState& st = set(s);
-    const i64 n = static_cast<i64>(st.rows.size());
-    tile.probs.allocate(static_cast<std::size_t>(G) * n * S);
+    const i64 n = static_cast<i64>(st.rows.size()), q0 = range_begin(st, c), m = range_end(st, c) - q0;
+    tile.probs.allocate(static_cast<std::size_t>(G) * m * S);
     count_tile(static_cast<std::ptrdiff_t>(tile.probs.bytes));
-    if (n == 0) return;
+    if (m == 0) return;
     const i64 ncols = st.max_pos + 1;
-    avec<float> qstack(static_cast<std::size_t>(G) * n * d);
+    avec<float> qstack(static_cast<std::size_t>(G) * m * d);
     for (int r = 0; r < G; ++r)
-      for (i64 qi = 0; qi < n; ++qi)
-        std::copy_n(data.q_row(g * G + r, st.rows[qi]), d, qstack.data() + (r * n + qi) * d);
+      for (i64 qi = 0; qi < m; ++qi)
+        std::copy_n(data.q_row(g * G + r, st.rows[q0 + qi]), d, qstack.data() + (r * m + qi) * d);
     float* C = tile.probs.p;
-    kernels::sgemm(false, true, G * n, ncols, d, 1.f, qstack.data(), d, data.k_head(g), d, 0.f, C, S);
-    for (i64 r = 0; r < G * n; ++r) {
+    kernels::sgemm(false, true, G * m, ncols, d, 1.f, qstack.data(), d, data.k_head(g), d, 0.f, C, S);
+    for (i64 r = 0; r < G * m; ++r) {
       float* row = C + r * S;
-      const i64 t = st.pos[r % n];
+      const i64 t = st.pos[q0 + r % m];
       kernels::logit_softmax_inplace(row, t + 1, logits);
       std::fill(row + t + 1, row + S, 0.f);
-      if (!tile.outputs_done) st.sums[static_cast<std::size_t>(g) * G * n + r] = kernels::sum(row, t + 1);
+      if (!tile.outputs_done)
+        st.sums[static_cast<std::size_t>(g * G + r / m) * n + q0 + r % m] = kernels::sum(row, t + 1);
     }
-    if (!tile.outputs_done)
-      kernels::sgemm(false, false, G * n, d, ncols, 1.f, C, S, data.v_head(g), d, 0.f,
-                     st.out.p + static_cast<std::size_t>(g) * G * n * d, d);
+    if (!tile.outputs_done) {
+      // Head h's rows of the range are contiguous in out [H][n][d], the G heads' are not: with one
+      // range (the common case) the product lands in place, otherwise it is copied per head.
+      float* dst = st.out.p + (static_cast<std::size_t>(g) * G * n + q0) * d;
+      avec<float> tmp(st.ranges == 1 ? 0 : static_cast<std::size_t>(G) * m * d);
+      kernels::sgemm(false, false, G * m, d, ncols, 1.f, C, S, data.v_head(g), d, 0.f,
+                     st.ranges == 1 ? dst : tmp.data(), d);
+      if (st.ranges != 1)
+        for (int r = 0; r < G; ++r)
+          std::copy_n(tmp.data() + static_cast<std::size_t>(r) * m * d, m * d, dst + static_cast<std::size_t>(r) * n * d);
+    }
     tile.outputs_done = true;
   }
 
@@ -219,25 +260,33 @@ struct LayerCache::Impl {
     });
   }
 
-  // The group's tile, computed if absent.
-  const float* group_probs(QuerySet s, int g) {
+  GroupTile& tile_of(QuerySet s, int g, int c) { return set(s).tiles[static_cast<std::size_t>(g) * set(s).ranges + c]; }
+
+  // The tile of group g and range c, computed if absent.
+  const float* tile_probs(QuerySet s, int g, int c) {
     alloc_set(s);
-    GroupTile& tile = set(s).tiles[g];
+    GroupTile& tile = tile_of(s, g, c);
     std::lock_guard<std::mutex> lock(tile.mu);
-    if (!tile.probs.p) compute_group(s, g, tile);
+    if (!tile.probs.p) compute_tile(s, g, c, tile);
     return tile.probs.p;
   }
 
-  // Outputs and row sums only: computes the tile the first time, never again.
-  void ensure_outputs(QuerySet s, int g) {
+  // Outputs and row sums of the queries [q0, q1) (q1 < 0: all): computes the tile of each range
+  // they meet the first time, never again.
+  void ensure_outputs(QuerySet s, int g, i64 q0, i64 q1) {
     alloc_set(s);
-    GroupTile& tile = set(s).tiles[g];
-    std::lock_guard<std::mutex> lock(tile.mu);
-    if (!tile.outputs_done) compute_group(s, g, tile);
+    const SetState& st = set(s);
+    const i64 n = static_cast<i64>(st.rows.size()), end = q1 < 0 ? n : std::min(q1, n);
+    if (q0 >= end) return;
+    for (int c = static_cast<int>(q0 / st.range); c <= static_cast<int>((end - 1) / st.range); ++c) {
+      GroupTile& tile = tile_of(s, g, c);
+      std::lock_guard<std::mutex> lock(tile.mu);
+      if (!tile.outputs_done) compute_tile(s, g, c, tile);
+    }
   }
 
-  void release(QuerySet s, int g) {
-    GroupTile& tile = set(s).tiles[g];
+  void release(QuerySet s, int g, int c) {
+    GroupTile& tile = tile_of(s, g, c);
     std::lock_guard<std::mutex> lock(tile.mu);
     if (!tile.probs.p) return;
     count_tile(-static_cast<std::ptrdiff_t>(tile.probs.bytes));
@@ -303,29 +352,39 @@ i64 LayerCache::n_c() const { return impl_->n_c; }
 i64 LayerCache::n_eval() const { return count(QuerySet::eval); }
 const std::vector<i64>& LayerCache::eval_rows() const { return rows(QuerySet::eval); }
 i64 LayerCache::eval_pos(i64 qi) const { return pos(QuerySet::eval, qi); }
-const float* LayerCache::eval_probs(int h) const { return probs(QuerySet::eval, h); }
 i64 LayerCache::norm_len() const { return impl_->norm_len; }
 
 i64 LayerCache::count(QuerySet s) const { return static_cast<i64>(impl_->set(s).rows.size()); }
 const std::vector<i64>& LayerCache::rows(QuerySet s) const { return impl_->set(s).rows; }
 i64 LayerCache::pos(QuerySet s, i64 qi) const { return impl_->set(s).pos[qi]; }
 
-const float* LayerCache::probs(QuerySet s, int h) const {
-  const int G = impl_->G;
-  return impl_->group_probs(s, h / G) + static_cast<std::size_t>(h % G) * count(s) * impl_->S;
+const float* LayerCache::prob_row(QuerySet s, int h, i64 qi) const {
+  Impl& m = *impl_;
+  const SetState& st = m.set(s);
+  const int c = static_cast<int>(qi / st.range);
+  const i64 q0 = m.range_begin(st, c), rows = m.range_end(st, c) - q0;
+  return m.tile_probs(s, h / m.G, c) + (static_cast<std::size_t>(h % m.G) * rows + (qi - q0)) * m.S;
 }
 
-void LayerCache::release_probs(QuerySet s, int g) const { impl_->release(s, g); }
+i64 LayerCache::tile_queries(QuerySet s) const { return impl_->set(s).range; }
+void LayerCache::set_tile_budget(std::size_t bytes) {
+  for (QuerySet s : {QuerySet::eval, QuerySet::window}) impl_->split_ranges(impl_->set(s), static_cast<i64>(bytes));
+}
+int LayerCache::tile_ranges(QuerySet s) const { return impl_->set(s).ranges; }
+
+void LayerCache::release_probs(QuerySet s, int g) const {
+  for (int c = 0; c < impl_->set(s).ranges; ++c) impl_->release(s, g, c);
+}
 
 std::size_t LayerCache::prob_bytes_peak() const { return impl_->tile_bytes_peak.load(); }
 
-const float* LayerCache::outputs(QuerySet s, int h) const {
-  impl_->ensure_outputs(s, h / impl_->G);
+const float* LayerCache::outputs(QuerySet s, int h, i64 q0, i64 q1) const {
+  impl_->ensure_outputs(s, h / impl_->G, q0, q1);
   return impl_->set(s).out.p + static_cast<std::size_t>(h) * count(s) * impl_->d;
 }
 
-const double* LayerCache::prob_sums(QuerySet s, int h) const {
-  impl_->ensure_outputs(s, h / impl_->G);
+const double* LayerCache::prob_sums(QuerySet s, int h, i64 q0, i64 q1) const {
+  impl_->ensure_outputs(s, h / impl_->G, q0, q1);
   return impl_->set(s).sums.data() + static_cast<std::size_t>(h) * count(s);
 }
 
@@ -341,23 +400,26 @@ const float* LayerCache::packed_o_proj(int h) const {
   return impl_->packed_of(h);
 }
 
-void LayerCache::walk_groups(QuerySet s, const std::function<void(int, int)>& use, bool release,
-                             double* core_seconds) const {
+void LayerCache::walk_tiles(QuerySet s, const std::function<void(int, int, i64, i64)>& use, bool release,
+                            double* core_seconds) const {
+  Impl& m = *impl_;
+  const SetState& st = m.set(s);
   // Without release nothing is gained by waves: one wave of every group (fewer barriers).
-  const int groups = impl_->Hkv, wave = release ? std::max(1, omp_get_max_threads()) : std::max(1, groups);
-  for (int g0 = 0; g0 < groups; g0 += wave) {
-    const int g1 = std::min(groups, g0 + wave);
-    const double t0 = omp_get_wtime();
+  const int groups = m.Hkv, wave = release ? std::max(1, omp_get_max_threads()) : std::max(1, groups);
+  for (int c = 0; c < st.ranges; ++c)
+    for (int g0 = 0; g0 < groups; g0 += wave) {
+      const int g1 = std::min(groups, g0 + wave);
+      const double t0 = omp_get_wtime();
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int g = g0; g < g1; ++g) impl_->group_probs(s, g);
-    if (core_seconds) *core_seconds += omp_get_wtime() - t0;
-    use(g0, g1);
-    if (release)
-      for (int g = g0; g < g1; ++g) impl_->release(s, g);
-  }
+      for (int g = g0; g < g1; ++g) m.tile_probs(s, g, c);
+      if (core_seconds) *core_seconds += omp_get_wtime() - t0;
+      use(g0, g1, m.range_begin(st, c), m.range_end(st, c));
+      if (release)
+        for (int g = g0; g < g1; ++g) m.release(s, g, c);
+    }
 }
 
-void LayerCache::precompute(QuerySet s) const { walk_groups(s, [](int, int) {}, false); }
+void LayerCache::precompute(QuerySet s) const { walk_tiles(s, [](int, int, i64, i64) {}, false); }
 
 void LayerCache::precompute_norms(NormKind kind) const {
   const int heads = impl_->H;

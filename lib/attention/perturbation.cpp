@@ -63,16 +63,15 @@ void support_mask(const LayerCache& cache, const Selection& sel, QuerySet set, i
 }
 
 // Per-query support (step-wise rules, or window queries with per-query masks absent): same sums
-// for one head, one query at a time.
+// for one head and the queries [q0, q1), one query at a time.
 void per_query_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
-                    int h, Sums& z) {
-  const float* a = cache.probs(set, h);
+                    int h, i64 q0, i64 q1, Sums& z) {
   const float* nu = cache.value_norms(h, nu_kind);
   const float* V = cache.data().v_head(h / s.G);
   std::vector<std::uint8_t> m, inv;
-  for (i64 qi = 0; qi < s.n; ++qi) {
+  for (i64 qi = q0; qi < q1; ++qi) {
     support_mask(cache, sel, set, h, s.G, qi, m);
-    const float* row = a + qi * s.S;
+    const float* row = cache.prob_row(set, h, qi);
     inv.resize(m.size());
     double e = 0, en = 0, kept_mass = 0, knu = 0;
     i64 n_ev = 0;
@@ -109,19 +108,20 @@ void per_query_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, con
 // The pruned logits are computed on the union of the queries' supports only (gathered key and
 // value rows), not on every position: an evicted position's probability is 0 either way.
 void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
-                      int h, Sums& z) {
+                      int h, i64 q0, i64 q1, Sums& z) {
   const LayerData& L = cache.data();
   const int g = h / s.G;
+  const i64 nq = q1 - q0;  // this call's queries: local index qi is the set's query q0 + qi
   const std::uint8_t* ch = sel.key_channels.data() + static_cast<std::size_t>(g) * s.d;
   i64 maxt = 0;
-  for (i64 qi = 0; qi < s.n; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
+  for (i64 qi = q0; qi < q1; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
   const i64 ncols = maxt + 1;
   // Per-query supports over [0, ncols) (zero past t), and their union's columns.
   static thread_local std::vector<std::uint8_t> masks;
-  masks.assign(static_cast<std::size_t>(s.n) * ncols, 0);
+  masks.assign(static_cast<std::size_t>(nq) * ncols, 0);
   std::vector<std::uint8_t> m, any_support(ncols, 0);
-  for (i64 qi = 0; qi < s.n; ++qi) {
-    support_mask(cache, sel, set, h, s.G, qi, m);
+  for (i64 qi = 0; qi < nq; ++qi) {
+    support_mask(cache, sel, set, h, s.G, q0 + qi, m);
     std::uint8_t* mq = masks.data() + static_cast<std::size_t>(qi) * ncols;
     for (std::size_t j = 0; j < m.size(); ++j) {
       mq[j] = m[j] != 0;
@@ -135,36 +135,35 @@ void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, c
   // q . (k * mask) == (q * mask) . k; the pruned channels' part separately, so the shift of an
   // uncapped logit is exact rather than a difference of two large logits. qm (kept channels) and
   // qd (pruned channels) stacked: one product of 2n rows.
-  avec<float> qmd(static_cast<std::size_t>(2 * s.n) * s.d);
-  for (i64 qi = 0; qi < s.n; ++qi) {
-    const float* q = L.q_row(h, cache.rows(set)[qi]);
+  avec<float> qmd(static_cast<std::size_t>(2 * nq) * s.d);
+  for (i64 qi = 0; qi < nq; ++qi) {
+    const float* q = L.q_row(h, cache.rows(set)[q0 + qi]);
     for (int c = 0; c < s.d; ++c) {
       qmd[qi * s.d + c] = ch[c] ? q[c] : 0.f;
-      qmd[(s.n + qi) * s.d + c] = ch[c] ? 0.f : q[c];
+      qmd[(nq + qi) * s.d + c] = ch[c] ? 0.f : q[c];
     }
   }
-  const std::size_t cells = static_cast<std::size_t>(s.n) * w;
+  const std::size_t cells = static_cast<std::size_t>(nq) * w;
   float* logits = scratch_floats(0, std::max<std::size_t>(1, 2 * cells));  // per-thread, reused
   const float* dropped = logits + cells;
   float* Kg = scratch_floats(1, static_cast<std::size_t>(std::max<i64>(1, w)) * s.d);
   float* Vg = scratch_floats(2, static_cast<std::size_t>(std::max<i64>(1, w)) * s.d);
   gather_rows(L.k_head(g), cols, s.d, Kg);
   gather_rows(L.v_head(g), cols, s.d, Vg);
-  if (w > 0) kernels::sgemm(false, true, 2 * s.n, w, s.d, 1.f, qmd.data(), s.d, Kg, s.d, 0.f, logits, w);
+  if (w > 0) kernels::sgemm(false, true, 2 * nq, w, s.d, 1.f, qmd.data(), s.d, Kg, s.d, 0.f, logits, w);
   const kernels::LogitSpec logit = cache.meta().logits();
   auto transform = [&](double x) {
     const double v = logit.scale * x;
     return logit.softcap > 0 ? logit.softcap * std::tanh(v / logit.softcap) : v;
   };
-  const float* a = cache.probs(set, h);
   const float* nu = cache.value_norms(h, nu_kind);
-  const double* T = cache.prob_sums(set, h);
-  const float* o = cache.outputs(set, h);
-  std::vector<bool> empty(s.n, false);
-  for (i64 qi = 0; qi < s.n; ++qi) {
+  const double* T = cache.prob_sums(set, h, q0, q1) + q0;
+  const float* o = cache.outputs(set, h, q0, q1) + q0 * s.d;
+  std::vector<bool> empty(nq, false);
+  for (i64 qi = 0; qi < nq; ++qi) {
     const std::uint8_t* mq = masks.data() + static_cast<std::size_t>(qi) * ncols;
-    const i64 t = cache.pos(set, qi);
-    const float* arow = a + qi * s.S;
+    const i64 t = cache.pos(set, q0 + qi);
+    const float* arow = cache.prob_row(set, h, q0 + qi);
     float m4[4];  // kept and evicted masses over [0, t], plain and nu-weighted
     kernels::split_mass_sums(arow, nu, mq, t + 1, m4);
     float* row = logits + qi * w;
@@ -184,7 +183,7 @@ void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, c
       hi = any ? std::max(hi, shift) : shift;
       any = true;
     }
-    const std::size_t k = static_cast<std::size_t>(h) * s.n + qi;
+    const std::size_t k = static_cast<std::size_t>(h) * s.n + q0 + qi;
     z.K[k] = m4[0];
     z.E[k] = m4[1];
     z.Knu[k] = m4[2];
@@ -197,12 +196,12 @@ void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, c
       std::fill(row, row + w, 0.f);
     empty[qi] = !any;
   }
-  float* dl = z.delta.data() + static_cast<std::size_t>(h) * s.n * s.d;
+  float* dl = z.delta.data() + (static_cast<std::size_t>(h) * s.n + q0) * s.d;
   if (w > 0)
-    kernels::sgemm(false, false, s.n, s.d, w, 1.f, logits, w, Vg, s.d, 0.f, dl, s.d);
+    kernels::sgemm(false, false, nq, s.d, w, 1.f, logits, w, Vg, s.d, 0.f, dl, s.d);
   else
-    std::fill(dl, dl + s.n * s.d, 0.f);
-  for (i64 qi = 0; qi < s.n; ++qi) {
+    std::fill(dl, dl + nq * s.d, 0.f);
+  for (i64 qi = 0; qi < nq; ++qi) {
     const float inv = static_cast<float>(1.0 / T[qi]);
     for (int c = 0; c < s.d; ++c) {
       float& x = dl[qi * s.d + c];
@@ -404,13 +403,14 @@ bool is_static(const Selection& sel, QuerySet set) {
   return sel.key_channels.empty() && !(set == QuerySet::eval && !sel.per_query.empty());
 }
 
-// The probability-dependent sums of every selection, for the heads of KV groups [g0, g1):
+// The probability-dependent sums of every selection, for the heads of KV groups [g0, g1) and the
+// queries [q0, q1) (one wave of probability tiles):
 // static selections of one GQA mode and batch share each pass over a unit's rows; ThinK's
 // pruned keys and step-wise per-query masks go one selection and head at a time. Every item
 // writes its own heads' sums, so the order (and the thread count) never changes a value.
 void wave_sums(const LayerCache& cache, QuerySet set, NormKind nu, const Shape& s,
                const std::vector<std::vector<const Selection*>>& batches, std::vector<std::vector<Sums>>& sums,
-               int g0, int g1) {
+               int g0, int g1, i64 q0, i64 q1) {
   std::vector<std::function<void()>> items;
   for (std::size_t bi = 0; bi < batches.size(); ++bi) {
     const auto& sels = batches[bi];
@@ -425,7 +425,9 @@ void wave_sums(const LayerCache& cache, QuerySet set, NormKind nu, const Shape& 
       if (batch.empty()) continue;
       const int u0 = mode == GqaMode::kv ? g0 : g0 * s.G, u1 = mode == GqaMode::kv ? g1 : g1 * s.G;
       for (int u = u0; u < u1; ++u)
-        items.push_back([&cache, set, nu, &s, batch, batch_sums, u] { static_unit(cache, set, nu, batch, s, u, batch_sums); });
+        items.push_back([&cache, set, nu, &s, batch, batch_sums, u, q0, q1] {
+          static_unit(cache, set, nu, batch, s, u, q0, q1, batch_sums);
+        });
     }
     for (std::size_t b = 0; b < sels.size(); ++b) {
       const Selection& sel = *sels[b];
@@ -433,9 +435,9 @@ void wave_sums(const LayerCache& cache, QuerySet set, NormKind nu, const Shape& 
       Sums& z = sums[bi][b];
       for (int h = g0 * s.G; h < g1 * s.G; ++h) {
         if (!sel.key_channels.empty())
-          items.push_back([&cache, set, nu, &sel, &s, h, &z] { pruned_keys_head(cache, set, nu, sel, s, h, z); });
+          items.push_back([&cache, set, nu, &sel, &s, h, q0, q1, &z] { pruned_keys_head(cache, set, nu, sel, s, h, q0, q1, z); });
         else
-          items.push_back([&cache, set, nu, &sel, &s, h, &z] { per_query_head(cache, set, nu, sel, s, h, z); });
+          items.push_back([&cache, set, nu, &sel, &s, h, q0, q1, &z] { per_query_head(cache, set, nu, sel, s, h, q0, q1, z); });
       }
     }
   }
@@ -470,8 +472,9 @@ std::vector<std::vector<PerturbationResult>> measure_batches(const LayerCache& c
   }
   // Every selection takes what it needs from a wave of group tiles before the next wave.
   double core_s = 0;
-  cache.walk_groups(set, [&](int g0, int g1) { wave_sums(cache, set, nu, s, batches, sums, g0, g1); }, release_tiles,
-                    &core_s);
+  cache.walk_tiles(
+      set, [&](int g0, int g1, i64 q0, i64 q1) { wave_sums(cache, set, nu, s, batches, sums, g0, g1, q0, q1); },
+      release_tiles, &core_s);
   std::unique_ptr<LayerReference> own_ref;
   const double t0 = omp_get_wtime();
   if (!given_ref) own_ref = std::make_unique<LayerReference>(cache, set, nu);

@@ -69,9 +69,10 @@ bool find_chain(const std::vector<UnitMasks>& um, std::vector<std::size_t> activ
 }
 
 void nested_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const std::vector<UnitMasks>& um,
-                 const Chain& c, const Shape& s, int h0, int nh, i64 len, const std::vector<Sums*>& sums) {
+                 const Chain& c, const Shape& s, int h0, int nh, i64 q0, i64 q1, i64 len,
+                 const std::vector<Sums*>& sums) {
   const std::size_t m = c.order.size(), nseg = m + 1;
-  const i64 R = static_cast<i64>(nh) * s.n;
+  const i64 nq = q1 - q0, R = static_cast<i64>(nh) * nq;  // row r: head h0 + r / nq, query q0 + r % nq
   const i64 chunk = std::max<i64>(1, std::min<i64>(R, (i64{1} << 22) / len));
   const float* Vh = cache.data().v_head(h0 / s.G);
   std::vector<float*> A(nseg), V(nseg), out(nseg), NU(nseg);
@@ -90,8 +91,8 @@ void nested_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const 
   for (i64 r0 = 0; r0 < R; r0 += chunk) {
     const i64 rn = std::min(chunk, R - r0);
     for (i64 r = 0; r < rn; ++r) {
-      const int h = h0 + static_cast<int>((r0 + r) / s.n);
-      const float* row = cache.probs(set, h) + ((r0 + r) % s.n) * s.S;
+      const int h = h0 + static_cast<int>((r0 + r) / nq);
+      const float* row = cache.prob_row(set, h, q0 + (r0 + r) % nq);
       if (h != nu_head) {
         const float* nu = cache.value_norms(h, nu_kind);
         for (std::size_t k = 0; k < nseg; ++k) kernels::compress_masked(nu, c.seg_mask[k].data(), len, NU[k]);
@@ -107,7 +108,7 @@ void nested_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const 
     }
     bool need_last = false;
     for (i64 r = 0; r < rn; ++r) {
-      const std::size_t at = static_cast<std::size_t>(h0 + (r0 + r) / s.n) * s.n + (r0 + r) % s.n;
+      const std::size_t at = static_cast<std::size_t>(h0 + (r0 + r) / nq) * s.n + q0 + (r0 + r) % nq;
       for (std::size_t i = 0; i < m; ++i) {
         Sums& z = *sums[c.order[i]];
         double K = 0, E = 0, Knu = 0, Enu = 0;
@@ -136,7 +137,7 @@ void nested_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const 
       kernels::sgemm(false, false, rn, s.d, w, 1.f, A[k], w, V[k], s.d, 0.f, out[k], s.d);
     }
     for (i64 r = 0; r < rn; ++r) {
-      const std::size_t at = static_cast<std::size_t>(h0 + (r0 + r) / s.n) * s.n + (r0 + r) % s.n;
+      const std::size_t at = static_cast<std::size_t>(h0 + (r0 + r) / nq) * s.n + q0 + (r0 + r) % nq;
       for (std::size_t i = 0; i < m; ++i) {
         const std::uint8_t f = form[r * m + i];
         if (f == 2) continue;  // nothing in the support evicted
@@ -153,7 +154,7 @@ void nested_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const 
 }  // namespace
 
 void static_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const std::vector<const Selection*>& sels,
-                 const Shape& s, int u, const std::vector<Sums*>& sums) {
+                 const Shape& s, int u, i64 q0, i64 q1, const std::vector<Sums*>& sums) {
   const GqaMode mode = sels.front()->mode;
   const int h0 = mode == GqaMode::kv ? u * s.G : u;
   const int nh = mode == GqaMode::kv ? s.G : 1;
@@ -170,12 +171,13 @@ void static_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const 
   if (active.empty()) return;  // every row exactly unperturbed
   if (active.size() > 1) {
     Chain chain;
-    if (find_chain(um, active, len, chain)) return nested_unit(cache, set, nu_kind, um, chain, s, h0, nh, len, sums);
+    if (find_chain(um, active, len, chain))
+      return nested_unit(cache, set, nu_kind, um, chain, s, h0, nh, q0, q1, len, sums);
   }
   // Compacted rows are buffered per chunk of rows, ~4M floats per selection and thread. The chunk
   // depends on len only, never on the batch, so a batch gives bit-identical results to one call
   // per selection (the sgemm's rounding depends on its row count).
-  const i64 R = static_cast<i64>(nh) * s.n;
+  const i64 nq = q1 - q0, R = static_cast<i64>(nh) * nq;  // row r: head h0 + r / nq, query q0 + r % nq
   const i64 chunk = std::max<i64>(1, std::min<i64>(R, (i64{1} << 22) / len));
   std::vector<float*> A(2 * B, nullptr), V(2 * B, nullptr);  // [b * 2 + form]; V gathered on first use
   for (std::size_t b : active)
@@ -188,9 +190,9 @@ void static_unit(const LayerCache& cache, QuerySet set, NormKind nu_kind, const 
     const i64 rn = std::min(chunk, R - r0);
     for (auto& dst : dest) dst.clear();
     for (i64 r = r0; r < r0 + rn; ++r) {
-      const int h = h0 + static_cast<int>(r / s.n);
-      const i64 qi = r % s.n;
-      const float* row = cache.probs(set, h) + qi * s.S;
+      const int h = h0 + static_cast<int>(r / nq);
+      const i64 qi = q0 + r % nq;
+      const float* row = cache.prob_row(set, h, qi);
       const float* nu = cache.value_norms(h, nu_kind);
       const std::size_t at = static_cast<std::size_t>(h) * s.n + qi;
       for (std::size_t b : active) {

@@ -51,13 +51,13 @@ struct Sums {
                                           use_support(hn, 0), shift_range(hn, 0.0), support_nu_max(hn, 0.0) {}
 };
 
-// Static kept masks, all heads of one unit, for a batch of selections (the budgets of one rule)
-// in one pass over each probability row: for every selection, the masses (kernels::split_mass_sums)
+// Static kept masks, all heads of one unit and the queries [q0, q1) (one probability tile's
+// range), for a batch of selections (the budgets of one rule) in one pass over each probability row: for every selection, the masses (kernels::split_mass_sums)
 // and the row compacted to the columns of the better-conditioned form of delta, while the row is
 // still in cache. Rows with F >= 1/2 get the evicted sum oev (delta = (oev - (1-F) o)/F), rows
 // with F < 1/2 the support sum oP (delta = o - oP/F), so 1/F never amplifies a cancellation. Each
 // (selection, form) is then one sgemm of the compacted rows with the gathered value rows.
 void static_unit(const LayerCache& cache, QuerySet set, NormKind nu, const std::vector<const Selection*>& sels,
-                 const Shape& s, int u, const std::vector<Sums*>& sums);
+                 const Shape& s, int u, i64 q0, i64 q1, const std::vector<Sums*>& sums);
 
 }  // namespace kvsim::perturbation_detail

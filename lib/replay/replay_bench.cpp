@@ -100,7 +100,7 @@ double time_core(const BenchLayer& b, int threads, int reps, std::size_t* tiles_
   omp_set_num_threads(threads);
   return best_of(reps, [&] {
     LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows);
-    cache.walk_groups(QuerySet::eval, [](int, int) {}, true);
+    cache.walk_tiles(QuerySet::eval, [](int, int, i64, i64) {}, true);
     if (tiles_peak) *tiles_peak = cache.prob_bytes_peak();
   });
 }

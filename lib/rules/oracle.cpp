@@ -17,24 +17,25 @@ class OracleRule : public ScoredRule {
     if (!in.cache) fail(spec(), "", "needs the layer cache of evaluation attention");
     const LayerData& d = *in.data;
     const LayerCache& c = *in.cache;
-    const i64 n_eval = c.n_eval(), S = d.seq_len, n = in.n_c;
+    const i64 n_eval = c.n_eval(), n = in.n_c;
     if (n_eval == 0) fail(spec(), "", "no evaluation queries at or after the compression point");
     std::vector<float> mass(static_cast<std::size_t>(d.num_heads) * n, 0.0f);
-    // The KV groups' probability tiles in waves of one per thread, freed after use (the metrics
-    // recompute them rather than the layer holding every head's probabilities at once).
+    // Accumulated in double over the queries in order, then one rounding: the mean is exact to
+    // float precision. The probability tiles in waves of one per thread, freed after use (the
+    // metrics recompute them rather than the layer holding every head's probabilities at once).
+    std::vector<double> acc(static_cast<std::size_t>(d.num_heads) * n, 0.0);
     const int G = d.num_heads / d.num_kv_heads;
-    c.walk_groups(QuerySet::eval, [&](int g0, int g1) {
+    c.walk_tiles(QuerySet::eval, [&](int g0, int g1, i64 q0, i64 q1) {
 #pragma omp parallel for schedule(dynamic)
       for (int h = g0 * G; h < g1 * G; ++h) {
-        const float* p = c.eval_probs(h);
-        float* m = mass.data() + h * n;
-        // Accumulate in double, then one rounding: the mean is exact to float precision.
-        std::vector<double> acc(n, 0.0);
-        for (i64 q = 0; q < n_eval; ++q)
-          for (i64 j = 0; j < n; ++j) acc[j] += p[q * S + j];
-        for (i64 j = 0; j < n; ++j) m[j] = static_cast<float>(acc[j] / static_cast<double>(n_eval));
+        double* a = acc.data() + static_cast<std::size_t>(h) * n;
+        for (i64 q = q0; q < q1; ++q) {
+          const float* p = c.prob_row(QuerySet::eval, h, q);
+          for (i64 j = 0; j < n; ++j) a[j] += p[j];
+        }
       }
     }, true);
+    for (std::size_t k = 0; k < acc.size(); ++k) mass[k] = static_cast<float>(acc[k] / static_cast<double>(n_eval));
     UnitScores s(gqa_.mode, units_for(gqa_.mode, d), n);
     reduce_heads(mass.data(), d.num_heads, d.num_heads / d.num_kv_heads, n, n, gqa_, s.score.data(), n);
     return s;

@@ -9,18 +9,24 @@
 using namespace kvsim;
 using namespace kvsim::test;
 
-TEST_CASE("eval_probs: causal softmax of the evaluation queries, one row per query") {
-  for (int G : {1, 2, 4}) {
+TEST_CASE("prob_row: causal softmax of the evaluation queries, one row per query, whatever the tiles") {
+  for (int G : {1, 2, 4})
+    for (int per_tile : {0, 1, 2}) {  // queries per tile (0: the default budget, one tile per group)
+    CAPTURE(G);
+    CAPTURE(per_tile);
     LayerShape s;
     s.Hkv = 2; s.H = 2 * G; s.S = 40; s.n_c = 25;
     const auto meta = make_meta(s);
     const auto L = make_layer(s, 3 + G);
     std::vector<i64> rows = {25, 30, 39};
     LayerCache cache(meta, L, s.n_c, rows);
+    if (per_tile) cache.set_tile_budget(static_cast<std::size_t>(per_tile) * G * s.S * sizeof(float));
     CHECK(cache.n_eval() == 3);
+    CHECK(cache.tile_queries(QuerySet::eval) == (per_tile ? per_tile : 3));
+    CHECK(cache.tile_ranges(QuerySet::eval) == (per_tile == 1 ? 3 : per_tile == 2 ? 2 : 1));
     for (int h = 0; h < s.H; ++h) {
-      const float* p = cache.eval_probs(h);
       for (i64 qi = 0; qi < 3; ++qi) {
+        const float* p = cache.prob_row(QuerySet::eval, h, qi);
         const i64 t = cache.eval_pos(qi);
         std::vector<double> lg(t + 1);
         double mx = -1e300, z = 0;
@@ -34,10 +40,16 @@ TEST_CASE("eval_probs: causal softmax of the evaluation queries, one row per que
         for (auto& x : lg) z += std::exp(x - mx);
         for (i64 j = 0; j < s.S; ++j) {
           const double want = j <= t ? std::exp(lg[j] - mx) / z : 0.0;
-          CHECK(p[qi * s.S + j] == doctest::Approx(want).epsilon(1e-5));
+          CHECK(p[j] == doctest::Approx(want).epsilon(1e-5));
         }
       }
     }
+    // The head outputs agree with one tile per group (within float32 reassociation: the sgemm's
+    // rounding depends on its row count).
+    LayerCache whole(meta, L, s.n_c, rows);
+    for (int h = 0; h < s.H; ++h)
+      for (i64 i = 0; i < 3 * s.d; ++i)
+        CHECK(cache.outputs(QuerySet::eval, h)[i] == doctest::Approx(whole.outputs(QuerySet::eval, h)[i]).epsilon(1e-5));
   }
 }
 

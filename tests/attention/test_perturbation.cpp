@@ -200,7 +200,9 @@ TEST_CASE("soft-capped logits (trace format v2, Gemma 2): metrics and bounds agr
     plain.attn_softcap = 0;
     LayerCache uncapped(plain, L, s.n_c, rows);
     double diff = 0;
-    for (i64 j = 0; j < s.S; ++j) diff = std::max(diff, double(std::fabs(cache.eval_probs(0)[j] - uncapped.eval_probs(0)[j])));
+    for (i64 j = 0; j < s.S; ++j)
+      diff = std::max(diff, double(std::fabs(cache.prob_row(QuerySet::eval, 0, 0)[j] -
+                                             uncapped.prob_row(QuerySet::eval, 0, 0)[j])));
     CHECK(diff > 1e-3);
   }
 }
@@ -490,13 +492,78 @@ TEST_CASE("measure_rules: every rule's budgets in one walk over the KV groups, t
       CHECK(walked.prob_bytes_peak() <= static_cast<std::size_t>(threads) * (tile + 64));
       // Released tiles come back bit-identical.
       for (int h = 0; h < s.H; ++h) {
-        const float* a = kept.probs(set, h);
-        const float* b = walked.probs(set, h);
         bool equal = true;
-        for (i64 i = 0; i < kept.count(set) * s.S; ++i) equal &= a[i] == b[i];
+        for (i64 qi = 0; qi < kept.count(set); ++qi)
+          for (i64 j = 0; j < s.S; ++j) equal &= kept.prob_row(set, h, qi)[j] == walked.prob_row(set, h, qi)[j];
         CHECK(equal);
       }
     }
   }
   omp_set_num_threads(threads_before);
+}
+
+TEST_CASE("measure_rules with the queries split over several probability tiles (long contexts) equals one tile "
+          "per group; the tile memory is bounded by the budget, not by the query count") {
+  LayerShape s;
+  s.H = 8; s.Hkv = 4; s.d = 16; s.D = 80; s.S = 160; s.n_c = 100; s.structured = true;
+  const auto meta = make_meta(s);
+  const auto L = make_layer(s, 29);
+  const auto eval = rows_from(meta, s.n_c, s.S), window = rows_from(meta, s.n_c - 16, s.n_c);
+  std::vector<std::vector<Selection>> rules(4);
+  for (double keep : {0.1, 0.3, 0.6}) rules[0].push_back(random_selection(s, GqaMode::kv, keep, 95));
+  rules[1].push_back(random_selection(s, GqaMode::kv, 0.2, 96));
+  rules[1].push_back(random_selection(s, GqaMode::query, 0.4, 97));
+  auto stepwise = random_selection(s, GqaMode::kv, 0.5, 98);
+  add_stepwise_masks(stepwise, LayerCache(meta, L, s.n_c, eval), 1, 4);
+  rules[2].push_back(stepwise);
+  auto think = random_selection(s, GqaMode::kv, 0.5, 99);
+  think.key_channels.assign(s.Hkv * s.d, 1);
+  think.key_channels[3] = 0;
+  rules[3].push_back(think);
+  // The float64 oracle's tolerance (check_close): ThinK's delta is a small difference of two
+  // float32 outputs, and the tiling changes the shapes of the products that form them.
+  const auto close = [](const std::vector<double>& x, const std::vector<double>& y) {
+    double scale = 0;
+    for (double v : y)
+      if (std::isfinite(v)) scale = std::max(scale, std::abs(v));
+    for (std::size_t i = 0; i < x.size(); ++i)
+      if (!(std::abs(x[i] - y[i]) <= 1e-5 * std::abs(y[i]) + 1e-6 * scale) && !(std::isnan(x[i]) && std::isnan(y[i]))) {
+        MESSAGE("row " << i << ": " << x[i] << " vs " << y[i] << " (scale " << scale << ")");
+        return false;
+      }
+    return x.size() == y.size();
+  };
+  const int G = s.H / s.Hkv;
+  for (QuerySet set : {QuerySet::eval, QuerySet::window}) {
+    LayerCache whole(meta, L, s.n_c, eval, window);
+    REQUIRE(whole.tile_ranges(set) == 1);
+    const auto want = measure_rules(whole, set, NormKind::l1, rules);
+    for (i64 per_tile : {1, 7, 13}) {
+      CAPTURE(static_cast<int>(set));
+      CAPTURE(per_tile);
+      LayerCache ranged(meta, L, s.n_c, eval, window);
+      const std::size_t per_query = static_cast<std::size_t>(G) * s.S * sizeof(float);
+      ranged.set_tile_budget(per_tile * per_query);
+      REQUIRE(ranged.tile_queries(set) <= per_tile);
+      REQUIRE(ranged.tile_ranges(set) > 1);
+      const auto got = measure_rules(ranged, set, NormKind::l1, rules);
+      for (std::size_t r = 0; r < rules.size(); ++r)
+        for (std::size_t b = 0; b < rules[r].size(); ++b) {
+          CAPTURE(r);
+          CAPTURE(b);
+          const auto& x = got[r][b];
+          const auto& y = want[r][b];
+          CHECK(close(x.F, y.F));
+          CHECK(close(x.l1, y.l1));
+          CHECK(close(x.l2, y.l2));
+          CHECK(close(x.bound_ada, y.bound_ada));
+          CHECK(close(x.theta, y.theta));
+          CHECK(close(x.layer_l1, y.layer_l1));
+          CHECK(close(x.layer_l2, y.layer_l2));
+          CHECK(close(x.layer_ada, y.layer_ada));
+        }
+      // Tiles of at most per_tile queries, one per thread at a time.
+      CHECK(ranged.prob_bytes_peak() <= static_cast<std::size_t>(omp_get_max_threads()) * (per_tile * per_query + 64));
+    }
+  }
 }
