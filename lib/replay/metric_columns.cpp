@@ -92,4 +92,26 @@ const TableSchema& summary_budget_schema() {
   return s;
 }
 
+const TableSchema& summary_auc_schema() {
+  static const TableSchema s = [] {
+    // Its own name: tables are keyed by file, and rules[].budgets[] holds "summary.json".
+    TableSchema t{"summary.json#auc",
+                  "rules[].auc: a budget-free summary of one rule, the area under each metric's curve over the kept "
+                  "fraction (trapezoids between the rule's budgets, kept_tokens_mean / n_c), divided by the "
+                  "fraction range: the metric's mean over [from, to]; absent with fewer than two distinct fractions",
+                  {}};
+    t.columns.push_back({"from", ColumnType::real, "fraction", "smallest kept fraction of the rule's budgets"});
+    t.columns.push_back({"to", ColumnType::real, "fraction", "largest kept fraction"});
+    t.columns.push_back({"points", ColumnType::integer, "", "distinct kept fractions on the curve"});
+    static std::deque<std::string> meanings;
+    for (const MetricColumn& m : kMetricColumns)
+      if (!m.summary.empty()) {
+        meanings.push_back(std::string(m.summary) + " averaged over the kept-fraction range");
+        t.columns.push_back({m.summary, ColumnType::real, m.column.unit, meanings.back()});
+      }
+    return t;
+  }();
+  return s;
+}
+
 }  // namespace kvsim

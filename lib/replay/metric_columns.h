@@ -73,5 +73,6 @@ const TableSchema& metrics_schema();        // metrics.csv
 const TableSchema& per_query_schema();      // metrics_per_query.csv
 const TableSchema& sweep_metrics_schema();  // sweep_metrics.csv: trace + metrics.csv
 const TableSchema& summary_budget_schema(); // summary.json rules[].budgets[] fields
+const TableSchema& summary_auc_schema();    // summary.json rules[].auc fields
 
 }  // namespace kvsim

@@ -49,6 +49,30 @@ struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
   double mean(std::size_t metric) const { return values[metric] / (layers > 0 ? layers : 1); }
 };
 
+// summary_auc_schema(): each summary metric's mean over the rule's kept-fraction range, by
+// trapezoids between its budgets (budgets with the same kept fraction averaged first). Null
+// with fewer than two distinct fractions.
+Json budget_auc(const std::vector<Totals>& budgets, i64 n_c) {
+  std::map<double, std::pair<std::array<double, kNumMetrics>, int>> curve;  // fraction -> (sum, count)
+  for (const Totals& t : budgets) {
+    const double x = t.kept / (t.layers > 0 ? t.layers : 1) / static_cast<double>(n_c > 0 ? n_c : 1);
+    auto& [sum, count] = curve[x];
+    for (std::size_t m = 0; m < kNumMetrics; ++m) sum[m] += t.mean(m);
+    ++count;
+  }
+  if (curve.size() < 2) return nullptr;
+  const double from = curve.begin()->first, to = curve.rbegin()->first;
+  Json j = {{"from", from}, {"to", to}, {"points", static_cast<i64>(curve.size())}};
+  for (std::size_t m = 0; m < kNumMetrics; ++m) {
+    if (kMetricColumns[m].summary.empty()) continue;
+    double area = 0;
+    for (auto a = curve.begin(), b = std::next(a); b != curve.end(); ++a, ++b)
+      area += (b->first - a->first) * (a->second.first[m] / a->second.second + b->second.first[m] / b->second.second) / 2;
+    j[std::string(kMetricColumns[m].summary)] = area / (to - from);
+  }
+  return j;
+}
+
 Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vector<std::vector<Totals>>& tot,
                   const Json& timings, const std::string& trace_sha256) {
   const TraceMeta& meta = s.meta;
@@ -82,7 +106,10 @@ Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vec
       }
       budgets.push_back(std::move(e));
     }
-    rules.push_back({{"spec", s.rules[r]->spec()}, {"budgets", std::move(budgets)}});
+    Json rule = {{"spec", s.rules[r]->spec()}, {"budgets", std::move(budgets)}};
+    const Json auc = budget_auc(tot[r], p.n_c);
+    if (!auc.is_null()) rule["auc"] = auc;
+    rules.push_back(std::move(rule));
   }
   j["rules"] = std::move(rules);
   j["timings"] = timings;

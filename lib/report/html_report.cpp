@@ -215,6 +215,36 @@ std::string rule_comparison(const ReplayOutput& out, const std::string& id) {
                HtmlCell::num(select_seconds(s.rule, s.budget))});
   o += t.render();
 
+  // Budget-free ranking (summary.json rules[].auc): each rule's mean over its kept-fraction range.
+  if (srules && srules->is_array()) {
+    struct Auc {
+      std::string rule;
+      double from, to, rel, pert, mass;
+      i64 points;
+    };
+    std::vector<Auc> aucs;
+    for (const auto& r : srules->items())
+      if (const JsonValue* a = r.find("auc"))
+        aucs.push_back({r.get_string("spec"), a->get_number("from", std::nan("")), a->get_number("to", std::nan("")),
+                        a->get_number("rel_pert_l1_mean", std::nan("")), a->get_number("pert_l1_mean", std::nan("")),
+                        a->get_number("retained_mass_mean", std::nan("")),
+                        static_cast<i64>(a->get_number("points", 0))});
+    std::stable_sort(aucs.begin(), aucs.end(), [](const Auc& a, const Auc& b) {
+      return (std::isnan(b.rel) && !std::isnan(a.rel)) || a.rel < b.rel;
+    });
+    if (!aucs.empty()) {
+      HtmlTable a(id + "-budget-free",
+                  "Budget-free ranking: each metric's mean over the rule's kept-fraction range (area under its "
+                  "curve between the budgets, divided by the range; summary.json rules[].auc), best first. Compare "
+                  "rules over the same range.",
+                  {"rule", "kept fraction from", "to", "budgets", "rel_pert_l1", "pert_l1", "retained_mass"});
+      for (const auto& x : aucs)
+        a.add_row({L.cell(x.rule), HtmlCell::num(x.from), HtmlCell::num(x.to), HtmlCell::integer(x.points),
+                   HtmlCell::num(x.rel), HtmlCell::num(x.pert), HtmlCell::num(x.mass)});
+      o += a.render();
+    }
+  }
+
   // Heat maps rule x layer, one per budget (at most six).
   std::vector<std::string> maps;
   for (std::size_t bi = 0; bi < out.budgets.size() && bi < 6; ++bi) {

@@ -85,7 +85,9 @@ class CriticalRule : public ScoredRule {
            "missing; " + spec() + " needs W_o for the projected value norms");
     const LayerData& d = *in.data;
     const int G = d.num_heads / d.num_kv_heads;
-    // nu per unit: the group mean of nu^h in kv mode (kvpress), nu^h in query mode.
+    // nu per unit: the group mean of nu^h in kv mode (kvpress), nu^h in query mode. The heads'
+    // norms first, in parallel (exact norms through W_o are the costly part of this rule).
+    in.cache->precompute_norms(norm_);
     std::vector<float> nu(static_cast<std::size_t>(s.units) * s.n_c, 0.0f);
     for (int h = 0; h < d.num_heads; ++h) {
       const float* v = in.cache->value_norms(h, norm_);

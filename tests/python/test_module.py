@@ -103,6 +103,24 @@ class ModuleTest(unittest.TestCase):
             self.assertEqual(res.summary["command"],
                              f"kvsim replay {trace} --rules {rules} --budgets 0.1,cr=0.5,200 --per-query")
 
+    def test_budget_free_auc(self):
+        """summary.json's rules[].auc: the trapezoid area of each metric over the kept fraction,
+        divided by the range, recomputed here from the per-budget means; one budget: no auc."""
+        summary = kvsim.replay(NIAH, rules="snapkv;dropkv;caote(snapkv)", budgets=[0.3, 0.1, 0.2, 0.5]).attrs["summary"]
+        n_c = summary["protocol"]["n_c"]
+        for r in summary["rules"]:
+            pts = sorted((b["kept_tokens_mean"] / n_c, b) for b in r["budgets"])
+            x = np.array([p[0] for p in pts])
+            self.assertEqual(r["auc"]["points"], 4)
+            self.assertAlmostEqual(r["auc"]["from"], x[0], places=12)
+            self.assertAlmostEqual(r["auc"]["to"], x[-1], places=12)
+            for key in ("pert_l1_mean", "rel_pert_l1_mean", "retained_mass_mean", "bound_critical_mean"):
+                y = np.array([p[1][key] for p in pts])
+                want = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
+                self.assertAlmostEqual(r["auc"][key], want, delta=1e-12 * abs(want))
+        one = kvsim.replay(NIAH, rules="snapkv", budgets=[0.2]).attrs["summary"]
+        self.assertNotIn("auc", one["rules"][0])
+
     def test_analyze_and_prefill_equal_cli_files(self):
         out = os.path.join(self.dir, "analyze")
         cli("analyze", NIAH, "--out", out)

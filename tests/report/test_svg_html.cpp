@@ -96,7 +96,8 @@ TEST_CASE("report from a hand-made replay folder: sections, tables, no network r
   test::TempDir dir("report");
   std::ofstream(dir.file("summary.json"))
       << R"({"kvsim_version":"0.1.0","command":"kvsim replay t.h5","trace":{"model":"toy","num_layers":1},)"
-         R"("protocol":{"n_c":10},"rules":[{"spec":"snapkv","budgets":[{"budget":"0.5","select_seconds":0.25}]}],)"
+         R"("protocol":{"n_c":10},"rules":[{"spec":"snapkv","budgets":[{"budget":"0.5","select_seconds":0.25}],)"
+         R"("auc":{"from":0.1,"to":0.5,"points":3,"rel_pert_l1_mean":0.0625,"pert_l1_mean":0.5,"retained_mass_mean":0.9}}],)"
          R"("timings":{"total_seconds":1.5},"peak_rss_bytes":1048576})";
   std::ofstream m(dir.file("metrics.csv"));
   m << "rule,budget,budget_tokens,kept_tokens,layer,head,eval,n_queries,retained_mass,retained_mass_min,pert_l1,"
@@ -118,6 +119,8 @@ TEST_CASE("report from a hand-made replay folder: sections, tables, no network r
   CHECK(html.find("https://") == std::string::npos);
   CHECK(html.find("<script") == std::string::npos);
   CHECK(html.find("data-v=\"0.25\"") != std::string::npos);  // select_seconds from summary.json
+  CHECK(html.find("id=\"run1-budget-free\"") != std::string::npos);  // rules[].auc
+  CHECK(html.find("data-v=\"0.0625\"") != std::string::npos);
   // A broken metrics.csv is a one-line error naming file, line and column.
   std::ofstream(dir.file("metrics.csv")) << "rule,budget\nx,y\n";
   CHECK_THROWS_WITH_AS(load_replay_output(dir.path.string()), (dir.file("metrics.csv") + ": budget_tokens: missing column").c_str(),

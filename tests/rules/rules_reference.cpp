@@ -136,6 +136,54 @@ Mat ref_snapkv(const TestLayer& L, const RefSnap& p) {
   return red;
 }
 
+Mat ref_caote(const TestLayer& L, const Mat& prefix_scores, bool query_mode) {
+  const LayerData& d = L.data;
+  const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim;
+  Mat out;
+  for (std::size_t u = 0; u < prefix_scores.size(); ++u) {
+    const int g = query_mode ? static_cast<int>(u) / G : static_cast<int>(u);
+    const auto& a = prefix_scores[u];
+    double total = 0;
+    for (double x : a) total += x;
+    std::vector<double> o(dh, 0.0), s(a.size(), 0.0);
+    for (std::size_t j = 0; j < a.size(); ++j)
+      for (int c = 0; c < dh; ++c) o[c] += a[j] / total * d.v[(g * d.seq_len + static_cast<i64>(j)) * dh + c];
+    for (std::size_t j = 0; j < a.size(); ++j) {
+      const double w = a[j] / total;
+      double sq = 0;
+      for (int c = 0; c < dh; ++c) sq += std::pow(o[c] - d.v[(g * d.seq_len + static_cast<i64>(j)) * dh + c], 2);
+      s[j] = w / (1 - w) * std::sqrt(sq);
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+Mat ref_dropkv(const TestLayer& L, i64 window, int kernel, double eps, const std::string& gqa) {
+  const LayerData& d = L.data;
+  const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim;
+  const i64 m = L.n_c - window;
+  Mat per_head(d.num_heads, std::vector<double>(m, 0.0));
+  for (int h = 0; h < d.num_heads; ++h) {
+    const int g = h / G;
+    auto v = [&](i64 j, int c) { return static_cast<double>(d.v[(g * d.seq_len + j) * dh + c]); };
+    for (i64 t = m; t < L.n_c; ++t) {
+      const auto p = softmax_prefix(L, h, row_of(L, t), t);
+      std::vector<double> o(dh, 0.0);
+      for (i64 j = 0; j <= t; ++j)
+        for (int c = 0; c < dh; ++c) o[c] += p[j] * v(j, c);
+      for (i64 j = 0; j < m; ++j) {
+        double sq = 0;
+        for (int c = 0; c < dh; ++c) sq += std::pow(v(j, c) - o[c], 2);
+        const double r = p[j] / (1 - p[j] + eps);
+        per_head[h][j] += r * r * sq;
+      }
+    }
+    per_head[h] = pool(per_head[h], kernel, false);
+  }
+  return reduce(per_head, G, gqa);
+}
+
 Mat ref_oracle(const TestLayer& L, const std::string& gqa) {
   const LayerData& d = L.data;
   const int G = d.num_heads / d.num_kv_heads;

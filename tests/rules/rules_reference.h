@@ -38,6 +38,12 @@ struct RefSnap {
 };
 // SnapKV scores of the m = n_c - window prefix tokens, per unit.
 Mat ref_snapkv(const TestLayer& L, const RefSnap& p);
+// CAOTE on attention-like prefix scores a (per unit): a_j / (1 - a_j) ||o - v_j||_2 with a
+// normalised over the unit's prefix and o = sum a_j v_j (v of the unit's KV head).
+Mat ref_caote(const TestLayer& L, const Mat& prefix_scores, bool query_mode);
+// DropKV scores of the m = n_c - window prefix tokens: per head sum over the window queries of
+// (p/(1-p+eps))^2 ||v_j - o_t||^2, average-pooled, reduced per gqa.
+Mat ref_dropkv(const TestLayer& L, i64 window, int kernel, double eps, const std::string& gqa);
 // Mean over evaluation queries of exact attention on [0, n_c), reduced per gqa.
 Mat ref_oracle(const TestLayer& L, const std::string& gqa);
 // -||k_j||_2 per KV head over [0, n_c).

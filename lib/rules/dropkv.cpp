@@ -1,0 +1,120 @@
+// dropkv(window, kernel, eps, gqa): DropKV (kvpress issue #284, PR #285, open; rules doc 2.18).
+// For query head h and each of the last `window` queries i before the compression point, with
+// causal attention p_ij over [begin, t_i] and output o_i = sum_j p_ij v_j, evicting token j alone
+// moves the output by p_ij / (1 - p_ij) (o_i - v_j); DropKV scores the prefix tokens by the
+// squared move summed over the window,
+//   s^h_j = sum_i (p_ij / (1 - p_ij + eps))^2 ||v_j - o_i||_2^2,
+// then, as SnapKV in kvpress, average-pools along the tokens (odd kernel, zero padding) and
+// reduces the group's heads (mean by default). The window tokens are protected.
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/kernels.h"
+#include "rules/gqa.h"
+#include "rules/registry.h"
+#include "rules/scored_rule.h"
+#include "rules/snapkv.h"
+#include "rules/window_attention.h"
+
+namespace kvsim {
+namespace {
+
+struct DropKVParams {
+  i64 window = 64;
+  int kernel = 5;
+  double eps = 1e-6;
+  GqaChoice gqa;
+};
+
+class DropKVRule : public ScoredRule {
+ public:
+  DropKVRule(std::string spec, DropKVParams p) : ScoredRule(std::move(spec)), p_(p) {}
+
+  UnitScores scores_range(const RuleInput& in, i64 begin, i64 end) const override {
+    const TraceMeta& meta = *in.meta;
+    const LayerData& d = *in.data;
+    const i64 w = p_.window, L = end - begin, m = L - w, dh = d.head_dim;
+    if (m < 1)
+      fail(spec(), "window", "the window of " + std::to_string(w) + " queries leaves no token to score in a span of " +
+                                 std::to_string(L));
+    if (d.num_q != static_cast<i64>(meta.q_pos.size()))
+      fail(spec(), "", "needs every stored query row of the layer loaded");
+    std::vector<i64> rows(w);
+    for (i64 i = 0; i < w; ++i) rows[i] = query_row(meta, end - w + i, spec());
+    const kernels::LogitSpec logit = meta.logits();
+    const int G = d.num_heads / d.num_kv_heads;
+    avec<float> per_head(static_cast<std::size_t>(d.num_heads) * m, 0.0f);
+#pragma omp parallel
+    {
+      avec<float> qw(w * dh), probs(w * L), outs(w * dh);
+      std::vector<double> acc(m);
+#pragma omp for schedule(dynamic)
+      for (int h = 0; h < d.num_heads; ++h) {
+        const int g = h / G;
+        for (i64 i = 0; i < w; ++i) std::copy_n(d.q_row(h, rows[i]), dh, qw.data() + i * dh);
+        kernels::sgemm(false, true, w, L, dh, 1.0f, qw.data(), dh, d.k_row(g, begin), dh, 0.0f, probs.data(), L);
+        for (i64 i = 0; i < w; ++i) {
+          float* row = probs.data() + i * L;
+          kernels::logit_softmax_inplace(row, m + i + 1, logit);  // keys begin .. t, t = end - w + i
+          std::fill(row + m + i + 1, row + L, 0.0f);
+        }
+        // o_i = sum_j p_ij v_j over the query's causal span.
+        kernels::sgemm(false, false, w, dh, L, 1.0f, probs.data(), L, d.v_row(g, begin), dh, 0.0f, outs.data(), dh);
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (i64 i = 0; i < w; ++i) {
+          const float* p = probs.data() + i * L;
+          const float* o = outs.data() + i * dh;
+          for (i64 j = 0; j < m; ++j) {
+            if (p[j] == 0.0f) continue;  // no move
+            const float* v = d.v_row(g, begin + j);
+            float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+            for (i64 c = 0; c < dh; ++c) sq += (v[c] - o[c]) * (v[c] - o[c]);
+            const double r = static_cast<double>(p[j]) / (1.0 - p[j] + p_.eps);
+            acc[j] += r * r * sq;
+          }
+        }
+        float* out = per_head.data() + static_cast<std::size_t>(h) * m;
+        for (i64 j = 0; j < m; ++j) out[j] = static_cast<float>(acc[j]);
+      }
+    }
+    UnitScores s(p_.gqa.mode, units_for(p_.gqa.mode, d), L);
+    SnapKVParams pool;  // kvpress's SnapKV pooling: average, zero padding, per head, then the group
+    pool.window = w;
+    pool.kernel = p_.kernel;
+    pool.max_pool = false;
+    pool.gqa = p_.gqa;
+    pool.pool_then_reduce = true;
+    std::vector<float> red(static_cast<std::size_t>(s.units) * m);
+    snapkv_pool_reduce(per_head.data(), d.num_heads, G, m, pool, red.data());
+    for (int u = 0; u < s.units; ++u) std::copy_n(red.data() + u * m, m, s.unit(u));
+    s.protect_range(m, L);
+    return s;
+  }
+
+ private:
+  DropKVParams p_;
+};
+
+KVSIM_RULE((RuleInfo{"dropkv",
+                     "DropKV (kvpress PR #285): the squared one-token eviction move (p/(1-p+eps))^2 ||v_j - o_i||^2 "
+                     "summed over the last `window` queries, pooled; window protected",
+                     {{"window", "int", "64", "observation window w (queries; the w tokens are kept)"},
+                      {"kernel", "int", "5", "average pooling kernel, odd (1: none)"},
+                      {"eps", "double", "1e-06", "added to 1 - p in the denominator"},
+                      {"gqa", "choice mean|max|sum|query", "mean", "group reduction, or per query head"}},
+                     /*in_all=*/false}),  // in "all"; "default" stays the set earlier results used
+           [](SpecReader& r) -> std::unique_ptr<Rule> {
+             DropKVParams p;
+             p.window = r.get_int("window", 64, 1, 1 << 20);
+             p.kernel = static_cast<int>(r.get_int("kernel", 5, 1, 1001));
+             if (p.kernel % 2 == 0) r.error("parameter 'kernel': must be odd, got " + std::to_string(p.kernel));
+             p.eps = r.get_double("eps", 1e-6, 0.0, 1.0);
+             if (!(p.eps > 0)) r.error("parameter 'eps': must be > 0");
+             p.gqa = read_gqa(r);
+             return std::make_unique<DropKVRule>(r.canonical(), p);
+           });
+
+}  // namespace
+}  // namespace kvsim

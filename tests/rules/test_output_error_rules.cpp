@@ -1,0 +1,124 @@
+// Output-error rules (rules doc 2.17, 2.18): caote(base) and dropkv against their float64
+// references (rules_reference.h) on synthetic layers with G = 1, 2, 4 and the stories260K NIAH
+// trace, kept sets equal, scores to 1e-5 relative; and fixtures small enough to check by hand.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "rules/factory.h"
+#include "rules/scored_rule.h"
+#include "rules_reference.h"
+#include "testutil/testutil.h"
+
+using namespace kvsim;
+using namespace kvsim::test;
+
+namespace {
+
+std::vector<std::unique_ptr<TestLayer>> test_layers() {
+  std::vector<std::unique_ptr<TestLayer>> out;
+  out.push_back(synthetic_test_layer(4, 4, 1, 21));
+  out.push_back(synthetic_test_layer(4, 2, 2, 22));
+  out.push_back(synthetic_test_layer(8, 2, 3, 23));
+  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
+  if (std::filesystem::exists(trace)) out.push_back(trace_test_layer(trace, 2));
+  return out;
+}
+
+// Relative error of the scores within 1e-6 of the unit's largest (the far tail is rounding).
+double worst_relative(const UnitScores& s, const Mat& ref) {
+  double worst = 0;
+  for (int u = 0; u < s.units; ++u) {
+    double top = 0;
+    for (double b : ref[u]) top = std::max(top, std::abs(b));
+    for (std::size_t j = 0; j < ref[u].size(); ++j)
+      if (std::abs(ref[u][j]) >= 1e-6 * top)
+        worst = std::max(worst, std::abs(s.unit(u)[j] - ref[u][j]) / std::abs(ref[u][j]));
+  }
+  return worst;
+}
+
+// Kept sets equal the reference's, except where the reference itself cannot tell: a token kept by
+// one and evicted by the other whose float64 score is within tol (relative) of the reference's
+// cut, a near-tie that float32 scores decide either way (counted, reported).
+void check_kept(const Rule& rule, const TestLayer& L, const Mat& ref, i64 w, double tol) {
+  for (const std::string text : {"0.1", "0.3", "cr=0.5"}) {
+    const Budget b = Budget::parse(text);
+    const i64 B = b.tokens_for(L.n_c);
+    const auto sel = rule.select(L.input(), {b});
+    const Masks want = ref_keep_prefix(ref, L.n_c, w, std::vector<i64>(ref.size(), B));
+    i64 bad = 0, near = 0;
+    for (int u = 0; u < sel[0].units; ++u) {
+      double cut = 1e300;  // the lowest kept reference score of the prefix
+      for (std::size_t j = 0; j < ref[u].size(); ++j)
+        if (want[u][j]) cut = std::min(cut, ref[u][j]);
+      for (std::size_t j = 0; j < ref[u].size(); ++j)
+        if (sel[0].unit_mask(u)[j] != want[u][j]) {
+          const bool tie = std::abs(ref[u][j] - cut) <= tol * std::abs(cut);
+          (tie ? near : bad) += 1;
+          if (!tie) MESSAGE("unit " << u << " token " << j << ": ref score " << ref[u][j] << ", cut " << cut);
+        }
+      for (i64 j = static_cast<i64>(ref[u].size()); j < L.n_c; ++j) bad += !sel[0].unit_mask(u)[j];  // window kept
+    }
+    CHECK_MESSAGE(bad == 0, rule.spec() << " @ " << text << ": " << bad << " kept-set differences (" << near
+                                        << " near-ties within " << tol << " of the cut)");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("caote(snapkv): the one-token eviction error of SnapKV's scores equals the float64 reference") {
+  for (const auto& Lp : test_layers()) {
+    const TestLayer& L = *Lp;
+    for (const std::string gqa : {"mean", "query"}) {
+      CAPTURE(gqa);
+      const std::string spec = "caote(snapkv(window=16,kernel=5,pool=avg,gqa=" + gqa + "))";
+      auto rule = make_rule(spec);
+      RefSnap p;
+      p.window = 16;
+      p.kernel = 5;
+      p.max_pool = false;
+      p.gqa = gqa;
+      const Mat ref = ref_caote(L, ref_snapkv(L, p), gqa == "query");
+      const UnitScores s = dynamic_cast<const ScoredRule&>(*rule).scores(L.input());
+      CHECK(worst_relative(s, ref) <= 1e-5);
+      CHECK(s.n_protected == 16);
+      check_kept(*rule, L, ref, 16, 1e-6);
+    }
+  }
+}
+
+TEST_CASE("dropkv: the squared eviction move summed over the window equals the float64 reference") {
+  for (const auto& Lp : test_layers()) {
+    const TestLayer& L = *Lp;
+    for (const std::string gqa : {"mean", "max", "query"}) {
+      CAPTURE(gqa);
+      for (int kernel : {1, 5}) {
+        CAPTURE(kernel);
+        const std::string spec = "dropkv(window=16,kernel=" + std::to_string(kernel) + ",gqa=" + gqa + ")";
+        auto rule = make_rule(spec);
+        const Mat ref = ref_dropkv(L, 16, kernel, 1e-6, gqa);
+        const UnitScores s = dynamic_cast<const ScoredRule&>(*rule).scores(L.input());
+        CHECK(worst_relative(s, ref) <= 1e-4);
+        check_kept(*rule, L, ref, 16, 1e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("caote: hand-checked fixture; refuses bases that are not attention scores") {
+  // Two candidates with weights 3:1 and values 0 and 4 (1-dim): o = 1, a = (0.75, 0.25),
+  // errors 0.75/0.25 * |1 - 0| = 3 and 0.25/0.75 * |1 - 4| = 1: the heavier token stays.
+  const std::vector<double> a = {0.75, 0.25};
+  const double o = a[0] * 0 + a[1] * 4;
+  CHECK(a[0] / (1 - a[0]) * std::abs(o - 0) == doctest::Approx(3));
+  CHECK(a[1] / (1 - a[1]) * std::abs(o - 4) == doctest::Approx(1));
+  CHECK_THROWS_WITH_AS(make_rule("caote(knorm)"), doctest::Contains("does not score attention"), Error);
+  CHECK_THROWS_WITH_AS(make_rule("caote(ada(snapkv))"), doctest::Contains("wraps a scorer or pyramid"), Error);
+  CHECK_THROWS_WITH_AS(make_rule("caote(h2o(variant=stepwise))"), doctest::Contains("per-token scores"), Error);
+  CHECK_NOTHROW(make_rule("caote(pyramid(snapkv))"));
+  CHECK_NOTHROW(make_rule("chunk(caote(snapkv))"));
+  CHECK_THROWS_WITH_AS(make_rule("dropkv(kernel=4)"), doctest::Contains("must be odd"), Error);
+}
