@@ -50,6 +50,24 @@ void add_stepwise_masks(Selection& sel, const LayerCache& cache, std::size_t fir
     }
 }
 
+// A replay's mix of rules, as selections: nested budgets (one ranking), unrelated kv + query sets,
+// a step-wise rule and a ThinK rule (one pruned key channel), random from seeds seed, seed + 1, ...
+std::vector<std::vector<Selection>> replay_like_rules(const LayerShape& s, const LayerCache& cache, unsigned seed,
+                                                      int pruned_channel) {
+  std::vector<std::vector<Selection>> rules(4);
+  for (double keep : {0.1, 0.3, 0.6}) rules[0].push_back(random_selection(s, GqaMode::kv, keep, seed));
+  rules[1].push_back(random_selection(s, GqaMode::kv, 0.2, seed + 1));
+  rules[1].push_back(random_selection(s, GqaMode::query, 0.4, seed + 2));
+  auto stepwise = random_selection(s, GqaMode::kv, 0.5, seed + 3);
+  add_stepwise_masks(stepwise, cache, 1, 4);
+  rules[2].push_back(stepwise);
+  auto think = random_selection(s, GqaMode::kv, 0.5, seed + 4);
+  think.key_channels.assign(s.Hkv * s.d, 1);
+  think.key_channels[pruned_channel] = 0;
+  rules[3].push_back(think);
+  return rules;
+}
+
 // |fast - exact| <= 1e-5 |exact| + 1e-6 scale (scale: magnitude of the quantity's reference).
 void check_close(double fast, double exact, double scale, const std::string& what) {
   INFO(what << ": fast " << fast << " oracle " << exact);
@@ -455,18 +473,7 @@ TEST_CASE("measure_rules: every rule's budgets in one walk over the KV groups, t
   const auto meta = make_meta(s);
   const auto L = make_layer(s, 23);
   const auto eval = rows_from(meta, s.n_c, s.S), window = rows_from(meta, s.n_c - 16, s.n_c);
-  // Rules: nested budgets (one ranking), unrelated kv + query sets, a step-wise and a ThinK rule.
-  std::vector<std::vector<Selection>> rules(4);
-  for (double keep : {0.1, 0.3, 0.6}) rules[0].push_back(random_selection(s, GqaMode::kv, keep, 90));
-  rules[1].push_back(random_selection(s, GqaMode::kv, 0.2, 91));
-  rules[1].push_back(random_selection(s, GqaMode::query, 0.4, 92));
-  auto stepwise = random_selection(s, GqaMode::kv, 0.5, 93);
-  add_stepwise_masks(stepwise, LayerCache(meta, L, s.n_c, eval), 1, 4);
-  rules[2].push_back(stepwise);
-  auto think = random_selection(s, GqaMode::kv, 0.5, 94);
-  think.key_channels.assign(s.Hkv * s.d, 1);
-  think.key_channels[5] = 0;
-  rules[3].push_back(think);
+  const auto rules = replay_like_rules(s, LayerCache(meta, L, s.n_c, eval), 90, 5);
   const int threads_before = omp_get_max_threads();
   for (int threads : {1, 2}) {
     omp_set_num_threads(threads);
@@ -509,17 +516,7 @@ TEST_CASE("measure_rules with the queries split over several probability tiles (
   const auto meta = make_meta(s);
   const auto L = make_layer(s, 29);
   const auto eval = rows_from(meta, s.n_c, s.S), window = rows_from(meta, s.n_c - 16, s.n_c);
-  std::vector<std::vector<Selection>> rules(4);
-  for (double keep : {0.1, 0.3, 0.6}) rules[0].push_back(random_selection(s, GqaMode::kv, keep, 95));
-  rules[1].push_back(random_selection(s, GqaMode::kv, 0.2, 96));
-  rules[1].push_back(random_selection(s, GqaMode::query, 0.4, 97));
-  auto stepwise = random_selection(s, GqaMode::kv, 0.5, 98);
-  add_stepwise_masks(stepwise, LayerCache(meta, L, s.n_c, eval), 1, 4);
-  rules[2].push_back(stepwise);
-  auto think = random_selection(s, GqaMode::kv, 0.5, 99);
-  think.key_channels.assign(s.Hkv * s.d, 1);
-  think.key_channels[3] = 0;
-  rules[3].push_back(think);
+  const auto rules = replay_like_rules(s, LayerCache(meta, L, s.n_c, eval), 95, 3);
   // The float64 oracle's tolerance (check_close): ThinK's delta is a small difference of two
   // float32 outputs, and the tiling changes the shapes of the products that form them.
   const auto close = [](const std::vector<double>& x, const std::vector<double>& y) {
