@@ -178,14 +178,14 @@ struct LayerCache::Impl {
   }
 
   // The set's queries in ranges of equal size (the last no longer) whose tiles fit in `budget`
-  // bytes (at least one query per range).
+  // bytes (at least one query per range): k = ceil(n / r) ranges of the largest size r that
+  // fits, then evened out to ceil(n / k) <= r queries each, still k ranges and none empty.
   void split_ranges(SetState& st, i64 budget) {
-    const i64 n = static_cast<i64>(st.rows.size());
+    const i64 n = std::max<i64>(1, static_cast<i64>(st.rows.size()));  // no query: one empty range
     const i64 per_query = std::max<i64>(1, static_cast<i64>(G) * S * static_cast<i64>(sizeof(float)));
-    st.range = std::max<i64>(1, std::min<i64>(n, budget / per_query));
-    st.ranges = n == 0 ? 1 : static_cast<int>((n + st.range - 1) / st.range);
-    st.range = n == 0 ? 1 : (n + st.ranges - 1) / st.ranges;
-    st.ranges = n == 0 ? 1 : static_cast<int>((n + st.range - 1) / st.range);
+    const i64 fits = std::max<i64>(1, std::min<i64>(n, budget / per_query));
+    st.ranges = static_cast<int>((n + fits - 1) / fits);
+    st.range = (n + st.ranges - 1) / st.ranges;
     st.tiles.reset(new GroupTile[static_cast<std::size_t>(std::max(Hkv, 1)) * st.ranges]);
   }
 

@@ -69,6 +69,21 @@ const TableSchema& sweep_metrics_schema() {
   return s;
 }
 
+namespace {
+
+// One column per metric that summary.json aggregates (MetricColumn::summary), meaning
+// "<what> <how>"; the generated texts live as long as the program (schemas hold views).
+void add_summary_metric_columns(TableSchema& t, bool by_summary_name, const char* how) {
+  static std::deque<std::string> meanings;
+  for (const MetricColumn& m : kMetricColumns)
+    if (!m.summary.empty()) {
+      meanings.push_back(std::string(by_summary_name ? m.summary : m.column.name) + how);
+      t.columns.push_back({m.summary, ColumnType::real, m.column.unit, meanings.back()});
+    }
+}
+
+}  // namespace
+
 const TableSchema& summary_budget_schema() {
   static const TableSchema s = [] {
     TableSchema t{"summary.json", "rules[].budgets[]: one budget of one rule, means over the replayed layers "
@@ -76,12 +91,7 @@ const TableSchema& summary_budget_schema() {
     t.columns.push_back({"budget", ColumnType::text, "", "the budget as written"});
     t.columns.push_back({"budget_tokens_mean", ColumnType::real, "tokens", "budget_tokens, mean over layers"});
     t.columns.push_back({"kept_tokens_mean", ColumnType::real, "tokens", "kept_tokens, mean over layers"});
-    static std::deque<std::string> meanings;  // the generated texts outlive the schema's views
-    for (const MetricColumn& m : kMetricColumns)
-      if (!m.summary.empty()) {
-        meanings.push_back(std::string(m.column.name) + ", mean over layers");
-        t.columns.push_back({m.summary, ColumnType::real, m.column.unit, meanings.back()});
-      }
+    add_summary_metric_columns(t, false, ", mean over layers");
     t.columns.push_back({"select_seconds", ColumnType::real, "s",
                          "this budget's share of the rule's selection wall time"});
     t.columns.push_back({"tied_at_cut_mean", ColumnType::real, "tokens",
@@ -103,12 +113,7 @@ const TableSchema& summary_auc_schema() {
     t.columns.push_back({"from", ColumnType::real, "fraction", "smallest kept fraction of the rule's budgets"});
     t.columns.push_back({"to", ColumnType::real, "fraction", "largest kept fraction"});
     t.columns.push_back({"points", ColumnType::integer, "", "distinct kept fractions on the curve"});
-    static std::deque<std::string> meanings;
-    for (const MetricColumn& m : kMetricColumns)
-      if (!m.summary.empty()) {
-        meanings.push_back(std::string(m.summary) + " averaged over the kept-fraction range");
-        t.columns.push_back({m.summary, ColumnType::real, m.column.unit, meanings.back()});
-      }
+    add_summary_metric_columns(t, true, " averaged over the kept-fraction range");
     return t;
   }();
   return s;

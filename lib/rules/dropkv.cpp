@@ -35,13 +35,7 @@ class DropKVRule : public ScoredRule {
     const TraceMeta& meta = *in.meta;
     const LayerData& d = *in.data;
     const i64 w = p_.window, L = end - begin, m = L - w, dh = d.head_dim;
-    if (m < 1)
-      fail(spec(), "window", "the window of " + std::to_string(w) + " queries leaves no token to score in a span of " +
-                                 std::to_string(L));
-    if (d.num_q != static_cast<i64>(meta.q_pos.size()))
-      fail(spec(), "", "needs every stored query row of the layer loaded");
-    std::vector<i64> rows(w);
-    for (i64 i = 0; i < w; ++i) rows[i] = query_row(meta, end - w + i, spec());
+    const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, spec());
     const kernels::LogitSpec logit = meta.logits();
     const int G = d.num_heads / d.num_kv_heads;
     avec<float> per_head(static_cast<std::size_t>(d.num_heads) * m, 0.0f);

@@ -17,9 +17,9 @@ i64 query_row(const TraceMeta& meta, i64 t, const std::string& who) {
   return it - meta.q_pos.begin();
 }
 
-avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w, bool mean,
-                             const std::string& who) {
-  const i64 L = end - begin, m = L - w, dh = d.head_dim;
+std::vector<i64> window_query_rows(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w,
+                                   const std::string& who) {
+  const i64 L = end - begin, m = L - w;
   if (w < 1) fail(who, "window", "must be at least 1");
   if (m < 1)
     fail(who, "window", "the window of " + std::to_string(w) + " queries leaves no token to score in a span of " +
@@ -29,6 +29,13 @@ avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begi
                       std::to_string(meta.q_pos.size()) + ")");
   std::vector<i64> rows(w);
   for (i64 i = 0; i < w; ++i) rows[i] = query_row(meta, end - w + i, who);
+  return rows;
+}
+
+avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w, bool mean,
+                             const std::string& who) {
+  const i64 L = end - begin, m = L - w, dh = d.head_dim;
+  const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, who);
   const kernels::LogitSpec logit = meta.logits();
   const int G = d.num_heads / d.num_kv_heads;
   avec<float> out(static_cast<std::size_t>(d.num_heads) * m, 0.0f);

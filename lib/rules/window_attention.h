@@ -5,6 +5,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "core/types.h"
 #include "trace/layer_data.h"
@@ -36,5 +37,11 @@ class WindowAttentionMemo {
 
 // Row of data.q holding position t; throws naming `who` if the trace did not store it.
 i64 query_row(const TraceMeta& meta, i64 t, const std::string& who);
+
+// The rows of data.q of the w window queries at positions [end - w, end), after checking that
+// the window leaves a token to score in [begin, end - w) and that every stored query row is
+// loaded; throws naming `who`.
+std::vector<i64> window_query_rows(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w,
+                                   const std::string& who);
 
 }  // namespace kvsim
