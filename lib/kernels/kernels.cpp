@@ -73,4 +73,11 @@ void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const f
               static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
 }
 
+void dgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, double alpha, const double* A, i64 lda,
+           const double* B, i64 ldb, double beta, double* C, i64 ldc) {
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, A,
+              static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+}
+
 }  // namespace kvsim::kernels

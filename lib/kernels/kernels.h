@@ -114,5 +114,8 @@ float logit_softmax_inplace(float* x, i64 n, const LogitSpec& spec);
 // Row-major single-precision GEMM via OpenBLAS: C[m x n] = alpha * op(A) op(B) + beta * C.
 void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const float* A, i64 lda,
            const float* B, i64 ldb, float beta, float* C, i64 ldc);
+// The same in double precision (analysis paths that must not lose digits, e.g. oracle_greedy).
+void dgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, double alpha, const double* A, i64 lda,
+           const double* B, i64 ldb, double beta, double* C, i64 ldc);
 
 }  // namespace kvsim::kernels

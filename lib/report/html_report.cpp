@@ -9,6 +9,7 @@
 #include "report/closed_loop_section.h"
 #include "report/html_parts.h"
 #include "report/html_table.h"
+#include "report/optimum_ratio.h"
 #include "report/paper_claims.h"
 #include "rules/rule_labels.h"
 #include "report/svg_heatmap.h"
@@ -214,6 +215,24 @@ std::string rule_comparison(const ReplayOutput& out, const std::string& id) {
                HtmlCell::num(s.rel_pert_l1), HtmlCell::num(s.bound_ada), HtmlCell::num(s.bound_critical),
                HtmlCell::num(select_seconds(s.rule, s.budget))});
   o += t.render();
+
+  // Ratio to the optimum (oracle_greedy, rules doc 2.19), when the output has it.
+  const auto ratios = optimum_ratios(out);
+  if (!ratios.empty()) {
+    HtmlTable t2(id + "-optimum-ratio",
+                 "Ratio to the optimum: each rule's mean layer perturbation over " + L(ratios.front().reference) +
+                     "'s at the same budget (" + ratios.front().reference +
+                     ": greedy descent on Σ‖Δ‖₂², rules doc 2.19). The greedy set is feasible, so the true optimum is "
+                     "at most its value: a ratio here is a lower bound on the ratio to the optimum. Layers below: "
+                     "layers where the rule's pert_l2 beats the greedy's.",
+                 {"rule", "budget", "layers", "pert_l2", "ratio pert_l2", "median layer ratio pert_l2", "pert_l1",
+                  "ratio pert_l1", "layers below"});
+    for (const auto& x : ratios)
+      t2.add_row({L.cell(x.rule), HtmlCell::str(x.budget), HtmlCell::integer(x.n_layers), HtmlCell::num(x.pert_l2),
+                  HtmlCell::num(x.ratio_l2), HtmlCell::num(x.median_layer_ratio_l2), HtmlCell::num(x.pert_l1),
+                  HtmlCell::num(x.ratio_l1), HtmlCell::integer(x.layers_below)});
+    o += t2.render();
+  }
 
   // Budget-free ranking (summary.json rules[].auc): each rule's mean over its kept-fraction range.
   if (srules && srules->is_array()) {

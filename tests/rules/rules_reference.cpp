@@ -42,6 +42,10 @@ std::unique_ptr<TestLayer> synthetic_test_layer(int H, int Hkv, int layer, std::
   o.window = 64;
   o.seed = seed;
   o.heavy_hitter_rate = 0.05;
+  return synthetic_test_layer(o, layer);
+}
+
+std::unique_ptr<TestLayer> synthetic_test_layer(const SynthOptions& o, int layer) {
   auto t = std::make_unique<TestLayer>();
   t->meta = synth_meta(o);
   t->data = synth_layer(o, t->meta, layer);
@@ -322,6 +326,94 @@ Masks ref_critical(const Mat& s, const Mat& nu, i64 n, i64 w, const std::vector<
     for (i64 j : ref_top(prod, k - w - s1, &taken)) keep[j] = 1;
   }
   return out;
+}
+
+namespace {
+// Float64 attention of every evaluation query: [h][eval index][0..t].
+std::vector<std::vector<std::vector<double>>> eval_attention(const TestLayer& L) {
+  std::vector<std::vector<std::vector<double>>> a(L.data.num_heads);
+  for (int h = 0; h < L.data.num_heads; ++h)
+    for (i64 r : L.eval_rows) a[h].push_back(softmax_prefix(L, h, r, L.meta.q_pos[r]));
+  return a;
+}
+
+double objective(const TestLayer& L, const std::vector<std::vector<std::vector<double>>>& att, const Masks& kept,
+                 bool query_mode) {
+  const LayerData& d = L.data;
+  const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim, HD = d.num_heads * dh;
+  double J = 0;
+  for (std::size_t qi = 0; qi < L.eval_rows.size(); ++qi) {
+    std::vector<double> delta(HD, 0.0);  // concatenated head perturbations
+    for (int h = 0; h < d.num_heads; ++h) {
+      const auto& a = att[h][qi];
+      const auto& keep = kept[query_mode ? h : h / G];
+      std::vector<double> full(dh, 0.0), part(dh, 0.0);
+      double F = 0;
+      for (std::size_t j = 0; j < a.size(); ++j) {
+        const float* v = d.v.data() + ((h / G) * d.seq_len + static_cast<i64>(j)) * dh;
+        const bool in = static_cast<i64>(j) >= L.n_c || keep[j];
+        for (int c = 0; c < dh; ++c) {
+          full[c] += a[j] * v[c];
+          if (in) part[c] += a[j] * v[c];
+        }
+        if (in) F += a[j];
+      }
+      for (int c = 0; c < dh; ++c) delta[h * dh + c] = full[c] - part[c] / F;
+    }
+    if (d.o_proj.empty()) {
+      for (double x : delta) J += x * x;
+      continue;
+    }
+    for (int e = 0; e < d.hidden_size; ++e) {
+      double y = 0;
+      for (int k = 0; k < HD; ++k) y += delta[k] * static_cast<double>(d.o_proj[static_cast<i64>(e) * HD + k]);
+      J += y * y;
+    }
+  }
+  return J;
+}
+}  // namespace
+
+double ref_layer_objective(const TestLayer& L, const Masks& kept, bool query_mode) {
+  return objective(L, eval_attention(L), kept, query_mode);
+}
+
+Masks ref_greedy(const TestLayer& L, bool query_mode, bool per_head, i64 B) {
+  const auto att = eval_attention(L);
+  const int units = query_mode ? L.data.num_heads : L.data.num_kv_heads;
+  Masks kept(units, std::vector<std::uint8_t>(L.n_c, 1));
+  std::vector<i64> count(units, L.n_c);
+  auto done = [&] {
+    i64 total = 0;
+    for (int u = 0; u < units; ++u) {
+      if (per_head && count[u] > B) return false;
+      total += count[u];
+    }
+    return per_head || total <= B * units;
+  };
+  while (!done()) {
+    double best = INFINITY;
+    int bu = -1;
+    i64 bj = -1;
+    for (int u = 0; u < units; ++u) {
+      if (per_head && count[u] <= B) continue;
+      for (i64 j = 0; j < L.n_c; ++j) {
+        if (!kept[u][j]) continue;
+        kept[u][j] = 0;
+        const double J = objective(L, att, kept, query_mode);
+        kept[u][j] = 1;
+        // Ties: the later position (then the later unit) is evicted first.
+        if (J < best || (J == best && (j > bj || (j == bj && u > bu)))) {
+          best = J;
+          bu = u;
+          bj = j;
+        }
+      }
+    }
+    kept[bu][bj] = 0;
+    --count[bu];
+  }
+  return kept;
 }
 
 }  // namespace kvsim::test

@@ -9,6 +9,7 @@
 #include "attention/layer_cache.h"
 #include "rules/rule.h"
 #include "trace/layer_data.h"
+#include "trace/synthetic.h"
 #include "trace/trace_meta.h"
 
 namespace kvsim::test {
@@ -24,6 +25,8 @@ struct TestLayer {
 };
 // Synthetic layer (lib/trace/synthetic.h) of a small model: H heads, Hkv KV heads.
 std::unique_ptr<TestLayer> synthetic_test_layer(int H, int Hkv, int layer, std::uint64_t seed, int num_layers = 4);
+// The same for any synthetic model shape (o_proj may be absent).
+std::unique_ptr<TestLayer> synthetic_test_layer(const SynthOptions& o, int layer);
 // Layer of a trace file, compression point at the end of the context.
 std::unique_ptr<TestLayer> trace_test_layer(const std::string& path, int layer);
 
@@ -65,5 +68,13 @@ Masks ref_critical(const Mat& prefix_scores, const Mat& nu, i64 n, i64 w, const 
                    const std::vector<i64>& stage1, double eps);
 // kvpress's Ada-KV safeguard n_safe = int(B * alpha), at least 1 when alpha > 0.
 i64 ref_n_safe(i64 B, double alpha);
+
+// oracle_greedy (rules doc 2.19): the layer objective J(S) = sum over evaluation queries of
+// ||Delta_t||_2^2 (rules doc 1.3: through o_proj, else the concatenated head outputs) of kept sets
+// [unit][n_c] (units: KV heads, or query heads in query mode), from Q/K/V in float64; and the
+// exact greedy descent (step=0) to B tokens per unit (per_head) or B x units in all, which
+// recomputes J from scratch for every candidate of every step.
+double ref_layer_objective(const TestLayer& L, const Masks& kept, bool query_mode);
+Masks ref_greedy(const TestLayer& L, bool query_mode, bool per_head, i64 B);
 
 }  // namespace kvsim::test
