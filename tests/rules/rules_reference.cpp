@@ -416,4 +416,143 @@ Masks ref_greedy(const TestLayer& L, bool query_mode, bool per_head, i64 B) {
   return kept;
 }
 
+namespace {
+double sq_norm(const float* x, int d) {
+  double s = 0;
+  for (int c = 0; c < d; ++c) s += static_cast<double>(x[c]) * x[c];
+  return s;
+}
+}  // namespace
+
+Mat ref_lagkv(const TestLayer& L, i64 sink, i64 lag, bool cross) {
+  const LayerData& d = L.data;
+  const i64 n = L.n_c;
+  const int dh = d.head_dim;
+  Mat s(d.num_kv_heads, std::vector<double>(n, NAN));
+  for (int g = 0; g < d.num_kv_heads; ++g) {
+    if (n < sink + 2 * lag) {
+      for (i64 j = sink; j < n; ++j) s[g][j] = static_cast<double>(j - sink) / (n - sink);
+      continue;
+    }
+    const i64 parts = (n - sink) / lag - 1;
+    for (i64 p = 0; p < parts; ++p) {
+      const i64 at = sink + p * lag;
+      std::vector<double> combined(lag, 0.0);
+      for (const auto* base : {d.k.data(), d.v.data()}) {
+        auto row = [&](i64 pos) { return base + (g * d.seq_len + pos) * dh; };
+        std::vector<double> spread(lag);
+        for (i64 j = 0; j < lag; ++j) {
+          std::vector<double> z(dh);
+          double mean = 0;
+          for (int c = 0; c < dh; ++c) {
+            double lo = INFINITY, hi = -INFINITY;
+            for (i64 r = 0; r < lag; ++r) {
+              lo = std::min(lo, static_cast<double>(row(at + lag + r)[c]));
+              hi = std::max(hi, static_cast<double>(row(at + lag + r)[c]));
+            }
+            z[c] = (row(at + j)[c] - lo) / (hi - lo);
+            mean += z[c] / dh;
+          }
+          double var = 0;
+          for (double x : z) var += (x - mean) * (x - mean);
+          spread[j] = std::sqrt(var / (dh - 1));
+        }
+        const double top = *std::max_element(spread.begin(), spread.end());
+        double total = 0;
+        for (double& x : spread) total += (x = std::exp(x - top));
+        for (i64 j = 0; j < lag; ++j) combined[j] += spread[j] / total / 2;
+      }
+      for (i64 j = 0; j < lag; ++j) {
+        if (cross) {
+          s[g][at + j] = combined[j];
+          continue;
+        }
+        i64 rank = 0;  // tokens below it, ties to the lower position
+        for (i64 k = 0; k < lag; ++k) rank += combined[k] < combined[j] || (combined[k] == combined[j] && k < j);
+        s[g][at + j] = static_cast<double>(rank) / lag;
+      }
+    }
+  }
+  return s;
+}
+
+Mat ref_cur(const TestLayer& L, i64 sink, const std::string& type, i64 local) {
+  const LayerData& d = L.data;
+  const i64 n = L.n_c;
+  Mat s(d.num_kv_heads, std::vector<double>(n));
+  for (int g = 0; g < d.num_kv_heads; ++g) {
+    std::vector<double> k2(n), v2(n);
+    for (i64 j = 0; j < n; ++j) {
+      k2[j] = sq_norm(d.k.data() + (g * d.seq_len + j) * d.head_dim, d.head_dim);
+      v2[j] = sq_norm(d.v.data() + (g * d.seq_len + j) * d.head_dim, d.head_dim);
+    }
+    for (auto* x : {&k2, &v2})
+      for (i64 b = 0; local > 0 && b < n; b += local) {
+        double t = 0;
+        for (i64 j = b; j < std::min(n, b + local); ++j) t += (*x)[j];
+        for (i64 j = b; j < std::min(n, b + local); ++j) (*x)[j] /= t;
+      }
+    for (i64 j = 0; j < n; ++j)
+      s[g][j] = j < sink ? NAN
+                : type == "key" ? k2[j]
+                : type == "value" ? v2[j]
+                : type == "kv_avg" ? (k2[j] + v2[j]) / 2
+                : k2[j] * v2[j];
+  }
+  return s;
+}
+
+Mat ref_noncausal(const TestLayer& L, i64 chunk) {
+  const LayerData& d = L.data;
+  const i64 n = L.n_c;
+  const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim;
+  Mat per_head(d.num_heads, std::vector<double>(n, 0.0));
+  for (int h = 0; h < d.num_heads; ++h)
+    for (i64 c0 = 0; c0 < n; c0 += chunk) {
+      const i64 valid = std::min(chunk, n - c0);
+      for (i64 i = 0; i < chunk; ++i) {  // query rows, padded ones included
+        std::vector<double> logit(chunk);
+        for (i64 j = 0; j < chunk; ++j) {
+          double x = 0;
+          if (j >= valid)
+            x = -1e-9;
+          else if (i < valid)
+            for (int e = 0; e < dh; ++e)
+              x += static_cast<double>(d.q[(h * d.num_q + row_of(L, c0 + i)) * dh + e]) *
+                   d.k[((h / G) * d.seq_len + c0 + j) * dh + e];
+          logit[j] = x;
+        }
+        const double top = *std::max_element(logit.begin(), logit.end());
+        double z = 0;
+        for (double& x : logit) z += (x = std::exp(x - top));
+        for (i64 j = 0; j < valid; ++j) per_head[h][c0 + j] += logit[j] / z;
+      }
+    }
+  Mat s(d.num_kv_heads, std::vector<double>(n));
+  for (int g = 0; g < d.num_kv_heads; ++g) {
+    std::vector<double> x(n);
+    for (i64 j = 0; j < n; ++j) {
+      double a = 0;
+      for (int k = 0; k < G; ++k) a += per_head[g * G + k][j] / G;
+      x[j] = a * std::sqrt(sq_norm(d.v.data() + (g * d.seq_len + j) * dh, dh));
+    }
+    for (i64 j = 0; j < n; ++j) s[g][j] = ((j > 0 ? x[j - 1] : 0.0) + x[j] + (j + 1 < n ? x[j + 1] : 0.0)) / 3;
+  }
+  return s;
+}
+
+Masks ref_keep_scored(const Mat& scores, i64 B) {
+  Masks m(scores.size());
+  for (std::size_t u = 0; u < scores.size(); ++u) {
+    const auto& x = scores[u];
+    m[u].assign(x.size(), 0);
+    std::vector<std::uint8_t> prot(x.size(), 0);
+    i64 n_prot = 0;
+    for (std::size_t j = 0; j < x.size(); ++j)
+      if (std::isnan(x[j])) prot[j] = 1, m[u][j] = 1, ++n_prot;
+    for (i64 j : ref_top(x, B - n_prot, &prot)) m[u][j] = 1;
+  }
+  return m;
+}
+
 }  // namespace kvsim::test

@@ -1,0 +1,110 @@
+// kvpress's attention-free and chunk-attention scorers (rules doc 2.20-2.22): lagkv, cur and
+// noncausal against their float64 references (rules_reference.h) on synthetic layers storing
+// every query and on the stories260K NIAH trace: scores to 1e-5 relative, kept sets equal except
+// near-ties of the reference's cut; hand-checked fixtures of the arithmetic.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "rules/factory.h"
+#include "rules/scored_rule.h"
+#include "rules_reference.h"
+#include "testutil/testutil.h"
+
+using namespace kvsim;
+using namespace kvsim::test;
+
+namespace {
+
+std::vector<std::unique_ptr<TestLayer>> layers() {
+  std::vector<std::unique_ptr<TestLayer>> out;
+  for (auto [H, Hkv, seed] : {std::tuple{4, 4, 51}, {4, 2, 52}, {8, 2, 53}}) {
+    SynthOptions o;
+    o.num_layers = 3;
+    o.num_heads = H;
+    o.num_kv_heads = Hkv;
+    o.head_dim = 16;
+    o.hidden_size = 48;
+    o.seq_len = 700;
+    o.question_len = 16;
+    o.gen_len = 24;
+    o.all_queries = true;
+    o.seed = static_cast<std::uint64_t>(seed);
+    out.push_back(synthetic_test_layer(o, 1));
+  }
+  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
+  if (std::filesystem::exists(trace)) out.push_back(trace_test_layer(trace, 3));
+  return out;
+}
+
+// Scores equal the reference's to rel (NaN = protected), kept sets equal except tokens within
+// tie_tol (relative) of the reference's cut.
+void check_rule(const std::string& spec, const TestLayer& L, const Mat& ref, double rel, double tie_tol) {
+  CAPTURE(spec);
+  auto rule = make_rule(spec);
+  const UnitScores s = dynamic_cast<const ScoredRule&>(*rule).scores(L.input());
+  double worst = 0;
+  for (int u = 0; u < s.units; ++u)
+    for (i64 j = 0; j < s.n_c; ++j) {
+      CHECK(static_cast<bool>(s.protect[j]) == std::isnan(ref[u][j]));
+      if (!s.protect[j] && ref[u][j] != 0)
+        worst = std::max(worst, std::abs(s.unit(u)[j] - ref[u][j]) / std::abs(ref[u][j]));
+    }
+  CHECK_MESSAGE(worst <= rel, "worst relative score error " << worst);
+  for (const std::string text : {"cr=0.25", "cr=0.5", "cr=0.75"}) {
+    const Budget b = Budget::parse(text);
+    const i64 B = b.tokens_for(L.n_c);
+    const Masks want = ref_keep_scored(ref, B);
+    const auto sel = rule->select(L.input(), {b});
+    i64 bad = 0, near = 0;
+    for (int u = 0; u < sel[0].units; ++u) {
+      double cut = INFINITY;
+      for (i64 j = 0; j < L.n_c; ++j)
+        if (want[u][j] && !std::isnan(ref[u][j])) cut = std::min(cut, ref[u][j]);
+      for (i64 j = 0; j < L.n_c; ++j)
+        if (sel[0].unit_mask(u)[j] != want[u][j]) (std::abs(ref[u][j] - cut) <= tie_tol * std::abs(cut) ? near : bad) += 1;
+    }
+    CHECK_MESSAGE(bad == 0, text << ": " << bad << " kept-set differences (" << near << " near-ties)");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("lagkv, cur, noncausal equal their float64 references") {
+  for (const auto& Lp : layers()) {
+    const TestLayer& L = *Lp;
+    CAPTURE(L.n_c);
+    check_rule("lagkv(sink=4,lag=64)", L, ref_lagkv(L, 4, 64, false), 0, 0);
+    check_rule("lagkv(sink=4,lag=64,cross=true)", L, ref_lagkv(L, 4, 64, true), 1e-5, 1e-5);
+    check_rule("lagkv(sink=2,lag=1100)", L, ref_lagkv(L, 2, 1100, false), 1e-6, 0);  // too short: recency
+    for (const std::string type : {"kv_product", "kv_avg", "key", "value"}) {
+      check_rule("cur(type=" + type + ")", L, ref_cur(L, 4, type, 16), 1e-5, 1e-5);
+      check_rule("cur(sink=0,type=" + type + ",local=0)", L, ref_cur(L, 0, type, 0), 1e-5, 1e-5);
+    }
+    check_rule("noncausal", L, ref_noncausal(L, 256), 1e-4, 1e-4);
+    check_rule("noncausal(chunk=100)", L, ref_noncausal(L, 100), 1e-4, 1e-4);
+  }
+}
+
+TEST_CASE("cur: hand-checked fixture; refusals") {
+  // Tokens 4..7 of KV head 0 get keys of squared norms (1, 3, 2, 2) and values of norm 1: with
+  // local=4 (one block) the key leverage is (1, 3, 2, 2) / 8, the value leverage 1/4 each, so the
+  // product scores are (1, 3, 2, 2) / 32 (exact in float32).
+  auto Lp = synthetic_test_layer(4, 2, 1, 61);
+  LayerData& d = Lp->data;
+  const double norms[4] = {1, 3, 2, 2};
+  for (int t = 0; t < 4; ++t)
+    for (int c = 0; c < d.head_dim; ++c) {
+      d.k[(4 + t) * d.head_dim + c] = c < norms[t] ? 1.0f : 0.0f;  // norm^2 = number of ones
+      d.v[(4 + t) * d.head_dim + c] = c == 1 ? 1.0f : 0.0f;
+    }
+  auto rule = make_rule("cur(sink=4,local=4)");
+  const UnitScores s = dynamic_cast<const ScoredRule&>(*rule).scores(Lp->input());
+  CHECK(s.n_protected == 4);
+  for (int t = 0; t < 4; ++t) CHECK(s.unit(0)[4 + t] == static_cast<float>(norms[t] / 32));
+  CHECK_THROWS_AS(make_rule("lagkv(lag=1)"), Error);
+  CHECK_THROWS_AS(make_rule("cur(type=both)"), Error);
+  CHECK_THROWS_AS(make_rule("noncausal(chunk=0)"), Error);
+}
