@@ -91,7 +91,11 @@ py::list select_arrays(const std::string& spec, const F32& k, py::object v_obj, 
   }
   meta.hidden_size = data->hidden_size;
   std::vector<Budget> budgets;
-  for (const auto& b : budget_texts) budgets.push_back(Budget::parse(b));
+  for (const auto& b : budget_texts) {
+    budgets.push_back(Budget::parse(b));
+    if (!budgets.back().per_layer.empty())
+      fail("kvsim.select", b, "per-layer budgets (layers=...) need a whole trace: use kvsim.replay");
+  }
   std::vector<Selection> sels;
   {
     py::gil_scoped_release release;

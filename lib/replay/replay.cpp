@@ -175,6 +175,8 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
   if (s.budgets.empty()) fail("--budgets", "", "at least one budget is required");
   for (const auto& b : s.budgets) {
     try {
+      b.check_layers(meta.num_layers);
+      for (int l : s.layers) (void)b.for_layer(l).tokens_for(s.protocol.n_c);  // every layer's count valid
       s.budget_tokens.push_back(b.tokens_for(s.protocol.n_c));
     } catch (const Error& e) {
       fail("--budgets", b.text,
@@ -247,10 +249,12 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
     // groups, so each group's attention probabilities are computed once and freed after use.
     std::vector<std::vector<Selection>> rule_sels;
     std::vector<double> select_s;
+    std::vector<Budget> layer_budgets;  // per-layer budgets resolved to this layer's (rules doc 1.4)
+    for (const auto& b : budgets) layer_budgets.push_back(b.for_layer(l));
     for (std::size_t r = 0; r < rules.size(); ++r) {
       share.apply();
       sw.reset();
-      rule_sels.push_back(rules[r]->select(in, budgets));
+      rule_sels.push_back(rules[r]->select(in, layer_budgets));
       select_s.push_back(sw.seconds());
       tm.select += select_s.back();
       if (rule_sels.back().size() != budgets.size())
@@ -280,7 +284,8 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
         for (std::size_t si = 0; si < sets.size(); ++si) {
           const PerturbationResult& res = results[si][r][b];
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.
-          const i64 layer_budget = sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : setup.budget_tokens[b];
+          const i64 layer_budget =
+              sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : layer_budgets[b].tokens_for(p.n_c);
           RowKey key{spec, labels.at(spec), budgets[b].text, layer_budget, l, sets[si].second};
           NullRowSink none;
           const auto agg = write_metric_rows(sinks.metrics ? *sinks.metrics : none, key, sels[b], res, setup.heads, G);

@@ -12,9 +12,62 @@
 
 namespace kvsim {
 
+namespace {
+// "layers=F0/F1/..." or "layers=cr:R0/R1/...": one plain budget per layer, all of one kind.
+Budget parse_per_layer(const std::string& s) {
+  const std::string where = "budget '" + s + "'";
+  std::string list = s.substr(7);
+  const bool ratio = list.rfind("cr:", 0) == 0;
+  if (ratio) list = list.substr(3);
+  Budget b;
+  b.text = s;
+  b.kind = ratio ? Budget::Kind::compression_ratio : Budget::Kind::fraction;
+  std::size_t begin = 0;
+  for (;;) {
+    const std::size_t end = list.find('/', begin);
+    const std::string part = list.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+    Budget one;
+    try {
+      one = Budget::parse(ratio ? "cr=" + part : part);
+    } catch (const Error&) {
+      one.kind = Budget::Kind::tokens;
+    }
+    if (one.kind != b.kind)
+      fail(where, "layer " + std::to_string(b.per_layer.size()),
+           "'" + part + "' is not a " + (ratio ? "compression ratio in [0, 1)" : "kept fraction in (0, 1]") +
+               " (per-layer budgets: layers=0.3/0.2/... kept fractions or layers=cr:0.5/0.7/... ratios, one per layer)");
+    b.per_layer.push_back(one.value);
+    if (end == std::string::npos) break;
+    begin = end + 1;
+  }
+  double sum = 0;
+  for (double x : b.per_layer) sum += x;
+  b.value = sum / static_cast<double>(b.per_layer.size());
+  return b;
+}
+}  // namespace
+
+Budget Budget::for_layer(int layer) const {
+  if (per_layer.empty()) return *this;
+  if (layer < 0 || layer >= static_cast<int>(per_layer.size()))
+    fail("budget '" + text + "'", "", "lists " + std::to_string(per_layer.size()) + " layers, no layer " +
+                                          std::to_string(layer));
+  Budget b = *this;
+  b.per_layer.clear();
+  b.value = per_layer[static_cast<std::size_t>(layer)];
+  return b;
+}
+
+void Budget::check_layers(int num_layers) const {
+  if (!per_layer.empty() && static_cast<int>(per_layer.size()) != num_layers)
+    fail("budget '" + text + "'", "", "lists " + std::to_string(per_layer.size()) + " layers; the trace has " +
+                                          std::to_string(num_layers));
+}
+
 Budget Budget::parse(const std::string& s) {
   const std::string where = "budget '" + s + "'";
   if (s.empty()) fail("budget ''", "", "empty budget");
+  if (s.rfind("layers=", 0) == 0) return parse_per_layer(s);
   Budget b;
   b.text = s;
   const bool ratio = s.rfind("cr=", 0) == 0;
@@ -95,7 +148,7 @@ std::vector<Budget> parse_budgets(const std::string& list, std::vector<std::stri
     if (part.empty()) fail("budgets '" + list + "'", "", "empty budget in the comma-separated list");
     const Budget budget = Budget::parse(part);
     const bool repeated = std::any_of(out.begin(), out.end(), [&](const Budget& o) {
-      return o.kind == budget.kind && o.value == budget.value;
+      return o.kind == budget.kind && o.value == budget.value && o.per_layer == budget.per_layer;
     });
     if (!repeated) out.push_back(budget);
     else if (merged) merged->push_back(budget.text);

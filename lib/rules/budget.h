@@ -2,7 +2,9 @@
 // Budgets (rules doc 1.4): a kept fraction of the compressed span ("0.2", "20%"), kvpress's
 // compression ratio ("cr=0.8": keep int(n_c * (1 - 0.8)) tokens, computed exactly as kvpress
 // does), or a number of kept tokens per head ("512"). Rules resolve them per layer; the effective
-// kept count is always reported next to the nominal one.
+// kept count is always reported next to the nominal one. Per-layer budgets ("layers=0.3/0.2/...",
+// "layers=cr:0.5/0.7/...", kvpress's PerLayerCompressionPress) give every layer its own fraction
+// or ratio; the replay hands each layer's rules the plain budget of that layer (for_layer).
 #include <string>
 #include <vector>
 
@@ -15,10 +17,19 @@ struct Budget {
   Kind kind = Kind::fraction;
   double value = 0.0;  // kept fraction, compression ratio, or token count
   std::string text;    // as the user wrote it; used as the "budget" column
+  // Per-layer budgets: the fraction or ratio of each layer (value = their mean, as kvpress's
+  // PerLayerCompressionPress.compression_ratio); empty for a budget of every layer.
+  std::vector<double> per_layer;
 
   // "0.2" / "20%" -> fraction in (0, 1]; "cr=0.8" -> compression ratio in [0, 1); "512" (integer
-  // >= 1, at most 2^53) -> tokens. Throws kvsim::Error naming the budget.
+  // >= 1, at most 2^53) -> tokens; "layers=F0/F1/..." (fractions) or "layers=cr:R0/R1/..."
+  // (ratios) -> per layer. Throws kvsim::Error naming the budget.
   static Budget parse(const std::string& s);
+  // The plain budget of one layer (this budget itself when it is not per-layer), same text.
+  // Throws naming the budget when it lists fewer layers.
+  Budget for_layer(int layer) const;
+  // Throws naming the budget unless it is plain or lists exactly num_layers layers.
+  void check_layers(int num_layers) const;
   // Kept share of a span of n_c tokens, as a real number: f, 1 - cr, or tokens / n_c.
   double kept_fraction(i64 n_c) const;
   // Kept tokens before rounding: f * n_c, n_c * (1 - cr) (kvpress's float), or the token count.

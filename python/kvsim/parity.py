@@ -53,6 +53,8 @@ PAIRS = [
     ("LagKV", "LagKVPress(compression_ratio={cr}, n_sink=4, lag_size=128)", "lagkv(sink=4,lag=128)", "post"),
     ("CUR", "CURPress(compression_ratio={cr})", "cur", "post"),
     ("NonCausalAttn", "NonCausalAttnPress(compression_ratio={cr}, chunk_size=256)", "noncausal(chunk=256)", "post"),
+    ("PerLayerCompression", "PerLayerCompressionPress(press=SnapKVPress(window_size=64, kernel_size=5), "
+     "compression_ratios={layer_crs})", "snapkv@kvpress", "post"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
@@ -64,6 +66,22 @@ RATIOS = (0.25, 0.5, 0.75)
 # A differing token whose kvpress score is within this relative distance of the cut's score is a
 # float32 near-tie (a few ulps of 1.2e-7), not a rule difference.
 NEAR_TIE = 1e-6
+# A pair whose expression names {layer_crs} runs at per-layer ratios around each cr (alternately
+# 0.2 below and above it, within [0, 0.9]); kvsim replays them as the budget layers=cr:R0/R1/...
+
+
+def layer_ratios(cr, num_layers):
+    return [round(min(0.9, max(0.0, cr + (0.2 if layer % 2 else -0.2))), 6) for layer in range(num_layers)]
+
+
+def pair_budget(expr, cr, num_layers):
+    """(kvpress expression, kvsim budget) of a pair at ratio cr."""
+    if "{layer_crs}" not in expr:
+        return expr.format(cr=cr), f"cr={cr}"
+    crs = layer_ratios(cr, num_layers)
+    return expr.format(cr=cr, layer_crs=crs), "layers=cr:" + "/".join(map(str, crs))
+
+
 # kvsim's deliberate departures from kvpress, shown for information, not held to parity.
 INFORMATIONAL = {"ExpectedAttention, log space"}
 
@@ -200,9 +218,13 @@ def kvpress_selection(f, meta, expr, mode, n_c):
     need_attention = needs_attention_weights(press)
     for layer in range(meta["num_layers"]):
         module, hidden, k, v, attn, kwargs = layer_inputs(f, meta, layer, n_c, mode, need_attention)
-        with torch.no_grad(), recording(press) as found, recorded_topk() as calls:
+        target = press
+        if type(press).__name__ == "PerLayerCompressionPress":  # what its forward hook does, per layer
+            target = press.press
+            target.compression_ratio = press.compression_ratios[layer]
+        with torch.no_grad(), recording(target) as found, recorded_topk() as calls:
             keys, values = k, v
-            for p in leaves_of(press):  # ComposedPress runs its presses on the same hidden states
+            for p in leaves_of(target):  # ComposedPress runs its presses on the same hidden states
                 keys, values = p.compress(module, hidden, keys, values, attn, kwargs)
         got = found[layer]
         channels = got["key_channels"]
@@ -213,11 +235,11 @@ def kvpress_selection(f, meta, expr, mode, n_c):
     return out
 
 
-def kvsim_selection(trace, spec, ratios):
-    """ratio index -> layer -> (kept [units, n_c], key_channels or None) of one kvsim rule at
-    kvpress's budgets cr=R (kvsim.replay in-process, the selections returned), and n_c."""
+def kvsim_selection(trace, spec, budgets):
+    """budget index -> layer -> (kept [units, n_c], key_channels or None) of one kvsim rule at
+    kvpress's budgets (cr=R, or layers=cr:...; kvsim.replay in-process, the selections
+    returned), and n_c."""
     import kvsim
-    budgets = [f"cr={r}" for r in ratios]
     res = kvsim.replay(trace, rules=spec, budgets=budgets, window=64, return_selection=True)
     rule = res.summary["rules"][0]["spec"]
     out = {bi: {l: (kept, res.selection.get((rule, b, l, "key_channels")))
@@ -262,10 +284,12 @@ def parity_table(traces, pairs=PAIRS, ratios=RATIOS, progress=None):
     import kvsim
     rows = []
     for trace in traces:
-        kvsim_side = {}  # before h5py opens the file: kvsim's engine reads it with its own HDF5
+        with h5py.File(trace, "r") as f:
+            num_layers = int(f.attrs["num_layers"])
+        kvsim_side = {}  # while h5py has the file closed: kvsim's engine reads it with its own HDF5
         for label, expr, spec, mode in pairs:
             try:
-                kvsim_side[label] = kvsim_selection(trace, spec, ratios)
+                kvsim_side[label] = kvsim_selection(trace, spec, [pair_budget(expr, cr, num_layers)[1] for cr in ratios])
             except (kvsim.KvsimError, DumpError) as e:
                 kvsim_side[label] = f"kvsim: {e}"
         with h5py.File(trace, "r") as f:
@@ -276,13 +300,14 @@ def parity_table(traces, pairs=PAIRS, ratios=RATIOS, progress=None):
             for label, expr, spec, mode in pairs:
                 base = dict(trace=os.path.basename(trace), press=label, spec=spec, reference=label not in INFORMATIONAL)
                 if isinstance(kvsim_side[label], str):
-                    rows += [dict(base, kvpress=expr.format(cr=cr), ratio=cr, error=kvsim_side[label]) for cr in ratios]
+                    rows += [dict(base, kvpress=pair_budget(expr, cr, num_layers)[0], ratio=cr, error=kvsim_side[label])
+                             for cr in ratios]
                     continue
                 ours, n_c = kvsim_side[label]
                 for bi, cr in enumerate(ratios):
                     if progress:
                         progress(f"{os.path.basename(trace)}: {label} at cr={cr}")
-                    row = dict(base, kvpress=expr.format(cr=cr), ratio=cr, error=None)
+                    row = dict(base, kvpress=pair_budget(expr, cr, num_layers)[0], ratio=cr, error=None)
                     try:
                         row.update(compare_layers(ours[bi], kvpress_selection(f, meta, row["kvpress"], mode, n_c), spec))
                     except Exception as e:  # kvpress's own code: any failure is this row's, not the run's

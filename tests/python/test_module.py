@@ -121,6 +121,33 @@ class ModuleTest(unittest.TestCase):
         one = kvsim.replay(NIAH, rules="snapkv", budgets=[0.2]).attrs["summary"]
         self.assertNotIn("auc", one["rules"][0])
 
+    def test_per_layer_budgets(self):
+        """layers=... (kvpress PerLayerCompressionPress): each layer's rows equal a replay of that
+        layer at its own plain budget; the summary's nominal budget is the mean; bad lists are one
+        line naming the budget."""
+        import h5py
+        with h5py.File(NIAH, "r") as f:
+            L = int(f.attrs["num_layers"])
+        fracs = [0.1, 0.3, 0.2, 0.4, 0.25, 0.15, 0.35, 0.05][:L]
+        self.assertEqual(len(fracs), L)
+        res = kvsim.replay(NIAH, rules="snapkv;critical(snapkv)", budgets=["layers=" + "/".join(map(str, fracs))])
+        m = res
+        for layer, f in enumerate(fracs):
+            one = kvsim.replay(NIAH, rules="snapkv;critical(snapkv)", budgets=[f], layers=str(layer))
+            got = m[m["layer"] == layer].drop(columns=["budget"]).reset_index(drop=True)
+            pd.testing.assert_frame_equal(got, one.drop(columns=["budget"]).reset_index(drop=True), check_exact=True)
+        ratios = kvsim.replay(NIAH, rules="snapkv", budgets=["layers=cr:" + "/".join(str(1 - f) for f in fracs)])
+        n_c = res.attrs["summary"]["protocol"]["n_c"]
+        for layer, f in enumerate(fracs):  # kvpress's int(n_c * (1 - cr)) per layer
+            rows = ratios[(ratios["layer"] == layer) & (ratios["head"] == -1)]
+            self.assertEqual(int(rows["budget_tokens"].iloc[0]), max(1, int(n_c * (1 - (1 - f)))))
+        for bad, why in (("layers=0.1/0.2", "lists 2 layers; the trace has"), ("layers=0.1/x/0.2", "layer 1"),
+                         ("layers=cr:0.5/1.5", "compression ratio")):
+            with self.assertRaises(kvsim.KvsimError) as e:
+                kvsim.replay(NIAH, rules="snapkv", budgets=[bad])
+            self.assertIn(why, str(e.exception))
+            self.assertIn(bad, str(e.exception))
+
     def test_analyze_and_prefill_equal_cli_files(self):
         out = os.path.join(self.dir, "analyze")
         cli("analyze", NIAH, "--out", out)
