@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "engine_call.h"
 #include "replay/replay.h"
+#include "replay/threshold_calibration.h"
 #include "prefill/prefill_output.h"
 #include "report/analyze_run.h"
 #include "report/output_tables.h"
@@ -198,6 +199,25 @@ void bind_engine(py::module_& m) {
         py::arg("threads") = 0, py::arg("command") = "kvsim.replay",
         "the replay (kvsim replay's options); returns the tables as columns, summary.json's text, the "
         "printed table and the kept masks; writes files only into `out` when it is given");
+  m.def("calibrate_threshold", [](const std::string& trace, const std::string& rule, double fraction,
+                                  const std::string& compression_point, int window) {
+    ProtocolOptions p;
+    p.compression_point = parse_compression_point(compression_point);
+    p.window = window;
+    ThresholdCalibration c;
+    {
+      py::gil_scoped_release release;
+      c = calibrate_threshold(trace, rule, fraction, p);
+    }
+    py::dict d;
+    d["threshold"] = c.threshold;
+    d["kept_fraction"] = c.kept_fraction;
+    d["candidates"] = c.candidates;
+    return d;
+  }, py::arg("trace"), py::arg("rule"), py::arg("fraction"), py::arg("compression_point") = "agnostic",
+        py::arg("window") = ProtocolOptions{}.window,
+        "the threshold X at which the budget thr=X makes a plain scorer keep `fraction` of the trace's compressible "
+        "tokens over all layers and units: {threshold, kept_fraction, candidates}");
   const report::AnalyzeOptions a;
   m.def("analyze", &analyze, py::arg("trace"), py::arg("out") = "", py::arg("layers") = a.layers,
         py::arg("compression_point") = a.compression_point, py::arg("window") = a.window, py::arg("top") = a.top,

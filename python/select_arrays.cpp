@@ -103,6 +103,7 @@ py::list select_arrays(const std::string& spec, const F32& k, py::object v_obj, 
     for (std::size_t i = 0; i < meta.q_pos.size(); ++i)
       if (meta.q_pos[i] >= n_c) eval_rows.push_back(static_cast<i64>(i));
     const auto rule = make_rule(spec);
+    check_threshold_budgets(*rule, budgets);
     LayerCache cache(meta, *data, n_c, eval_rows);
     RuleInput in;
     in.meta = &meta;

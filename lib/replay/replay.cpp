@@ -136,8 +136,8 @@ std::string summary_table(const ReplaySetup& s, const std::vector<std::vector<To
       // * : the rule kept another number of tokens than the budget gives every other rule
       // (chunkkv's whole chunks, pyramid(variant=int)'s overshoot), beyond a token or 1% of
       // rounding, so its row is not at matched kept tokens.
-      const double nominal = static_cast<double>(s.budget_tokens[b]);
-      const bool off_budget = std::abs(t.kept / n - nominal) > std::max(1.0, 0.01 * nominal);
+      const double nominal = static_cast<double>(s.budget_tokens[b]);  // -1: a threshold (no count)
+      const bool off_budget = nominal >= 0 && std::abs(t.kept / n - nominal) > std::max(1.0, 0.01 * nominal);
       if (off_budget) ++flagged;
       std::snprintf(line, sizeof line, "%-44s %8s %9.1f%s%9.4f %12.5g %14.5g %12.5g\n", spec.c_str(),
                     s.budgets[b].text.c_str(), t.kept / n, off_budget ? "*" : " ", t.mean(metric_index("retained_mass")),
@@ -176,8 +176,15 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
   for (const auto& b : s.budgets) {
     try {
       b.check_layers(meta.num_layers);
-      for (int l : s.layers) (void)b.for_layer(l).tokens_for(s.protocol.n_c);  // every layer's count valid
-      s.budget_tokens.push_back(b.tokens_for(s.protocol.n_c));
+      if (b.kind == Budget::Kind::threshold) {  // counted by the rule, layer by layer
+        s.budget_tokens.push_back(-1);
+        continue;
+      }
+      // Every layer's count valid; a per-layer budget's nominal count is its layers' mean.
+      double sum = 0;
+      for (int l : s.layers) sum += static_cast<double>(b.for_layer(l).tokens_for(s.protocol.n_c));
+      s.budget_tokens.push_back(b.per_layer.empty() ? b.tokens_for(s.protocol.n_c)
+                                                    : std::llround(sum / static_cast<double>(s.layers.size())));
     } catch (const Error& e) {
       fail("--budgets", b.text,
            std::string(e.what()) + " (compressible span n_c = " + std::to_string(s.protocol.n_c) + ")");
@@ -185,6 +192,7 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
   }
   s.rules = make_rules(opt.rules);
   if (s.rules.empty()) fail("--rules", "", "at least one rule is required");
+  for (const auto& r : s.rules) check_threshold_budgets(*r, s.budgets);
   if (opt.nu == NormKind::upper)  // say up front which rules still pay for exact norms
     for (const auto& r : s.rules) {
       const std::string spec = r->spec();

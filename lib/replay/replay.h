@@ -57,7 +57,7 @@ struct ReplaySetup {
   Protocol protocol;
   std::vector<int> layers, heads;
   std::vector<Budget> budgets;
-  std::vector<i64> budget_tokens;  // nominal tokens per unit of each budget at n_c
+  std::vector<i64> budget_tokens;  // nominal tokens per unit of each budget at n_c (per-layer: mean; thr: -1)
   std::vector<std::unique_ptr<Rule>> rules;
 };
 // Throws kvsim::Error naming the option or the trace field.

@@ -68,6 +68,18 @@ Budget Budget::parse(const std::string& s) {
   const std::string where = "budget '" + s + "'";
   if (s.empty()) fail("budget ''", "", "empty budget");
   if (s.rfind("layers=", 0) == 0) return parse_per_layer(s);
+  if (s.rfind("thr=", 0) == 0) {
+    Budget b;
+    b.text = s;
+    b.kind = Kind::threshold;
+    errno = 0;
+    char* end = nullptr;
+    const std::string num = s.substr(4);
+    b.value = std::strtod(num.c_str(), &end);
+    if (num.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(b.value))
+      fail(where, "", "a threshold budget is thr=X with X a finite number on the rule's score scale");
+    return b;
+  }
   Budget b;
   b.text = s;
   const bool ratio = s.rfind("cr=", 0) == 0;
@@ -98,8 +110,17 @@ Budget Budget::parse(const std::string& s) {
   return b;
 }
 
+namespace {
+[[noreturn]] void no_count(const Budget& b) {
+  fail("budget '" + b.text + "'", "",
+       "a threshold keeps what a scorer rates at or above it: it applies to plain scorers and dms(...), not to rules "
+       "that choose a number of tokens");
+}
+}  // namespace
+
 double Budget::kept_fraction(i64 n_c) const {
   switch (kind) {
+    case Kind::threshold: no_count(*this);
     case Kind::fraction: return value;
     case Kind::compression_ratio: return 1.0 - value;
     case Kind::tokens: return n_c > 0 ? value / static_cast<double>(n_c) : 1.0;
@@ -109,6 +130,7 @@ double Budget::kept_fraction(i64 n_c) const {
 
 double Budget::exact_tokens(i64 n_c) const {
   switch (kind) {
+    case Kind::threshold: no_count(*this);
     case Kind::fraction: return value * static_cast<double>(n_c);
     case Kind::compression_ratio: return static_cast<double>(n_c) * (1.0 - value);  // kvpress's operand order
     case Kind::tokens: return value;
@@ -117,6 +139,7 @@ double Budget::exact_tokens(i64 n_c) const {
 }
 
 i64 Budget::tokens_for(i64 n_c) const {
+  if (kind == Kind::threshold) no_count(*this);
   if (kind == Kind::tokens) {
     if (value > static_cast<double>(n_c))
       fail("budget '" + text + "'", "", std::to_string(static_cast<long long>(value)) + " tokens exceed the " +
@@ -132,6 +155,7 @@ i64 Budget::tokens_for(i64 n_c) const {
 }
 
 i64 Budget::share_of(i64 n, i64 n_c) const {
+  if (kind == Kind::threshold) no_count(*this);
   const double x = kind == Kind::compression_ratio ? static_cast<double>(n) * (1.0 - value)
                                                    : static_cast<double>(n) * kept_fraction(n_c) * (1.0 + 1e-12);
   return std::max<i64>(1, static_cast<i64>(std::floor(x)));

@@ -13,9 +13,9 @@
 namespace kvsim {
 
 struct Budget {
-  enum class Kind { fraction, compression_ratio, tokens };
+  enum class Kind { fraction, compression_ratio, tokens, threshold };
   Kind kind = Kind::fraction;
-  double value = 0.0;  // kept fraction, compression ratio, or token count
+  double value = 0.0;  // kept fraction, compression ratio, token count, or score threshold
   std::string text;    // as the user wrote it; used as the "budget" column
   // Per-layer budgets: the fraction or ratio of each layer (value = their mean, as kvpress's
   // PerLayerCompressionPress.compression_ratio); empty for a budget of every layer.
@@ -23,7 +23,9 @@ struct Budget {
 
   // "0.2" / "20%" -> fraction in (0, 1]; "cr=0.8" -> compression ratio in [0, 1); "512" (integer
   // >= 1, at most 2^53) -> tokens; "layers=F0/F1/..." (fractions) or "layers=cr:R0/R1/..."
-  // (ratios) -> per layer. Throws kvsim::Error naming the budget.
+  // (ratios) -> per layer; "thr=X" -> keep every candidate scored >= X (DMS; plain scorers only:
+  // ScoredRule::select counts them, and the count functions below throw for it). Throws
+  // kvsim::Error naming the budget.
   static Budget parse(const std::string& s);
   // The plain budget of one layer (this budget itself when it is not per-layer), same text.
   // Throws naming the budget when it lists fewer layers.

@@ -36,6 +36,12 @@ class Rule {
   virtual std::string spec() const = 0;
   // One Selection per budget, in order. Budgets of one rule share its scores.
   virtual std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const = 0;
+  // Whether select() takes threshold budgets (thr=X, rules doc 1.4): plain scorers only.
+  virtual bool takes_threshold() const { return false; }
 };
+
+// Throws naming the rule and the budget when budgets hold a threshold the rule does not take
+// (call before select(): rules that count tokens would otherwise fail inside parallel loops).
+void check_threshold_budgets(const Rule& rule, const std::vector<Budget>& budgets);
 
 }  // namespace kvsim

@@ -106,6 +106,21 @@ std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector
   std::vector<UnitCounts> counts;
   std::vector<i64> layer_budgets;
   for (const auto& b : budgets) {
+    if (b.kind == Budget::Kind::threshold) {  // DMS: every candidate scored >= the threshold
+      if (!plain())
+        fail(spec(), "budget " + b.text,
+             "a threshold applies to a plain scorer or dms(...); " + wrapper_kind() + " allocates token counts");
+      if (s.log_space)
+        fail(spec(), "budget " + b.text, "scores are logs here (space=log): write the rule with space=linear");
+      std::vector<i64> c(s.units, s.n_protected);
+      for (int u = 0; u < s.units; ++u)
+        for (i64 j = 0; j < s.n_c; ++j) c[u] += !s.protect[j] && s.unit(u)[j] >= b.value;
+      i64 total = 0;
+      for (i64 x : c) total += x;
+      layer_budgets.push_back((total + s.units / 2) / s.units);  // the mean kept count, reported as budget
+      counts.push_back({std::move(c), static_cast<double>(layer_budgets.back()), 0});
+      continue;
+    }
     const i64 B = b.tokens_for(in.n_c);
     const double exact = b.exact_tokens(in.n_c);
     const i64 lb = layer_budget(in, s, B, exact);
@@ -123,8 +138,17 @@ std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector
   }
   std::vector<Selection> out = select_counts(in, s, counts);
   for (std::size_t b = 0; b < out.size(); ++b)
-    if (layer_budgets[b] != budgets[b].tokens_for(in.n_c)) out[b].budget_tokens = layer_budgets[b];
+    if (budgets[b].kind == Budget::Kind::threshold || layer_budgets[b] != budgets[b].tokens_for(in.n_c))
+      out[b].budget_tokens = layer_budgets[b];
   return out;
+}
+
+void check_threshold_budgets(const Rule& rule, const std::vector<Budget>& budgets) {
+  for (const auto& b : budgets)
+    if (b.kind == Budget::Kind::threshold && !rule.takes_threshold())
+      fail(rule.spec(), "budget " + b.text,
+           "a threshold keeps what a plain scorer rates at or above it; this rule chooses token counts (use a plain "
+           "scorer or dms(...))");
 }
 
 std::unique_ptr<ScoredRule> require_scored(std::unique_ptr<Rule> base, const std::string& who) {

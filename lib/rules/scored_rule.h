@@ -74,6 +74,7 @@ class ScoredRule : public Rule {
   virtual UnitScores scores_range(const RuleInput& in, i64 begin, i64 end) const;
   // True for plain scorers; false for wrappers (pyramid, ada, critical).
   virtual bool plain() const { return true; }
+  bool takes_threshold() const override { return plain(); }
   // True if scores estimate attention mass (Ada-KV / CriticalKV / PyramidKV may wrap it).
   virtual bool attention_like() const { return false; }
   // Kind of wrapper, for nesting checks: "" for plain scorers, else "pyramid", "ada", "critical".

@@ -55,6 +55,8 @@ PAIRS = [
     ("NonCausalAttn", "NonCausalAttnPress(compression_ratio={cr}, chunk_size=256)", "noncausal(chunk=256)", "post"),
     ("PerLayerCompression", "PerLayerCompressionPress(press=SnapKVPress(window_size=64, kernel_size=5), "
      "compression_ratios={layer_crs})", "snapkv@kvpress", "post"),
+    ("DMS (LagKV ranks)", "DMSPress(press=LagKVPress(n_sink=4, lag_size=128), threshold={cr}, "
+     "sliding_window_size=128)", "dms(lagkv(sink=4,lag=128),window=128)", "post"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
@@ -75,7 +77,11 @@ def layer_ratios(cr, num_layers):
 
 
 def pair_budget(expr, cr, num_layers):
-    """(kvpress expression, kvsim budget) of a pair at ratio cr."""
+    """(kvpress expression, kvsim budget) of a pair at ratio cr. A DMS pair's threshold is cr
+    itself (LagKV's scores are ranks / lag in [0, 1): thr = cr keeps about 1 - cr of each
+    partition), replayed as the budget thr=cr."""
+    if expr.startswith("DMSPress("):
+        return expr.format(cr=cr), f"thr={cr}"
     if "{layer_crs}" not in expr:
         return expr.format(cr=cr), f"cr={cr}"
     crs = layer_ratios(cr, num_layers)
@@ -218,6 +224,15 @@ def kvpress_selection(f, meta, expr, mode, n_c):
     need_attention = needs_attention_weights(press)
     for layer in range(meta["num_layers"]):
         module, hidden, k, v, attn, kwargs = layer_inputs(f, meta, layer, n_c, mode, need_attention)
+        if type(press).__name__ == "DMSPress":  # what its prefill hook does: the window stays, the rest by threshold
+            with torch.no_grad():
+                scores = press.press.score(module, hidden, k, v, attn, kwargs)[0]
+            kept = np.ones(scores.shape, dtype=np.uint8)
+            n_evict = scores.shape[-1] - press.sliding_window_size
+            if n_evict > 0:
+                kept[:, :n_evict] = (scores[:, :n_evict] >= press.threshold).cpu().numpy()
+            out[layer] = (kept, None, set(), set())
+            continue
         target = press
         if type(press).__name__ == "PerLayerCompressionPress":  # what its forward hook does, per layer
             target = press.press

@@ -168,6 +168,15 @@ def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, 
     return ReplayResult(df, pq, sel, summary)
 
 
+def calibrate_threshold(trace, rule, fraction, compression_point="agnostic", window=32):
+    """The threshold X at which the budget "thr=X" makes `rule` (a plain scorer or dms(...)) keep
+    `fraction` of the trace's compressible tokens over all layers and units together, for a
+    comparison at matched kept tokens in which each head and layer still keeps its own count
+    (rules doc 1.4). Returns {"threshold", "kept_fraction" (achieved), "candidates"}."""
+    return dict(_kvsim.calibrate_threshold(_path(trace), specs_text(rule), float(fraction),
+                                           compression_point=compression_point, window=int(window)))
+
+
 def analyze(trace, out=None, progress=False, **options):
     """`kvsim analyze` (KeyDiff premise statistics): key_stats.csv as a DataFrame;
     df.attrs["recall"] is key_recall.csv, df.attrs["summary"] summary.json. Options are the CLI's:

@@ -148,6 +148,29 @@ class ModuleTest(unittest.TestCase):
             self.assertIn(why, str(e.exception))
             self.assertIn(bad, str(e.exception))
 
+    def test_threshold_budget_calibrated(self):
+        """thr=X with X from kvsim.calibrate_threshold: the trace-wide kept share equals the
+        calibrated one, each head and layer keeps its own count, and rules that count tokens
+        refuse the budget with one line naming it."""
+        rule = "dms(knorm,window=32)"
+        c = kvsim.calibrate_threshold(NIAH, rule, 0.2)
+        self.assertGreaterEqual(c["kept_fraction"], 0.2)
+        self.assertLess(c["kept_fraction"], 0.2 + 1e-3)
+        budget = f"thr={c['threshold']!r}"
+        m = kvsim.replay(NIAH, rules=rule, budgets=[budget])
+        n_c = m.attrs["summary"]["protocol"]["n_c"]
+        heads = m[m["head"] >= 0]
+        layer_rows = m[m["head"] == -1]
+        # kept_tokens of a layer row: the mean over its KV heads; over layers, the calibrated share
+        self.assertAlmostEqual(layer_rows["kept_tokens"].mean() / n_c, c["kept_fraction"], delta=1e-12)
+        self.assertGreater(heads["kept_tokens"].nunique(), 1)
+        self.assertGreater(layer_rows["kept_tokens"].nunique(), 1)
+        with self.assertRaises(kvsim.KvsimError) as e:
+            kvsim.replay(NIAH, rules="ada(snapkv)", budgets=[budget])
+        self.assertIn(budget, str(e.exception))
+        with self.assertRaises(kvsim.KvsimError):
+            kvsim.calibrate_threshold(NIAH, "ada(snapkv)", 0.2)
+
     def test_analyze_and_prefill_equal_cli_files(self):
         out = os.path.join(self.dir, "analyze")
         cli("analyze", NIAH, "--out", out)

@@ -4,7 +4,9 @@
 // near-ties of the reference's cut; hand-checked fixtures of the arithmetic.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "core/error.h"
@@ -107,4 +109,49 @@ TEST_CASE("cur: hand-checked fixture; refusals") {
   CHECK_THROWS_AS(make_rule("lagkv(lag=1)"), Error);
   CHECK_THROWS_AS(make_rule("cur(type=both)"), Error);
   CHECK_THROWS_AS(make_rule("noncausal(chunk=0)"), Error);
+}
+
+TEST_CASE("threshold budgets (thr=X) and dms: every candidate scored >= X stays, per unit") {
+  const auto Lp = synthetic_test_layer(8, 2, 2, 71);
+  const TestLayer& L = *Lp;
+  const Mat ref = ref_knorm(L);  // -||k||, per KV head
+  // A threshold in the middle of the scores: the median of unit 0's.
+  std::vector<double> sorted = ref[0];
+  std::sort(sorted.begin(), sorted.end());
+  const double X = sorted[sorted.size() / 2];
+  char text[64];
+  std::snprintf(text, sizeof text, "thr=%.9g", X);
+  const Budget b = Budget::parse(text);
+  CHECK(b.kind == Budget::Kind::threshold);
+  auto rule = make_rule("dms(knorm,window=16)");
+  const auto sel = rule->select(L.input(), {b});
+  const UnitScores s = dynamic_cast<const ScoredRule&>(*rule).scores(L.input());
+  CHECK(s.n_protected == 16);
+  i64 differing = 0, total = 0;
+  for (int u = 0; u < sel[0].units; ++u) {
+    for (i64 j = 0; j < L.n_c; ++j) {
+      const bool want = j >= L.n_c - 16 || s.unit(u)[j] >= b.value;
+      CHECK(static_cast<bool>(sel[0].unit_mask(u)[j]) == want);
+      // and by the float64 norms, except float32 near-ties of X
+      const bool by_ref = j >= L.n_c - 16 || ref[u][j] >= X;
+      differing += by_ref != want && std::abs(ref[u][j] - X) > 1e-6 * std::abs(X);
+    }
+    total += sel[0].kept_count(u);
+  }
+  CHECK(differing == 0);
+  CHECK(sel[0].kept_count(0) != sel[0].kept_count(1));  // each unit its own count
+  CHECK(sel[0].budget_tokens == (total + 1) / 2);        // the layer's mean kept count
+  // Rules that allocate counts refuse a threshold with one line naming the budget.
+  for (const std::string spec : {"ada(snapkv)", "pyramid(snapkv)", "oracle_greedy", "keydiff", "quest"}) {
+    CAPTURE(spec);
+    try {
+      check_threshold_budgets(*make_rule(spec), {b});  // what the replay and kvsim.select call first
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK_MESSAGE(std::string(e.what()).find(text) != std::string::npos, e.what());
+    }
+  }
+  CHECK_THROWS_AS(Budget::parse("thr="), Error);
+  CHECK_THROWS_AS(Budget::parse("thr=abc"), Error);
+  CHECK_THROWS_AS(make_rule("dms(ada(snapkv))"), Error);
 }
