@@ -31,7 +31,11 @@ KVSIM_RULE((RuleInfo{"dms",
                      "DMS (kvpress DMSPress): a plain scorer with the last window tokens protected; with a threshold "
                      "budget thr=X every token the base scores >= X stays (kept counts vary by head)",
                      {{"base", "rule", "knorm", "a plain scorer (positional)"},
-                      {"window", "int >= 0", "128", "recent tokens never evicted (DMS's sliding window)"}}}),
+                      {"window", "int >= 0", "128", "recent tokens never evicted (DMS's sliding window)"}},
+                     /*in_all=*/false,
+                     // Left out of "all": its window of 128 exceeds the count budgets short traces get there;
+                     // it is meant for threshold budgets (thr=X).
+                     /*example=*/"dms(knorm,window=128)"}),
            [](SpecReader& r) -> std::unique_ptr<Rule> {
              auto base = require_scored(r.get_rule_or(0, "knorm"), "dms");
              if (!base->plain()) r.error("base rule '" + base->spec() + "': dms wraps a plain scorer");

@@ -4,9 +4,11 @@
 // range, a token's spread is the standard deviation of its normalised channels (unbiased), and
 // a softmax over the partition turns spreads into scores, for keys and values alike; the score is
 // their mean, then its rank inside the partition / lag (cross=false, kvpress's default) or the
-// mean itself (cross=true). Protected: the sinks and the last partition with the remainder (they
-// have no reference; kvpress scores them 1). Spans shorter than sink + 2 lag are not scored:
-// then the rule keeps the sinks and the most recent tokens, as kvpress's fallback does.
+// mean itself (cross=true). The sinks and the last partition with the remainder (which has no
+// reference) score 1, above every rank, as in kvpress: they go first, and a budget smaller than
+// them keeps the lower positions among them (kvpress's topk order at that tie is unspecified).
+// Spans shorter than sink + 2 lag are not scored: then the sinks score 1 and the rest rank by
+// recency, as kvpress's fallback does. Nothing is protected.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -49,7 +51,7 @@ class LagKvRule : public ScoredRule {
     const LayerData& d = *in.data;
     const i64 n = end - begin;
     UnitScores s(GqaMode::kv, d.num_kv_heads, n);
-    s.protect_range(0, std::min(sink_, n));
+    std::fill(s.score.begin(), s.score.end(), 1.0f);  // sinks and the unreferenced tail
     if (n < sink_ + 2 * lag_) {  // kvpress's fallback: the most recent tokens rank first
       for (int g = 0; g < d.num_kv_heads; ++g)
         for (i64 j = sink_; j < n; ++j)
@@ -58,7 +60,6 @@ class LagKvRule : public ScoredRule {
     }
     const i64 end_idx = sink_ + (n - sink_) / lag_ * lag_;
     const i64 parts = (end_idx - sink_) / lag_ - 1;  // partitions with a reference
-    s.protect_range(sink_ + parts * lag_, n);
     const int dim = d.head_dim;
 #pragma omp parallel for schedule(dynamic) collapse(2)
     for (int g = 0; g < d.num_kv_heads; ++g)

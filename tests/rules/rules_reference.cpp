@@ -428,7 +428,7 @@ Mat ref_lagkv(const TestLayer& L, i64 sink, i64 lag, bool cross) {
   const LayerData& d = L.data;
   const i64 n = L.n_c;
   const int dh = d.head_dim;
-  Mat s(d.num_kv_heads, std::vector<double>(n, NAN));
+  Mat s(d.num_kv_heads, std::vector<double>(n, 1.0));  // sinks and tail: 1, above every rank
   for (int g = 0; g < d.num_kv_heads; ++g) {
     if (n < sink + 2 * lag) {
       for (i64 j = sink; j < n; ++j) s[g][j] = static_cast<double>(j - sink) / (n - sink);
@@ -553,6 +553,30 @@ Masks ref_keep_scored(const Mat& scores, i64 B) {
     for (i64 j : ref_top(x, B - n_prot, &prot)) m[u][j] = 1;
   }
   return m;
+}
+
+Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string& gqa, bool prior) {
+  const LayerData& d = L.data;
+  const i64 m = L.n_c - window;
+  Mat worst(d.num_heads, std::vector<double>(m, 0.0));
+  for (int h = 0; h < d.num_heads; ++h)
+    for (i64 t = L.n_c - window; t < L.n_c; ++t) {
+      const auto a = softmax_prefix(L, h, row_of(L, t), t);
+      std::vector<double> row(a.begin(), a.begin() + m);
+      double raw = 0, after = 0;
+      for (double x : row) raw += x;
+      const std::vector<double> pooled = pool(row, kernel, false);
+      for (double x : pooled) after += x;
+      for (i64 j = 0; j < m; ++j) worst[h][j] = std::max(worst[h][j], pooled[j] * raw / after);
+    }
+  Mat s = reduce(worst, d.num_heads / d.num_kv_heads, gqa);
+  if (prior)
+    for (auto& u : s) {
+      double mean = 0;
+      for (double x : u) mean += x / static_cast<double>(u.size());
+      for (double& x : u) x = std::max(x, mean);
+    }
+  return s;
 }
 
 }  // namespace kvsim::test

@@ -78,13 +78,18 @@ double ref_layer_objective(const TestLayer& L, const Masks& kept, bool query_mod
 Masks ref_greedy(const TestLayer& L, bool query_mode, bool per_head, i64 B);
 
 // kvpress scorers without attention (rules doc 2.20-2.22), per KV head over [0, n_c); protected
-// tokens score NaN. lagkv: sinks and the unreferenced tail protected, ranks / lag (or the scores
-// with cross); cur: squared norms per local block, combined; noncausal: chunked non-causal
+// tokens score NaN. lagkv: sinks and the unreferenced tail score 1, the rest ranks / lag (or the
+// scores with cross); cur: squared norms per local block, combined; noncausal: chunked non-causal
 // attention column sums (kvpress's padding), group mean x ||v||, average-pooled (kernel 3).
 Mat ref_lagkv(const TestLayer& L, i64 sink, i64 lag, bool cross);
 Mat ref_cur(const TestLayer& L, i64 sink, const std::string& type, i64 local);
 Mat ref_noncausal(const TestLayer& L, i64 chunk);
 // Kept sets of such scores at B per unit: the protected (NaN) tokens, then the best others.
 Masks ref_keep_scored(const Mat& scores, i64 B);
+
+// defensive (rules doc 2.24): per head and window query, the prefix attention pooled (average)
+// and rescaled to the row's prefix mass; max over the window queries; the group reduction; the
+// floor at the mean (prior). Scores of the m = n_c - window prefix tokens.
+Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string& gqa, bool prior);
 
 }  // namespace kvsim::test

@@ -1,0 +1,102 @@
+// defensive: DefensiveKV's defensive aggregation (Feng et al., "Taming the Fragility of KV Cache
+// Eviction in LLM Inference", ICLR 2026; code FFY0/DefensiveKV), rules doc 2.24. The
+// observation window's attention rows (as SnapKV's, 2.6 step 1) are each average-pooled along
+// the prefix tokens and rescaled to keep their sum; a token's score is then the WORST case over
+// the window queries, max_i, instead of SnapKV's mean (the paper's point: importance is not
+// stable across queries), reduced over the group (max by default, as the paper), and floored at
+// its mean over the prefix tokens (the prior correction: clamp(min = mean)). The window is
+// protected. DefensiveKV itself is ada(defensive) with its CriticalKV-style value weighting
+// (critical(ada(defensive)) in kvsim's spelling, whose second stage is kvsim's critical(...)).
+#include <algorithm>
+
+#include "kernels/kernels.h"
+#include "rules/gqa.h"
+#include "rules/registry.h"
+#include "rules/scored_rule.h"
+#include "rules/window_attention.h"
+
+namespace kvsim {
+namespace {
+
+struct DefensiveParams {
+  i64 window = 32;
+  int kernel = 5;
+  GqaChoice gqa;
+  bool prior = true;
+};
+
+class DefensiveRule : public ScoredRule {
+ public:
+  DefensiveRule(std::string spec, DefensiveParams p) : ScoredRule(std::move(spec)), p_(p) {}
+  bool attention_like() const override { return true; }
+
+  UnitScores scores_range(const RuleInput& in, i64 begin, i64 end) const override {
+    const TraceMeta& meta = *in.meta;
+    const LayerData& d = *in.data;
+    const i64 w = p_.window, L = end - begin, m = L - w, dh = d.head_dim;
+    const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, spec());
+    const kernels::LogitSpec logit = meta.logits();
+    const int G = d.num_heads / d.num_kv_heads;
+    avec<float> per_head(static_cast<std::size_t>(d.num_heads) * m, 0.0f);  // max over the window
+#pragma omp parallel
+    {
+      avec<float> qw(w * dh), probs(w * L), pooled(m);
+#pragma omp for schedule(dynamic)
+      for (int h = 0; h < d.num_heads; ++h) {
+        for (i64 i = 0; i < w; ++i) std::copy_n(d.q_row(h, rows[i]), dh, qw.data() + i * dh);
+        kernels::sgemm(false, true, w, L, dh, 1.0f, qw.data(), dh, d.k_row(h / G, begin), dh, 0.0f, probs.data(), L);
+        float* out = per_head.data() + static_cast<std::size_t>(h) * m;
+        std::fill(out, out + m, 0.0f);
+        for (i64 i = 0; i < w; ++i) {
+          float* row = probs.data() + i * L;
+          kernels::logit_softmax_inplace(row, m + i + 1, logit);  // keys begin .. t, t = end - w + i
+          // Pool the prefix part of the row, then rescale it to the row's own prefix mass.
+          double raw = 0, after = 0;
+          for (i64 j = 0; j < m; ++j) raw += row[j];
+          if (p_.kernel > 1) kernels::avg_pool1d(row, m, p_.kernel, pooled.data());
+          else std::copy_n(row, m, pooled.data());
+          for (i64 j = 0; j < m; ++j) after += pooled[j];
+          const float scale = after > 0 ? static_cast<float>(raw / after) : 0.0f;
+          for (i64 j = 0; j < m; ++j) out[j] = std::max(out[j], pooled[j] * scale);
+        }
+      }
+    }
+    UnitScores s(p_.gqa.mode, units_for(p_.gqa.mode, d), L);
+    std::vector<float> red(static_cast<std::size_t>(s.units) * m);
+    reduce_heads(per_head.data(), d.num_heads, G, m, m, p_.gqa, red.data(), m);
+    for (int u = 0; u < s.units; ++u) {
+      float* x = s.unit(u);
+      std::copy_n(red.data() + u * m, m, x);
+      if (!p_.prior || m == 0) continue;
+      double mean = 0;
+      for (i64 j = 0; j < m; ++j) mean += x[j];
+      const float floor = static_cast<float>(mean / static_cast<double>(m));
+      for (i64 j = 0; j < m; ++j) x[j] = std::max(x[j], floor);
+    }
+    s.protect_range(m, L);
+    return s;
+  }
+
+ private:
+  DefensiveParams p_;
+};
+
+KVSIM_RULE((RuleInfo{"defensive",
+                     "DefensiveKV's defensive aggregation: pooled window attention, the worst case (max) over the "
+                     "window queries and the group, floored at its mean (prior correction); window protected",
+                     {{"window", "int", "32", "observation window w (queries; the w tokens are kept)"},
+                      {"kernel", "int", "5", "average pooling kernel per window row, odd (1: none)"},
+                      {"gqa", "choice mean|max|sum|query", "max", "group reduction, or per query head"},
+                      {"prior", "bool", "true", "floor the scores at their mean over the prefix (prior correction)"}}}),
+           [](SpecReader& r) -> std::unique_ptr<Rule> {
+             DefensiveParams p;
+             p.window = r.get_int("window", 32, 1, 1 << 20);
+             p.kernel = static_cast<int>(r.get_int("kernel", 5, 1, 1001));
+             if (p.kernel % 2 == 0) r.error("parameter 'kernel': must be odd, got " + std::to_string(p.kernel));
+             p.gqa = read_gqa(r, "max");
+             p.prior = r.get_bool("prior", true);
+             return std::make_unique<DefensiveRule>(r.canonical(), p);
+           });
+
+}  // namespace
+}  // namespace kvsim
