@@ -57,6 +57,8 @@ PAIRS = [
      "compression_ratios={layer_crs})", "snapkv@kvpress", "post"),
     ("DMS (LagKV ranks)", "DMSPress(press=LagKVPress(n_sink=4, lag_size=128), threshold={cr}, "
      "sliding_window_size=128)", "dms(lagkv(sink=4,lag=128),window=128)", "post"),
+    ("SimLayerKV (threshold = ratio)", "SimLayerKVPress(lazy_threshold={cr}, n_last=1, n_recent=1024, n_initial=4)",
+     "simlayerkv(threshold={cr},last=1,recent=1024,initial=4)", "post"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
@@ -304,7 +306,12 @@ def parity_table(traces, pairs=PAIRS, ratios=RATIOS, progress=None):
         kvsim_side = {}  # while h5py has the file closed: kvsim's engine reads it with its own HDF5
         for label, expr, spec, mode in pairs:
             try:
-                kvsim_side[label] = kvsim_selection(trace, spec, [pair_budget(expr, cr, num_layers)[1] for cr in ratios])
+                budgets = [pair_budget(expr, cr, num_layers)[1] for cr in ratios]
+                if "{cr}" in spec:  # the ratio is a parameter of the rule (a threshold), one replay each
+                    each = [kvsim_selection(trace, spec.format(cr=cr), [b]) for cr, b in zip(ratios, budgets)]
+                    kvsim_side[label] = ({bi: e[0][0] for bi, e in enumerate(each)}, each[0][1])
+                else:
+                    kvsim_side[label] = kvsim_selection(trace, spec, budgets)
             except (kvsim.KvsimError, DumpError) as e:
                 kvsim_side[label] = f"kvsim: {e}"
         with h5py.File(trace, "r") as f:

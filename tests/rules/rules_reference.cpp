@@ -579,4 +579,8 @@ Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string&
   return s;
 }
 
+std::vector<double> ref_softmax_prefix(const TestLayer& L, int h, i64 t) {
+  return softmax_prefix(L, h, row_of(L, t), t);
+}
+
 }  // namespace kvsim::test

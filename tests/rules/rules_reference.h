@@ -92,4 +92,7 @@ Masks ref_keep_scored(const Mat& scores, i64 B);
 // floor at the mean (prior). Scores of the m = n_c - window prefix tokens.
 Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string& gqa, bool prior);
 
+// Float64 causal attention of query head h at position t (stored) over [0, t].
+std::vector<double> ref_softmax_prefix(const TestLayer& L, int h, i64 t);
+
 }  // namespace kvsim::test

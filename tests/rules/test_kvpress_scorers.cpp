@@ -155,3 +155,40 @@ TEST_CASE("threshold budgets (thr=X) and dms: every candidate scored >= X stays,
   CHECK_THROWS_AS(Budget::parse("thr=abc"), Error);
   CHECK_THROWS_AS(make_rule("dms(ada(snapkv))"), Error);
 }
+
+TEST_CASE("simlayerkv: lazy layers by the last query's float64 attention on the first and recent tokens") {
+  std::vector<std::unique_ptr<TestLayer>> ls;
+  for (int layer : {0, 1, 2}) ls.push_back(synthetic_test_layer(4, 2, layer, 91));
+  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
+  if (std::filesystem::exists(trace))
+    for (int layer : {0, 2, 4}) ls.push_back(trace_test_layer(trace, layer));
+  int lazy_seen = 0, busy_seen = 0;
+  for (const auto& Lp : ls) {
+    const TestLayer& L = *Lp;
+    const LayerData& d = L.data;
+    const i64 n = L.n_c, recent = n / 3, initial = 4, m = n - 1;
+    // The last query before n_c: its attention over the prefix [0, m), mean over heads.
+    double score = 0;
+    for (int h = 0; h < d.num_heads; ++h) {
+      const auto a = ref_softmax_prefix(L, h, n - 1);
+      for (i64 j = 0; j < m; ++j)
+        if (j < initial || j >= m - recent) score += a[j] / d.num_heads;
+    }
+    for (const double thr : {0.3, 0.6, 0.9}) {
+      CAPTURE(thr);
+      if (std::abs(score - thr) < 1e-6) continue;  // a float32 near-tie of the decision
+      char spec[96];
+      std::snprintf(spec, sizeof spec, "simlayerkv(threshold=%g,last=1,recent=%lld,initial=4)", thr,
+                    static_cast<long long>(recent));
+      const auto sel = make_rule(spec)->select(L.input(), {Budget::parse("0.5"), Budget::parse("0.1")});
+      const bool lazy = score > thr;
+      (lazy ? lazy_seen : busy_seen) += 1;
+      for (const auto& s : sel)
+        for (int u = 0; u < s.units; ++u)
+          for (i64 j = 0; j < n; ++j)
+            CHECK(static_cast<bool>(s.unit_mask(u)[j]) == (!lazy || j < initial || j >= n - (recent - 1)));
+    }
+  }
+  CHECK(lazy_seen > 0);
+  CHECK(busy_seen > 0);
+}
