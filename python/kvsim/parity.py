@@ -26,7 +26,8 @@ import numpy as np
 
 from kvsim.dump.errors import DumpError
 
-# (label, kvpress expression with {cr}, kvsim spec, shim mode). NAME@kvpress are kvsim's presets
+# (label, kvpress expression with {cr}, kvsim spec, shim mode; "-aware": the question-aware
+# protocol, the compressed span ending with the question). NAME@kvpress are kvsim's presets
 # (lib/rules/presets.cpp, `kvsim rules`): this table is what checks them against kvpress.
 PAIRS = [
     ("SnapKV", "SnapKVPress(compression_ratio={cr}, window_size=64, kernel_size=5)",
@@ -59,6 +60,7 @@ PAIRS = [
      "sliding_window_size=128)", "dms(lagkv(sink=4,lag=128),window=128)", "post"),
     ("SimLayerKV (threshold = ratio)", "SimLayerKVPress(lazy_threshold={cr}, n_last=1, n_recent=1024, n_initial=4)",
      "simlayerkv(threshold={cr},last=1,recent=1024,initial=4)", "post"),
+    ("Finch", "FinchPress(compression_ratio={cr}, rerotate_keys=False)", "finch", "post-aware"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
@@ -150,6 +152,7 @@ def layer_inputs(f, meta, layer, n_c, mode, need_attention):
     module = TraceAttention(meta, layer, read_tensor(g["o_proj"]))
     pos = torch.arange(n_c)[None]
     cos, sin = module.rotary_emb(q[None], pos)
+    mode = mode.split("-")[0]
     if mode == "pre":  # ExpectedAttention: pre-RoPE queries, the model's own rotation
         q_in = q * cos - rotate_half(q) * sin
         pe = (cos, sin)
@@ -222,6 +225,9 @@ def kvpress_selection(f, meta, expr, mode, n_c):
 
     from kvsim.dump.kvpress_bridge import leaves_of, needs_attention_weights, parse_press, recording
     press = parse_press(expr)
+    if type(press).__name__ == "FinchPress":  # its delimiter hook's window: the question before n_c
+        segment = f["tokens/segment"][()][:n_c]
+        press.window_size = int(len(segment) - np.flatnonzero(segment != 1)[-1] - 1)
     out = {}
     need_attention = needs_attention_weights(press)
     for layer in range(meta["num_layers"]):
@@ -252,12 +258,13 @@ def kvpress_selection(f, meta, expr, mode, n_c):
     return out
 
 
-def kvsim_selection(trace, spec, budgets):
+def kvsim_selection(trace, spec, budgets, compression_point="agnostic"):
     """budget index -> layer -> (kept [units, n_c], key_channels or None) of one kvsim rule at
     kvpress's budgets (cr=R, or layers=cr:...; kvsim.replay in-process, the selections
     returned), and n_c."""
     import kvsim
-    res = kvsim.replay(trace, rules=spec, budgets=budgets, window=64, return_selection=True)
+    res = kvsim.replay(trace, rules=spec, budgets=budgets, window=64, return_selection=True,
+                       compression_point=compression_point)
     rule = res.summary["rules"][0]["spec"]
     out = {bi: {l: (kept, res.selection.get((rule, b, l, "key_channels")))
                 for (r, bb, l, *extra), kept in res.selection.items() if r == rule and bb == b and not extra}
@@ -307,11 +314,12 @@ def parity_table(traces, pairs=PAIRS, ratios=RATIOS, progress=None):
         for label, expr, spec, mode in pairs:
             try:
                 budgets = [pair_budget(expr, cr, num_layers)[1] for cr in ratios]
+                point = "aware" if mode.endswith("-aware") else "agnostic"
                 if "{cr}" in spec:  # the ratio is a parameter of the rule (a threshold), one replay each
-                    each = [kvsim_selection(trace, spec.format(cr=cr), [b]) for cr, b in zip(ratios, budgets)]
+                    each = [kvsim_selection(trace, spec.format(cr=cr), [b], point) for cr, b in zip(ratios, budgets)]
                     kvsim_side[label] = ({bi: e[0][0] for bi, e in enumerate(each)}, each[0][1])
                 else:
-                    kvsim_side[label] = kvsim_selection(trace, spec, budgets)
+                    kvsim_side[label] = kvsim_selection(trace, spec, budgets, point)
             except (kvsim.KvsimError, DumpError) as e:
                 kvsim_side[label] = f"kvsim: {e}"
         with h5py.File(trace, "r") as f:

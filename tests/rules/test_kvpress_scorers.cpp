@@ -192,3 +192,34 @@ TEST_CASE("simlayerkv: lazy layers by the last query's float64 attention on the 
   CHECK(lazy_seen > 0);
   CHECK(busy_seen > 0);
 }
+
+TEST_CASE("finch: the question is the window (question-aware span), rows weighted by their causal length") {
+  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
+  if (!std::filesystem::exists(trace)) return;
+  auto Lp = trace_test_layer(trace, 2);
+  TestLayer& L = *Lp;
+  auto rule = make_rule("finch");
+  CHECK_THROWS_WITH_AS(rule->select(L.input(), {Budget::parse("0.2")}),
+                       doctest::Contains("use --compression-point aware"), Error);
+  // The question-aware span: [0, prefill end), whose last tokens are the question.
+  i64 n_c = L.n_c;
+  while (n_c < static_cast<i64>(L.meta.segment.size()) && L.meta.segment[n_c] == kQuestion) ++n_c;
+  const i64 w = n_c - L.n_c, m = L.n_c;
+  REQUIRE(w > 0);
+  L.n_c = n_c;
+  L.eval_rows.clear();
+  for (i64 r = 0; r < static_cast<i64>(L.meta.q_pos.size()); ++r)
+    if (L.meta.q_pos[r] >= n_c) L.eval_rows.push_back(r);
+  L.cache = std::make_unique<LayerCache>(L.meta, L.data, L.n_c, L.eval_rows);
+  const LayerData& d = L.data;
+  const int G = d.num_heads / d.num_kv_heads;
+  Mat ref(d.num_kv_heads, std::vector<double>(n_c, NAN));  // NaN: the protected question
+  for (int g = 0; g < d.num_kv_heads; ++g)
+    for (i64 j = 0; j < m; ++j) ref[g][j] = 0;
+  for (int h = 0; h < d.num_heads; ++h)
+    for (i64 t = m; t < n_c; ++t) {
+      const auto a = ref_softmax_prefix(L, h, t);
+      for (i64 j = 0; j < m; ++j) ref[h / G][j] += a[j] * static_cast<double>(t) / static_cast<double>(w * G);
+    }
+  check_rule("finch", L, ref, 1e-4, 1e-4);
+}
