@@ -9,6 +9,7 @@
 #include "report/closed_loop_section.h"
 #include "report/html_parts.h"
 #include "report/html_table.h"
+#include "report/head_auc.h"
 #include "report/optimum_ratio.h"
 #include "report/paper_claims.h"
 #include "rules/rule_labels.h"
@@ -262,6 +263,20 @@ std::string rule_comparison(const ReplayOutput& out, const std::string& id) {
                    HtmlCell::num(x.rel), HtmlCell::num(x.pert), HtmlCell::num(x.mass)});
       o += a.render();
     }
+  }
+
+  // Budget-free per head: the distribution over heads of each head's mean over the kept fractions.
+  const auto head_summaries = head_auc_summaries(head_aucs(out), out.rules);
+  if (!head_summaries.empty()) {
+    HtmlTable t3(id + "-budget-free-heads",
+                 "Budget-free per head: for every (layer, head) head row, rel_pert_l1's mean over the rule's kept-fraction "
+                 "range (trapezoids between its budgets, divided by the range), and its distribution over the heads: "
+                 "fragile heads show in p90 and max, which a mean over heads hides",
+                 {"rule", "heads", "median", "p90", "max", "worst layer", "worst head"});
+    for (const auto& x : head_summaries)
+      t3.add_row({L.cell(x.rule), HtmlCell::integer(x.heads), HtmlCell::num(x.median), HtmlCell::num(x.p90),
+                  HtmlCell::num(x.max), HtmlCell::integer(x.worst_layer), HtmlCell::integer(x.worst_head)});
+    o += t3.render();
   }
 
   // Heat maps rule x layer, one per budget (at most six).

@@ -204,6 +204,28 @@ class ReportRenderTest(unittest.TestCase):
             else:  # the greedy descent beats every rule here on its own objective's norm
                 self.assertGreater(r["ratio pert_l2"], 1.0, r)
 
+    def test_budget_free_heads_match_metrics(self):
+        """Per-head budget-free table: each head's rel_pert_l1 mean over its kept-fraction range
+        (trapezoids), recomputed from the head rows; per rule median, p90, max and the worst head."""
+        rows = self.tables["run1-budget-free-heads"]
+        with open(os.path.join(self.replay, "summary.json")) as f:
+            n_c = json.load(f)["protocol"]["n_c"]
+        heads = self.m[self.m["head"] >= 0]
+        self.assertEqual(len(rows), len(RULES.split(";")))
+        for r in rows:
+            aucs = []
+            for (layer, head), g in heads[heads["rule"] == r["rule"]].groupby(["layer", "head"]):
+                pts = g.assign(x=g["kept_tokens"] / n_c).groupby("x")["rel_pert_l1"].mean().sort_index()
+                x, y = pts.index.to_numpy(), pts.to_numpy()
+                aucs.append((float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0])), layer, head))
+            v = np.array([a[0] for a in aucs])
+            self.assertEqual(r["heads"], len(v))
+            self.assertTrue(close(r["median"], float(np.quantile(v, 0.5)), rel=1e-9))
+            self.assertTrue(close(r["p90"], float(np.quantile(v, 0.9)), rel=1e-9))
+            worst = max(aucs)
+            self.assertTrue(close(r["max"], worst[0], rel=1e-9))
+            self.assertEqual((r["worst layer"], r["worst head"]), (worst[1], worst[2]))
+
     def test_ada_effect_matches_metrics(self):
         rows = self.tables["run1-ada-layers"]
         self.assertEqual(len(rows), 2 * 5)  # ada(snapkv) at two budgets x 5 layers
