@@ -61,6 +61,8 @@ PAIRS = [
     ("SimLayerKV (threshold = ratio)", "SimLayerKVPress(lazy_threshold={cr}, n_last=1, n_recent=1024, n_initial=4)",
      "simlayerkv(threshold={cr},last=1,recent=1024,initial=4)", "post"),
     ("Finch", "FinchPress(compression_ratio={cr}, rerotate_keys=False)", "finch", "post-aware"),
+    ("LeverageScore (informational)", "LeverageScorePress(compression_ratio={cr}, sketch_dimension=256)",
+     "leverage", "post"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
@@ -93,7 +95,7 @@ def pair_budget(expr, cr, num_layers):
 
 
 # kvsim's deliberate departures from kvpress, shown for information, not held to parity.
-INFORMATIONAL = {"ExpectedAttention, log space"}
+INFORMATIONAL = {"ExpectedAttention, log space", "LeverageScore (informational)"}
 
 
 def read_tensor(ds):
@@ -241,6 +243,13 @@ def kvpress_selection(f, meta, expr, mode, n_c):
                 kept[:, :n_evict] = (scores[:, :n_evict] >= press.threshold).cpu().numpy()
             out[layer] = (kept, None, set(), set())
             continue
+        # Presses that project pre-RoPE keys from the hidden states (LeverageScore) get the trace's
+        # keys de-rotated (RoPE is orthogonal per position); their random sketches are seeded.
+        import kvpress.presses.leverage_press as leverage_module
+        cos, sin = module.rotary_emb(k, torch.arange(n_c)[None])
+        pre_keys = k * cos[:, None] - rotate_half(k) * sin[:, None]
+        leverage_module.get_prerope_key_states = lambda _module, _hidden: pre_keys
+        torch.manual_seed(0)
         target = press
         if type(press).__name__ == "PerLayerCompressionPress":  # what its forward hook does, per layer
             target = press.press

@@ -507,6 +507,8 @@ Mat ref_noncausal(const TestLayer& L, i64 chunk) {
   const i64 n = L.n_c;
   const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim;
   Mat per_head(d.num_heads, std::vector<double>(n, 0.0));
+  std::vector<i64> rows(n);
+  for (i64 t = 0; t < n; ++t) rows[t] = row_of(L, t);
   for (int h = 0; h < d.num_heads; ++h)
     for (i64 c0 = 0; c0 < n; c0 += chunk) {
       const i64 valid = std::min(chunk, n - c0);
@@ -518,7 +520,7 @@ Mat ref_noncausal(const TestLayer& L, i64 chunk) {
             x = -1e-9;
           else if (i < valid)
             for (int e = 0; e < dh; ++e)
-              x += static_cast<double>(d.q[(h * d.num_q + row_of(L, c0 + i)) * dh + e]) *
+              x += static_cast<double>(d.q[(h * d.num_q + rows[c0 + i]) * dh + e]) *
                    d.k[((h / G) * d.seq_len + c0 + j) * dh + e];
           logit[j] = x;
         }

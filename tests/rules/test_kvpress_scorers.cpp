@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "rules/factory.h"
+#include "rules/rope.h"
 #include "rules/scored_rule.h"
 #include "rules_reference.h"
 #include "testutil/testutil.h"
@@ -222,4 +223,66 @@ TEST_CASE("finch: the question is the window (question-aware span), rows weighte
       for (i64 j = 0; j < m; ++j) ref[h / G][j] += a[j] * static_cast<double>(t) / static_cast<double>(w * G);
     }
   check_rule("finch", L, ref, 1e-4, 1e-4);
+}
+
+TEST_CASE("leverage: exact key leverage, sums to the rank, equals a Gauss-Jordan float64 inverse") {
+  std::vector<std::unique_ptr<TestLayer>> ls;
+  ls.push_back(synthetic_test_layer(4, 2, 1, 95));
+  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
+  if (std::filesystem::exists(trace)) ls.push_back(trace_test_layer(trace, 1));
+  for (const auto& Lp : ls) {
+    const TestLayer& L = *Lp;
+    const LayerData& d = L.data;
+    const int dim = d.head_dim;
+    const Rope rope = Rope::from_meta(L.meta, d.layer);
+    for (const double jitter : {0.0, 0.01}) {
+      CAPTURE(jitter);
+      auto rule = make_rule("leverage(jitter=" + std::to_string(jitter) + ")");
+      const UnitScores s = dynamic_cast<const ScoredRule&>(*rule).scores(L.input());
+      CHECK(s.n_protected == 0);
+      for (int g = 0; g < d.num_kv_heads; ++g) {
+        // Reference: centred pre-RoPE keys, (X^T X + jitter I)^{-1} by Gauss-Jordan, then x^T A x.
+        std::vector<std::vector<double>> X(L.n_c, std::vector<double>(dim));
+        std::vector<double> mean(dim, 0.0);
+        std::vector<float> pre(dim);
+        for (i64 j = 0; j < L.n_c; ++j) {
+          rope.derotate(d.k_row(g, j), j, pre.data());
+          for (int c = 0; c < dim; ++c) mean[c] += (X[j][c] = pre[c]) / static_cast<double>(L.n_c);
+        }
+        std::vector<std::vector<double>> A(dim, std::vector<double>(2 * dim, 0.0));
+        for (auto& x : X)
+          for (int c = 0; c < dim; ++c) x[c] -= mean[c];
+        for (int a = 0; a < dim; ++a) {
+          for (int b = 0; b < dim; ++b)
+            for (const auto& x : X) A[a][b] += x[a] * x[b];
+          A[a][a] += jitter;
+          A[a][dim + a] = 1;
+        }
+        for (int p = 0; p < dim; ++p) {
+          int best = p;
+          for (int r = p + 1; r < dim; ++r)
+            if (std::abs(A[r][p]) > std::abs(A[best][p])) best = r;
+          std::swap(A[p], A[best]);
+          const double piv = A[p][p];
+          for (auto& v : A[p]) v /= piv;
+          for (int r = 0; r < dim; ++r)
+            if (r != p) {
+              const double f = A[r][p];
+              for (int c = 0; c < 2 * dim; ++c) A[r][c] -= f * A[p][c];
+            }
+        }
+        double sum = 0, worst = 0;
+        for (i64 j = 0; j < L.n_c; ++j) {
+          double h = 0;
+          for (int a = 0; a < dim; ++a)
+            for (int b = 0; b < dim; ++b) h += X[j][a] * A[a][dim + b] * X[j][b];
+          sum += s.unit(g)[j];
+          worst = std::max(worst, std::abs(s.unit(g)[j] - h) / std::max(h, 1e-3));
+          CHECK(s.unit(g)[j] <= 1.0f + 1e-5f);
+        }
+        CHECK_MESSAGE(worst <= 1e-4, "worst relative error " << worst);
+        if (jitter == 0) CHECK(sum == doctest::Approx(dim).epsilon(1e-4));  // trace of a rank-d projection
+      }
+    }
+  }
 }
