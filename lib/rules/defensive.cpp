@@ -35,7 +35,6 @@ class DefensiveRule : public ScoredRule {
     const LayerData& d = *in.data;
     const i64 w = p_.window, L = end - begin, m = L - w, dh = d.head_dim;
     const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, spec());
-    const kernels::LogitSpec logit = meta.logits();
     const int G = d.num_heads / d.num_kv_heads;
     avec<float> per_head(static_cast<std::size_t>(d.num_heads) * m, 0.0f);  // max over the window
 #pragma omp parallel
@@ -43,13 +42,11 @@ class DefensiveRule : public ScoredRule {
       avec<float> qw(w * dh), probs(w * L), pooled(m);
 #pragma omp for schedule(dynamic)
       for (int h = 0; h < d.num_heads; ++h) {
-        for (i64 i = 0; i < w; ++i) std::copy_n(d.q_row(h, rows[i]), dh, qw.data() + i * dh);
-        kernels::sgemm(false, true, w, L, dh, 1.0f, qw.data(), dh, d.k_row(h / G, begin), dh, 0.0f, probs.data(), L);
+        window_probability_rows(meta, d, h, rows, begin, end, qw.data(), probs.data());
         float* out = per_head.data() + static_cast<std::size_t>(h) * m;
         std::fill(out, out + m, 0.0f);
         for (i64 i = 0; i < w; ++i) {
-          float* row = probs.data() + i * L;
-          kernels::logit_softmax_inplace(row, m + i + 1, logit);  // keys begin .. t, t = end - w + i
+          const float* row = probs.data() + i * L;
           // Pool the prefix part of the row, then rescale it to the row's own prefix mass.
           double raw = 0, after = 0;
           for (i64 j = 0; j < m; ++j) raw += row[j];
@@ -91,8 +88,7 @@ KVSIM_RULE((RuleInfo{"defensive",
            [](SpecReader& r) -> std::unique_ptr<Rule> {
              DefensiveParams p;
              p.window = r.get_int("window", 32, 1, 1 << 20);
-             p.kernel = static_cast<int>(r.get_int("kernel", 5, 1, 1001));
-             if (p.kernel % 2 == 0) r.error("parameter 'kernel': must be odd, got " + std::to_string(p.kernel));
+             p.kernel = r.get_pool_kernel(5);
              p.gqa = read_gqa(r, "max");
              p.prior = r.get_bool("prior", true);
              return std::make_unique<DefensiveRule>(r.canonical(), p);

@@ -36,7 +36,6 @@ class DropKVRule : public ScoredRule {
     const LayerData& d = *in.data;
     const i64 w = p_.window, L = end - begin, m = L - w, dh = d.head_dim;
     const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, spec());
-    const kernels::LogitSpec logit = meta.logits();
     const int G = d.num_heads / d.num_kv_heads;
     avec<float> per_head(static_cast<std::size_t>(d.num_heads) * m, 0.0f);
 #pragma omp parallel
@@ -46,13 +45,7 @@ class DropKVRule : public ScoredRule {
 #pragma omp for schedule(dynamic)
       for (int h = 0; h < d.num_heads; ++h) {
         const int g = h / G;
-        for (i64 i = 0; i < w; ++i) std::copy_n(d.q_row(h, rows[i]), dh, qw.data() + i * dh);
-        kernels::sgemm(false, true, w, L, dh, 1.0f, qw.data(), dh, d.k_row(g, begin), dh, 0.0f, probs.data(), L);
-        for (i64 i = 0; i < w; ++i) {
-          float* row = probs.data() + i * L;
-          kernels::logit_softmax_inplace(row, m + i + 1, logit);  // keys begin .. t, t = end - w + i
-          std::fill(row + m + i + 1, row + L, 0.0f);
-        }
+        window_probability_rows(meta, d, h, rows, begin, end, qw.data(), probs.data());
         // o_i = sum_j p_ij v_j over the query's causal span.
         kernels::sgemm(false, false, w, dh, L, 1.0f, probs.data(), L, d.v_row(g, begin), dh, 0.0f, outs.data(), dh);
         std::fill(acc.begin(), acc.end(), 0.0);
@@ -102,8 +95,7 @@ KVSIM_RULE((RuleInfo{"dropkv",
            [](SpecReader& r) -> std::unique_ptr<Rule> {
              DropKVParams p;
              p.window = r.get_int("window", 64, 1, 1 << 20);
-             p.kernel = static_cast<int>(r.get_int("kernel", 5, 1, 1001));
-             if (p.kernel % 2 == 0) r.error("parameter 'kernel': must be odd, got " + std::to_string(p.kernel));
+             p.kernel = r.get_pool_kernel(5);
              p.eps = r.get_double("eps", 1e-6, 0.0, 1.0);
              if (!(p.eps > 0)) r.error("parameter 'eps': must be > 0");
              p.gqa = read_gqa(r);

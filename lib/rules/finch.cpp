@@ -37,7 +37,6 @@ class FinchRule : public ScoredRule {
            "aware)");
     const i64 L = end - begin, m = L - w, dh = d.head_dim;
     const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, spec());
-    const kernels::LogitSpec logit = meta.logits();
     const int G = d.num_heads / d.num_kv_heads;
     avec<float> per_head(static_cast<std::size_t>(d.num_heads) * m, 0.0f);
 #pragma omp parallel
@@ -45,12 +44,10 @@ class FinchRule : public ScoredRule {
       avec<float> qw(w * dh), probs(w * L);
 #pragma omp for schedule(dynamic)
       for (int h = 0; h < d.num_heads; ++h) {
-        for (i64 i = 0; i < w; ++i) std::copy_n(d.q_row(h, rows[i]), dh, qw.data() + i * dh);
-        kernels::sgemm(false, true, w, L, dh, 1.0f, qw.data(), dh, d.k_row(h / G, begin), dh, 0.0f, probs.data(), L);
+        window_probability_rows(meta, d, h, rows, begin, end, qw.data(), probs.data());
         float* out = per_head.data() + static_cast<std::size_t>(h) * m;
         for (i64 i = 0; i < w; ++i) {
-          float* row = probs.data() + i * L;
-          kernels::logit_softmax_inplace(row, m + i + 1, logit);
+          const float* row = probs.data() + i * L;
           const float weight = normalize_ ? static_cast<float>(m + i) : 1.0f;  // kvpress: arange(k_len - w, k_len)
           for (i64 j = 0; j < m; ++j) out[j] += row[j] * weight;
         }

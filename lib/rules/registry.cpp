@@ -115,6 +115,12 @@ const std::string* SpecReader::find(const std::string& name) {
   return nullptr;
 }
 
+int SpecReader::get_pool_kernel(int def) {
+  const int k = static_cast<int>(get_int("kernel", def, 1, 1001));
+  if (k % 2 == 0) error("parameter 'kernel': must be odd, got " + std::to_string(k));
+  return k;
+}
+
 long long SpecReader::get_int(const std::string& name, long long def, long long min, long long max) {
   long long value = def;
   if (const std::string* text = find(name)) {

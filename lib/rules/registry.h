@@ -20,6 +20,8 @@ class SpecReader {
   explicit SpecReader(const Spec& spec);
   const Spec& spec() const { return spec_; }
   long long get_int(const std::string& name, long long def, long long min, long long max);
+  // The pooling kernel "kernel": an odd integer in [1, 1001] (rules doc 1.5).
+  int get_pool_kernel(int def);
   double get_double(const std::string& name, double def, double min, double max);
   bool get_bool(const std::string& name, bool def);
   // Free text (a name, a file path); `required` errors when absent, else def.

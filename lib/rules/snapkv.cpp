@@ -57,8 +57,7 @@ KVSIM_RULE((RuleInfo{"snapkv",
            [](SpecReader& r) -> std::unique_ptr<Rule> {
              SnapKVParams p;
              p.window = r.get_int("window", 32, 1, 1 << 20);
-             p.kernel = static_cast<int>(r.get_int("kernel", 7, 1, 1001));
-             if (p.kernel % 2 == 0) r.error("parameter 'kernel': must be odd, got " + std::to_string(p.kernel));
+             p.kernel = r.get_pool_kernel(7);
              p.max_pool = r.get_choice("pool", "max", {"avg", "max"}) == "max";
              p.mean = r.get_choice("agg", "mean", {"mean", "sum"}) == "mean";
              p.gqa = read_gqa(r);

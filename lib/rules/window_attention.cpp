@@ -32,6 +32,20 @@ std::vector<i64> window_query_rows(const TraceMeta& meta, const LayerData& d, i6
   return rows;
 }
 
+void window_probability_rows(const TraceMeta& meta, const LayerData& d, int h, const std::vector<i64>& rows,
+                             i64 begin, i64 end, float* qw, float* probs) {
+  const i64 w = static_cast<i64>(rows.size()), L = end - begin, m = L - w, dh = d.head_dim;
+  const int G = d.num_heads / d.num_kv_heads;
+  for (i64 i = 0; i < w; ++i) std::copy_n(d.q_row(h, rows[i]), dh, qw + i * dh);
+  kernels::sgemm(false, true, w, L, dh, 1.0f, qw, dh, d.k_row(h / G, begin), dh, 0.0f, probs, L);
+  const kernels::LogitSpec logit = meta.logits();
+  for (i64 i = 0; i < w; ++i) {
+    float* row = probs + i * L;
+    kernels::logit_softmax_inplace(row, m + i + 1, logit);  // keys begin .. t, t = end - w + i
+    std::fill(row + m + i + 1, row + L, 0.0f);
+  }
+}
+
 avec<float> window_attention(const TraceMeta& meta, const LayerData& d, i64 begin, i64 end, i64 w, bool mean,
                              const std::string& who) {
   const i64 L = end - begin, m = L - w, dh = d.head_dim;

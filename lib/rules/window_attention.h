@@ -35,6 +35,13 @@ class WindowAttentionMemo {
   std::map<std::tuple<i64, i64, i64, bool>, std::shared_ptr<const avec<float>>> memo_;
 };
 
+// Query head h's causal attention rows of the w window queries (rows of data.q, positions
+// end - w + i) over the keys [begin, end): probs[i][j] = softmax over j <= t of the trace's
+// logits (logit_softmax_inplace), 0 after t. qw holds w x head_dim floats, probs w x (end - begin).
+// The per-row form dropkv, defensive and finch aggregate in their own ways.
+void window_probability_rows(const TraceMeta& meta, const LayerData& d, int h, const std::vector<i64>& rows,
+                             i64 begin, i64 end, float* qw, float* probs);
+
 // Row of data.q holding position t; throws naming `who` if the trace did not store it.
 i64 query_row(const TraceMeta& meta, i64 t, const std::string& who);
 
