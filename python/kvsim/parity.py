@@ -63,6 +63,8 @@ PAIRS = [
     ("Finch", "FinchPress(compression_ratio={cr}, rerotate_keys=False)", "finch", "post-aware"),
     ("LeverageScore (informational)", "LeverageScorePress(compression_ratio={cr}, sketch_dimension=256)",
      "leverage", "post"),
+    ("Compactor (informational)", "CompactorPress(compression_ratio={cr}, blending=0.35, sketch_dimension=256)",
+     "compactor(blend=0.35)", "post"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
@@ -95,7 +97,7 @@ def pair_budget(expr, cr, num_layers):
 
 
 # kvsim's deliberate departures from kvpress, shown for information, not held to parity.
-INFORMATIONAL = {"ExpectedAttention, log space", "LeverageScore (informational)"}
+INFORMATIONAL = {"ExpectedAttention, log space", "LeverageScore (informational)", "Compactor (informational)"}
 
 
 def read_tensor(ds):
@@ -248,7 +250,9 @@ def kvpress_selection(f, meta, expr, mode, n_c):
         import kvpress.presses.leverage_press as leverage_module
         cos, sin = module.rotary_emb(k, torch.arange(n_c)[None])
         pre_keys = k * cos[:, None] - rotate_half(k) * sin[:, None]
-        leverage_module.get_prerope_key_states = lambda _module, _hidden: pre_keys
+        offset = press.sink_size_start if type(press).__name__ == "CompactorPress" else 0  # it scores a slice
+        leverage_module.get_prerope_key_states = \
+            lambda _module, hidden, o=offset, pk=pre_keys: pk[:, :, o:o + hidden.shape[1]]
         torch.manual_seed(0)
         target = press
         if type(press).__name__ == "PerLayerCompressionPress":  # what its forward hook does, per layer

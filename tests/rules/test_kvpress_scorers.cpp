@@ -286,3 +286,33 @@ TEST_CASE("leverage: exact key leverage, sums to the rank, equals a Gauss-Jordan
     }
   }
 }
+
+TEST_CASE("compactor: blend x z(leverage) + z(noncausal) over the span between its protected ends") {
+  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
+  auto Lp = std::filesystem::exists(trace) ? trace_test_layer(trace, 3) : nullptr;
+  if (!Lp) return;
+  const TestLayer& L = *Lp;
+  const UnitScores s = dynamic_cast<const ScoredRule&>(*make_rule("compactor(blend=0.5)")).scores(L.input());
+  CHECK(s.n_protected == 12);
+  for (i64 j = 0; j < L.n_c; ++j) CHECK(static_cast<bool>(s.protect[j]) == (j < 8 || j >= L.n_c - 4));
+  // The two parts on the slice [8, n_c - 4), z-normalised here in float64.
+  auto part = [&](const std::string& spec) {
+    const UnitScores p = dynamic_cast<const ScoredRule&>(*make_rule(spec)).scores_range(L.input(), 8, L.n_c - 4);
+    double mean = 0, sq = 0;
+    for (float x : p.score) mean += x / static_cast<double>(p.score.size());
+    for (float x : p.score) sq += (x - mean) * (x - mean);
+    const double sd = std::sqrt(sq / static_cast<double>(p.score.size() - 1));
+    std::vector<double> z;
+    for (float x : p.score) z.push_back((x - mean) / sd);
+    return std::make_pair(p.n_c, z);
+  };
+  const auto [m, lev] = part("leverage");
+  const auto att = part("noncausal(chunk=256)").second;
+  double worst = 0;
+  for (int u = 0; u < s.units; ++u)
+    for (i64 j = 0; j < m; ++j) {
+      const double want = 0.5 * lev[u * m + j] + att[u * m + j];
+      worst = std::max(worst, std::abs(s.unit(u)[8 + j] - want) / std::max(1.0, std::abs(want)));
+    }
+  CHECK_MESSAGE(worst <= 1e-5, "worst error " << worst);
+}
