@@ -126,3 +126,49 @@ TEST_CASE("caote: hand-checked fixture; refuses bases that are not attention sco
   CHECK_NOTHROW(make_rule("chunk(caote(snapkv))"));
   CHECK_THROWS_WITH_AS(make_rule("dropkv(kernel=4)"), doctest::Contains("must be odd"), Error);
 }
+
+TEST_CASE("caote and dropkv on a hand-made layer: zero keys make attention uniform, closed forms") {
+  // Every key zero: each query at position t attends 1/(t+1) to every token of [0, t]. Values: v_j
+  // = (j mod 3, 1) in the first two channels, 0 elsewhere. Then, with w window queries at
+  // positions t_i = n_c - w + i and m = n_c - w prefix tokens:
+  //   dropkv (kernel 1):   s_j = sum_i (p_i / (1 - p_i + eps))^2 ||v_j - o_i||^2, p_i = 1/(t_i+1),
+  //                        o_i = the mean of v over [0, t_i];
+  //   caote(snapkv):       SnapKV's scores are equal for every prefix token, so a_j = 1/m and
+  //                        s_j = ||o - v_j|| / (m - 1), o = the mean of v over the prefix.
+  auto Lp = synthetic_test_layer(4, 2, 1, 99);
+  TestLayer& L = *Lp;
+  LayerData& d = L.data;
+  std::fill(d.k.begin(), d.k.end(), 0.0f);
+  std::fill(d.v.begin(), d.v.end(), 0.0f);
+  for (int g = 0; g < d.num_kv_heads; ++g)
+    for (i64 j = 0; j < d.seq_len; ++j) {
+      d.v[(g * d.seq_len + j) * d.head_dim] = static_cast<float>(j % 3);
+      d.v[(g * d.seq_len + j) * d.head_dim + 1] = 1.0f;
+    }
+  L.cache = std::make_unique<LayerCache>(L.meta, L.data, L.n_c, L.eval_rows);
+  const i64 w = 16, m = L.n_c - w;
+  auto vj = [](i64 j) { return static_cast<double>(j % 3); };  // channel 1 is 1 everywhere: no move
+  {
+    std::vector<double> want(m, 0.0);
+    for (i64 i = 0; i < w; ++i) {
+      const i64 t = m + i;
+      double o = 0;
+      for (i64 j = 0; j <= t; ++j) o += vj(j) / static_cast<double>(t + 1);
+      const double p = 1.0 / static_cast<double>(t + 1), r = p / (1 - p + 1e-6);
+      for (i64 j = 0; j < m; ++j) want[j] += r * r * (vj(j) - o) * (vj(j) - o);
+    }
+    const UnitScores s =
+        dynamic_cast<const ScoredRule&>(*make_rule("dropkv(window=16,kernel=1,gqa=mean)")).scores(L.input());
+    for (int u = 0; u < s.units; ++u)
+      for (i64 j = 0; j < m; ++j) CHECK(s.unit(u)[j] == doctest::Approx(want[j]).epsilon(1e-4));
+  }
+  {
+    double o = 0;
+    for (i64 j = 0; j < m; ++j) o += vj(j) / static_cast<double>(m);
+    const UnitScores s = dynamic_cast<const ScoredRule&>(*make_rule("caote(snapkv(window=16,kernel=7,pool=max))"))
+                             .scores(L.input());
+    for (int u = 0; u < s.units; ++u)
+      for (i64 j = 0; j < m; ++j)
+        CHECK(s.unit(u)[j] == doctest::Approx(std::abs(o - vj(j)) / static_cast<double>(m - 1)).epsilon(1e-4));
+  }
+}
