@@ -419,11 +419,19 @@ def main(argv=None):
     p.add_argument("traces", nargs="+", help="kvsim traces storing every context query, with o_proj")
     p.add_argument("--ratios", default=",".join(map(str, RATIOS)), help="kvpress compression ratios")
     p.add_argument("--only", help="comma-separated press labels to run (default all)")
+    p.add_argument("--press", action="append", default=[],
+                   help="one press label to run, as printed (repeatable; for labels with a comma)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--long", action="store_true",
                    help="one line per ratio, with the differing tokens and those at exact ties and near-ties")
     args = p.parse_args(argv)
-    pairs = PAIRS if not args.only else [x for x in PAIRS if x[0] in args.only.split(",")]
+    wanted = (args.only.split(",") if args.only else []) + args.press
+    unknown = [w for w in wanted if w not in {x[0] for x in PAIRS}]
+    if unknown:
+        print(f"kvpress-parity: error: --only/--press: unknown press label '{unknown[0]}' (labels: "
+              f"{'; '.join(x[0] for x in PAIRS)})", file=sys.stderr)
+        return 2
+    pairs = PAIRS if not wanted else [x for x in PAIRS if x[0] in wanted]
     try:
         ratios = [float(x) for x in args.ratios.split(",")]
     except ValueError:

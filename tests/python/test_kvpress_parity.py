@@ -101,6 +101,9 @@ class KvpressTest(unittest.TestCase):
         # The command: every pair printed, exit status 1 only for the failure.
         code = kp.main([trace, "--ratios", "0.5", "--only", "Knorm"])
         self.assertEqual(code, 0)
+        # A label with a comma is selected by --press; an unknown label is an error naming it.
+        self.assertEqual(kp.main([trace, "--ratios", "0.5", "--press", "ExpectedAttention, log space"]), 0)
+        self.assertEqual(kp.main([trace, "--ratios", "0.5", "--only", "NoSuchPress"]), 2)
 
     def test_near_ties_are_counted_apart_from_exact_ties(self):
         # One row of 6 scores, top 3 kept: the cut is 0.5; 0.5 (again) is an exact tie, 0.5 + 2e-8 a
