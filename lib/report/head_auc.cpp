@@ -4,6 +4,9 @@
 #include <map>
 #include <tuple>
 
+#include "core/curve_mean.h"
+#include "report/order_stats.h"
+
 namespace kvsim::report {
 
 std::vector<HeadAuc> head_aucs(const ReplayOutput& out) {
@@ -23,25 +26,18 @@ std::vector<HeadAuc> head_aucs(const ReplayOutput& out) {
     if (curve.size() < 2) continue;
     HeadAuc a;
     std::tie(a.rule, a.layer, a.head) = key;
-    a.from = curve.begin()->first;
-    a.to = curve.rbegin()->first;
-    double area = 0;
-    for (auto x = curve.begin(), y = std::next(x); y != curve.end(); ++x, ++y)
-      area += (y->first - x->first) * (x->second.first / x->second.second + y->second.first / y->second.second) / 2;
-    a.rel_pert_l1 = area / (a.to - a.from);
+    std::vector<double> x, y;  // kept fraction, mean rel_pert_l1 at it
+    for (const auto& [fraction, sum_count] : curve) {
+      x.push_back(fraction);
+      y.push_back(sum_count.first / sum_count.second);
+    }
+    a.from = x.front();
+    a.to = x.back();
+    a.rel_pert_l1 = trapezoid_mean(x, y);
     result.push_back(a);
   }
   return result;
 }
-
-namespace {
-double quantile(const std::vector<double>& sorted, double q) {
-  const double at = q * static_cast<double>(sorted.size() - 1);
-  const auto lo = static_cast<std::size_t>(at);
-  const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
-  return sorted[lo] + (at - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
-}
-}  // namespace
 
 std::vector<HeadAucSummary> head_auc_summaries(const std::vector<HeadAuc>& aucs, const std::vector<std::string>& rules) {
   std::vector<HeadAucSummary> out;
@@ -59,9 +55,8 @@ std::vector<HeadAucSummary> head_auc_summaries(const std::vector<HeadAuc>& aucs,
       }
     }
     if (v.empty()) continue;
-    std::sort(v.begin(), v.end());
     s.heads = static_cast<long long>(v.size());
-    s.median = quantile(v, 0.5);
+    s.median = median(v);
     s.p90 = quantile(v, 0.9);
     out.push_back(s);
   }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <map>
 
+#include "report/order_stats.h"
+
 namespace kvsim::report {
 
 std::vector<OptimumRatio> optimum_ratios(const ReplayOutput& out) {
@@ -42,9 +44,7 @@ std::vector<OptimumRatio> optimum_ratios(const ReplayOutput& out) {
       x.ratio_l2 = x.pert_l2 / ref_l2;
       x.pert_l1 /= x.n_layers;
       x.pert_l2 /= x.n_layers;
-      std::sort(per_layer.begin(), per_layer.end());
-      const std::size_t k = per_layer.size();
-      x.median_layer_ratio_l2 = k % 2 ? per_layer[k / 2] : 0.5 * (per_layer[k / 2 - 1] + per_layer[k / 2]);
+      x.median_layer_ratio_l2 = median(per_layer);
       rows.push_back(x);
     }
   }

@@ -4,6 +4,8 @@
 #include <map>
 #include <tuple>
 
+#include "report/order_stats.h"
+
 namespace kvsim::report {
 
 namespace {
@@ -15,13 +17,6 @@ std::map<Key, const MetricRow*> index_rows(const ReplayOutput& out) {
   for (const auto& r : out.rows)
     if (r.eval == out.eval) idx[{r.rule, r.budget, r.layer, r.head}] = &r;
   return idx;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 bool rule_present(const ReplayOutput& out, const std::string& rule) {
