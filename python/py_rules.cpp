@@ -261,16 +261,8 @@ py::array builtin_scores(const std::string& spec, const LayerView& v) {
     rule = make_rule(spec);
     const auto* scored = dynamic_cast<const ScoredRule*>(rule.get());
     if (!scored) fail(spec, "", "does not produce per-token scores");
-    RuleInput in;
-    in.meta = v.meta;
-    in.layer = v.layer;
-    in.data = v.data.get();
-    in.data_owner = v.data;
-    in.n_c = v.n_c;
-    in.eval_rows = v.eval_rows;
     cache = std::make_unique<LayerCache>(*v.meta, *v.data, v.n_c, v.eval_rows);
-    in.cache = cache.get();
-    s = scored->scores(in);
+    s = scored->scores(RuleInput::of_layer(*v.meta, v.layer, v.data, v.n_c, v.eval_rows, cache.get()));
   }
   py::array_t<float> out(std::vector<py::ssize_t>{s.units, static_cast<py::ssize_t>(s.n_c)});
   std::copy(s.score.begin(), s.score.end(), out.mutable_data());

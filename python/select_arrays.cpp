@@ -105,17 +105,8 @@ py::list select_arrays(const std::string& spec, const F32& k, py::object v_obj, 
     const auto rule = make_rule(spec);
     check_threshold_budgets(*rule, budgets);
     LayerCache cache(meta, *data, n_c, eval_rows);
-    RuleInput in;
-    in.meta = &meta;
-    in.layer = 0;
-    in.data = data.get();
-    in.data_owner = data;
-    in.n_c = n_c;
-    in.eval_rows = eval_rows;
-    in.cache = &cache;
     WindowAttentionMemo memo;
-    in.window_memo = &memo;
-    sels = rule->select(in, budgets);
+    sels = rule->select(RuleInput::of_layer(meta, 0, data, n_c, eval_rows, &cache, &memo), budgets);
   }
   py::list out;
   for (const auto& s : sels) {

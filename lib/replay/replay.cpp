@@ -19,6 +19,7 @@
 #include "attention/norm_cache.h"
 #include "attention/perturbation.h"
 #include "core/core_share.h"
+#include "core/curve_mean.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/run_header.h"
@@ -63,12 +64,13 @@ Json budget_auc(const std::vector<Totals>& budgets, i64 n_c) {
   if (curve.size() < 2) return nullptr;
   const double from = curve.begin()->first, to = curve.rbegin()->first;
   Json j = {{"from", from}, {"to", to}, {"points", static_cast<i64>(curve.size())}};
+  std::vector<double> x;
+  for (const auto& point : curve) x.push_back(point.first);
   for (std::size_t m = 0; m < kNumMetrics; ++m) {
     if (kMetricColumns[m].summary.empty()) continue;
-    double area = 0;
-    for (auto a = curve.begin(), b = std::next(a); b != curve.end(); ++a, ++b)
-      area += (b->first - a->first) * (a->second.first[m] / a->second.second + b->second.first[m] / b->second.second) / 2;
-    j[std::string(kMetricColumns[m].summary)] = area / (to - from);
+    std::vector<double> y;  // the metric's mean at each fraction
+    for (const auto& [fraction, sum_count] : curve) y.push_back(sum_count.first[m] / sum_count.second);
+    j[std::string(kMetricColumns[m].summary)] = trapezoid_mean(x, y);
   }
   return j;
 }
@@ -243,16 +245,8 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
     sw.reset();
     LayerCache cache(meta, data, p.n_c, p.eval_rows, p.window_rows);
     cache.set_norm_cache(nu_cache.get());
-    RuleInput in;
-    in.meta = &meta;
-    in.layer = l;
-    in.data = &data;
-    in.data_owner = owner;
-    in.n_c = p.n_c;
-    in.eval_rows = p.eval_rows;
-    in.cache = &cache;
     WindowAttentionMemo window_memo;  // snapkv-family rules share the window attention
-    in.window_memo = &window_memo;
+    const RuleInput in = RuleInput::of_layer(meta, l, owner, p.n_c, p.eval_rows, &cache, &window_memo);
     // Every rule selects first; then all their budgets are measured in one walk over the KV
     // groups, so each group's attention probabilities are computed once and freed after use.
     std::vector<std::vector<Selection>> rule_sels;

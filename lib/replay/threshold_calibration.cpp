@@ -27,15 +27,7 @@ ThresholdCalibration calibrate_threshold(const std::string& trace, const std::st
   for (int l = 0; l < meta.num_layers; ++l) {
     const auto data = std::make_shared<const LayerData>(reader.read_layer(l));
     LayerCache cache(meta, *data, p.n_c, p.eval_rows, p.window_rows);
-    RuleInput in;
-    in.meta = &meta;
-    in.layer = l;
-    in.data = data.get();
-    in.data_owner = data;
-    in.n_c = p.n_c;
-    in.eval_rows = p.eval_rows;
-    in.cache = &cache;
-    const UnitScores s = scored->scores(in);
+    const UnitScores s = scored->scores(RuleInput::of_layer(meta, l, data, p.n_c, p.eval_rows, &cache));
     if (s.log_space) fail(rule->spec(), "", "scores are logs here (space=log): write the rule with space=linear");
     for (int u = 0; u < s.units; ++u)
       for (i64 j = 0; j < s.n_c; ++j)

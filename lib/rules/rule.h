@@ -27,6 +27,21 @@ struct RuleInput {
   std::vector<i64> eval_rows;       // rows of data->q that are evaluation queries (pos >= n_c)
   LayerCache* cache = nullptr;      // shared per-layer computations (attention/layer_cache.h)
   WindowAttentionMemo* window_memo = nullptr;  // optional: shares observation-window attention between rules
+
+  // One shared layer of a trace, as the replay and the Python bindings hand it to rules.
+  static RuleInput of_layer(const TraceMeta& meta, int layer, std::shared_ptr<const LayerData> data, i64 n_c,
+                            std::vector<i64> eval_rows, LayerCache* cache, WindowAttentionMemo* memo = nullptr) {
+    RuleInput in;
+    in.meta = &meta;
+    in.layer = layer;
+    in.data = data.get();
+    in.data_owner = std::move(data);
+    in.n_c = n_c;
+    in.eval_rows = std::move(eval_rows);
+    in.cache = cache;
+    in.window_memo = memo;
+    return in;
+  }
 };
 
 class Rule {
