@@ -106,7 +106,9 @@ struct Descent {
     rho.assign(static_cast<std::size_t>(Q) * H, 0.0);
     m.assign(static_cast<std::size_t>(Q) * H * Gu * dim, 0.0);
     sigma.assign(static_cast<std::size_t>(Q) * H * Gu, 0.0);
-    for (int u = 0; u < units; ++u) refresh(u);
+    std::vector<int> all(units);
+    std::iota(all.begin(), all.end(), 0);
+    refresh(all);  // every unit's part, then r once (not once per unit)
   }
 
   int head(int u, int a) const { return u * Gu + a; }
@@ -139,28 +141,30 @@ struct Descent {
   double* at(std::vector<double>& x, i64 q, int h) { return x.data() + (q * H + h) * dim; }
   const double* m_at(i64 q, int h, int b) const { return m.data() + ((q * H + h) * Gu + b) * dim; }
 
-  // After the state of unit u's heads changed: their w, m and sigma; every head's r and rho
-  // (r_h = sum_h' M_hh' delta_h' = sum_h' Mo_hh' (1 - 1/F_h') + X_hh' / F_h').
-  void refresh(int u) {
+  // After the state of the given units' heads changed: their w, m and sigma; then every head's r
+  // and rho once (r_h = sum_h' M_hh' delta_h' = sum_h' Mo_hh' (1 - 1/F_h') + X_hh' / F_h').
+  void refresh(const std::vector<int>& changed) {
 #pragma omp parallel for schedule(static)
     for (i64 q = 0; q < Q; ++q) {
-      for (int a = 0; a < Gu; ++a) {
-        const int h = head(u, a);
-        const std::size_t i = (static_cast<std::size_t>(h) * Q + q) * dim;
-        const double f = F(h, q);
-        double* wh = at(w, q, h);
-        for (int k = 0; k < dim; ++k) wh[k] = (o[i + k] - E[i + k]) / f;
-      }
-      for (int a = 0; a < Gu; ++a)
-        for (int b = 0; b < Gu; ++b) {
-          const int ha = head(u, a), hb = head(u, b);
-          const double f = F(hb, q);
-          const double* mo = MoX(Mo, q, ha, hb);
-          const double* x = MoX(X, q, ha, hb);
-          double* mab = m.data() + ((q * H + ha) * Gu + b) * dim;
-          for (int k = 0; k < dim; ++k) mab[k] = (mo[k] - x[k]) / f;
-          sigma[(q * H + ha) * Gu + b] = dot(at(w, q, ha), mab);
+      for (int u : changed) {
+        for (int a = 0; a < Gu; ++a) {
+          const int h = head(u, a);
+          const std::size_t i = (static_cast<std::size_t>(h) * Q + q) * dim;
+          const double f = F(h, q);
+          double* wh = at(w, q, h);
+          for (int k = 0; k < dim; ++k) wh[k] = (o[i + k] - E[i + k]) / f;
         }
+        for (int a = 0; a < Gu; ++a)
+          for (int b = 0; b < Gu; ++b) {
+            const int ha = head(u, a), hb = head(u, b);
+            const double f = F(hb, q);
+            const double* mo = MoX(Mo, q, ha, hb);
+            const double* x = MoX(X, q, ha, hb);
+            double* mab = m.data() + ((q * H + ha) * Gu + b) * dim;
+            for (int k = 0; k < dim; ++k) mab[k] = (mo[k] - x[k]) / f;
+            sigma[(q * H + ha) * Gu + b] = dot(at(w, q, ha), mab);
+          }
+      }
       std::vector<double> ca(H), cb(H);
       for (int h2 = 0; h2 < H; ++h2) {
         ca[h2] = 1.0 - 1.0 / F(h2, q);
@@ -321,7 +325,7 @@ struct Descent {
           for (int k = 0; k < dim; ++k) x[k] += pa * mv[k];
         }
       }
-    refresh(u);
+    refresh({u});
   }
 };
 
