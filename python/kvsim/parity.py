@@ -223,6 +223,30 @@ def tie_positions(calls, Hkv, n, tolerance=NEAR_TIE):
     return exact, near
 
 
+@contextlib.contextmanager
+def trace_prerope_keys(press, module, k, n_c):
+    """Presses that project pre-RoPE keys from the hidden states (LeverageScore, Compactor's
+    leverage part) get the trace's keys de-rotated instead (RoPE is orthogonal per position),
+    sliced as the press slices its hidden states; their random sketches are seeded. Other presses
+    run untouched."""
+    import torch
+    name = type(press).__name__
+    if name not in ("LeverageScorePress", "CompactorPress"):
+        yield
+        return
+    import kvpress.presses.leverage_press as leverage_module
+    cos, sin = module.rotary_emb(k, torch.arange(n_c)[None])
+    pre_keys = k * cos[:, None] - rotate_half(k) * sin[:, None]
+    offset = press.sink_size_start if name == "CompactorPress" else 0  # it scores a slice
+    original = leverage_module.get_prerope_key_states
+    leverage_module.get_prerope_key_states = lambda _module, hidden: pre_keys[:, :, offset:offset + hidden.shape[1]]
+    torch.manual_seed(0)
+    try:
+        yield
+    finally:
+        leverage_module.get_prerope_key_states = original
+
+
 def kvpress_selection(f, meta, expr, mode, n_c):
     """layer -> (kept [Hkv, n_c], key_channels or None, exact-tie and near-tie positions) of a press."""
     import torch
@@ -245,20 +269,12 @@ def kvpress_selection(f, meta, expr, mode, n_c):
                 kept[:, :n_evict] = (scores[:, :n_evict] >= press.threshold).cpu().numpy()
             out[layer] = (kept, None, set(), set())
             continue
-        # Presses that project pre-RoPE keys from the hidden states (LeverageScore) get the trace's
-        # keys de-rotated (RoPE is orthogonal per position); their random sketches are seeded.
-        import kvpress.presses.leverage_press as leverage_module
-        cos, sin = module.rotary_emb(k, torch.arange(n_c)[None])
-        pre_keys = k * cos[:, None] - rotate_half(k) * sin[:, None]
-        offset = press.sink_size_start if type(press).__name__ == "CompactorPress" else 0  # it scores a slice
-        leverage_module.get_prerope_key_states = \
-            lambda _module, hidden, o=offset, pk=pre_keys: pk[:, :, o:o + hidden.shape[1]]
-        torch.manual_seed(0)
         target = press
         if type(press).__name__ == "PerLayerCompressionPress":  # what its forward hook does, per layer
             target = press.press
             target.compression_ratio = press.compression_ratios[layer]
-        with torch.no_grad(), recording(target) as found, recorded_topk() as calls:
+        with torch.no_grad(), recording(target) as found, recorded_topk() as calls, \
+                trace_prerope_keys(press, module, k, n_c):
             keys, values = k, v
             for p in leaves_of(target):  # ComposedPress runs its presses on the same hidden states
                 keys, values = p.compress(module, hidden, keys, values, attn, kwargs)
