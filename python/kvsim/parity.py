@@ -7,7 +7,7 @@ themselves, o_proj holds the trace's W_o, rotary_emb is transformers' own Llama 
 trace's parameters, and the keys, values (and, for ObservedAttention, the eager attention
 matrix) come from the trace. Presses that rotate queries themselves (SnapKV-style windows) get
 post-RoPE queries with an identity rotation; ExpectedAttention gets the de-rotated (pre-RoPE)
-queries and the real rotation. Traces in llama2.c's interleaved RoPE are presented in
+queries and the real rotation (so does CapPress). Traces in llama2.c's interleaved RoPE are presented in
 rotate_half order (each head's components permuted, which leaves every q.k unchanged).
 
 Ties: torch.topk calls inside a press are recorded; a kept-set difference counts as explained
@@ -65,6 +65,7 @@ PAIRS = [
      "leverage", "post"),
     ("Compactor (informational)", "CompactorPress(compression_ratio={cr}, blending=0.35, sketch_dimension=256)",
      "compactor(blend=0.35)", "post"),
+    ("Cap", "CapPress(compression_ratio={cr})", "cap", "pre"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",

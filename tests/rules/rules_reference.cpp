@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "rules/rope.h"
 #include "trace/synthetic.h"
 #include "trace/trace_reader.h"
 
@@ -583,6 +584,80 @@ Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string&
 
 std::vector<double> ref_softmax_prefix(const TestLayer& L, int h, i64 t) {
   return softmax_prefix(L, h, row_of(L, t), t);
+}
+
+Mat ref_cap(const TestLayer& L, i64 sink, double tau, i64 n_future, double eps) {
+  const LayerData& d = L.data;
+  const i64 n = L.n_c, m = n - sink;
+  const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim;
+  const Rope rope = Rope::from_meta(L.meta, d.layer);  // only its angles and pair layout
+  Mat s(d.num_kv_heads, std::vector<double>(n, 0.0));
+  for (int h = 0; h < d.num_heads; ++h) {
+    const int g = h / G;
+    std::vector<double> mu(dh, 0.0);
+    for (i64 t = sink; t < n; ++t) {  // de-rotate: q_pre = R_t^T q
+      const float* q = d.q.data() + (h * d.num_q + row_of(L, t)) * dh;
+      std::vector<double> pre(q, q + dh);
+      for (int i = 0; i < rope.pairs(); ++i) {
+        const double th = rope.angle(i, t), qa = q[rope.a(i)], qb = q[rope.b(i)];
+        pre[rope.a(i)] = qa * std::cos(th) + qb * std::sin(th);
+        pre[rope.b(i)] = -qa * std::sin(th) + qb * std::cos(th);
+      }
+      for (int c = 0; c < dh; ++c) mu[c] += pre[c] / static_cast<double>(m);
+    }
+    std::vector<double> anchor = mu;
+    for (int i = 0; i < rope.pairs(); ++i) {
+      double c = 0, sn = 0;
+      for (i64 t = n; t < n + n_future; ++t) {
+        c += std::cos(rope.angle(i, t)) / static_cast<double>(n_future);
+        sn += std::sin(rope.angle(i, t)) / static_cast<double>(n_future);
+      }
+      anchor[rope.a(i)] = c * mu[rope.a(i)] - sn * mu[rope.b(i)];
+      anchor[rope.b(i)] = sn * mu[rope.a(i)] + c * mu[rope.b(i)];
+    }
+    const double an = std::sqrt(std::inner_product(anchor.begin(), anchor.end(), anchor.begin(), 0.0));
+    std::vector<double> w(n, 0.0);
+    double top = -INFINITY;
+    for (i64 j = sink; j < n; ++j) {
+      const float* k = d.k.data() + (g * d.seq_len + j) * dh;
+      double dot = 0;
+      for (int c = 0; c < dh; ++c) dot += anchor[c] * k[c];
+      w[j] = tau * std::clamp(dot / (an * std::sqrt(sq_norm(k, dh))), -1.0, 1.0);
+      top = std::max(top, w[j]);
+    }
+    // A = I + sum (w + eps) v v^T, inverted by Gauss-Jordan with partial pivoting.
+    std::vector<std::vector<double>> A(dh, std::vector<double>(2 * dh, 0.0));
+    for (int a = 0; a < dh; ++a) A[a][a] = A[a][dh + a] = 1;
+    for (i64 j = sink; j < n; ++j) {
+      w[j] = std::exp(w[j] - top);
+      const float* v = d.v.data() + (g * d.seq_len + j) * dh;
+      for (int a = 0; a < dh; ++a)
+        for (int b = 0; b < dh; ++b) A[a][b] += (w[j] + eps) * v[a] * v[b];
+    }
+    for (int p = 0; p < dh; ++p) {
+      int best = p;
+      for (int r = p + 1; r < dh; ++r)
+        if (std::abs(A[r][p]) > std::abs(A[best][p])) best = r;
+      std::swap(A[p], A[best]);
+      const double piv = A[p][p];
+      for (auto& x : A[p]) x /= piv;
+      for (int r = 0; r < dh; ++r)
+        if (r != p) {
+          const double f = A[r][p];
+          for (int c = 0; c < 2 * dh; ++c) A[r][c] -= f * A[p][c];
+        }
+    }
+    for (i64 j = sink; j < n; ++j) {
+      const float* v = d.v.data() + (g * d.seq_len + j) * dh;
+      double lev = 0;
+      for (int a = 0; a < dh; ++a)
+        for (int b = 0; b < dh; ++b) lev += v[a] * A[a][dh + b] * v[b];
+      s[g][j] += w[j] * lev / G;
+    }
+  }
+  for (auto& row : s)
+    for (i64 j = 0; j < sink; ++j) row[j] = NAN;
+  return s;
 }
 
 }  // namespace kvsim::test

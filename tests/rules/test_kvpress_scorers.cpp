@@ -1,5 +1,5 @@
-// kvpress's attention-free and chunk-attention scorers (rules doc 2.20-2.22): lagkv, cur and
-// noncausal against their float64 references (rules_reference.h) on synthetic layers storing
+// kvpress's attention-free and chunk-attention scorers (rules doc 2.20-2.22, 2.29): lagkv, cur,
+// noncausal and cap against their float64 references (rules_reference.h) on synthetic layers storing
 // every query and on the stories260K NIAH trace: scores to 1e-5 relative, kept sets equal except
 // near-ties of the reference's cut; hand-checked fixtures of the arithmetic.
 #include <doctest/doctest.h>
@@ -75,7 +75,7 @@ void check_rule(const std::string& spec, const TestLayer& L, const Mat& ref, dou
 
 }  // namespace
 
-TEST_CASE("lagkv, cur, noncausal equal their float64 references") {
+TEST_CASE("lagkv, cur, noncausal, cap equal their float64 references") {
   for (const auto& Lp : layers()) {
     const TestLayer& L = *Lp;
     CAPTURE(L.n_c);
@@ -88,6 +88,8 @@ TEST_CASE("lagkv, cur, noncausal equal their float64 references") {
     }
     check_rule("noncausal", L, ref_noncausal(L, 256), 1e-4, 1e-4);
     check_rule("noncausal(chunk=100)", L, ref_noncausal(L, 100), 1e-4, 1e-4);
+    check_rule("cap", L, ref_cap(L, 4, 5.0, 512, 1e-6), 1e-5, 1e-5);
+    check_rule("cap(tau=1,n_sink=0,n_future=16,eps=0)", L, ref_cap(L, 0, 1.0, 16, 0.0), 1e-5, 1e-5);
   }
 }
 
