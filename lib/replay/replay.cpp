@@ -205,6 +205,36 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
   return s;
 }
 
+namespace {
+
+// The plans of the run's cross-layer rules (rules/rule.h LayerPlanner), empty for the others:
+// every layer of the run (setup.layers, also when a sweep unit replays a part of them) is read
+// and observed once, then each planner allocates every budget.
+std::vector<std::vector<std::map<int, std::vector<i64>>>> plan_layers(const ReplaySetup& setup,
+                                                                      const TraceReader& reader) {
+  std::vector<std::vector<std::map<int, std::vector<i64>>>> plans(setup.rules.size());
+  std::vector<std::unique_ptr<LayerPlanner>> planners;
+  bool any = false;
+  for (const auto& rule : setup.rules) {
+    planners.push_back(rule->layer_planner());
+    any = any || planners.back();
+  }
+  if (!any) return plans;
+  const Protocol& p = setup.protocol;
+  for (int l : setup.layers) {
+    const auto owner = std::make_shared<const LayerData>(reader.read_layer(l));
+    LayerCache cache(setup.meta, *owner, p.n_c, p.eval_rows, p.window_rows);
+    const RuleInput in = RuleInput::of_layer(setup.meta, l, owner, p.n_c, p.eval_rows, &cache);
+    for (const auto& planner : planners)
+      if (planner) planner->observe(in);
+  }
+  for (std::size_t r = 0; r < planners.size(); ++r)
+    if (planners[r]) plans[r] = planners[r]->plan(setup.budgets);
+  return plans;
+}
+
+}  // namespace
+
 std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetup& setup, const TraceReader& reader,
                                       const std::vector<int>& layers, const ReplaySinks& sinks, ReplayTimings& tm,
                                       Progress* progress) {
@@ -223,6 +253,8 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
   std::vector<std::string> specs;
   for (const auto& rule : rules) specs.push_back(rule->spec());
   const auto labels = short_rule_labels(specs);  // the label column: unique within the run
+
+  const auto plans = plan_layers(setup, reader);
 
   std::vector<LayerTotal> totals;
   // --threads 0 (the default): OpenMP's count is the ceiling, lowered while other processes keep
@@ -256,7 +288,13 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
     for (std::size_t r = 0; r < rules.size(); ++r) {
       share.apply();
       sw.reset();
-      rule_sels.push_back(rules[r]->select(in, layer_budgets));
+      std::vector<std::vector<i64>> planned;  // a cross-layer rule's counts of this layer
+      RuleInput rule_in = in;
+      if (!plans[r].empty()) {
+        for (const auto& per_budget : plans[r]) planned.push_back(per_budget.at(l));
+        rule_in.planned = &planned;
+      }
+      rule_sels.push_back(rules[r]->select(rule_in, layer_budgets));
       select_s.push_back(sw.seconds());
       tm.select += select_s.back();
       if (rule_sels.back().size() != budgets.size())

@@ -1,5 +1,6 @@
 #pragma once
 // A selection rule: score -> allocate -> select, built from a spec string (rules/factory.h).
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,9 @@ struct RuleInput {
   std::vector<i64> eval_rows;       // rows of data->q that are evaluation queries (pos >= n_c)
   LayerCache* cache = nullptr;      // shared per-layer computations (attention/layer_cache.h)
   WindowAttentionMemo* window_memo = nullptr;  // optional: shares observation-window attention between rules
+  // A cross-layer rule's counts for this layer (LayerPlanner): [budget][unit] kept tokens,
+  // handed in by the replay after every layer was observed; null otherwise.
+  const std::vector<std::vector<i64>>* planned = nullptr;
 
   // One shared layer of a trace, as the replay and the Python bindings hand it to rules.
   static RuleInput of_layer(const TraceMeta& meta, int layer, std::shared_ptr<const LayerData> data, i64 n_c,
@@ -44,6 +48,18 @@ struct RuleInput {
   }
 };
 
+// Cross-layer allocation (rules doc 1.4): a rule whose kept counts depend on every layer of the
+// run (KVCompose's layer curves, DuoAttention's global head ranking) hands the replay a planner.
+// The replay shows it every replayed layer first (observe, in the run's layer order), asks for
+// the plan, then runs select() per layer with RuleInput::planned set to that layer's counts.
+class LayerPlanner {
+ public:
+  virtual ~LayerPlanner() = default;
+  virtual void observe(const RuleInput& in) = 0;
+  // [budget] -> layer -> [unit] kept tokens, for every observed layer.
+  virtual std::vector<std::map<int, std::vector<i64>>> plan(const std::vector<Budget>& budgets) const = 0;
+};
+
 class Rule {
  public:
   virtual ~Rule() = default;
@@ -53,7 +69,13 @@ class Rule {
   virtual std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const = 0;
   // Whether select() takes threshold budgets (thr=X, rules doc 1.4): plain scorers only.
   virtual bool takes_threshold() const { return false; }
+  // Non-null for rules that allocate across layers (see LayerPlanner); a fresh planner per run.
+  virtual std::unique_ptr<LayerPlanner> layer_planner() const { return nullptr; }
 };
+
+// in.planned, or throws naming the rule: a cross-layer rule selected outside a replay.
+const std::vector<std::vector<i64>>& require_plan(const RuleInput& in, const std::string& spec,
+                                                  std::size_t n_budgets);
 
 // Throws naming the rule and the budget when budgets hold a threshold the rule does not take
 // (call before select(): rules that count tokens would otherwise fail inside parallel loops).

@@ -151,6 +151,17 @@ void check_threshold_budgets(const Rule& rule, const std::vector<Budget>& budget
            "scorer or dms(...))");
 }
 
+const std::vector<std::vector<i64>>& require_plan(const RuleInput& in, const std::string& spec,
+                                                  std::size_t n_budgets) {
+  if (!in.planned)
+    fail(spec, "select", "allocates its budget across every layer of a run: replay it (kvsim replay, kvsim.replay), "
+                         "which plans all layers before selecting one");
+  if (in.planned->size() != n_budgets)
+    fail(spec, "select", "planned for " + std::to_string(in.planned->size()) + " budgets, asked for " +
+                             std::to_string(n_budgets));
+  return *in.planned;
+}
+
 std::unique_ptr<ScoredRule> require_scored(std::unique_ptr<Rule> base, const std::string& who) {
   auto* p = dynamic_cast<ScoredRule*>(base.get());
   if (!p) throw Error(who + ": base rule '" + base->spec() + "' does not produce per-token scores");

@@ -66,6 +66,9 @@ PAIRS = [
     ("Compactor (informational)", "CompactorPress(compression_ratio={cr}, blending=0.35, sketch_dimension=256)",
      "compactor(blend=0.35)", "post"),
     ("Cap", "CapPress(compression_ratio={cr})", "cap", "pre"),
+    ("KVCompose", "KVComposePress(compression_ratio={cr})", "kvcompose", "post"),
+    ("KVCompose, unstructured", "KVComposePress(compression_ratio={cr}, structured=False)",
+     "kvcompose(structured=false)", "post"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
@@ -248,6 +251,36 @@ def trace_prerope_keys(press, module, k, n_c):
         leverage_module.get_prerope_key_states = original
 
 
+def kvcompose_selection(f, meta, press, n_c):
+    """KVComposePress's own statistics and allocation on a trace: its forward hook is fed each
+    layer's eager attention of the evaluation queries (the stored queries at positions >= n_c,
+    kvsim's evaluation rows, float32 softmax over their causal prefix), as kvpress's question pass
+    feeds it, then its masks. layer -> (kept [Hkv, n_c], None, exact-tie and near-tie positions of
+    the per-head rankings)."""
+    import torch
+    from types import SimpleNamespace
+    L, H, Hkv = meta["num_layers"], meta["num_heads"], meta["num_kv_heads"]
+    config = SimpleNamespace(num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=Hkv)
+    press._register_model(SimpleNamespace(config=config, parameters=lambda: iter([torch.zeros(1)])))
+    press.register_context_ids(torch.zeros((1, n_c), dtype=torch.long))
+    q_pos = f["q_pos"][()]
+    rows = np.flatnonzero(q_pos >= n_c)
+    end = int(q_pos[rows].max()) + 1
+    causal = torch.from_numpy(np.arange(end)[None, :] > q_pos[rows][:, None])
+    for layer in range(L):
+        g = f[f"layers/{layer}"]
+        q = torch.from_numpy(read_tensor(g["q"])[:, rows].copy())
+        k = torch.from_numpy(read_tensor(g["k"])[:, :end].copy()).repeat_interleave(H // Hkv, dim=0)
+        logits = (q @ k.transpose(1, 2)) * float(meta["attn_scale"])
+        attn = torch.softmax(logits.masked_fill(causal, float("-inf")), dim=-1, dtype=torch.float32)[None]
+        press.forward_hook(SimpleNamespace(layer_idx=layer), None, {}, (None, attn))
+    with recorded_topk() as calls:
+        press.prepare_important_masks()
+    ties = tie_positions(calls, Hkv, n_c)
+    return {layer: (torch.stack(press.important_mask_per_kv_head[layer]).numpy().astype(np.uint8), None) + ties
+            for layer in range(L)}
+
+
 def kvpress_selection(f, meta, expr, mode, n_c):
     """layer -> (kept [Hkv, n_c], key_channels or None, exact-tie and near-tie positions) of a press."""
     import torch
@@ -257,6 +290,8 @@ def kvpress_selection(f, meta, expr, mode, n_c):
     if type(press).__name__ == "FinchPress":  # its delimiter hook's window: the question before n_c
         segment = f["tokens/segment"][()][:n_c]
         press.window_size = int(len(segment) - np.flatnonzero(segment != 1)[-1] - 1)
+    if type(press).__name__ == "KVComposePress":  # allocates across layers: its own driver
+        return kvcompose_selection(f, meta, press, n_c)
     out = {}
     need_attention = needs_attention_weights(press)
     for layer in range(meta["num_layers"]):
