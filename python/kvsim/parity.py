@@ -69,6 +69,8 @@ PAIRS = [
     ("KVCompose", "KVComposePress(compression_ratio={cr})", "kvcompose", "post"),
     ("KVCompose, unstructured", "KVComposePress(compression_ratio={cr}, structured=False)",
      "kvcompose(structured=false)", "post"),
+    ("DuoAttention", "DuoAttentionPress(head_compression_ratio={cr}, on_the_fly_scoring=True)",
+     "duo(ratio={cr})", "post"),
     ("ExpectedAttention", "ExpectedAttentionPress(compression_ratio={cr})", "expected@kvpress", "pre"),
     ("ExpectedAttention, log space", "ExpectedAttentionPress(compression_ratio={cr})", "expected", "pre"),
     ("ThinK (SnapKV + ThinK)",
@@ -281,6 +283,53 @@ def kvcompose_selection(f, meta, press, n_c):
             for layer in range(L)}
 
 
+def trace_duo_head_scores(f, meta, n_c, q_len=500):
+    """[layers, Hkv] DuoAttention on-the-fly head scores as kvpress computes them, with the trace's
+    own prompt in place of the 50 BookSum chapters it downloads (kvsim's `duo` does the same):
+    the mean pre-RoPE query and key over [0, n_c), repeated at positions 0..q_len-1 and rotated,
+    the last query's softmax over them, the mean of its cumulative sum, the group's mean."""
+    import torch
+    H, Hkv, d = meta["num_heads"], meta["num_kv_heads"], meta["head_dim"]
+    scores = torch.zeros((meta["num_layers"], Hkv))
+    for layer in range(meta["num_layers"]):
+        module, hidden, k, _, _, _ = layer_inputs(f, meta, layer, n_c, "pre", False)
+        cos, sin = module.rotary_emb(k, torch.arange(n_c)[None])
+        k_pre = k[0] * cos - rotate_half(k[0]) * sin                   # [Hkv, n, d]
+        q_mean = hidden[0].view(n_c, H, d).mean(dim=0)[:, None]         # [H, 1, d]
+        k_mean = k_pre.mean(dim=1, keepdim=True)                        # [Hkv, 1, d]
+        cos, sin = module.rotary_emb(k, torch.arange(q_len)[None])
+        q_rot = q_mean * cos[:, -1:] + rotate_half(q_mean) * sin[:, -1:]
+        k_rot = (k_mean * cos + rotate_half(k_mean) * sin).repeat_interleave(H // Hkv, dim=0)
+        attn = torch.softmax((q_rot @ k_rot.transpose(1, 2)) / d ** 0.5, dim=-1, dtype=torch.float32)[:, 0]
+        scores[layer] = torch.cumsum(attn, dim=-1).mean(dim=-1).view(Hkv, -1).mean(dim=1)
+    return scores.numpy()
+
+
+def duo_selection(f, meta, press, n_c):
+    """DuoAttentionPress's own head choice and masking, its on-the-fly scores taken from the
+    trace (trace_duo_head_scores) instead of BookSum: layer -> (kept [Hkv, n_c], None, ties)."""
+    import torch
+    from types import SimpleNamespace
+    import kvpress.presses.duo_attention_press as duo_module
+    original = duo_module.duo_attention_on_the_fly
+    duo_module.duo_attention_on_the_fly = lambda model: trace_duo_head_scores(f, meta, n_c)
+    try:
+        press.post_init_from_model(SimpleNamespace(device="cpu", config=SimpleNamespace(name_or_path=meta["path"])))
+    finally:
+        duo_module.duo_attention_on_the_fly = original
+    out = {}
+    for layer in range(meta["num_layers"]):
+        module, hidden, k, v, attn, kwargs = layer_inputs(f, meta, layer, n_c, "post", False)
+        with torch.no_grad():
+            press.compress(module, hidden, k, v, attn, kwargs)
+        kept = np.ones((meta["num_kv_heads"], n_c), dtype=np.uint8)
+        if hasattr(module, "masked_key_indices"):
+            _, head, seq = (x.numpy() for x in module.masked_key_indices)
+            kept[head, seq] = 0
+        out[layer] = (kept, None, set(), set())
+    return out
+
+
 def kvpress_selection(f, meta, expr, mode, n_c):
     """layer -> (kept [Hkv, n_c], key_channels or None, exact-tie and near-tie positions) of a press."""
     import torch
@@ -292,6 +341,8 @@ def kvpress_selection(f, meta, expr, mode, n_c):
         press.window_size = int(len(segment) - np.flatnonzero(segment != 1)[-1] - 1)
     if type(press).__name__ == "KVComposePress":  # allocates across layers: its own driver
         return kvcompose_selection(f, meta, press, n_c)
+    if type(press).__name__ == "DuoAttentionPress":
+        return duo_selection(f, meta, press, n_c)
     out = {}
     need_attention = needs_attention_weights(press)
     for layer in range(meta["num_layers"]):
