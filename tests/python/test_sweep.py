@@ -26,7 +26,8 @@ import dump_testutil as tu
 KVSIM = os.environ.get("KVSIM_CLI", "")
 KVSIM_MPI = os.path.join(os.path.dirname(KVSIM), "kvsim-mpi")
 TRACES = [os.path.join(tu.TRACES_DIR, "niah_stories260k.h5"), os.path.join(tu.TRACES_DIR, "longbench_stories260k.h5")]
-RULES = "snapkv;critical(ada(snapkv));tova(variant=stepwise);keydiff(block=128)"
+# kvcompose allocates across layers: a unit of 2 layers must plan over all 5, as the replay does.
+RULES = "snapkv;critical(ada(snapkv));tova(variant=stepwise);keydiff(block=128);kvcompose"
 BUDGETS = "0.1,cr=0.5"
 ENV = dict(os.environ, KVSIM_PROGRESS="0", OMPI_MCA_rmaps_base_oversubscribe="1")
 
