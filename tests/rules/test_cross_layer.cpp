@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "rules/factory.h"
 #include "rules/rope.h"
+#include "rules/scored_rule.h"
 #include "rules_reference.h"
 #include "testutil/testutil.h"
 
@@ -239,4 +240,51 @@ TEST_CASE("cross-layer rules refuse a selection without their plan, naming the r
     CHECK_THROWS_WITH_AS(rule->select(layers[0]->input(), {Budget::parse("0.5")}),
                          doctest::Contains("allocates its budget across every layer of a run"), Error);
   }
+}
+
+TEST_CASE("global(base): the global top of every layer's base scores, protected tokens kept and counted") {
+  const auto layers = model(4, 2, 75);
+  const i64 n = layers[0]->n_c;
+  // The base's own scores (snapkv: checked against ref_snapkv elsewhere), ranked here in double.
+  auto base = make_rule("snapkv(window=32)");
+  std::vector<std::tuple<double, int, int, i64>> entries;  // (score, layer, unit, token)
+  i64 protected_total = 0, units = 0;
+  for (const auto& L : layers) {
+    const UnitScores s = dynamic_cast<const ScoredRule&>(*base).scores(L->input());
+    units = s.units;
+    protected_total += s.n_protected * s.units;
+    for (int u = 0; u < s.units; ++u)
+      for (i64 j = 0; j < n; ++j)
+        if (!s.protect[j]) entries.emplace_back(s.unit(u)[j], L->data.layer, u, j);
+  }
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+  const std::vector<Budget> budgets = {Budget::parse("0.1"), Budget::parse("cr=0.5")};
+  const auto sels = planned_select("global(snapkv(window=32))", layers, budgets);
+  for (std::size_t b = 0; b < budgets.size(); ++b) {
+    const i64 items = static_cast<i64>(layers.size()) * units * n;
+    const i64 total = b == 0 ? static_cast<i64>(std::floor(items * 0.1 * (1 + 1e-12))) : items / 2;
+    std::vector<Masks> want(layers.size(), Masks(units, std::vector<std::uint8_t>(n, 0)));
+    for (auto& m : want)
+      for (auto& row : m)
+        for (i64 j = n - 32; j < n; ++j) row[j] = 1;
+    for (i64 k = 0; k < total - protected_total; ++k) {
+      const auto& [score, l, u, j] = entries[k];
+      want[l][u][j] = 1;
+    }
+    i64 kept = 0, per_layer_min = n, per_layer_max = 0;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      i64 layer_kept = 0;
+      for (int u = 0; u < units; ++u) {
+        CHECK(std::equal(want[l][u].begin(), want[l][u].end(), sels[b][l].unit_mask(u)));
+        layer_kept += sels[b][l].kept_count(u);
+      }
+      kept += layer_kept;
+      per_layer_min = std::min(per_layer_min, layer_kept);
+      per_layer_max = std::max(per_layer_max, layer_kept);
+    }
+    CHECK(kept == total);
+    CHECK(per_layer_max > per_layer_min);  // the layers did not all get the same share
+  }
+  CHECK_THROWS_WITH_AS(make_rule("global(knorm)"), doctest::Contains("must be a plain attention scorer"), Error);
 }
