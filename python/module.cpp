@@ -25,6 +25,7 @@
 #include "engine_call.h"
 #include "numpy_views.h"
 #include "py_rules.h"
+#include "quant_api.h"
 #include "select_arrays.h"
 #include "rules/factory.h"
 #include "rules/presets.h"
@@ -260,6 +261,7 @@ PYBIND11_MODULE(_kvsim, m) {
   bind_engine(m);
   bind_rules(m);
   bind_select(m);
+  bind_quant(m);
 }
 
 }  // namespace kvsim::python

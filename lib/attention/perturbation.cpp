@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "attention/static_sums.h"
+#include "quant/quantized_kv.h"
 #include "kernels/kernels.h"
 
 #include <omp.h>
@@ -101,18 +102,23 @@ void per_query_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, con
   }
 }
 
-// ThinK: attention recomputed with pruned key channels over the support; delta = o - o'. Also
-// what its bounds need (finish): the nu-weighted masses, the largest nu of the support, and the
-// range r of the logit shift Delta_j = z'_j - z_j over the support (z: the transformed logits,
-// soft-capping included), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r / 4).
-// The pruned logits are computed on the union of the queries' supports only (gathered key and
-// value rows), not on every position: an evicted position's probability is 0 either way.
-void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
-                      int h, i64 q0, i64 q1, Sums& z) {
+// Attention recomputed over the support with what the cache gives back instead of the trace's
+// rows; delta = o - o'. ThinK (key_channels): keys with pruned channels. quant(...): the kept
+// span's dequantized keys and values (positions from n_c on stay exact). Also what their bounds
+// need (finish): the nu-weighted masses, the largest nu of the support, the range r of the
+// logit shift Delta_j = z'_j - z_j over the support (z: the transformed logits, soft-capping
+// included), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r / 4), and for quant the
+// largest value error through o_proj over the support, max_P ||(vhat_j - v_j) W_o^h||_1.
+// Logits are computed on the union of the queries' supports only (gathered key and value rows),
+// not on every position: an evicted position's probability is 0 either way.
+void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
+                     int h, i64 q0, i64 q1, Sums& z) {
   const LayerData& L = cache.data();
   const int g = h / s.G;
   const i64 nq = q1 - q0;  // this call's queries: local index qi is the set's query q0 + qi
-  const std::uint8_t* ch = sel.key_channels.data() + static_cast<std::size_t>(g) * s.d;
+  const QuantizedKV* qkv = sel.quant.get();
+  const int u = unit_of(sel, h, s.G);
+  const std::uint8_t* ch = qkv ? nullptr : sel.key_channels.data() + static_cast<std::size_t>(g) * s.d;
   i64 maxt = 0;
   for (i64 qi = q0; qi < q1; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
   const i64 ncols = maxt + 1;
@@ -132,25 +138,62 @@ void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, c
   for (i64 j = 0; j < ncols; ++j)
     if (any_support[j]) cols.push_back(j);
   const i64 w = static_cast<i64>(cols.size());
-  // q . (k * mask) == (q * mask) . k; the pruned channels' part separately, so the shift of an
-  // uncapped logit is exact rather than a difference of two large logits. qm (kept channels) and
-  // qd (pruned channels) stacked: one product of 2n rows.
-  avec<float> qmd(static_cast<std::size_t>(2 * nq) * s.d);
+  // The logit z' = qa . ka and the shift's part qb . kb (z = z' + qb . kb), kept apart so the
+  // shift of an uncapped logit is exact rather than a difference of two large logits.
+  // ThinK: qa / qb the query's kept / pruned channels, ka = kb = k. quant: qa = qb = q,
+  // ka = khat, kb = k - khat.
+  avec<float> qa(static_cast<std::size_t>(nq) * s.d), qb(qa.size());
   for (i64 qi = 0; qi < nq; ++qi) {
     const float* q = L.q_row(h, cache.rows(set)[q0 + qi]);
     for (int c = 0; c < s.d; ++c) {
-      qmd[qi * s.d + c] = ch[c] ? q[c] : 0.f;
-      qmd[(nq + qi) * s.d + c] = ch[c] ? 0.f : q[c];
+      qa[qi * s.d + c] = !ch || ch[c] ? q[c] : 0.f;
+      qb[qi * s.d + c] = !ch || !ch[c] ? q[c] : 0.f;
     }
   }
   const std::size_t cells = static_cast<std::size_t>(nq) * w;
   float* logits = scratch_floats(0, std::max<std::size_t>(1, 2 * cells));  // per-thread, reused
-  const float* dropped = logits + cells;
-  float* Kg = scratch_floats(1, static_cast<std::size_t>(std::max<i64>(1, w)) * s.d);
-  float* Vg = scratch_floats(2, static_cast<std::size_t>(std::max<i64>(1, w)) * s.d);
-  gather_rows(L.k_head(g), cols, s.d, Kg);
+  float* dropped = logits + cells;
+  const std::size_t rows_size = static_cast<std::size_t>(std::max<i64>(1, w)) * s.d;
+  float* Ka = scratch_floats(1, rows_size);
+  float* Vg = scratch_floats(2, rows_size);
+  float* Kb = scratch_floats(3, rows_size);
+  gather_rows(L.k_head(g), cols, s.d, Kb);
   gather_rows(L.v_head(g), cols, s.d, Vg);
-  if (w > 0) kernels::sgemm(false, true, 2 * nq, w, s.d, 1.f, qmd.data(), s.d, Kg, s.d, 0.f, logits, w);
+  std::vector<double> value_err;  // quant: ||(vhat_j - v_j) W_o^h||_1 per gathered column
+  if (qkv) {
+    value_err.assign(w, 0.0);
+    float* dv = scratch_floats(4, rows_size);
+    for (i64 i = 0; i < w; ++i) {
+      const i64 j = cols[i];
+      float* ka = Ka + i * s.d;
+      float* kb = Kb + i * s.d;
+      float* vg = Vg + i * s.d;
+      const bool cached = j < qkv->n_c;  // quantized span; from n_c on the trace's own rows
+      const float* kh = cached ? qkv->k_row(u, j) : kb;
+      const float* vh = cached ? qkv->v_row(u, j) : vg;
+      for (int c = 0; c < s.d; ++c) {
+        ka[c] = kh[c];
+        kb[c] -= kh[c];
+        dv[i * s.d + c] = vh[c] - vg[c];
+        vg[c] = vh[c];
+      }
+    }
+    if (cache.meta().has_o_proj) {
+      const float* packed = cache.packed_o_proj(h);
+      std::vector<float> l1(w, 0.f);
+      for (i64 p = 0; p < kernels::panel_count(s.D); ++p)
+        kernels::project_panel(dv, w, s.d, packed + p * s.d * kernels::kPanel, l1.data(), nullptr, nullptr);
+      for (i64 i = 0; i < w; ++i) value_err[i] = l1[i];
+    } else {
+      for (i64 i = 0; i < w; ++i) value_err[i] = kernels::abs_sum(dv + i * s.d, s.d);
+    }
+  } else {
+    std::copy_n(Kb, w * s.d, Ka);
+  }
+  if (w > 0) {
+    kernels::sgemm(false, true, nq, w, s.d, 1.f, qa.data(), s.d, Ka, s.d, 0.f, logits, w);
+    kernels::sgemm(false, true, nq, w, s.d, 1.f, qb.data(), s.d, Kb, s.d, 0.f, dropped, w);
+  }
   const kernels::LogitSpec logit = cache.meta().logits();
   auto transform = [&](double x) {
     const double v = logit.scale * x;
@@ -168,7 +211,7 @@ void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, c
     kernels::split_mass_sums(arow, nu, mq, t + 1, m4);
     float* row = logits + qi * w;
     const float* drow = dropped + qi * w;
-    double lo = 0, hi = 0, numax = 0;
+    double lo = 0, hi = 0, numax = 0, errmax = 0;
     bool any = false;
     for (i64 i = 0; i < w; ++i) {
       const i64 j = cols[i];
@@ -177,6 +220,7 @@ void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, c
         continue;
       }
       numax = std::max(numax, static_cast<double>(nu[j]));
+      if (qkv) errmax = std::max(errmax, value_err[i]);
       const double shift = logit.softcap > 0 ? transform(row[i]) - transform(static_cast<double>(row[i]) + drow[i])
                                              : -logit.scale * static_cast<double>(drow[i]);
       lo = any ? std::min(lo, shift) : shift;
@@ -190,6 +234,7 @@ void pruned_keys_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, c
     z.Enu[k] = m4[3];
     z.shift_range[k] = hi - lo;
     z.support_nu_max[k] = numax;
+    z.value_err_max[k] = errmax;
     if (any)
       kernels::logit_softmax_inplace(row, w, logit);
     else
@@ -311,8 +356,9 @@ PerturbationResult empty_result(const Shape& s) {
 
 // From the sums of one selection: F, delta (in place of the output sums), the per-head bounds;
 // which heads it leaves exactly unperturbed (head_zero) and ThinK's logit-shift terms (tilts).
-PerturbationResult finish_heads(const LayerCache& cache, const LayerReference& ref, const Shape& s, bool pruned,
-                                Sums& z, std::vector<std::uint8_t>& head_zero, std::vector<double>& tilts) {
+PerturbationResult finish_heads(const LayerCache& cache, const LayerReference& ref, const Shape& s, bool recomputed,
+                                Sums& z, std::vector<std::uint8_t>& head_zero, std::vector<double>& tilts,
+                                std::vector<double>& value_errs) {
   PerturbationResult r = empty_result(s);
   const QuerySet set = ref.set();
   const auto& E = z.E;
@@ -323,7 +369,8 @@ PerturbationResult finish_heads(const LayerCache& cache, const LayerReference& r
   avec<float>& delta = z.delta;
   // delta from the evicted sums, F, per-head bounds.
   head_zero.assign(s.H, 1);
-  tilts.assign(static_cast<std::size_t>(s.H) * s.n, 0.0);  // ThinK: tanh(r/4) per head, query
+  tilts.assign(static_cast<std::size_t>(s.H) * s.n, 0.0);  // ThinK / quant: tanh(r/4) per head, query
+  value_errs.assign(tilts.size(), 0.0);                     // quant: max_P ||(v - vhat) W_o||_1
 #pragma omp parallel for schedule(dynamic, 1)
   for (int h = 0; h < s.H; ++h) {
     const double* T = cache.prob_sums(set, h);
@@ -334,21 +381,23 @@ PerturbationResult finish_heads(const LayerCache& cache, const LayerReference& r
       const double F = E[k] == 0 ? 1.0 : K[k] / (K[k] + E[k]);
       const double e = E[k] == 0 ? 0.0 : E[k] / (K[k] + E[k]);  // evicted (normalised) mass, 1 - F
       r.F[k] = F;
-      if (E[k] == 0 && !pruned) {  // nothing evicted from the support: exactly zero
+      if (E[k] == 0 && !recomputed) {  // nothing evicted from the support: exactly zero
         std::fill(dl + qi * s.d, dl + (qi + 1) * s.d, 0.f);
         continue;
       }
       head_zero[h] = 0;
-      if (pruned) {
-        // ThinK: token eviction (the bounds above, with the exact logits) plus the logit shift
-        // of the pruned channels over the support, ||o_P - o'|| <= 2 tanh(r/4) max_P nu
-        // (triangle inequality; r = z.shift_range).
+      if (recomputed) {
+        // ThinK / quant: token eviction (the bounds above, with the exact logits) plus the
+        // logit shift over the support, ||o_P - o''|| <= 2 tanh(r/4) max_P nu (r =
+        // z.shift_range), plus quant's value error, ||sum p' (v - vhat) W_o|| <= max_P
+        // ||(v - vhat) W_o||_1 (triangle inequality throughout).
         const double Z = K[k] + E[k];
-        const double tilt = 2.0 * std::tanh(z.shift_range[k] / 4.0) * z.support_nu_max[k];
+        const double tilt = 2.0 * std::tanh(z.shift_range[k] / 4.0) * z.support_nu_max[k] + z.value_err_max[k];
         const bool ok = F > 0 && K[k] > 0;
         r.bound_ada[k] = ok ? 2.0 * e * ref.nu_max(h, qi) + tilt : kNaN;
         r.theta[k] = ok ? Enu[k] / Z + (1.0 / F - 1.0) * (Knu[k] / Z) + tilt : kNaN;
         tilts[k] = ok ? std::tanh(z.shift_range[k] / 4.0) : kNaN;
+        value_errs[k] = ok ? z.value_err_max[k] : kNaN;
         continue;
       }
       // delta = o - oP/F = (oev - (1 - F) o) / F, all normalised by T.
@@ -370,21 +419,22 @@ PerturbationResult finish_heads(const LayerCache& cache, const LayerReference& r
 // The layer rows (Ada-KV, summed theta, F statistics) and the relative norms, once the norms of
 // Delta^h and of the layer's Delta are in r.
 void finish_layer(const LayerReference& ref, const Shape& s, const std::vector<double>& tilts,
-                  PerturbationResult& r) {
+                  const std::vector<double>& value_errs, PerturbationResult& r) {
 #pragma omp parallel for schedule(static)
   for (i64 qi = 0; qi < s.n; ++qi) {
-    double fsum = 0, fmin = 1e300, miss = 0, C = 0, th = 0;
+    double fsum = 0, fmin = 1e300, miss = 0, C = 0, th = 0, verr = 0;
     for (int h = 0; h < s.H; ++h) {
       const std::size_t k = r.at(h, qi);
       fsum += r.F[k];
       fmin = std::min(fmin, r.F[k]);
-      miss += 1.0 - r.F[k] + tilts[k];  // tilts: ThinK's logit-shift term, 0 for other rules
+      miss += 1.0 - r.F[k] + tilts[k];  // tilts: ThinK's / quant's logit-shift term, 0 for other rules
+      verr += value_errs[k];            // quant's value error, 0 for other rules
       C = std::max(C, ref.nu_max(h, qi));
       th += r.theta[k];
     }
     r.layer_F_mean[qi] = fsum / s.H;
     r.layer_F_min[qi] = fmin;
-    r.layer_ada[qi] = 2.0 * C * miss;
+    r.layer_ada[qi] = 2.0 * C * miss + verr;
     r.layer_theta[qi] = th;
   }
   for (int h = 0; h < s.H; ++h)
@@ -399,8 +449,10 @@ void finish_layer(const LayerReference& ref, const Shape& s, const std::vector<d
   }
 }
 
+bool recomputes(const Selection& sel) { return !sel.key_channels.empty() || sel.quant; }
+
 bool is_static(const Selection& sel, QuerySet set) {
-  return sel.key_channels.empty() && !(set == QuerySet::eval && !sel.per_query.empty());
+  return !recomputes(sel) && !(set == QuerySet::eval && !sel.per_query.empty());
 }
 
 // The probability-dependent sums of every selection, for the heads of KV groups [g0, g1) and the
@@ -434,8 +486,8 @@ void wave_sums(const LayerCache& cache, QuerySet set, NormKind nu, const Shape& 
       if (is_static(sel, set)) continue;
       Sums& z = sums[bi][b];
       for (int h = g0 * s.G; h < g1 * s.G; ++h) {
-        if (!sel.key_channels.empty())
-          items.push_back([&cache, set, nu, &sel, &s, h, q0, q1, &z] { pruned_keys_head(cache, set, nu, sel, s, h, q0, q1, z); });
+        if (recomputes(sel))
+          items.push_back([&cache, set, nu, &sel, &s, h, q0, q1, &z] { recomputed_head(cache, set, nu, sel, s, h, q0, q1, z); });
         else
           items.push_back([&cache, set, nu, &sel, &s, h, q0, q1, &z] { per_query_head(cache, set, nu, sel, s, h, q0, q1, z); });
       }
@@ -487,11 +539,12 @@ std::vector<std::vector<PerturbationResult>> measure_batches(const LayerCache& c
   for (std::size_t bi = 0; bi < batches.size(); ++bi) {
     const std::size_t B = batches[bi].size();
     std::vector<std::vector<std::uint8_t>> head_zero(B);
-    std::vector<std::vector<double>> tilts(B);
+    std::vector<std::vector<double>> tilts(B), value_errs(B);
     std::vector<Sums*> zs;
     std::vector<PerturbationResult*> rs;
     for (std::size_t b = 0; b < B; ++b) {
-      out[bi][b] = finish_heads(cache, ref, s, !batches[bi][b]->key_channels.empty(), sums[bi][b], head_zero[b], tilts[b]);
+      out[bi][b] = finish_heads(cache, ref, s, recomputes(*batches[bi][b]), sums[bi][b], head_zero[b], tilts[b],
+                                value_errs[b]);
       zs.push_back(&sums[bi][b]);
       rs.push_back(&out[bi][b]);
     }
@@ -499,7 +552,7 @@ std::vector<std::vector<PerturbationResult>> measure_batches(const LayerCache& c
       project_norms(cache, s, zs, head_zero, rs);
     else
       for (std::size_t b = 0; b < B; ++b) identity_norms(s, zs[b]->delta, *rs[b]);
-    for (std::size_t b = 0; b < B; ++b) finish_layer(ref, s, tilts[b], *rs[b]);
+    for (std::size_t b = 0; b < B; ++b) finish_layer(ref, s, tilts[b], value_errs[b], *rs[b]);
     sums[bi].clear();
     sums[bi].shrink_to_fit();
   }

@@ -46,9 +46,11 @@ struct Sums {
   std::vector<double> E, K, Enu, Knu;
   avec<float> delta;
   std::vector<std::uint8_t> use_support;
-  std::vector<double> shift_range, support_nu_max;  // ThinK only (pruned_keys_head)
+  std::vector<double> shift_range, support_nu_max;  // ThinK and quant (recomputed_head)
+  std::vector<double> value_err_max;                // quant: max over the support of ||(vhat - v) W_o||_1
   explicit Sums(std::size_t hn, int d) : E(hn, 0.0), K(hn, 0.0), Enu(hn, 0.0), Knu(hn, 0.0), delta(hn * d, 0.f),
-                                          use_support(hn, 0), shift_range(hn, 0.0), support_nu_max(hn, 0.0) {}
+                                          use_support(hn, 0), shift_range(hn, 0.0), support_nu_max(hn, 0.0),
+                                          value_err_max(hn, 0.0) {}
 };
 
 // Static kept masks, all heads of one unit and the queries [q0, q1) (one probability tile's

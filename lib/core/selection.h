@@ -3,6 +3,7 @@
 // selection unit keeps. Units are KV heads (GQA "kv" mode: one kept set shared by the group)
 // or query heads ("query" mode: repeat_kv before compression).
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 namespace kvsim {
 
 enum class GqaMode { kv, query };
+struct QuantizedKV;  // quant/quantized_kv.h
 const char* gqa_mode_name(GqaMode m);
 
 struct Selection {
@@ -27,6 +29,10 @@ struct Selection {
   // Key-channel pruning (ThinK): [num_kv_heads][head_dim], 1 = channel kept; empty = all kept.
   // When set, attention of every evaluation query is recomputed with the pruned keys.
   std::vector<std::uint8_t> key_channels;
+
+  // quant(...): the kept span's rows as the quantized cache gives them back, and its bytes;
+  // null for a float16 cache of the kept tokens.
+  std::shared_ptr<const QuantizedKV> quant;
 
   // The rule's per-unit budget for this layer when it differs from the nominal one
   // (Budget::tokens_for(n_c)), e.g. pyramid's layer schedule; -1 = the nominal budget.

@@ -36,6 +36,16 @@ void row_abs_sums(const float* m, i64 rows, i64 cols, i64 ld, float* out) {
 void row_quadratic_forms(const float* x, i64 rows, i64 d, const float* G, float* out) {
   KVSIM_DISPATCH(row_quadratic_forms, x, rows, d, G, out);
 }
+void group_min_max(const float* x, i64 groups, i64 g, float* mn, float* mx) {
+  KVSIM_DISPATCH(group_min_max, x, groups, g, mn, mx);
+}
+void quant_affine(const float* x, i64 groups, i64 g, const double* scale, const double* zero, int lo, int hi,
+                  std::int16_t* codes, float* xhat) {
+  KVSIM_DISPATCH(quant_affine, x, groups, g, scale, zero, lo, hi, codes, xhat);
+}
+void quant_minifloat(const float* x, i64 n, int mant, int min_exp, double max, float* xhat) {
+  KVSIM_DISPATCH(quant_minifloat, x, n, mant, min_exp, max, xhat);
+}
 void avg_pool1d(const float* x, i64 n, int k, float* out) { KVSIM_DISPATCH(avg_pool1d, x, n, k, out); }
 void max_pool1d(const float* x, i64 n, int k, float* out) { KVSIM_DISPATCH(max_pool1d, x, n, k, out); }
 void group_reduce(const float* x, int g, i64 n, i64 ld, GroupOp op, float* out) {

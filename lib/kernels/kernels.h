@@ -56,7 +56,17 @@ enum class GroupOp { mean, max, sum };
      (kPanel columns, padding columns are zero). Accumulates l1[i] += sum |p_i|; when not     \
      null, sq[i] += sum p_i^2 and y[i * kPanel + e] += p_ie. x: n rows of length d. */        \
   void project_panel(const float* x, i64 n, i64 d, const float* panel, float* l1, float* sq, \
-                     float* y);
+                     float* y);                                                               \
+  /* KV quantization (rules doc 2.33), every step in float64 so that each ISA and the numpy  \
+     reference give the same bits. Per group i of g consecutive values: min and max. */       \
+  void group_min_max(const float* x, i64 groups, i64 g, float* mn, float* mx);               \
+  /* Affine codes of group i: q = clamp(rint((x - zero_i) / scale_i), lo, hi) (rint: half to  \
+     even), xhat = float32(q * scale_i + zero_i). scale_i > 0. */                             \
+  void quant_affine(const float* x, i64 groups, i64 g, const double* scale, const double* zero, \
+                    int lo, int hi, std::int16_t* codes, float* xhat);                        \
+  /* Round to a minifloat with `mant` mantissa bits, smallest normal exponent min_exp (below  \
+     it the subnormal step 2^(min_exp - mant)), half to even, saturating at +-max (OCP FP8). */ \
+  void quant_minifloat(const float* x, i64 n, int mant, int min_exp, double max, float* xhat);
 
 KVSIM_KERNEL_DECLS
 

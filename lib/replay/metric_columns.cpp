@@ -21,6 +21,12 @@ const std::vector<Column> kKeyColumns = {
     {"kept_tokens", ColumnType::real, "tokens",
      "tokens the rule really kept (per head; the mean over heads on the layer row). Above budget_tokens "
      "only where kvsim rules says so (chunkkv keeps whole chunks)"},
+    {"cache_bytes", ColumnType::real, "bytes",
+     "bytes of the kept span [0, n_c) of the head's selection unit: 4 head_dim per kept token (float16 keys and "
+     "values), or what quant(...) stores (codes, scales, zero points, full-precision rows); layer row: mean over "
+     "heads"},
+    {"cache_ratio", ColumnType::real, "",
+     "cache_bytes over the float16 full span n_c x 4 head_dim (an eviction rule's kept fraction; rules doc 2.33)"},
     {"layer", ColumnType::integer, "", "layer index"},
     {"head", ColumnType::integer, "",
      "query head; -1: the whole layer (in kv mode a head row reports its KV head's set)"},
@@ -91,6 +97,7 @@ const TableSchema& summary_budget_schema() {
     t.columns.push_back({"budget", ColumnType::text, "", "the budget as written"});
     t.columns.push_back({"budget_tokens_mean", ColumnType::real, "tokens", "budget_tokens, mean over layers"});
     t.columns.push_back({"kept_tokens_mean", ColumnType::real, "tokens", "kept_tokens, mean over layers"});
+    t.columns.push_back({"cache_ratio_mean", ColumnType::real, "", "cache_ratio, mean over layers"});
     add_summary_metric_columns(t, false, ", mean over layers");
     t.columns.push_back({"select_seconds", ColumnType::real, "s",
                          "this budget's share of the rule's selection wall time"});

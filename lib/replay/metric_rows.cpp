@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "quant/quantized_kv.h"
+
 namespace kvsim {
 
 namespace {
@@ -26,14 +28,29 @@ double layer_kept(const Selection& sel, int H, int G) {
   for (int h = 0; h < H; ++h) s += head_kept(sel, h, G);
   return s / H;
 }
+// Bytes of the kept span of head h's unit: quant(...)'s, else float16 keys and values.
+double head_bytes(const Selection& sel, int h, int G, int d) {
+  const int u = sel.mode == GqaMode::kv ? h / G : h;
+  return sel.quant ? sel.quant->bytes[u] : static_cast<double>(sel.kept_count(u)) * 4.0 * d;
+}
+double layer_bytes(const Selection& sel, int H, int G, int d) {
+  double s = 0;
+  for (int h = 0; h < H; ++h) s += head_bytes(sel, h, G, d);
+  return s / H;
+}
+double ratio_of(double bytes, const Selection& sel, int d) {
+  return sel.n_c > 0 ? bytes / (static_cast<double>(sel.n_c) * 4.0 * d) : 0.0;
+}
 
 // The key columns, in metric_columns.cpp's order.
-void write_key(RowSink& out, const RowKey& k, double kept, int head) {
+void write_key(RowSink& out, const RowKey& k, double kept, double bytes, double ratio, int head) {
   out.text(k.rule);
   out.text(k.label);
   out.text(k.budget);
   out.integer(k.budget_tokens);
   out.real(kept);
+  out.real(bytes);
+  out.real(ratio);
   out.integer(k.layer);
   out.integer(head);
   out.text(k.eval);
@@ -44,17 +61,21 @@ void write_key(RowSink& out, const RowKey& k, double kept, int head) {
 LayerAggregate write_metric_rows(RowSink& out, const RowKey& key, const Selection& sel, const PerturbationResult& r,
                                  const std::vector<int>& heads, int G) {
   const i64 n = r.n_q;
+  const int d = key.head_dim;
   for (int h : heads) {
-    write_key(out, key, head_kept(sel, h, G), h);
+    const double bytes = head_bytes(sel, h, G, d);
+    write_key(out, key, head_kept(sel, h, G), bytes, ratio_of(bytes, sel, d), h);
     out.integer(n);
     for (const MetricColumn& m : kMetricColumns) out.real(reduce(r.*m.head, r.at(h, 0), n, m.reduce));
     out.end_row();
   }
   LayerAggregate a;
   a.kept_tokens = layer_kept(sel, r.num_heads, G);
+  const double bytes = layer_bytes(sel, r.num_heads, G, d);
+  a.cache_ratio = ratio_of(bytes, sel, d);
   for (std::size_t i = 0; i < kNumMetrics; ++i)
     a.values[i] = reduce(r.*kMetricColumns[i].layer, 0, n, kMetricColumns[i].reduce);
-  write_key(out, key, a.kept_tokens, -1);
+  write_key(out, key, a.kept_tokens, bytes, a.cache_ratio, -1);
   out.integer(n);
   for (double v : a.values) out.real(v);
   out.end_row();
@@ -63,17 +84,20 @@ LayerAggregate write_metric_rows(RowSink& out, const RowKey& key, const Selectio
 
 void write_per_query_rows(RowSink& out, const RowKey& key, const Selection& sel, const PerturbationResult& r,
                           const std::vector<i64>& positions, const std::vector<int>& heads, int G) {
+  const int d = key.head_dim;
   for (int h : heads)
     for (i64 qi = 0; qi < r.n_q; ++qi) {
-      write_key(out, key, head_kept(sel, h, G), h);
+      const double bytes = head_bytes(sel, h, G, d);
+      write_key(out, key, head_kept(sel, h, G), bytes, ratio_of(bytes, sel, d), h);
       out.integer(positions[qi]);
       for (const MetricColumn& m : kMetricColumns)
         if (m.per_query) out.real((r.*m.head)[r.at(h, qi)]);
       out.end_row();
     }
   const double kept = layer_kept(sel, r.num_heads, G);
+  const double bytes = layer_bytes(sel, r.num_heads, G, d);
   for (i64 qi = 0; qi < r.n_q; ++qi) {
-    write_key(out, key, kept, -1);
+    write_key(out, key, kept, bytes, ratio_of(bytes, sel, d), -1);
     out.integer(positions[qi]);
     for (const MetricColumn& m : kMetricColumns)
       if (m.per_query) out.real((r.*m.layer)[qi]);

@@ -17,11 +17,12 @@ struct RowKey {
   i64 budget_tokens = 0;
   int layer = 0;
   std::string eval;  // "queries" | "window"
+  int head_dim = 0;  // for cache_bytes / cache_ratio
 };
 
 // The layer row's values (head = -1) that summary.json and the stdout table use.
 struct LayerAggregate {
-  double kept_tokens = 0;
+  double kept_tokens = 0, cache_ratio = 0;
   std::array<double, kNumMetrics> values{};  // kMetricColumns order
   double operator[](std::size_t metric) const { return values[metric]; }
 };

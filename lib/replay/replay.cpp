@@ -42,7 +42,7 @@ namespace kvsim {
 namespace {
 
 struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
-  double budget_tokens = 0, kept = 0, select_s = 0;
+  double budget_tokens = 0, kept = 0, cache_ratio = 0, select_s = 0;
   std::array<double, kNumMetrics> values{};
   int layers = 0;
   double tied_sum = 0;  // Selection::tied_at_cut over layers and units
@@ -98,7 +98,8 @@ Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vec
       const Totals& t = tot[r][b];
       const double n = t.layers > 0 ? t.layers : 1;
       // The fields of summary_budget_schema(), in its order.
-      Json e = {{"budget", s.budgets[b].text}, {"budget_tokens_mean", t.budget_tokens / n}, {"kept_tokens_mean", t.kept / n}};
+      Json e = {{"budget", s.budgets[b].text}, {"budget_tokens_mean", t.budget_tokens / n}, {"kept_tokens_mean", t.kept / n},
+                {"cache_ratio_mean", t.cache_ratio / n}};
       for (std::size_t m = 0; m < kNumMetrics; ++m)
         if (!kMetricColumns[m].summary.empty()) e[std::string(kMetricColumns[m].summary)] = t.mean(m);
       e["select_seconds"] = t.select_s;
@@ -139,7 +140,11 @@ std::string summary_table(const ReplaySetup& s, const std::vector<std::vector<To
       // (chunkkv's whole chunks, pyramid(variant=int)'s overshoot), beyond a token or 1% of
       // rounding, so its row is not at matched kept tokens.
       const double nominal = static_cast<double>(s.budget_tokens[b]);  // -1: a threshold (no count)
-      const bool off_budget = nominal >= 0 && std::abs(t.kept / n - nominal) > std::max(1.0, 0.01 * nominal);
+      // A memory budget is matched in bytes (cache_ratio within a percentage point of it), the
+      // others in kept tokens.
+      const bool memory = s.budgets[b].kind == Budget::Kind::memory;
+      const bool off_budget = memory ? std::abs(t.cache_ratio / n - s.budgets[b].value) > 0.01
+                                     : nominal >= 0 && std::abs(t.kept / n - nominal) > std::max(1.0, 0.01 * nominal);
       if (off_budget) ++flagged;
       std::snprintf(line, sizeof line, "%-44s %8s %9.1f%s%9.4f %12.5g %14.5g %12.5g\n", spec.c_str(),
                     s.budgets[b].text.c_str(), t.kept / n, off_budget ? "*" : " ", t.mean(metric_index("retained_mass")),
@@ -148,8 +153,8 @@ std::string summary_table(const ReplaySetup& s, const std::vector<std::vector<To
       out += line;
     }
   if (flagged > 0)
-    out += "* kept (mean per head and layer) differs from the budget's tokens by more than 1 token or 1%: "
-           "not at matched kept tokens\n";
+    out += "* kept (mean per head and layer) differs from the budget's tokens by more than 1 token or 1% (mem=F: "
+           "cache_ratio differs from F by more than 0.01): not at matched kept tokens (bytes)\n";
   return out;
 }
 
@@ -326,7 +331,7 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.
           const i64 layer_budget =
               sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : layer_budgets[b].tokens_for(p.n_c);
-          RowKey key{spec, labels.at(spec), budgets[b].text, layer_budget, l, sets[si].second};
+          RowKey key{spec, labels.at(spec), budgets[b].text, layer_budget, l, sets[si].second, meta.head_dim};
           NullRowSink none;
           const auto agg = write_metric_rows(sinks.metrics ? *sinks.metrics : none, key, sels[b], res, setup.heads, G);
           if (sinks.per_query) {
@@ -389,6 +394,7 @@ ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup,
     t.tied_units += lt.tied_units;
     t.budget_tokens += lt.budget_tokens;
     t.kept += lt.agg.kept_tokens;
+    t.cache_ratio += lt.agg.cache_ratio;
     for (std::size_t m = 0; m < kNumMetrics; ++m) t.values[m] += lt.agg.values[m];
     t.layers += 1;
   }

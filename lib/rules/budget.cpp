@@ -68,6 +68,14 @@ Budget Budget::parse(const std::string& s) {
   const std::string where = "budget '" + s + "'";
   if (s.empty()) fail("budget ''", "", "empty budget");
   if (s.rfind("layers=", 0) == 0) return parse_per_layer(s);
+  if (s.rfind("mem=", 0) == 0) {  // a share of the float16 full cache's bytes (rules doc 1.4)
+    Budget b = parse(s.substr(4));
+    if (b.kind != Kind::fraction)
+      fail(where, "", "a memory budget is mem=F with F in (0, 1]: the share of the float16 full cache's bytes");
+    b.text = s;
+    b.kind = Kind::memory;
+    return b;
+  }
   if (s.rfind("thr=", 0) == 0) {
     Budget b;
     b.text = s;
@@ -121,7 +129,8 @@ namespace {
 double Budget::kept_fraction(i64 n_c) const {
   switch (kind) {
     case Kind::threshold: no_count(*this);
-    case Kind::fraction: return value;
+    case Kind::fraction:
+    case Kind::memory: return value;
     case Kind::compression_ratio: return 1.0 - value;
     case Kind::tokens: return n_c > 0 ? value / static_cast<double>(n_c) : 1.0;
   }
@@ -131,7 +140,8 @@ double Budget::kept_fraction(i64 n_c) const {
 double Budget::exact_tokens(i64 n_c) const {
   switch (kind) {
     case Kind::threshold: no_count(*this);
-    case Kind::fraction: return value * static_cast<double>(n_c);
+    case Kind::fraction:
+    case Kind::memory: return value * static_cast<double>(n_c);
     case Kind::compression_ratio: return static_cast<double>(n_c) * (1.0 - value);  // kvpress's operand order
     case Kind::tokens: return value;
   }

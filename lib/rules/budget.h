@@ -13,7 +13,10 @@
 namespace kvsim {
 
 struct Budget {
-  enum class Kind { fraction, compression_ratio, tokens, threshold };
+  // memory ("mem=0.25"): at most that share of the float16 full cache's bytes. A float16 kept
+  // token costs the same bytes everywhere, so for an eviction rule it is the kept fraction;
+  // quant(...) turns it into the largest kept count whose quantized bytes fit (rules doc 2.33).
+  enum class Kind { fraction, compression_ratio, tokens, threshold, memory };
   Kind kind = Kind::fraction;
   double value = 0.0;  // kept fraction, compression ratio, token count, or score threshold
   std::string text;    // as the user wrote it; used as the "budget" column

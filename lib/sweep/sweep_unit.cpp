@@ -29,6 +29,7 @@ json to_json(const UnitRecord& r) {
     for (std::size_t m = 0; m < kNumMetrics; ++m) values[std::string(kMetricColumns[m].column.name)] = num(t.agg.values[m]);
     totals.push_back({{"rule", t.rule}, {"budget", t.budget}, {"layer", t.layer}, {"budget_tokens", num(t.budget_tokens)},
                       {"select_seconds", num(t.select_seconds)}, {"kept_tokens", num(t.agg.kept_tokens)},
+                      {"cache_ratio", num(t.agg.cache_ratio)},
                       {"values", std::move(values)}, {"tied_sum", num(t.tied_sum)}, {"tied_units", t.tied_units},
                       {"tied_max", t.tied_max}});
   }
@@ -66,6 +67,7 @@ UnitRecord from_json(const json& j) {
     t.budget_tokens = num(e.at("budget_tokens"));
     t.select_seconds = num(e.at("select_seconds"));
     t.agg.kept_tokens = num(e.at("kept_tokens"));
+    t.agg.cache_ratio = num(e.at("cache_ratio"));
     const json& values = e.at("values");
     for (std::size_t m = 0; m < kNumMetrics; ++m) t.agg.values[m] = num(values.at(std::string(kMetricColumns[m].column.name)));
     t.tied_sum = num(e.at("tied_sum"));

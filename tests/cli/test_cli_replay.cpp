@@ -62,14 +62,18 @@ TEST_CASE("replay writes metrics.csv, metrics_per_query.csv, summary.json, selec
   std::string line;
   std::getline(csv, line);
   CHECK(line ==
-        "rule,label,budget,budget_tokens,kept_tokens,layer,head,eval,n_queries,retained_mass,retained_mass_min,"
-        "pert_l1,pert_l1_max,pert_l2,pert_l2_max,rel_pert_l1,rel_pert_l2,bound_ada,bound_critical");
+        "rule,label,budget,budget_tokens,kept_tokens,cache_bytes,cache_ratio,layer,head,eval,n_queries,retained_mass,"
+        "retained_mass_min,pert_l1,pert_l1_max,pert_l2,pert_l2_max,rel_pert_l1,rel_pert_l2,bound_ada,bound_critical");
   int rows = 0;
   while (std::getline(csv, line)) {
     const auto c = split_csv_line(line);
-    REQUIRE(c.size() == 19);
+    REQUIRE(c.size() == 21);
     ++rows;
-    const double F = std::stod(c[9]), l1 = std::stod(c[11]), ada = std::stod(c[17]), crit = std::stod(c[18]);
+    const double F = std::stod(c[11]), l1 = std::stod(c[13]), ada = std::stod(c[19]), crit = std::stod(c[20]);
+    // float16 keys and values of the kept tokens: 4 head_dim bytes each (small_shape: head_dim 16),
+    // over the float16 span of n_c = 304 tokens
+    CHECK(std::stod(c[5]) == doctest::Approx(std::stod(c[4]) * 4 * 16));
+    CHECK(std::stod(c[6]) == doctest::Approx(std::stod(c[4]) / 304));
     CHECK(c[1] == c[0].substr(0, c[0].find('(')));  // every parameter at its default: the bare name
     if (c[0] == "full") {
       CHECK(F == 1.0);
@@ -77,15 +81,15 @@ TEST_CASE("replay writes metrics.csv, metrics_per_query.csv, summary.json, selec
     }
     CHECK(l1 <= crit * (1 + 1e-5) + 1e-9);
     CHECK(crit <= ada * (1 + 1e-5) + 1e-9);
-    CHECK((c[7] == "queries" || c[7] == "window"));
-    CHECK(std::stoi(c[8]) == (c[7] == "queries" ? 16 : 32));
+    CHECK((c[9] == "queries" || c[9] == "window"));
+    CHECK(std::stoi(c[10]) == (c[9] == "queries" ? 16 : 32));
   }
   CHECK(rows == 3 * 2 * 2 * (4 + 1) * 2);  // rules x budgets x layers x (heads + layer) x eval sets
 
   std::istringstream pq(slurp(out + "/metrics_per_query.csv"));
   std::getline(pq, line);
   CHECK(line ==
-        "rule,label,budget,budget_tokens,kept_tokens,layer,head,eval,query_pos,retained_mass,"
+        "rule,label,budget,budget_tokens,kept_tokens,cache_bytes,cache_ratio,layer,head,eval,query_pos,retained_mass,"
         "pert_l1,pert_l2,rel_pert_l1,rel_pert_l2,bound_ada,bound_critical");
   const std::string summary = slurp(out + "/summary.json");
   for (const char* key : {"\"protocol\"", "\"n_c\":304", "\"projected\":true", "\"timings\"", "\"peak_rss_bytes\"",

@@ -47,7 +47,8 @@ TEST_CASE("cli: metrics.csv budget_tokens follows pyramid's per-layer schedule")
   std::getline(csv, line);  // header
   std::map<std::string, std::map<int, long>> budget_of;  // rule name -> layer -> budget_tokens (layer rows)
   while (std::getline(csv, line)) {
-    // rule is quoted (its spec has commas): "spec",label,budget,budget_tokens,kept_tokens,layer,head,...
+    // rule is quoted (its spec has commas): "spec",label,budget,budget_tokens,kept_tokens,cache_bytes,
+    // cache_ratio,layer,head,...
     // and so is a label with a comma (pyramid(snapkv,variant=int)).
     auto close = line.find("\",");
     REQUIRE(close != std::string::npos);
@@ -55,10 +56,12 @@ TEST_CASE("cli: metrics.csv budget_tokens follows pyramid's per-layer schedule")
     if (line[close + 2] == '"') close = line.find("\",", close + 3);  // skip the quoted label
     else close = line.find(',', close + 2) - 1;
     std::stringstream rest(line.substr(close + 2));
-    std::string budget, budget_tokens, kept, layer, head;
+    std::string budget, budget_tokens, kept, bytes, ratio, layer, head;
     std::getline(rest, budget, ',');
     std::getline(rest, budget_tokens, ',');
     std::getline(rest, kept, ',');
+    std::getline(rest, bytes, ',');
+    std::getline(rest, ratio, ',');
     std::getline(rest, layer, ',');
     std::getline(rest, head, ',');
     if (head == "-1") budget_of[name][std::stoi(layer)] = std::stol(budget_tokens);
