@@ -10,6 +10,7 @@
 #include "report/html_parts.h"
 #include "report/html_table.h"
 #include "report/head_auc.h"
+#include "report/memory_section.h"
 #include "report/optimum_ratio.h"
 #include "report/paper_claims.h"
 #include "rules/rule_labels.h"
@@ -234,6 +235,8 @@ std::string rule_comparison(const ReplayOutput& out, const std::string& id) {
                   HtmlCell::num(x.ratio_l1), HtmlCell::integer(x.layers_below)});
     o += t2.render();
   }
+
+  o += memory_section(out, id, L);  // quantization runs only
 
   // Budget-free ranking (summary.json rules[].auc): each rule's mean over its kept-fraction range.
   if (srules && srules->is_array()) {

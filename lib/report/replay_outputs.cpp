@@ -21,7 +21,7 @@ std::vector<MetricRow> parse_metrics_csv(const std::string& path) {
     return t.column(std::string(name));
   };
   const auto c_rule = column("rule"), c_budget = column("budget"), c_bt = column("budget_tokens"),
-             c_kept = column("kept_tokens"), c_layer = column("layer"), c_head = column("head"),
+             c_kept = column("kept_tokens"), c_ratio = column("cache_ratio"), c_layer = column("layer"), c_head = column("head"),
              c_eval = column("eval"), c_nq = column("n_queries"), c_f = column("retained_mass"),
              c_fmin = column("retained_mass_min"), c_p1 = column("pert_l1"), c_p1m = column("pert_l1_max"),
              c_p2 = column("pert_l2"), c_p2m = column("pert_l2_max"), c_r1 = column("rel_pert_l1"),
@@ -37,6 +37,7 @@ std::vector<MetricRow> parse_metrics_csv(const std::string& path) {
       fail(path, "line " + std::to_string(i + 2) + ", column eval", "'" + r.eval + "' is not queries or window");
     r.budget_tokens = t.number(i, c_bt);
     r.kept_tokens = t.number(i, c_kept);
+    r.cache_ratio = t.number(i, c_ratio);
     r.layer = static_cast<int>(t.integer(i, c_layer));
     r.head = static_cast<int>(t.integer(i, c_head));
     r.n_queries = t.integer(i, c_nq);

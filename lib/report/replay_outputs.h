@@ -10,7 +10,7 @@ namespace kvsim::report {
 
 struct MetricRow {
   std::string rule, budget, eval;
-  double budget_tokens = 0, kept_tokens = 0;
+  double budget_tokens = 0, kept_tokens = 0, cache_ratio = 0;
   int layer = 0, head = -1;  // head -1: the whole layer
   long long n_queries = 0;
   double retained_mass = 0, retained_mass_min = 0;

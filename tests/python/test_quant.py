@@ -8,6 +8,7 @@ perturbation 0 for quant(full, k=16, v=16), bounds above the measurement on ever
 import os
 import subprocess
 import sys
+import tempfile
 import unittest
 
 import numpy as np
@@ -199,6 +200,37 @@ class QuantReplayTest(unittest.TestCase):
         self.assertTrue((q2.cache_ratio <= 0.25 + 1e-12).all())
         self.assertTrue((q2.cache_ratio > 0.24).all())
         self.assertTrue((q2.kept_tokens > 2 * mem[mem.label == "snapkv"].kept_tokens.max()).all())
+
+    def test_report_pareto_front_matches_metrics(self):
+        """The report's memory section: its Pareto front and best-per-kind table recomputed from metrics.csv."""
+        import pandas as pd
+        from test_report_render import read_tables, run_kvsim
+        rules = "snapkv;tova;quant(full,group=8);quant(full,k=4,v=4,group=8);quant(full,scheme=fp8e4m3);" \
+                "quant(snapkv,group=8);quant(snapkv,k=4,v=4,group=8)"
+        with tempfile.TemporaryDirectory() as t:
+            out, html = os.path.join(t, "r"), os.path.join(t, "report.html")
+            run_kvsim("replay", NIAH, "--rules", rules, "--budgets", "0.125,0.25,mem=0.125,mem=0.25", "--out", out)
+            run_kvsim("report", out, "--out", html)
+            tables = read_tables(html)
+            m = pd.read_csv(os.path.join(out, "metrics.csv"), keep_default_na=False, na_values=["nan"])
+        lay = m[(m["head"] == -1) & (m["eval"] == "queries")].groupby(["rule", "budget"])[
+            ["cache_ratio", "pert_l2", "pert_l1"]].mean()
+        pts = lay.reset_index()
+        front = [(r.rule, r.budget) for r in pts.itertuples()
+                 if not any((q.cache_ratio <= r.cache_ratio and q.pert_l2 <= r.pert_l2
+                             and (q.cache_ratio < r.cache_ratio or q.pert_l2 < r.pert_l2)) for q in pts.itertuples())]
+        got = [(r["rule"], str(r["budget"])) for r in tables["run1-pareto-front"]]
+        self.assertEqual(sorted(got), sorted(front))
+        for r in tables["run1-pareto-front"]:
+            self.assertAlmostEqual(r["cache_ratio"], lay.loc[(r["rule"], str(r["budget"])), "cache_ratio"], places=12)
+        best = tables["run1-memory-best"]
+        self.assertEqual({r["memory"] for r in best}, {"mem=0.125", "mem=0.25"})
+        for r in best:
+            F = float(r["memory"][4:])
+            kind = pts.rule.map(lambda x: "eviction" if not x.startswith("quant(") else
+                                ("quantization" if x.startswith("quant(full,") else "both"))
+            cand = pts[(kind == r["kind"]) & (pts.cache_ratio <= F + 1e-9)]
+            self.assertAlmostEqual(r["pert_l2"], cand.pert_l2.min(), places=12)
 
 
 if __name__ == "__main__":
