@@ -267,3 +267,49 @@ class ClosedLoopTransformersTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ClosedLoopQuantTest(unittest.TestCase):
+    """quant(...) in the closed loop (rules doc 2.33): the model runs with the kept span's keys and
+    values replaced by kvsim.quantize's rows, the codes the replay measures, so layer 0's attention
+    output change equals the offline per-query perturbation; 16 bits equals full to the last bit."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tu.TempDir()
+        cls.dir = cls.tmp.__enter__()
+        cls.out = os.path.join(cls.dir, "quant")
+        rules = "full;quant(full,k=16,v=16,group=8);quant(full,k=4,v=4,group=8);quant(snapkv(window=8),group=8)"
+        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", rules, "--budgets", "0.25", "--out", cls.out)
+        assert r.returncode == 0, r.stderr
+        cls.cl, cls.table, cls.doc = read(cls.out)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.__exit__(None, None, None)
+
+    def rows(self, prefix):
+        return self.cl[self.cl["rule"].str.startswith(prefix) & (self.cl["budget"] == "0.25")]
+
+    def test_sixteen_bits_equals_full(self):
+        g = self.rows("quant(full,scheme=asym,k=16,v=16")
+        tok = g[g["layer"] == -1]
+        self.assertGreater(len(tok), 0)
+        self.assertTrue((tok["kl_next_token"] == 0).all())
+        self.assertTrue((g[g["layer"] >= 0]["attn_out_l1"] == 0).all())
+
+    def test_first_layer_matches_offline_perturbation(self):
+        pq = pd.read_csv(os.path.join(self.out, "replay", "metrics_per_query.csv"), dtype={"budget": str})
+        for prefix in ("quant(full,scheme=asym,k=4,v=4", "quant(snapkv("):
+            a = self.rows(prefix)
+            a = a[(a["layer"] == 0) & (a["mode"] == "oneshot") & (a["decoding"] == "teacher_forced")]
+            b = pq[pq["rule"].str.startswith(prefix) & (pq["budget"] == "0.25") & (pq["layer"] == 0) & (pq["head"] == -1)]
+            a, b = a.set_index("position")["attn_out_l1"], b.set_index("query_pos")["pert_l1"]
+            self.assertGreater(len(a), 0)
+            self.assertEqual(list(a.index), list(b.index))
+            self.assertGreater(float(b.min()), 0.0)
+            np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-4, atol=1e-6, err_msg=prefix)
+
+    def test_quantization_diverges(self):
+        r = run_of(self.table, self.rows("quant(full,scheme=asym,k=4,v=4")["rule"].iloc[0], "0.25")
+        self.assertGreater(r["kl_mean"], 0)

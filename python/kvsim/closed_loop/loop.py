@@ -21,7 +21,7 @@ from kvsim.dump import cli
 from kvsim.dump.errors import DumpError
 from kvsim.closed_loop.metrics import free_rows, teacher_forced_rows
 from kvsim.closed_loop.runs import (Snapshot, apply_kept, blockwise_prefill, concat, decode_reselection, free_running,
-                        free_running_batch, kv_kept, teacher_forced)
+                        free_running_batch, kv_kept, quantize_kept, teacher_forced)
 from kvsim.closed_loop.summary import write_outputs
 from kvsim.dump.progress import Progress
 
@@ -249,6 +249,8 @@ class ClosedLoop:
             return state, last, None
         state = m.copy_state(self.snapshot.state)
         apply_kept(m, state, kept, n_c, plan.canon)
+        if plan.name == "quant":
+            quantize_kept(m, state, kept, n_c, plan.canon)
         policy = None
         if mode == "decode":  # re-selection reads `alive` by position: the cache stays whole
             policy = decode_reselection(m, plan.one_shot, int(kept[0][0].sum()), self.every, self.select)

@@ -300,9 +300,29 @@ class HFLoop:
         lay = c.layers[layer]
         return lay.keys[0].float().cpu().numpy(), lay.values[0].float().cpu().numpy()
 
+    def set_span_kv(self, s, layer, keys, values):
+        """Replaces slots [0, n) of the layer's cache ([Hkv, n, d] numpy): quant(...)'s rows. New
+        tensors, since copied states share the snapshot's (copy_state)."""
+        torch = self.torch
+        lay = s["cache"].layers[layer]
+        n = keys.shape[1]
+        for name, rows in (("keys", keys), ("values", values)):
+            t = getattr(lay, name).clone()
+            t[0, :, :n] = torch.as_tensor(rows, dtype=t.dtype, device=t.device)
+            setattr(lay, name, t)
+
 
 def llama2c_kv(s, layer):
     return s["k"][layer], s["v"][layer]
+
+
+def llama2c_set_span_kv(s, layer, keys, values):
+    """Replaces positions [0, n) of the layer's keys and values ([Hkv, n, d]): quant(...)'s cache."""
+    n = keys.shape[1]
+    s["k"][layer] = s["k"][layer].copy()
+    s["v"][layer] = s["v"][layer].copy()
+    s["k"][layer][:, :n] = keys
+    s["v"][layer][:, :n] = values
 
 
 def make_loop_model(args, seq_len):
@@ -316,6 +336,7 @@ def make_loop_model(args, seq_len):
         loop = Llama2cLoop(checkpoint)
         loop.tokenizer = Llama2cTokenizer(tokenizer)
         loop.kv = llama2c_kv
+        loop.set_span_kv = llama2c_set_span_kv
         return loop
     from kvsim.dump.hf_backend import HFBackend
     tokenizer = args.tokenizer if args.tokenizer and os.path.isdir(args.tokenizer) else None

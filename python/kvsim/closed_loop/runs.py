@@ -7,6 +7,8 @@ the next block's queries exist) and decode-time re-selection every E steps.
 Every continuation is fed one token per forward call, the full reference included, so the full
 cache and a rule that keeps everything run the same arithmetic and agree to the last bit.
 """
+import re
+
 import numpy as np
 
 from kvsim.dump.errors import DumpError
@@ -49,6 +51,38 @@ def apply_kept(model, state, kept_by_layer, n_c, what):
     """One-shot eviction at the compression point: the rule's kept masks [units, n_c] per layer."""
     for layer, mask in kept_by_layer.items():
         state["alive"][layer][:, :n_c] = head_rows(mask, model.num_heads, model.num_kv_heads, what)
+
+
+def quant_params(canon):
+    """quant(...)'s own parameters from its canonical spec (the last occurrence of each: the base's
+    spec comes first)."""
+    import re
+    def last(key):
+        found = re.findall(r"[(,]" + key + r"=([^,()]+)", canon)
+        if not found:
+            raise DumpError("--rules", f"'{canon}': no {key}= in a quant spec")
+        return found[-1]
+    return dict(scheme=last("scheme"), kbits=int(last("k")), vbits=int(last("v")), group=int(last("group")),
+                kaxis=last("kaxis"), vaxis=last("vaxis"), residual=int(last("residual")))
+
+
+def quantize_kept(model, state, kept_by_layer, n_c, canon):
+    """quant(...) (rules doc 2.33): each KV head's kept span [0, n_c) replaced by what the quantized
+    cache gives back, from kvsim.quantize with the rule's parameters: the codes the replay
+    measures. Runs after apply_kept, while cache slots are still positions."""
+    import kvsim
+    q = quant_params(canon)
+    for layer, mask in kept_by_layer.items():
+        if mask.shape[0] != model.num_kv_heads:
+            raise DumpError("--rules", f"'{canon}': a quantized cache holds one kept set per KV head (gqa=query "
+                                       "selections have one per query head)")
+        K, V = (np.array(x[:, :n_c], dtype=np.float32) for x in model.kv(state, layer))
+        for g in range(model.num_kv_heads):
+            pos = np.flatnonzero(mask[g][:n_c])
+            for X, bits, axis in ((K, q["kbits"], q["kaxis"]), (V, q["vbits"], q["vaxis"])):
+                X[g, pos] = kvsim.quantize(X[g, pos], bits, axis=axis, scheme=q["scheme"], group=q["group"],
+                                           residual=q["residual"])["xhat"]
+        model.set_span_kv(state, layer, K, V)
 
 
 def teacher_forced(model, state, tokens, after_step=None, first_step=0):
