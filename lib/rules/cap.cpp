@@ -8,8 +8,10 @@
 // anchor query aligns with its key AND its value adds a direction the weighted values lack.
 // float64 Cholesky; kvpress solves in float32.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
+#include "core/cholesky.h"
 #include "core/error.h"
 #include "rules/expected.h"
 #include "rules/h2o_common.h"
@@ -25,21 +27,6 @@ struct CapParams {
   i64 n_future = 512, n_sink = 4;
   GqaChoice gqa;
 };
-
-// A = L L^T in place (lower triangle, row-major); A must be symmetric positive definite.
-void cholesky_in_place(std::vector<double>& A, int d, const std::string& where) {
-  for (int a = 0; a < d; ++a)
-    for (int b = 0; b <= a; ++b) {
-      double v = A[a * d + b];
-      for (int k = 0; k < b; ++k) v -= A[a * d + k] * A[b * d + k];
-      if (a == b) {
-        if (!(v > 0)) fail(where, "values", "the capacity matrix is not positive definite");
-        A[a * d + a] = std::sqrt(v);
-      } else {
-        A[a * d + b] = v / A[b * d + b];
-      }
-    }
-}
 
 class CapRule : public ScoredRule {
  public:
@@ -59,6 +46,7 @@ class CapRule : public ScoredRule {
     const int H = D.num_heads, G = H / D.num_kv_heads, d = D.head_dim;
     const i64 m = n - sink;
     std::vector<float> head_scores(static_cast<std::size_t>(H * n), 0.0f);
+    std::atomic<bool> not_pd{false};
 #pragma omp parallel for schedule(dynamic)
     for (int h = 0; h < H; ++h) {
       // The anchor: mean of the de-rotated queries, under the mean future rotation.
@@ -91,20 +79,18 @@ class CapRule : public ScoredRule {
         for (int r = 0; r < d; ++r)
           for (int c = 0; c <= r; ++c) A[r * d + c] += a * v[r] * v[c];
       }
-      cholesky_in_place(A, d, spec());
-      std::vector<double> y(static_cast<std::size_t>(d));
-      for (i64 i = 0; i < m; ++i) {  // v^T A^{-1} v = ||L^{-1} v||^2
+      if (!cholesky_lower(A.data(), d)) {  // reported after the parallel loop (no throw inside it)
+        not_pd = true;
+        continue;
+      }
+      std::vector<double> x(static_cast<std::size_t>(d)), y(x.size());
+      for (i64 i = 0; i < m; ++i) {  // v^T A^{-1} v
         const float* v = D.v_row(g, begin + sink + i);
-        double lev = 0;
-        for (int r = 0; r < d; ++r) {
-          double s = v[r];
-          for (int c = 0; c < r; ++c) s -= A[r * d + c] * y[c];
-          y[r] = s / A[r * d + r];
-          lev += y[r] * y[r];
-        }
-        head_scores[h * n + sink + i] = static_cast<float>(w[i] * lev);
+        std::copy_n(v, d, x.data());
+        head_scores[h * n + sink + i] = static_cast<float>(w[i] * inverse_quadratic_form(A.data(), x.data(), d, y.data()));
       }
     }
+    if (not_pd) fail(spec(), "values", "the capacity matrix is not positive definite");
     UnitScores s(p_.gqa.mode, rules_more::gqa_units(p_.gqa, D), n);
     reduce_heads(head_scores.data(), H, G, n, n, p_.gqa, s.score.data(), n);
     s.protect_range(0, sink);

@@ -6,8 +6,10 @@
 // same jitter on the sketched Gram), which no replay can reproduce; kvsim computes the quantity
 // the sketch estimates, exactly (float64 Cholesky). kvpress's z-normalisation does not change
 // the ranking. Nothing is protected.
+#include <atomic>
 #include <cmath>
 
+#include "core/cholesky.h"
 #include "core/error.h"
 #include "rules/registry.h"
 #include "rules/rope.h"
@@ -25,6 +27,7 @@ class LeverageRule : public ScoredRule {
     const i64 n = end - begin;
     const int dim = d.head_dim;
     UnitScores s(GqaMode::kv, d.num_kv_heads, n);
+    std::atomic<bool> not_pd{false};
 #pragma omp parallel for schedule(dynamic)
     for (int g = 0; g < d.num_kv_heads; ++g) {
       std::vector<double> X(static_cast<std::size_t>(n) * dim), mean(dim, 0.0);
@@ -42,33 +45,16 @@ class LeverageRule : public ScoredRule {
           for (int b = 0; b <= a; ++b) Gm[a * dim + b] += x[a] * x[b];
       }
       for (int a = 0; a < dim; ++a) Gm[a * dim + a] += jitter_;
-      // Cholesky G = L L^T (lower triangle in place).
-      for (int a = 0; a < dim; ++a) {
-        for (int b = 0; b <= a; ++b) {
-          double v = Gm[a * dim + b];
-          for (int k = 0; k < b; ++k) v -= Gm[a * dim + k] * Gm[b * dim + k];
-          if (a == b) {
-            if (!(v > 0)) fail(spec(), "keys", "the key Gram matrix is not positive definite (raise jitter)");
-            Gm[a * dim + a] = std::sqrt(v);
-          } else {
-            Gm[a * dim + b] = v / Gm[b * dim + b];
-          }
-        }
+      if (!cholesky_lower(Gm.data(), dim)) {  // reported after the parallel loop (no throw inside it)
+        not_pd = true;
+        continue;
       }
       std::vector<double> y(dim);
       float* out = s.unit(g);
-      for (i64 j = 0; j < n; ++j) {  // h_j = ||L^{-1} x_j||^2
-        const double* x = X.data() + j * dim;
-        double h = 0;
-        for (int a = 0; a < dim; ++a) {
-          double v = x[a];
-          for (int k = 0; k < a; ++k) v -= Gm[a * dim + k] * y[k];
-          y[a] = v / Gm[a * dim + a];
-          h += y[a] * y[a];
-        }
-        out[j] = static_cast<float>(std::max(0.0, h));
-      }
+      for (i64 j = 0; j < n; ++j)  // h_j = ||L^{-1} x_j||^2
+        out[j] = static_cast<float>(std::max(0.0, inverse_quadratic_form(Gm.data(), X.data() + j * dim, dim, y.data())));
     }
+    if (not_pd) fail(spec(), "keys", "the key Gram matrix is not positive definite (raise jitter)");
     return s;
   }
 

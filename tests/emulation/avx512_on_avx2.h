@@ -110,6 +110,28 @@ inline simde__m512 scalef_ps(simde__m512 a, simde__m512 b) {
   return from_lanes(r);
 }
 
+// float <-> double conversions (the quantization kernels): per lane, as the instructions
+// convert (float -> double exact; double -> float and -> int32 rounded to nearest even, the
+// default MXCSR mode).
+inline simde__m512d cvtps_pd(simde__m256 a) {
+  const simde__m256_private s = simde__m256_to_private(a);
+  simde__m512d_private r;
+  for (int i = 0; i < 8; ++i) r.f64[i] = static_cast<double>(s.f32[i]);
+  return simde__m512d_from_private(r);
+}
+inline simde__m256 cvtpd_ps(simde__m512d a) {
+  const simde__m512d_private s = simde__m512d_to_private(a);
+  simde__m256_private r;
+  for (int i = 0; i < 8; ++i) r.f32[i] = static_cast<float>(s.f64[i]);
+  return simde__m256_from_private(r);
+}
+inline simde__m256i cvtpd_epi32(simde__m512d a) {
+  const simde__m512d_private s = simde__m512d_to_private(a);
+  simde__m256i_private r;
+  for (int i = 0; i < 8; ++i) r.i32[i] = static_cast<std::int32_t>(std::nearbyint(s.f64[i]));
+  return simde__m256i_from_private(r);
+}
+
 // The *_round_ps forms exist in the kernels only to stop FMA contraction; this build compiles
 // with -ffp-contract=off, so the plain SIMDe operations are the same (current rounding mode).
 inline simde__m512 add_round_ps(simde__m512 a, simde__m512 b) { return simde_mm512_add_ps(a, b); }
@@ -129,6 +151,9 @@ inline simde__m512 mul_round_ps(simde__m512 a, simde__m512 b) { return simde_mm5
 #undef _mm512_reduce_add_ps
 #undef _mm512_reduce_max_ps
 #undef _mm512_scalef_ps
+#undef _mm512_cvtps_pd
+#undef _mm512_cvtpd_ps
+#undef _mm512_cvtpd_epi32
 #undef _mm512_add_round_ps
 #undef _mm512_sub_round_ps
 #undef _mm512_mul_round_ps
@@ -143,6 +168,9 @@ inline simde__m512 mul_round_ps(simde__m512 a, simde__m512 b) { return simde_mm5
 #define _mm512_reduce_add_ps(a) kvsim_emulated_avx512::reduce_add_ps(a)
 #define _mm512_reduce_max_ps(a) kvsim_emulated_avx512::reduce_max_ps(a)
 #define _mm512_scalef_ps(a, b) kvsim_emulated_avx512::scalef_ps(a, b)
+#define _mm512_cvtps_pd(a) kvsim_emulated_avx512::cvtps_pd(a)
+#define _mm512_cvtpd_ps(a) kvsim_emulated_avx512::cvtpd_ps(a)
+#define _mm512_cvtpd_epi32(a) kvsim_emulated_avx512::cvtpd_epi32(a)
 #define _mm512_add_round_ps(a, b, r) kvsim_emulated_avx512::add_round_ps(a, b)
 #define _mm512_sub_round_ps(a, b, r) kvsim_emulated_avx512::sub_round_ps(a, b)
 #define _mm512_mul_round_ps(a, b, r) kvsim_emulated_avx512::mul_round_ps(a, b)

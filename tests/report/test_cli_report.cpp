@@ -80,9 +80,9 @@ TEST_CASE("kvsim report: errors name the file, and no report file is left behind
   fs::create_directories(dir.file("bad"));
   std::ofstream(dir.file("bad/summary.json")) << "{}";
   std::ofstream(dir.file("bad/metrics.csv"))
-      << "rule,budget,budget_tokens,kept_tokens,layer,head,eval,n_queries,retained_mass,retained_mass_min,pert_l1,"
-         "pert_l1_max,pert_l2,pert_l2_max,rel_pert_l1,rel_pert_l2,bound_ada,bound_critical\n"
-         "snapkv,0.1,5,5,0,-1,queries,3,0.9,0.8,oops,1,1,1,1,1,1,1\n";
+      << "rule,budget,budget_tokens,kept_tokens,cache_bytes,cache_ratio,layer,head,eval,n_queries,retained_mass,"
+         "retained_mass_min,pert_l1,pert_l1_max,pert_l2,pert_l2_max,rel_pert_l1,rel_pert_l2,bound_ada,bound_critical\n"
+         "snapkv,0.1,5,5,160,0.1,0,-1,queries,3,0.9,0.8,oops,1,1,1,1,1,1,1\n";
   r = test::run_kvsim("report " + dir.file("bad") + " --out " + dir.file("r.html"));
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("metrics.csv: line 2, column pert_l1: 'oops' is not a number") != std::string::npos);

@@ -100,11 +100,11 @@ TEST_CASE("report from a hand-made replay folder: sections, tables, no network r
          R"("auc":{"from":0.1,"to":0.5,"points":3,"rel_pert_l1_mean":0.0625,"pert_l1_mean":0.5,"retained_mass_mean":0.9}}],)"
          R"("timings":{"total_seconds":1.5},"peak_rss_bytes":1048576})";
   std::ofstream m(dir.file("metrics.csv"));
-  m << "rule,budget,budget_tokens,kept_tokens,layer,head,eval,n_queries,retained_mass,retained_mass_min,pert_l1,"
-       "pert_l1_max,pert_l2,pert_l2_max,rel_pert_l1,rel_pert_l2,bound_ada,bound_critical\n";
+  m << "rule,budget,budget_tokens,kept_tokens,cache_bytes,cache_ratio,layer,head,eval,n_queries,retained_mass,"
+       "retained_mass_min,pert_l1,pert_l1_max,pert_l2,pert_l2_max,rel_pert_l1,rel_pert_l2,bound_ada,bound_critical\n";
   for (const char* rule : {"snapkv", "\"critical(snapkv,alpha=0.5)\"", "\"ada(snapkv,alpha=0.2)\""})
     for (int h = -1; h < 2; ++h)
-      m << rule << ",0.5,5,5,0," << h << ",queries,3,0.9,0.8," << (h + 2) * 0.1 << ",0.5,0.1,0.2,0.01,0.02,"
+      m << rule << ",0.5,5,5,160,0.5,0," << h << ",queries,3,0.9,0.8," << (h + 2) * 0.1 << ",0.5,0.1,0.2,0.01,0.02,"
         << (h + 2) * 0.4 << "," << (h + 2) * 0.2 << "\n";
   m.close();
   ReportInputs in;
