@@ -1,6 +1,6 @@
 // kvcompose: KVCompose (arXiv 2509.05165; kvpress KVComposePress), rules doc 2.30. Scores from
-// the evaluation queries' attention (kvpress's second pass: the question attending over the
-// context), then one allocation across every layer of the run:
+// the question's attention (kvpress's second pass: the question tokens after the compression
+// point attending over the context), then one allocation across every layer of the run:
 //   S[l][g][j] = group_agg over g's query heads of task_agg over the evaluation queries of their
 //                attention on token j (max, mean); times ||v_j|| (vnorm); plus the layer's mean
 //                over KV heads (head_mean);
@@ -58,13 +58,23 @@ class KVComposeRule : public ScoredRule {
     const i64 n = in.n_c;
     if (c.n_eval() == 0) fail(spec(), "", "no evaluation queries at or after the compression point");
     const int H = d.num_heads, G = H / d.num_kv_heads;
-    // Per query head: max (or mean, accumulated in double) over the evaluation queries.
+    // kvpress's second pass is the question: the evaluation queries in the question segment, or
+    // all of them when none is (a trace without a question, or the aware protocol).
+    std::vector<std::uint8_t> use(static_cast<std::size_t>(c.n_eval()), 0);
+    i64 n_use = 0;
+    for (i64 q = 0; q < c.n_eval(); ++q) {
+      const i64 pos = c.eval_pos(q);
+      n_use += use[q] = pos < static_cast<i64>(in.meta->segment.size()) && in.meta->segment[pos] == kQuestion;
+    }
+    if (n_use == 0) std::fill(use.begin(), use.end(), 1), n_use = c.n_eval();
+    // Per query head: max (or mean, accumulated in double) over those queries.
     std::vector<double> acc(static_cast<std::size_t>(H) * n, p_.task_max ? -INFINITY : 0.0);
     c.walk_tiles(QuerySet::eval, [&](int g0, int g1, i64 q0, i64 q1) {
 #pragma omp parallel for schedule(dynamic)
       for (int h = g0 * G; h < g1 * G; ++h) {
         double* a = acc.data() + static_cast<std::size_t>(h) * n;
         for (i64 q = q0; q < q1; ++q) {
+          if (!use[q]) continue;
           const float* pr = c.prob_row(QuerySet::eval, h, q);
           for (i64 j = 0; j < n; ++j) a[j] = p_.task_max ? std::max(a[j], static_cast<double>(pr[j])) : a[j] + pr[j];
         }
@@ -77,7 +87,7 @@ class KVComposeRule : public ScoredRule {
         float x = p_.group_max ? -INFINITY : 0.0f;  // float32 in head order, as kvpress's aggregators
         for (int r = 0; r < G; ++r) {
           const double a = acc[static_cast<std::size_t>(g * G + r) * n + j];
-          const float v = static_cast<float>(p_.task_max ? a : a / static_cast<double>(c.n_eval()));
+          const float v = static_cast<float>(p_.task_max ? a : a / static_cast<double>(n_use));
           x = p_.group_max ? std::max(x, v) : x + v;
         }
         out[j] = p_.group_max ? x : x / static_cast<float>(G);

@@ -255,9 +255,9 @@ def trace_prerope_keys(press, module, k, n_c):
 
 def kvcompose_selection(f, meta, press, n_c):
     """KVComposePress's own statistics and allocation on a trace: its forward hook is fed each
-    layer's eager attention of the evaluation queries (the stored queries at positions >= n_c,
-    kvsim's evaluation rows, float32 softmax over their causal prefix), as kvpress's question pass
-    feeds it, then its masks. layer -> (kept [Hkv, n_c], None, exact-tie and near-tie positions of
+    layer's eager attention of the question's queries (stored positions >= n_c in the question
+    segment, float32 softmax over their causal prefix), as kvpress's question pass feeds it, then
+    its masks. layer -> (kept [Hkv, n_c], None, exact-tie and near-tie positions of
     the per-head rankings)."""
     import torch
     from types import SimpleNamespace
@@ -266,7 +266,10 @@ def kvcompose_selection(f, meta, press, n_c):
     press._register_model(SimpleNamespace(config=config, parameters=lambda: iter([torch.zeros(1)])))
     press.register_context_ids(torch.zeros((1, n_c), dtype=torch.long))
     q_pos = f["q_pos"][()]
-    rows = np.flatnonzero(q_pos >= n_c)
+    segment = f["tokens/segment"][()]
+    rows = np.flatnonzero((q_pos >= n_c) & (segment[q_pos] == 1))  # the question (kvsim's rule too)
+    if len(rows) == 0:
+        rows = np.flatnonzero(q_pos >= n_c)
     end = int(q_pos[rows].max()) + 1
     causal = torch.from_numpy(np.arange(end)[None, :] > q_pos[rows][:, None])
     for layer in range(L):

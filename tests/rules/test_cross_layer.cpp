@@ -58,7 +58,7 @@ std::vector<std::vector<Selection>> planned_select(const std::string& spec,
   return out;
 }
 
-// KVCompose's per-KV-head scores of one layer: max over the evaluation queries of exact attention,
+// KVCompose's per-KV-head scores of one layer: max over the question's queries of exact attention,
 // group mean, plus the mean over KV heads.
 Mat ref_kvcompose_scores(const TestLayer& L) {
   const LayerData& d = L.data;
@@ -66,7 +66,11 @@ Mat ref_kvcompose_scores(const TestLayer& L) {
   Mat s(d.num_kv_heads, std::vector<double>(L.n_c, 0.0));
   for (int h = 0; h < d.num_heads; ++h) {
     std::vector<double> top(L.n_c, 0.0);
-    for (i64 r : L.eval_rows) {
+    std::vector<i64> rows;  // the question's queries, else every evaluation query
+    for (i64 r : L.eval_rows)
+      if (L.meta.segment[L.meta.q_pos[r]] == kQuestion) rows.push_back(r);
+    if (rows.empty()) rows = L.eval_rows;
+    for (i64 r : rows) {
       const auto a = ref_softmax_prefix(L, h, L.meta.q_pos[r]);
       for (i64 j = 0; j < L.n_c; ++j) top[j] = std::max(top[j], a[j]);
     }
