@@ -75,8 +75,9 @@ class QuantRule : public Rule {
 
   std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override {
     check_groups(in.data->head_dim);
-    const std::vector<Budget> counted = counted_budgets(budgets, q_, in.n_c, in.data->head_dim, spec_);
+    std::vector<Budget> counted = counted_budgets(budgets, q_, in.n_c, in.data->head_dim, spec_);
     std::vector<Selection> sels = base_->select(in, counted);
+    if (!in.planned) fit_memory(in, budgets, counted, sels);
     for (std::size_t b = 0; b < sels.size(); ++b)  // report the count a memory budget became
       if (budgets[b].kind == Budget::Kind::memory && sels[b].budget_tokens < 0)
         sels[b].budget_tokens = counted[b].tokens_for(in.n_c);
@@ -131,6 +132,48 @@ class QuantRule : public Rule {
   }
 
  private:
+  // Bytes of a selection's kept spans, from its per-unit counts alone (quantized_bytes).
+  double selection_bytes(const Selection& sel, int d) const {
+    double bytes = 0;
+    for (int u = 0; u < sel.units; ++u) {
+      const i64 m = sel.kept_count(u);
+      bytes += quantized_bytes(m, d, q_.kbits, q_.kaxis, q_) + quantized_bytes(m, d, q_.vbits, q_.vaxis, q_);
+    }
+    return bytes;
+  }
+
+  // A base whose counts vary by unit (ada, critical) spends a memory budget's uniform count where
+  // the residual and the group rounding cost more per token, and can exceed the budget's bytes:
+  // then the largest count whose selection fits, by bisection (one base selection per step).
+  void fit_memory(const RuleInput& in, const std::vector<Budget>& budgets, std::vector<Budget>& counted,
+                  std::vector<Selection>& sels) const {
+    const int d = in.data->head_dim;
+    for (std::size_t b = 0; b < budgets.size(); ++b) {
+      if (budgets[b].kind != Budget::Kind::memory) continue;
+      const double cap = budgets[b].value * static_cast<double>(in.n_c) * 4.0 * d * sels[b].units;
+      bool uniform = true;  // equal counts: the count's own bytes (or a base that ignores counts: full)
+      for (int u = 1; u < sels[b].units; ++u) uniform = uniform && sels[b].kept_count(u) == sels[b].kept_count(0);
+      if (uniform || selection_bytes(sels[b], d) <= cap) continue;
+      i64 lo = 0, hi = counted[b].tokens_for(in.n_c);  // the count at hi does not fit
+      Selection best;
+      while (hi - lo > 1) {
+        const i64 mid = (lo + hi) / 2;
+        Budget t = Budget::parse(std::to_string(mid));
+        t.text = budgets[b].text;
+        Selection sel = std::move(base_->select(in, {t}).front());
+        if (selection_bytes(sel, d) <= cap) {
+          lo = mid;
+          best = std::move(sel);
+          counted[b] = t;
+        } else {
+          hi = mid;
+        }
+      }
+      if (lo == 0) fail(spec_, "budget " + budgets[b].text, "no kept count of the base fits that share of the bytes");
+      sels[b] = std::move(best);
+    }
+  }
+
   // Token-axis groups run along a row's channels: G must divide head_dim.
   void check_groups(int d) const {
     const bool fp8 = q_.scheme == QuantScheme::fp8e4m3 || q_.scheme == QuantScheme::fp8e5m2;

@@ -175,7 +175,7 @@ class QuantReplayTest(unittest.TestCase):
         # stories260K's head_dim is 8: token-axis groups of at most 8 channels.
         rules = ["quant(full,k=16,v=16)", "quant(full,group=8)", "quant(snapkv,k=4,v=4,group=8,residual=32)",
                  "quant(full,scheme=sym,k=4,v=4,kaxis=token,group=4)", "quant(full,scheme=fp8e4m3)",
-                 "quant(snapkv,k=2,v=2,group=8)", "snapkv"]
+                 "quant(snapkv,k=2,v=2,group=8)", "quant(critical(ada(snapkv)),k=4,v=4,group=8,residual=16)", "snapkv"]
         m = kvsim.replay(NIAH, rules=";".join(rules), budgets=["0.25", "0.5", "mem=0.25"])
         full16 = m[m.rule.str.startswith("quant(full,scheme=asym,k=16,v=16")]
         self.assertGreater(len(full16), 0)
@@ -200,6 +200,10 @@ class QuantReplayTest(unittest.TestCase):
         self.assertTrue((q2.cache_ratio <= 0.25 + 1e-12).all())
         self.assertTrue((q2.cache_ratio > 0.24).all())
         self.assertTrue((q2.kept_tokens > 2 * mem[mem.label == "snapkv"].kept_tokens.max()).all())
+        # A base whose counts vary by head fits the bytes on every layer (re-selected when needed).
+        ada = mem[mem.rule.str.startswith("quant(critical(ada(")]
+        self.assertGreater(len(ada), 0)
+        self.assertTrue((ada.cache_ratio <= 0.25 + 1e-12).all())
 
     def test_report_pareto_front_matches_metrics(self):
         """The report's memory section: its Pareto front and best-per-kind table recomputed from metrics.csv."""
