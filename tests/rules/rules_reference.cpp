@@ -586,6 +586,31 @@ std::vector<double> ref_softmax_prefix(const TestLayer& L, int h, i64 t) {
   return softmax_prefix(L, h, row_of(L, t), t);
 }
 
+Mat ref_inverse(const Mat& M) {
+  const int n = static_cast<int>(M.size());
+  Mat A(n, std::vector<double>(2 * n, 0.0));  // [M | I], reduced to [I | M^-1]
+  for (int a = 0; a < n; ++a) {
+    std::copy(M[a].begin(), M[a].end(), A[a].begin());
+    A[a][n + a] = 1;
+  }
+  for (int p = 0; p < n; ++p) {
+    int best = p;
+    for (int r = p + 1; r < n; ++r)
+      if (std::abs(A[r][p]) > std::abs(A[best][p])) best = r;
+    std::swap(A[p], A[best]);
+    const double piv = A[p][p];
+    for (auto& x : A[p]) x /= piv;
+    for (int r = 0; r < n; ++r)
+      if (r != p) {
+        const double f = A[r][p];
+        for (int c = 0; c < 2 * n; ++c) A[r][c] -= f * A[p][c];
+      }
+  }
+  Mat inv(n);
+  for (int a = 0; a < n; ++a) inv[a].assign(A[a].begin() + n, A[a].end());
+  return inv;
+}
+
 Mat ref_cap(const TestLayer& L, i64 sink, double tau, i64 n_future, double eps) {
   const LayerData& d = L.data;
   const i64 n = L.n_c, m = n - sink;
@@ -625,33 +650,21 @@ Mat ref_cap(const TestLayer& L, i64 sink, double tau, i64 n_future, double eps) 
       w[j] = tau * std::clamp(dot / (an * std::sqrt(sq_norm(k, dh))), -1.0, 1.0);
       top = std::max(top, w[j]);
     }
-    // A = I + sum (w + eps) v v^T, inverted by Gauss-Jordan with partial pivoting.
-    std::vector<std::vector<double>> A(dh, std::vector<double>(2 * dh, 0.0));
-    for (int a = 0; a < dh; ++a) A[a][a] = A[a][dh + a] = 1;
+    // A = I + sum (w + eps) v v^T, inverted by Gauss-Jordan.
+    Mat A(dh, std::vector<double>(dh, 0.0));
+    for (int a = 0; a < dh; ++a) A[a][a] = 1;
     for (i64 j = sink; j < n; ++j) {
       w[j] = std::exp(w[j] - top);
       const float* v = d.v.data() + (g * d.seq_len + j) * dh;
       for (int a = 0; a < dh; ++a)
         for (int b = 0; b < dh; ++b) A[a][b] += (w[j] + eps) * v[a] * v[b];
     }
-    for (int p = 0; p < dh; ++p) {
-      int best = p;
-      for (int r = p + 1; r < dh; ++r)
-        if (std::abs(A[r][p]) > std::abs(A[best][p])) best = r;
-      std::swap(A[p], A[best]);
-      const double piv = A[p][p];
-      for (auto& x : A[p]) x /= piv;
-      for (int r = 0; r < dh; ++r)
-        if (r != p) {
-          const double f = A[r][p];
-          for (int c = 0; c < 2 * dh; ++c) A[r][c] -= f * A[p][c];
-        }
-    }
+    const Mat inv = ref_inverse(A);
     for (i64 j = sink; j < n; ++j) {
       const float* v = d.v.data() + (g * d.seq_len + j) * dh;
       double lev = 0;
       for (int a = 0; a < dh; ++a)
-        for (int b = 0; b < dh; ++b) lev += v[a] * A[a][dh + b] * v[b];
+        for (int b = 0; b < dh; ++b) lev += v[a] * inv[a][b] * v[b];
       s[g][j] += w[j] * lev / G;
     }
   }

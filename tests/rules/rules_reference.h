@@ -84,6 +84,8 @@ Masks ref_greedy(const TestLayer& L, bool query_mode, bool per_head, i64 B);
 Mat ref_lagkv(const TestLayer& L, i64 sink, i64 lag, bool cross);
 Mat ref_cur(const TestLayer& L, i64 sink, const std::string& type, i64 local);
 Mat ref_noncausal(const TestLayer& L, i64 chunk);
+// The inverse of a square matrix by Gauss-Jordan elimination with partial pivoting.
+Mat ref_inverse(const Mat& M);
 // cap (rules doc 2.29): per query head, w_j = exp(tau cos(anchor, k_j) - max) with the anchor the
 // mean de-rotated query after the sinks under the mean future rotation, score w_j v_j^T A^-1 v_j
 // with A = I + sum (w + eps) v v^T (Gauss-Jordan), group mean; the sinks NaN.

@@ -251,33 +251,20 @@ TEST_CASE("leverage: exact key leverage, sums to the rank, equals a Gauss-Jordan
           rope.derotate(d.k_row(g, j), j, pre.data());
           for (int c = 0; c < dim; ++c) mean[c] += (X[j][c] = pre[c]) / static_cast<double>(L.n_c);
         }
-        std::vector<std::vector<double>> A(dim, std::vector<double>(2 * dim, 0.0));
+        Mat gram(dim, std::vector<double>(dim, 0.0));
         for (auto& x : X)
           for (int c = 0; c < dim; ++c) x[c] -= mean[c];
         for (int a = 0; a < dim; ++a) {
           for (int b = 0; b < dim; ++b)
-            for (const auto& x : X) A[a][b] += x[a] * x[b];
-          A[a][a] += jitter;
-          A[a][dim + a] = 1;
+            for (const auto& x : X) gram[a][b] += x[a] * x[b];
+          gram[a][a] += jitter;
         }
-        for (int p = 0; p < dim; ++p) {
-          int best = p;
-          for (int r = p + 1; r < dim; ++r)
-            if (std::abs(A[r][p]) > std::abs(A[best][p])) best = r;
-          std::swap(A[p], A[best]);
-          const double piv = A[p][p];
-          for (auto& v : A[p]) v /= piv;
-          for (int r = 0; r < dim; ++r)
-            if (r != p) {
-              const double f = A[r][p];
-              for (int c = 0; c < 2 * dim; ++c) A[r][c] -= f * A[p][c];
-            }
-        }
+        const Mat inv = ref_inverse(gram);
         double sum = 0, worst = 0;
         for (i64 j = 0; j < L.n_c; ++j) {
           double h = 0;
           for (int a = 0; a < dim; ++a)
-            for (int b = 0; b < dim; ++b) h += X[j][a] * A[a][dim + b] * X[j][b];
+            for (int b = 0; b < dim; ++b) h += X[j][a] * inv[a][b] * X[j][b];
           sum += s.unit(g)[j];
           worst = std::max(worst, std::abs(s.unit(g)[j] - h) / std::max(h, 1e-3));
           CHECK(s.unit(g)[j] <= 1.0f + 1e-5f);
