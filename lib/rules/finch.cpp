@@ -5,7 +5,7 @@
 // window query's attention row (softmax over its causal prefix, window columns dropped without
 // renormalising) is multiplied by the query's number of earlier tokens (kvpress's
 // normalize_scores: t - begin), averaged over the window and the group; no pooling; the question
-// is protected.
+// is protected. chunk=L: kvpress's chunk_length, a share of every chunk of L tokens.
 #include <algorithm>
 
 #include "core/error.h"
@@ -20,9 +20,39 @@ namespace {
 
 class FinchRule : public ScoredRule {
  public:
-  FinchRule(std::string spec, bool normalize, GqaChoice gqa)
-      : ScoredRule(std::move(spec)), normalize_(normalize), gqa_(gqa) {}
+  FinchRule(std::string spec, bool normalize, GqaChoice gqa, i64 chunk)
+      : ScoredRule(std::move(spec)), normalize_(normalize), gqa_(gqa), chunk_(chunk) {}
   bool attention_like() const override { return true; }
+  bool takes_threshold() const override { return chunk_ == 0; }
+
+  // chunk > 0 (kvpress chunk_length): the same scores, and every chunk of the span keeps the
+  // budget's share of its own tokens (kvpress compute_n_kept(chunk, cr)), its protected tokens
+  // (the question, in the last chunks) included.
+  std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override {
+    if (chunk_ == 0) return ScoredRule::select(in, budgets);
+    const UnitScores s = scores(in);
+    std::vector<Selection> out;
+    for (const Budget& b : budgets) {
+      Selection sel(s.mode, s.units, s.n_c);
+      sel.budget_tokens = 0;
+      for (i64 c0 = 0; c0 < s.n_c; c0 += chunk_) {
+        const i64 len = std::min(chunk_, s.n_c - c0);
+        const i64 keep = b.share_of(len, in.n_c);
+        for (int u = 0; u < s.units; ++u) {
+          std::uint8_t* m = sel.unit_mask(u) + c0;
+          // A short last chunk can hold more question tokens than its share: kvpress's top-k over
+          // their equal (maximal) scores then keeps only the share of them; here the earliest.
+          i64 left = keep;
+          for (i64 j = 0; j < len; ++j) left -= m[j] = s.protect[c0 + j] && left > 0;
+          if (left > 0)
+            for (i64 j : rank_unprotected(s.unit(u) + c0, s.protect.data() + c0, len, left)) m[j] = 1;
+        }
+        sel.budget_tokens += keep;
+      }
+      out.push_back(std::move(sel));
+    }
+    return out;
+  }
 
   UnitScores scores_range(const RuleInput& in, i64 begin, i64 end) const override {
     const TraceMeta& meta = *in.meta;
@@ -65,20 +95,25 @@ class FinchRule : public ScoredRule {
  private:
   bool normalize_;
   GqaChoice gqa_;
+  i64 chunk_;
 };
 
 KVSIM_RULE((RuleInfo{"finch",
                      "FINCH (kvpress FinchPress): SnapKV with the question as its window (question-aware protocol), "
                      "rows weighted by their causal length, no pooling; the question is kept",
                      {{"normalize", "bool", "true", "weight each window row by its number of earlier tokens"},
-                      {"gqa", "choice mean|max|sum|query", "mean", "group reduction, or per query head"}},
+                      {"gqa", "choice mean|max|sum|query", "mean", "group reduction, or per query head"},
+                      {"chunk", "int", "0",
+                       "kvpress chunk_length: every chunk of this many tokens keeps the budget's share of itself "
+                       "(0: one top-k over the span)"}},
                      /*in_all=*/false,
                      // Left out of "all": it needs the question inside the span (--compression-point aware).
                      /*example=*/"finch"}),
            [](SpecReader& r) -> std::unique_ptr<Rule> {
              const bool normalize = r.get_bool("normalize", true);
              const GqaChoice gqa = read_gqa(r);
-             return std::make_unique<FinchRule>(r.canonical(), normalize, gqa);
+             const i64 chunk = r.get_int("chunk", 0, 0, 1LL << 40);
+             return std::make_unique<FinchRule>(r.canonical(), normalize, gqa, chunk);
            });
 
 }  // namespace

@@ -61,6 +61,8 @@ PAIRS = [
     ("SimLayerKV (threshold = ratio)", "SimLayerKVPress(lazy_threshold={cr}, n_last=1, n_recent=1024, n_initial=4)",
      "simlayerkv(threshold={cr},last=1,recent=1024,initial=4)", "post"),
     ("Finch", "FinchPress(compression_ratio={cr}, rerotate_keys=False)", "finch", "post-aware"),
+    ("Finch, chunked", "FinchPress(compression_ratio={cr}, rerotate_keys=False, chunk_length=512)", "finch(chunk=512)",
+     "post-aware"),
     ("LeverageScore (informational)", "LeverageScorePress(compression_ratio={cr}, sketch_dimension=256)",
      "leverage", "post"),
     ("Compactor (informational)", "CompactorPress(compression_ratio={cr}, blending=0.35, sketch_dimension=256)",
@@ -203,18 +205,21 @@ def recorded_topk():
         torch.topk, torch.Tensor.topk = fn, method
 
 
-def tie_positions(calls, Hkv, n, tolerance=NEAR_TIE):
+def tie_positions(calls, Hkv, n, tolerance=NEAR_TIE, chunk=None):
     """(exact, near): the (head, token) positions of every recorded topk row whose score equals
-    the cut's (when the cut splits a tie), and those within `tolerance` (relative) of it."""
+    the cut's (when the cut splits a tie), and those within `tolerance` (relative) of it. chunk:
+    the calls are one per chunk of that many tokens, in order (FinchPress chunk_length)."""
     exact, near = set(), set()
+    offset = 0
 
     def add(target, r, idx, rows):
-        if rows.shape[0] == Hkv and rows.shape[1] == n:  # per-head scores
-            target.update((r, int(j)) for j in idx)
+        if rows.shape[0] == Hkv and (rows.shape[1] == n or chunk):  # per-head scores (of a chunk)
+            target.update((r, offset + int(j)) for j in idx)
         elif rows.shape[0] == 1 and rows.shape[1] == Hkv * n:  # flattened heads (Ada-KV)
             target.update((int(j) // n, int(j) % n) for j in idx)
 
-    for x, vals, largest in calls:
+    for ci, (x, vals, largest) in enumerate(calls):
+        offset = ci * chunk if chunk else 0
         if vals.size == 0:
             continue
         rows = x.reshape(-1, x.shape[-1])
@@ -373,7 +378,8 @@ def kvpress_selection(f, meta, expr, mode, n_c):
         if channels is not None:  # back to the trace's component order
             channels = channels.copy()
             channels[:, component_order(meta)] = got["key_channels"]
-        out[layer] = (got["kept"], channels) + tie_positions(calls, meta["num_kv_heads"], n_c)
+        chunk = getattr(target, "chunk_length", None) if type(target).__name__ == "FinchPress" else None
+        out[layer] = (got["kept"], channels) + tie_positions(calls, meta["num_kv_heads"], n_c, chunk=chunk)
     return out
 
 

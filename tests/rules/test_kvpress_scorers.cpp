@@ -225,6 +225,50 @@ TEST_CASE("finch: the question is the window (question-aware span), rows weighte
       for (i64 j = 0; j < m; ++j) ref[h / G][j] += a[j] * static_cast<double>(t) / static_cast<double>(w * G);
     }
   check_rule("finch", L, ref, 1e-4, 1e-4);
+  // chunk=L (kvpress chunk_length): every chunk keeps the budget's share of itself, by the
+  // reference scores, the question (in the last chunk) first. Differences only at near-ties.
+  for (const i64 chunk : {i64{512}, i64{700}}) {
+    auto chunked = make_rule("finch(chunk=" + std::to_string(chunk) + ")");
+    for (const std::string text : {"cr=0.5", "0.3"}) {
+      CAPTURE(chunk);
+      CAPTURE(text);
+      const Budget b = Budget::parse(text);
+      const Selection sel = chunked->select(L.input(), {b}).front();
+      i64 bad = 0, total = 0;
+      for (i64 c0 = 0; c0 < n_c; c0 += chunk) {
+        const i64 len = std::min(chunk, n_c - c0), keep = b.share_of(len, n_c);
+        total += keep;
+        for (int g = 0; g < d.num_kv_heads; ++g) {
+          std::vector<double> part(ref[g].begin() + c0, ref[g].begin() + c0 + len);
+          i64 prot = 0;
+          for (double& x : part)
+            if (std::isnan(x)) x = INFINITY, ++prot;  // the question: kept first
+          std::vector<std::uint8_t> want(len, 0);
+          for (i64 j : ref_top(part, keep)) want[j] = 1;
+          double cut = INFINITY;
+          for (i64 j = 0; j < len; ++j)
+            if (want[j]) cut = std::min(cut, part[j]);
+          for (i64 j = 0; j < len; ++j)
+            if (sel.unit_mask(g)[c0 + j] != want[j] && std::abs(part[j] - cut) > 1e-4 * std::abs(cut)) ++bad;
+        }
+      }
+      CHECK(bad == 0);
+      CHECK(sel.budget_tokens == total);
+      for (int g = 0; g < d.num_kv_heads; ++g) CHECK(sel.kept_count(g) == total);
+    }
+  }
+  // Chunks shorter than the question's share: the chunk keeps its share of the question, the
+  // earliest question tokens (kvpress's top-k over their equal scores keeps torch's tie order).
+  const Selection tiny = make_rule("finch(chunk=8)")->select(L.input(), {Budget::parse("cr=0.9")}).front();
+  for (i64 c0 = 0; c0 < n_c; c0 += 8) {
+    const i64 len = std::min<i64>(8, n_c - c0);
+    for (int g = 0; g < d.num_kv_heads; ++g) {
+      i64 kept = 0;
+      for (i64 j = c0; j < c0 + len; ++j) kept += tiny.unit_mask(g)[j];
+      CHECK(kept == std::max<i64>(1, static_cast<i64>(len * 0.1)));
+      if (c0 >= m) CHECK(tiny.unit_mask(g)[c0] == 1);  // a chunk of question tokens keeps its first
+    }
+  }
 }
 
 TEST_CASE("leverage: exact key leverage, sums to the rank, equals a Gauss-Jordan float64 inverse") {
