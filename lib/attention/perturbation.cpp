@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "attention/static_sums.h"
+#include "attention/value_norms.h"
 #include "quant/quantized_kv.h"
 #include "kernels/kernels.h"
 
@@ -178,15 +179,12 @@ void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, co
         vg[c] = vh[c];
       }
     }
-    if (cache.meta().has_o_proj) {
-      const float* packed = cache.packed_o_proj(h);
-      std::vector<float> l1(w, 0.f);
-      for (i64 p = 0; p < kernels::panel_count(s.D); ++p)
-        kernels::project_panel(dv, w, s.d, packed + p * s.d * kernels::kPanel, l1.data(), nullptr, nullptr);
-      for (i64 i = 0; i < w; ++i) value_err[i] = l1[i];
-    } else {
-      for (i64 i = 0; i < w; ++i) value_err[i] = kernels::abs_sum(dv + i * s.d, s.d);
-    }
+    std::vector<float> l1(w);
+    if (cache.meta().has_o_proj)
+      projected_l1_norms_packed(dv, w, s.d, cache.packed_o_proj(h), s.D, l1.data());
+    else
+      kernels::row_abs_sums(dv, w, s.d, s.d, l1.data());
+    std::copy(l1.begin(), l1.end(), value_err.begin());
   } else {
     std::copy_n(Kb, w * s.d, Ka);
   }

@@ -19,9 +19,9 @@ Fp8Format fp8_format(QuantScheme s) {
   return s == QuantScheme::fp8e4m3 ? Fp8Format{3, -6, 7, 448.0} : Fp8Format{2, -14, 15, 57344.0};
 }
 
-bool is_fp8(QuantScheme s) { return s == QuantScheme::fp8e4m3 || s == QuantScheme::fp8e5m2; }
-
 }  // namespace
+
+bool is_fp8(QuantScheme s) { return s == QuantScheme::fp8e4m3 || s == QuantScheme::fp8e5m2; }
 
 const char* quant_scheme_name(QuantScheme s) {
   switch (s) {
@@ -78,6 +78,10 @@ double quantized_bytes(i64 m, int d, int bits, QuantAxis axis, const QuantSpec& 
   if (is_fp8(spec.scheme)) return full + static_cast<double>(n);
   const double per_group = spec.scheme == QuantScheme::sym ? 2.0 : 4.0;  // float16 scale (and zero point)
   return full + static_cast<double>(n) * bits / 8.0 + static_cast<double>(n / spec.group) * per_group;
+}
+
+double kept_bytes(i64 m, int d, const QuantSpec& spec) {
+  return quantized_bytes(m, d, spec.kbits, spec.kaxis, spec) + quantized_bytes(m, d, spec.vbits, spec.vaxis, spec);
 }
 
 QuantizedRows quantize_rows(const float* rows, i64 m, int d, int bits, QuantAxis axis, const QuantSpec& spec,

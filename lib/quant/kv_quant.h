@@ -36,6 +36,7 @@ struct QuantSpec {
 };
 
 const char* quant_scheme_name(QuantScheme s);
+bool is_fp8(QuantScheme s);
 QuantScheme parse_quant_scheme(const std::string& s);  // throws kvsim::Error
 const char* quant_axis_name(QuantAxis a);
 
@@ -58,6 +59,10 @@ QuantizedRows quantize_rows(const float* rows, i64 m, int d, int bits, QuantAxis
 // the m rows: what quantize_rows stores, from the counts alone.
 i64 quantized_row_count(i64 m, int bits, QuantAxis axis, const QuantSpec& spec);
 double quantized_bytes(i64 m, int d, int bits, QuantAxis axis, const QuantSpec& spec);
+// Keys and values of m kept rows under spec (quantized_bytes of both sides).
+double kept_bytes(i64 m, int d, const QuantSpec& spec);
+// The same rows in the model's 16-bit cache: 2 bytes per key and value component.
+inline double float16_bytes(i64 m, int d) { return 4.0 * static_cast<double>(m) * d; }
 
 // The float16 value nearest x (half to even), as a double; +-inf beyond float16's range.
 double round_to_f16(double x);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "quant/kv_quant.h"
 #include "quant/quantized_kv.h"
 
 namespace kvsim {
@@ -31,7 +32,7 @@ double layer_kept(const Selection& sel, int H, int G) {
 // Bytes of the kept span of head h's unit: quant(...)'s, else float16 keys and values.
 double head_bytes(const Selection& sel, int h, int G, int d) {
   const int u = sel.mode == GqaMode::kv ? h / G : h;
-  return sel.quant ? sel.quant->bytes[u] : static_cast<double>(sel.kept_count(u)) * 4.0 * d;
+  return sel.quant ? sel.quant->bytes[u] : float16_bytes(sel.kept_count(u), d);
 }
 double layer_bytes(const Selection& sel, int H, int G, int d) {
   double s = 0;
@@ -39,7 +40,7 @@ double layer_bytes(const Selection& sel, int H, int G, int d) {
   return s / H;
 }
 double ratio_of(double bytes, const Selection& sel, int d) {
-  return sel.n_c > 0 ? bytes / (static_cast<double>(sel.n_c) * 4.0 * d) : 0.0;
+  return sel.n_c > 0 ? bytes / float16_bytes(sel.n_c, d) : 0.0;
 }
 
 // The key columns, in metric_columns.cpp's order.

@@ -171,6 +171,13 @@ i64 Budget::share_of(i64 n, i64 n_c) const {
   return std::max<i64>(1, static_cast<i64>(std::floor(x)));
 }
 
+i64 Budget::share_across(const std::vector<int>& layers, i64 items, i64 n_c) const {
+  if (per_layer.empty()) return share_of(static_cast<i64>(layers.size()) * items, n_c);
+  i64 total = 0;
+  for (int l : layers) total += for_layer(l).share_of(items, n_c);
+  return total;
+}
+
 std::vector<Budget> parse_budgets(const std::string& list, std::vector<std::string>* merged) {
   std::vector<Budget> out;
   std::size_t begin = 0;

@@ -47,6 +47,10 @@ struct Budget {
   // The same share of a part of n of the span's items (a chunk, or chunks): at least 1. With a
   // compression ratio exactly kvpress's max(1, int(n * (1 - cr))).
   i64 share_of(i64 n, i64 n_c) const;
+  // The share of `items` items in each of the layers, for an allocation across them: share_of
+  // their L x items for a budget of every layer, the sum of each layer's share for a per-layer
+  // budget (rules doc 1.4 "Across layers").
+  i64 share_across(const std::vector<int>& layers, i64 items, i64 n_c) const;
 };
 
 // The budgets of a comma-separated list, each once: a budget equal to an earlier one (same kind

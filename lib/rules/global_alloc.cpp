@@ -6,10 +6,9 @@
 // more. Meaningful when the base's scores are on one scale across layers (attention masses:
 // snapkv, defensive, ...), which attention_like() requires.
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 
 #include "core/error.h"
+#include "kernels/kernels.h"
 #include "rules/registry.h"
 #include "rules/scored_rule.h"
 
@@ -33,38 +32,42 @@ class GlobalPlanner : public LayerPlanner {
   }
 
   std::vector<std::map<int, std::vector<i64>>> plan(const std::vector<Budget>& budgets) const override {
-    // Every unprotected entry as (layer, unit), best first; ties to the earlier layer, unit, token.
+    // Every unprotected entry, layer after layer ([unit][token] within one), and where each
+    // layer's entries start.
     std::vector<float> value;
-    std::vector<std::pair<int, int>> owner;
-    i64 protected_total = 0, items = 0;
+    std::vector<int> layers;
+    std::vector<i64> start;
+    i64 protected_total = 0;
     for (const auto& [layer, l] : layers_) {
-      const i64 free = n_c_ - l.n_protected;
-      for (std::size_t k = 0; k < l.scores.size(); ++k) {
-        value.push_back(l.scores[k]);
-        owner.push_back({layer, static_cast<int>(static_cast<i64>(k) / std::max<i64>(free, 1))});
-      }
+      layers.push_back(layer);
+      start.push_back(static_cast<i64>(value.size()));
+      value.insert(value.end(), l.scores.begin(), l.scores.end());
       protected_total += l.n_protected * l.units;
-      items += n_c_ * l.units;
     }
-    std::vector<i64> order(value.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](i64 a, i64 b) { return value[a] > value[b]; });
-    std::vector<std::map<int, std::vector<i64>>> out;
+    const int units = layers_.empty() ? 0 : layers_.begin()->second.units;
+    std::vector<i64> take;  // per budget: the unprotected entries it keeps
     for (const Budget& b : budgets) {
-      i64 total = 0;  // the budget's share of every (layer, unit, token) entry
-      if (b.per_layer.empty()) {
-        total = b.share_of(items, n_c_);
-      } else {
-        for (const auto& [layer, l] : layers_) total += b.for_layer(layer).share_of(n_c_ * l.units, n_c_);
-      }
+      const i64 total = b.share_across(layers, n_c_ * units, n_c_);  // of every (layer, unit, token)
       if (total < protected_total)
         fail(spec_, "budget " + b.text,
              std::to_string(total) + " kept tokens over the run's layers and heads are fewer than their " +
                  std::to_string(protected_total) + " protected ones (observation window / sinks)");
+      take.push_back(std::min<i64>(total - protected_total, static_cast<i64>(value.size())));
+    }
+    // Best first (kernels::topk: ties to the earlier layer, unit, token), as deep as the largest budget.
+    std::vector<i64> order(take.empty() ? 0 : *std::max_element(take.begin(), take.end()));
+    order.resize(kernels::topk(value.data(), static_cast<i64>(value.size()), static_cast<i64>(order.size()),
+                               order.data()));
+    std::vector<std::map<int, std::vector<i64>>> out;
+    for (const i64 t : take) {
       std::map<int, std::vector<i64>> plan;
       for (const auto& [layer, l] : layers_) plan[layer].assign(l.units, l.n_protected);
-      const i64 take = std::min<i64>(total - protected_total, static_cast<i64>(order.size()));
-      for (i64 k = 0; k < take; ++k) ++plan[owner[order[k]].first][owner[order[k]].second];
+      for (i64 k = 0; k < std::min(t, static_cast<i64>(order.size())); ++k) {
+        const std::size_t li = static_cast<std::size_t>(std::upper_bound(start.begin(), start.end(), order[k]) -
+                                                        start.begin()) - 1;
+        const Layer& l = layers_.at(layers[li]);
+        ++plan[layers[li]][(order[k] - start[li]) / std::max<i64>(n_c_ - l.n_protected, 1)];
+      }
       out.push_back(std::move(plan));
     }
     return out;
@@ -93,14 +96,7 @@ class GlobalRule : public ScoredRule {
     return std::make_unique<GlobalPlanner>(*base_, spec());
   }
   std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override {
-    const auto& planned = require_plan(in, spec(), budgets.size());
-    const UnitScores s = scores(in);
-    std::vector<UnitCounts> counts;
-    for (const auto& c : planned)
-      counts.push_back({c, std::accumulate(c.begin(), c.end(), 0.0) / static_cast<double>(c.size()), 0});
-    std::vector<Selection> out = select_counts(in, s, counts);
-    for (std::size_t b = 0; b < out.size(); ++b) out[b].budget_tokens = std::llround(counts[b].exact);
-    return out;
+    return select_planned(in, budgets.size());
   }
 
  private:

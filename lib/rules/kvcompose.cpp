@@ -12,10 +12,10 @@
 // N is the budget's share of all (layer x token) items: kvpress's int(L n_c (1 - cr)).
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "attention/layer_cache.h"
 #include "core/error.h"
+#include "kernels/kernels.h"
 #include "rules/registry.h"
 #include "rules/scored_rule.h"
 
@@ -110,16 +110,7 @@ class KVComposeRule : public ScoredRule {
   }
 
   std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override {
-    const auto& planned = require_plan(in, spec(), budgets.size());
-    const UnitScores s = scores(in);
-    std::vector<UnitCounts> counts;
-    for (const auto& c : planned) {
-      const double mean = std::accumulate(c.begin(), c.end(), 0.0) / static_cast<double>(c.size());
-      counts.push_back({c, mean, 0});
-    }
-    std::vector<Selection> out = select_counts(in, s, counts);
-    for (std::size_t b = 0; b < out.size(); ++b) out[b].budget_tokens = std::llround(counts[b].exact);
-    return out;
+    return select_planned(in, budgets.size());
   }
 
  private:
@@ -161,25 +152,22 @@ std::vector<std::map<int, std::vector<i64>>> KVComposePlanner::plan(const std::v
   if (p_.structured && !owner.empty() && owner[0].first == 0)  // layer 0 is never cut before another
     for (std::size_t k = 1; k < curves.size(); ++k)
       for (i64 i = 0; i < n_c_; ++i) curves[0][i] = std::max(curves[0][i], curves[k][i]);
-  // Every (curve, rank) item, best first (ties: earlier curve, then rank).
-  std::vector<i64> order(curves.size() * static_cast<std::size_t>(n_c_));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](i64 a, i64 b) {
-    return curves[a / n_c_][a % n_c_] > curves[b / n_c_][b % n_c_];
-  });
+  // Every (curve, rank) item, best first (kernels::topk: ties to the earlier curve, then rank), as
+  // deep as the largest budget; each budget takes a prefix.
+  std::vector<int> layers;
+  for (const auto& entry : sorted_) layers.push_back(entry.first);
+  std::vector<float> flat;
+  for (const auto& c : curves) flat.insert(flat.end(), c.begin(), c.end());
+  const i64 items = static_cast<i64>(flat.size()), per_layer = layers.empty() ? 0 : items / static_cast<i64>(layers.size());
+  std::vector<i64> n_kept;  // the budget's share of every item; per-layer budgets: the sum of theirs
+  for (const Budget& b : budgets) n_kept.push_back(std::min(b.share_across(layers, per_layer, n_c_), items));
+  std::vector<i64> order(n_kept.empty() ? 0 : *std::max_element(n_kept.begin(), n_kept.end()));
+  order.resize(kernels::topk(flat.data(), items, static_cast<i64>(order.size()), order.data()));
   const int units = sorted_.empty() ? 0 : static_cast<int>(sorted_.begin()->second.size());
   std::vector<std::map<int, std::vector<i64>>> out;
-  for (const Budget& b : budgets) {
-    const i64 items = static_cast<i64>(order.size());
-    i64 n_kept = 0;  // the budget's share of every item; per-layer budgets: the sum of theirs
-    if (b.per_layer.empty()) {
-      n_kept = b.share_of(items, n_c_);
-    } else {
-      for (const auto& [layer, heads] : sorted_)
-        n_kept += b.for_layer(layer).share_of(items / static_cast<i64>(sorted_.size()), n_c_);
-    }
+  for (std::size_t bi = 0; bi < budgets.size(); ++bi) {
     std::vector<i64> per_curve(curves.size(), 0);
-    for (i64 k = 0; k < std::min(n_kept, items); ++k) ++per_curve[order[k] / n_c_];
+    for (i64 k = 0; k < std::min(n_kept[bi], static_cast<i64>(order.size())); ++k) ++per_curve[order[k] / n_c_];
     std::map<int, std::vector<i64>> plan;
     for (std::size_t k = 0; k < curves.size(); ++k) {
       auto& counts = plan[owner[k].first];
@@ -199,10 +187,10 @@ std::vector<std::map<int, std::vector<i64>>> KVComposePlanner::plan(const std::v
 
 RuleInfo kvcompose_info() {
   return {"kvcompose",
-          "KVCompose (kvpress KVComposePress, arXiv 2509.05165): evaluation-query attention per token, kept counts "
+          "KVCompose (kvpress KVComposePress, arXiv 2509.05165): the question's attention per token, kept counts "
           "allocated across every layer by composite (sorted, head-aggregated) score curves",
           {{"structured", "bool", "true", "one count per layer for all its KV heads (false: one count per KV head)"},
-           {"task", "choice max|mean", "max", "aggregation over the evaluation queries"},
+           {"task", "choice max|mean", "max", "aggregation over the question's queries"},
            {"group", "choice mean|max", "mean", "aggregation over a KV head's query heads"},
            {"head", "choice mean|max", "mean", "aggregation of the sorted head scores into a layer curve"},
            {"vnorm", "bool", "false", "multiply each score by the value norm"},

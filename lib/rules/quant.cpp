@@ -29,9 +29,9 @@ std::vector<Budget> counted_budgets(const std::vector<Budget>& budgets, const Qu
       out.push_back(b);
       continue;
     }
-    const double cap = b.value * static_cast<double>(n_c) * 4.0 * d;
+    const double cap = b.value * float16_bytes(n_c, d);
     i64 m = n_c;
-    while (m > 0 && quantized_bytes(m, d, q.kbits, q.kaxis, q) + quantized_bytes(m, d, q.vbits, q.vaxis, q) > cap) --m;
+    while (m > 0 && kept_bytes(m, d, q) > cap) --m;
     if (m == 0) fail(spec, "budget " + b.text, "not one kept token fits in that share of the cache's bytes");
     Budget t = Budget::parse(std::to_string(m));
     t.text = b.text;
@@ -135,10 +135,7 @@ class QuantRule : public Rule {
   // Bytes of a selection's kept spans, from its per-unit counts alone (quantized_bytes).
   double selection_bytes(const Selection& sel, int d) const {
     double bytes = 0;
-    for (int u = 0; u < sel.units; ++u) {
-      const i64 m = sel.kept_count(u);
-      bytes += quantized_bytes(m, d, q_.kbits, q_.kaxis, q_) + quantized_bytes(m, d, q_.vbits, q_.vaxis, q_);
-    }
+    for (int u = 0; u < sel.units; ++u) bytes += kept_bytes(sel.kept_count(u), d, q_);
     return bytes;
   }
 
@@ -150,7 +147,7 @@ class QuantRule : public Rule {
     const int d = in.data->head_dim;
     for (std::size_t b = 0; b < budgets.size(); ++b) {
       if (budgets[b].kind != Budget::Kind::memory) continue;
-      const double cap = budgets[b].value * static_cast<double>(in.n_c) * 4.0 * d * sels[b].units;
+      const double cap = budgets[b].value * float16_bytes(in.n_c, d) * sels[b].units;
       bool uniform = true;  // equal counts: the count's own bytes (or a base that ignores counts: full)
       for (int u = 1; u < sels[b].units; ++u) uniform = uniform && sels[b].kept_count(u) == sels[b].kept_count(0);
       if (uniform || selection_bytes(sels[b], d) <= cap) continue;
@@ -176,7 +173,7 @@ class QuantRule : public Rule {
 
   // Token-axis groups run along a row's channels: G must divide head_dim.
   void check_groups(int d) const {
-    const bool fp8 = q_.scheme == QuantScheme::fp8e4m3 || q_.scheme == QuantScheme::fp8e5m2;
+    const bool fp8 = is_fp8(q_.scheme);
     for (auto [bits, axis, side] : {std::tuple{q_.kbits, q_.kaxis, "kaxis"}, {q_.vbits, q_.vaxis, "vaxis"}})
       if (!fp8 && bits < 16 && axis == QuantAxis::token && d % q_.group != 0)
         fail(spec_, "group", std::to_string(q_.group) + " does not divide head_dim " + std::to_string(d) + " (" +
@@ -206,7 +203,7 @@ KVSIM_RULE((RuleInfo{"quant",
              auto base = r.get_rule_or(0, "full");
              QuantSpec q;
              q.scheme = parse_quant_scheme(r.get_choice("scheme", "asym", {"asym", "sym", "fp8e4m3", "fp8e5m2"}));
-             const bool fp8 = q.scheme == QuantScheme::fp8e4m3 || q.scheme == QuantScheme::fp8e5m2;
+             const bool fp8 = is_fp8(q.scheme);
              const int def_bits = fp8 ? 8 : 2;
              q.kbits = static_cast<int>(r.get_int("k", def_bits, 1, 16));
              q.vbits = static_cast<int>(r.get_int("v", def_bits, 1, 16));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "core/error.h"
 #include "kernels/kernels.h"
@@ -149,6 +150,17 @@ void check_threshold_budgets(const Rule& rule, const std::vector<Budget>& budget
       fail(rule.spec(), "budget " + b.text,
            "a threshold keeps what a plain scorer rates at or above it; this rule chooses token counts (use a plain "
            "scorer or dms(...))");
+}
+
+std::vector<Selection> ScoredRule::select_planned(const RuleInput& in, std::size_t n_budgets) const {
+  const auto& planned = require_plan(in, spec(), n_budgets);
+  const UnitScores s = scores(in);
+  std::vector<UnitCounts> counts;
+  for (const auto& c : planned)
+    counts.push_back({c, std::accumulate(c.begin(), c.end(), 0.0) / static_cast<double>(c.size()), 0});
+  std::vector<Selection> out = select_counts(in, s, counts);
+  for (std::size_t b = 0; b < out.size(); ++b) out[b].budget_tokens = std::llround(counts[b].exact);
+  return out;
 }
 
 const std::vector<std::vector<i64>>& require_plan(const RuleInput& in, const std::string& spec,

@@ -92,6 +92,9 @@ class ScoredRule : public Rule {
                                                const std::vector<UnitCounts>& counts) const;
 
   std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override;
+  // A cross-layer rule's select: the planned per-unit counts of in.planned (LayerPlanner, one per
+  // budget) ranked by scores(in); budget_tokens is the layer's mean planned count.
+  std::vector<Selection> select_planned(const RuleInput& in, std::size_t n_budgets) const;
 
  private:
   std::string spec_;
