@@ -160,9 +160,9 @@ void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, co
   float* Kb = scratch_floats(3, rows_size);
   gather_rows(L.k_head(g), cols, s.d, Kb);
   gather_rows(L.v_head(g), cols, s.d, Vg);
-  std::vector<double> value_err;  // quant: ||(vhat_j - v_j) W_o^h||_1 per gathered column
+  std::vector<float> value_err;  // quant: ||(vhat_j - v_j) W_o^h||_1 per gathered column
   if (qkv) {
-    value_err.assign(w, 0.0);
+    value_err.resize(w);
     float* dv = scratch_floats(4, rows_size);
     for (i64 i = 0; i < w; ++i) {
       const i64 j = cols[i];
@@ -179,17 +179,13 @@ void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, co
         vg[c] = vh[c];
       }
     }
-    std::vector<float> l1(w);
     if (cache.meta().has_o_proj)
-      projected_l1_norms_packed(dv, w, s.d, cache.packed_o_proj(h), s.D, l1.data());
+      projected_l1_norms_packed(dv, w, s.d, cache.packed_o_proj(h), s.D, value_err.data());
     else
-      kernels::row_abs_sums(dv, w, s.d, s.d, l1.data());
-    std::copy(l1.begin(), l1.end(), value_err.begin());
-  } else {
-    std::copy_n(Kb, w * s.d, Ka);
+      kernels::row_abs_sums(dv, w, s.d, s.d, value_err.data());
   }
-  if (w > 0) {
-    kernels::sgemm(false, true, nq, w, s.d, 1.f, qa.data(), s.d, Ka, s.d, 0.f, logits, w);
+  if (w > 0) {  // ThinK's ka is the trace's keys themselves
+    kernels::sgemm(false, true, nq, w, s.d, 1.f, qa.data(), s.d, qkv ? Ka : Kb, s.d, 0.f, logits, w);
     kernels::sgemm(false, true, nq, w, s.d, 1.f, qb.data(), s.d, Kb, s.d, 0.f, dropped, w);
   }
   const kernels::LogitSpec logit = cache.meta().logits();
@@ -218,7 +214,7 @@ void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, co
         continue;
       }
       numax = std::max(numax, static_cast<double>(nu[j]));
-      if (qkv) errmax = std::max(errmax, value_err[i]);
+      if (qkv) errmax = std::max(errmax, static_cast<double>(value_err[i]));
       const double shift = logit.softcap > 0 ? transform(row[i]) - transform(static_cast<double>(row[i]) + drow[i])
                                              : -logit.scale * static_cast<double>(drow[i]);
       lo = any ? std::min(lo, shift) : shift;

@@ -100,24 +100,7 @@ class QuantRule : public Rule {
 #pragma omp parallel for schedule(dynamic)
       for (int u = 0; u < sel.units; ++u) {
         try {
-        const int g = sel.mode == GqaMode::kv ? u : u / G;
-        std::vector<i64> pos;
-        for (i64 j = 0; j < sel.n_c; ++j)
-          if (sel.unit_mask(u)[j]) pos.push_back(j);
-        const i64 m = static_cast<i64>(pos.size());
-        std::vector<float> rows(static_cast<std::size_t>(m) * d);
-        for (int side = 0; side < 2; ++side) {
-          for (i64 i = 0; i < m; ++i)
-            std::copy_n(side == 0 ? D.k_row(g, pos[i]) : D.v_row(g, pos[i]), d, rows.data() + i * d);
-          const QuantizedRows r = quantize_rows(rows.data(), m, d, side == 0 ? q_.kbits : q_.vbits,
-                                                side == 0 ? q_.kaxis : q_.vaxis, q_,
-                                                where + (side == 0 ? " keys" : " values"));
-          float* dst = side == 0 ? qkv->k.data() : qkv->v.data();
-          for (i64 i = 0; i < m; ++i)
-            std::copy_n(r.xhat.data() + i * d, d, dst + (static_cast<std::size_t>(u) * sel.n_c + pos[i]) * d);
-          qkv->bytes[u] += r.bytes;
-          if (r.quantized_rows > 0) any_codes = true;
-        }
+          if (quantize_unit(D, sel, u, sel.mode == GqaMode::kv ? u : u / G, where, *qkv)) any_codes = true;
         } catch (...) {
 #pragma omp critical(quant_error)
           if (!error) error = std::current_exception();
@@ -132,6 +115,30 @@ class QuantRule : public Rule {
   }
 
  private:
+  // Unit u's kept rows of [0, n_c) (KV head g), keys and values quantized in position order into
+  // qkv's rows at their positions, and its bytes. Whether any row is held as codes.
+  bool quantize_unit(const LayerData& D, const Selection& sel, int u, int g, const std::string& where,
+                     QuantizedKV& qkv) const {
+    const int d = D.head_dim;
+    std::vector<i64> pos;
+    for (i64 j = 0; j < sel.n_c; ++j)
+      if (sel.unit_mask(u)[j]) pos.push_back(j);
+    const i64 m = static_cast<i64>(pos.size());
+    std::vector<float> rows(static_cast<std::size_t>(m) * d);
+    bool codes = false;
+    for (int side = 0; side < 2; ++side) {
+      for (i64 i = 0; i < m; ++i) std::copy_n(side == 0 ? D.k_row(g, pos[i]) : D.v_row(g, pos[i]), d, rows.data() + i * d);
+      const QuantizedRows r = quantize_rows(rows.data(), m, d, side == 0 ? q_.kbits : q_.vbits,
+                                            side == 0 ? q_.kaxis : q_.vaxis, q_, where + (side == 0 ? " keys" : " values"));
+      float* dst = side == 0 ? qkv.k.data() : qkv.v.data();
+      for (i64 i = 0; i < m; ++i)
+        std::copy_n(r.xhat.data() + i * d, d, dst + (static_cast<std::size_t>(u) * sel.n_c + pos[i]) * d);
+      qkv.bytes[u] += r.bytes;
+      codes = codes || r.quantized_rows > 0;
+    }
+    return codes;
+  }
+
   // Bytes of a selection's kept spans, from its per-unit counts alone (quantized_bytes).
   double selection_bytes(const Selection& sel, int d) const {
     double bytes = 0;
