@@ -65,6 +65,10 @@ std::uint8_t fp8_encoding(float v, QuantScheme s) {
   return sign | static_cast<std::uint8_t>(((lead + f.bias) << f.mant) | mant);
 }
 
+bool groups_fit(int d, int bits, QuantAxis axis, const QuantSpec& spec) {
+  return bits >= 16 || is_fp8(spec.scheme) || axis == QuantAxis::channel || d % spec.group == 0;
+}
+
 i64 quantized_row_count(i64 m, int bits, QuantAxis axis, const QuantSpec& spec) {
   if (bits >= 16) return 0;
   const i64 body = std::max<i64>(0, m - spec.residual);
@@ -89,7 +93,7 @@ QuantizedRows quantize_rows(const float* rows, i64 m, int d, int bits, QuantAxis
   QuantizedRows out;
   out.xhat.assign(rows, rows + m * d);
   const i64 G = spec.group;
-  if (bits < 16 && !is_fp8(spec.scheme) && axis == QuantAxis::token && d % G != 0)
+  if (!groups_fit(d, bits, axis, spec))
     fail(where, "group", std::to_string(G) + " does not divide head_dim " + std::to_string(d) +
                              " (axis=token groups run along a row's channels)");
   const i64 mq = quantized_row_count(m, bits, axis, spec);

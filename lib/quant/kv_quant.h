@@ -55,6 +55,10 @@ struct QuantizedRows {
 QuantizedRows quantize_rows(const float* rows, i64 m, int d, int bits, QuantAxis axis, const QuantSpec& spec,
                             const std::string& where);
 
+// Whether `bits` along `axis` can group a row of d values: token-axis groups of an integer
+// scheme run along a row's channels, so the group must divide d.
+bool groups_fit(int d, int bits, QuantAxis axis, const QuantSpec& spec);
+
 // Rows of m kept rows held as codes (the first ones; the rest full precision), and the bytes of
 // the m rows: what quantize_rows stores, from the counts alone.
 i64 quantized_row_count(i64 m, int bits, QuantAxis axis, const QuantSpec& spec);

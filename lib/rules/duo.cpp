@@ -33,6 +33,7 @@ struct DuoParams {
 std::vector<double> duo_head_scores(const RuleInput& in, const DuoParams& p, const std::string& spec) {
   const LayerData& d = *in.data;
   const i64 n = in.n_c;
+  if (n <= 0) fail(spec, "n_c", "empty span");
   const Rope rope = Rope::from_meta(*in.meta, in.layer);
   const auto rows = rules_more::require_q_rows(*in.meta, 0, n, "duo", "its head scores average every prompt query");
   const int H = d.num_heads, G = H / d.num_kv_heads, dim = d.head_dim;
@@ -47,7 +48,6 @@ std::vector<double> duo_head_scores(const RuleInput& in, const DuoParams& p, con
     for (int c = 0; c < dim; ++c) out[c] = static_cast<float>(mean[c] / static_cast<double>(n));
     return out;
   };
-  if (n <= 0) fail(spec, "n_c", "empty span");
   std::vector<double> score(d.num_kv_heads, 0.0);
 #pragma omp parallel for schedule(dynamic)
   for (int g = 0; g < d.num_kv_heads; ++g) {

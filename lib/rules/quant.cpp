@@ -180,9 +180,8 @@ class QuantRule : public Rule {
 
   // Token-axis groups run along a row's channels: G must divide head_dim.
   void check_groups(int d) const {
-    const bool fp8 = is_fp8(q_.scheme);
     for (auto [bits, axis, side] : {std::tuple{q_.kbits, q_.kaxis, "kaxis"}, {q_.vbits, q_.vaxis, "vaxis"}})
-      if (!fp8 && bits < 16 && axis == QuantAxis::token && d % q_.group != 0)
+      if (!groups_fit(d, bits, axis, q_))
         fail(spec_, "group", std::to_string(q_.group) + " does not divide head_dim " + std::to_string(d) + " (" +
                                  side + "=token groups run along a row's channels)");
   }
@@ -217,6 +216,7 @@ KVSIM_RULE((RuleInfo{"quant",
              for (int b : {q.kbits, q.vbits}) {
                if (fp8 && b != 8 && b != 16) r.error("an fp8 scheme stores 8 bits (or 16: that side not quantized)");
                if (!fp8 && b > 8 && b != 16) r.error("bits must be 1-8, or 16 (not quantized)");
+               if (q.scheme == QuantScheme::sym && b < 2) r.error("sym needs at least 2 bits (a sign and a level)");
              }
              q.group = r.get_int("group", 32, 1, 1 << 20);
              q.kaxis = r.get_choice("kaxis", "channel", {"channel", "token"}) == "channel" ? QuantAxis::channel

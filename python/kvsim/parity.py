@@ -143,6 +143,11 @@ def rotate_half(x):
     return torch.cat((-b, a), dim=-1)
 
 
+def rotated(x, cos, sin, inverse=False):
+    """RoPE in rotate_half order (x [..., n, d], cos/sin [1, n, d] broadcast): R x, or R^T x."""
+    return x * cos - rotate_half(x) * sin if inverse else x * cos + rotate_half(x) * sin
+
+
 def component_order(meta):
     """Each head's components in rotate_half order: identity for half traces, (0, 2, .., 1, 3, ..)
     for llama2.c's interleaved pairs."""
@@ -166,7 +171,7 @@ def layer_inputs(f, meta, layer, n_c, mode, need_attention):
     cos, sin = module.rotary_emb(q[None], pos)
     mode = mode.split("-")[0]
     if mode == "pre":  # ExpectedAttention: pre-RoPE queries, the model's own rotation
-        q_in = q * cos - rotate_half(q) * sin
+        q_in = rotated(q, cos, sin, inverse=True)
         pe = (cos, sin)
     else:  # everyone else: post-RoPE queries, identity rotation
         q_in = q
@@ -247,7 +252,7 @@ def trace_prerope_keys(press, module, k, n_c):
         return
     import kvpress.presses.leverage_press as leverage_module
     cos, sin = module.rotary_emb(k, torch.arange(n_c)[None])
-    pre_keys = k * cos[:, None] - rotate_half(k) * sin[:, None]
+    pre_keys = rotated(k, cos, sin, inverse=True)
     offset = press.sink_size_start if name == "CompactorPress" else 0  # it scores a slice
     original = leverage_module.get_prerope_key_states
     leverage_module.get_prerope_key_states = lambda _module, hidden: pre_keys[:, :, offset:offset + hidden.shape[1]]
@@ -302,12 +307,12 @@ def trace_duo_head_scores(f, meta, n_c, q_len=500):
     for layer in range(meta["num_layers"]):
         module, hidden, k, _, _, _ = layer_inputs(f, meta, layer, n_c, "pre", False)
         cos, sin = module.rotary_emb(k, torch.arange(n_c)[None])
-        k_pre = k[0] * cos - rotate_half(k[0]) * sin                   # [Hkv, n, d]
+        k_pre = rotated(k[0], cos, sin, inverse=True)                   # [Hkv, n, d]
         q_mean = hidden[0].view(n_c, H, d).mean(dim=0)[:, None]         # [H, 1, d]
         k_mean = k_pre.mean(dim=1, keepdim=True)                        # [Hkv, 1, d]
         cos, sin = module.rotary_emb(k, torch.arange(q_len)[None])
-        q_rot = q_mean * cos[:, -1:] + rotate_half(q_mean) * sin[:, -1:]
-        k_rot = (k_mean * cos + rotate_half(k_mean) * sin).repeat_interleave(H // Hkv, dim=0)
+        q_rot = rotated(q_mean, cos[:, -1:], sin[:, -1:])
+        k_rot = rotated(k_mean, cos, sin).repeat_interleave(H // Hkv, dim=0)
         attn = torch.softmax((q_rot @ k_rot.transpose(1, 2)) / d ** 0.5, dim=-1, dtype=torch.float32)[:, 0]
         scores[layer] = torch.cumsum(attn, dim=-1).mean(dim=-1).view(Hkv, -1).mean(dim=1)
     return scores.numpy()

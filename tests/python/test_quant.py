@@ -168,6 +168,8 @@ class QuantTest(unittest.TestCase):
             kvsim.quantize(np.array([[0.0] * 8, [1e6] * 8], np.float32), 2, axis="channel", group=2)
         with self.assertRaisesRegex(kvsim.KvsimError, "quant"):
             kvsim._kvsim.canonical_spec("quant(snapkv,scheme=fp8e4m3,k=4)")
+        with self.assertRaisesRegex(kvsim.KvsimError, "sym needs at least 2 bits"):
+            kvsim._kvsim.canonical_spec("quant(full,scheme=sym,k=1)")
 
 
 class QuantReplayTest(unittest.TestCase):
