@@ -104,6 +104,11 @@ const TableSchema& summary_budget_schema() {
     t.columns.push_back({"tied_at_cut_mean", ColumnType::real, "tokens",
                          "rules that rank by scores: tokens tied with the cut per unit, mean (absent otherwise)"});
     t.columns.push_back({"tied_at_cut_max", ColumnType::integer, "tokens", "the same, maximum over units"});
+    t.columns.push_back({"decode_cache_tokens_mean", ColumnType::real, "tokens",
+                         "--protocol decode: tokens an evaluation query's cache held per unit, mean over queries, "
+                         "units and layers (absent otherwise)"});
+    t.columns.push_back({"decode_compressions", ColumnType::integer, "",
+                         "--protocol decode: compressions after n_c, summed over layers (absent otherwise)"});
     return t;
   }();
   return s;

@@ -31,11 +31,26 @@ EvalMode parse_eval_mode(const std::string& s) {
   fail("--eval", "", "'" + s + "' is not queries, window or both");
 }
 
+void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 every, const std::string& start) {
+  if (protocol != "oneshot" && protocol != "decode") fail("--protocol", protocol, "is not oneshot or decode");
+  if (start != "full" && start != "compressed") fail("--decode-start", start, "is not full or compressed");
+  if (protocol == "oneshot") {
+    if (every != 0) fail("--every", std::to_string(every), "applies to --protocol decode");
+    return;
+  }
+  if (every < 1) fail("--every", std::to_string(every), "--protocol decode needs --every N >= 1 (positions between compressions)");
+  if (opt.eval != EvalMode::queries)
+    fail("--eval", eval_mode_name(opt.eval), "--protocol decode evaluates the queries after n_c only (--eval queries)");
+  opt.decode_every = every;
+  opt.decode_start_compressed = start == "compressed";
+}
+
 Protocol resolve_protocol(const TraceMeta& meta, const ProtocolOptions& opt) {
   Protocol p;
   p.n_c = opt.compression_point == CompressionPoint::agnostic ? meta.context_end() : meta.prefill_len;
   p.eval_queries = opt.eval != EvalMode::window;
   p.eval_window = opt.eval != EvalMode::queries;
+  p.decode = opt.decode();
   const std::string cp = std::string(compression_point_name(opt.compression_point));
   if (p.n_c <= 0)
     fail(meta.path, cp == "agnostic" ? "tokens/segment" : "prefill_len",

@@ -16,13 +16,23 @@ struct ProtocolOptions {
   CompressionPoint compression_point = CompressionPoint::agnostic;
   int window = 32;  // observation window w: positions n_c-w .. n_c-1
   EvalMode eval = EvalMode::queries;
+  // --protocol decode (replay/decode_protocol.h): re-compress every `decode_every` positions
+  // after n_c; 0 = the one-shot protocol. decode_start: "full" or "compressed" at n_c.
+  i64 decode_every = 0;
+  bool decode_start_compressed = false;
+  bool decode() const { return decode_every > 0; }
 };
+
+// --protocol oneshot|decode, --every N, --decode-start full|compressed into `opt`; throws
+// kvsim::Error naming the option.
+void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 every, const std::string& start);
 
 struct Protocol {
   i64 n_c = 0;
   std::vector<i64> eval_rows;    // rows of /q_pos with position >= n_c
   std::vector<i64> window_rows;  // rows of the window positions present in /q_pos
   bool eval_queries = true, eval_window = false;
+  bool decode = false;  // ProtocolOptions::decode()
 };
 
 const char* compression_point_name(CompressionPoint c);

@@ -30,6 +30,7 @@
 #include "core/sysinfo.h"
 #include "core/table_io.h"
 #include "kernels/isa.h"
+#include "replay/decode_protocol.h"
 #include "replay/selection_file.h"
 #include "rules/factory.h"
 #include "rules/rule_labels.h"
@@ -47,6 +48,8 @@ struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
   int layers = 0;
   double tied_sum = 0;  // Selection::tied_at_cut over layers and units
   i64 tied_units = 0, tied_max = 0;
+  double decode_cache_tokens = 0;  // decode protocol: sums over layers
+  i64 decode_compressions = 0;
   double mean(std::size_t metric) const { return values[metric] / (layers > 0 ? layers : 1); }
 };
 
@@ -86,6 +89,9 @@ Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vec
                    {"window", opt.protocol.window},
                    {"eval", eval_mode_name(opt.protocol.eval)},
                    {"n_eval_queries", static_cast<i64>(p.eval_rows.size())},
+                   {"name", opt.protocol.decode() ? "decode" : "oneshot"},
+                   {"every", opt.protocol.decode_every},
+                   {"decode_start", opt.protocol.decode() ? (opt.protocol.decode_start_compressed ? "compressed" : "full") : ""},
                    {"layers", s.layers}};
   j["projected"] = meta.has_o_proj;
   j["value_norm"] = norm_kind_name(opt.nu);
@@ -103,6 +109,10 @@ Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vec
       for (std::size_t m = 0; m < kNumMetrics; ++m)
         if (!kMetricColumns[m].summary.empty()) e[std::string(kMetricColumns[m].summary)] = t.mean(m);
       e["select_seconds"] = t.select_s;
+      if (opt.protocol.decode()) {
+        e["decode_cache_tokens_mean"] = t.decode_cache_tokens / n;
+        e["decode_compressions"] = t.decode_compressions;
+      }
       if (t.tied_units > 0) {  // rules that rank by scores: how often the cut fell inside a tie
         e["tied_at_cut_mean"] = t.tied_sum / static_cast<double>(t.tied_units);
         e["tied_at_cut_max"] = t.tied_max;
@@ -145,11 +155,13 @@ std::string summary_table(const ReplaySetup& s, const std::vector<std::vector<To
       // in kept tokens.
       const bool memory = s.budgets[b].kind == Budget::Kind::memory;
       const double F = s.budgets[b].value, ratio = t.cache_ratio / n;
-      const bool off_budget = memory ? ratio > F * (1 + 1e-9) || ratio < F - 0.01
-                                     : nominal >= 0 && std::abs(t.kept / n - nominal) > std::max(1.0, 0.01 * nominal);
+      // Under the decode protocol "kept" is the mean cache of an evaluation query, not a count at n_c.
+      const bool decode = s.protocol.decode;
+      const bool off_budget = !decode && (memory ? ratio > F * (1 + 1e-9) || ratio < F - 0.01
+                                                 : nominal >= 0 && std::abs(t.kept / n - nominal) > std::max(1.0, 0.01 * nominal));
       if (off_budget) ++flagged;
       std::snprintf(line, sizeof line, "%-44s %8s %9.1f%s%9.4f %12.5g %14.5g %12.5g\n", spec.c_str(),
-                    s.budgets[b].text.c_str(), t.kept / n, off_budget ? "*" : " ", t.mean(metric_index("retained_mass")),
+                    s.budgets[b].text.c_str(), decode ? t.decode_cache_tokens / n : t.kept / n, off_budget ? "*" : " ", t.mean(metric_index("retained_mass")),
                     t.mean(metric_index("pert_l1")), t.mean(metric_index("bound_critical")),
                     t.mean(metric_index("bound_ada")));
       out += line;
@@ -289,6 +301,7 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
     // Every rule selects first; then all their budgets are measured in one walk over the KV
     // groups, so each group's attention probabilities are computed once and freed after use.
     std::vector<std::vector<Selection>> rule_sels;
+    std::vector<std::vector<DecodeStats>> rule_decode;  // [rule][budget] under the decode protocol
     std::vector<double> select_s;
     std::vector<Budget> layer_budgets;  // per-layer budgets resolved to this layer's (rules doc 1.4)
     for (const auto& b : budgets) layer_budgets.push_back(b.for_layer(l));
@@ -301,7 +314,14 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
         for (const auto& per_budget : plans[r]) planned.push_back(per_budget.at(l));
         rule_in.planned = &planned;
       }
-      rule_sels.push_back(rules[r]->select(rule_in, layer_budgets));
+      std::vector<DecodeStats> decode_stats;
+      if (p.decode) {
+        const DecodeOptions dopt{opt.protocol.decode_every, opt.protocol.decode_start_compressed, opt.protocol.window};
+        rule_sels.push_back(decode_select(*rules[r], rule_in, layer_budgets, dopt, &decode_stats));
+      } else {
+        rule_sels.push_back(rules[r]->select(rule_in, layer_budgets));
+      }
+      rule_decode.push_back(std::move(decode_stats));
       select_s.push_back(sw.seconds());
       tm.select += select_s.back();
       if (rule_sels.back().size() != budgets.size())
@@ -349,6 +369,10 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
           t.budget_tokens = static_cast<double>(layer_budget);
           t.select_seconds = select_s[r] / static_cast<double>(budgets.size());  // one select() serves all budgets
           t.agg = agg;
+          if (!rule_decode[r].empty()) {
+            t.decode_cache_tokens = rule_decode[r][b].mean_cache_tokens();
+            t.decode_compressions = rule_decode[r][b].compressions;
+          }
           for (i64 x : sels[b].tied_at_cut) {
             t.tied_sum += static_cast<double>(x);
             t.tied_max = std::max(t.tied_max, x);
@@ -394,6 +418,8 @@ ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup,
     t.tied_sum += lt.tied_sum;
     t.tied_max = std::max(t.tied_max, lt.tied_max);
     t.tied_units += lt.tied_units;
+    t.decode_cache_tokens += lt.decode_cache_tokens;
+    t.decode_compressions += lt.decode_compressions;
     t.budget_tokens += lt.budget_tokens;
     t.kept += lt.agg.kept_tokens;
     t.cache_ratio += lt.agg.cache_ratio;

@@ -71,6 +71,8 @@ struct LayerTotal {
   LayerAggregate agg;
   double tied_sum = 0;  // Selection::tied_at_cut over the layer's units
   i64 tied_units = 0, tied_max = 0;
+  double decode_cache_tokens = 0;  // decode protocol: the mean tokens an evaluation query's cache held (per unit)
+  i64 decode_compressions = 0;     // decode protocol: compressions after n_c
 };
 
 struct ReplayTimings {

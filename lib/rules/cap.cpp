@@ -51,8 +51,9 @@ class CapRule : public ScoredRule {
     for (int h = 0; h < H; ++h) {
       // The anchor: mean of the de-rotated queries, under the mean future rotation.
       std::vector<float> pre(static_cast<std::size_t>(m * d));
-      for (i64 i = 0; i < m; ++i) rope.derotate(D.q_row(h, rows[i]), begin + sink + i, pre.data() + i * d);
-      const QueryStats st = expected_query_stats(pre.data(), m, d, rope, end, p_.n_future, false);
+      for (i64 i = 0; i < m; ++i)
+        rope.derotate(D.q_row(h, rows[i]), in.rope_position(h / G, begin + sink + i), pre.data() + i * d);
+      const QueryStats st = expected_query_stats(pre.data(), m, d, rope, in.rope_position(h / G, end), p_.n_future, false);
       double mu_norm = 0;
       for (double x : st.mean) mu_norm += x * x;
       mu_norm = std::max(std::sqrt(mu_norm), 1e-12);

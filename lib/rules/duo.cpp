@@ -37,11 +37,11 @@ std::vector<double> duo_head_scores(const RuleInput& in, const DuoParams& p, con
   const Rope rope = Rope::from_meta(*in.meta, in.layer);
   const auto rows = rules_more::require_q_rows(*in.meta, 0, n, "duo", "its head scores average every prompt query");
   const int H = d.num_heads, G = H / d.num_kv_heads, dim = d.head_dim;
-  auto mean_pre = [&](auto row_of) {  // mean over the span of the de-rotated rows
+  auto mean_pre = [&](int g, auto row_of) {  // mean over the span of the de-rotated rows of KV head g
     std::vector<double> mean(dim, 0.0);
     std::vector<float> pre(dim);
     for (i64 t = 0; t < n; ++t) {
-      rope.derotate(row_of(t), t, pre.data());
+      rope.derotate(row_of(t), in.rope_position(g, t), pre.data());
       for (int c = 0; c < dim; ++c) mean[c] += pre[c];
     }
     std::vector<float> out(dim);
@@ -51,11 +51,11 @@ std::vector<double> duo_head_scores(const RuleInput& in, const DuoParams& p, con
   std::vector<double> score(d.num_kv_heads, 0.0);
 #pragma omp parallel for schedule(dynamic)
   for (int g = 0; g < d.num_kv_heads; ++g) {
-    const std::vector<float> kbar = mean_pre([&](i64 t) { return d.k_row(g, t); });
+    const std::vector<float> kbar = mean_pre(g, [&](i64 t) { return d.k_row(g, t); });
     std::vector<std::vector<float>> keys(p.q_len, std::vector<float>(dim));
     for (i64 j = 0; j < p.q_len; ++j) rope.rotate(kbar.data(), j, keys[j].data());
     for (int h = g * G; h < (g + 1) * G; ++h) {
-      const std::vector<float> qbar = mean_pre([&](i64 t) { return d.q_row(h, rows[t]); });
+      const std::vector<float> qbar = mean_pre(g, [&](i64 t) { return d.q_row(h, rows[t]); });
       std::vector<float> q(dim);
       rope.rotate(qbar.data(), p.q_len - 1, q.data());
       std::vector<double> logit(p.q_len);

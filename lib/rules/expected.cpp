@@ -136,33 +136,38 @@ class ExpectedRule : public ScoredRule {
     const int H = D.num_heads, G = H / D.num_kv_heads, d = D.head_dim;
     const i64 m = n - sink;
     const float scale = in.meta->logits().scale;
-    // cos/sin of every (query position, pair), shared by all heads.
-    const int pairs = rope.pairs();
-    std::vector<float> cs(static_cast<std::size_t>(m * pairs)), sn(cs.size());
-#pragma omp parallel for schedule(static)
-    for (i64 i = 0; i < m; ++i)
-      for (int p = 0; p < pairs; ++p) {
-        const double th = rope.angle(p, begin + sink + i);
-        cs[i * pairs + p] = static_cast<float>(std::cos(th));
-        sn[i * pairs + p] = static_cast<float>(std::sin(th));
-      }
+    // cos/sin of every (query position, pair), one table per KV head (the same positions for
+    // all of them except in a decode view, where each head kept its own tokens).
+    const int pairs = rope.pairs(), tables = in.positions ? D.num_kv_heads : 1;
+    std::vector<float> cs(static_cast<std::size_t>(tables * m * pairs)), sn(cs.size());
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int g = 0; g < tables; ++g)
+      for (i64 i = 0; i < m; ++i)
+        for (int p = 0; p < pairs; ++p) {
+          const double th = rope.angle(p, in.rope_position(g, begin + sink + i));
+          cs[(g * m + i) * pairs + p] = static_cast<float>(std::cos(th));
+          sn[(g * m + i) * pairs + p] = static_cast<float>(std::sin(th));
+        }
     std::vector<float> head_scores(static_cast<std::size_t>(H * n), 0.0f);
 #pragma omp parallel
     {
       avec<float> pre(static_cast<std::size_t>(m * d));
 #pragma omp for schedule(dynamic)
       for (int h = 0; h < H; ++h) {
+        const std::size_t table = static_cast<std::size_t>(tables > 1 ? h / G : 0) * m * pairs;
         for (i64 i = 0; i < m; ++i) {  // q_pre = R_t^T q_post
           const float* q = D.q_row(h, rows[i]);
           float* out = pre.data() + i * d;
           std::copy_n(q, d, out);  // components outside the rotated pairs pass through
           for (int p = 0; p < pairs; ++p) {
-            const float c = cs[i * pairs + p], s = sn[i * pairs + p], xa = q[rope.a(p)], xb = q[rope.b(p)];
+            const float c = cs[table + i * pairs + p], s = sn[table + i * pairs + p], xa = q[rope.a(p)],
+                        xb = q[rope.b(p)];
             out[rope.a(p)] = xa * c + xb * s;
             out[rope.b(p)] = -xa * s + xb * c;
           }
         }
-        const QueryStats st = expected_query_stats(pre.data(), m, d, rope, end, p_.n_future, p_.covariance);
+        const QueryStats st = expected_query_stats(pre.data(), m, d, rope, in.rope_position(h / G, end), p_.n_future,
+                                                    p_.covariance);
         expected_key_scores(st, D.k_row(h / G, begin + sink), m, d, scale, p_.covariance,
                             head_scores.data() + h * n + sink, p_.log_space);
       }

@@ -33,7 +33,7 @@ class LeverageRule : public ScoredRule {
       std::vector<double> X(static_cast<std::size_t>(n) * dim), mean(dim, 0.0);
       std::vector<float> pre(dim);
       for (i64 j = 0; j < n; ++j) {
-        rope.derotate(d.k_row(g, begin + j), begin + j, pre.data());
+        rope.derotate(d.k_row(g, begin + j), in.rope_position(g, begin + j), pre.data());
         for (int c = 0; c < dim; ++c) mean[c] += (X[j * dim + c] = pre[c]);
       }
       for (int c = 0; c < dim; ++c) mean[c] /= static_cast<double>(n);

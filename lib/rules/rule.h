@@ -1,5 +1,6 @@
 #pragma once
 // A selection rule: score -> allocate -> select, built from a spec string (rules/factory.h).
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -31,6 +32,21 @@ struct RuleInput {
   // A cross-layer rule's counts for this layer (LayerPlanner): [budget][unit] kept tokens,
   // handed in by the replay after every layer was observed; null otherwise.
   const std::vector<std::vector<i64>>* planned = nullptr;
+  // A decode-protocol view (replay/decode_view.h): the cache as it stands during generation,
+  // compacted. positions[g][i] is the model position (for RoPE) of token i of view KV head g;
+  // absent (when units kept different numbers of tokens) marks [unit][n_c] tokens evicted from
+  // that unit but kept by another, which the rule must not keep. Both null outside a decode step.
+  const std::vector<std::vector<i64>>* positions = nullptr;
+  const std::vector<std::uint8_t>* absent = nullptr;
+
+  // The RoPE position of token `index` of KV head g: the model position in a decode view (past
+  // its tokens, counting on from the last one), else the index itself.
+  i64 rope_position(int g, i64 index) const {
+    if (!positions) return index;
+    const auto& p = (*positions)[static_cast<std::size_t>(g)];
+    const i64 n = static_cast<i64>(p.size());
+    return index < n ? p[static_cast<std::size_t>(index)] : p.back() + (index - n + 1);
+  }
 
   // One shared layer of a trace, as the replay and the Python bindings hand it to rules.
   static RuleInput of_layer(const TraceMeta& meta, int layer, std::shared_ptr<const LayerData> data, i64 n_c,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "core/error.h"
@@ -102,8 +103,32 @@ std::vector<Selection> ScoredRule::select_counts(const RuleInput&, const UnitSco
   return out;
 }
 
+namespace {
+
+// A decode view's tokens evicted from one unit but kept by another (RuleInput::absent) rank
+// below every present one, so no allocation or top-k brings them back; returns each unit's
+// present count, the most it may keep.
+std::vector<i64> rank_absent_last(const RuleInput& in, UnitScores& s) {
+  std::vector<i64> present(s.units, s.n_c);
+  if (!in.absent) return present;
+  if (static_cast<i64>(in.absent->size()) != s.units * s.n_c)
+    fail("decode view", "absent", "covers " + std::to_string(in.absent->size()) + " tokens, the rule scores " +
+                                      std::to_string(s.units) + " units x " + std::to_string(s.n_c));
+  const float lowest = s.log_space ? -INFINITY : -std::numeric_limits<float>::max();
+  for (int u = 0; u < s.units; ++u)
+    for (i64 j = 0; j < s.n_c; ++j)
+      if ((*in.absent)[static_cast<std::size_t>(u * s.n_c + j)]) {
+        s.unit(u)[j] = lowest;
+        --present[u];
+      }
+  return present;
+}
+
+}  // namespace
+
 std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector<Budget>& budgets) const {
-  const UnitScores s = scores(in);
+  UnitScores s = scores(in);
+  const std::vector<i64> present = rank_absent_last(in, s);
   std::vector<UnitCounts> counts;
   std::vector<i64> layer_budgets;
   for (const auto& b : budgets) {
@@ -133,7 +158,7 @@ std::vector<Selection> ScoredRule::select(const RuleInput& in, const std::vector
              std::to_string(c[u]) + " kept tokens per " + (s.mode == GqaMode::kv ? "KV" : "query") + " head (layer " +
                  std::to_string(in.layer) + ") are fewer than the " + std::to_string(s.n_protected) +
                  " protected tokens (observation window / sinks); use a larger budget or a smaller window");
-      c[u] = std::min(c[u], s.n_c);  // Ada-KV can allot a head more than the span: keep all of it
+      c[u] = std::min(c[u], present[u]);  // Ada-KV can allot a head more than the span: keep all of it
     }
     counts.push_back({std::move(c), lb == B ? exact : static_cast<double>(lb), forced_per_unit(in, s, lb)});
   }

@@ -16,6 +16,8 @@ int cmd_replay(const std::vector<std::string>& args) {
   namespace po = boost::program_options;
   ReplayOptions ro;
   std::string cp = "agnostic", eval = "queries", nu = "exact", nu_cache = default_norm_cache_dir();
+  std::string protocol = "oneshot", decode_start = "full";
+  i64 every = 0;
   if (nu_cache.empty()) nu_cache = "off";
   po::options_description opts("kvsim replay TRACE --rules SPECS --budgets LIST --out DIR [options]");
   opts.add_options()("help,h", "show this help")
@@ -32,6 +34,11 @@ int cmd_replay(const std::vector<std::string>& args) {
        "observation window w: queries n_c-w .. n_c-1")
       ("eval", po::value(&eval)->default_value(eval),
        "queries (positions >= n_c) | window (observation window, in-sample) | both")
+      ("protocol", po::value(&protocol)->default_value(protocol),
+       "oneshot (compress once at n_c) | decode (also every --every positions while generating)")
+      ("every", po::value(&every)->default_value(every), "decode: positions between compressions (kvpress compression_interval)")
+      ("decode-start", po::value(&decode_start)->default_value(decode_start),
+       "decode: the cache at n_c is full (kvpress DecodingPress) | compressed (PrefillDecodingPress)")
       ("nu", po::value(&nu)->default_value(nu),
        "value norm of the bounds: exact (||v W_o||_1) | upper (sum |v||W_o|, cheaper, looser but valid)")
       ("nu-cache", po::value(&nu_cache)->default_value(nu_cache),
@@ -63,7 +70,7 @@ int cmd_replay(const std::vector<std::string>& args) {
   }
   if (nu_cache.empty()) throw po::error("--nu-cache needs a folder or off");
   ro.nu_cache_dir = nu_cache == "off" ? "" : nu_cache;
-  cli::set_protocol_modes(ro.protocol, cp, eval);
+  cli::set_protocol_modes(ro.protocol, cp, eval, protocol, every, decode_start);
   ro.per_query = vm.count("per-query") > 0;
   ro.save_selection = vm.count("save-selection") > 0;
   ro.command = "kvsim";

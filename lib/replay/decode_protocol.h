@@ -1,0 +1,39 @@
+#pragma once
+// The decode protocol (rules doc 1.9): compression while generating, for any rule. The cache
+// starts full at the compression point n_0 (or compressed there exactly as the one-shot protocol
+// compresses it) and, every `every` positions after n_0, is cut back to the budget by the rule,
+// which sees only the cache as it stands then (replay/decode_view.h): the tokens still cached,
+// compacted, and the queries of those tokens. An evicted token never returns. Each evaluation
+// query is measured against full attention over every token up to its position, its cache
+// being what the compressions before it left plus every token since (Selection::per_query).
+#include <vector>
+
+#include "core/selection.h"
+#include "rules/budget.h"
+#include "rules/rule.h"
+
+namespace kvsim {
+
+struct DecodeOptions {
+  i64 every = 0;                  // positions between compressions; 0 = the one-shot protocol
+  bool start_compressed = false;  // compress at n_0 too (kvpress PrefillDecodingPress), else start full (DecodingPress)
+  int window = 32;                // the view's observation window (LayerCache window rows)
+};
+
+// What the compressions of one (rule, budget, layer) did, for summary.json.
+struct DecodeStats {
+  i64 compressions = 0;        // rule calls after n_0 that cut the cache
+  double cache_tokens_sum = 0; // over evaluation queries and units: tokens the query's cache held
+  i64 cache_tokens_count = 0;  // evaluation queries x units
+  double mean_cache_tokens() const { return cache_tokens_count ? cache_tokens_sum / cache_tokens_count : 0; }
+};
+
+// The rule's selection for every budget of `in` (the one-shot input: n_c = n_0, eval_rows the
+// evaluation queries) under the decode protocol: Selection::per_query holds each evaluation
+// query's cache; kept holds the tokens of [0, n_0) still cached at the last evaluation query.
+// `stats` (may be null) gets one entry per budget. Throws kvsim::Error naming the rule, the
+// budget and the decode step.
+std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, const std::vector<Budget>& budgets,
+                                     const DecodeOptions& opt, std::vector<DecodeStats>* stats = nullptr);
+
+}  // namespace kvsim
