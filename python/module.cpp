@@ -26,6 +26,7 @@
 #include "numpy_views.h"
 #include "py_rules.h"
 #include "quant_api.h"
+#include "decode_api.h"
 #include "select_arrays.h"
 #include "rules/factory.h"
 #include "rules/presets.h"
@@ -261,6 +262,7 @@ PYBIND11_MODULE(_kvsim, m) {
   bind_engine(m);
   bind_rules(m);
   bind_select(m);
+  bind_decode(m);
   bind_quant(m);
 }
 

@@ -45,6 +45,12 @@ void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 
   opt.decode_start_compressed = start == "compressed";
 }
 
+std::string protocol_text(const ProtocolOptions& opt) {
+  if (!opt.decode()) return "oneshot";
+  return "decode(every=" + std::to_string(opt.decode_every) +
+         ",start=" + (opt.decode_start_compressed ? "compressed" : "full") + ")";
+}
+
 Protocol resolve_protocol(const TraceMeta& meta, const ProtocolOptions& opt) {
   Protocol p;
   p.n_c = opt.compression_point == CompressionPoint::agnostic ? meta.context_end() : meta.prefill_len;

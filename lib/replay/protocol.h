@@ -26,6 +26,8 @@ struct ProtocolOptions {
 // --protocol oneshot|decode, --every N, --decode-start full|compressed into `opt`; throws
 // kvsim::Error naming the option.
 void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 every, const std::string& start);
+// "oneshot" or "decode(every=N,start=full|compressed)": the protocol's name in sweep.json and unit keys.
+std::string protocol_text(const ProtocolOptions& opt);
 
 struct Protocol {
   i64 n_c = 0;

@@ -201,6 +201,12 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
         s.budget_tokens.push_back(-1);
         continue;
       }
+      // Decoding from a full cache: a token count may exceed n_c (the cache grows to it first).
+      if (opt.protocol.decode() && !opt.protocol.decode_start_compressed && b.kind == Budget::Kind::tokens &&
+          b.per_layer.empty()) {
+        s.budget_tokens.push_back(static_cast<i64>(b.value));
+        continue;
+      }
       // Every layer's count valid; a per-layer budget's nominal count is its layers' mean.
       double sum = 0;
       for (int l : s.layers) sum += static_cast<double>(b.for_layer(l).tokens_for(s.protocol.n_c));
@@ -352,7 +358,9 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
           const PerturbationResult& res = results[si][r][b];
           // The rule's own layer budget when it has one (pyramid), else the nominal budget.
           const i64 layer_budget =
-              sels[b].budget_tokens >= 0 ? sels[b].budget_tokens : layer_budgets[b].tokens_for(p.n_c);
+              sels[b].budget_tokens >= 0                                         ? sels[b].budget_tokens
+              : p.decode && layer_budgets[b].kind == Budget::Kind::tokens ? static_cast<i64>(layer_budgets[b].value)
+                                                                          : layer_budgets[b].tokens_for(p.n_c);
           RowKey key{spec, labels.at(spec), budgets[b].text, layer_budget, l, sets[si].second, meta.head_dim};
           NullRowSink none;
           const auto agg = write_metric_rows(sinks.metrics ? *sinks.metrics : none, key, sels[b], res, setup.heads, G);

@@ -177,6 +177,7 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
             {"options", {{"rules", ro.rules}, {"budgets", ro.budgets}, {"layers", ro.layers}, {"heads", ro.heads},
                          {"compression_point", compression_point_name(ro.protocol.compression_point)},
                          {"window", ro.protocol.window}, {"eval", eval_mode_name(ro.protocol.eval)},
+                         {"protocol", protocol_text(ro.protocol)},
                          {"nu", norm_kind_name(ro.nu)}, {"nu_cache", ro.nu_cache_dir}, {"per_query", ro.per_query},
                          {"layers_per_unit", opt.layers_per_unit}}},
             {"traces", traces},

@@ -112,6 +112,7 @@ std::vector<SweepUnit> plan_units(const SweepOptions& opt, const std::vector<Tra
   const std::string common = "rules=" + r.rules + "|budgets=" + r.budgets + "|heads=" + r.heads +
                              "|cp=" + compression_point_name(r.protocol.compression_point) +
                              "|window=" + std::to_string(r.protocol.window) + "|eval=" + eval_mode_name(r.protocol.eval) +
+                             "|protocol=" + protocol_text(r.protocol) +
                              "|nu=" + norm_kind_name(r.nu) + "|per_query=" + (r.per_query ? "1" : "0");
   std::vector<SweepUnit> units;
   const int per = std::max(1, opt.layers_per_unit);

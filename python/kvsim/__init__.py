@@ -25,7 +25,7 @@ _blas.after_import(_BLAS_CHOICE)
 if _BLAS_CHOICE[0]:
     _kvsim._note_blas_choice(_BLAS_CHOICE[0])
 
-from ._kvsim import KvsimError, Layer, LayerView, RuleError, Trace, quantize, scores  # noqa: F401
+from ._kvsim import KvsimError, Layer, LayerView, RuleError, Trace, decode_masks, quantize, scores  # noqa: F401
 from .python_rules import MaskRule, ScoreRule, select, wrap  # noqa: F401
 from .runs import analyze, calibrate_threshold, prefill, read_table, replay, rules, run  # noqa: F401
 from .selections import write_selection  # noqa: F401
@@ -44,7 +44,7 @@ def open_trace(path):
     """Opens a trace (kvsim trace format v1/v2): .meta, .q_pos, .segments, .input_ids and
     .layer(l) with read-only numpy views (no copy). Errors name the file and the field."""
     return _kvsim.open_trace(os.fspath(path))
-__all__ = ["blas", "open_trace", "scores", "select", "quantize", "replay", "calibrate_threshold", "read_table", "analyze", "prefill", "rules", "run", "ScoreRule", "MaskRule", "wrap",
+__all__ = ["blas", "open_trace", "scores", "select", "quantize", "decode_masks", "replay", "calibrate_threshold", "read_table", "analyze", "prefill", "rules", "run", "ScoreRule", "MaskRule", "wrap",
            "write_selection", "write_trace", "KvsimError", "RuleError", "Trace", "Layer", "LayerView"]
 
 # Python rules hold Python callables inside the C++ registry: release them while Python runs.

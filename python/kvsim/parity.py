@@ -430,6 +430,15 @@ def compare_layers(ours, theirs, spec):
                 channels_equal=channels_equal if has_channels else None)
 
 
+def trace_meta(f, path):
+    """The root attributes of an open trace (h5py) as the shim reads them, shape fields as ints."""
+    meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    meta.update(path=path, num_layers=int(meta["num_layers"]), num_heads=int(meta["num_heads"]),
+                num_kv_heads=int(meta["num_kv_heads"]), head_dim=int(meta["head_dim"]),
+                hidden_size=int(meta["hidden_size"]))
+    return meta
+
+
 def parity_table(traces, pairs=PAIRS, ratios=RATIOS, progress=None):
     """Rows {trace, press, kvpress, spec, ratio, reference, error, jaccard_min, jaccard_mean,
     differing, explained_by_ties, explained_by_tolerance, channels_equal}. A pair that fails on
@@ -453,10 +462,7 @@ def parity_table(traces, pairs=PAIRS, ratios=RATIOS, progress=None):
             except (kvsim.KvsimError, DumpError) as e:
                 kvsim_side[label] = f"kvsim: {e}"
         with h5py.File(trace, "r") as f:
-            meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            meta.update(path=trace, num_layers=int(meta["num_layers"]), num_heads=int(meta["num_heads"]),
-                        num_kv_heads=int(meta["num_kv_heads"]), head_dim=int(meta["head_dim"]),
-                        hidden_size=int(meta["hidden_size"]))
+            meta = trace_meta(f, trace)
             for label, expr, spec, mode in pairs:
                 base = dict(trace=os.path.basename(trace), press=label, spec=spec, reference=label not in INFORMATIONAL)
                 if isinstance(kvsim_side[label], str):
@@ -531,6 +537,10 @@ def format_compact(rows):
 
 def main(argv=None):
     import argparse
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--decode" in argv:  # kvpress's DecodingPress against kvsim's --protocol decode (kvsim.decode_parity)
+        from kvsim.decode_parity import main as decode_main
+        return decode_main([a for a in argv if a != "--decode"])
     p = argparse.ArgumentParser(prog="kvpress-parity", description="Run kvpress's own presses and kvsim's rules on "
                                 "the same trace tensors and compare their kept sets (Jaccard per layer and KV head).")
     p.add_argument("traces", nargs="+", help="kvsim traces storing every context query, with o_proj")

@@ -80,7 +80,8 @@ class ReplayResult:
         return f"<kvsim.ReplayResult {len(self.metrics)} metric rows>"
 
 
-_REPLAY_OPTIONS = ("layers", "heads", "compression_point", "window", "eval", "nu", "nu_cache", "threads")
+_REPLAY_OPTIONS = ("layers", "heads", "compression_point", "window", "eval", "nu", "nu_cache", "threads", "protocol",
+                   "every", "decode_start")
 
 
 def _engine_options(name, known, options, text=()):
@@ -143,7 +144,8 @@ def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, 
     """Replays `trace` (a path or kvsim.Trace) through `rules` (spec string with ';', Python rules,
     kvsim.wrap(...), or a list of them) at `budgets` (0.2, "20%", "cr=0.8", 512, or a list).
     Options are kvsim replay's: compression_point="aware", window=64, eval="both", nu="upper",
-    nu_cache="off" (or a folder), threads=2.
+    nu_cache="off" (or a folder), threads=2, protocol="decode" with every=64 and
+    decode_start="full"|"compressed" (compression while generating, rules doc 1.9).
     Returns the metrics.csv rows as a DataFrame (df.attrs["summary"] holds summary.json and
     df.attrs["table"] the printed table); with per_query or return_selection, a ReplayResult.
     The engine hands its columns over directly (no file is written or read); out=DIR also writes
@@ -151,7 +153,8 @@ def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, 
     path, specs, budget_text = _path(trace), specs_text(rules), _budgets_text(budgets)
     out = os.fspath(out) if out is not None else ""
     kw = _engine_options("replay", _REPLAY_OPTIONS, dict(layers=layers, heads=heads, **options),
-                         text=("layers", "heads", "compression_point", "eval", "nu", "nu_cache"))
+                         text=("layers", "heads", "compression_point", "eval", "nu", "nu_cache", "protocol",
+                               "decode_start"))
     command = _command("replay", [path, "--rules", specs, "--budgets", budget_text], out,
                        dict(kw, per_query=per_query, save_selection=return_selection))
     with _progress(progress):

@@ -1,0 +1,247 @@
+// The decode protocol (replay/decode_protocol.h, rules doc 1.9) against float64 re-enactments
+// written here: the cache of every KV head followed through the generation, cut at each
+// compression by the rule's definition on that head's own tokens (knorm; snapkv without pooling,
+// its window attention over the head's cached keys only), every evaluation query's mask compared.
+// Then the protocol's invariants on rules whose heads keep different counts (Ada-KV, the union
+// view) and on step-wise rules: an evicted token never returns, budgets hold at every compression.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "core/error.h"
+#include "replay/decode_protocol.h"
+#include "rules/budget.h"
+#include "rules/factory.h"
+#include "rules_reference.h"
+
+using namespace kvsim;
+using namespace kvsim::test;
+
+namespace {
+
+std::unique_ptr<TestLayer> decode_layer(std::uint64_t seed) {
+  SynthOptions o;
+  o.num_layers = 2;
+  o.num_heads = 4;
+  o.num_kv_heads = 2;
+  o.head_dim = 16;
+  o.hidden_size = 48;
+  o.seq_len = 400;
+  o.question_len = 8;
+  o.gen_len = 40;
+  o.all_queries = true;
+  o.seed = seed;
+  return synthetic_test_layer(o, 1);
+}
+
+using Cache = std::vector<std::vector<i64>>;  // [KV head] cached positions
+
+// One compression of head g's tokens `held` to `keep` by float64 scores (higher kept, ties to
+// the lower position), the last `protect` tokens always kept.
+std::vector<i64> keep_best(const std::vector<i64>& held, const std::vector<double>& score, i64 keep, i64 protect) {
+  const i64 n = static_cast<i64>(held.size());
+  if (keep >= n) return held;
+  std::vector<i64> idx;
+  for (i64 i = 0; i < n - protect; ++i) idx.push_back(i);
+  std::stable_sort(idx.begin(), idx.end(), [&](i64 a, i64 b) { return score[a] > score[b]; });
+  std::vector<std::uint8_t> k(n, 0);
+  for (i64 i = 0; i < keep - protect; ++i) k[idx[i]] = 1;
+  for (i64 i = n - protect; i < n; ++i) k[i] = 1;
+  std::vector<i64> out;
+  for (i64 i = 0; i < n; ++i)
+    if (k[i]) out.push_back(held[i]);
+  return out;
+}
+
+double key_norm(const LayerData& D, int g, i64 t) {
+  double s = 0;
+  for (int c = 0; c < D.head_dim; ++c) s += static_cast<double>(D.k_row(g, t)[c]) * D.k_row(g, t)[c];
+  return std::sqrt(s);
+}
+
+// snapkv(window=w, kernel=1), group mean, on one head's cache: each window query (the last w
+// tokens, all generated since the last cut) attends to the head's cached tokens up to itself.
+std::vector<double> snap_scores(const TestLayer& L, int g, const std::vector<i64>& held, i64 w) {
+  const LayerData& D = L.data;
+  const int G = D.num_heads / D.num_kv_heads, d = D.head_dim;
+  const i64 n = static_cast<i64>(held.size()), m = n - w;
+  std::vector<double> s(m, 0.0);
+  for (int h = g * G; h < (g + 1) * G; ++h)
+    for (i64 i = m; i < n; ++i) {
+      const i64 t = held[i];
+      const i64 row = std::lower_bound(L.meta.q_pos.begin(), L.meta.q_pos.end(), t) - L.meta.q_pos.begin();
+      std::vector<double> logit;
+      for (i64 j = 0; j <= i; ++j) {
+        double x = 0;
+        for (int c = 0; c < d; ++c) x += static_cast<double>(D.q_row(h, row)[c]) * D.k_row(g, held[j])[c];
+        logit.push_back(x / std::sqrt(static_cast<double>(d)));
+      }
+      const double top = *std::max_element(logit.begin(), logit.end());
+      double z = 0;
+      for (double& x : logit) z += (x = std::exp(x - top));
+      for (i64 j = 0; j < m; ++j) s[j] += logit[j] / z / (G * w);
+    }
+  return s;
+}
+
+// The decode protocol re-enacted: [KV head][eval query] masks.
+template <class Cut>
+std::vector<std::vector<std::vector<std::uint8_t>>> reenact(const TestLayer& L, i64 every, bool start_compressed,
+                                                            const Budget& b, Cut cut) {
+  const int Hkv = L.data.num_kv_heads;
+  const i64 n0 = L.n_c;
+  std::vector<i64> eval;
+  for (i64 r : L.eval_rows) eval.push_back(L.meta.q_pos[r]);
+  Cache cache(Hkv);
+  for (int g = 0; g < Hkv; ++g) {
+    for (i64 t = 0; t < n0; ++t) cache[g].push_back(t);
+    if (start_compressed) cache[g] = cut(g, cache[g], b.tokens_for(n0));
+  }
+  std::vector<std::vector<std::vector<std::uint8_t>>> masks(Hkv);
+  i64 from = n0, next = n0 + every;
+  for (i64 t : eval) {
+    if (t >= next) {  // compress at L = next: what each head holds plus [from, L)
+      const i64 Lc = next;
+      for (int g = 0; g < Hkv; ++g) {
+        for (i64 p = from; p < Lc; ++p) cache[g].push_back(p);
+        const i64 keep = b.kind == Budget::Kind::tokens ? static_cast<i64>(b.value) : b.tokens_for(Lc);
+        cache[g] = cut(g, cache[g], keep);
+      }
+      from = Lc;
+      next += every;
+    }
+    for (int g = 0; g < Hkv; ++g) {
+      std::vector<std::uint8_t> m(t + 1, 0);
+      for (i64 p : cache[g]) m[p] = 1;
+      for (i64 p = from; p <= t; ++p) m[p] = 1;
+      masks[g].push_back(std::move(m));
+    }
+  }
+  return masks;
+}
+
+void check_masks(const Selection& s, const std::vector<std::vector<std::vector<std::uint8_t>>>& ref) {
+  REQUIRE(s.units == static_cast<int>(ref.size()));
+  const i64 ne = static_cast<i64>(ref[0].size());
+  REQUIRE(static_cast<i64>(s.per_query.size()) == s.units * ne);
+  i64 wrong = 0;
+  for (int u = 0; u < s.units; ++u)
+    for (i64 q = 0; q < ne; ++q) wrong += s.per_query[u * ne + q] != ref[u][q];
+  CHECK(wrong == 0);
+}
+
+}  // namespace
+
+TEST_CASE("decode protocol: knorm's caches equal a float64 re-enactment (per-head tokens, both starts)") {
+  const auto L = decode_layer(11);
+  const auto rule = make_rule("knorm");
+  for (const std::string budget : {"0.25", "64", "cr=0.8"})
+    for (bool compressed : {false, true})
+      for (i64 every : {8, 13}) {
+        CAPTURE(budget);
+        CAPTURE(compressed);
+        CAPTURE(every);
+        const Budget b = Budget::parse(budget);
+        const auto sels = decode_select(*rule, L->input(), {b}, {every, compressed, 32});
+        const auto ref = reenact(*L, every, compressed, b, [&](int g, const std::vector<i64>& held, i64 keep) {
+          std::vector<double> s;
+          for (i64 t : held) s.push_back(-key_norm(L->data, g, t));
+          return keep_best(held, s, keep, 0);
+        });
+        check_masks(sels[0], ref);
+      }
+}
+
+TEST_CASE("decode protocol: snapkv's window attention sees only the head's cached keys") {
+  const auto L = decode_layer(12);
+  const auto rule = make_rule("snapkv(window=8,kernel=1)");
+  for (const std::string budget : {"0.2", "48"})
+    for (bool compressed : {false, true}) {
+      CAPTURE(budget);
+      CAPTURE(compressed);
+      const Budget b = Budget::parse(budget);
+      const auto sels = decode_select(*rule, L->input(), {b}, {8, compressed, 32});
+      // The cut at n_0 (compressed start) is the one-shot selection itself.
+      std::vector<Selection> first;
+      if (compressed) first = rule->select(L->input(), {b});
+      bool at_start = compressed;
+      const auto ref = reenact(*L, 8, compressed, b, [&](int g, const std::vector<i64>& held, i64 keep) {
+        if (at_start && static_cast<i64>(held.size()) == L->n_c) {
+          std::vector<i64> out;
+          for (i64 j = 0; j < L->n_c; ++j)
+            if (first[0].unit_mask(g)[j]) out.push_back(j);
+          if (g + 1 == L->data.num_kv_heads) at_start = false;
+          return out;
+        }
+        return keep_best(held, snap_scores(*L, g, held, 8), keep, 8);
+      });
+      check_masks(sels[0], ref);
+    }
+}
+
+TEST_CASE("decode protocol: uneven heads (Ada-KV), step-wise rules: nothing evicted returns, budgets hold") {
+  const auto L = decode_layer(13);
+  const i64 ne = static_cast<i64>(L->eval_rows.size());
+  std::vector<i64> eval;
+  for (i64 r : L->eval_rows) eval.push_back(L->meta.q_pos[r]);
+  for (const std::string spec : {"ada(snapkv(window=8))", "critical(ada(snapkv(window=8)))", "tova(variant=stepwise)",
+                                 "h2o(variant=stepwise)", "quest"})
+    for (bool compressed : {false, true}) {
+      CAPTURE(spec);
+      CAPTURE(compressed);
+      const auto rule = make_rule(spec);
+      const Budget b = Budget::parse("40");
+      const Selection s = decode_select(*rule, L->input(), {b}, {8, compressed, 32})[0];
+      REQUIRE(static_cast<i64>(s.per_query.size()) == s.units * ne);
+      i64 returned = 0, over = 0;
+      for (int u = 0; u < s.units; ++u)
+        for (i64 q = 1; q < ne; ++q) {
+          const auto& prev = s.per_query[u * ne + q - 1];
+          const auto& cur = s.per_query[u * ne + q];
+          for (i64 j = 0; j < static_cast<i64>(prev.size()); ++j) returned += cur[j] && !prev[j];
+        }
+      // Right after each compression (n_0 + 8k) the layer holds at most units x 40 + 1 tokens (the
+      // query's own); Ada-KV may shift tokens between heads.
+      for (i64 q = 0; q < ne; ++q) {
+        if ((eval[q] - L->n_c) % 8 != 0 || eval[q] == L->n_c) continue;
+        i64 held = 0;
+        for (int u = 0; u < s.units; ++u)
+          held += std::count(s.per_query[u * ne + q].begin(), s.per_query[u * ne + q].end(), 1);
+        over += held > s.units * 40 + s.units;
+      }
+      CHECK(returned == 0);
+      if (spec != "quest") CHECK(over == 0);  // Quest keeps its pages' tokens, not a count
+    }
+}
+
+TEST_CASE("decode protocol: every past the generation is the one-shot selection; full budgets keep all") {
+  const auto L = decode_layer(14);
+  const std::vector<Budget> budgets = {Budget::parse("0.25"), Budget::parse("64")};
+  for (const std::string spec : {"snapkv", "ada(snapkv)", "tova(variant=stepwise)", "expected", "keydiff"}) {
+    CAPTURE(spec);
+    const auto rule = make_rule(spec);
+    const auto one = rule->select(L->input(), budgets);
+    const auto dec = decode_select(*rule, L->input(), budgets, {1000, true, 32});
+    for (std::size_t b = 0; b < budgets.size(); ++b) {
+      CHECK(dec[b].kept == one[b].kept);
+      CHECK(dec[b].per_query == one[b].per_query);
+    }
+    // A budget above every length: nothing is ever cut, each query sees all of [0, t].
+    const auto all = decode_select(*rule, L->input(), {Budget::parse("100000")}, {8, false, 32})[0];
+    bool everything = true;
+    for (const auto& m : all.per_query) everything = everything && std::all_of(m.begin(), m.end(), [](auto x) { return x == 1; });
+    CHECK(everything);
+  }
+}
+
+TEST_CASE("decode protocol: clear refusals") {
+  const auto L = decode_layer(15);
+  CHECK_THROWS_WITH_AS(decode_select(*make_rule("knorm"), L->input(), {Budget::parse("mem=0.25")}, {8, false, 32}),
+                       doctest::Contains("mem=0.25"), Error);
+  CHECK_THROWS_WITH_AS(decode_select(*make_rule("think(snapkv)"), L->input(), {Budget::parse("64")}, {8, false, 32}),
+                       doctest::Contains("--protocol decode"), Error);
+  CHECK_THROWS_WITH_AS(decode_select(*make_rule("knorm"), L->input(), {Budget::parse("64")}, {0, false, 32}),
+                       doctest::Contains("--every"), Error);
+}
