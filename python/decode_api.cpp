@@ -6,6 +6,7 @@
 #include "attention/layer_cache.h"
 #include "core/error.h"
 #include "engine_call.h"
+#include "select_arrays.h"
 #include "replay/decode_protocol.h"
 #include "replay/protocol.h"
 #include "rules/factory.h"
@@ -61,9 +62,42 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
   return d;
 }
 
+// One compression of the decode protocol on a running model's cache (the closed loop): k, v
+// [Hkv, T, d] and q [H, len(q_pos), d] at every position so far; cached[u] the positions unit u
+// holds (one array: shared); returns {cached, mode, cut}.
+py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py::array::c_style | py::array::forcecast>& k,
+                           py::object v, py::object q, py::object q_pos, const std::vector<std::vector<i64>>& cached,
+                           const std::string& mode, long long L, const std::string& budget, int window,
+                           double attn_scale, long long num_heads, const py::dict& rope) {
+  DecodeCut c;
+  call_command("decode_cut", [&] {
+    auto [meta, data] = arrays_layer(k, v, q, q_pos, py::none(), attn_scale, num_heads);
+    // The model's RoPE (a trace's meta: rope_theta, rope_style, rope_scaling, rotary_dim), for the
+    // rules that undo it (ExpectedAttention, CAP, leverage, DuoAttention).
+    if (rope.contains("rope_theta")) meta.rope_theta = rope["rope_theta"].cast<double>();
+    if (rope.contains("rope_style"))
+      meta.rope_style = rope["rope_style"].cast<std::string>() == "interleaved" ? RopeStyle::interleaved : RopeStyle::half;
+    if (rope.contains("rope_scaling")) meta.rope_scaling = rope["rope_scaling"].cast<std::string>();
+    if (rope.contains("rotary_dim")) meta.rotary_dim = rope["rotary_dim"].cast<int>();
+    if (L < 1 || L > meta.seq_len) fail("kvsim.decode_cut", "L", "must be in 1..T (" + std::to_string(meta.seq_len) + ")");
+    const Budget b = Budget::parse(budget);
+    const auto rule = make_rule(spec);
+    c = decode_cut(*rule, meta, *data, cached, mode == "query" ? GqaMode::query : GqaMode::kv, L, L, b,
+                   decode_keep(b, L), window, 0);
+  });
+  py::dict d;
+  d["cached"] = c.cached;
+  d["mode"] = gqa_mode_name(c.mode);
+  d["cut"] = c.cut;
+  return d;
+}
+
 }  // namespace
 
 void bind_decode(py::module_& m) {
+  m.def("_decode_cut", &decode_cut_arrays, py::arg("spec"), py::arg("k"), py::arg("v"), py::arg("q"), py::arg("q_pos"),
+        py::arg("cached"), py::arg("mode"), py::arg("L"), py::arg("budget"), py::arg("window"), py::arg("attn_scale"),
+        py::arg("num_heads"), py::arg("rope") = py::dict());
   m.def("decode_masks", &decode_masks, py::arg("trace"), py::arg("rule"), py::arg("budget"), py::arg("layer") = 0,
         py::arg("every") = 64, py::arg("decode_start") = "full", py::arg("compression_point") = "agnostic",
         py::arg("window") = 32,

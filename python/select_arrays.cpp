@@ -30,13 +30,15 @@ void need_shape(const F32& a, std::initializer_list<py::ssize_t> want, const cha
   }
 }
 
-py::list select_arrays(const std::string& spec, const F32& k, py::object v_obj, py::object q_obj, py::object q_pos_obj,
-                       py::object o_proj_obj, long long n_c, const std::vector<std::string>& budget_texts,
-                       double attn_scale, long long num_heads) {
+}  // namespace
+
+ArraysLayer arrays_layer(const F32& k, py::object v_obj, py::object q_obj, py::object q_pos_obj, py::object o_proj_obj,
+                         double attn_scale, long long num_heads) {
   need_shape(k, {-1, -1, -1}, "k");
   const int Hkv = static_cast<int>(k.shape(0)), d = static_cast<int>(k.shape(2));
   const i64 T = k.shape(1);
-  TraceMeta meta;
+  ArraysLayer out;
+  TraceMeta& meta = out.meta;
   meta.path = "kvsim.select";
   meta.model = "arrays";
   meta.num_layers = 1;
@@ -48,7 +50,6 @@ py::list select_arrays(const std::string& spec, const F32& k, py::object v_obj, 
   meta.input_ids.assign(static_cast<std::size_t>(T), 0);
   meta.segment.assign(static_cast<std::size_t>(T), kContext);
   meta.attn_scale = attn_scale > 0 ? attn_scale : 1.0 / std::sqrt(static_cast<double>(d));
-  if (n_c < 1 || n_c > T) fail("kvsim.select", "n_c", "must be in 1..T (" + std::to_string(T) + ")");
   auto data = std::make_shared<LayerData>();
   data->layer = 0;
   data->num_kv_heads = Hkv;
@@ -90,6 +91,17 @@ py::list select_arrays(const std::string& spec, const F32& k, py::object v_obj, 
     data->hidden_size = meta.num_heads * d;
   }
   meta.hidden_size = data->hidden_size;
+  out.data = std::move(data);
+  return out;
+}
+
+namespace {
+
+py::list select_arrays(const std::string& spec, const F32& k, py::object v_obj, py::object q_obj, py::object q_pos_obj,
+                       py::object o_proj_obj, long long n_c, const std::vector<std::string>& budget_texts,
+                       double attn_scale, long long num_heads) {
+  auto [meta, data] = arrays_layer(k, v_obj, q_obj, q_pos_obj, o_proj_obj, attn_scale, num_heads);
+  if (n_c < 1 || n_c > meta.seq_len) fail("kvsim.select", "n_c", "must be in 1..T (" + std::to_string(meta.seq_len) + ")");
   std::vector<Budget> budgets;
   for (const auto& b : budget_texts) {
     budgets.push_back(Budget::parse(b));

@@ -32,15 +32,52 @@ CacheState state_after(const Selection& sel, const DecodeView& view) {
   return s;
 }
 
-// The tokens per unit a compression at sequence length L keeps: a fraction or kvpress's cr of
-// the L tokens seen so far, or the token count; -1 for a threshold (the rule counts).
-i64 step_tokens(const Budget& b, i64 L) {
+}  // namespace
+
+i64 decode_keep(const Budget& b, i64 L) {
   if (b.kind == Budget::Kind::threshold) return -1;
   if (b.kind == Budget::Kind::memory)
     fail("--budgets", b.text, "a memory budget (mem=F) is not defined under the decode protocol; give tokens, a "
                               "fraction or cr=");
   return b.kind == Budget::Kind::tokens ? static_cast<i64>(b.value) : b.tokens_for(L);
 }
+
+DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& D,
+                     const std::vector<std::vector<i64>>& cached, GqaMode mode, i64 L, i64 E, const Budget& budget,
+                     i64 keep, int window, int layer) {
+  DecodeCut out;
+  out.mode = mode;
+  i64 held_max = 0;
+  for (const auto& c : cached) held_max = std::max<i64>(held_max, static_cast<i64>(c.size()));
+  if (keep >= held_max) {  // nothing to cut: every unit keeps what it holds
+    out.cached = cached;
+    return out;
+  }
+  auto view = std::make_shared<const DecodeView>(make_decode_view(meta, D, cached, mode, L, E, window));
+  Selection sel;
+  try {
+    const Budget b = keep < 0 ? budget : Budget::parse(std::to_string(std::min(keep, view->n_c)));
+    sel = std::move(rule.select(view->input(layer), {b}).at(0));
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " (decode protocol: compression at position " + std::to_string(L) +
+                ", layer " + std::to_string(layer) + ", budget " + budget.text + ")");
+  }
+  if (!sel.key_channels.empty() || sel.quant)
+    fail(rule.spec(), "--protocol decode",
+         "prunes key channels or quantizes its cache: one compression point only (--every larger than the "
+         "generation)");
+  const CacheState next = state_after(sel, *view);
+  out.mode = next.mode;
+  out.cached = next.cached;
+  out.cut = true;
+  if (!sel.per_query.empty()) {
+    out.stepwise = std::make_shared<const Selection>(std::move(sel));
+    out.view = view;
+  }
+  return out;
+}
+
+namespace {
 
 std::vector<std::uint8_t> mask_of(const std::vector<i64>& cached, i64 from, i64 t) {
   std::vector<std::uint8_t> m(static_cast<std::size_t>(t + 1), 0);
@@ -49,10 +86,6 @@ std::vector<std::uint8_t> mask_of(const std::vector<i64>& cached, i64 from, i64 
   for (i64 p = from; p <= t; ++p) m[p] = 1;
   return m;
 }
-
-}  // namespace
-
-namespace {
 
 // One stretch of generation between two compressions: its evaluation queries [q0, q1) see the
 // cache `state` plus every token from `from` on, or (a step-wise rule) the rule's own masks.
@@ -157,40 +190,18 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
       }
       const GqaMode mode = iv.stepwise ? iv.stepwise->mode : iv.state.mode;
       const i64 next_end = k + 1 < bounds.size() ? bounds[k + 1] : eval_pos.back() + 1;
-      const i64 keep = step_tokens(budgets[b], L);
-      i64 held_max = 0;
-      for (const auto& c : cached) held_max = std::max<i64>(held_max, static_cast<i64>(c.size()));
+      DecodeCut c = decode_cut(rule, meta, D, cached, mode, L, next_end, budgets[b], decode_keep(budgets[b], L),
+                               opt.window, in.layer);
       iv = Interval{};
       iv.from = L;
-      if (keep >= held_max) {
-        iv.state.mode = mode;  // nothing to cut: every unit keeps what it holds
-        for (auto& c : cached) {
-          c.erase(std::remove_if(c.begin(), c.end(), [L](i64 t) { return t >= L; }), c.end());
-          iv.state.cached.push_back(std::move(c));
-        }
-        continue;
-      }
-      auto view = std::make_shared<const DecodeView>(make_decode_view(meta, D, cached, mode, L, next_end, opt.window));
-      Selection sel;
-      try {
-        const Budget sb = keep < 0 ? budgets[b] : Budget::parse(std::to_string(std::min(keep, view->n_c)));
-        sel = std::move(rule.select(view->input(in.layer), {sb}).at(0));
-      } catch (const Error& e) {
-        throw Error(std::string(e.what()) + " (decode protocol: compression at position " + std::to_string(L) +
-                    ", layer " + std::to_string(in.layer) + ", budget " + budgets[b].text + ")");
-      }
-      if (!sel.key_channels.empty() || sel.quant)
-        fail(rule.spec(), "--protocol decode",
-             "prunes key channels or quantizes its cache: one compression point only (--every larger than the "
-             "generation)");
-      if (units != 0 && sel.units != units)
+      iv.state.mode = c.mode;
+      iv.state.cached = std::move(c.cached);
+      if (!c.cut) continue;
+      if (units != 0 && static_cast<int>(iv.state.cached.size()) != units)
         fail(rule.spec(), "--protocol decode", "changed its selection units between compressions");
-      units = sel.units;
-      iv.state = state_after(sel, *view);
-      if (!sel.per_query.empty()) {
-        iv.stepwise = std::make_shared<const Selection>(std::move(sel));
-        iv.view = view;
-      }
+      units = static_cast<int>(iv.state.cached.size());
+      iv.stepwise = c.stepwise;
+      iv.view = c.view;
       if (stats) ++(*stats)[b].compressions;
     }
     if (units == 0) units = D.num_kv_heads;  // never cut: the full cache, one set per KV head

@@ -6,6 +6,7 @@
 // compacted, and the queries of those tokens. An evicted token never returns. Each evaluation
 // query is measured against full attention over every token up to its position, its cache
 // being what the compressions before it left plus every token since (Selection::per_query).
+#include <memory>
 #include <vector>
 
 #include "core/selection.h"
@@ -27,6 +28,30 @@ struct DecodeStats {
   i64 cache_tokens_count = 0;  // evaluation queries x units
   double mean_cache_tokens() const { return cache_tokens_count ? cache_tokens_sum / cache_tokens_count : 0; }
 };
+
+class DecodeView;
+
+// What one compression left: each unit's cached positions (one shared list when nothing was cut
+// yet), the rule's GQA mode and, for a step-wise rule, its per-query masks over the view.
+struct DecodeCut {
+  GqaMode mode = GqaMode::kv;
+  std::vector<std::vector<i64>> cached;
+  bool cut = false;                           // false: every unit held no more than the budget
+  std::shared_ptr<const Selection> stepwise;  // per_query over view's evaluation queries, or null
+  std::shared_ptr<const DecodeView> view;
+};
+
+// One compression of the decode protocol at sequence length L: `cached` (per unit, or one list)
+// plus nothing else is the cache; the rule cuts it to `keep` tokens per unit (-1: `budget` is a
+// threshold the rule applies) seeing the view of replay/decode_view.h, whose tokens [L, E)
+// follow (E = L in a running model). Throws kvsim::Error naming the rule, position and layer.
+DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& data,
+                     const std::vector<std::vector<i64>>& cached, GqaMode mode, i64 L, i64 E, const Budget& budget,
+                     i64 keep, int window, int layer);
+
+// The tokens per unit a compression at sequence length L keeps under `budget`: a fraction or
+// kvpress's cr of the L tokens seen so far, or the token count; -1 for a threshold.
+i64 decode_keep(const Budget& budget, i64 L);
 
 // The rule's selection for every budget of `in` (the one-shot input: n_c = n_0, eval_rows the
 // evaluation queries) under the decode protocol: Selection::per_query holds each evaluation

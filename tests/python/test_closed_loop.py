@@ -265,6 +265,60 @@ class ClosedLoopTransformersTest(unittest.TestCase):
         self.assertGreater(run_of(table, "tova(variant=stepwise)", "0.1", "decode")["hidden_drift_last"], 0)
 
 
+
+class ClosedLoopDecodeTest(unittest.TestCase):
+    """--protocol decode in the closed loop (rules doc 1.9): the model runs and every 8 fed tokens
+    each layer's cache is cut by the engine's own decode step, from the keys and queries the model
+    computed. Before the first cut nothing changed (full start); at the first cut layer 0's keys and
+    queries are still the trace's, so its attention output change equals the offline decode replay's
+    per-query perturbation at every layer-0 position up to the next cut; rules that undo RoPE get
+    the model's (interleaved for llama2.c)."""
+
+    RULES = "full;snapkv(window=8);ada(snapkv(window=8));streaming;expected"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tu.TempDir()
+        cls.dir = cls.tmp.__enter__()
+        cls.out = os.path.join(cls.dir, "decode")
+        prompt = PROMPT[:-1] + ["40"]
+        r = closed_loop("--model", tu.CHECKPOINT, *prompt, "--rules", cls.RULES, "--budgets", "0.25,64",
+                        "--protocol", "decode", "--every", "8", "--no-free-run", "--out", cls.out)
+        assert r.returncode == 0, r.stderr
+        cls.cl, cls.table, cls.doc = read(cls.out)
+        cls.off = pd.read_csv(os.path.join(cls.out, "replay", "metrics_per_query.csv"), dtype={"budget": str})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.__exit__(None, None, None)
+
+    def test_recorded(self):
+        self.assertEqual(self.doc["protocol"], {"name": "decode", "every": 8, "decode_start": "full"})
+        self.assertEqual(set(self.table["mode"]), {"decode"})
+        self.assertEqual(len(self.table), 5 * 2)
+
+    def test_layer0_equals_offline_until_the_second_cut(self):
+        n_c = int(self.off["query_pos"].min())
+        compared = 0
+        for rule in self.table["rule"].unique():
+            for b in ("0.25", "64"):
+                c = self.cl[(self.cl["rule"] == rule) & (self.cl["budget"] == b) & (self.cl["layer"] >= 0)]
+                o = self.off[(self.off["rule"] == rule) & (self.off["budget"] == b) & (self.off["head"] == -1)]
+                before = c[c["position"] < n_c + 8]["attn_out_l1"]
+                self.assertLess(before.abs().max(), 1e-3, rule)  # float rounding only
+                for L in range(n_c + 8, n_c + 24):  # layer 0 sees the trace's keys and queries at both cuts
+                    x = c[(c["position"] == L) & (c["layer"] == 0)]["attn_out_l1"].iloc[0]
+                    y = o[(o["query_pos"] == L) & (o["layer"] == 0)]["pert_l1"].iloc[0]
+                    self.assertLess(abs(x - y), 1e-4 * max(abs(y), 1.0), (rule, b, L))
+                    compared += 1
+        self.assertEqual(compared, 5 * 2 * 16)
+
+    def test_errors(self):
+        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv", "--protocol", "decode", "--every", "0",
+                        "--out", os.path.join(self.dir, "bad"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--every", r.stderr)
+
 if __name__ == "__main__":
     unittest.main()
 

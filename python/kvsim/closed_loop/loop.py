@@ -20,8 +20,8 @@ import numpy as np
 from kvsim.dump import cli
 from kvsim.dump.errors import DumpError
 from kvsim.closed_loop.metrics import free_rows, teacher_forced_rows
-from kvsim.closed_loop.runs import (Snapshot, apply_kept, blockwise_prefill, concat, decode_reselection, free_running,
-                        free_running_batch, kv_kept, quantize_kept, teacher_forced)
+from kvsim.closed_loop.runs import (Snapshot, apply_kept, blockwise_prefill, concat, decode_protocol, decode_reselection,
+                        free_running, free_running_batch, kv_kept, quantize_kept, teacher_forced)
 from kvsim.closed_loop.summary import write_outputs
 from kvsim.dump.progress import Progress
 
@@ -55,6 +55,12 @@ def build_parser():
                         "of the prompt")
     g.add_argument("--evict-every", type=int, default=1, metavar="E",
                    help="decode-time eviction: re-select every E fed tokens (variant=stepwise rules)")
+    g.add_argument("--protocol", choices=("oneshot", "decode"), default="oneshot",
+                   help="decode: every rule also cuts the cache every --every fed tokens while the model generates "
+                        "(rules doc 1.9), offline and in the model alike")
+    g.add_argument("--every", type=int, default=64, metavar="N", help="--protocol decode: tokens between compressions")
+    g.add_argument("--decode-start", choices=("full", "compressed"), default="full",
+                   help="--protocol decode: the cache at the compression point is full, or cut as one-shot")
     g.add_argument("--no-free-run", action="store_true", help="skip the free-running (greedy) continuations")
     add_batch_option(g)
     g.add_argument("--threads", type=int, help="threads of the offline replay")
@@ -116,10 +122,15 @@ def param(canon, key, default):
 
 
 class Plan:
-    """What runs for one rule: the modes, and the one-shot spec the real processes re-select with."""
+    """What runs for one rule: the modes, and the one-shot spec the real processes re-select with.
+    Under --protocol decode every rule runs one mode, "decode", cut by the decode protocol."""
 
-    def __init__(self, canon):
+    def __init__(self, canon, protocol="oneshot"):
         self.canon, self.name = canon, canon.split("(", 1)[0]
+        self.protocol = protocol
+        if protocol == "decode":
+            self.block, self.stepwise, self.modes = 0, False, ["decode"]
+            return
         self.block = int(param(canon, "block", "0")) if self.name == "keydiff" else 0
         self.stepwise = self.name == "tova" and param(canon, "variant", "oneshot") == "stepwise"
         self.modes = ["decode"] if self.stepwise else ["oneshot"] + (["blockwise"] if self.block > 0 else [])
@@ -140,6 +151,7 @@ class TraceInfo:
         self.S, self.P, self.context_end = m["seq_len"], m["prefill_len"], m["context_end"]
         self.n_c = self.context_end if point == "agnostic" else self.P
         self.spans = m.get("spans", {})
+        self.rope = {k: m[k] for k in ("rope_theta", "rope_style", "rope_scaling", "rotary_dim") if k in m}
         self.num_layers = m["num_layers"]
         if "model_layers" in m and m["model_layers"]:
             raise DumpError("--layers", "the closed loop evicts in every layer: record them all")
@@ -172,6 +184,8 @@ def run(args):
     t0 = time.monotonic()
     if args.evict_every < 1:
         raise DumpError("--evict-every", "must be >= 1")
+    if args.protocol == "decode" and args.every < 1:
+        raise DumpError("--every", "must be >= 1 (tokens between compressions)")
     if args.generate < 1:
         raise DumpError("--generate", "the closed loop needs a recorded continuation: --generate N with N >= 1")
     if args.layers:
@@ -185,18 +199,25 @@ def run(args):
         cli.run(dump_args)
     info = TraceInfo(trace, args.compression_point)
     progress(f"offline replay of {len(rules)} rules at budgets {args.budgets}")
+    decode = dict(protocol="decode", every=args.every, decode_start=args.decode_start) if args.protocol == "decode" else {}
     try:
         offline = kvsim.replay(trace, rules, args.budgets, per_query=True, return_selection=True,
                                out=os.path.join(args.out, "replay"), compression_point=args.compression_point,
-                               threads=args.threads)
+                               threads=args.threads, **decode)
+        # The decode protocol's start: the one-shot kept sets (compressed) or nothing cut (full).
+        start = offline if not decode else (
+            kvsim.replay(trace, rules, args.budgets, return_selection=True, compression_point=args.compression_point,
+                         threads=args.threads) if args.decode_start == "compressed" else None)
     except kvsim.KvsimError as e:
         raise DumpError("kvsim replay", str(e).replace("kvsim replay: error: ", "", 1))
     budgets = list(dict.fromkeys(offline.metrics["budget"].astype(str)))
     model = load_model(args, info)
     rows, runs = [], []
     loop = ClosedLoop(model, info, kvsim.select, not args.no_free_run, args.evict_every)
+    if decode:
+        loop.decode = dict(every=args.every, window=32, cut=kvsim._kvsim._decode_cut, start=start)
     jobs = [(plan, b, mode, offline_kept(offline, plan.canon, b, info.num_layers))
-            for plan in map(Plan, rules) for b in budgets for mode in plan.modes]
+            for plan in (Plan(r, args.protocol) for r in rules) for b in budgets for mode in plan.modes]
     bar = Progress("kvsim-closed-loop", "runs", len(jobs))
     for r, summary in loop.run_many(jobs, args.batch, bar.update):
         rows += r
@@ -218,6 +239,7 @@ class ClosedLoop:
 
     def __init__(self, model, info, select, free, every):
         self.m, self.info, self.select, self.free, self.every = model, info, select, free, every
+        self.decode = None  # --protocol decode: {every, window, cut}
         n_c = info.n_c
         self.snapshot = Snapshot(model, info.ids[:n_c])
         self.continuation = info.ids[n_c:]
@@ -238,9 +260,15 @@ class ClosedLoop:
             out["needle_recall_full"] = recall(self.full_free[0], self.answer)
         return out
 
-    def start(self, plan, mode, kept):
+    def start(self, plan, mode, kept, budget=None):
         """The state at the compression point, the last prompt logits and the after_step policy."""
         m, n_c = self.m, self.info.n_c
+        if plan.protocol == "decode":  # the whole cache stays, eviction by `alive`, cut every N fed tokens
+            state, d = m.copy_state(self.snapshot.state), self.decode
+            if d["start"] is not None:  # --decode-start compressed: the one-shot kept sets first
+                apply_kept(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), n_c, plan.canon)
+            return state, self.snapshot.last_logits, decode_protocol(m, plan.canon, budget, d["every"], d["window"],
+                                                                     self.snapshot.queries, n_c, d["cut"], self.info.rope)
         if mode == "blockwise":
             n_keep = int(kept[0][0].sum())
             recent = int(plan.recent * n_keep + 1e-9)
@@ -259,7 +287,7 @@ class ClosedLoop:
         return state, self.snapshot.last_logits, policy
 
     def run(self, plan, budget, mode, kept):
-        return self._run_started(plan, budget, mode, kept, *self.start(plan, mode, kept))
+        return self._run_started(plan, budget, mode, kept, *self.start(plan, mode, kept, budget))
 
     def _run_started(self, plan, budget, mode, kept, state, last, policy):
         true_kept = kv_kept(self.m, state, self.info.n_c) if mode == "blockwise" else None
@@ -312,7 +340,7 @@ class ClosedLoop:
                     finished(i, out)
                 group.clear()
         for i, (plan, budget, mode, kept) in enumerate(jobs):
-            started = self.start(plan, mode, kept)
+            started = self.start(plan, mode, kept, budget)
             state, last, _ = started
             if batch > 1 and mode == "oneshot" and hasattr(m, "stack_states") and state.get("slot_pos") is not None:
                 group.append((i, (plan, budget, kept, state, last)))  # evicted: a compacted cache

@@ -39,12 +39,14 @@ def head_rows(mask, num_heads, num_kv_heads, what):
 
 
 class Snapshot:
-    """The state after the full-cache prefill of [0, n_c), and the logits of its last position."""
+    """The state after the full-cache prefill of [0, n_c), the logits of its last position and its
+    queries ([layers] of [heads, n_c, head_dim]: the decode protocol's view reads them)."""
 
     def __init__(self, model, prompt_ids):
         self.state = model.new_state()
         out = model.forward(self.state, prompt_ids)
         self.last_logits = out.logits[-1]
+        self.queries = out.queries
 
 
 def apply_kept(model, state, kept_by_layer, n_c, what):
@@ -93,6 +95,16 @@ def teacher_forced(model, state, tokens, after_step=None, first_step=0):
     tokens = [int(t) for t in tokens]
     if after_step is None:
         return model.forward(state, [tokens] * state["batch"] if "batch" in state else tokens)
+    every = getattr(after_step, "every", None)
+    if every:  # the cache changes only every `every` steps: feed the tokens between as one block
+        outs, i = [], 0
+        while i < len(tokens):
+            step = first_step + i
+            n = min(len(tokens) - i, every - step % every)
+            outs.append(model.forward(state, tokens[i:i + n]))
+            after_step(state, step + n - 1, outs[-1])
+            i += n
+        return concat(outs)
     outs = []
     for i, t in enumerate(tokens):
         out = model.forward(state, [t])
@@ -212,4 +224,45 @@ def decode_reselection(model, spec_one_shot, n_keep, every, select):
                           attn_scale=model.scale, num_heads=model.num_heads)[0]
             rows = head_rows(kept, model.num_heads, model.num_kv_heads, spec_one_shot)
             alive[:, cand] = rows
+    return after
+
+
+def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut, rope):
+    """after_step for the decode protocol (rules doc 1.9) in a running model: after every `every`
+    fed tokens, each layer's cache is cut back to `budget` by the rule through the engine's own
+    compression (cut = kvsim._kvsim._decode_cut: the compacted view the offline replay builds), from
+    the keys, values and queries this run computed itself. The queries of the tokens fed since n_c
+    are kept in the state (state["decode_q"], new lists per step: copied states do not share them);
+    the rule's GQA mode once it cut, in state["decode_mode"]. Steps count fed tokens from n_c, so a
+    cut falls at L = n_c + k * every, as offline. rope: the trace's RoPE fields (rope_theta,
+    rope_style, rope_scaling, rotary_dim) for the rules that undo it."""
+    H, Hkv = model.num_heads, model.num_kv_heads
+    G = H // Hkv
+
+    def after(state, i, out):
+        hist = state.get("decode_q") or [[] for _ in range(model.num_layers)]
+        state["decode_q"] = [h + [out.queries[l]] for l, h in enumerate(hist)]
+        if (i + 1) % every:
+            return
+        L = n_c + i + 1
+        for layer in range(model.num_layers):
+            mode = state.get("decode_mode")
+            alive = state["alive"][layer][:, :L]
+            if mode is None and (alive == alive[:1]).all():
+                cached = [np.flatnonzero(alive[0])]  # one shared list until the rule first cuts
+            else:
+                cached = [np.flatnonzero(r) for r in (alive if mode == "query" else alive[::G])]
+            K, V = model.kv(state, layer)
+            q = np.concatenate([prompt_queries[layer]] + state["decode_q"][layer], axis=1)
+            r = cut(spec, np.ascontiguousarray(K[:, :L], np.float32), np.ascontiguousarray(V[:, :L], np.float32),
+                    np.ascontiguousarray(q, np.float32), np.arange(L), [c.tolist() for c in cached], mode or "kv", L,
+                    str(budget), window, model.scale, H, rope)
+            if not r["cut"]:
+                continue
+            state["decode_mode"] = r["mode"]
+            mask = np.zeros((len(r["cached"]), L), bool)
+            for u, c in enumerate(r["cached"]):
+                mask[u, c] = True
+            state["alive"][layer][:, :L] = head_rows(mask, H, Hkv, spec)
+    after.every = every
     return after
