@@ -75,7 +75,8 @@ py::dict replay(const std::string& trace, const std::string& rules, const std::s
                 const std::string& out, const std::string& layers, const std::string& heads,
                 const std::string& compression_point, int window, const std::string& eval, const std::string& nu,
                 const std::optional<std::string>& nu_cache, bool per_query, bool save_selection, int threads,
-                const std::string& command, const std::string& protocol, i64 every, const std::string& decode_start) {
+                const std::string& command, const std::string& protocol, i64 every, const std::string& decode_start,
+                const std::string& admission) {
   ReplayResult r;
   call_command("replay", [&] {
     ReplayOptions o;
@@ -88,7 +89,7 @@ py::dict replay(const std::string& trace, const std::string& rules, const std::s
     o.protocol.compression_point = parse_compression_point(compression_point);
     o.protocol.window = window;
     o.protocol.eval = parse_eval_mode(eval);
-    set_decode_protocol(o.protocol, protocol, every, decode_start);
+    set_decode_protocol(o.protocol, protocol, every, decode_start, admission);
     o.nu = parse_bound_norm(nu);
     const std::string cache = nu_cache ? *nu_cache : default_norm_cache_dir();
     o.nu_cache_dir = cache == "off" ? "" : cache;
@@ -198,7 +199,7 @@ void bind_engine(py::module_& m) {
         py::arg("window") = ProtocolOptions{}.window, py::arg("eval") = "queries", py::arg("nu") = "exact",
         py::arg("nu_cache") = py::none(), py::arg("per_query") = false, py::arg("save_selection") = false,
         py::arg("threads") = 0, py::arg("command") = "kvsim.replay", py::arg("protocol") = "oneshot",
-        py::arg("every") = 0, py::arg("decode_start") = "full",
+        py::arg("every") = 0, py::arg("decode_start") = "full", py::arg("admission") = "evict",
         "the replay (kvsim replay's options); returns the tables as columns, summary.json's text, the "
         "printed table and the kept masks; writes files only into `out` when it is given");
   m.def("calibrate_threshold", [](const std::string& trace, const std::string& rule, double fraction,

@@ -87,6 +87,22 @@ std::vector<std::uint8_t> mask_of(const std::vector<i64>& cached, i64 from, i64 
   return m;
 }
 
+// Append-only admission: nothing cached before `from` leaves; of the tokens [from, L) the ones
+// the cut kept enter (per unit; the held lists expand to the cut's units when they were shared).
+void admit_only(DecodeCut& c, const std::vector<std::vector<i64>>& held, i64 from) {
+  for (std::size_t u = 0; u < c.cached.size(); ++u) {
+    const auto& h = held[held.size() == 1 ? 0 : u];
+    std::vector<i64> merged;
+    for (i64 p : h)
+      if (p < from) merged.push_back(p);
+    for (i64 p : c.cached[u])
+      if (p >= from) merged.push_back(p);
+    c.cached[u] = std::move(merged);
+  }
+  c.stepwise = nullptr;  // a step-wise rule's own masks would evict: admission keeps its cut only
+  c.view = nullptr;
+}
+
 // One stretch of generation between two compressions: its evaluation queries [q0, q1) see the
 // cache `state` plus every token from `from` on, or (a step-wise rule) the rule's own masks.
 struct Interval {
@@ -192,6 +208,7 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
       const i64 next_end = k + 1 < bounds.size() ? bounds[k + 1] : eval_pos.back() + 1;
       DecodeCut c = decode_cut(rule, meta, D, cached, mode, L, next_end, budgets[b], decode_keep(budgets[b], L),
                                opt.window, in.layer);
+      if (opt.append_only && c.cut) admit_only(c, cached, iv.from);
       iv = Interval{};
       iv.from = L;
       iv.state.mode = c.mode;

@@ -19,6 +19,10 @@ struct DecodeOptions {
   i64 every = 0;                  // positions between compressions; 0 = the one-shot protocol
   bool start_compressed = false;  // compress at n_0 too (kvpress PrefillDecodingPress), else start full (DecodingPress)
   int window = 32;                // the view's observation window (LayerCache window rows)
+  // Append-only admission (kvpress #257): nothing cached leaves after n_0; at each compression
+  // the tokens generated since the last one enter only where the rule's cut to the budget keeps
+  // them, i.e. where they score above the lowest token the budget keeps.
+  bool append_only = false;
 };
 
 // What the compressions of one (rule, budget, layer) did, for summary.json.

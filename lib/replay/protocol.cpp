@@ -31,11 +31,14 @@ EvalMode parse_eval_mode(const std::string& s) {
   fail("--eval", "", "'" + s + "' is not queries, window or both");
 }
 
-void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 every, const std::string& start) {
+void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 every, const std::string& start,
+                         const std::string& admission) {
   if (protocol != "oneshot" && protocol != "decode") fail("--protocol", protocol, "is not oneshot or decode");
   if (start != "full" && start != "compressed") fail("--decode-start", start, "is not full or compressed");
+  if (admission != "evict" && admission != "append-only") fail("--admission", admission, "is not evict or append-only");
   if (protocol == "oneshot") {
     if (every != 0) fail("--every", std::to_string(every), "applies to --protocol decode");
+    if (admission != "evict") fail("--admission", admission, "applies to --protocol decode");
     return;
   }
   if (every < 1) fail("--every", std::to_string(every), "--protocol decode needs --every N >= 1 (positions between compressions)");
@@ -43,12 +46,14 @@ void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 
     fail("--eval", eval_mode_name(opt.eval), "--protocol decode evaluates the queries after n_c only (--eval queries)");
   opt.decode_every = every;
   opt.decode_start_compressed = start == "compressed";
+  opt.decode_append_only = admission == "append-only";
 }
 
 std::string protocol_text(const ProtocolOptions& opt) {
   if (!opt.decode()) return "oneshot";
   return "decode(every=" + std::to_string(opt.decode_every) +
-         ",start=" + (opt.decode_start_compressed ? "compressed" : "full") + ")";
+         ",start=" + (opt.decode_start_compressed ? "compressed" : "full") +
+         ",admission=" + (opt.decode_append_only ? "append-only" : "evict") + ")";
 }
 
 Protocol resolve_protocol(const TraceMeta& meta, const ProtocolOptions& opt) {

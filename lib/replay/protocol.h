@@ -20,12 +20,14 @@ struct ProtocolOptions {
   // after n_c; 0 = the one-shot protocol. decode_start: "full" or "compressed" at n_c.
   i64 decode_every = 0;
   bool decode_start_compressed = false;
+  bool decode_append_only = false;  // --admission append-only
   bool decode() const { return decode_every > 0; }
 };
 
 // --protocol oneshot|decode, --every N, --decode-start full|compressed into `opt`; throws
 // kvsim::Error naming the option.
-void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 every, const std::string& start);
+void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 every, const std::string& start,
+                         const std::string& admission = "evict");
 // "oneshot" or "decode(every=N,start=full|compressed)": the protocol's name in sweep.json and unit keys.
 std::string protocol_text(const ProtocolOptions& opt);
 

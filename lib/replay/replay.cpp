@@ -92,6 +92,7 @@ Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vec
                    {"name", opt.protocol.decode() ? "decode" : "oneshot"},
                    {"every", opt.protocol.decode_every},
                    {"decode_start", opt.protocol.decode() ? (opt.protocol.decode_start_compressed ? "compressed" : "full") : ""},
+                   {"admission", opt.protocol.decode() ? (opt.protocol.decode_append_only ? "append-only" : "evict") : ""},
                    {"layers", s.layers}};
   j["projected"] = meta.has_o_proj;
   j["value_norm"] = norm_kind_name(opt.nu);
@@ -322,7 +323,8 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
       }
       std::vector<DecodeStats> decode_stats;
       if (p.decode) {
-        const DecodeOptions dopt{opt.protocol.decode_every, opt.protocol.decode_start_compressed, opt.protocol.window};
+        const DecodeOptions dopt{opt.protocol.decode_every, opt.protocol.decode_start_compressed, opt.protocol.window,
+                                 opt.protocol.decode_append_only};
         rule_sels.push_back(decode_select(*rules[r], rule_in, layer_budgets, dopt, &decode_stats));
       } else {
         rule_sels.push_back(rules[r]->select(rule_in, layer_budgets));

@@ -81,7 +81,7 @@ class ReplayResult:
 
 
 _REPLAY_OPTIONS = ("layers", "heads", "compression_point", "window", "eval", "nu", "nu_cache", "threads", "protocol",
-                   "every", "decode_start")
+                   "every", "decode_start", "admission")
 
 
 def _engine_options(name, known, options, text=()):
@@ -145,7 +145,8 @@ def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, 
     kvsim.wrap(...), or a list of them) at `budgets` (0.2, "20%", "cr=0.8", 512, or a list).
     Options are kvsim replay's: compression_point="aware", window=64, eval="both", nu="upper",
     nu_cache="off" (or a folder), threads=2, protocol="decode" with every=64 and
-    decode_start="full"|"compressed" (compression while generating, rules doc 1.9).
+    decode_start="full"|"compressed" and admission="evict"|"append-only" (compression while generating,
+    rules doc 1.9).
     Returns the metrics.csv rows as a DataFrame (df.attrs["summary"] holds summary.json and
     df.attrs["table"] the printed table); with per_query or return_selection, a ReplayResult.
     The engine hands its columns over directly (no file is written or read); out=DIR also writes
@@ -154,7 +155,7 @@ def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, 
     out = os.fspath(out) if out is not None else ""
     kw = _engine_options("replay", _REPLAY_OPTIONS, dict(layers=layers, heads=heads, **options),
                          text=("layers", "heads", "compression_point", "eval", "nu", "nu_cache", "protocol",
-                               "decode_start"))
+                               "decode_start", "admission"))
     command = _command("replay", [path, "--rules", specs, "--budgets", budget_text], out,
                        dict(kw, per_query=per_query, save_selection=return_selection))
     with _progress(progress):

@@ -293,7 +293,7 @@ class ClosedLoopDecodeTest(unittest.TestCase):
         cls.tmp.__exit__(None, None, None)
 
     def test_recorded(self):
-        self.assertEqual(self.doc["protocol"], {"name": "decode", "every": 8, "decode_start": "full"})
+        self.assertEqual(self.doc["protocol"], {"name": "decode", "every": 8, "decode_start": "full", "admission": "evict"})
         self.assertEqual(set(self.table["mode"]), {"decode"})
         self.assertEqual(len(self.table), 5 * 2)
 

@@ -63,6 +63,7 @@ TEST_CASE("decode replay: full is exactly zero, both starts") {
     for (double x : reals(r.per_query, "pert_l1")) CHECK(x == 0.0);
     CHECK(r.summary.json["protocol"]["name"] == "decode");
     CHECK(r.summary.json["protocol"]["every"] == 8);
+    CHECK(r.summary.json["protocol"]["admission"] == "evict");
   }
 }
 
@@ -94,6 +95,9 @@ TEST_CASE("decode replay: option errors name the option") {
   CHECK_THROWS_WITH_AS(set_decode_protocol(p, "decode", 0, "full"), doctest::Contains("--every"), Error);
   CHECK_THROWS_WITH_AS(set_decode_protocol(p, "decode", 8, "empty"), doctest::Contains("--decode-start"), Error);
   CHECK_THROWS_WITH_AS(set_decode_protocol(p, "oneshot", 8, "full"), doctest::Contains("--every"), Error);
+  CHECK_THROWS_WITH_AS(set_decode_protocol(p, "decode", 8, "full", "keep"), doctest::Contains("--admission"), Error);
+  CHECK_THROWS_WITH_AS(set_decode_protocol(p, "oneshot", 0, "full", "append-only"), doctest::Contains("--admission"),
+                       Error);
   p.eval = EvalMode::both;
   CHECK_THROWS_WITH_AS(set_decode_protocol(p, "decode", 8, "full"), doctest::Contains("--eval"), Error);
 }

@@ -89,7 +89,7 @@ std::vector<double> snap_scores(const TestLayer& L, int g, const std::vector<i64
 // The decode protocol re-enacted: [KV head][eval query] masks.
 template <class Cut>
 std::vector<std::vector<std::vector<std::uint8_t>>> reenact(const TestLayer& L, i64 every, bool start_compressed,
-                                                            const Budget& b, Cut cut) {
+                                                            const Budget& b, Cut cut, bool append_only = false) {
   const int Hkv = L.data.num_kv_heads;
   const i64 n0 = L.n_c;
   std::vector<i64> eval;
@@ -107,7 +107,14 @@ std::vector<std::vector<std::vector<std::uint8_t>>> reenact(const TestLayer& L, 
       for (int g = 0; g < Hkv; ++g) {
         for (i64 p = from; p < Lc; ++p) cache[g].push_back(p);
         const i64 keep = b.kind == Budget::Kind::tokens ? static_cast<i64>(b.value) : b.tokens_for(Lc);
-        cache[g] = cut(g, cache[g], keep);
+        const std::vector<i64> held = cache[g], kept = cut(g, held, keep);
+        if (!append_only) {
+          cache[g] = kept;
+        } else {  // the old tokens all stay; a new one enters where the cut kept it
+          cache[g].clear();
+          for (i64 p : held)
+            if (p < from || std::count(kept.begin(), kept.end(), p)) cache[g].push_back(p);
+        }
       }
       from = Lc;
       next += every;
@@ -244,4 +251,39 @@ TEST_CASE("decode protocol: clear refusals") {
                        doctest::Contains("--protocol decode"), Error);
   CHECK_THROWS_WITH_AS(decode_select(*make_rule("knorm"), L->input(), {Budget::parse("64")}, {0, false, 32}),
                        doctest::Contains("--every"), Error);
+}
+
+TEST_CASE("decode protocol: append-only admission keeps every cached token, new ones where the cut keeps them") {
+  const auto L = decode_layer(16);
+  const auto rule = make_rule("knorm");
+  for (const std::string budget : {"0.25", "64"})
+    for (bool compressed : {false, true}) {
+      CAPTURE(budget);
+      CAPTURE(compressed);
+      const Budget b = Budget::parse(budget);
+      DecodeOptions opt{8, compressed, 32};
+      opt.append_only = true;
+      const auto sels = decode_select(*rule, L->input(), {b}, opt);
+      const auto ref = reenact(
+          *L, 8, compressed, b,
+          [&](int g, const std::vector<i64>& held, i64 keep) {
+            std::vector<double> s;
+            for (i64 t : held) s.push_back(-key_norm(L->data, g, t));
+            return keep_best(held, s, keep, 0);
+          },
+          true);
+      check_masks(sels[0], ref);
+      // nothing held at n_0 ever leaves, and some generated token was refused
+      const Selection& s = sels[0];
+      const i64 ne = static_cast<i64>(s.per_query.size()) / s.units;
+      i64 left = 0, refused = 0;
+      for (int u = 0; u < s.units; ++u) {
+        const auto& first = s.per_query[u * ne];
+        const auto& last = s.per_query[u * ne + ne - 1];
+        for (i64 j = 0; j < L->n_c; ++j) left += first[j] && !last[j];
+        for (i64 j = L->n_c; j + 8 < static_cast<i64>(last.size()); ++j) refused += !last[j];
+      }
+      CHECK(left == 0);
+      CHECK(refused > 0);
+    }
 }

@@ -32,11 +32,11 @@ inline boost::program_options::variables_map parse_args(const std::vector<std::s
 // --compression-point and --eval into the protocol options; a bad value is a usage error.
 inline void set_protocol_modes(ProtocolOptions& protocol, const std::string& compression_point,
                                const std::string& eval, const std::string& name = "oneshot", i64 every = 0,
-                               const std::string& start = "full") {
+                               const std::string& start = "full", const std::string& admission = "evict") {
   try {
     protocol.compression_point = parse_compression_point(compression_point);
     protocol.eval = parse_eval_mode(eval);
-    set_decode_protocol(protocol, name, every, start);
+    set_decode_protocol(protocol, name, every, start, admission);
   } catch (const Error& e) {
     throw boost::program_options::error(e.what());
   }

@@ -16,7 +16,7 @@ int cmd_replay(const std::vector<std::string>& args) {
   namespace po = boost::program_options;
   ReplayOptions ro;
   std::string cp = "agnostic", eval = "queries", nu = "exact", nu_cache = default_norm_cache_dir();
-  std::string protocol = "oneshot", decode_start = "full";
+  std::string protocol = "oneshot", decode_start = "full", admission = "evict";
   i64 every = 0;
   if (nu_cache.empty()) nu_cache = "off";
   po::options_description opts("kvsim replay TRACE --rules SPECS --budgets LIST --out DIR [options]");
@@ -39,6 +39,9 @@ int cmd_replay(const std::vector<std::string>& args) {
       ("every", po::value(&every)->default_value(every), "decode: positions between compressions (kvpress compression_interval)")
       ("decode-start", po::value(&decode_start)->default_value(decode_start),
        "decode: the cache at n_c is full (kvpress DecodingPress) | compressed (PrefillDecodingPress)")
+      ("admission", po::value(&admission)->default_value(admission),
+       "decode: evict (each compression may drop any cached token) | append-only (nothing cached leaves; new tokens "
+       "enter where the budget's cut keeps them, kvpress #257)")
       ("nu", po::value(&nu)->default_value(nu),
        "value norm of the bounds: exact (||v W_o||_1) | upper (sum |v||W_o|, cheaper, looser but valid)")
       ("nu-cache", po::value(&nu_cache)->default_value(nu_cache),
@@ -70,7 +73,7 @@ int cmd_replay(const std::vector<std::string>& args) {
   }
   if (nu_cache.empty()) throw po::error("--nu-cache needs a folder or off");
   ro.nu_cache_dir = nu_cache == "off" ? "" : nu_cache;
-  cli::set_protocol_modes(ro.protocol, cp, eval, protocol, every, decode_start);
+  cli::set_protocol_modes(ro.protocol, cp, eval, protocol, every, decode_start, admission);
   ro.per_query = vm.count("per-query") > 0;
   ro.save_selection = vm.count("save-selection") > 0;
   ro.command = "kvsim";

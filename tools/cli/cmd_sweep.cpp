@@ -46,7 +46,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
   SweepOptions so;
   ReplayOptions& ro = so.replay;
   std::string traces, trace_list, cp = "agnostic", eval = "queries", nu = "exact", nu_cache, config;
-  std::string protocol = "oneshot", decode_start = "full";
+  std::string protocol = "oneshot", decode_start = "full", admission = "evict";
   i64 every = 0;
   po::options_description opts("kvsim sweep (--traces A.h5,B.h5 | --trace-list FILE) --rules SPECS --budgets LIST --out DIR [options]");
   opts.add_options()("help,h", "show this help")
@@ -66,6 +66,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
       ("protocol", po::value(&protocol)->default_value(protocol), "oneshot | decode (as kvsim replay)")
       ("every", po::value(&every)->default_value(every), "decode: positions between compressions")
       ("decode-start", po::value(&decode_start)->default_value(decode_start), "decode: full | compressed")
+      ("admission", po::value(&admission)->default_value(admission), "decode: evict | append-only")
       ("nu", po::value(&nu)->default_value(nu), "exact | upper")
       ("nu-cache", po::value(&nu_cache), "value-norm cache folder, or off (default: DIR/nu-cache, shared by every "
                                          "rank when DIR is on a shared file system)")
@@ -107,7 +108,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
     throw po::error(e.what());
   }
   ro.nu_cache_dir = !vm.count("nu-cache") ? so.out_dir + "/nu-cache" : nu_cache == "off" ? "" : nu_cache;
-  cli::set_protocol_modes(ro.protocol, cp, eval, protocol, every, decode_start);
+  cli::set_protocol_modes(ro.protocol, cp, eval, protocol, every, decode_start, admission);
   ro.per_query = vm.count("per-query") > 0;
   so.resume = vm.count("resume") > 0;
   so.force = vm.count("force") > 0;

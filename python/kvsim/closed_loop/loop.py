@@ -61,6 +61,8 @@ def build_parser():
     g.add_argument("--every", type=int, default=64, metavar="N", help="--protocol decode: tokens between compressions")
     g.add_argument("--decode-start", choices=("full", "compressed"), default="full",
                    help="--protocol decode: the cache at the compression point is full, or cut as one-shot")
+    g.add_argument("--admission", choices=("evict", "append-only"), default="evict",
+                   help="--protocol decode: a cut may drop any cached token, or only refuses new ones (append-only)")
     g.add_argument("--no-free-run", action="store_true", help="skip the free-running (greedy) continuations")
     add_batch_option(g)
     g.add_argument("--threads", type=int, help="threads of the offline replay")
@@ -199,7 +201,8 @@ def run(args):
         cli.run(dump_args)
     info = TraceInfo(trace, args.compression_point)
     progress(f"offline replay of {len(rules)} rules at budgets {args.budgets}")
-    decode = dict(protocol="decode", every=args.every, decode_start=args.decode_start) if args.protocol == "decode" else {}
+    decode = (dict(protocol="decode", every=args.every, decode_start=args.decode_start, admission=args.admission)
+              if args.protocol == "decode" else {})
     try:
         offline = kvsim.replay(trace, rules, args.budgets, per_query=True, return_selection=True,
                                out=os.path.join(args.out, "replay"), compression_point=args.compression_point,
@@ -215,7 +218,8 @@ def run(args):
     rows, runs = [], []
     loop = ClosedLoop(model, info, kvsim.select, not args.no_free_run, args.evict_every)
     if decode:
-        loop.decode = dict(every=args.every, window=32, cut=kvsim._kvsim._decode_cut, start=start)
+        loop.decode = dict(every=args.every, window=32, cut=kvsim._kvsim._decode_cut, start=start,
+                           append_only=args.admission == "append-only")
     jobs = [(plan, b, mode, offline_kept(offline, plan.canon, b, info.num_layers))
             for plan in (Plan(r, args.protocol) for r in rules) for b in budgets for mode in plan.modes]
     bar = Progress("kvsim-closed-loop", "runs", len(jobs))
@@ -268,7 +272,8 @@ class ClosedLoop:
             if d["start"] is not None:  # --decode-start compressed: the one-shot kept sets first
                 apply_kept(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), n_c, plan.canon)
             return state, self.snapshot.last_logits, decode_protocol(m, plan.canon, budget, d["every"], d["window"],
-                                                                     self.snapshot.queries, n_c, d["cut"], self.info.rope)
+                                                                     self.snapshot.queries, n_c, d["cut"], self.info.rope,
+                                                                     d["append_only"])
         if mode == "blockwise":
             n_keep = int(kept[0][0].sum())
             recent = int(plan.recent * n_keep + 1e-9)

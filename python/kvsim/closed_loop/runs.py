@@ -227,7 +227,7 @@ def decode_reselection(model, spec_one_shot, n_keep, every, select):
     return after
 
 
-def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut, rope):
+def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut, rope, append_only=False):
     """after_step for the decode protocol (rules doc 1.9) in a running model: after every `every`
     fed tokens, each layer's cache is cut back to `budget` by the rule through the engine's own
     compression (cut = kvsim._kvsim._decode_cut: the compacted view the offline replay builds), from
@@ -235,7 +235,8 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
     are kept in the state (state["decode_q"], new lists per step: copied states do not share them);
     the rule's GQA mode once it cut, in state["decode_mode"]. Steps count fed tokens from n_c, so a
     cut falls at L = n_c + k * every, as offline. rope: the trace's RoPE fields (rope_theta,
-    rope_style, rope_scaling, rotary_dim) for the rules that undo it."""
+    rope_style, rope_scaling, rotary_dim) for the rules that undo it. append_only: nothing cached
+    leaves; the tokens fed since the last cut stay where the cut kept them (admission)."""
     H, Hkv = model.num_heads, model.num_kv_heads
     G = H // Hkv
 
@@ -263,6 +264,7 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
             mask = np.zeros((len(r["cached"]), L), bool)
             for u, c in enumerate(r["cached"]):
                 mask[u, c] = True
-            state["alive"][layer][:, :L] = head_rows(mask, H, Hkv, spec)
+            first = L - every if append_only else 0
+            state["alive"][layer][:, first:L] = head_rows(mask, H, Hkv, spec)[:, first:L]
     after.every = every
     return after

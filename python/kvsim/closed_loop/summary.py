@@ -140,7 +140,7 @@ def write_outputs(out, rows, runs, offline, reference, info, args, elapsed):
     doc = dict(kvsim_dump_version=VERSION, command=" ".join(sys.argv), created=datetime.datetime.now(
         datetime.timezone.utc).isoformat(timespec="seconds"), trace=os.path.join(out, "trace.h5"),
         model=args.model, compression_point=args.compression_point, evict_every=args.evict_every,
-        protocol=dict(name=args.protocol, every=args.every, decode_start=args.decode_start)
+        protocol=dict(name=args.protocol, every=args.every, decode_start=args.decode_start, admission=args.admission)
         if args.protocol == "decode" else dict(name="oneshot"),
         seq_len=info.S, prefill_len=info.P, context_end=info.context_end, reference=reference,
         runs=[dict(r, **{k: v for k, v in agg[(r["rule"], r["budget"], r["mode"])].items()}) for r in runs],
