@@ -10,6 +10,7 @@
 #include "report/html_parts.h"
 #include "report/html_table.h"
 #include "report/head_auc.h"
+#include "report/decode_section.h"
 #include "report/memory_section.h"
 #include "report/optimum_ratio.h"
 #include "report/paper_claims.h"
@@ -237,6 +238,7 @@ std::string rule_comparison(const ReplayOutput& out, const std::string& id) {
   }
 
   o += memory_section(out, id, L);  // quantization runs only
+  o += decode_section(out, id, L);  // --protocol decode runs only
 
   // Budget-free ranking (summary.json rules[].auc): each rule's mean over its kept-fraction range.
   if (srules && srules->is_array()) {
