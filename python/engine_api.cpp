@@ -101,8 +101,10 @@ py::dict replay(const std::string& trace, const std::string& rules, const std::s
     o.collect = true;
     r = kvsim::replay(o);
   });
-  py::dict d = outputs({{"metrics", &r.metrics}, {"per_query", per_query ? &r.per_query : nullptr}}, json_text(r.summary.json),
-                       r.summary.table);
+  py::dict d = outputs({{"metrics", &r.metrics},
+                        {"per_query", per_query ? &r.per_query : nullptr},
+                        {"per_question", r.per_question.schema ? &r.per_question : nullptr}},
+                       json_text(r.summary.json), r.summary.table);
   if (save_selection) {
     py::list sel;
     for (const SavedSelection& s : r.selection) {

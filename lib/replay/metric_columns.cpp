@@ -64,6 +64,22 @@ const TableSchema& per_query_schema() {
   return s;
 }
 
+const TableSchema& per_question_schema() {
+  static const TableSchema s = [] {
+    TableSchema t = metric_table(
+        "metrics_per_question.csv",
+        "one (rule, budget, layer, question) of a trace with several questions (/spans/question_K, kvsim-dump "
+        "--questions): the layer row's values averaged over the question's evaluation queries (its tokens and its "
+        "answer's)",
+        {"question", ColumnType::integer, "", "K of /spans/question_K and /spans/answer_K"}, true);
+    // after `question`: how many queries its values average
+    t.columns.insert(t.columns.begin() + static_cast<std::ptrdiff_t>(kKeyColumns.size()) + 1,
+                     {"n_queries", ColumnType::integer, "", "evaluation queries of the question"});
+    return t;
+  }();
+  return s;
+}
+
 const TableSchema& sweep_metrics_schema() {
   static const TableSchema s = [] {
     TableSchema t = metrics_schema();
@@ -104,6 +120,14 @@ const TableSchema& summary_budget_schema() {
     t.columns.push_back({"tied_at_cut_mean", ColumnType::real, "tokens",
                          "rules that rank by scores: tokens tied with the cut per unit, mean (absent otherwise)"});
     t.columns.push_back({"tied_at_cut_max", ColumnType::integer, "tokens", "the same, maximum over units"});
+    t.columns.push_back({"question_pert_l1", ColumnType::real, "output units",
+                         "multi-question traces (/spans/question_K): a list, per question K, of its pert_l1, mean "
+                         "over layers (absent otherwise)"});
+    t.columns.push_back({"question_pert_l1_worst", ColumnType::real, "output units",
+                         "the largest of question_pert_l1: what the rule's one compressed cache costs its worst-served "
+                         "question"});
+    t.columns.push_back({"question_pert_l1_spread", ColumnType::real, "",
+                         "question_pert_l1_worst over the smallest: 1 when the cache serves every question alike"});
     t.columns.push_back({"decode_cache_tokens_mean", ColumnType::real, "tokens",
                          "--protocol decode: tokens an evaluation query's cache held per unit, mean over queries, "
                          "units and layers (absent otherwise)"});

@@ -71,6 +71,7 @@ const MetricColumn& metric_column(std::string_view name);
 
 const TableSchema& metrics_schema();        // metrics.csv
 const TableSchema& per_query_schema();      // metrics_per_query.csv
+const TableSchema& per_question_schema();   // metrics_per_question.csv (multi-question traces)
 const TableSchema& sweep_metrics_schema();  // sweep_metrics.csv: trace + metrics.csv
 const TableSchema& summary_budget_schema(); // summary.json rules[].budgets[] fields
 const TableSchema& summary_auc_schema();    // summary.json rules[].auc fields

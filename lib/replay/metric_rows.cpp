@@ -106,4 +106,47 @@ void write_per_query_rows(RowSink& out, const RowKey& key, const Selection& sel,
   }
 }
 
+std::vector<QuestionSpan> trace_questions(const std::map<std::string, std::pair<i64, i64>>& spans) {
+  std::vector<QuestionSpan> out;
+  for (const auto& [name, range] : spans) {
+    if (name.rfind("question_", 0) != 0) continue;
+    const std::string num = name.substr(9);
+    if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos) continue;
+    QuestionSpan q{std::stoi(num), range.first, range.second};
+    const auto answer = spans.find("answer_" + num);
+    if (answer != spans.end()) q.end = std::max(q.end, answer->second.second);
+    out.push_back(q);
+  }
+  std::sort(out.begin(), out.end(), [](const QuestionSpan& a, const QuestionSpan& b) { return a.k < b.k; });
+  return out;
+}
+
+std::vector<double> write_per_question_rows(RowSink& out, const RowKey& key, const Selection& sel,
+                                            const PerturbationResult& r, const std::vector<i64>& positions,
+                                            const std::vector<QuestionSpan>& questions, int G) {
+  const int d = key.head_dim;
+  const double kept = layer_kept(sel, r.num_heads, G);
+  const double bytes = layer_bytes(sel, r.num_heads, G, d);
+  const std::size_t pert_l1 = metric_index("pert_l1");
+  std::vector<double> l1(questions.size(), std::numeric_limits<double>::quiet_NaN());
+  for (std::size_t k = 0; k < questions.size(); ++k) {
+    std::vector<i64> rows;
+    for (i64 qi = 0; qi < r.n_q; ++qi)
+      if (positions[qi] >= questions[k].begin && positions[qi] < questions[k].end) rows.push_back(qi);
+    if (rows.empty()) continue;
+    write_key(out, key, kept, bytes, ratio_of(bytes, sel, d), -1);
+    out.integer(questions[k].k);
+    out.integer(static_cast<i64>(rows.size()));
+    for (std::size_t m = 0; m < kNumMetrics; ++m) {
+      if (!kMetricColumns[m].per_query) continue;
+      double s = 0;
+      for (i64 qi : rows) s += (r.*kMetricColumns[m].layer)[qi];
+      out.real(s / static_cast<double>(rows.size()));
+      if (m == pert_l1) l1[k] = s / static_cast<double>(rows.size());
+    }
+    out.end_row();
+  }
+  return l1;
+}
+
 }  // namespace kvsim

@@ -50,6 +50,8 @@ struct Totals {  // sums over layers of the layer rows, one per (rule, budget)
   i64 tied_units = 0, tied_max = 0;
   double decode_cache_tokens = 0;  // decode protocol: sums over layers
   i64 decode_compressions = 0;
+  std::vector<double> question_l1;  // multi-question traces: per question, sum over layers of its pert_l1
+  std::vector<int> question_layers;
   double mean(std::size_t metric) const { return values[metric] / (layers > 0 ? layers : 1); }
 };
 
@@ -84,6 +86,11 @@ Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vec
   const Protocol& p = s.protocol;
   Json j = run_header(opt.command, kernels::isa_name(kernels::active_isa()));
   j["trace"] = trace_summary(meta, opt.trace_path, trace_sha256);
+  if (!s.questions.empty()) {  // a multi-question trace: each question's evaluation positions
+    Json qs = Json::array();
+    for (const QuestionSpan& q : s.questions) qs.push_back({{"question", q.k}, {"begin", q.begin}, {"end", q.end}});
+    j["questions"] = std::move(qs);
+  }
   j["protocol"] = {{"compression_point", compression_point_name(opt.protocol.compression_point)},
                    {"n_c", p.n_c},
                    {"window", opt.protocol.window},
@@ -110,6 +117,18 @@ Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vec
       for (std::size_t m = 0; m < kNumMetrics; ++m)
         if (!kMetricColumns[m].summary.empty()) e[std::string(kMetricColumns[m].summary)] = t.mean(m);
       e["select_seconds"] = t.select_s;
+      if (!t.question_l1.empty()) {  // multi-question traces: what serves every question, not one
+        Json per = Json::array();
+        double worst = -INFINITY, best = INFINITY;
+        for (std::size_t k = 0; k < t.question_l1.size(); ++k) {
+          const double m = t.question_layers[k] ? t.question_l1[k] / t.question_layers[k] : NAN;
+          per.push_back(m);
+          if (std::isfinite(m)) worst = std::max(worst, m), best = std::min(best, m);
+        }
+        e["question_pert_l1"] = std::move(per);
+        e["question_pert_l1_worst"] = worst;
+        e["question_pert_l1_spread"] = best > 0 ? worst / best : NAN;
+      }
       if (opt.protocol.decode()) {
         e["decode_cache_tokens_mean"] = t.decode_cache_tokens / n;
         e["decode_compressions"] = t.decode_compressions;
@@ -220,6 +239,7 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
   }
   s.rules = make_rules(opt.rules);
   if (s.rules.empty()) fail("--rules", "", "at least one rule is required");
+  s.questions = trace_questions(meta.spans);
   for (const auto& r : s.rules) check_threshold_budgets(*r, s.budgets);
   if (opt.nu == NormKind::upper)  // say up front which rules still pay for exact norms
     for (const auto& r : s.rules) {
@@ -366,11 +386,13 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
           RowKey key{spec, labels.at(spec), budgets[b].text, layer_budget, l, sets[si].second, meta.head_dim};
           NullRowSink none;
           const auto agg = write_metric_rows(sinks.metrics ? *sinks.metrics : none, key, sels[b], res, setup.heads, G);
-          if (sinks.per_query) {
-            std::vector<i64> pos;
-            for (i64 qi = 0; qi < res.n_q; ++qi) pos.push_back(cache.pos(sets[si].first, qi));
-            write_per_query_rows(*sinks.per_query, key, sels[b], res, pos, setup.heads, G);
-          }
+          std::vector<i64> pos;
+          for (i64 qi = 0; qi < res.n_q; ++qi) pos.push_back(cache.pos(sets[si].first, qi));
+          if (sinks.per_query) write_per_query_rows(*sinks.per_query, key, sels[b], res, pos, setup.heads, G);
+          std::vector<double> question_l1;
+          if (!setup.questions.empty() && sets[si].first == QuerySet::eval)
+            question_l1 = write_per_question_rows(sinks.per_question ? *sinks.per_question : none, key, sels[b], res,
+                                                  pos, setup.questions, G);
           if (sets[si].first != summary_set) continue;
           LayerTotal t;
           t.rule = static_cast<int>(r);
@@ -379,6 +401,7 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
           t.budget_tokens = static_cast<double>(layer_budget);
           t.select_seconds = select_s[r] / static_cast<double>(budgets.size());  // one select() serves all budgets
           t.agg = agg;
+          t.question_pert_l1 = std::move(question_l1);
           if (!rule_decode[r].empty()) {
             t.decode_cache_tokens = rule_decode[r][b].mean_cache_tokens();
             t.decode_compressions = rule_decode[r][b].compressions;
@@ -429,6 +452,10 @@ ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup,
     t.tied_max = std::max(t.tied_max, lt.tied_max);
     t.tied_units += lt.tied_units;
     t.decode_cache_tokens += lt.decode_cache_tokens;
+    t.question_l1.resize(lt.question_pert_l1.size(), 0.0);
+    t.question_layers.resize(lt.question_pert_l1.size(), 0);
+    for (std::size_t k = 0; k < lt.question_pert_l1.size(); ++k)
+      if (std::isfinite(lt.question_pert_l1[k])) t.question_l1[k] += lt.question_pert_l1[k], ++t.question_layers[k];
     t.decode_compressions += lt.decode_compressions;
     t.budget_tokens += lt.budget_tokens;
     t.kept += lt.agg.kept_tokens;
@@ -477,7 +504,7 @@ ReplayResult replay(const ReplayOptions& opt) {
 
   ReplayResult result;
   std::optional<OutputFolder> folder;
-  std::optional<AtomicOutFile> metrics, per_query;
+  std::optional<AtomicOutFile> metrics, per_query, per_question;
   std::unique_ptr<SelectionFile> selfile;
   std::vector<std::unique_ptr<RowSink>> sinks;  // owners; the last sink of a table is the one used
   const auto add = [&](RowSink* a, RowSink* b) -> RowSink* {
@@ -502,6 +529,9 @@ ReplayResult replay(const ReplayOptions& opt) {
   if (opt.per_query)
     out.per_query = add(csv(per_query, per_query_schema(), "metrics_per_query.csv"),
                         memory(result.per_query, per_query_schema()));
+  if (!setup.questions.empty())
+    out.per_question = add(csv(per_question, per_question_schema(), "metrics_per_question.csv"),
+                           memory(result.per_question, per_question_schema()));
   if (opt.save_selection && files) selfile = std::make_unique<SelectionFile>(folder->path("selection.h5"));
   out.file = selfile.get();
   if (opt.save_selection && opt.collect) out.kept = &result.selection;
@@ -513,13 +543,16 @@ ReplayResult replay(const ReplayOptions& opt) {
     // Every file complete before anything is replaced: a failed write leaves the earlier run intact.
     metrics->finish();
     if (per_query) per_query->finish();
+    if (per_question) per_question->finish();
     if (selfile) selfile->finish();
     std::vector<std::string> written = {"metrics.csv", "summary.json"};
     if (per_query) written.push_back("metrics_per_query.csv");
+    if (per_question) written.push_back("metrics_per_question.csv");
     if (selfile) written.push_back("selection.h5");
     folder->clear_previous(kReplayOutputs, written);
     metrics->commit();
     if (per_query) per_query->commit();
+    if (per_question) per_question->commit();
     if (selfile) selfile->commit();
   }
   result.summary = replay_summary(opt, setup, std::move(totals), tm, total.seconds(), trace_sha256.value.get());

@@ -30,8 +30,8 @@ class SelectionFile;
 class TraceReader;
 
 // Every file a replay can write into its --out folder (summary.json, the marker, last).
-inline const std::vector<std::string> kReplayOutputs = {"metrics.csv", "metrics_per_query.csv", "selection.h5",
-                                                        "summary.json"};
+inline const std::vector<std::string> kReplayOutputs = {"metrics.csv", "metrics_per_query.csv",
+                                                        "metrics_per_question.csv", "selection.h5", "summary.json"};
 
 struct ReplayOptions {
   std::string trace_path;
@@ -59,6 +59,7 @@ struct ReplaySetup {
   std::vector<Budget> budgets;
   std::vector<i64> budget_tokens;  // nominal tokens per unit of each budget at n_c (per-layer: mean; thr: -1)
   std::vector<std::unique_ptr<Rule>> rules;
+  std::vector<QuestionSpan> questions;  // /spans/question_K of a multi-question trace, else empty
 };
 // Throws kvsim::Error naming the option or the trace field.
 ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta);
@@ -71,6 +72,7 @@ struct LayerTotal {
   LayerAggregate agg;
   double tied_sum = 0;  // Selection::tied_at_cut over the layer's units
   i64 tied_units = 0, tied_max = 0;
+  std::vector<double> question_pert_l1;  // multi-question traces: the layer's pert_l1 per question
   double decode_cache_tokens = 0;  // decode protocol: the mean tokens an evaluation query's cache held (per unit)
   i64 decode_compressions = 0;     // decode protocol: compressions after n_c
 };
@@ -98,6 +100,7 @@ struct SavedSelection {
 struct ReplaySinks {
   RowSink* metrics = nullptr;    // metrics.csv rows
   RowSink* per_query = nullptr;  // metrics_per_query.csv rows
+  RowSink* per_question = nullptr;  // metrics_per_question.csv rows (multi-question traces)
   SelectionFile* file = nullptr;                 // selection.h5
   std::vector<SavedSelection>* kept = nullptr;   // kept masks in memory
 };
@@ -119,6 +122,7 @@ ReplaySummary replay_summary(const ReplayOptions& opt, const ReplaySetup& setup,
 
 struct ReplayResult {
   ColumnTable metrics, per_query;         // with opt.collect (per_query: with opt.per_query too)
+  ColumnTable per_question;               // with opt.collect, for a multi-question trace
   std::vector<SavedSelection> selection;  // with opt.collect and opt.save_selection
   ReplaySummary summary;
 };

@@ -165,6 +165,8 @@ def replay(trace, rules="default", budgets=(0.1, 0.2), layers=None, heads=None, 
     summary = json.loads(r["summary"])
     df.attrs["summary"] = summary
     df.attrs["table"] = r["table"]
+    if r.get("per_question") is not None:  # a multi-question trace: metrics_per_question.csv
+        df.attrs["per_question"] = frame(r["per_question"])
     if not (per_query or return_selection):
         return df
     pq = frame(r["per_query"]) if per_query else None

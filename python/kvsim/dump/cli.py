@@ -9,6 +9,7 @@ import numpy as np
 
 from kvsim.dump import VERSION
 from kvsim.dump.errors import DumpError
+from kvsim.dump.questions import check_question_options, follow_up_template, plan_continuation, read_questions
 from kvsim.dump.float_storage import STORAGE_DTYPES
 from kvsim.dump.prompts import (DEFAULT_NEEDLE, DEFAULT_QUESTION, GENERATED, apply_chat, build_ids,
                       build_longbench, build_niah, build_plain, parse_token_ids, truncate_context)
@@ -115,6 +116,12 @@ def build_parser():
                         "instead); the question and the chat template are kept whole")
     p.add_argument("--question-ids", metavar="IDS", help="question segment as token ids "
                                                          "(--token-ids)")
+    p.add_argument("--questions", metavar="FILE",
+                   help="several questions on one context, one per line: the first is the question "
+                        "segment, each later one is fed after the previous answer; every answer is "
+                        "--answer-tokens greedy tokens; /spans/question_K and /spans/answer_K mark them")
+    p.add_argument("--answer-tokens", type=int, default=32, metavar="N",
+                   help="--questions: tokens generated per answer (default %(default)s)")
     g = p.add_argument_group("needle in a haystack")
     g.add_argument("--niah-dir", help="folder of *.txt essays for the haystack")
     g.add_argument("--niah-length", type=int, default=2048, help="prompt length in tokens")
@@ -219,8 +226,9 @@ def build_prompt(args, tok, vocab_size=None, overhead=0):
             raise DumpError("--question", "give the question as --question-ids with --token-ids")
         q = parse_token_ids(args.question_ids, "--question-ids", vocab_size) if args.question_ids else None
         return build_ids(parse_token_ids(args.token_ids, "--token-ids", vocab_size), q), {}
+    question = read_questions(args.questions)[0] if args.questions else args.question
     if args.prompt:
-        return build_plain(tok, args.prompt, args.question), {}
+        return build_plain(tok, args.prompt, question), {}
     if args.niah:
         if not args.niah_dir:
             raise DumpError("--niah-dir", "needed with --niah (a folder of *.txt essays)")
@@ -229,10 +237,11 @@ def build_prompt(args, tok, vocab_size=None, overhead=0):
             raise DumpError("--niah-length", f"{length} tokens leave no room once the chat template "
                                              f"takes {overhead}")
         return build_niah(tok, args.niah_dir, length - overhead, args.niah_depth, args.needle,
-                          args.question or DEFAULT_QUESTION), {}
+                          question or DEFAULT_QUESTION), {}
+    first = read_questions(args.questions)[0] if args.questions else None
     prompt, dataset, answers = build_longbench(tok, args.longbench, args.record, args.max_context,
-                                               args.longbench_template)
-    return prompt, {"dataset": dataset}
+                                               args.longbench_template, first)
+    return prompt, {"dataset": dataset, "question_template": prompt.question_template}
 
 
 def check_length(trained, seq_len, max_positions):
@@ -265,7 +274,8 @@ def check_options(args, parser):
         if getattr(args, dest) != parser.get_default(dest) and not any(getattr(args, u) for u in users):
             needs = " or ".join("--" + u.replace("_", "-") for u in users)
             warn(f"{flag} is ignored without {needs}")
-    if args.prompt and args.question is None and args.generate == 0:
+    check_question_options(args)
+    if args.prompt and args.question is None and args.questions is None and args.generate == 0:
         raise DumpError("--generate", "0 with a --prompt and no --question leaves nothing after the "
                                       "compression point (end of the context), so a replay would "
                                       "have no evaluation queries; add --question or --generate N")
@@ -401,6 +411,13 @@ def run(args, parser=None):
     if P == 0:
         raise DumpError("prompt", "no tokens")
     N, generate_note = resolve_generate(args)
+    forced, question_spans = None, {}
+    if args.questions:  # every later question forced after the previous answer (dump/questions.py)
+        qs = read_questions(args.questions)
+        forced, rel = plan_continuation(tok, qs, follow_up_template(args, extra), args.answer_tokens)
+        N, generate_note = len(forced), None
+        question_spans = {"question_1": (prompt.context_end, P)}
+        question_spans.update({name: (P + a, P + b) for name, (a, b) in rel.items()})
     S = P + N
     check_length(getattr(source, "max_positions", None), S, args.max_positions)
     compute = args.torch_dtype or "float32"
@@ -441,7 +458,7 @@ def run(args, parser=None):
         recorder = Recorder(writer, layers, q_pos, with_o=storage.with_o, on_layer=on_layer)
         print(f"kvsim-dump: {backend.name} backend, {P} prompt tokens, generating {N}, "
               f"{len(q_pos)} stored queries, layers {args.layers or 'all'}", file=sys.stderr)
-        generated = backend.run(prompt.ids, N, recorder, lambda i, n: generation.update(i))
+        generated = backend.run(prompt.ids, N, recorder, lambda i, n: generation.update(i), forced=forced)
         record_presses(args, backend, writer, recorder, prompt)
         # What the attention kernels were really called with (known after the run).
         for key in ("attn_scale", "attn_logit_softcap"):
@@ -451,6 +468,7 @@ def run(args, parser=None):
         spans = dict(prompt.spans)
         if N:
             spans["answer"] = (P, S)
+        spans.update(question_spans)
         writer.finish(prompt.ids + generated, prompt.segment + [GENERATED] * N, spans, prompt.text)
     except BaseException:
         writer.abort()

@@ -309,7 +309,9 @@ class HFBackend:
         out = self.model(**kwargs)
         return out.logits[0, -1], out.past_key_values
 
-    def run(self, prompt_ids, n_new, recorder, progress=None):
+    def run(self, prompt_ids, n_new, recorder, progress=None, forced=None):
+        """Prefills prompt_ids, then n_new positions: forced[i] (a token id) where given, else the
+        greedy token; returns the ids fed after the prompt."""
         import torch
 
         m = self.meta
@@ -334,7 +336,7 @@ class HFBackend:
                 capture.start = 0
                 logits, past = self._forward(torch.tensor([prompt_ids], device=device), None, 0)
                 for i in range(n_new):
-                    nxt = int(torch.argmax(logits))
+                    nxt = int(torch.argmax(logits)) if forced is None or forced[i] is None else int(forced[i])
                     generated.append(nxt)
                     capture.start = P + i
                     logits, past = self._forward(torch.tensor([[nxt]], device=device), past, P + i)

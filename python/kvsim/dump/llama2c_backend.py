@@ -78,7 +78,7 @@ class Llama2cBackend:
         # already (out = dim) x (in = n_heads*head_dim), the Hugging Face o_proj layout.
         return self.model.w["wo"][layer]
 
-    def run(self, prompt_ids, n_new, recorder, progress=None):
+    def run(self, prompt_ids, n_new, recorder, progress=None, forced=None):
         for l in range(self.model.cfg.n_layers):
             recorder.o_proj(l, self.o_proj(l))
 
@@ -89,4 +89,4 @@ class Llama2cBackend:
             if progress:
                 progress(i + 1, n_new)
 
-        return self.model.greedy(prompt_ids, n_new, on_layer, on_token)
+        return self.model.greedy(prompt_ids, n_new, on_layer, on_token, forced)

@@ -182,14 +182,15 @@ class Llama2cModel:
         x = rmsnorm(x[-1:], w["rms_final"], self.rms_eps)
         return (x @ w["wcls"].T)[0]
 
-    def greedy(self, prompt, n_new, on_layer=None, on_token=None):
-        """Prefill prompt, then generate n_new tokens greedily; each generated token is also run
-        through the model so that its q/k/v are recorded. Returns the generated ids."""
+    def greedy(self, prompt, n_new, on_layer=None, on_token=None, forced=None):
+        """Prefill prompt, then generate n_new tokens greedily (forced[i], when given and not None,
+        is fed instead: a later question); each token is also run through the model so that its
+        q/k/v are recorded. Returns the ids fed after the prompt."""
         self.reset()
         logits = self.forward(prompt, on_layer)
         out = []
         for i in range(n_new):
-            nxt = int(np.argmax(logits))
+            nxt = int(np.argmax(logits)) if forced is None or forced[i] is None else int(forced[i])
             out.append(nxt)
             if on_token is not None:
                 on_token(i, nxt)

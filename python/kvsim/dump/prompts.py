@@ -181,10 +181,11 @@ def read_longbench_record(path, record):
     raise DumpError(path, f"--record {record}: the file has only {count} records")
 
 
-def build_longbench(tok, path, record, max_context=None, template=None):
+def build_longbench(tok, path, record, max_context=None, template=None, question=None):
     """A LongBench record through its dataset's prompt template. The context segment (template
     head + context) is truncated in the middle to max_context tokens, keeping the first and last
-    halves as LongBench's pred.py does; the text after {context} is the question segment."""
+    halves as LongBench's pred.py does; the text after {context} is the question segment
+    (question: replaces the record's input there, kvsim-dump --questions)."""
     rec = read_longbench_record(path, record)
     for key in ("context", "input"):
         if not isinstance(rec.get(key), str):
@@ -199,7 +200,7 @@ def build_longbench(tok, path, record, max_context=None, template=None):
         raise DumpError("--longbench-template", "must contain {context}")
     head, tail = template.split("{context}", 1)
     context_text = head.format(input=rec["input"]) + rec["context"]
-    question_text = tail.format(input=rec["input"])
+    question_text = tail.format(input=rec["input"] if question is None else question)
     ctx = tok.encode(context_text, continuation=False)
     text = context_text
     p = _start(tok)
@@ -215,6 +216,7 @@ def build_longbench(tok, path, record, max_context=None, template=None):
     p.add(ctx, CONTEXT, text)
     p.add(tok.encode(question_text, continuation=True), QUESTION, question_text)
     answers = rec.get("answers")
+    p.question_template = tail
     return p, dataset, answers
 
 
