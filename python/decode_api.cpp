@@ -63,15 +63,17 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
 }
 
 // One compression of the decode protocol on a running model's cache (the closed loop): k, v
-// [Hkv, T, d] and q [H, len(q_pos), d] at every position so far; cached[u] the positions unit u
+// [Hkv, T, d] and q [H, len(q_pos), d] at every position so far, o_proj [D, H d] (or None: the
+// rules that need W_o refuse); cached[u] the positions unit u
 // holds (one array: shared); returns {cached, mode, cut}.
 py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py::array::c_style | py::array::forcecast>& k,
-                           py::object v, py::object q, py::object q_pos, const std::vector<std::vector<i64>>& cached,
+                           py::object v, py::object q, py::object q_pos, py::object o_proj,
+                           const std::vector<std::vector<i64>>& cached,
                            const std::string& mode, long long L, const std::string& budget, int window,
                            double attn_scale, long long num_heads, const py::dict& rope) {
   DecodeCut c;
   call_command("decode_cut", [&] {
-    auto [meta, data] = arrays_layer(k, v, q, q_pos, py::none(), attn_scale, num_heads);
+    auto [meta, data] = arrays_layer(k, v, q, q_pos, o_proj, attn_scale, num_heads);
     // The model's RoPE (a trace's meta: rope_theta, rope_style, rope_scaling, rotary_dim), for the
     // rules that undo it (ExpectedAttention, CAP, leverage, DuoAttention).
     if (rope.contains("rope_theta")) meta.rope_theta = rope["rope_theta"].cast<double>();
@@ -96,7 +98,7 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
 
 void bind_decode(py::module_& m) {
   m.def("_decode_cut", &decode_cut_arrays, py::arg("spec"), py::arg("k"), py::arg("v"), py::arg("q"), py::arg("q_pos"),
-        py::arg("cached"), py::arg("mode"), py::arg("L"), py::arg("budget"), py::arg("window"), py::arg("attn_scale"),
+        py::arg("o_proj"), py::arg("cached"), py::arg("mode"), py::arg("L"), py::arg("budget"), py::arg("window"), py::arg("attn_scale"),
         py::arg("num_heads"), py::arg("rope") = py::dict());
   m.def("decode_masks", &decode_masks, py::arg("trace"), py::arg("rule"), py::arg("budget"), py::arg("layer") = 0,
         py::arg("every") = 64, py::arg("decode_start") = "full", py::arg("compression_point") = "agnostic",

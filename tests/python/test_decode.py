@@ -43,6 +43,41 @@ class DecodeApi(unittest.TestCase):
             kvsim.decode_masks(NIAH, "knorm", "256", every=0)
 
 
+class LongGeneration(unittest.TestCase):
+    """stories260K at its limit (512 positions: a 102-token prompt, 400 generated): every rule of the
+    default set but ThinK (key channels are chosen once) replays under the decode protocol, cut every
+    64 tokens; full is exactly zero, every query has its row, and the cache holds the budget."""
+
+    def test_default_rules_over_a_long_generation(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            prompt = os.path.join(d, "p.txt")
+            with open(prompt, "w") as f:
+                f.write("Once upon a time, there was a little girl named Lily. She liked to play in the park with her "
+                        "dog. One day, Lily saw a big red ball under a tree. She ran to the tree and picked up the "
+                        "ball. Her dog was happy and they played all day. When the sun went down, they went home.")
+            trace = os.path.join(d, "long.h5")
+            r = tu.run_dump("--model", tu.CHECKPOINT, "--prompt", prompt, "--generate", "400", "--out", trace)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            rules = [x for x in kvsim._kvsim.expand_rules("default") if not x.startswith("think")]
+            res = kvsim.replay(trace, rules=rules, budgets=[0.25, 64], protocol="decode", every=64,
+                               decode_start="full", per_query=True, threads=2)
+            pq = res.per_query
+            layer_rows = pq[(pq["head"] == -1) & (pq["eval"] == "queries")]
+            n_eval = res.summary["protocol"]["n_eval_queries"]
+            self.assertGreaterEqual(n_eval, 400)
+            self.assertEqual(len(layer_rows), len(rules) * 2 * 5 * n_eval)
+            self.assertTrue((layer_rows[layer_rows["rule"] == "full"]["pert_l1"] == 0).all())
+            for rule in res.summary["rules"]:
+                for b in rule["budgets"]:
+                    if rule["spec"] == "full":
+                        continue
+                    self.assertGreater(b["decode_compressions"], 0, rule["spec"])
+                    if b["budget"] == "64" and not rule["spec"].startswith(("quest", "chunkkv")):
+                        # 64 after each cut, up to 63 tokens since: about 64 + 32 held on average
+                        self.assertLess(abs(b["decode_cache_tokens_mean"] - 96), 16, rule["spec"])
+
+
 class DecodingPressParity(unittest.TestCase):
     def test_against_kvpress(self):
         try:

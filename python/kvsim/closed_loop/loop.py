@@ -12,6 +12,7 @@ import contextlib
 import copy
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -67,6 +68,9 @@ def build_parser():
     add_batch_option(g)
     g.add_argument("--threads", type=int, help="threads of the offline replay")
     g.add_argument("--force", action="store_true", help="replace the closed-loop files of an existing --out DIR")
+    g.add_argument("--from-trace", metavar="FILE",
+                   help="use this trace (recorded from the same --model, with every layer and query) instead of "
+                        "dumping one: the prompt options are then not used")
     return p
 
 
@@ -195,10 +199,15 @@ def run(args):
     rules = split_rules(args.rules)
     prepare_out(args.out, args.force)
     trace = os.path.join(args.out, "trace.h5")
-    dump_args = copy.copy(args)
-    dump_args.out = trace
-    with contextlib.redirect_stdout(sys.stderr):
-        cli.run(dump_args)
+    if args.from_trace:
+        if not os.path.isfile(args.from_trace):
+            raise DumpError(args.from_trace, "--from-trace: no such file")
+        shutil.copyfile(args.from_trace, trace)
+    else:
+        dump_args = copy.copy(args)
+        dump_args.out = trace
+        with contextlib.redirect_stdout(sys.stderr):
+            cli.run(dump_args)
     info = TraceInfo(trace, args.compression_point)
     progress(f"offline replay of {len(rules)} rules at budgets {args.budgets}")
     decode = (dict(protocol="decode", every=args.every, decode_start=args.decode_start, admission=args.admission)
@@ -273,7 +282,7 @@ class ClosedLoop:
                 apply_kept(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), n_c, plan.canon)
             return state, self.snapshot.last_logits, decode_protocol(m, plan.canon, budget, d["every"], d["window"],
                                                                      self.snapshot.queries, n_c, d["cut"], self.info.rope,
-                                                                     d["append_only"])
+                                                                     self.o_projs, d["append_only"])
         if mode == "blockwise":
             n_keep = int(kept[0][0].sum())
             recent = int(plan.recent * n_keep + 1e-9)

@@ -227,7 +227,7 @@ def decode_reselection(model, spec_one_shot, n_keep, every, select):
     return after
 
 
-def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut, rope, append_only=False):
+def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut, rope, o_projs, append_only=False):
     """after_step for the decode protocol (rules doc 1.9) in a running model: after every `every`
     fed tokens, each layer's cache is cut back to `budget` by the rule through the engine's own
     compression (cut = kvsim._kvsim._decode_cut: the compacted view the offline replay builds), from
@@ -235,7 +235,8 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
     are kept in the state (state["decode_q"], new lists per step: copied states do not share them);
     the rule's GQA mode once it cut, in state["decode_mode"]. Steps count fed tokens from n_c, so a
     cut falls at L = n_c + k * every, as offline. rope: the trace's RoPE fields (rope_theta,
-    rope_style, rope_scaling, rotary_dim) for the rules that undo it. append_only: nothing cached
+    rope_style, rope_scaling, rotary_dim) for the rules that undo it; o_projs: each layer's W_o
+    (CriticalKV's projected value norms). append_only: nothing cached
     leaves; the tokens fed since the last cut stay where the cut kept them (admission)."""
     H, Hkv = model.num_heads, model.num_kv_heads
     G = H // Hkv
@@ -256,7 +257,8 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
             K, V = model.kv(state, layer)
             q = np.concatenate([prompt_queries[layer]] + state["decode_q"][layer], axis=1)
             r = cut(spec, np.ascontiguousarray(K[:, :L], np.float32), np.ascontiguousarray(V[:, :L], np.float32),
-                    np.ascontiguousarray(q, np.float32), np.arange(L), [c.tolist() for c in cached], mode or "kv", L,
+                    np.ascontiguousarray(q, np.float32), np.arange(L), o_projs[layer], [c.tolist() for c in cached],
+                    mode or "kv", L,
                     str(budget), window, model.scale, H, rope)
             if not r["cut"]:
                 continue
