@@ -12,6 +12,7 @@
 #include "report/head_auc.h"
 #include "report/decode_section.h"
 #include "report/memory_section.h"
+#include "report/questions_section.h"
 #include "report/optimum_ratio.h"
 #include "report/paper_claims.h"
 #include "rules/rule_labels.h"
@@ -239,6 +240,7 @@ std::string rule_comparison(const ReplayOutput& out, const std::string& id) {
 
   o += memory_section(out, id, L);  // quantization runs only
   o += decode_section(out, id, L);  // --protocol decode runs only
+  o += questions_section(out, id, L);  // multi-question traces only
 
   // Budget-free ranking (summary.json rules[].auc): each rule's mean over its kept-fraction range.
   if (srules && srules->is_array()) {

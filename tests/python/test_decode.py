@@ -5,6 +5,8 @@ SnapKV (whose next compression reads kvpress's cache order) exactly, up to ties 
 kvpress's cache is kept in position order; a deliberately wrong interval on kvsim's side breaks it.
 """
 import os
+import subprocess
+import tempfile
 import unittest
 
 import numpy as np
@@ -30,6 +32,16 @@ class DecodeApi(unittest.TestCase):
         self.assertGreater(b["decode_compressions"], 0)
         self.assertLess(abs(b["decode_cache_tokens_mean"] - 256 - 3.5), 2)  # 256 + the tokens since the last cut
         self.assertIn("--protocol decode", df.attrs["summary"]["command"])
+        with tempfile.TemporaryDirectory() as d:  # the report's section: the error over the generation
+            kvsim.replay(NIAH, rules="snapkv;knorm", budgets=[0.1], protocol="decode", every=8, per_query=True, out=d)
+            html = os.path.join(d, "r.html")
+            r = subprocess.run([os.environ.get("KVSIM_CLI", "kvsim"), "report", d, "--out", html],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(html) as f:
+                page = f.read()
+            self.assertIn("Compression while generating", page)
+            self.assertIn("last / first quarter", page)
         m = kvsim.decode_masks(NIAH, "knorm", "256", layer=2, every=8)
         masks, pos = m["masks"], m["positions"]
         self.assertEqual(masks.shape[:2], (4, len(pos)))
@@ -49,7 +61,6 @@ class LongGeneration(unittest.TestCase):
     64 tokens; full is exactly zero, every query has its row, and the cache holds the budget."""
 
     def test_default_rules_over_a_long_generation(self):
-        import tempfile
         with tempfile.TemporaryDirectory() as d:
             prompt = os.path.join(d, "p.txt")
             with open(prompt, "w") as f:
