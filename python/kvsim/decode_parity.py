@@ -8,8 +8,8 @@ buffer (the trace's post-RoPE query, through the parity shim of kvsim.parity), a
 by position tags, so the positions each KV head keeps are read back from what kvpress gathered
 (the presses compared here never read values).
 
-kvsim side: kvsim.decode_masks, the same rule at the same target size (tokens per head), start
-full. Every evaluation query's cache is compared: the positions kvpress held when that query was
+kvsim side: kvsim.decode_masks, the same rule at the same target size (tokens per head; cr=R for
+kvpress's CompressionRatioDecodingPress, max(1, int(L (1 - R))) of the L tokens seen), start full. Every evaluation query's cache is compared: the positions kvpress held when that query was
 processed (its own token included, before the compression that step may trigger) against
 kvsim's mask. Exact agreement is expected; a differing token is explained as in kvsim.parity when
 kvpress's score for it sat at a compression's cut (an exact tie, or within NEAR_TIE of it).
@@ -40,14 +40,19 @@ def kvpress_decode_caches(f, meta, layer, n0, press_expr, every, target, buffer_
 
     from kvsim.dump.kvpress_bridge import parse_press
     from kvsim.parity import layer_inputs, recorded_topk, tie_positions
-    from kvpress import DecodingPress
+    from kvpress import CompressionRatioDecodingPress, DecodingPress
 
     T = int(eval_pos[-1]) + 1
     module, hidden, k, _, _, kwargs = layer_inputs(f, meta, layer, T, "post", False)
     Hkv, d = k.shape[1], k.shape[3]
     tags = torch.arange(T, dtype=torch.float32)[None, None, :, None].expand(1, Hkv, T, d).contiguous()
-    press = DecodingPress(base_press=parse_press(press_expr), compression_interval=every, target_size=target,
-                          hidden_states_buffer_size=buffer_size)
+    if str(target).startswith("cr="):  # a share of the tokens seen so far: kvpress's CompressionRatioDecodingPress
+        press = CompressionRatioDecodingPress(base_press=parse_press(press_expr), compression_interval=every,
+                                              target_compression_ratio=float(str(target)[3:]),
+                                              hidden_states_buffer_size=buffer_size)
+    else:
+        press = DecodingPress(base_press=parse_press(press_expr), compression_interval=every, target_size=int(target),
+                              hidden_states_buffer_size=buffer_size)
     keys, values = k[:, :, :n0], tags[:, :, :n0]
     buffer, steps, out, tied = [], 0, {}, set()
     wanted = set(int(t) for t in eval_pos)
@@ -61,7 +66,7 @@ def kvpress_decode_caches(f, meta, layer, n0, press_expr, every, target, buffer_
                 out[t] = [np.sort(values[0, g, :, 0].numpy().astype(np.int64)) for g in range(Hkv)]
             if steps >= every:
                 buffered = torch.cat(buffer, dim=1)
-                kw = dict(kwargs, hidden_states=buffered,
+                kw = dict(kwargs, hidden_states=buffered, position_ids=torch.tensor([[t]]),  # logical: tokens seen
                           position_embeddings=tuple(x[:, :buffered.shape[1]] for x in kwargs["position_embeddings"]))
                 held = values[0, :, :, 0].numpy().astype(np.int64)  # [Hkv, n] positions
                 with recorded_topk() as calls:
@@ -100,7 +105,7 @@ def decode_parity(trace, every=16, targets=(128, 256), window=8, pairs=DECODE_PA
         meta = trace_meta(f, trace)
         for label, expr, _ in pairs:
             for target in targets:
-                row = dict(trace=trace, label=label, target=int(target), every=int(every),
+                row = dict(trace=trace, label=label, target=str(target), every=int(every),
                            cache_order="position" if position_order else "kvpress", layers=0, queries=0,
                            differing_masks=0, differing_tokens=0, explained_by_ties=0, error="")
                 mine_all = ours[label, target]
@@ -146,13 +151,14 @@ def main(argv=None):
                                 description="kvpress's DecodingPress against kvsim's --protocol decode, query by query")
     p.add_argument("traces", nargs="+")
     p.add_argument("--every", type=int, default=16, help="compression_interval (kvsim --every)")
-    p.add_argument("--targets", default="128,256", help="target_size values (tokens per KV head)")
+    p.add_argument("--targets", default="128,256,cr=0.75",
+                   help="target_size values (tokens per KV head), or cr=R: CompressionRatioDecodingPress (kvsim's cr=R)")
     p.add_argument("--window", type=int, default=8, help="SnapKV's window_size (< every: kvpress asserts it)")
     args = p.parse_args(argv)
     rows = []
     for t in args.traces:
         for order in (False, True):
-            rows += decode_parity(t, args.every, [int(x) for x in args.targets.split(",")], args.window,
+            rows += decode_parity(t, args.every, args.targets.split(","), args.window,
                                   progress=lambda m: print(f"kvpress-parity: {m}", file=sys.stderr),
                                   position_order=order)
     print(format_rows(rows))

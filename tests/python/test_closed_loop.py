@@ -318,6 +318,11 @@ class ClosedLoopDecodeTest(unittest.TestCase):
                         "--out", os.path.join(self.dir, "bad"))
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--every", r.stderr)
+        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv;oracle", "--protocol", "decode",
+                        "--out", os.path.join(self.dir, "bad2"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("oracle", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "bad2", "trace.h5")))
 
 if __name__ == "__main__":
     unittest.main()

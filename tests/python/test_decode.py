@@ -97,16 +97,18 @@ class DecodingPressParity(unittest.TestCase):
             self.skipTest("kvpress is not installed in the project environment")
         rows = []
         for order in (False, True):
-            rows += dp.decode_parity(NIAH, every=16, targets=(128,), window=8, layers=[0, 3], position_order=order)
+            rows += dp.decode_parity(NIAH, every=16, targets=(128, "cr=0.9"), window=8, layers=[0, 3],
+                                     position_order=order)
         for r in rows:
             self.assertEqual(r["error"], "", r)
             self.assertGreater(r["queries"], 0)
         self.assertTrue(dp.decode_parity_holds(rows), dp.format_rows(rows))
-        by = {(r["label"], r["cache_order"]): r for r in rows}
-        for label in ("Knorm", "TOVA", "KeyDiff"):
-            self.assertEqual(by[label, "kvpress"]["differing_masks"], 0)
-        self.assertEqual(by["StreamingLLM", "position"]["differing_masks"], 0)
-        self.assertGreater(by["StreamingLLM", "kvpress"]["differing_masks"], 0)  # kvpress's top-k order
+        by = {(r["label"], r["target"], r["cache_order"]): r for r in rows}
+        for target in ("128", "cr=0.9"):
+            for label in ("Knorm", "TOVA", "KeyDiff"):
+                self.assertEqual(by[label, target, "kvpress"]["differing_masks"], 0)
+            self.assertEqual(by["StreamingLLM", target, "position"]["differing_masks"], 0)
+            self.assertGreater(by["StreamingLLM", target, "kvpress"]["differing_masks"], 0)  # kvpress's top-k order
 
     def test_a_wrong_interval_is_caught(self):
         try:

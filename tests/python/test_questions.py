@@ -95,6 +95,29 @@ class MultiQuestionTest(unittest.TestCase):
             self.assertIn("One context, several questions", page)
             self.assertIn("question 3", page)
 
+    def test_several_needles(self):
+        needles = ["The secret number is forty two.", "The cat is named Tom.", "The key is under the red pot."]
+        with tempfile.TemporaryDirectory() as d:
+            nfile = os.path.join(d, "needles.txt")
+            with open(nfile, "w") as f:
+                f.write("\n".join(needles) + "\n")
+            trace = os.path.join(d, "needles.h5")
+            r = tu.run_dump("--model", tu.CHECKPOINT, "--niah", "--niah-dir", tu.ESSAYS_DIR, "--niah-length", "400",
+                            "--needles", nfile, "--questions", self.qfile, "--answer-tokens", "4", "--out", trace)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with h5py.File(trace, "r") as f:
+                spans = {k: tuple(int(x) for x in f["spans"][k][()]) for k in f["spans"]}
+                P = int(f.attrs["prefill_len"])
+            self.assertNotIn("needle", spans)
+            starts = [spans[f"needle_{i}"][0] for i in (1, 2, 3)]
+            self.assertEqual(starts, sorted(starts))
+            self.assertTrue(0 < starts[0] and spans["needle_3"][1] < spans["question_1"][0] < P)
+            t = kvsim.open_trace(trace)
+            ids = [int(x) for x in t.input_ids]
+            lengths = [spans[f"needle_{i}"][1] - spans[f"needle_{i}"][0] for i in (1, 2, 3)]
+            self.assertTrue(all(n >= 5 for n in lengths), lengths)
+            self.assertEqual(len(set(tuple(ids[a:b]) for a, b in (spans[f"needle_{i}"] for i in (1, 2, 3)))), 3)
+
     def test_errors(self):
         with tempfile.TemporaryDirectory() as d:
             empty = os.path.join(d, "empty.txt")

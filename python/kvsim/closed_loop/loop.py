@@ -30,6 +30,11 @@ DEFAULT_RULES = ("snapkv;ada(snapkv);critical(snapkv);critical(ada(snapkv));keyd
                  "tova(variant=stepwise);streaming;knorm;random")
 NOT_EVICTING = {"quest": "selects pages per query and evicts nothing",
                 "think": "prunes key channels, which the closed loop does not apply to the model"}
+# Rules a running model cannot cut with while it generates (--protocol decode).
+NOT_DECODING = {"oracle": "reads the queries after each cut, which a running model does not have yet",
+                "oracle_greedy": "reads the queries after each cut, which a running model does not have yet",
+                "kvcompose": "allocates across layers once", "duo": "allocates across layers once",
+                "global": "allocates across layers once"}
 
 
 def build_parser():
@@ -101,7 +106,7 @@ def offline_kept(offline, canon, budget, num_layers):
     return {l: offline.selection[(canon, budget, l)] for l in range(num_layers)}
 
 
-def split_rules(text):
+def split_rules(text, protocol="oneshot"):
     import kvsim
     specs = [s.strip() for s in text.split(";") if s.strip()]
     if not specs:
@@ -115,6 +120,8 @@ def split_rules(text):
         name = canon.split("(", 1)[0]
         if name in NOT_EVICTING:
             raise DumpError("--rules", f"'{s}': {name} {NOT_EVICTING[name]}")
+        if protocol == "decode" and name in NOT_DECODING:
+            raise DumpError("--rules", f"'{s}': with --protocol decode, {name} {NOT_DECODING[name]}")
         if name == "h2o" and "variant=stepwise" in canon:
             raise DumpError("--rules", f"'{s}': decode-time H2O needs the attention of every decoded query, which "
                                        "the closed loop does not accumulate; use h2o (one-shot)")
@@ -196,7 +203,7 @@ def run(args):
         raise DumpError("--generate", "the closed loop needs a recorded continuation: --generate N with N >= 1")
     if args.layers:
         raise DumpError("--layers", "the closed loop evicts in every layer: record them all")
-    rules = split_rules(args.rules)
+    rules = split_rules(args.rules, args.protocol)
     prepare_out(args.out, args.force)
     trace = os.path.join(args.out, "trace.h5")
     if args.from_trace:

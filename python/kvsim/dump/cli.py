@@ -9,7 +9,8 @@ import numpy as np
 
 from kvsim.dump import VERSION
 from kvsim.dump.errors import DumpError
-from kvsim.dump.questions import check_question_options, follow_up_template, plan_continuation, read_questions
+from kvsim.dump.questions import (check_question_options, follow_up_template, plan_continuation, read_lines,
+                                  read_questions)
 from kvsim.dump.float_storage import STORAGE_DTYPES
 from kvsim.dump.prompts import (DEFAULT_NEEDLE, DEFAULT_QUESTION, GENERATED, apply_chat, build_ids,
                       build_longbench, build_niah, build_plain, parse_token_ids, truncate_context)
@@ -22,7 +23,7 @@ DEFAULT_GENERATE = 16
 # Options that only one prompt kind reads: (dest, flag, the --source options that use it).
 PROMPT_KIND_OPTIONS = (
     ("niah_dir", "--niah-dir", ("niah",)), ("niah_length", "--niah-length", ("niah",)),
-    ("niah_depth", "--niah-depth", ("niah",)), ("needle", "--needle", ("niah",)),
+    ("niah_depth", "--niah-depth", ("niah",)), ("needle", "--needle", ("niah",)), ("needles", "--needles", ("niah",)),
     ("record", "--record", ("longbench",)), ("max_context", "--max-context", ("longbench",)),
     ("longbench_template", "--longbench-template", ("longbench",)),
     ("compression_ratio", "--compression-ratio", ("kvpress_press",)),
@@ -127,6 +128,9 @@ def build_parser():
     g.add_argument("--niah-length", type=int, default=2048, help="prompt length in tokens")
     g.add_argument("--niah-depth", type=float, default=0.5, help="needle depth, 0 (start) .. 1 (end)")
     g.add_argument("--needle", default=DEFAULT_NEEDLE, help="needle sentence")
+    g.add_argument("--needles", metavar="FILE",
+                   help="several needles, one sentence per line, the i-th of k at depth (i+1)/(k+1) "
+                        "(spans needle_1 .. needle_k); with --questions, one question per needle")
     g = p.add_argument_group("LongBench")
     g.add_argument("--record", type=int, default=0, help="record index in the jsonl file (0-based)")
     g.add_argument("--max-context", type=int, help="truncate the context segment in the middle to "
@@ -236,8 +240,9 @@ def build_prompt(args, tok, vocab_size=None, overhead=0):
         if length - overhead < 1:
             raise DumpError("--niah-length", f"{length} tokens leave no room once the chat template "
                                              f"takes {overhead}")
+        needles = read_lines(args.needles, "--needles") if args.needles else None
         return build_niah(tok, args.niah_dir, length - overhead, args.niah_depth, args.needle,
-                          question or DEFAULT_QUESTION), {}
+                          question or DEFAULT_QUESTION, needles), {}
     first = read_questions(args.questions)[0] if args.questions else None
     prompt, dataset, answers = build_longbench(tok, args.longbench, args.record, args.max_context,
                                                args.longbench_template, first)

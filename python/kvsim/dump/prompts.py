@@ -121,23 +121,27 @@ def build_plain(tok, prompt_file, question=None):
     return p
 
 
-def build_niah(tok, haystack_dir, length, depth, needle=DEFAULT_NEEDLE, question=DEFAULT_QUESTION):
+def build_niah(tok, haystack_dir, length, depth, needle=DEFAULT_NEEDLE, question=DEFAULT_QUESTION, needles=None):
     """Needle in a haystack: essays truncated to fit `length` prompt tokens, the needle inserted
     at the sentence boundary at or before `depth` (0 = start, 1 = end) of the haystack, then the
-    question. /spans/needle is the needle's token range."""
+    question. /spans/needle is the needle's token range. needles (kvsim-dump --needles): several
+    needles instead, the i-th of k at depth (i + 1) / (k + 1), spans needle_1 .. needle_k."""
     if not 0.0 <= depth <= 1.0:
         raise DumpError("--niah-depth", f"must be within 0..1, got {depth}")
+    placed = [(needle, depth, "needle")] if not needles else [
+        (n, (i + 1) / (len(needles) + 1), f"needle_{i + 1}") for i, n in enumerate(needles)]
     files = sorted(glob.glob(os.path.join(haystack_dir, "*.txt")))
     files = [f for f in files if not os.path.basename(f).startswith("LICENSE")]
     if not files:
         raise DumpError(haystack_dir, "--niah-dir: no *.txt essays found")
-    needle_ids = tok.encode(needle, continuation=True)
+    needle_ids = [tok.encode(n, continuation=True) for n, _, _ in placed]
     q_text = NIAH_QUESTION_TEMPLATE.format(question=question)
     q_ids = tok.encode(q_text, continuation=True)
-    budget = length - len(needle_ids) - len(q_ids) - (1 if tok.bos_id is not None else 0)
+    n_needle = sum(len(x) for x in needle_ids)
+    budget = length - n_needle - len(q_ids) - (1 if tok.bos_id is not None else 0)
     if budget < 1:
         raise DumpError("--niah-length", f"{length} tokens leave no room for the haystack "
-                                         f"(needle {len(needle_ids)}, question {len(q_ids)})")
+                                         f"(needles {n_needle}, question {len(q_ids)})")
     hay = []
     for i, path in enumerate(files):  # one essay at a time: a short haystack tokenizes little
         essay = _read_text(path, "essay")
@@ -148,14 +152,18 @@ def build_niah(tok, haystack_dir, length, depth, needle=DEFAULT_NEEDLE, question
     if len(hay) < budget:
         raise DumpError(haystack_dir, f"essays hold only {len(hay)} tokens, {budget} needed")
     hay = hay[:budget]
-    cut = int(round(depth * len(hay)))
-    # Back off to just after a sentence end, as the needle-in-a-haystack harness does.
-    while 0 < cut < len(hay) and not tok.decode(hay[cut - 1:cut]).rstrip().endswith((".", "?", "!")):
-        cut -= 1
     p = _start(tok)
-    p.add(hay[:cut], CONTEXT, tok.decode(hay[:cut]))
-    p.add(needle_ids, CONTEXT, needle, span="needle")
-    p.add(hay[cut:], CONTEXT, tok.decode(hay[cut:]))
+    start = 0
+    for (text, d, span), ids in zip(placed, needle_ids):
+        cut = int(round(d * len(hay)))
+        # Back off to just after a sentence end, as the needle-in-a-haystack harness does.
+        while start < cut < len(hay) and not tok.decode(hay[cut - 1:cut]).rstrip().endswith((".", "?", "!")):
+            cut -= 1
+        cut = max(cut, start)
+        p.add(hay[start:cut], CONTEXT, tok.decode(hay[start:cut]))
+        p.add(ids, CONTEXT, text, span=span)
+        start = cut
+    p.add(hay[start:], CONTEXT, tok.decode(hay[start:]))
     p.add(q_ids, QUESTION, q_text)
     return p
 

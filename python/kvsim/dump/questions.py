@@ -9,16 +9,21 @@ from kvsim.dump.errors import DumpError
 from kvsim.dump.prompts import NIAH_QUESTION_TEMPLATE
 
 
-def read_questions(path):
-    """The questions of FILE, one per non-empty line."""
+def read_lines(path, option):
+    """The non-empty lines of FILE (questions, needles), stripped; at least one."""
     try:
         with open(path, encoding="utf-8") as f:
-            qs = [line.strip() for line in f if line.strip()]
+            lines = [line.strip() for line in f if line.strip()]
     except OSError as e:
-        raise DumpError(path, f"--questions: cannot read: {e.strerror}")
-    if not qs:
-        raise DumpError(path, "--questions: no question (one per non-empty line)")
-    return qs
+        raise DumpError(path, f"{option}: cannot read: {e.strerror}")
+    if not lines:
+        raise DumpError(path, f"{option}: empty (one entry per non-empty line)")
+    return lines
+
+
+def read_questions(path):
+    """The questions of FILE, one per non-empty line."""
+    return read_lines(path, "--questions")
 
 
 def follow_up_template(args, extra):
