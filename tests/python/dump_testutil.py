@@ -21,6 +21,17 @@ TRACES_DIR = os.path.join(SOURCE_DIR, "traces")
 
 
 
+def render_report(folder):
+    """`kvsim report FOLDER` (the CLI of KVSIM_CLI) into FOLDER/report.html; returns the page."""
+    html = os.path.join(folder, "report.html")
+    r = subprocess.run([os.environ.get("KVSIM_CLI", "kvsim"), "report", folder, "--out", html],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"kvsim report failed: {r.stderr}")
+    with open(html, encoding="utf-8") as f:
+        return f.read()
+
+
 def run_dump(*args):
     """Runs tools/kvsim-dump as a user would (its launcher picks the project's .venv)."""
     return subprocess.run([DUMP_SCRIPT, *args], capture_output=True, text=True)

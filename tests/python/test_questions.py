@@ -86,12 +86,7 @@ class MultiQuestionTest(unittest.TestCase):
             self.assertTrue(os.path.exists(os.path.join(d, "metrics_per_question.csv")))
             with open(os.path.join(d, "summary.json")) as f:
                 self.assertEqual(len(json.load(f)["questions"]), 3)
-            html = os.path.join(d, "r.html")
-            r = subprocess.run([os.environ.get("KVSIM_CLI", "kvsim"), "report", d, "--out", html],
-                               capture_output=True, text=True)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            with open(html) as f:
-                page = f.read()
+            page = tu.render_report(d)
             self.assertIn("One context, several questions", page)
             self.assertIn("question 3", page)
 

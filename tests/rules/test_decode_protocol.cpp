@@ -61,6 +61,15 @@ double key_norm(const LayerData& D, int g, i64 t) {
   return std::sqrt(s);
 }
 
+// knorm's cut of head g's tokens: the `keep` lowest key norms.
+auto knorm_cut(const TestLayer& L) {
+  return [&L](int g, const std::vector<i64>& held, i64 keep) {
+    std::vector<double> s;
+    for (i64 t : held) s.push_back(-key_norm(L.data, g, t));
+    return keep_best(held, s, keep, 0);
+  };
+}
+
 // snapkv(window=w, kernel=1), group mean, on one head's cache: each window query (the last w
 // tokens, all generated since the last cut) attends to the head's cached tokens up to itself.
 std::vector<double> snap_scores(const TestLayer& L, int g, const std::vector<i64>& held, i64 w) {
@@ -152,11 +161,7 @@ TEST_CASE("decode protocol: knorm's caches equal a float64 re-enactment (per-hea
         CAPTURE(every);
         const Budget b = Budget::parse(budget);
         const auto sels = decode_select(*rule, L->input(), {b}, {every, compressed, 32});
-        const auto ref = reenact(*L, every, compressed, b, [&](int g, const std::vector<i64>& held, i64 keep) {
-          std::vector<double> s;
-          for (i64 t : held) s.push_back(-key_norm(L->data, g, t));
-          return keep_best(held, s, keep, 0);
-        });
+        const auto ref = reenact(*L, every, compressed, b, knorm_cut(*L));
         check_masks(sels[0], ref);
       }
 }
@@ -264,14 +269,7 @@ TEST_CASE("decode protocol: append-only admission keeps every cached token, new 
       DecodeOptions opt{8, compressed, 32};
       opt.append_only = true;
       const auto sels = decode_select(*rule, L->input(), {b}, opt);
-      const auto ref = reenact(
-          *L, 8, compressed, b,
-          [&](int g, const std::vector<i64>& held, i64 keep) {
-            std::vector<double> s;
-            for (i64 t : held) s.push_back(-key_norm(L->data, g, t));
-            return keep_best(held, s, keep, 0);
-          },
-          true);
+      const auto ref = reenact(*L, 8, compressed, b, knorm_cut(*L), true);
       check_masks(sels[0], ref);
       // nothing held at n_0 ever leaves, and some generated token was refused
       const Selection& s = sels[0];
