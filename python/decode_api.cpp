@@ -45,11 +45,12 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
   py::array_t<bool> masks(std::vector<py::ssize_t>{U, ne, static_cast<py::ssize_t>(seq_len)});
   bool* out = masks.mutable_data();
   std::fill(out, out + U * ne * seq_len, false);
+  std::vector<std::uint8_t> m;
   for (py::ssize_t u = 0; u < U; ++u)
     for (py::ssize_t q = 0; q < ne; ++q) {
-      const auto& m = s.per_query.empty() ? std::vector<std::uint8_t>() : s.per_query[u * ne + q];
       bool* row = out + (u * ne + q) * seq_len;
-      if (!m.empty()) {
+      if (s.has_query_masks()) {
+        s.query_mask(static_cast<int>(u), q, eval_pos[q], m);
         for (std::size_t j = 0; j < m.size(); ++j) row[j] = m[j] != 0;
       } else {  // no compression after n_0: the one-shot kept set, then every token up to t
         for (i64 j = 0; j <= eval_pos[q]; ++j) row[j] = j < s.n_c ? s.unit_mask(static_cast<int>(u))[j] != 0 : true;

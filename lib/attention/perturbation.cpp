@@ -36,6 +36,17 @@ void check_selection(const LayerCache& cache, const Selection& sel, const Shape&
   if (static_cast<i64>(sel.kept.size()) != sel.units * sel.n_c) fail(where, "kept", "size != units * n_c");
   if (!sel.key_channels.empty() && static_cast<i64>(sel.key_channels.size()) != static_cast<i64>(s.Hkv) * s.d)
     fail(where, "key_channels", "size != num_kv_heads * head_dim");
+  if (!sel.held_caches.empty()) {
+    const i64 ne = cache.n_eval();
+    if (static_cast<i64>(sel.held_of.size()) != ne) fail(where, "held_of", "size != n_eval");
+    for (i64 qi = 0; qi < ne; ++qi) {
+      const int k = sel.held_of[static_cast<std::size_t>(qi)];
+      if (k < 0 || k >= static_cast<int>(sel.held_caches.size())) fail(where, "held_of", "index out of range");
+      const auto& c = sel.held_caches[static_cast<std::size_t>(k)];
+      if (static_cast<i64>(c.held.size()) != sel.units * c.from || c.from > cache.eval_pos(qi) + 1)
+        fail(where, "held_caches", "cache " + std::to_string(k) + " does not fit query " + std::to_string(qi));
+    }
+  }
   if (!sel.per_query.empty()) {
     const i64 ne = cache.n_eval();
     if (static_cast<i64>(sel.per_query.size()) != sel.units * ne)
@@ -55,9 +66,8 @@ void support_mask(const LayerCache& cache, const Selection& sel, QuerySet set, i
   const i64 t = cache.pos(set, qi);
   const int u = unit_of(sel, h, G);
   m.assign(t + 1, 1);
-  if (set == QuerySet::eval && !sel.per_query.empty()) {
-    const auto& pq = sel.per_query[u * cache.n_eval() + qi];
-    std::copy(pq.begin(), pq.end(), m.begin());
+  if (set == QuerySet::eval && sel.has_query_masks()) {
+    sel.query_mask(u, qi, t, m);
     return;
   }
   const std::uint8_t* kept = sel.unit_mask(u);
@@ -446,7 +456,7 @@ void finish_layer(const LayerReference& ref, const Shape& s, const std::vector<d
 bool recomputes(const Selection& sel) { return !sel.key_channels.empty() || sel.quant; }
 
 bool is_static(const Selection& sel, QuerySet set) {
-  return !recomputes(sel) && !(set == QuerySet::eval && !sel.per_query.empty());
+  return !recomputes(sel) && !(set == QuerySet::eval && sel.has_query_masks());
 }
 
 // The probability-dependent sums of every selection, for the heads of KV groups [g0, g1) and the

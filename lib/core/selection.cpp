@@ -1,5 +1,6 @@
 #include "core/selection.h"
 
+#include <algorithm>
 #include <numeric>
 
 namespace kvsim {
@@ -11,6 +12,18 @@ i64 Selection::kept_count(int u) const {
   i64 c = 0;
   for (i64 j = 0; j < n_c; ++j) c += m[j] != 0;
   return c;
+}
+
+void Selection::query_mask(int u, i64 qi, i64 t, std::vector<std::uint8_t>& m) const {
+  if (!per_query.empty()) {
+    const auto& pq = per_query[static_cast<std::size_t>(u * (static_cast<i64>(per_query.size()) / units) + qi)];
+    m.assign(pq.begin(), pq.end());
+    return;
+  }
+  const HeldCache& c = held_caches[static_cast<std::size_t>(held_of[static_cast<std::size_t>(qi)])];
+  m.assign(static_cast<std::size_t>(t + 1), 1);
+  const std::uint8_t* h = c.held.data() + u * c.from;
+  for (i64 j = 0; j < std::min(c.from, t + 1); ++j) m[static_cast<std::size_t>(j)] = h[j];
 }
 
 double Selection::mean_kept_count() const {

@@ -26,6 +26,17 @@ struct Selection {
   // Empty for one-shot rules: then positions [n_c, t] are always kept.
   std::vector<std::vector<std::uint8_t>> per_query;
 
+  // The decode protocol's compact form of per_query (replay/decode_protocol.h): evaluation query
+  // qi's cache is held_caches[held_of[qi]] (per unit, which positions of [0, from) it still
+  // holds: [units][from]) plus every position in [from, t_qi]. One entry per compression, not
+  // per query: a long generation on a long context stays small. Empty otherwise.
+  struct HeldCache {
+    i64 from = 0;
+    std::vector<std::uint8_t> held;  // [units][from]
+  };
+  std::vector<HeldCache> held_caches;
+  std::vector<int> held_of;  // [n_eval]
+
   // Key-channel pruning (ThinK): [num_kv_heads][head_dim], 1 = channel kept; empty = all kept.
   // When set, attention of every evaluation query is recomputed with the pruned keys.
   std::vector<std::uint8_t> key_channels;
@@ -49,6 +60,11 @@ struct Selection {
   std::uint8_t* unit_mask(int u) { return kept.data() + u * n_c; }
   const std::uint8_t* unit_mask(int u) const { return kept.data() + u * n_c; }
   i64 kept_count(int u) const;      // tokens kept in [0, n_c) by unit u
+  // Whether evaluation queries have masks of their own (per_query or held_caches).
+  bool has_query_masks() const { return !per_query.empty() || !held_caches.empty(); }
+  // Unit u's mask over [0, t] for evaluation query qi (t its position) from per_query or
+  // held_caches; requires has_query_masks().
+  void query_mask(int u, i64 qi, i64 t, std::vector<std::uint8_t>& m) const;
   double mean_kept_count() const;   // over units
 };
 

@@ -224,16 +224,31 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
     if (units == 0) units = D.num_kv_heads;  // never cut: the full cache, one set per KV head
     const GqaMode mode = intervals.back().stepwise ? intervals.back().stepwise->mode : intervals.back().state.mode;
     Selection s(mode, units, n0);
-    s.per_query.resize(static_cast<std::size_t>(units * ne));
-    for (const Interval& v : intervals)
-      for (int u = 0; u < units; ++u)
-        for (i64 q = v.q0; q < v.q1; ++q) s.per_query[u * ne + q] = query_mask(v, u, q, eval_pos[q]);
+    const bool stepwise = std::any_of(intervals.begin(), intervals.end(), [](const Interval& v) { return v.stepwise; });
+    if (stepwise) {  // a step-wise rule's own masks: one per query
+      s.per_query.resize(static_cast<std::size_t>(units * ne));
+      for (const Interval& v : intervals)
+        for (int u = 0; u < units; ++u)
+          for (i64 q = v.q0; q < v.q1; ++q) s.per_query[u * ne + q] = query_mask(v, u, q, eval_pos[q]);
+    } else {  // one held cache per interval (Selection::held_caches)
+      s.held_of.assign(static_cast<std::size_t>(ne), 0);
+      for (const Interval& v : intervals) {
+        Selection::HeldCache c;
+        c.from = v.from;
+        c.held.assign(static_cast<std::size_t>(units * v.from), 0);
+        for (int u = 0; u < units; ++u)
+          for (i64 p : v.state.cached[v.state.cached.size() == 1 ? 0 : u]) c.held[u * v.from + p] = 1;
+        for (i64 q = v.q0; q < v.q1; ++q) s.held_of[q] = static_cast<int>(s.held_caches.size());
+        s.held_caches.push_back(std::move(c));
+      }
+    }
+    std::vector<std::uint8_t> m;
     for (int u = 0; u < units; ++u) {
-      const auto& last = s.per_query[u * ne + ne - 1];
-      for (i64 j = 0; j < n0; ++j) s.unit_mask(u)[j] = last[j];
+      s.query_mask(u, ne - 1, eval_pos[ne - 1], m);
+      for (i64 j = 0; j < n0; ++j) s.unit_mask(u)[j] = m[j];
       if (stats)
         for (i64 q = 0; q < ne; ++q) {
-          const auto& m = s.per_query[u * ne + q];
+          s.query_mask(u, q, eval_pos[q], m);
           (*stats)[b].cache_tokens_sum += static_cast<double>(std::count(m.begin(), m.end(), 1));
           ++(*stats)[b].cache_tokens_count;
         }

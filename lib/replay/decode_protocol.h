@@ -58,8 +58,9 @@ DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& d
 i64 decode_keep(const Budget& budget, i64 L);
 
 // The rule's selection for every budget of `in` (the one-shot input: n_c = n_0, eval_rows the
-// evaluation queries) under the decode protocol: Selection::per_query holds each evaluation
-// query's cache; kept holds the tokens of [0, n_0) still cached at the last evaluation query.
+// evaluation queries) under the decode protocol: each evaluation query's cache is
+// Selection::query_mask (held_caches, one per compression; per_query for step-wise rules); kept
+// holds the tokens of [0, n_0) still cached at the last evaluation query.
 // `stats` (may be null) gets one entry per budget. Throws kvsim::Error naming the rule, the
 // budget and the decode step.
 std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, const std::vector<Budget>& budgets,

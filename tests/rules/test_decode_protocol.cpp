@@ -138,13 +138,24 @@ std::vector<std::vector<std::vector<std::uint8_t>>> reenact(const TestLayer& L, 
   return masks;
 }
 
-void check_masks(const Selection& s, const std::vector<std::vector<std::vector<std::uint8_t>>>& ref) {
+// Every evaluation query's cache as the selection gives it (Selection::query_mask): [unit][query].
+std::vector<std::vector<std::vector<std::uint8_t>>> masks_of(const Selection& s, const TestLayer& L) {
+  REQUIRE(s.has_query_masks());
+  std::vector<std::vector<std::vector<std::uint8_t>>> out(static_cast<std::size_t>(s.units));
+  for (int u = 0; u < s.units; ++u)
+    for (std::size_t q = 0; q < L.eval_rows.size(); ++q) {
+      out[u].emplace_back();
+      s.query_mask(u, static_cast<i64>(q), L.meta.q_pos[L.eval_rows[q]], out[u].back());
+    }
+  return out;
+}
+
+void check_masks(const Selection& s, const TestLayer& L, const std::vector<std::vector<std::vector<std::uint8_t>>>& ref) {
   REQUIRE(s.units == static_cast<int>(ref.size()));
-  const i64 ne = static_cast<i64>(ref[0].size());
-  REQUIRE(static_cast<i64>(s.per_query.size()) == s.units * ne);
+  const auto got = masks_of(s, L);
   i64 wrong = 0;
   for (int u = 0; u < s.units; ++u)
-    for (i64 q = 0; q < ne; ++q) wrong += s.per_query[u * ne + q] != ref[u][q];
+    for (std::size_t q = 0; q < ref[u].size(); ++q) wrong += got[u][q] != ref[u][q];
   CHECK(wrong == 0);
 }
 
@@ -162,7 +173,7 @@ TEST_CASE("decode protocol: knorm's caches equal a float64 re-enactment (per-hea
         const Budget b = Budget::parse(budget);
         const auto sels = decode_select(*rule, L->input(), {b}, {every, compressed, 32});
         const auto ref = reenact(*L, every, compressed, b, knorm_cut(*L));
-        check_masks(sels[0], ref);
+        check_masks(sels[0], *L, ref);
       }
 }
 
@@ -189,7 +200,7 @@ TEST_CASE("decode protocol: snapkv's window attention sees only the head's cache
         }
         return keep_best(held, snap_scores(*L, g, held, 8), keep, 8);
       });
-      check_masks(sels[0], ref);
+      check_masks(sels[0], *L, ref);
     }
 }
 
@@ -206,12 +217,12 @@ TEST_CASE("decode protocol: uneven heads (Ada-KV), step-wise rules: nothing evic
       const auto rule = make_rule(spec);
       const Budget b = Budget::parse("40");
       const Selection s = decode_select(*rule, L->input(), {b}, {8, compressed, 32})[0];
-      REQUIRE(static_cast<i64>(s.per_query.size()) == s.units * ne);
+      const auto masks = masks_of(s, *L);
       i64 returned = 0, over = 0;
       for (int u = 0; u < s.units; ++u)
         for (i64 q = 1; q < ne; ++q) {
-          const auto& prev = s.per_query[u * ne + q - 1];
-          const auto& cur = s.per_query[u * ne + q];
+          const auto& prev = masks[u][q - 1];
+          const auto& cur = masks[u][q];
           for (i64 j = 0; j < static_cast<i64>(prev.size()); ++j) returned += cur[j] && !prev[j];
         }
       // Right after each compression (n_0 + 8k) the layer holds at most units x 40 + 1 tokens (the
@@ -220,7 +231,7 @@ TEST_CASE("decode protocol: uneven heads (Ada-KV), step-wise rules: nothing evic
         if ((eval[q] - L->n_c) % 8 != 0 || eval[q] == L->n_c) continue;
         i64 held = 0;
         for (int u = 0; u < s.units; ++u)
-          held += std::count(s.per_query[u * ne + q].begin(), s.per_query[u * ne + q].end(), 1);
+          held += std::count(masks[u][q].begin(), masks[u][q].end(), 1);
         over += held > s.units * 40 + s.units;
       }
       CHECK(returned == 0);
@@ -239,11 +250,13 @@ TEST_CASE("decode protocol: every past the generation is the one-shot selection;
     for (std::size_t b = 0; b < budgets.size(); ++b) {
       CHECK(dec[b].kept == one[b].kept);
       CHECK(dec[b].per_query == one[b].per_query);
+      CHECK(dec[b].held_caches.empty());
     }
     // A budget above every length: nothing is ever cut, each query sees all of [0, t].
     const auto all = decode_select(*rule, L->input(), {Budget::parse("100000")}, {8, false, 32})[0];
     bool everything = true;
-    for (const auto& m : all.per_query) everything = everything && std::all_of(m.begin(), m.end(), [](auto x) { return x == 1; });
+    for (const auto& unit : masks_of(all, *L))
+      for (const auto& m : unit) everything = everything && std::all_of(m.begin(), m.end(), [](auto x) { return x == 1; });
     CHECK(everything);
   }
 }
@@ -270,14 +283,14 @@ TEST_CASE("decode protocol: append-only admission keeps every cached token, new 
       opt.append_only = true;
       const auto sels = decode_select(*rule, L->input(), {b}, opt);
       const auto ref = reenact(*L, 8, compressed, b, knorm_cut(*L), true);
-      check_masks(sels[0], ref);
+      check_masks(sels[0], *L, ref);
       // nothing held at n_0 ever leaves, and some generated token was refused
       const Selection& s = sels[0];
-      const i64 ne = static_cast<i64>(s.per_query.size()) / s.units;
+      const auto masks = masks_of(s, *L);
       i64 left = 0, refused = 0;
       for (int u = 0; u < s.units; ++u) {
-        const auto& first = s.per_query[u * ne];
-        const auto& last = s.per_query[u * ne + ne - 1];
+        const auto& first = masks[u].front();
+        const auto& last = masks[u].back();
         for (i64 j = 0; j < L->n_c; ++j) left += first[j] && !last[j];
         for (i64 j = L->n_c; j + 8 < static_cast<i64>(last.size()); ++j) refused += !last[j];
       }
