@@ -113,6 +113,32 @@ class MultiQuestionTest(unittest.TestCase):
             self.assertTrue(all(n >= 5 for n in lengths), lengths)
             self.assertEqual(len(set(tuple(ids[a:b]) for a, b in (spans[f"needle_{i}"] for i in (1, 2, 3)))), 3)
 
+    def test_closed_loop_per_question(self):
+        """The closed loop on a multi-question dump: closed_loop.json's question_kl is each question's
+        mean teacher-forced KL over its positions in closed_loop.csv; zero for full."""
+        import pandas as pd
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "cl")
+            r = subprocess.run([os.path.join(tu.TOOLS_DIR, "kvsim-closed-loop"), "--model", tu.CHECKPOINT, "--niah",
+                                "--niah-dir", tu.ESSAYS_DIR, "--niah-length", "300", "--questions", self.qfile,
+                                "--answer-tokens", "4", "--rules", "full;snapkv(window=8)", "--budgets", "0.2",
+                                "--no-free-run", "--out", out], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(out, "closed_loop.json")) as f:
+                doc = json.load(f)
+            cl = pd.read_csv(os.path.join(out, "closed_loop.csv"), dtype={"budget": str})
+            with h5py.File(os.path.join(out, "trace.h5"), "r") as f:
+                spans = {k: tuple(int(x) for x in f["spans"][k][()]) for k in f["spans"]}
+            for run in doc["runs"]:
+                self.assertEqual(len(run["question_kl"]), 3)
+                tok = cl[(cl["rule"] == run["rule"]) & (cl["decoding"] == "teacher_forced") & (cl["layer"] == -1)]
+                for k in (1, 2, 3):
+                    a, b = spans[f"question_{k}"][0], spans[f"answer_{k}"][1]
+                    want = tok[(tok["position"] >= a) & (tok["position"] < b)]["kl_next_token"].mean()
+                    self.assertAlmostEqual(run["question_kl"][k - 1], want, delta=1e-12 + 1e-9 * abs(want))
+                if run["rule"] == "full":
+                    self.assertTrue(all(x < 1e-9 for x in run["question_kl"]))
+
     def test_errors(self):
         with tempfile.TemporaryDirectory() as d:
             empty = os.path.join(d, "empty.txt")

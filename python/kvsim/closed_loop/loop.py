@@ -199,7 +199,9 @@ def run(args):
         raise DumpError("--evict-every", "must be >= 1")
     if args.protocol == "decode" and args.every < 1:
         raise DumpError("--every", "must be >= 1 (tokens between compressions)")
-    if args.generate < 1:
+    if args.questions:  # the answers' lengths come from --answer-tokens (kvsim-dump --questions)
+        args.generate = None
+    elif args.generate < 1:
         raise DumpError("--generate", "the closed loop needs a recorded continuation: --generate N with N >= 1")
     if args.layers:
         raise DumpError("--layers", "the closed loop evicts in every layer: record them all")

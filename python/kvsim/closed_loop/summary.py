@@ -113,12 +113,28 @@ def keydiff_gap(table, runs):
     return out
 
 
+def question_kl(df, spans):
+    """A trace with several questions (kvsim-dump --questions: /spans/question_K, /spans/answer_K):
+    per (rule, budget, mode) the teacher-forced next-token KL averaged over each question's
+    positions (its tokens and its answer's), question 1 first; {} without such spans."""
+    ks = sorted(int(n[9:]) for n in spans if n.startswith("question_") and n[9:].isdigit())
+    if not ks:
+        return {}
+    ranges = [(spans[f"question_{k}"][0], spans.get(f"answer_{k}", spans[f"question_{k}"])[1]) for k in ks]
+    tok = df[(df["decoding"] == "teacher_forced") & (df["layer"] == -1)]
+    out = {}
+    for key, g in tok.groupby(["rule", "budget", "mode"], sort=False):
+        out[key] = [_clean(g[(g["position"] >= a) & (g["position"] < b)]["kl_next_token"].mean()) for a, b in ranges]
+    return out
+
+
 def write_outputs(out, rows, runs, offline, reference, info, args, elapsed):
     import pandas as pd
     df = pd.DataFrame(rows, columns=CSV_COLUMNS)
     _atomic(os.path.join(out, "closed_loop.csv"),
             lambda p: df.to_csv(p, index=False, float_format="%.9g", na_rep="nan"))
     agg = run_aggregates(df)
+    qkl = question_kl(df, info.spans)
     off = offline_by_run(offline.metrics)
     runs_by_key = {(r["rule"], r["budget"], r["mode"]): r for r in runs}
     table = []
@@ -143,7 +159,8 @@ def write_outputs(out, rows, runs, offline, reference, info, args, elapsed):
         protocol=dict(name=args.protocol, every=args.every, decode_start=args.decode_start, admission=args.admission)
         if args.protocol == "decode" else dict(name="oneshot"),
         seq_len=info.S, prefill_len=info.P, context_end=info.context_end, reference=reference,
-        runs=[dict(r, **{k: v for k, v in agg[(r["rule"], r["budget"], r["mode"])].items()}) for r in runs],
+        runs=[dict(r, **{k: v for k, v in agg[(r["rule"], r["budget"], r["mode"])].items()},
+                   **({"question_kl": qkl[(r["rule"], r["budget"], r["mode"])]} if qkl else {})) for r in runs],
         correlations=corr, keydiff_gap=gap, elapsed_s=elapsed,
         files=["closed_loop.csv", "offline_vs_closed.csv", "closed_loop.png", "closed_loop.pdf", "replay/", "trace.h5"])
     # The figure for the page (PNG) and for a paper (PDF, vector), drawn from the same table.
