@@ -44,20 +44,32 @@ i64 decode_keep(const Budget& b, i64 L) {
 
 DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& D,
                      const std::vector<std::vector<i64>>& cached, GqaMode mode, i64 L, i64 E, const Budget& budget,
-                     i64 keep, int window, int layer) {
+                     i64 keep, int window, int layer, const std::vector<i64>* planned) {
   DecodeCut out;
   out.mode = mode;
   i64 held_max = 0;
   for (const auto& c : cached) held_max = std::max<i64>(held_max, static_cast<i64>(c.size()));
-  if (keep >= held_max) {  // nothing to cut: every unit keeps what it holds
+  bool cuts = keep < held_max;
+  if (planned) {  // a cross-layer rule's own counts decide
+    cuts = false;
+    for (std::size_t u = 0; u < planned->size(); ++u)
+      cuts = cuts || (*planned)[u] < static_cast<i64>(cached[cached.size() == 1 ? 0 : u].size());
+  }
+  if (!cuts) {  // nothing to cut: every unit keeps what it holds
     out.cached = cached;
     return out;
   }
   auto view = std::make_shared<const DecodeView>(make_decode_view(meta, D, cached, mode, L, E, window));
   Selection sel;
   try {
-    const Budget b = keep < 0 ? budget : Budget::parse(std::to_string(std::min(keep, view->n_c)));
-    sel = std::move(rule.select(view->input(layer), {b}).at(0));
+    const Budget b = keep < 0 ? budget : Budget::parse(std::to_string(std::max<i64>(1, std::min(keep, view->n_c))));
+    RuleInput vin = view->input(layer);
+    std::vector<std::vector<i64>> plan;
+    if (planned) {
+      plan = {*planned};
+      vin.planned = &plan;
+    }
+    sel = std::move(rule.select(vin, {b}).at(0));
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + " (decode protocol: compression at position " + std::to_string(L) +
                 ", layer " + std::to_string(layer) + ", budget " + budget.text + ")");
@@ -154,10 +166,9 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
     }
     return full;
   }
-  if (rule.layer_planner())
-    fail(rule.spec(), "--protocol decode",
-         "allocates across every layer from one compression point; it has no per-layer decode step (use it with "
-         "--every larger than the generation, or a per-layer rule)");
+  // A cross-layer rule keeps the allocation it planned at n_0 (Rule::decode_counts).
+  const bool cross_layer = rule.layer_planner() != nullptr;
+  if (cross_layer) require_plan(in, rule.spec(), budgets.size());
 
   std::vector<Selection> out;
   for (std::size_t b = 0; b < budgets.size(); ++b) {
@@ -206,8 +217,16 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
       }
       const GqaMode mode = iv.stepwise ? iv.stepwise->mode : iv.state.mode;
       const i64 next_end = k + 1 < bounds.size() ? bounds[k + 1] : eval_pos.back() + 1;
-      DecodeCut c = decode_cut(rule, meta, D, cached, mode, L, next_end, budgets[b], decode_keep(budgets[b], L),
-                               opt.window, in.layer);
+      const i64 keep = decode_keep(budgets[b], L);
+      std::vector<i64> counts;
+      if (cross_layer) {
+        if (keep < 0) fail(rule.spec(), "budget " + budgets[b].text, "a threshold does not apply to a cross-layer rule");
+        std::vector<i64> held;
+        for (const auto& c : cached) held.push_back(static_cast<i64>(c.size()));
+        counts = rule.decode_counts((*in.planned)[b], n0, budgets[b].tokens_for(n0), keep, held);
+      }
+      DecodeCut c = decode_cut(rule, meta, D, cached, mode, L, next_end, budgets[b], keep, opt.window, in.layer,
+                               cross_layer ? &counts : nullptr);
       if (opt.append_only && c.cut) admit_only(c, cached, iv.from);
       iv = Interval{};
       iv.from = L;

@@ -49,9 +49,10 @@ struct DecodeCut {
 // plus nothing else is the cache; the rule cuts it to `keep` tokens per unit (-1: `budget` is a
 // threshold the rule applies) seeing the view of replay/decode_view.h, whose tokens [L, E)
 // follow (E = L in a running model). Throws kvsim::Error naming the rule, position and layer.
+// planned: a cross-layer rule's per-unit counts for this cut (Rule::decode_counts), else null.
 DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& data,
                      const std::vector<std::vector<i64>>& cached, GqaMode mode, i64 L, i64 E, const Budget& budget,
-                     i64 keep, int window, int layer);
+                     i64 keep, int window, int layer, const std::vector<i64>* planned = nullptr);
 
 // The tokens per unit a compression at sequence length L keeps under `budget`: a fraction or
 // kvpress's cr of the L tokens seen so far, or the token count; -1 for a threshold.

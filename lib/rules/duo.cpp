@@ -131,6 +131,17 @@ class DuoRule : public Rule {
   DuoRule(std::string spec, DuoParams p) : spec_(std::move(spec)), p_(p) {}
   std::string spec() const override { return spec_; }
   std::unique_ptr<LayerPlanner> layer_planner() const override { return std::make_unique<DuoPlanner>(p_, spec_); }
+  // DuoAttention's head kinds are fixed: a full head keeps everything it holds at every cut, a
+  // streaming head its sink and recent tokens.
+  std::vector<i64> decode_counts(const std::vector<i64>& planned, i64 n0, i64, i64,
+                                 const std::vector<i64>& held) const override {
+    std::vector<i64> out(planned.size());
+    for (std::size_t u = 0; u < planned.size(); ++u) {
+      const i64 h = held[u < held.size() ? u : 0];
+      out[u] = planned[u] >= n0 ? h : std::min(h - 1, p_.sink + p_.recent);
+    }
+    return out;
+  }
   std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override {
     const auto& planned = require_plan(in, spec_, budgets.size());
     const LayerData& d = *in.data;

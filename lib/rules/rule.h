@@ -87,6 +87,12 @@ class Rule {
   virtual bool takes_threshold() const { return false; }
   // Non-null for rules that allocate across layers (see LayerPlanner); a fresh planner per run.
   virtual std::unique_ptr<LayerPlanner> layer_planner() const { return nullptr; }
+  // Under the decode protocol (rules doc 1.9) a cross-layer rule keeps the allocation it planned
+  // at n_0: its per-unit counts at a later cut, from this layer's planned counts at n_0, the
+  // per-unit budget then (`nominal`) and now (`keep`), and what each unit holds. Default: each
+  // unit keeps its planned share of the budget, at most what it holds.
+  virtual std::vector<i64> decode_counts(const std::vector<i64>& planned, i64 n0, i64 nominal, i64 keep,
+                                         const std::vector<i64>& held) const;
 };
 
 // in.planned, or throws naming the rule: a cross-layer rule selected outside a replay.

@@ -179,10 +179,13 @@ void check_threshold_budgets(const Rule& rule, const std::vector<Budget>& budget
 
 std::vector<Selection> ScoredRule::select_planned(const RuleInput& in, std::size_t n_budgets) const {
   const auto& planned = require_plan(in, spec(), n_budgets);
-  const UnitScores s = scores(in);
+  UnitScores s = scores(in);
+  const std::vector<i64> present = rank_absent_last(in, s);
   std::vector<UnitCounts> counts;
-  for (const auto& c : planned)
+  for (auto c : planned) {
+    for (std::size_t u = 0; u < c.size() && u < present.size(); ++u) c[u] = std::min(c[u], present[u]);
     counts.push_back({c, std::accumulate(c.begin(), c.end(), 0.0) / static_cast<double>(c.size()), 0});
+  }
   std::vector<Selection> out = select_counts(in, s, counts);
   for (std::size_t b = 0; b < out.size(); ++b) out[b].budget_tokens = std::llround(counts[b].exact);
   return out;
@@ -197,6 +200,16 @@ const std::vector<std::vector<i64>>& require_plan(const RuleInput& in, const std
     fail(spec, "select", "planned for " + std::to_string(in.planned->size()) + " budgets, asked for " +
                              std::to_string(n_budgets));
   return *in.planned;
+}
+
+std::vector<i64> Rule::decode_counts(const std::vector<i64>& planned, i64, i64 nominal, i64 keep,
+                                     const std::vector<i64>& held) const {
+  std::vector<i64> out(planned.size());
+  for (std::size_t u = 0; u < planned.size(); ++u) {
+    const double share = nominal > 0 ? static_cast<double>(planned[u]) * static_cast<double>(keep) / nominal : 0.0;
+    out[u] = std::min<i64>(std::llround(share), held[u < held.size() ? u : 0]);
+  }
+  return out;
 }
 
 std::unique_ptr<ScoredRule> require_scored(std::unique_ptr<Rule> base, const std::string& who) {

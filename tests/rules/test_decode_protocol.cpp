@@ -298,3 +298,63 @@ TEST_CASE("decode protocol: append-only admission keeps every cached token, new 
       CHECK(refused > 0);
     }
 }
+
+TEST_CASE("decode protocol: cross-layer rules keep the allocation planned at n_0") {
+  SynthOptions o;
+  o.num_layers = 2;
+  o.num_heads = 4;
+  o.num_kv_heads = 2;
+  o.head_dim = 16;
+  o.hidden_size = 48;
+  o.seq_len = 400;
+  o.question_len = 8;
+  o.gen_len = 40;
+  o.all_queries = true;
+  o.seed = 21;
+  std::vector<std::unique_ptr<TestLayer>> layers;
+  for (int l = 0; l < o.num_layers; ++l) layers.push_back(synthetic_test_layer(o, l));
+  const std::vector<Budget> budgets = {Budget::parse("0.25")};
+  for (const std::string spec : {"duo(sink=4,recent=16,ratio=0.5)", "kvcompose", "global(snapkv(window=8))"}) {
+    CAPTURE(spec);
+    const auto rule = make_rule(spec);
+    auto planner = rule->layer_planner();
+    REQUIRE(planner);
+    for (const auto& L : layers) planner->observe(L->input());
+    const auto plan = planner->plan(budgets);
+    for (const auto& L : layers) {
+      std::vector<std::vector<i64>> counts = {plan[0].at(L->data.layer)};
+      RuleInput in = L->input();
+      in.planned = &counts;
+      const i64 n0 = L->n_c;
+      const Selection s = decode_select(*rule, in, budgets, {8, false, 32})[0];
+      const auto masks = masks_of(s, *L);
+      std::vector<i64> eval;
+      for (i64 r : L->eval_rows) eval.push_back(L->meta.q_pos[r]);
+      for (int u = 0; u < s.units; ++u)
+        for (std::size_t q = 1; q < eval.size(); ++q) {
+          const auto& prev = masks[u][q - 1];
+          for (std::size_t j = 0; j < prev.size(); ++j) CHECK_FALSE((masks[u][q][j] && !prev[j]));  // never returns
+        }
+      for (std::size_t q = 0; q < eval.size(); ++q) {
+        const i64 t = eval[q], L_cut = n0 + (t - n0) / 8 * 8;  // the last cut at or before t
+        if (L_cut == n0) continue;                              // full until the first cut
+        i64 held = 0;
+        for (int u = 0; u < s.units; ++u) {
+          const i64 c = std::count(masks[u][q].begin(), masks[u][q].end(), 1);
+          held += c;
+          if (spec.rfind("duo", 0) == 0) {  // a full head holds everything, a streaming one sink + recent + since
+            const bool full = counts[0][u] >= n0;
+            CHECK(c == (full ? t + 1 : 4 + 16 + (t - L_cut + 1)));
+          }
+        }
+        if (spec.rfind("duo", 0) != 0) {  // the planned shares of 25% of the L tokens seen, within rounding
+          double want = 0;
+          for (int u = 0; u < s.units; ++u)
+            want += static_cast<double>(counts[0][u]) * static_cast<double>(budgets[0].tokens_for(L_cut)) /
+                    static_cast<double>(budgets[0].tokens_for(n0));
+          CHECK(std::abs(static_cast<double>(held - s.units * (t - L_cut + 1)) - want) <= s.units + 1e-9);
+        }
+      }
+    }
+  }
+}
