@@ -21,7 +21,8 @@ using namespace kvsim::test;
 
 namespace {
 
-std::unique_ptr<TestLayer> decode_layer(std::uint64_t seed) {
+// A 2-layer model: 4 heads, 2 KV heads, 352 context + 8 question + 40 generated positions.
+SynthOptions decode_model(std::uint64_t seed) {
   SynthOptions o;
   o.num_layers = 2;
   o.num_heads = 4;
@@ -33,8 +34,10 @@ std::unique_ptr<TestLayer> decode_layer(std::uint64_t seed) {
   o.gen_len = 40;
   o.all_queries = true;
   o.seed = seed;
-  return synthetic_test_layer(o, 1);
+  return o;
 }
+
+std::unique_ptr<TestLayer> decode_layer(std::uint64_t seed) { return synthetic_test_layer(decode_model(seed), 1); }
 
 using Cache = std::vector<std::vector<i64>>;  // [KV head] cached positions
 
@@ -300,17 +303,7 @@ TEST_CASE("decode protocol: append-only admission keeps every cached token, new 
 }
 
 TEST_CASE("decode protocol: cross-layer rules keep the allocation planned at n_0") {
-  SynthOptions o;
-  o.num_layers = 2;
-  o.num_heads = 4;
-  o.num_kv_heads = 2;
-  o.head_dim = 16;
-  o.hidden_size = 48;
-  o.seq_len = 400;
-  o.question_len = 8;
-  o.gen_len = 40;
-  o.all_queries = true;
-  o.seed = 21;
+  const SynthOptions o = decode_model(21);
   std::vector<std::unique_ptr<TestLayer>> layers;
   for (int l = 0; l < o.num_layers; ++l) layers.push_back(synthetic_test_layer(o, l));
   const std::vector<Budget> budgets = {Budget::parse("0.25")};
