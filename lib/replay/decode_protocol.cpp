@@ -10,6 +10,11 @@ namespace kvsim {
 
 namespace {
 
+// Unit u's list of `lists`: one list per unit, or one shared by every unit.
+const std::vector<i64>& unit_list(const std::vector<std::vector<i64>>& lists, std::size_t u) {
+  return lists[lists.size() == 1 ? 0 : u];
+}
+
 // The cache of one budget between two compressions: per unit, the positions < L it holds.
 struct CacheState {
   GqaMode mode = GqaMode::kv;
@@ -26,7 +31,7 @@ CacheState state_after(const Selection& sel, const DecodeView& view) {
     const std::uint8_t* m = sel.unit_mask(u);
     for (i64 j = 0; j < sel.n_c; ++j) {
       const bool absent = !view.absent.empty() && view.absent[static_cast<std::size_t>(u * sel.n_c + j)];
-      if (m[j] && !absent) s.cached[u].push_back(view.position(sel.mode, u, j));
+      if (m[j] && !absent) s.cached[u].push_back(view.position(u, j));
     }
   }
   return s;
@@ -53,7 +58,7 @@ DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& D
   if (planned) {  // a cross-layer rule's own counts decide
     cuts = false;
     for (std::size_t u = 0; u < planned->size(); ++u)
-      cuts = cuts || (*planned)[u] < static_cast<i64>(cached[cached.size() == 1 ? 0 : u].size());
+      cuts = cuts || (*planned)[u] < static_cast<i64>(unit_list(cached, u).size());
   }
   if (!cuts) {  // nothing to cut: every unit keeps what it holds
     out.cached = cached;
@@ -103,7 +108,7 @@ std::vector<std::uint8_t> mask_of(const std::vector<i64>& cached, i64 from, i64 
 // the cut kept enter (per unit; the held lists expand to the cut's units when they were shared).
 void admit_only(DecodeCut& c, const std::vector<std::vector<i64>>& held, i64 from) {
   for (std::size_t u = 0; u < c.cached.size(); ++u) {
-    const auto& h = held[held.size() == 1 ? 0 : u];
+    const auto& h = unit_list(held, u);
     std::vector<i64> merged;
     for (i64 p : h)
       if (p < from) merged.push_back(p);
@@ -126,13 +131,13 @@ struct Interval {
 
 // Unit u's mask of evaluation query qi (position t) in interval iv.
 std::vector<std::uint8_t> query_mask(const Interval& iv, int u, i64 qi, i64 t) {
-  if (!iv.stepwise) return mask_of(iv.state.cached[iv.state.cached.size() == 1 ? 0 : u], iv.from, t);
+  if (!iv.stepwise) return mask_of(unit_list(iv.state.cached, static_cast<std::size_t>(u)), iv.from, t);
   const Selection& s = *iv.stepwise;
   const i64 n_eval = static_cast<i64>(s.per_query.size()) / s.units;
   const auto& pm = s.per_query[static_cast<std::size_t>(u * n_eval + (iv.view ? qi - iv.q0 : qi))];
   std::vector<std::uint8_t> m(static_cast<std::size_t>(t + 1), 0);
   for (std::size_t j = 0; j < pm.size(); ++j)
-    if (pm[j]) m[iv.view ? iv.view->position(s.mode, u, static_cast<i64>(j)) : static_cast<i64>(j)] = 1;
+    if (pm[j]) m[iv.view ? iv.view->position(u, static_cast<i64>(j)) : static_cast<i64>(j)] = 1;
   return m;
 }
 
@@ -210,7 +215,7 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
             if (m[j]) c.push_back(j);
           next = static_cast<i64>(m.size());
         } else {
-          c = iv.state.cached[iv.state.cached.size() == 1 ? 0 : u];
+          c = unit_list(iv.state.cached, static_cast<std::size_t>(u));
         }
         for (i64 t = next; t < L; ++t) c.push_back(t);
         cached.push_back(std::move(c));
@@ -256,7 +261,7 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
         c.from = v.from;
         c.held.assign(static_cast<std::size_t>(units * v.from), 0);
         for (int u = 0; u < units; ++u)
-          for (i64 p : v.state.cached[v.state.cached.size() == 1 ? 0 : u]) c.held[u * v.from + p] = 1;
+          for (i64 p : unit_list(v.state.cached, static_cast<std::size_t>(u))) c.held[u * v.from + p] = 1;
         for (i64 q = v.q0; q < v.q1; ++q) s.held_of[q] = static_cast<int>(s.held_caches.size());
         s.held_caches.push_back(std::move(c));
       }
@@ -265,12 +270,19 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
     for (int u = 0; u < units; ++u) {
       s.query_mask(u, ne - 1, eval_pos[ne - 1], m);
       for (i64 j = 0; j < n0; ++j) s.unit_mask(u)[j] = m[j];
-      if (stats)
-        for (i64 q = 0; q < ne; ++q) {
-          s.query_mask(u, q, eval_pos[q], m);
-          (*stats)[b].cache_tokens_sum += static_cast<double>(std::count(m.begin(), m.end(), 1));
+      if (!stats) continue;
+      for (const Interval& v : intervals) {  // a held cache's count once, not a mask per query
+        const i64 held = stepwise ? 0 : static_cast<i64>(unit_list(v.state.cached, static_cast<std::size_t>(u)).size());
+        for (i64 q = v.q0; q < v.q1; ++q) {
+          i64 c = held + (eval_pos[q] - v.from + 1);
+          if (stepwise) {  // a step-wise rule's own masks
+            s.query_mask(u, q, eval_pos[q], m);
+            c = std::count(m.begin(), m.end(), 1);
+          }
+          (*stats)[b].cache_tokens_sum += static_cast<double>(c);
           ++(*stats)[b].cache_tokens_count;
         }
+      }
     }
     out.push_back(std::move(s));
   }

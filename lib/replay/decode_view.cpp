@@ -18,8 +18,7 @@ RuleInput DecodeView::input(int layer) const {
   return in;
 }
 
-i64 DecodeView::position(GqaMode m, int u, i64 j) const {
-  (void)m;  // per-unit lists are indexed by unit in either mode (one view KV head per unit)
+i64 DecodeView::position(int u, i64 j) const {  // per-unit lists: one view KV head per unit, either mode
   return positions[per_unit ? static_cast<std::size_t>(u) : 0][static_cast<std::size_t>(j)];
 }
 

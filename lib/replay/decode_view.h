@@ -40,8 +40,8 @@ struct DecodeView {
   DecodeView(DecodeView&&) noexcept;
   // The view's input for the rule (positions, absent and cache set).
   RuleInput input(int layer) const;
-  // The model position of view token j for selection unit u of mode m.
-  i64 position(GqaMode m, int u, i64 j) const;
+  // The model position of view token j for selection unit u.
+  i64 position(int u, i64 j) const;
 };
 
 // cached[u]: the positions < L unit u holds (sorted), or a single list shared by every unit
