@@ -49,11 +49,13 @@ void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 
   opt.decode_append_only = admission == "append-only";
 }
 
+const char* decode_start_name(const ProtocolOptions& opt) { return opt.decode_start_compressed ? "compressed" : "full"; }
+const char* admission_name(const ProtocolOptions& opt) { return opt.decode_append_only ? "append-only" : "evict"; }
+
 std::string protocol_text(const ProtocolOptions& opt) {
   if (!opt.decode()) return "oneshot";
-  return "decode(every=" + std::to_string(opt.decode_every) +
-         ",start=" + (opt.decode_start_compressed ? "compressed" : "full") +
-         ",admission=" + (opt.decode_append_only ? "append-only" : "evict") + ")";
+  return "decode(every=" + std::to_string(opt.decode_every) + ",start=" + decode_start_name(opt) +
+         ",admission=" + admission_name(opt) + ")";
 }
 
 Protocol resolve_protocol(const TraceMeta& meta, const ProtocolOptions& opt) {

@@ -28,7 +28,10 @@ struct ProtocolOptions {
 // kvsim::Error naming the option.
 void set_decode_protocol(ProtocolOptions& opt, const std::string& protocol, i64 every, const std::string& start,
                          const std::string& admission = "evict");
-// "oneshot" or "decode(every=N,start=full|compressed)": the protocol's name in sweep.json and unit keys.
+// The decode protocol's start ("full" | "compressed") and admission ("evict" | "append-only").
+const char* decode_start_name(const ProtocolOptions& opt);
+const char* admission_name(const ProtocolOptions& opt);
+// "oneshot" or "decode(every=N,start=...,admission=...)": the protocol's name in sweep.json and unit keys.
 std::string protocol_text(const ProtocolOptions& opt);
 
 struct Protocol {

@@ -98,8 +98,8 @@ Json summary_json(const ReplayOptions& opt, const ReplaySetup& s, const std::vec
                    {"n_eval_queries", static_cast<i64>(p.eval_rows.size())},
                    {"name", opt.protocol.decode() ? "decode" : "oneshot"},
                    {"every", opt.protocol.decode_every},
-                   {"decode_start", opt.protocol.decode() ? (opt.protocol.decode_start_compressed ? "compressed" : "full") : ""},
-                   {"admission", opt.protocol.decode() ? (opt.protocol.decode_append_only ? "append-only" : "evict") : ""},
+                   {"decode_start", opt.protocol.decode() ? decode_start_name(opt.protocol) : ""},
+                   {"admission", opt.protocol.decode() ? admission_name(opt.protocol) : ""},
                    {"layers", s.layers}};
   j["projected"] = meta.has_o_proj;
   j["value_norm"] = norm_kind_name(opt.nu);

@@ -20,10 +20,7 @@ ClosedLoopOutput load_closed_loop_output(const std::string& dir) {
   c.doc = JsonValue::read_file(dir + "/closed_loop.json");
   const CsvTable t = CsvTable::read(dir + "/offline_vs_closed.csv");
   const std::size_t rule = t.column("rule"), budget = t.column("budget"), mode = t.column("mode");
-  const auto col = [&](const char* name) {  // declared names only (closed_loop_columns.cpp)
-    offline_vs_closed_schema().index(name);
-    return t.column(name);
-  };
+  const auto col = [&](const char* name) { return declared_column(t, offline_vs_closed_schema(), name); };
   const std::size_t kept = col("kept_tokens"), pert = col("offline_pert_l1"), rel = col("offline_rel_pert_l1"),
                     crit = col("offline_bound_critical"), ada = col("offline_bound_ada"),
                     mass = col("offline_retained_mass"), kl = col("kl_mean"), agree = col("token_agreement"),

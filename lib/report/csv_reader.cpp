@@ -115,4 +115,9 @@ long long CsvTable::integer(std::size_t row, std::size_t col) const {
   return v;
 }
 
+std::size_t declared_column(const CsvTable& t, const TableSchema& schema, std::string_view name) {
+  schema.index(name);
+  return t.column(std::string(name));
+}
+
 }  // namespace kvsim::report

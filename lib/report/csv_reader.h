@@ -2,7 +2,10 @@
 // RFC 4180 CSV reading for the report: a header row plus string cells, with typed column access.
 // Every problem names the file, the line and the column: "<path>: line 12, column pert_l1: ...".
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "core/columns.h"
 
 namespace kvsim::report {
 
@@ -31,5 +34,9 @@ class CsvTable {
   std::vector<std::vector<std::string>> cells_;
   std::vector<long> line_of_row_;  // 1-based source line of each data row, for messages
 };
+
+// The index of a column a table declares (`schema`, kvsim columns): a name the declaration lacks
+// throws here, not as a silently missing column; then CsvTable::column.
+std::size_t declared_column(const CsvTable& t, const TableSchema& schema, std::string_view name);
 
 }  // namespace kvsim::report

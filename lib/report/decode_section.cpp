@@ -19,10 +19,7 @@ using Curves = std::map<std::pair<std::string, std::string>, std::map<int, std::
 
 Curves read_curves(const std::string& path, long long n0) {
   const CsvTable t = CsvTable::read(path);
-  const auto column = [&](std::string_view name) {
-    per_query_schema().index(name);  // a name the declaration lacks throws here
-    return t.column(std::string(name));
-  };
+  const auto column = [&](std::string_view name) { return declared_column(t, per_query_schema(), name); };
   const auto c_rule = column("rule"), c_budget = column("budget"), c_layer = column("layer"), c_head = column("head"),
              c_eval = column("eval"), c_pos = column("query_pos"), c_p1 = column("pert_l1");
   Curves out;

@@ -15,10 +15,7 @@ std::string questions_section(const ReplayOutput& out, const std::string& id, co
   const std::string path = out.dir + "/metrics_per_question.csv";
   if (!std::filesystem::exists(path)) return "";
   const CsvTable t = CsvTable::read(path);
-  const auto column = [&](std::string_view name) {
-    per_question_schema().index(name);  // a name the declaration lacks throws here
-    return t.column(std::string(name));
-  };
+  const auto column = [&](std::string_view name) { return declared_column(t, per_question_schema(), name); };
   const auto c_rule = column("rule"), c_budget = column("budget"), c_q = column("question"), c_p1 = column("pert_l1");
   // (rule, budget) -> question -> (sum over layers, layers)
   std::map<std::pair<std::string, std::string>, std::map<long long, std::pair<double, int>>> sums;

@@ -16,10 +16,7 @@ std::vector<MetricRow> parse_metrics_csv(const std::string& path) {
   const CsvTable t = CsvTable::read(path);
   // Columns by their declared names (replay/metric_columns.h): a name the declaration lacks
   // throws here, not as a silently missing column.
-  const auto column = [&](std::string_view name) {
-    metrics_schema().index(name);
-    return t.column(std::string(name));
-  };
+  const auto column = [&](std::string_view name) { return declared_column(t, metrics_schema(), name); };
   const auto c_rule = column("rule"), c_budget = column("budget"), c_bt = column("budget_tokens"),
              c_kept = column("kept_tokens"), c_ratio = column("cache_ratio"), c_layer = column("layer"), c_head = column("head"),
              c_eval = column("eval"), c_nq = column("n_queries"), c_f = column("retained_mass"),
