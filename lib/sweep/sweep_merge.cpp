@@ -106,10 +106,14 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
         const ReplaySetup setup = prepare_replay(ro, reader.meta());
         AtomicOutFile metrics(out + "/metrics.csv");
         metrics.stream() << metrics_schema().header() << "\n";
-        std::optional<AtomicOutFile> per_query;
+        std::optional<AtomicOutFile> per_query, per_question;
         if (ro.per_query) {
           per_query.emplace(out + "/metrics_per_query.csv");
           per_query->stream() << per_query_schema().header() << "\n";
+        }
+        if (!setup.questions.empty()) {
+          per_question.emplace(out + "/metrics_per_question.csv");
+          per_question->stream() << per_question_schema().header() << "\n";
         }
         std::vector<LayerTotal> totals;
         ReplayTimings tm;
@@ -118,18 +122,22 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
           append_rows(metrics.stream(), dir + "/metrics.csv");
           append_labelled(sweep_metrics.stream(), t.label, dir + "/metrics.csv");
           if (per_query) append_rows(per_query->stream(), dir + "/metrics_per_query.csv");
+          if (per_question) append_rows(per_question->stream(), dir + "/metrics_per_question.csv");
           totals.insert(totals.end(), records[i].totals.begin(), records[i].totals.end());
           tm.add(records[i].timings);
         }
         metrics.finish();
         if (per_query) per_query->finish();
+        if (per_question) per_question->finish();
         ::unlink((out + "/summary.json").c_str());  // this trace folder's marker goes before its files
         metrics.commit();
         if (per_query) per_query->commit();
+        if (per_question) per_question->commit();
         // The per-trace rule table is not printed: the sweep prints one line per trace.
         replay_summary(ro, setup, std::move(totals), tm, seconds);
         std::vector<std::string> written = {"metrics.csv", "summary.json"};
         if (per_query) written.push_back("metrics_per_query.csv");
+        if (per_question) written.push_back("metrics_per_question.csv");
         remove_stale_outputs(out, kReplayOutputs, written);
       } catch (const Error& e) {
         error = e.what();

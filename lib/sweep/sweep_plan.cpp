@@ -108,8 +108,10 @@ std::vector<TracePlan> plan_from_json(const std::string& text) {
 
 std::vector<SweepUnit> plan_units(const SweepOptions& opt, const std::vector<TracePlan>& plan) {
   const ReplayOptions& r = opt.replay;
-  // Everything a unit's rows depend on, besides its layers (threads and caches do not change them).
-  const std::string common = "rules=" + r.rules + "|budgets=" + r.budgets + "|heads=" + r.heads +
+  // Everything a unit's rows depend on, besides its layers (threads and caches do not change them),
+  // and the unit record's format: records of an older format (unit.json without the per-question
+  // and decode fields) are run again, never merged.
+  const std::string common = "record=2|rules=" + r.rules + "|budgets=" + r.budgets + "|heads=" + r.heads +
                              "|cp=" + compression_point_name(r.protocol.compression_point) +
                              "|window=" + std::to_string(r.protocol.window) + "|eval=" + eval_mode_name(r.protocol.eval) +
                              "|protocol=" + protocol_text(r.protocol) +

@@ -31,14 +31,16 @@ json to_json(const UnitRecord& r) {
                       {"select_seconds", num(t.select_seconds)}, {"kept_tokens", num(t.agg.kept_tokens)},
                       {"cache_ratio", num(t.agg.cache_ratio)},
                       {"values", std::move(values)}, {"tied_sum", num(t.tied_sum)}, {"tied_units", t.tied_units},
-                      {"tied_max", t.tied_max}});
+                      {"tied_max", t.tied_max}, {"question_pert_l1", t.question_pert_l1},
+                      {"decode_cache_tokens", num(t.decode_cache_tokens)},
+                      {"decode_compressions", t.decode_compressions}});
   }
   const auto& tm = r.timings;
   return {{"key", r.key},         {"status", r.status}, {"error", r.error},   {"rank", r.rank},
           {"host", r.host},       {"seconds", r.seconds},
           {"timings", {{"read", tm.read}, {"attention", tm.attention}, {"select", tm.select}, {"metrics", tm.metrics},
                        {"nu_hits", tm.nu_hits}, {"nu_misses", tm.nu_misses}, {"threads_min", tm.threads_min},
-                       {"threads_max", tm.threads_max}}},
+                       {"threads_max", tm.threads_max}, {"prob_tiles_peak_bytes", tm.prob_tiles_peak_bytes}}},
           {"totals", totals}};
 }
 
@@ -59,6 +61,7 @@ UnitRecord from_json(const json& j) {
   r.timings.nu_misses = tm.at("nu_misses");
   r.timings.threads_min = tm.value("threads_min", 0);  // absent in records of older sweeps
   r.timings.threads_max = tm.value("threads_max", 0);
+  r.timings.prob_tiles_peak_bytes = tm.value("prob_tiles_peak_bytes", i64{0});
   for (const auto& e : j.at("totals")) {
     LayerTotal t;
     t.rule = e.at("rule");
@@ -73,6 +76,10 @@ UnitRecord from_json(const json& j) {
     t.tied_sum = num(e.at("tied_sum"));
     t.tied_units = e.at("tied_units");
     t.tied_max = e.at("tied_max");
+    // Multi-question and decode-protocol fields: absent in records of older sweeps.
+    for (const auto& q : e.value("question_pert_l1", json::array())) t.question_pert_l1.push_back(num(q));
+    t.decode_cache_tokens = e.contains("decode_cache_tokens") ? num(e.at("decode_cache_tokens")) : 0.0;
+    t.decode_compressions = e.value("decode_compressions", i64{0});
     r.totals.push_back(t);
   }
   return r;
@@ -98,18 +105,22 @@ UnitRecord run_unit(const SweepOptions& opt, const TracePlan& t, const SweepUnit
     TraceReader reader(t.path);
     const ReplaySetup setup = prepare_replay(ro, reader.meta());
     AtomicOutFile metrics(dir + "/metrics.csv");
-    std::optional<AtomicOutFile> per_query;
+    std::optional<AtomicOutFile> per_query, per_question;
     if (ro.per_query) per_query.emplace(dir + "/metrics_per_query.csv");
+    if (!setup.questions.empty()) per_question.emplace(dir + "/metrics_per_question.csv");
     // Unit files have no header: the merge appends them under the trace folder's one.
     CsvRowSink metric_rows(metrics.stream(), metrics_schema(), false);
-    std::optional<CsvRowSink> query_rows;
+    std::optional<CsvRowSink> query_rows, question_rows;
     if (per_query) query_rows.emplace(per_query->stream(), per_query_schema(), false);
+    if (per_question) question_rows.emplace(per_question->stream(), per_question_schema(), false);
     ReplaySinks sinks;
     sinks.metrics = &metric_rows;
     sinks.per_query = query_rows ? &*query_rows : nullptr;
+    sinks.per_question = question_rows ? &*question_rows : nullptr;
     rec.totals = replay_layers(ro, setup, reader, u.layers, sinks, rec.timings, nullptr);
     metrics.commit();
     if (per_query) per_query->commit();
+    if (per_question) per_question->commit();
   } catch (const Error& e) {
     rec.status = "failed";
     rec.error = e.what();

@@ -90,6 +90,37 @@ class MultiQuestionTest(unittest.TestCase):
             self.assertIn("One context, several questions", page)
             self.assertIn("question 3", page)
 
+    def test_sweep_equals_replay_under_the_decode_protocol(self):
+        """kvsim sweep in layer-range units writes the same metrics_per_question.csv and the same
+        summary (per-question and decode fields included) as one kvsim replay."""
+        kvsim_cli = os.environ.get("KVSIM_CLI", "kvsim")
+        opts = ["--rules", "snapkv(window=8);knorm", "--budgets", "0.2,64", "--protocol", "decode", "--every", "8",
+                "--decode-start", "compressed"]
+        with tempfile.TemporaryDirectory() as d:
+            ref, sw = os.path.join(d, "replay"), os.path.join(d, "sweep")
+            r = subprocess.run([kvsim_cli, "replay", self.trace, *opts, "--out", ref], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = subprocess.run([kvsim_cli, "sweep", "--traces", self.trace, *opts, "--layers-per-unit", "2", "--out", sw],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            got = os.path.join(sw, "multi")
+            for f in ("metrics.csv", "metrics_per_question.csv"):
+                with open(os.path.join(got, f), "rb") as a, open(os.path.join(ref, f), "rb") as b:
+                    self.assertEqual(a.read(), b.read(), f)
+
+            def budgets(path):
+                with open(os.path.join(path, "summary.json")) as fh:
+                    doc = json.load(fh)
+                return doc["questions"], [[{k: v for k, v in b.items() if k != "select_seconds"} for b in r["budgets"]]
+                                          for r in doc["rules"]]
+
+            want_q, want = budgets(ref)
+            got_q, have = budgets(got)
+            self.assertEqual(got_q, want_q)
+            self.assertEqual(have, want)
+            self.assertGreater(want[0][0]["decode_compressions"], 0)  # the fields compared are not empty
+            self.assertEqual(len(want[0][0]["question_pert_l1"]), 3)
+
     def test_several_needles(self):
         needles = ["The secret number is forty two.", "The cat is named Tom.", "The key is under the red pot."]
         with tempfile.TemporaryDirectory() as d:
