@@ -58,27 +58,33 @@ TorchAnchor run_torch_anchor(const BenchLayer& b, int threads, int reps, const s
   TorchAnchor r;
   omp_set_num_threads(threads);
   // The selections, made once (not timed on either side).
-  std::vector<Selection> sels;
+  std::vector<std::vector<Selection>> rule_sels;  // [rule][budget], as a replay layer holds them
+  std::vector<Selection> sels;                    // the same, flat (the torch script's order)
   {
     WindowAttentionMemo memo;
     LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows, b.window_rows);
     const RuleInput in = bench_rule_input(b, cache, memo);
-    for (const auto& rule : make_rules(kTorchAnchorRules))
-      for (auto& s : rule->select(in, parse_budgets(kTorchAnchorBudgets))) sels.push_back(std::move(s));
+    for (const auto& rule : make_rules(kTorchAnchorRules)) {
+      rule_sels.push_back(rule->select(in, parse_budgets(kTorchAnchorBudgets)));
+      sels.insert(sels.end(), rule_sels.back().begin(), rule_sels.back().end());
+    }
   }
   for (const auto& s : sels)
     if (s.mode != sels.front().mode || !s.per_query.empty() || !s.key_channels.empty())
       throw Error("torch anchor: the anchored rules must give static selections of one GQA mode");
   r.selections = static_cast<int>(sels.size());
-  // kvsim: the core and every selection's metrics, as a replay layer does them.
+  // kvsim: the core and every selection's metrics, as a replay layer does them (measure_rules:
+  // one walk over the probability tiles, each rule's budgets one batch, the reference formed
+  // from the head outputs afterwards; building the reference first would run the core twice).
   std::vector<PerturbationResult> res;
   r.kvsim_replay_s = 1e300;
   for (int k = 0; k < reps; ++k) {
     Stopwatch sw;
     LayerCache cache(b.meta, b.data, b.n_c, b.eval_rows);
-    LayerReference ref(cache, QuerySet::eval, NormKind::upper);
-    res = measure_perturbations(cache, ref, sels);
+    const auto per_rule = measure_rules(cache, QuerySet::eval, NormKind::upper, rule_sels);
     r.kvsim_replay_s = std::min(r.kvsim_replay_s, sw.seconds());
+    res.clear();
+    for (const auto& rr : per_rule) res.insert(res.end(), rr.begin(), rr.end());
   }
   TempFolder tmp;
   const LayerData& L = b.data;
