@@ -9,6 +9,8 @@
 // (critical(ada(defensive)) in kvsim's spelling, whose second stage is kvsim's critical(...)).
 #include <algorithm>
 
+#include "rules/defensive.h"
+
 #include "kernels/kernels.h"
 #include "rules/gqa.h"
 #include "rules/registry.h"
@@ -16,6 +18,54 @@
 #include "rules/window_attention.h"
 
 namespace kvsim {
+
+DefensiveWindow defensive_window(const RuleInput& in, i64 begin, i64 end, i64 window, int kernel, bool raw,
+                                 const std::string& who) {
+  const TraceMeta& meta = *in.meta;
+  const LayerData& d = *in.data;
+  const i64 w = window, L = end - begin, m = L - w, dh = d.head_dim;
+  const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, who);
+  const int G = d.num_heads / d.num_kv_heads;
+  DefensiveWindow out;
+  out.m = m;
+  out.worst.assign(static_cast<std::size_t>(d.num_heads) * m, 0.0f);
+  std::vector<double> head_raw(raw ? static_cast<std::size_t>(d.num_heads) * m : 0, 0.0);
+  std::vector<double> head_bias(d.num_heads, 0.0);
+#pragma omp parallel
+  {
+    avec<float> qw(w * dh), probs(w * L), pooled(m);
+#pragma omp for schedule(dynamic)
+    for (int h = 0; h < d.num_heads; ++h) {
+      window_probability_rows(meta, d, h, rows, begin, end, qw.data(), probs.data());
+      float* out_h = out.worst.data() + static_cast<std::size_t>(h) * m;
+      for (i64 i = 0; i < w; ++i) {
+        const float* row = probs.data() + i * L;
+        // Pool the prefix part of the row, then rescale it to the row's own prefix mass.
+        double mass = 0, after = 0;
+        for (i64 j = 0; j < m; ++j) mass += row[j];
+        if (kernel > 1) kernels::avg_pool1d(row, m, kernel, pooled.data());
+        else std::copy_n(row, m, pooled.data());
+        for (i64 j = 0; j < m; ++j) after += pooled[j];
+        const float scale = after > 0 ? static_cast<float>(mass / after) : 0.0f;
+        for (i64 j = 0; j < m; ++j) out_h[j] = std::max(out_h[j], pooled[j] * scale);
+        if (!raw) continue;
+        double* r = head_raw.data() + static_cast<std::size_t>(h) * m;
+        for (i64 j = 0; j < m; ++j) r[j] += row[j];
+        for (i64 j = std::max<i64>(0, m - w); j < m; ++j) head_bias[h] += row[j];
+      }
+    }
+  }
+  if (raw) {
+    out.mean_raw.assign(static_cast<std::size_t>(d.num_kv_heads) * m, 0.0);
+    for (int h = 0; h < d.num_heads; ++h)
+      for (i64 j = 0; j < m; ++j)
+        out.mean_raw[static_cast<std::size_t>(h / G) * m + j] +=
+            head_raw[static_cast<std::size_t>(h) * m + j] / static_cast<double>(G * w);
+    for (double b : head_bias) out.window_bias += b / static_cast<double>(d.num_heads * w);
+  }
+  return out;
+}
+
 namespace {
 
 struct DefensiveParams {
@@ -31,33 +81,11 @@ class DefensiveRule : public ScoredRule {
   bool attention_like() const override { return true; }
 
   UnitScores scores_range(const RuleInput& in, i64 begin, i64 end) const override {
-    const TraceMeta& meta = *in.meta;
     const LayerData& d = *in.data;
-    const i64 w = p_.window, L = end - begin, m = L - w, dh = d.head_dim;
-    const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, spec());
+    const DefensiveWindow win = defensive_window(in, begin, end, p_.window, p_.kernel, false, spec());
+    const i64 L = end - begin, m = win.m;
     const int G = d.num_heads / d.num_kv_heads;
-    avec<float> per_head(static_cast<std::size_t>(d.num_heads) * m, 0.0f);  // max over the window
-#pragma omp parallel
-    {
-      avec<float> qw(w * dh), probs(w * L), pooled(m);
-#pragma omp for schedule(dynamic)
-      for (int h = 0; h < d.num_heads; ++h) {
-        window_probability_rows(meta, d, h, rows, begin, end, qw.data(), probs.data());
-        float* out = per_head.data() + static_cast<std::size_t>(h) * m;
-        std::fill(out, out + m, 0.0f);
-        for (i64 i = 0; i < w; ++i) {
-          const float* row = probs.data() + i * L;
-          // Pool the prefix part of the row, then rescale it to the row's own prefix mass.
-          double raw = 0, after = 0;
-          for (i64 j = 0; j < m; ++j) raw += row[j];
-          if (p_.kernel > 1) kernels::avg_pool1d(row, m, p_.kernel, pooled.data());
-          else std::copy_n(row, m, pooled.data());
-          for (i64 j = 0; j < m; ++j) after += pooled[j];
-          const float scale = after > 0 ? static_cast<float>(raw / after) : 0.0f;
-          for (i64 j = 0; j < m; ++j) out[j] = std::max(out[j], pooled[j] * scale);
-        }
-      }
-    }
+    const avec<float>& per_head = win.worst;
     UnitScores s(p_.gqa.mode, units_for(p_.gqa.mode, d), L);
     std::vector<float> red(static_cast<std::size_t>(s.units) * m);
     reduce_heads(per_head.data(), d.num_heads, G, m, m, p_.gqa, red.data(), m);

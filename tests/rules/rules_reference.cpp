@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <stdexcept>
 
+#include "rules/factory.h"
 #include "rules/rope.h"
 #include "trace/synthetic.h"
 #include "trace/trace_reader.h"
@@ -580,6 +582,43 @@ Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string&
       for (double& x : u) x = std::max(x, mean);
     }
   return s;
+}
+
+std::vector<std::unique_ptr<TestLayer>> synthetic_model(int H, int Hkv, std::uint64_t seed) {
+  SynthOptions o;
+  o.num_layers = 4;
+  o.num_heads = H;
+  o.num_kv_heads = Hkv;
+  o.head_dim = 16;
+  o.hidden_size = 48;
+  o.seq_len = 600;
+  o.question_len = 16;
+  o.gen_len = 24;
+  o.all_queries = true;
+  o.seed = seed;
+  std::vector<std::unique_ptr<TestLayer>> out;
+  for (int l = 0; l < o.num_layers; ++l) out.push_back(synthetic_test_layer(o, l));
+  return out;
+}
+
+std::vector<std::vector<Selection>> planned_select(const std::string& spec,
+                                                   const std::vector<std::unique_ptr<TestLayer>>& layers,
+                                                   const std::vector<Budget>& budgets) {
+  auto rule = make_rule(spec);
+  auto planner = rule->layer_planner();
+  if (!planner) throw std::runtime_error(spec + ": not a cross-layer rule");
+  for (const auto& L : layers) planner->observe(L->input());
+  const auto plan = planner->plan(budgets);
+  std::vector<std::vector<Selection>> out(budgets.size());
+  for (const auto& L : layers) {
+    std::vector<std::vector<i64>> counts;
+    for (const auto& per_budget : plan) counts.push_back(per_budget.at(L->data.layer));
+    RuleInput in = L->input();
+    in.planned = &counts;
+    const auto sels = rule->select(in, budgets);
+    for (std::size_t b = 0; b < budgets.size(); ++b) out[b].push_back(sels[b]);
+  }
+  return out;
 }
 
 std::vector<double> ref_softmax_prefix(const TestLayer& L, int h, i64 t) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "attention/layer_cache.h"
+#include "rules/budget.h"
 #include "rules/rule.h"
 #include "trace/layer_data.h"
 #include "trace/synthetic.h"
@@ -29,6 +30,14 @@ std::unique_ptr<TestLayer> synthetic_test_layer(int H, int Hkv, int layer, std::
 std::unique_ptr<TestLayer> synthetic_test_layer(const SynthOptions& o, int layer);
 // Layer of a trace file, compression point at the end of the context.
 std::unique_ptr<TestLayer> trace_test_layer(const std::string& path, int layer);
+// The 4 layers of a small synthetic model (600 tokens, head_dim 16, hidden 48, every query
+// stored) for the cross-layer rules.
+std::vector<std::unique_ptr<TestLayer>> synthetic_model(int H, int Hkv, std::uint64_t seed);
+// A cross-layer rule as a replay runs it: every layer observed, then each selected with its
+// planned counts. [budget][layer] kept sets.
+std::vector<std::vector<Selection>> planned_select(const std::string& spec,
+                                                   const std::vector<std::unique_ptr<TestLayer>>& layers,
+                                                   const std::vector<Budget>& budgets);
 
 using Mat = std::vector<std::vector<double>>;  // [unit][token]
 using Masks = std::vector<std::vector<std::uint8_t>>;

@@ -20,44 +20,6 @@ using namespace kvsim::test;
 
 namespace {
 
-std::vector<std::unique_ptr<TestLayer>> model(int H, int Hkv, std::uint64_t seed) {
-  SynthOptions o;
-  o.num_layers = 4;
-  o.num_heads = H;
-  o.num_kv_heads = Hkv;
-  o.head_dim = 16;
-  o.hidden_size = 48;
-  o.seq_len = 600;
-  o.question_len = 16;
-  o.gen_len = 24;
-  o.all_queries = true;
-  o.seed = seed;
-  std::vector<std::unique_ptr<TestLayer>> out;
-  for (int l = 0; l < o.num_layers; ++l) out.push_back(synthetic_test_layer(o, l));
-  return out;
-}
-
-// Plans every layer, then selects each with its planned counts: [budget][layer] kept sets.
-std::vector<std::vector<Selection>> planned_select(const std::string& spec,
-                                                   const std::vector<std::unique_ptr<TestLayer>>& layers,
-                                                   const std::vector<Budget>& budgets) {
-  auto rule = make_rule(spec);
-  auto planner = rule->layer_planner();
-  REQUIRE(planner);
-  for (const auto& L : layers) planner->observe(L->input());
-  const auto plan = planner->plan(budgets);
-  std::vector<std::vector<Selection>> out(budgets.size());
-  for (const auto& L : layers) {
-    std::vector<std::vector<i64>> counts;
-    for (const auto& per_budget : plan) counts.push_back(per_budget.at(L->data.layer));
-    RuleInput in = L->input();
-    in.planned = &counts;
-    const auto sels = rule->select(in, budgets);
-    for (std::size_t b = 0; b < budgets.size(); ++b) out[b].push_back(sels[b]);
-  }
-  return out;
-}
-
 // KVCompose's per-KV-head scores of one layer: max over the question's queries of exact attention,
 // group mean, plus the mean over KV heads.
 Mat ref_kvcompose_scores(const TestLayer& L) {
@@ -166,8 +128,8 @@ std::vector<double> ref_duo_scores(const TestLayer& L, i64 q_len) {
 
 TEST_CASE("kvcompose: planned counts and kept sets equal the float64 reference (structured and not)") {
   std::vector<std::vector<std::unique_ptr<TestLayer>>> models;
-  models.push_back(model(4, 2, 71));
-  models.push_back(model(4, 4, 72));
+  models.push_back(synthetic_model(4, 2, 71));
+  models.push_back(synthetic_model(4, 4, 72));
   const std::string trace = source_dir() + "/traces/niah_stories260k.h5";  // its layer 0 needs the max curve
   if (std::filesystem::exists(trace)) {
     models.emplace_back();
@@ -209,7 +171,7 @@ TEST_CASE("kvcompose: planned counts and kept sets equal the float64 reference (
 }
 
 TEST_CASE("duo: head scores, the global streaming choice and the matched count equal the float64 reference") {
-  const auto layers = model(4, 2, 73);
+  const auto layers = synthetic_model(4, 2, 73);
   const i64 n = layers[0]->n_c;
   std::vector<std::pair<double, int>> heads;  // (score, layer * Hkv + g)
   for (const auto& L : layers) {
@@ -238,7 +200,7 @@ TEST_CASE("duo: head scores, the global streaming choice and the matched count e
 }
 
 TEST_CASE("cross-layer rules refuse a selection without their plan, naming the rule") {
-  const auto layers = model(4, 2, 74);
+  const auto layers = synthetic_model(4, 2, 74);
   for (const std::string spec : {"kvcompose", "duo"}) {
     auto rule = make_rule(spec);
     CHECK_THROWS_WITH_AS(rule->select(layers[0]->input(), {Budget::parse("0.5")}),
@@ -247,7 +209,7 @@ TEST_CASE("cross-layer rules refuse a selection without their plan, naming the r
 }
 
 TEST_CASE("global(base): the global top of every layer's base scores, protected tokens kept and counted") {
-  const auto layers = model(4, 2, 75);
+  const auto layers = synthetic_model(4, 2, 75);
   const i64 n = layers[0]->n_c;
   // The base's own scores (snapkv: checked against ref_snapkv elsewhere), ranked here in double.
   auto base = make_rule("snapkv(window=32)");

@@ -59,3 +59,121 @@ TEST_CASE("defensive equals its float64 reference") {
   }
   CHECK_THROWS_AS(make_rule("defensive(kernel=4)"), Error);
 }
+
+namespace {
+
+// FFY0/DefensiveKV's scores of one layer for a budget keeping `exact` tokens per KV head
+// (kvpress's float), float64 from the press's code: defensive scores (group max, prior floor)
+// times the token's share across KV heads of the group-mean ||v W_o^h||_1; the first tokens by
+// mean window attention until the cumulative share reaches mass - window_bias (at most
+// exact - w of them) and the window at the layer's largest score. [unit][n_c].
+Mat ref_defensivekv(const TestLayer& L, i64 w, double mass, double exact, i64* raised) {
+  const LayerData& d = L.data;
+  const int G = d.num_heads / d.num_kv_heads, U = d.num_kv_heads;
+  const i64 n = L.n_c, m = n - w;
+  const Mat def = ref_defensive(L, w, 5, "max", true);
+  const Mat nu = ref_value_norms(L, "l1", false);
+  Mat ave(U, std::vector<double>(m, 0.0));
+  double bias = 0;
+  for (int h = 0; h < d.num_heads; ++h)
+    for (i64 t = n - w; t < n; ++t) {
+      const auto a = ref_softmax_prefix(L, h, t);
+      for (i64 j = 0; j < m; ++j) ave[h / G][j] += a[j] / (G * w);
+      for (i64 j = std::max<i64>(0, m - w); j < m; ++j) bias += a[j] / (d.num_heads * w);
+    }
+  Mat s(U, std::vector<double>(n, 0.0));
+  double top = 0;
+  for (i64 j = 0; j < m; ++j) {
+    double total = 0;
+    for (int u = 0; u < U; ++u) total += nu[u][j];
+    for (int u = 0; u < U; ++u) top = std::max(top, s[u][j] = def[u][j] * nu[u][j] / total);
+  }
+  const i64 cap = static_cast<i64>(std::floor(exact - w));
+  *raised = 0;
+  for (int u = 0; u < U; ++u) {
+    double sum = 0, cum = 0;
+    for (double x : ave[u]) sum += x;
+    const std::vector<i64> order = ref_top(ave[u], m);
+    i64 count = 0;
+    for (i64 i = 0; i < m; ++i)
+      if ((cum += ave[u][order[i]] / sum) >= mass - bias) {
+        count = i;
+        break;
+      }
+    for (i64 i = 0; i < std::min(count, cap); ++i) s[u][order[i]] = top;
+    *raised += std::min(count, cap);
+    for (i64 j = m; j < n; ++j) s[u][j] = top;
+  }
+  return s;
+}
+
+// The flattened top `total` of several layers' [unit][token] scores (ties: earlier layer, unit,
+// token), and each kept entry's margin over the cut.
+std::vector<Masks> ref_flattened(const std::vector<Mat>& layers, i64 total, double* cut) {
+  std::vector<std::tuple<double, std::size_t, std::size_t, std::size_t>> e;
+  for (std::size_t l = 0; l < layers.size(); ++l)
+    for (std::size_t u = 0; u < layers[l].size(); ++u)
+      for (std::size_t j = 0; j < layers[l][u].size(); ++j) e.emplace_back(layers[l][u][j], l, u, j);
+  std::stable_sort(e.begin(), e.end(), [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+  std::vector<Masks> keep;
+  for (const Mat& s : layers) keep.emplace_back(s.size(), std::vector<std::uint8_t>(s[0].size(), 0));
+  for (i64 k = 0; k < total; ++k) keep[std::get<1>(e[k])][std::get<2>(e[k])][std::get<3>(e[k])] = 1;
+  *cut = std::get<0>(e[total - 1]);
+  return keep;
+}
+
+// Kept-set differences beyond near-ties of the reference's cut.
+i64 differences(const std::vector<Masks>& want, const std::vector<Mat>& ref, const std::vector<Selection>& got,
+                double cut) {
+  i64 bad = 0;
+  for (std::size_t l = 0; l < want.size(); ++l)
+    for (std::size_t u = 0; u < want[l].size(); ++u)
+      for (std::size_t j = 0; j < want[l][u].size(); ++j)
+        bad += got[l].unit_mask(static_cast<int>(u))[j] != want[l][u][j] && std::abs(ref[l][u][j] - cut) > 1e-4 * cut;
+  return bad;
+}
+
+}  // namespace
+
+TEST_CASE("defensivekv equals FFY0/DefensiveKV's presses in float64 (per layer and across layers)") {
+  const auto layers = synthetic_model(4, 2, 91);
+  const i64 w = 16, n = layers[0]->n_c, U = 2;
+  for (const std::string text : {"0.1", "cr=0.6"}) {
+    CAPTURE(text);
+    const Budget b = Budget::parse(text);
+    const double exact = b.exact_tokens(n);
+    const auto per_layer_total = [&](i64 items) {
+      return b.kind == Budget::Kind::fraction ? static_cast<i64>(std::floor(items * b.value * (1 + 1e-12)))
+                                              : static_cast<i64>(static_cast<double>(items) * (1 - b.value));
+    };
+    std::vector<Mat> ref;
+    i64 raised = 0;
+    for (const auto& L : layers) {
+      i64 r = 0;
+      ref.push_back(ref_defensivekv(*L, w, 0.9, exact, &r));
+      raised += r;
+    }
+    CHECK(raised > 0);  // stage 1 raised tokens: the transform is exercised
+    // EfficientDefensiveKVPress: one flattened top-k per layer.
+    auto rule = make_rule("defensivekv(window=16)");
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      double cut = 0;
+      const auto want = ref_flattened({ref[l]}, per_layer_total(n * U), &cut);
+      const auto got = rule->select(layers[l]->input(), {b});
+      CHECK_MESSAGE(differences(want, {ref[l]}, got, cut) == 0, "layer " << l);
+    }
+    // EfficientLayerDefensiveKVPress: one flattened top-k over every layer, window entries included.
+    double cut = 0;
+    const auto want = ref_flattened(ref, per_layer_total(n * U * static_cast<i64>(layers.size())), &cut);
+    const auto got = planned_select("defensivekv(window=16,alloc=global)", layers, {b});
+    CHECK(differences(want, ref, got[0], cut) == 0);
+    i64 lo = n * U, hi = 0;
+    for (const auto& s : got[0]) {
+      lo = std::min<i64>(lo, s.kept_count(0) + s.kept_count(1));
+      hi = std::max<i64>(hi, s.kept_count(0) + s.kept_count(1));
+    }
+    CHECK(hi > lo);  // the layers did not all get the same share
+  }
+  CHECK_THROWS_WITH_AS(make_rule("defensivekv(window=16)")->select(layers[0]->input(), {Budget::parse("8")}),
+                       doctest::Contains("fewer than the 16-token observation window"), Error);
+}
