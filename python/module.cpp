@@ -247,6 +247,7 @@ PYBIND11_MODULE(_kvsim, m) {
   m.def("canonical_spec", [](const std::string& spec) { return make_rule(spec)->spec(); }, py::arg("spec"),
         "the canonical spec string (every parameter spelled out); errors name the bad part");
   m.def("_note_blas_choice", &note_blas_choice, py::arg("chosen_by"));
+  m.def("_blas_core_level", &blas_core_level, py::arg("core"));  // kvsim._blas mirrors it before the import
   m.def("blas_info", [] {
         const BlasInfo b = blas_info();
         py::dict d;

@@ -234,8 +234,14 @@ def tie_positions(calls, Hkv, n, tolerance=NEAR_TIE, chunk=None):
             if int(np.sum(rows[r] == cut)) > int(np.sum(vrows[r] == cut)):  # the cut splits a tie
                 add(exact, r, np.nonzero(rows[r] == cut)[0], rows)
             if np.isfinite(cut):
-                gap = np.abs(rows[r].astype(np.float64) - float(cut))
-                add(near, r, np.nonzero((gap <= tolerance * max(abs(float(cut)), 1e-30)) & (rows[r] != cut))[0], rows)
+                # A near-tie at the cut: the scores within `tolerance` of it, when the cut keeps
+                # some of them and evicts others (the cut's own token included: swapped for an
+                # evicted near one, it is as much a near-tie as that one).
+                scale = tolerance * max(abs(float(cut)), 1e-30)
+                close = np.abs(rows[r].astype(np.float64) - float(cut)) <= scale
+                kept_close = int(np.sum(np.abs(vrows[r].astype(np.float64) - float(cut)) <= scale))
+                if int(np.sum(close)) > kept_close:
+                    add(near, r, np.nonzero(close)[0], rows)
     return exact, near
 
 

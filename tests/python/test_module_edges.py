@@ -142,6 +142,19 @@ class BlasTest(unittest.TestCase):
         self.assertEqual((user["core"], user["chosen_by"]), ("Prescott", "OPENBLAS_CORETYPE"))
         native = blas(KVSIM_BLAS_CORETYPE="native")
         self.assertEqual(native["chosen_by"], "OpenBLAS")
+        # The module keeps what OpenBLAS picks unless it is below the CPU, as the CLI does: both run
+        # the same kernels, so their rows agree bit for bit (test_module compares them).
+        cli = subprocess.run([os.environ.get("KVSIM_CLI", "kvsim"), "--version"], capture_output=True, text=True,
+                             env=env)
+        self.assertEqual(cli.returncode, 0, cli.stderr)
+        self.assertIn(f"core {chosen['core']} (", cli.stdout)
+        if _blas.core_level(native["core"]) >= _blas.core_level(_blas.cpu_coretype()):
+            self.assertEqual((chosen["core"], chosen["chosen_by"]), (native["core"], "OpenBLAS"))
+        # The mirror of blas_core_level agrees with the engine's.
+        import kvsim._kvsim as engine
+        for core in ["Prescott", "Core2", "Nehalem", "Atom", "SandyBridge", "Haswell", "Zen", "SkylakeX",
+                     "Cooperlake", "SapphireRapids", "skylake", "EXCAVATOR", "unknown"]:
+            self.assertEqual(_blas.core_level(core), engine._blas_core_level(core), core)
 
 
 class FullDiskTest(unittest.TestCase):
