@@ -112,7 +112,15 @@ class KvpressTest(unittest.TestCase):
         calls = [(x, np.array([[0.9, 0.8, 0.5]]), True)]
         exact, near = kp.tie_positions(calls, Hkv=1, n=6)
         self.assertEqual(exact, {(0, 2), (0, 3)})
-        self.assertEqual(near, {(0, 4)})
+        self.assertEqual(near, {(0, 2), (0, 3), (0, 4)})  # the near group the cut splits (compare counts exact first)
+        # The cut's own token belongs to the near-tie it splits (a swap with it is explained on both sides) ...
+        x = np.array([[0.9, 0.8, 0.5, 0.5 + 2e-8, 0.4]], dtype=np.float64)
+        exact, near = kp.tie_positions([(x, np.array([[0.9, 0.8, 0.5 + 2e-8]]), True)], Hkv=1, n=5)
+        self.assertEqual((exact, near), (set(), {(0, 2), (0, 3)}))
+        # ... and a near group the cut keeps whole explains nothing.
+        x = np.array([[0.9, 0.5, 0.5 + 2e-8, 0.1]], dtype=np.float64)
+        exact, near = kp.tie_positions([(x, np.array([[0.9, 0.5 + 2e-8, 0.5]]), True)], Hkv=1, n=4)
+        self.assertEqual((exact, near), (set(), set()))
 
     def test_parity_niah_sample(self):
         rows = self.check_parity([os.path.join(tu.TRACES_DIR, "niah_stories260k.h5")], (0.25, 0.5, 0.75))
