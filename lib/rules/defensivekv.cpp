@@ -146,29 +146,25 @@ class DefensiveKVPlanner : public LayerPlanner {
   void observe(const RuleInput& in) override { layers_[in.layer] = layer_parts(in, p_, spec_); }
 
   std::vector<std::map<int, std::vector<i64>>> plan(const std::vector<Budget>& budgets) const override {
-    std::vector<std::map<int, std::vector<i64>>> out;
+    // Every layer has the same units and n_c: the layers' entries, layer after layer, are
+    // L x units rows of n_c, ranked together by flattened_counts.
+    const LayerParts& first = layers_.begin()->second;
     std::vector<int> ids;
     for (const auto& [layer, P] : layers_) ids.push_back(layer);
+    std::vector<std::map<int, std::vector<i64>>> out;
     for (const Budget& b : budgets) {
-      // Every layer's entries, layer after layer ([unit][token] within one), ranked together.
       std::vector<float> all;
-      std::vector<i64> start;
       for (const auto& [layer, P] : layers_) {
-        start.push_back(static_cast<i64>(all.size()));
         const auto s = budget_scores(P, stage1_cap(b.for_layer(layer), P, p_.window, spec_));
         all.insert(all.end(), s.begin(), s.end());
       }
-      const LayerParts& first = layers_.begin()->second;
-      const i64 total = b.share_across(ids, first.n_c * first.units, first.n_c);
-      std::vector<i64> idx(static_cast<std::size_t>(total));
-      idx.resize(kernels::topk(all.data(), static_cast<i64>(all.size()), total, idx.data()));
+      const std::vector<i64> count =
+          flattened_counts(all, static_cast<int>(ids.size()) * first.units, first.n_c,
+                           b.share_across(ids, first.n_c * first.units, first.n_c));
       std::map<int, std::vector<i64>> plan;
-      for (const auto& [layer, P] : layers_) plan[layer].assign(P.units, 0);
-      for (i64 k : idx) {
-        const std::size_t li = static_cast<std::size_t>(std::upper_bound(start.begin(), start.end(), k) - start.begin()) - 1;
-        const LayerParts& P = layers_.at(ids[li]);
-        ++plan[ids[li]][(k - start[li]) / P.n_c];
-      }
+      for (std::size_t li = 0; li < ids.size(); ++li)
+        plan[ids[li]].assign(count.begin() + static_cast<std::ptrdiff_t>(li) * first.units,
+                             count.begin() + static_cast<std::ptrdiff_t>(li + 1) * first.units);
       out.push_back(std::move(plan));
     }
     return out;
