@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <sstream>
 
 #include <unistd.h>
@@ -104,40 +105,33 @@ int merge_sweep(const SweepOptions& opt, OutputFolder& folder, const std::vector
         const ReplayOptions ro = trace_options(opt, t, out);
         TraceReader reader(t.path);
         const ReplaySetup setup = prepare_replay(ro, reader.meta());
-        AtomicOutFile metrics(out + "/metrics.csv");
-        metrics.stream() << metrics_schema().header() << "\n";
-        std::optional<AtomicOutFile> per_query, per_question;
-        if (ro.per_query) {
-          per_query.emplace(out + "/metrics_per_query.csv");
-          per_query->stream() << per_query_schema().header() << "\n";
-        }
-        if (!setup.questions.empty()) {
-          per_question.emplace(out + "/metrics_per_question.csv");
-          per_question->stream() << per_question_schema().header() << "\n";
+        // The row tables the units wrote (metrics.csv always, per-query and per-question ones when
+        // the replay writes them), each the units' files in layer order under one header.
+        std::vector<const TableSchema*> schemas = {&metrics_schema()};
+        if (ro.per_query) schemas.push_back(&per_query_schema());
+        if (!setup.questions.empty()) schemas.push_back(&per_question_schema());
+        std::vector<std::unique_ptr<AtomicOutFile>> files;
+        for (const TableSchema* schema : schemas) {
+          files.push_back(std::make_unique<AtomicOutFile>(out + "/" + std::string(schema->file)));
+          files.back()->stream() << schema->header() << "\n";
         }
         std::vector<LayerTotal> totals;
         ReplayTimings tm;
         for (std::size_t i : mine) {
           const std::string dir = unit_dir(opt.out_dir, units[i]);
-          append_rows(metrics.stream(), dir + "/metrics.csv");
-          append_labelled(sweep_metrics.stream(), t.label, dir + "/metrics.csv");
-          if (per_query) append_rows(per_query->stream(), dir + "/metrics_per_query.csv");
-          if (per_question) append_rows(per_question->stream(), dir + "/metrics_per_question.csv");
+          for (std::size_t f = 0; f < files.size(); ++f)
+            append_rows(files[f]->stream(), dir + "/" + std::string(schemas[f]->file));
+          append_labelled(sweep_metrics.stream(), t.label, dir + "/" + std::string(metrics_schema().file));
           totals.insert(totals.end(), records[i].totals.begin(), records[i].totals.end());
           tm.add(records[i].timings);
         }
-        metrics.finish();
-        if (per_query) per_query->finish();
-        if (per_question) per_question->finish();
+        for (auto& f : files) f->finish();
         ::unlink((out + "/summary.json").c_str());  // this trace folder's marker goes before its files
-        metrics.commit();
-        if (per_query) per_query->commit();
-        if (per_question) per_question->commit();
+        for (auto& f : files) f->commit();
         // The per-trace rule table is not printed: the sweep prints one line per trace.
         replay_summary(ro, setup, std::move(totals), tm, seconds);
-        std::vector<std::string> written = {"metrics.csv", "summary.json"};
-        if (per_query) written.push_back("metrics_per_query.csv");
-        if (per_question) written.push_back("metrics_per_question.csv");
+        std::vector<std::string> written = {"summary.json"};
+        for (const TableSchema* schema : schemas) written.emplace_back(schema->file);
         remove_stale_outputs(out, kReplayOutputs, written);
       } catch (const Error& e) {
         error = e.what();

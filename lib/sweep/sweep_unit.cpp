@@ -104,11 +104,12 @@ UnitRecord run_unit(const SweepOptions& opt, const TracePlan& t, const SweepUnit
     const ReplayOptions ro = trace_options(opt, t, dir);
     TraceReader reader(t.path);
     const ReplaySetup setup = prepare_replay(ro, reader.meta());
-    AtomicOutFile metrics(dir + "/metrics.csv");
+    AtomicOutFile metrics(dir + "/" + std::string(metrics_schema().file));
     std::optional<AtomicOutFile> per_query, per_question;
-    if (ro.per_query) per_query.emplace(dir + "/metrics_per_query.csv");
-    if (!setup.questions.empty()) per_question.emplace(dir + "/metrics_per_question.csv");
-    // Unit files have no header: the merge appends them under the trace folder's one.
+    if (ro.per_query) per_query.emplace(dir + "/" + std::string(per_query_schema().file));
+    if (!setup.questions.empty()) per_question.emplace(dir + "/" + std::string(per_question_schema().file));
+    // Unit files have no header and the tables' names: the merge appends them under the trace
+    // folder's one.
     CsvRowSink metric_rows(metrics.stream(), metrics_schema(), false);
     std::optional<CsvRowSink> query_rows, question_rows;
     if (per_query) query_rows.emplace(per_query->stream(), per_query_schema(), false);
@@ -142,7 +143,8 @@ std::optional<UnitRecord> load_unit(const std::string& out_dir, const SweepUnit&
   try {
     UnitRecord r = from_json(json::parse(in));
     if (r.key != u.key) return std::nullopt;
-    if (r.status == "ok" && !std::filesystem::exists(unit_dir(out_dir, u) + "/metrics.csv")) return std::nullopt;
+    const std::string metrics = unit_dir(out_dir, u) + "/" + std::string(metrics_schema().file);
+    if (r.status == "ok" && !std::filesystem::exists(metrics)) return std::nullopt;
     return r;
   } catch (const json::exception&) {
     return std::nullopt;  // a truncated or foreign file: run the unit again
