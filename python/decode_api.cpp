@@ -66,7 +66,9 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
 // One compression of the decode protocol on a running model's cache (the closed loop): k, v
 // [Hkv, T, d] and q [H, len(q_pos), d] at every position so far, o_proj [D, H d] (or None: the
 // rules that need W_o refuse); cached[u] the positions unit u
-// holds (one array: shared); returns {cached, mode, cut}.
+// holds (one array: shared); returns {cached, mode, cut} and, when the cut prunes key channels
+// (ThinK), key_channels bool [units, d], or quantizes (quant), quant: {k, v [units, L, d] by
+// position, k_coded, v_coded bool [units, L]}: the rows this cut's cache gives back.
 py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py::array::c_style | py::array::forcecast>& k,
                            py::object v, py::object q, py::object q_pos, py::object o_proj,
                            const std::vector<std::vector<i64>>& cached,
@@ -92,6 +94,29 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
   d["cached"] = c.cached;
   d["mode"] = gqa_mode_name(c.mode);
   d["cut"] = c.cut;
+  const py::ssize_t U = static_cast<py::ssize_t>(c.cached.size());
+  if (!c.key_channels.empty()) {
+    const py::ssize_t dim = static_cast<py::ssize_t>(c.key_channels.size()) / U;
+    py::array_t<bool> ch(std::vector<py::ssize_t>{U, dim});
+    std::copy(c.key_channels.begin(), c.key_channels.end(), ch.mutable_data());
+    d["key_channels"] = ch;
+  }
+  if (c.quant) {
+    const QuantizedKV& q = *c.quant;
+    const std::vector<py::ssize_t> rows{q.units, static_cast<py::ssize_t>(q.n_c), q.d}, flags{q.units, static_cast<py::ssize_t>(q.n_c)};
+    py::array_t<float> k(rows), v(rows);
+    std::copy(q.k.begin(), q.k.end(), k.mutable_data());
+    std::copy(q.v.begin(), q.v.end(), v.mutable_data());
+    py::array_t<bool> kc(flags), vc(flags);
+    std::copy(q.k_coded.begin(), q.k_coded.end(), kc.mutable_data());
+    std::copy(q.v_coded.begin(), q.v_coded.end(), vc.mutable_data());
+    py::dict qd;
+    qd["k"] = k;
+    qd["v"] = v;
+    qd["k_coded"] = kc;
+    qd["v_coded"] = vc;
+    d["quant"] = qd;
+  }
   return d;
 }
 

@@ -46,6 +46,9 @@ void check_selection(const LayerCache& cache, const Selection& sel, const Shape&
       if (static_cast<i64>(c.held.size()) != sel.units * c.from || c.from > cache.eval_pos(qi) + 1)
         fail(where, "held_caches", "cache " + std::to_string(k) + " does not fit query " + std::to_string(qi));
     }
+    for (const auto& c : sel.held_caches)
+      if (c.rows && (c.rows->units != sel.units || c.rows->n_c > c.from || c.rows->d != s.d))
+        fail(where, "held_caches", "rows do not match the cache's units, span and head_dim");
   }
   if (!sel.per_query.empty()) {
     const i64 ne = cache.n_eval();
@@ -114,22 +117,22 @@ void per_query_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, con
 }
 
 // Attention recomputed over the support with what the cache gives back instead of the trace's
-// rows; delta = o - o'. ThinK (key_channels): keys with pruned channels. quant(...): the kept
-// span's dequantized keys and values (positions from n_c on stay exact). Also what their bounds
+// rows; delta = o - o'. ThinK (key_channels): the kept span's keys with pruned channels.
+// quant(...) (qkv): the kept span's dequantized keys and values. The decode protocol's held
+// caches give back rows of their own (qkv per run of queries). Positions past the span (n_c, or
+// the rows' own span) stay exact. Also what their bounds
 // need (finish): the nu-weighted masses, the largest nu of the support, the range r of the
 // logit shift Delta_j = z'_j - z_j over the support (z: the transformed logits, soft-capping
 // included), since ||softmax_P(z) - softmax_P(z')||_1 <= 2 tanh(r / 4), and for quant the
 // largest value error through o_proj over the support, max_P ||(vhat_j - v_j) W_o^h||_1.
 // Logits are computed on the union of the queries' supports only (gathered key and value rows),
 // not on every position: an evicted position's probability is 0 either way.
-void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
-                     int h, i64 q0, i64 q1, Sums& z) {
+void recomputed_run(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
+                    int h, i64 q0, i64 q1, const QuantizedKV* qkv, const std::uint8_t* ch, Sums& z) {
   const LayerData& L = cache.data();
   const int g = h / s.G;
   const i64 nq = q1 - q0;  // this call's queries: local index qi is the set's query q0 + qi
-  const QuantizedKV* qkv = sel.quant.get();
   const int u = unit_of(sel, h, s.G);
-  const std::uint8_t* ch = qkv ? nullptr : sel.key_channels.data() + static_cast<std::size_t>(g) * s.d;
   i64 maxt = 0;
   for (i64 qi = q0; qi < q1; ++qi) maxt = std::max(maxt, cache.pos(set, qi));
   const i64 ncols = maxt + 1;
@@ -149,18 +152,11 @@ void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, co
   for (i64 j = 0; j < ncols; ++j)
     if (any_support[j]) cols.push_back(j);
   const i64 w = static_cast<i64>(cols.size());
-  // The logit z' = qa . ka and the shift's part qb . kb (z = z' + qb . kb), kept apart so the
-  // shift of an uncapped logit is exact rather than a difference of two large logits.
-  // ThinK: qa / qb the query's kept / pruned channels, ka = kb = k. quant: qa = qb = q,
-  // ka = khat, kb = k - khat.
-  avec<float> qa(static_cast<std::size_t>(nq) * s.d), qb(qa.size());
-  for (i64 qi = 0; qi < nq; ++qi) {
-    const float* q = L.q_row(h, cache.rows(set)[q0 + qi]);
-    for (int c = 0; c < s.d; ++c) {
-      qa[qi * s.d + c] = !ch || ch[c] ? q[c] : 0.f;
-      qb[qi * s.d + c] = !ch || !ch[c] ? q[c] : 0.f;
-    }
-  }
+  // The logit z' = q . ka and the shift's part q . kb (z = z' + q . kb), kept apart so the
+  // shift of an uncapped logit is exact rather than a difference of two large logits: ka the key
+  // the cache gives back (ThinK: k with the pruned channels zeroed; quant: khat), kb = k - ka.
+  avec<float> qa(static_cast<std::size_t>(nq) * s.d);
+  for (i64 qi = 0; qi < nq; ++qi) std::copy_n(L.q_row(h, cache.rows(set)[q0 + qi]), s.d, qa.data() + qi * s.d);
   const std::size_t cells = static_cast<std::size_t>(nq) * w;
   float* logits = scratch_floats(0, std::max<std::size_t>(1, 2 * cells));  // per-thread, reused
   float* dropped = logits + cells;
@@ -170,33 +166,38 @@ void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, co
   float* Kb = scratch_floats(3, rows_size);
   gather_rows(L.k_head(g), cols, s.d, Kb);
   gather_rows(L.v_head(g), cols, s.d, Vg);
+  const bool values = qkv && qkv->has_values();
   std::vector<float> value_err;  // quant: ||(vhat_j - v_j) W_o^h||_1 per gathered column
-  if (qkv) {
-    value_err.resize(w);
-    float* dv = scratch_floats(4, rows_size);
-    for (i64 i = 0; i < w; ++i) {
-      const i64 j = cols[i];
-      float* ka = Ka + i * s.d;
-      float* kb = Kb + i * s.d;
-      float* vg = Vg + i * s.d;
-      const bool cached = j < qkv->n_c;  // quantized span; from n_c on the trace's own rows
-      const float* kh = cached ? qkv->k_row(u, j) : kb;
-      const float* vh = cached ? qkv->v_row(u, j) : vg;
-      for (int c = 0; c < s.d; ++c) {
-        ka[c] = kh[c];
-        kb[c] -= kh[c];
-        dv[i * s.d + c] = vh[c] - vg[c];
-        vg[c] = vh[c];
-      }
+  float* dv = values ? scratch_floats(4, rows_size) : nullptr;
+  for (i64 i = 0; i < w; ++i) {
+    const i64 j = cols[i];
+    float* ka = Ka + i * s.d;
+    float* kb = Kb + i * s.d;
+    float* vg = Vg + i * s.d;
+    const bool given = qkv && j < qkv->n_c;  // the rows' span; past it the trace's own rows
+    const bool pruned = ch && j < sel.n_c;   // ThinK prunes the kept span's keys only
+    const float* kh = given ? qkv->k_row(u, j) : kb;
+    for (int c = 0; c < s.d; ++c) {
+      ka[c] = pruned && !ch[c] ? 0.f : kh[c];
+      kb[c] -= ka[c];
     }
+    if (!values) continue;
+    const float* vh = given ? qkv->v_row(u, j) : vg;
+    for (int c = 0; c < s.d; ++c) {
+      dv[i * s.d + c] = vh[c] - vg[c];
+      vg[c] = vh[c];
+    }
+  }
+  if (values) {
+    value_err.resize(w);
     if (cache.meta().has_o_proj)
       projected_l1_norms_packed(dv, w, s.d, cache.packed_o_proj(h), s.D, value_err.data());
     else
       kernels::row_abs_sums(dv, w, s.d, s.d, value_err.data());
   }
-  if (w > 0) {  // ThinK's ka is the trace's keys themselves
-    kernels::sgemm(false, true, nq, w, s.d, 1.f, qa.data(), s.d, qkv ? Ka : Kb, s.d, 0.f, logits, w);
-    kernels::sgemm(false, true, nq, w, s.d, 1.f, qb.data(), s.d, Kb, s.d, 0.f, dropped, w);
+  if (w > 0) {
+    kernels::sgemm(false, true, nq, w, s.d, 1.f, qa.data(), s.d, Ka, s.d, 0.f, logits, w);
+    kernels::sgemm(false, true, nq, w, s.d, 1.f, qa.data(), s.d, Kb, s.d, 0.f, dropped, w);
   }
   const kernels::LogitSpec logit = cache.meta().logits();
   auto transform = [&](double x) {
@@ -224,7 +225,7 @@ void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, co
         continue;
       }
       numax = std::max(numax, static_cast<double>(nu[j]));
-      if (qkv) errmax = std::max(errmax, static_cast<double>(value_err[i]));
+      if (values) errmax = std::max(errmax, static_cast<double>(value_err[i]));
       const double shift = logit.softcap > 0 ? transform(row[i]) - transform(static_cast<double>(row[i]) + drow[i])
                                              : -logit.scale * static_cast<double>(drow[i]);
       lo = any ? std::min(lo, shift) : shift;
@@ -256,6 +257,26 @@ void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, co
       float& x = dl[qi * s.d + c];
       x = empty[qi] ? std::numeric_limits<float>::quiet_NaN() : o[qi * s.d + c] * inv - x;
     }
+  }
+}
+
+// recomputed_run over [q0, q1): one run with the selection's own rows, or (the decode protocol)
+// one run per stretch of queries that share a held cache, each with that cache's rows.
+void recomputed_head(const LayerCache& cache, QuerySet set, NormKind nu_kind, const Selection& sel, const Shape& s,
+                     int h, i64 q0, i64 q1, Sums& z) {
+  if (set != QuerySet::eval || !sel.held_rows()) {
+    const std::uint8_t* ch =
+        sel.key_channels.empty() ? nullptr : sel.key_channels.data() + static_cast<std::size_t>(h / s.G) * s.d;
+    recomputed_run(cache, set, nu_kind, sel, s, h, q0, q1, sel.quant.get(), ch, z);
+    return;
+  }
+  for (i64 a = q0; a < q1;) {
+    const int k = sel.held_of[static_cast<std::size_t>(a)];
+    i64 b = a + 1;
+    while (b < q1 && sel.held_of[static_cast<std::size_t>(b)] == k) ++b;
+    recomputed_run(cache, set, nu_kind, sel, s, h, a, b, sel.held_caches[static_cast<std::size_t>(k)].rows.get(),
+                   nullptr, z);
+    a = b;
   }
 }
 
@@ -453,7 +474,7 @@ void finish_layer(const LayerReference& ref, const Shape& s, const std::vector<d
   }
 }
 
-bool recomputes(const Selection& sel) { return !sel.key_channels.empty() || sel.quant; }
+bool recomputes(const Selection& sel) { return !sel.key_channels.empty() || sel.quant || sel.held_rows(); }
 
 bool is_static(const Selection& sel, QuerySet set) {
   return !recomputes(sel) && !(set == QuerySet::eval && sel.has_query_masks());

@@ -26,6 +26,10 @@ void Selection::query_mask(int u, i64 qi, i64 t, std::vector<std::uint8_t>& m) c
   for (i64 j = 0; j < std::min(c.from, t + 1); ++j) m[static_cast<std::size_t>(j)] = h[j];
 }
 
+bool Selection::held_rows() const {
+  return std::any_of(held_caches.begin(), held_caches.end(), [](const HeldCache& c) { return c.rows != nullptr; });
+}
+
 double Selection::mean_kept_count() const {
   if (units == 0) return 0.0;
   double s = 0;

@@ -30,9 +30,12 @@ struct Selection {
   // qi's cache is held_caches[held_of[qi]] (per unit, which positions of [0, from) it still
   // holds: [units][from]) plus every position in [from, t_qi]. One entry per compression, not
   // per query: a long generation on a long context stays small. Empty otherwise.
+  // `rows`: what this cache gives back for [0, from) instead of the trace's rows (ThinK's
+  // pruned keys, quant(...)'s codes), null for the trace's own.
   struct HeldCache {
     i64 from = 0;
     std::vector<std::uint8_t> held;  // [units][from]
+    std::shared_ptr<const QuantizedKV> rows;
   };
   std::vector<HeldCache> held_caches;
   std::vector<int> held_of;  // [n_eval]
@@ -44,6 +47,10 @@ struct Selection {
   // quant(...): the kept span's rows as the quantized cache gives them back, and its bytes;
   // null for a float16 cache of the kept tokens.
   std::shared_ptr<const QuantizedKV> quant;
+
+  // Per unit, the bytes of the kept span when the decode protocol's quantized cache holds it
+  // (its coded and full-precision rows); empty: quant's bytes, else float16 keys and values.
+  std::vector<double> kept_bytes;
 
   // The rule's per-unit budget for this layer when it differs from the nominal one
   // (Budget::tokens_for(n_c)), e.g. pyramid's layer schedule; -1 = the nominal budget.
@@ -62,6 +69,8 @@ struct Selection {
   i64 kept_count(int u) const;      // tokens kept in [0, n_c) by unit u
   // Whether evaluation queries have masks of their own (per_query or held_caches).
   bool has_query_masks() const { return !per_query.empty() || !held_caches.empty(); }
+  // Whether some held cache gives back rows of its own (the decode protocol's ThinK or quant).
+  bool held_rows() const;
   // Unit u's mask over [0, t] for evaluation query qi (t its position) from per_query or
   // held_caches; requires has_query_masks().
   void query_mask(int u, i64 qi, i64 t, std::vector<std::uint8_t>& m) const;

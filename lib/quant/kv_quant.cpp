@@ -75,12 +75,20 @@ i64 quantized_row_count(i64 m, int bits, QuantAxis axis, const QuantSpec& spec) 
   return !is_fp8(spec.scheme) && axis == QuantAxis::channel ? body / spec.group * spec.group : body;
 }
 
+double coded_row_bytes(int d, int bits, const QuantSpec& spec) {
+  if (bits >= 16) return 2.0 * d;
+  if (is_fp8(spec.scheme)) return static_cast<double>(d);
+  const double per_group = spec.scheme == QuantScheme::sym ? 2.0 : 4.0;  // float16 scale (and zero point)
+  return static_cast<double>(d) * bits / 8.0 + static_cast<double>(d) / static_cast<double>(spec.group) * per_group;
+}
+
 double quantized_bytes(i64 m, int d, int bits, QuantAxis axis, const QuantSpec& spec) {
+  // Whole groups counted in integers (exact for any group size); coded_row_bytes per row.
   const i64 mq = quantized_row_count(m, bits, axis, spec), n = mq * d;
   const double full = 2.0 * static_cast<double>((m - mq) * d);
   if (mq == 0) return full;
   if (is_fp8(spec.scheme)) return full + static_cast<double>(n);
-  const double per_group = spec.scheme == QuantScheme::sym ? 2.0 : 4.0;  // float16 scale (and zero point)
+  const double per_group = spec.scheme == QuantScheme::sym ? 2.0 : 4.0;
   return full + static_cast<double>(n) * bits / 8.0 + static_cast<double>(n / spec.group) * per_group;
 }
 

@@ -63,6 +63,11 @@ bool groups_fit(int d, int bits, QuantAxis axis, const QuantSpec& spec);
 // the m rows: what quantize_rows stores, from the counts alone.
 i64 quantized_row_count(i64 m, int bits, QuantAxis axis, const QuantSpec& spec);
 double quantized_bytes(i64 m, int d, int bits, QuantAxis axis, const QuantSpec& spec);
+// Bytes of one row held as codes: d codes of `bits` and its share of the scales and zero points
+// (d / group of them either way: a channel group spans `group` rows, a token group `group`
+// channels of one row); fp8: one byte per value; 16 bits: a full-precision row. quantized_bytes
+// is the coded rows at this rate plus 2 bytes per full-precision value.
+double coded_row_bytes(int d, int bits, const QuantSpec& spec);
 // Keys and values of m kept rows under spec (quantized_bytes of both sides).
 double kept_bytes(i64 m, int d, const QuantSpec& spec);
 // The same rows in the model's 16-bit cache: 2 bytes per key and value component.

@@ -49,7 +49,7 @@ i64 decode_keep(const Budget& b, i64 L) {
 
 DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& D,
                      const std::vector<std::vector<i64>>& cached, GqaMode mode, i64 L, i64 E, const Budget& budget,
-                     i64 keep, int window, int layer, const std::vector<i64>* planned) {
+                     i64 keep, int window, int layer, const std::vector<i64>* planned, const QuantizedKV* rows) {
   DecodeCut out;
   out.mode = mode;
   i64 held_max = 0;
@@ -64,7 +64,7 @@ DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& D
     out.cached = cached;
     return out;
   }
-  auto view = std::make_shared<const DecodeView>(make_decode_view(meta, D, cached, mode, L, E, window));
+  auto view = std::make_shared<const DecodeView>(make_decode_view(meta, D, cached, mode, L, E, window, rows));
   Selection sel;
   try {
     const Budget b = keep < 0 ? budget : Budget::parse(std::to_string(std::max<i64>(1, std::min(keep, view->n_c))));
@@ -79,19 +79,105 @@ DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& D
     throw Error(std::string(e.what()) + " (decode protocol: compression at position " + std::to_string(L) +
                 ", layer " + std::to_string(layer) + ", budget " + budget.text + ")");
   }
-  if (!sel.key_channels.empty() || sel.quant)
+  const bool gives_rows = !sel.key_channels.empty() || sel.quant;
+  if (gives_rows && !sel.per_query.empty())
     fail(rule.spec(), "--protocol decode",
-         "prunes key channels or quantizes its cache: one compression point only (--every larger than the "
-         "generation)");
+         "prunes key channels or quantizes over a step-wise base: its per-query caches have no rows of their own "
+         "past n_0");
+  if (!sel.key_channels.empty() && sel.quant)
+    fail(rule.spec(), "--protocol decode",
+         "prunes key channels of a quantized cache: past n_0 only one of the two is carried (use --every larger "
+         "than the generation)");
   const CacheState next = state_after(sel, *view);
   out.mode = next.mode;
   out.cached = next.cached;
   out.cut = true;
+  const int units = static_cast<int>(next.cached.size()), d = D.head_dim, G = D.num_heads / D.num_kv_heads;
+  if (!sel.key_channels.empty()) {  // per view KV head: the unit's own, or its KV head's
+    out.key_channels.resize(static_cast<std::size_t>(units) * d);
+    for (int u = 0; u < units; ++u) {
+      const int gv = view->per_unit || sel.mode == GqaMode::kv ? u : u / G;
+      std::copy_n(sel.key_channels.begin() + static_cast<std::ptrdiff_t>(gv) * d, d,
+                  out.key_channels.begin() + static_cast<std::ptrdiff_t>(u) * d);
+    }
+  }
+  if (sel.quant) {  // the view's rows, by model position
+    const QuantizedKV& vq = *sel.quant;
+    auto q = std::make_shared<QuantizedKV>();
+    q->units = units;
+    q->n_c = L;
+    q->d = d;
+    q->k.assign(static_cast<std::size_t>(units) * L * d, 0.f);
+    q->v.assign(q->k.size(), 0.f);
+    q->k_coded.assign(static_cast<std::size_t>(units) * L, 0);
+    q->v_coded.assign(q->k_coded.size(), 0);
+    q->k_coded_row_bytes = vq.k_coded_row_bytes;
+    q->v_coded_row_bytes = vq.v_coded_row_bytes;
+    for (int u = 0; u < units; ++u)
+      for (i64 j = 0; j < view->n_c; ++j) {
+        if (!sel.unit_mask(u)[j]) continue;
+        const i64 p = view->position(u, j);
+        const std::size_t at = static_cast<std::size_t>(u) * L + p;
+        std::copy_n(vq.k_row(u, j), d, q->k.data() + at * d);
+        std::copy_n(vq.v_row(u, j), d, q->v.data() + at * d);
+        q->k_coded[at] = vq.k_is_coded(u, j);
+        q->v_coded[at] = vq.v_is_coded(u, j);
+      }
+    out.quant = std::move(q);
+  }
   if (!sel.per_query.empty()) {
     out.stepwise = std::make_shared<const Selection>(std::move(sel));
     out.view = view;
   }
   return out;
+}
+
+std::shared_ptr<const QuantizedKV> held_rows_after(const QuantizedKV* prev, const DecodeCut& c, const LayerData& D,
+                                                   i64 L) {
+  if (c.key_channels.empty() && !c.quant && !prev) return nullptr;
+  const int units = static_cast<int>(c.cached.size()), d = D.head_dim, G = D.num_heads / D.num_kv_heads;
+  if (prev && prev->units != units) fail("decode protocol", "held rows", "units changed between compressions");
+  auto r = std::make_shared<QuantizedKV>();
+  r->units = units;
+  r->n_c = L;
+  r->d = d;
+  r->k.assign(static_cast<std::size_t>(units) * L * d, 0.f);
+  const bool quant = c.quant || (prev && prev->has_values());  // else ThinK (values are the trace's)
+  if (quant) {
+    const QuantizedKV& q = c.quant ? *c.quant : *prev;
+    r->v.assign(r->k.size(), 0.f);
+    r->k_coded.assign(static_cast<std::size_t>(units) * L, 0);
+    r->v_coded.assign(r->k_coded.size(), 0);
+    r->k_coded_row_bytes = q.k_coded_row_bytes;
+    r->v_coded_row_bytes = q.v_coded_row_bytes;
+  }
+  for (int u = 0; u < units; ++u) {
+    const int g = c.mode == GqaMode::kv ? u : u / G;
+    for (i64 p : c.cached[static_cast<std::size_t>(u)]) {
+      const std::size_t at = static_cast<std::size_t>(u) * L + p;
+      const bool before = prev && p < prev->n_c;  // held (or given back) before this cut
+      float* k = r->k.data() + at * d;
+      if (!quant) {  // ThinK: the key as it stood, less the cut's pruned channels
+        std::copy_n(before ? prev->k_row(u, p) : D.k_row(g, p), d, k);
+        if (c.key_channels.empty()) continue;  // this cut pruned nothing more
+        const std::uint8_t* ch = c.key_channels.data() + static_cast<std::size_t>(u) * d;
+        for (int x = 0; x < d; ++x)
+          if (!ch[x]) k[x] = 0.f;
+        continue;
+      }
+      float* v = r->v.data() + at * d;
+      for (int side = 0; side < 2; ++side) {  // codes once given are kept; else this cut's row
+        const bool kept_codes = before && (side == 0 ? prev->k_is_coded(u, p) : prev->v_is_coded(u, p));
+        const bool new_codes = c.quant && (side == 0 ? c.quant->k_is_coded(u, p) : c.quant->v_is_coded(u, p));
+        const float* src = kept_codes ? (side == 0 ? prev->k_row(u, p) : prev->v_row(u, p))
+                         : new_codes  ? (side == 0 ? c.quant->k_row(u, p) : c.quant->v_row(u, p))
+                         : side == 0  ? D.k_row(g, p) : D.v_row(g, p);
+        std::copy_n(src, d, side == 0 ? k : v);
+        (side == 0 ? r->k_coded : r->v_coded)[at] = kept_codes || new_codes;
+      }
+    }
+  }
+  return r;
 }
 
 namespace {
@@ -127,7 +213,39 @@ struct Interval {
   i64 from = 0, q0 = 0, q1 = 0;
   std::shared_ptr<const Selection> stepwise;  // per-query masks over `view`'s tokens (or positions, view null)
   std::shared_ptr<const DecodeView> view;
+  std::shared_ptr<const QuantizedKV> rows;    // what the cache gives back (ThinK, quant), or null
 };
+
+// The one-shot start's rows (--decode-start compressed): its pruned keys or quantized cache, as a
+// cut at n_0 that kept `state` would leave them.
+std::shared_ptr<const QuantizedKV> start_rows(const Selection& s0, const CacheState& state, const LayerData& D,
+                                              i64 n0) {
+  if (s0.key_channels.empty() && !s0.quant) return nullptr;
+  DecodeCut c;
+  c.mode = s0.mode;
+  c.cached = state.cached;
+  c.quant = s0.quant;  // positions [0, n_0): its rows are by position already
+  if (!s0.key_channels.empty()) {
+    const int d = D.head_dim, G = D.num_heads / D.num_kv_heads;
+    c.key_channels.resize(static_cast<std::size_t>(s0.units) * d);
+    for (int u = 0; u < s0.units; ++u)
+      std::copy_n(s0.key_channels.begin() + static_cast<std::ptrdiff_t>(s0.mode == GqaMode::kv ? u : u / G) * d, d,
+                  c.key_channels.begin() + static_cast<std::ptrdiff_t>(u) * d);
+  }
+  return held_rows_after(nullptr, c, D, n0);
+}
+
+// Per unit, the bytes of the positions < n_0 the last query holds (`kept`) under `rows`' codes.
+std::vector<double> held_bytes(const Selection& kept, const QuantizedKV& rows, i64 n0) {
+  std::vector<double> out(static_cast<std::size_t>(kept.units), 0.0);
+  const double full = 2.0 * rows.d;
+  for (int u = 0; u < kept.units; ++u)
+    for (i64 p = 0; p < n0; ++p)
+      if (kept.unit_mask(u)[p])
+        out[u] += (rows.k_is_coded(u, p) ? rows.k_coded_row_bytes : full) +
+                  (rows.v_is_coded(u, p) ? rows.v_coded_row_bytes : full);
+  return out;
+}
 
 // Unit u's mask of evaluation query qi (position t) in interval iv.
 std::vector<std::uint8_t> query_mask(const Interval& iv, int u, i64 qi, i64 t) {
@@ -163,13 +281,24 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
   std::vector<Selection> first;
   if (opt.start_compressed) first = rule.select(in, budgets);
   if (bounds.empty()) {
-    if (opt.start_compressed) return first;
-    std::vector<Selection> full;
-    for (std::size_t b = 0; b < budgets.size(); ++b) {
-      full.emplace_back(GqaMode::kv, D.num_kv_heads, n0);
-      std::fill(full.back().kept.begin(), full.back().kept.end(), 1);
-    }
-    return full;
+    std::vector<Selection> sels = std::move(first);
+    if (!opt.start_compressed)
+      for (std::size_t b = 0; b < budgets.size(); ++b) {
+        sels.emplace_back(GqaMode::kv, D.num_kv_heads, n0);
+        std::fill(sels.back().kept.begin(), sels.back().kept.end(), 1);
+      }
+    if (stats)  // each query's cache: the kept span plus every token since n_0 (or its own mask)
+      for (std::size_t b = 0; b < budgets.size(); ++b)
+        for (int u = 0; u < sels[b].units; ++u) {
+          const i64 kept = sels[b].kept_count(u);
+          for (i64 q = 0; q < ne; ++q) {
+            const auto* m = sels[b].per_query.empty() ? nullptr : &sels[b].per_query[static_cast<std::size_t>(u * ne + q)];
+            (*stats)[b].cache_tokens_sum +=
+                static_cast<double>(m ? std::count(m->begin(), m->end(), 1) : kept + eval_pos[q] - n0 + 1);
+            ++(*stats)[b].cache_tokens_count;
+          }
+        }
+    return sels;
   }
   // A cross-layer rule keeps the allocation it planned at n_0 (Rule::decode_counts).
   const bool cross_layer = rule.layer_planner() != nullptr;
@@ -188,6 +317,11 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
         for (i64 j = 0; j < n0; ++j)
           if (s0.unit_mask(u)[j]) iv.state.cached[u].push_back(j);
       if (!s0.per_query.empty()) iv.stepwise = std::make_shared<const Selection>(s0);
+      if ((!s0.key_channels.empty() || s0.quant) && !s0.per_query.empty())
+        fail(rule.spec(), "--protocol decode",
+             "prunes key channels or quantizes over a step-wise base: its per-query caches have no rows of their "
+             "own past n_0");
+      iv.rows = start_rows(s0, iv.state, D, n0);
     } else {
       iv.state.cached.assign(1, {});
       for (i64 j = 0; j < n0; ++j) iv.state.cached[0].push_back(j);
@@ -231,10 +365,12 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
         counts = rule.decode_counts((*in.planned)[b], n0, budgets[b].tokens_for(n0), keep, held);
       }
       DecodeCut c = decode_cut(rule, meta, D, cached, mode, L, next_end, budgets[b], keep, opt.window, in.layer,
-                               cross_layer ? &counts : nullptr);
+                               cross_layer ? &counts : nullptr, iv.rows.get());
       if (opt.append_only && c.cut) admit_only(c, cached, iv.from);
+      const std::shared_ptr<const QuantizedKV> prev_rows = iv.rows;
       iv = Interval{};
       iv.from = L;
+      iv.rows = c.cut ? held_rows_after(prev_rows.get(), c, D, L) : prev_rows;
       iv.state.mode = c.mode;
       iv.state.cached = std::move(c.cached);
       if (!c.cut) continue;
@@ -262,6 +398,7 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
         c.held.assign(static_cast<std::size_t>(units * v.from), 0);
         for (int u = 0; u < units; ++u)
           for (i64 p : unit_list(v.state.cached, static_cast<std::size_t>(u))) c.held[u * v.from + p] = 1;
+        c.rows = v.rows;
         for (i64 q = v.q0; q < v.q1; ++q) s.held_of[q] = static_cast<int>(s.held_caches.size());
         s.held_caches.push_back(std::move(c));
       }
@@ -284,6 +421,8 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
         }
       }
     }
+    const auto& last_rows = intervals.back().rows;
+    if (last_rows && last_rows->has_values()) s.kept_bytes = held_bytes(s, *last_rows, n0);
     out.push_back(std::move(s));
   }
   return out;

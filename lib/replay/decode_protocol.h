@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/selection.h"
+#include "quant/quantized_kv.h"
 #include "rules/budget.h"
 #include "rules/rule.h"
 
@@ -37,22 +38,38 @@ class DecodeView;
 
 // What one compression left: each unit's cached positions (one shared list when nothing was cut
 // yet), the rule's GQA mode and, for a step-wise rule, its per-query masks over the view.
+// ThinK: each unit's key-channel mask ([units][d], empty otherwise), applied to every key the
+// unit holds at the cut. quant(...): the rows the cut's quantized cache gives back, by position
+// ([units][L], coded flags set), or null.
 struct DecodeCut {
   GqaMode mode = GqaMode::kv;
   std::vector<std::vector<i64>> cached;
   bool cut = false;                           // false: every unit held no more than the budget
   std::shared_ptr<const Selection> stepwise;  // per_query over view's evaluation queries, or null
   std::shared_ptr<const DecodeView> view;
+  std::vector<std::uint8_t> key_channels;
+  std::shared_ptr<const QuantizedKV> quant;
 };
+
+// The rows the cache gives back after a cut at L (Selection::HeldCache::rows): per unit and held
+// position, ThinK's key with the cut's pruned channels zeroed on top of what earlier cuts pruned;
+// quant's codes for a token quantized at this cut or before (a token keeps the codes it got at
+// the first cut that quantized it), the trace's row for one in full precision. `prev`: the rows
+// before the cut (null: the trace's). Null when neither applies.
+std::shared_ptr<const QuantizedKV> held_rows_after(const QuantizedKV* prev, const DecodeCut& cut, const LayerData& data,
+                                                   i64 L);
 
 // One compression of the decode protocol at sequence length L: `cached` (per unit, or one list)
 // plus nothing else is the cache; the rule cuts it to `keep` tokens per unit (-1: `budget` is a
 // threshold the rule applies) seeing the view of replay/decode_view.h, whose tokens [L, E)
 // follow (E = L in a running model). Throws kvsim::Error naming the rule, position and layer.
 // planned: a cross-layer rule's per-unit counts for this cut (Rule::decode_counts), else null.
+// rows: what the cache gives back from earlier cuts (ThinK, quant), which the view holds; null:
+// `data`'s rows are the cache's (a running model's own cache).
 DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& data,
                      const std::vector<std::vector<i64>>& cached, GqaMode mode, i64 L, i64 E, const Budget& budget,
-                     i64 keep, int window, int layer, const std::vector<i64>* planned = nullptr);
+                     i64 keep, int window, int layer, const std::vector<i64>* planned = nullptr,
+                     const QuantizedKV* rows = nullptr);
 
 // The tokens per unit a compression at sequence length L keeps under `budget`: a fraction or
 // kvpress's cr of the L tokens seen so far, or the token count; -1 for a threshold.

@@ -33,7 +33,7 @@ i64 query_row(const TraceMeta& meta, i64 t) {
 }  // namespace
 
 DecodeView make_decode_view(const TraceMeta& meta, const LayerData& D, const std::vector<std::vector<i64>>& cached,
-                            GqaMode mode, i64 L, i64 E, int window) {
+                            GqaMode mode, i64 L, i64 E, int window, const QuantizedKV* rows) {
   if (cached.empty()) fail(meta.path, "decode", "no cached token list");
   const int H = D.num_heads, Hkv = D.num_kv_heads, G = H / Hkv, d = D.head_dim;
   bool same = true, equal_counts = true;
@@ -122,11 +122,19 @@ DecodeView make_decode_view(const TraceMeta& meta, const LayerData& D, const std
     for (i64 r = 0; r < data->num_q; ++r)
       std::copy_n(D.q_row(h, rows[r]), d, data->q.data() + (h * data->num_q + r) * d);
   }
+  if (rows && rows->units != static_cast<int>(cached.size()) && !same)
+    fail(meta.path, "decode", "held rows for " + std::to_string(rows->units) + " units, " +
+                                  std::to_string(cached.size()) + " unit lists");
+  // The unit whose rows view KV head g shows: its own (per unit), else the KV head's unit.
+  const auto row_unit = [&](int g) { return v.per_unit || mode == GqaMode::kv ? g : g * G; };
   for (int g = 0; g < Hv; ++g)
     for (i64 j = 0; j < n; ++j) {
       const i64 t = v.positions[g][j];
-      std::copy_n(D.k_row(source_kv_head(g), t), d, data->k.data() + (g * n + j) * d);
-      std::copy_n(D.v_row(source_kv_head(g), t), d, data->v.data() + (g * n + j) * d);
+      const bool given = rows && t < rows->n_c && row_unit(g) < rows->units;
+      std::copy_n(given ? rows->k_row(row_unit(g), t) : D.k_row(source_kv_head(g), t), d,
+                  data->k.data() + (g * n + j) * d);
+      std::copy_n(given && rows->has_values() ? rows->v_row(row_unit(g), t) : D.v_row(source_kv_head(g), t), d,
+                  data->v.data() + (g * n + j) * d);
     }
   data->o_proj = D.o_proj;
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/selection.h"
+#include "quant/quantized_kv.h"
 #include "rules/rule.h"
 #include "trace/layer_data.h"
 #include "trace/trace_meta.h"
@@ -46,7 +47,10 @@ struct DecodeView {
 
 // cached[u]: the positions < L unit u holds (sorted), or a single list shared by every unit
 // (mode is then irrelevant). Tokens [L, E) follow. window: the view's observation window.
+// rows: what the cache gives back for positions below rows->n_c (ThinK's pruned keys, quant's
+// codes from earlier cuts), per unit, or null: the view holds those rows, as a running cache
+// does (a query-mode unit list shared by a group shows the group's first head's rows).
 DecodeView make_decode_view(const TraceMeta& meta, const LayerData& data, const std::vector<std::vector<i64>>& cached,
-                            GqaMode mode, i64 L, i64 E, int window);
+                            GqaMode mode, i64 L, i64 E, int window, const QuantizedKV* rows = nullptr);
 
 }  // namespace kvsim

@@ -29,9 +29,11 @@ double layer_kept(const Selection& sel, int H, int G) {
   for (int h = 0; h < H; ++h) s += head_kept(sel, h, G);
   return s / H;
 }
-// Bytes of the kept span of head h's unit: quant(...)'s, else float16 keys and values.
+// Bytes of the kept span of head h's unit: quant(...)'s (one-shot, or the decode protocol's
+// held codes), else float16 keys and values.
 double head_bytes(const Selection& sel, int h, int G, int d) {
   const int u = sel.mode == GqaMode::kv ? h / G : h;
+  if (!sel.kept_bytes.empty()) return sel.kept_bytes[static_cast<std::size_t>(u)];
   return sel.quant ? sel.quant->bytes[u] : float16_bytes(sel.kept_count(u), d);
 }
 double layer_bytes(const Selection& sel, int H, int G, int d) {

@@ -94,6 +94,10 @@ class QuantRule : public Rule {
       qkv->k.assign(static_cast<std::size_t>(sel.units) * sel.n_c * d, 0.0f);
       qkv->v.assign(qkv->k.size(), 0.0f);
       qkv->bytes.assign(sel.units, 0.0);
+      qkv->k_coded.assign(static_cast<std::size_t>(sel.units) * sel.n_c, 0);
+      qkv->v_coded.assign(qkv->k_coded.size(), 0);
+      qkv->k_coded_row_bytes = coded_row_bytes(d, q_.kbits, q_);
+      qkv->v_coded_row_bytes = coded_row_bytes(d, q_.vbits, q_);
       const std::string where = in.meta->path + ": layer " + std::to_string(in.layer);
       std::exception_ptr error;  // the first unit's failure (a float16 overflow), rethrown after the loop
       std::atomic<bool> any_codes{false};
@@ -131,8 +135,11 @@ class QuantRule : public Rule {
       const QuantizedRows r = quantize_rows(rows.data(), m, d, side == 0 ? q_.kbits : q_.vbits,
                                             side == 0 ? q_.kaxis : q_.vaxis, q_, where + (side == 0 ? " keys" : " values"));
       float* dst = side == 0 ? qkv.k.data() : qkv.v.data();
-      for (i64 i = 0; i < m; ++i)
+      std::uint8_t* coded = (side == 0 ? qkv.k_coded : qkv.v_coded).data() + static_cast<std::size_t>(u) * sel.n_c;
+      for (i64 i = 0; i < m; ++i) {
         std::copy_n(r.xhat.data() + i * d, d, dst + (static_cast<std::size_t>(u) * sel.n_c + pos[i]) * d);
+        coded[pos[i]] = i < r.quantized_rows;  // the first rows in position order are held as codes
+      }
       qkv.bytes[u] += r.bytes;
       codes = codes || r.quantized_rows > 0;
     }

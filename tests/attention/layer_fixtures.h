@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -119,10 +120,14 @@ inline double oracle_nu(const LayerData& L, int h, i64 j, int kind /*0 l1, 1 l2,
   return kind == 0 ? l1n(y) : l2n(y);
 }
 
-// support(h, qi, j) -> kept?; channels: key channel mask per KV head (empty = none).
+// What the cache gives back instead of the trace's rows: given(h, qi, j, k, v) fills head h's key
+// and value row of position j as query qi sees them (d values each, the trace's on entry).
+using GivenRows = std::function<void(int h, i64 qi, i64 j, std::vector<double>& k, std::vector<double>& v)>;
+
+// support(h, qi, j) -> kept?; given: rows the cache gives back (null: the trace's own).
 template <class Support>
-OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<i64>& rows, Support support,
-                   const std::vector<std::uint8_t>& channels = {}) {
+OracleLayer oracle_given(const TraceMeta& meta, const LayerData& L, const std::vector<i64>& rows, Support support,
+                         const GivenRows& given) {
   const int H = L.num_heads, d = L.head_dim, G = H / L.num_kv_heads;
   const i64 n = static_cast<i64>(rows.size());
   const int width = L.has_o_proj() ? L.hidden_size : d;
@@ -132,17 +137,24 @@ OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<
   for (i64 qi = 0; qi < n; ++qi) {
     const i64 t = meta.q_pos[rows[qi]];
     std::vector<double> Dlayer(L.has_o_proj() ? width : H * d, 0.0), y(L.has_o_proj() ? width : H * d, 0.0);
-    double C = 0, miss = 0, thsum = 0;
+    double C = 0, miss = 0, thsum = 0, verr_sum = 0;
     for (int h = 0; h < H; ++h) {
       const int g = h / G;
-      auto logits = [&](bool pruned) {
-        std::vector<double> s(t + 1);
+      auto trace_rows = [&](i64 j, std::vector<double>& k, std::vector<double>& v) {
+        k.assign(d, 0.0);
+        v.assign(d, 0.0);
+        for (int c = 0; c < d; ++c) {
+          k[c] = L.k[(g * L.seq_len + j) * d + c];
+          v[c] = L.v[(g * L.seq_len + j) * d + c];
+        }
+      };
+      auto logits = [&](bool use_given) {
+        std::vector<double> s(t + 1), k, v;
         for (i64 j = 0; j <= t; ++j) {
+          trace_rows(j, k, v);
+          if (use_given) given(h, qi, j, k, v);
           double acc = 0;
-          for (int c = 0; c < d; ++c) {
-            if (pruned && !channels[g * d + c]) continue;
-            acc += static_cast<double>(L.q[(h * L.num_q + rows[qi]) * d + c]) * L.k[(g * L.seq_len + j) * d + c];
-          }
+          for (int c = 0; c < d; ++c) acc += static_cast<double>(L.q[(h * L.num_q + rows[qi]) * d + c]) * k[c];
           s[j] = acc * meta.attn_scale;
           if (meta.attn_softcap > 0) s[j] = meta.attn_softcap * std::tanh(s[j] / meta.attn_softcap);
         }
@@ -173,21 +185,29 @@ OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<
         }
       }
       std::vector<double> delta(d);
-      double tilt = 0, numaxP = 0;  // ThinK: tanh(r/4), r the range over P of the logit shift
-      if (!channels.empty()) {
+      // Given rows: tanh(r/4), r the range over P of the logit shift; the largest value error
+      // through o_proj over P.
+      double tilt = 0, numaxP = 0, verr = 0;
+      if (given) {
         const auto z = logits(false), zp = logits(true);
         double lo = 1e300, hi = -1e300;
-        for (i64 j = 0; j <= t; ++j)
-          if (P[j]) {
-            lo = std::min(lo, zp[j] - z[j]);
-            hi = std::max(hi, zp[j] - z[j]);
-            numaxP = std::max(numaxP, oracle_nu(L, h, j, 0));
-          }
-        tilt = std::tanh((hi - lo) / 4);
+        std::vector<double> op(d, 0), k, v, dv(d);
         const auto ap = softmax(zp, P);
-        std::vector<double> op(d, 0);
-        for (i64 j = 0; j <= t; ++j)
-          for (int c = 0; c < d; ++c) op[c] += ap[j] * L.v[(g * L.seq_len + j) * d + c];
+        for (i64 j = 0; j <= t; ++j) {
+          if (!P[j]) continue;
+          lo = std::min(lo, zp[j] - z[j]);
+          hi = std::max(hi, zp[j] - z[j]);
+          numaxP = std::max(numaxP, oracle_nu(L, h, j, 0));
+          trace_rows(j, k, v);
+          for (int c = 0; c < d; ++c) dv[c] = -v[c];
+          given(h, qi, j, k, v);
+          for (int c = 0; c < d; ++c) {
+            dv[c] += v[c];
+            op[c] += ap[j] * v[c];
+          }
+          verr = std::max(verr, l1n(project(L, h, dv)));
+        }
+        tilt = std::tanh((hi - lo) / 4);
         for (int c = 0; c < d; ++c) delta[c] = o[c] - op[c];
       } else {
         for (int c = 0; c < d; ++c) delta[c] = o[c] - oP[c] / F;
@@ -199,10 +219,11 @@ OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<
       r.l2 = l2n(Dh);
       r.rel_l1 = r.l1 / l1n(yh);
       r.rel_l2 = r.l2 / l2n(yh);
-      r.ada = 2 * (1 - F) * numax + 2 * tilt * numaxP;
-      r.theta = c0 - (2 - 1 / F) * gP + 2 * tilt * numaxP;
+      r.ada = 2 * (1 - F) * numax + 2 * tilt * numaxP + verr;
+      r.theta = c0 - (2 - 1 / F) * gP + 2 * tilt * numaxP + verr;
       C = std::max(C, numax);
       miss += 1 - F + tilt;
+      verr_sum += verr;
       thsum += r.theta;
       for (std::size_t e = 0; e < Dh.size(); ++e) {
         const std::size_t at = L.has_o_proj() ? e : h * d + e;
@@ -214,10 +235,25 @@ OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<
     out.l2[qi] = l2n(Dlayer);
     out.rel_l1[qi] = out.l1[qi] / l1n(y);
     out.rel_l2[qi] = out.l2[qi] / l2n(y);
-    out.ada[qi] = 2 * C * miss;
+    out.ada[qi] = 2 * C * miss + verr_sum;
     out.theta[qi] = thsum;
   }
   return out;
+}
+
+// The trace's own rows, or ThinK's: `channels` (a key channel mask per KV head) zeroes the pruned
+// channels of the keys below channel_span (its kept span; tokens from n_c on are whole).
+template <class Support>
+OracleLayer oracle(const TraceMeta& meta, const LayerData& L, const std::vector<i64>& rows, Support support,
+                   const std::vector<std::uint8_t>& channels = {}, i64 channel_span = 0) {
+  if (channels.empty()) return oracle_given(meta, L, rows, support, nullptr);
+  const int d = L.head_dim, G = L.num_heads / L.num_kv_heads;
+  return oracle_given(meta, L, rows, support,
+                      [&](int h, i64, i64 j, std::vector<double>& k, std::vector<double>&) {
+                        if (j >= channel_span) return;
+                        for (int c = 0; c < d; ++c)
+                          if (!channels[(h / G) * d + c]) k[c] = 0;
+                      });
 }
 
 }  // namespace kvsim::test

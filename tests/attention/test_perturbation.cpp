@@ -3,11 +3,14 @@
 #include <omp.h>
 
 #include <cmath>
+#include <memory>
+#include <random>
 
 #include "attention/layer_cache.h"
 #include "attention/layer_reference.h"
 #include "attention/perturbation.h"
 #include "core/error.h"
+#include "quant/quantized_kv.h"
 #include "layer_fixtures.h"
 
 using namespace kvsim;
@@ -293,7 +296,7 @@ TEST_CASE("key-channel pruning (ThinK): metrics and its bounds agree with the or
         auto support = [&](int h, i64, i64 j) { return j >= s.n_c || sel.unit_mask(mode == GqaMode::kv ? h / 2 : h)[j] != 0; };
         INFO("cap " << cap << " mode " << (mode == GqaMode::kv ? "kv" : "query") << " o_proj " << op);
         const auto r = measure_perturbation(cache, ref, sel);
-        compare(r, oracle(meta, L, rows, support, sel.key_channels), ref);
+        compare(r, oracle(meta, L, rows, support, sel.key_channels, s.n_c), ref);
         check_bound_chain(r);
         // Pruning channels with every token kept still perturbs the output, and stays bounded.
         std::fill(sel.kept.begin(), sel.kept.end(), 1);
@@ -301,8 +304,83 @@ TEST_CASE("key-channel pruning (ThinK): metrics and its bounds agree with the or
         CHECK(r2.F[0] == doctest::Approx(1.0));
         CHECK(r2.l1[0] > 0.0);
         CHECK(r2.theta[0] > 0.0);
-        compare(r2, oracle(meta, L, rows, [&](int, i64, i64) { return true; }, sel.key_channels), ref);
+        compare(r2, oracle(meta, L, rows, [&](int, i64, i64) { return true; }, sel.key_channels, s.n_c), ref);
         check_bound_chain(r2);
+      }
+}
+
+TEST_CASE("held caches with rows of their own (decode protocol: ThinK, quant): metrics and bounds agree with the oracle") {
+  unsigned seed = 31;
+  for (double cap : {0.0, 2.0})
+    for (GqaMode mode : {GqaMode::kv, GqaMode::query})
+      for (bool op : {true, false}) {
+        LayerShape s;
+        s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 28; s.o_proj = op;
+        s.structured = cap > 0;
+        auto meta = make_meta(s);
+        meta.attn_softcap = cap;
+        const auto L = make_layer(s, seed++);
+        const auto rows = rows_from(meta, s.n_c, s.S);
+        LayerCache cache(meta, L, s.n_c, rows);
+        LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+        std::mt19937 rng(seed++);
+        std::normal_distribution<float> N(0.f, 0.05f);
+        Selection sel = random_selection(s, mode, 0.6, seed++);
+        const int units = sel.units, G = s.H / s.Hkv;
+        // Three caches: from n_c without rows; from n_c + 4 with pruned key channels (values the
+        // trace's); from n_c + 8 with perturbed keys and values (a quantized cache).
+        for (i64 from : {s.n_c, s.n_c + 4, s.n_c + 8}) {
+          Selection::HeldCache c;
+          c.from = from;
+          c.held.resize(static_cast<std::size_t>(units) * from);
+          for (auto& x : c.held) x = rng() % 3 != 0;
+          if (from > s.n_c) {
+            auto r = std::make_shared<QuantizedKV>();
+            r->units = units;
+            r->n_c = from;
+            r->d = s.d;
+            r->k.resize(static_cast<std::size_t>(units) * from * s.d);
+            if (from == s.n_c + 8) r->v.resize(r->k.size());
+            for (int u = 0; u < units; ++u) {
+              const int g = mode == GqaMode::kv ? u : u / G;
+              for (i64 j = 0; j < from; ++j)
+                for (int x = 0; x < s.d; ++x) {
+                  const float k = L.k[(g * s.S + j) * s.d + x], v = L.v[(g * s.S + j) * s.d + x];
+                  float* kr = r->k.data() + (static_cast<std::size_t>(u) * from + j) * s.d;
+                  kr[x] = r->has_values() ? k + N(rng) : (x % 3 == u % 3 ? 0.f : k);
+                  if (r->has_values()) r->v[(static_cast<std::size_t>(u) * from + j) * s.d + x] = v + N(rng);
+                }
+            }
+            c.rows = r;
+          }
+          sel.held_caches.push_back(std::move(c));
+        }
+        for (i64 qi = 0; qi < static_cast<i64>(rows.size()); ++qi) {
+          const i64 t = meta.q_pos[rows[qi]];
+          sel.held_of.push_back(t < s.n_c + 4 ? 0 : t < s.n_c + 8 ? 1 : 2);
+        }
+        const auto unit = [&](int h) { return mode == GqaMode::kv ? h / G : h; };
+        const auto held = [&](i64 qi) -> const Selection::HeldCache& { return sel.held_caches[sel.held_of[qi]]; };
+        auto support = [&](int h, i64 qi, i64 j) {
+          const auto& c = held(qi);
+          return j >= c.from || c.held[static_cast<std::size_t>(unit(h)) * c.from + j] != 0;
+        };
+        GivenRows given = [&](int h, i64 qi, i64 j, std::vector<double>& k, std::vector<double>& v) {
+          const QuantizedKV* r = held(qi).rows.get();
+          if (!r || j >= r->n_c) return;
+          for (int x = 0; x < s.d; ++x) {
+            k[x] = r->k_row(unit(h), j)[x];
+            if (r->has_values()) v[x] = r->v_row(unit(h), j)[x];
+          }
+        };
+        INFO("cap " << cap << " mode " << gqa_mode_name(mode) << " o_proj " << op);
+        const auto r = measure_perturbation(cache, ref, sel);
+        compare(r, oracle_given(meta, L, rows, support, given), ref);
+        check_bound_chain(r);
+        // The rows matter: the same caches without them measure eviction alone.
+        Selection plain = sel;
+        for (auto& c : plain.held_caches) c.rows = nullptr;
+        compare(measure_perturbation(cache, ref, plain), oracle(meta, L, rows, support), ref);
       }
 }
 

@@ -160,7 +160,8 @@ class ClosedLoopStoriesTest(unittest.TestCase):
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "full", "--out", self.out)
         self.assertEqual(r.returncode, 1)
         self.assertIn("already holds a closed loop", r.stderr)
-        for rules, msg in (("quest", "evicts nothing"), ("think", "key channels"), ("h2o(variant=stepwise)", "H2O"),
+        for rules, msg in (("quest", "evicts nothing"), ("think(quant(snapkv,group=8))", "quantized"),
+                           ("h2o(variant=stepwise)", "H2O"),
                            ("snapkv(windw=3)", "windw")):
             r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", rules, "--out", os.path.join(self.dir, "x"))
             self.assertEqual(r.returncode, 1, rules)
@@ -274,7 +275,8 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     per-query perturbation at every layer-0 position up to the next cut; rules that undo RoPE get
     the model's (interleaved for llama2.c)."""
 
-    RULES = "full;snapkv(window=8);ada(snapkv(window=8));streaming;expected"
+    RULES = ("full;snapkv(window=8);ada(snapkv(window=8));streaming;expected;think(snapkv(window=8),ratio=0.25);"
+             "quant(snapkv(window=8),group=8,residual=8)")
 
     @classmethod
     def setUpClass(cls):
@@ -295,7 +297,7 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     def test_recorded(self):
         self.assertEqual(self.doc["protocol"], {"name": "decode", "every": 8, "decode_start": "full", "admission": "evict"})
         self.assertEqual(set(self.table["mode"]), {"decode"})
-        self.assertEqual(len(self.table), 5 * 2)
+        self.assertEqual(len(self.table), 7 * 2)
 
     def test_layer0_equals_offline_until_the_second_cut(self):
         n_c = int(self.off["query_pos"].min())
@@ -311,7 +313,9 @@ class ClosedLoopDecodeTest(unittest.TestCase):
                     y = o[(o["query_pos"] == L) & (o["layer"] == 0)]["pert_l1"].iloc[0]
                     self.assertLess(abs(x - y), 1e-4 * max(abs(y), 1.0), (rule, b, L))
                     compared += 1
-        self.assertEqual(compared, 5 * 2 * 16)
+                if rule.startswith(("think", "quant")):  # pruned keys / codes changed layer 0 itself
+                    self.assertGreater(c[(c["position"] >= n_c + 8) & (c["layer"] == 0)]["attn_out_l1"].min(), 0, rule)
+        self.assertEqual(compared, 7 * 2 * 16)
 
     def test_errors(self):
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv", "--protocol", "decode", "--every", "0",
@@ -331,14 +335,17 @@ if __name__ == "__main__":
 class ClosedLoopQuantTest(unittest.TestCase):
     """quant(...) in the closed loop (rules doc 2.33): the model runs with the kept span's keys and
     values replaced by kvsim.quantize's rows, the codes the replay measures, so layer 0's attention
-    output change equals the offline per-query perturbation; 16 bits equals full to the last bit."""
+    output change equals the offline per-query perturbation; 16 bits equals full to the last bit.
+    ThinK (2.12) likewise, with the kept span's pruned key channels zeroed in the model's cache
+    and the keys from n_c on whole."""
 
     @classmethod
     def setUpClass(cls):
         cls.tmp = tu.TempDir()
         cls.dir = cls.tmp.__enter__()
         cls.out = os.path.join(cls.dir, "quant")
-        rules = "full;quant(full,k=16,v=16,group=8);quant(full,k=4,v=4,group=8);quant(snapkv(window=8),group=8)"
+        rules = ("full;quant(full,k=16,v=16,group=8);quant(full,k=4,v=4,group=8);quant(snapkv(window=8),group=8);"
+                 "think(snapkv(window=8),ratio=0.25)")
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", rules, "--budgets", "0.25", "--out", cls.out)
         assert r.returncode == 0, r.stderr
         cls.cl, cls.table, cls.doc = read(cls.out)
@@ -359,7 +366,7 @@ class ClosedLoopQuantTest(unittest.TestCase):
 
     def test_first_layer_matches_offline_perturbation(self):
         pq = pd.read_csv(os.path.join(self.out, "replay", "metrics_per_query.csv"), dtype={"budget": str})
-        for prefix in ("quant(full,scheme=asym,k=4,v=4", "quant(snapkv("):
+        for prefix in ("quant(full,scheme=asym,k=4,v=4", "quant(snapkv(", "think("):
             a = self.rows(prefix)
             a = a[(a["layer"] == 0) & (a["mode"] == "oneshot") & (a["decoding"] == "teacher_forced")]
             b = pq[pq["rule"].str.startswith(prefix) & (pq["budget"] == "0.25") & (pq["layer"] == 0) & (pq["head"] == -1)]

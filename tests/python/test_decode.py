@@ -51,8 +51,8 @@ class DecodeApi(unittest.TestCase):
 
 class LongGeneration(unittest.TestCase):
     """stories260K at its limit (512 positions: a 102-token prompt, 400 generated): every rule of the
-    default set but ThinK (key channels are chosen once) replays under the decode protocol, cut every
-    64 tokens; full is exactly zero, every query has its row, and the cache holds the budget."""
+    default set and a quantized cache replay under the decode protocol, cut every 64 tokens; full is
+    exactly zero, every query has its row, and the cache holds the budget (and its bytes shrink)."""
 
     def test_default_rules_over_a_long_generation(self):
         with tempfile.TemporaryDirectory() as d:
@@ -64,7 +64,7 @@ class LongGeneration(unittest.TestCase):
             trace = os.path.join(d, "long.h5")
             r = tu.run_dump("--model", tu.CHECKPOINT, "--prompt", prompt, "--generate", "400", "--out", trace)
             self.assertEqual(r.returncode, 0, r.stderr)
-            rules = [x for x in kvsim._kvsim.expand_rules("default") if not x.startswith("think")]
+            rules = kvsim._kvsim.expand_rules("default") + ["quant(snapkv,group=8,residual=16)"]
             res = kvsim.replay(trace, rules=rules, budgets=[0.25, 64], protocol="decode", every=64,
                                decode_start="full", per_query=True, threads=2)
             pq = res.per_query
@@ -81,6 +81,18 @@ class LongGeneration(unittest.TestCase):
                     if b["budget"] == "64" and not rule["spec"].startswith(("quest", "chunkkv")):
                         # 64 after each cut, up to 63 tokens since: about 64 + 32 held on average
                         self.assertLess(abs(b["decode_cache_tokens_mean"] - 96), 16, rule["spec"])
+            m = res.metrics[(res.metrics["head"] == -1) & (res.metrics["eval"] == "queries")]
+            for spec in ("think", "quant"):
+                rows = m[m["rule"].str.startswith(spec)]
+                self.assertEqual(len(rows), 2 * 5, spec)
+                self.assertTrue((rows["pert_l1"] > 0).all(), spec)
+                self.assertTrue((rows["pert_l1"] <= rows["bound_critical"]).all(), spec)
+            # quant keeps snapkv's tokens; the prompt tokens the last query still holds are codes
+            quant, snap = (m[m["rule"].str.startswith(x)].set_index(["budget", "layer"]) for x in ("quant", "snapkv("))
+            self.assertTrue((quant["kept_tokens"] == snap["kept_tokens"]).all())
+            held = snap["kept_tokens"] > 0
+            self.assertTrue(held.any())
+            self.assertTrue((quant["cache_bytes"][held] < snap["cache_bytes"][held]).all())
 
 
 class DecodingPressParity(unittest.TestCase):

@@ -11,6 +11,8 @@
 #include <map>
 
 #include "core/error.h"
+#include "quant/kv_quant.h"
+#include "quant/quantized_kv.h"
 #include "replay/decode_protocol.h"
 #include "rules/budget.h"
 #include "rules/factory.h"
@@ -245,7 +247,8 @@ TEST_CASE("decode protocol: uneven heads (Ada-KV), step-wise rules: nothing evic
 TEST_CASE("decode protocol: every past the generation is the one-shot selection; full budgets keep all") {
   const auto L = decode_layer(14);
   const std::vector<Budget> budgets = {Budget::parse("0.25"), Budget::parse("64")};
-  for (const std::string spec : {"snapkv", "ada(snapkv)", "tova(variant=stepwise)", "expected", "keydiff"}) {
+  for (const std::string spec : {"snapkv", "ada(snapkv)", "tova(variant=stepwise)", "expected", "keydiff",
+                                  "think(snapkv)", "quant(knorm,group=8,residual=16)"}) {
     CAPTURE(spec);
     const auto rule = make_rule(spec);
     const auto one = rule->select(L->input(), budgets);
@@ -254,6 +257,13 @@ TEST_CASE("decode protocol: every past the generation is the one-shot selection;
       CHECK(dec[b].kept == one[b].kept);
       CHECK(dec[b].per_query == one[b].per_query);
       CHECK(dec[b].held_caches.empty());
+      CHECK(dec[b].key_channels == one[b].key_channels);
+      REQUIRE((dec[b].quant == nullptr) == (one[b].quant == nullptr));
+      if (one[b].quant) {
+        CHECK(dec[b].quant->k == one[b].quant->k);
+        CHECK(dec[b].quant->v == one[b].quant->v);
+        CHECK(dec[b].quant->bytes == one[b].quant->bytes);
+      }
     }
     // A budget above every length: nothing is ever cut, each query sees all of [0, t].
     const auto all = decode_select(*rule, L->input(), {Budget::parse("100000")}, {8, false, 32})[0];
@@ -268,8 +278,9 @@ TEST_CASE("decode protocol: clear refusals") {
   const auto L = decode_layer(15);
   CHECK_THROWS_WITH_AS(decode_select(*make_rule("knorm"), L->input(), {Budget::parse("mem=0.25")}, {8, false, 32}),
                        doctest::Contains("mem=0.25"), Error);
-  CHECK_THROWS_WITH_AS(decode_select(*make_rule("think(snapkv)"), L->input(), {Budget::parse("64")}, {8, false, 32}),
-                       doctest::Contains("--protocol decode"), Error);
+  CHECK_THROWS_WITH_AS(decode_select(*make_rule("think(tova(variant=stepwise))"), L->input(), {Budget::parse("64")},
+                                     {8, false, 32}),
+                       doctest::Contains("step-wise base"), Error);
   CHECK_THROWS_WITH_AS(decode_select(*make_rule("knorm"), L->input(), {Budget::parse("64")}, {0, false, 32}),
                        doctest::Contains("--every"), Error);
 }
@@ -350,4 +361,152 @@ TEST_CASE("decode protocol: cross-layer rules keep the allocation planned at n_0
       }
     }
   }
+}
+
+namespace {
+
+// ThinK's channel mask of KV head g (rules doc 2.12) in float64: group mean of the window
+// queries' mean q_c^2 (window: positions [w0, w1)) times the kept keys' mean k_c^2 (the keys as
+// the cache holds them: `pruned[p][c]` zero where an earlier cut pruned), the floor(d ratio)
+// lowest zeroed (ties: lower channel first).
+std::vector<std::uint8_t> think_mask(const TestLayer& L, int g, i64 w0, i64 w1, const std::vector<i64>& kept,
+                                     double ratio, const std::vector<std::vector<std::uint8_t>>& pruned) {
+  const LayerData& D = L.data;
+  const int d = D.head_dim, G = D.num_heads / D.num_kv_heads;
+  std::vector<double> q2(d, 0.0), k2(d, 0.0), score(d);
+  for (int h = g * G; h < (g + 1) * G; ++h)
+    for (i64 t = w0; t < w1; ++t) {
+      const i64 row = std::lower_bound(L.meta.q_pos.begin(), L.meta.q_pos.end(), t) - L.meta.q_pos.begin();
+      for (int c = 0; c < d; ++c) q2[c] += std::pow(static_cast<double>(D.q_row(h, row)[c]), 2) / ((w1 - w0) * G);
+    }
+  for (i64 p : kept)
+    for (int c = 0; c < d; ++c)
+      if (p >= static_cast<i64>(pruned.size()) || pruned[p][c])
+        k2[c] += std::pow(static_cast<double>(D.k_row(g, p)[c]), 2) / kept.size();
+  for (int c = 0; c < d; ++c) score[c] = q2[c] * k2[c];
+  std::vector<int> order(d);
+  for (int c = 0; c < d; ++c) order[c] = c;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return score[a] < score[b]; });
+  std::vector<std::uint8_t> keep(d, 1);
+  for (int i = 0; i < static_cast<int>(std::floor(d * ratio + 1e-9)); ++i) keep[order[i]] = 0;
+  return keep;
+}
+
+std::vector<i64> held_list(const Selection::HeldCache& c, int u) {
+  std::vector<i64> out;
+  for (i64 p = 0; p < c.from; ++p)
+    if (c.held[static_cast<std::size_t>(u) * c.from + p]) out.push_back(p);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("decode protocol: ThinK prunes every cached key at each cut, on top of earlier cuts; new tokens stay whole") {
+  const auto L = decode_layer(21);
+  const int d = L->data.head_dim;
+  const i64 w = 8, n0 = L->n_c;
+  const auto rule = make_rule("think(knorm,ratio=0.25,window=8)");
+  for (bool start : {false, true})
+    for (const std::string budget : {"0.25", "64"}) {
+      CAPTURE(start);
+      CAPTURE(budget);
+      const Selection s = decode_select(*rule, L->input(), {Budget::parse(budget)}, {8, start, 32})[0];
+      REQUIRE(s.held_caches.size() >= 5);
+      CHECK(s.held_rows());
+      CHECK(s.kept_bytes.empty());  // ThinK stores float16 keys and values
+      // Per unit, the cumulative mask of every position: AND of the masks of the cuts that held it.
+      std::vector<std::vector<std::vector<std::uint8_t>>> acc(s.units);
+      i64 wrong = 0, pruned = 0;
+      for (std::size_t i = 0; i < s.held_caches.size(); ++i) {
+        const auto& c = s.held_caches[i];
+        if (i == 0 && !start) {  // the full cache at n_0: nothing pruned yet
+          CHECK(c.rows == nullptr);
+          continue;
+        }
+        REQUIRE(c.rows != nullptr);
+        for (int u = 0; u < s.units; ++u) {
+          const auto kept = held_list(c, u);
+          // The cut at c.from: the window is the last w positions before it (the prompt's at n_0).
+          const auto mask = think_mask(*L, u, c.from - w, c.from, kept, 0.25, acc[u]);
+          acc[u].resize(c.from, std::vector<std::uint8_t>(d, 1));
+          for (i64 p : kept) {
+            for (int x = 0; x < d; ++x) acc[u][p][x] &= mask[x];
+            for (int x = 0; x < d; ++x) {
+              const float want = acc[u][p][x] ? L->data.k_row(u, p)[x] : 0.f;
+              wrong += c.rows->k_row(u, p)[x] != want;
+              pruned += !acc[u][p][x];
+            }
+          }
+        }
+        CHECK(c.rows->n_c == c.from);  // positions from the cut on: the trace's whole keys
+        CHECK_FALSE(c.rows->has_values());
+      }
+      CHECK(wrong == 0);
+      CHECK(pruned > 0);
+    }
+}
+
+TEST_CASE("decode protocol: quant keeps a token's codes from the first cut that quantized it; bytes count them") {
+  const auto L = decode_layer(22);
+  const int d = L->data.head_dim;
+  QuantSpec q;
+  q.group = 8;
+  q.residual = 16;
+  const auto rule = make_rule("quant(knorm,group=8,residual=16)");
+  for (bool start : {false, true})
+    for (const std::string budget : {"0.25", "64"}) {
+      CAPTURE(start);
+      CAPTURE(budget);
+      const Selection s = decode_select(*rule, L->input(), {Budget::parse(budget)}, {8, start, 32})[0];
+      REQUIRE(s.held_caches.size() >= 5);
+      i64 wrong = 0, carried = 0, fresh = 0;
+      const QuantizedKV* prev = nullptr;
+      for (std::size_t i = 0; i < s.held_caches.size(); ++i) {
+        const auto& c = s.held_caches[i];
+        if (i == 0 && !start) continue;
+        REQUIRE(c.rows != nullptr);
+        for (int u = 0; u < s.units; ++u) {
+          // This cut's cache: the unit's kept rows as the cache held them (codes from earlier
+          // cuts, else the trace's) in position order, quantized afresh.
+          const auto kept = held_list(c, u);
+          for (int side = 0; side < 2; ++side) {
+            std::vector<float> rows;
+            for (i64 p : kept) {
+              const bool held_before = prev && p < prev->n_c;
+              const float* r = side == 0 ? (held_before ? prev->k_row(u, p) : L->data.k_row(u, p))
+                                         : (held_before ? prev->v_row(u, p) : L->data.v_row(u, p));
+              rows.insert(rows.end(), r, r + d);
+            }
+            const auto qr = quantize_rows(rows.data(), static_cast<i64>(kept.size()), d, 2,
+                                          side == 0 ? q.kaxis : q.vaxis, q, "test");
+            for (std::size_t m = 0; m < kept.size(); ++m) {
+              const i64 p = kept[m];
+              const bool had = prev && p < prev->n_c && (side == 0 ? prev->k_is_coded(u, p) : prev->v_is_coded(u, p));
+              const float* got = side == 0 ? c.rows->k_row(u, p) : c.rows->v_row(u, p);
+              const float* want = had ? (side == 0 ? prev->k_row(u, p) : prev->v_row(u, p)) : qr.xhat.data() + m * d;
+              for (int x = 0; x < d; ++x) wrong += got[x] != want[x];
+              const bool coded = side == 0 ? c.rows->k_is_coded(u, p) : c.rows->v_is_coded(u, p);
+              wrong += coded != (had || static_cast<i64>(m) < qr.quantized_rows);
+              carried += had;
+              fresh += !had && static_cast<i64>(m) < qr.quantized_rows;
+            }
+          }
+        }
+        prev = c.rows.get();
+      }
+      CHECK(wrong == 0);
+      CHECK(carried > 0);
+      CHECK(fresh > 0);
+      // Bytes: the last query's tokens of [0, n_0), each at its side's coded rate or 2 d.
+      REQUIRE(s.kept_bytes.size() == static_cast<std::size_t>(s.units));
+      const double coded_row = d * 2 / 8.0 + d / 8.0 * 4;  // 2-bit codes + a float16 scale and zero per 8
+      for (int u = 0; u < s.units; ++u) {
+        double want = 0;
+        for (i64 p = 0; p < s.n_c; ++p)
+          if (s.unit_mask(u)[p])
+            for (bool coded : {prev->k_is_coded(u, p), prev->v_is_coded(u, p)}) want += coded ? coded_row : 2.0 * d;
+        CHECK(s.kept_bytes[u] == doctest::Approx(want).epsilon(1e-12));
+        CHECK(s.kept_bytes[u] < 4.0 * d * s.kept_count(u));
+      }
+    }
 }

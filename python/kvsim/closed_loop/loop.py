@@ -22,14 +22,14 @@ from kvsim.dump import cli
 from kvsim.dump.errors import DumpError
 from kvsim.closed_loop.metrics import free_rows, teacher_forced_rows
 from kvsim.closed_loop.runs import (Snapshot, apply_kept, blockwise_prefill, concat, decode_protocol, decode_reselection,
-                        free_running, free_running_batch, kv_kept, quantize_kept, teacher_forced)
+                        free_running, free_running_batch, kv_kept, prune_channels, quantize_kept, teacher_forced)
 from kvsim.closed_loop.summary import write_outputs
 from kvsim.dump.progress import Progress
 
 DEFAULT_RULES = ("snapkv;ada(snapkv);critical(snapkv);critical(ada(snapkv));keydiff(block=64);tova;"
                  "tova(variant=stepwise);streaming;knorm;random")
-NOT_EVICTING = {"quest": "selects pages per query and evicts nothing",
-                "think": "prunes key channels, which the closed loop does not apply to the model"}
+NOT_EVICTING = {"quest": "selects pages per query inside each step's attention and evicts nothing; the closed "
+                         "loop changes the cache between steps"}
 # Rules a running model cannot cut with while it generates (--protocol decode).
 NOT_DECODING = {"oracle": "reads the queries after each cut, which a running model does not have yet",
                 "oracle_greedy": "reads the queries after each cut, which a running model does not have yet",
@@ -106,6 +106,23 @@ def offline_kept(offline, canon, budget, num_layers):
     return {l: offline.selection[(canon, budget, l)] for l in range(num_layers)}
 
 
+def offline_channels(offline, canon, budget, num_layers):
+    """ThinK's key channel masks [Hkv, d] of one rule and budget, by layer."""
+    return {l: offline.selection.get((canon, budget, l, "key_channels")) for l in range(num_layers)}
+
+
+def compress_start(m, state, kept, selections, plan, budget, n_c):
+    """A one-shot compression at n_c in the model's cache: the kept sets (by layer), then ThinK's
+    pruned channels (from the replay `selections`) or quant(...)'s codes."""
+    apply_kept(m, state, kept, n_c, plan.canon)
+    if plan.name == "think":
+        if selections is None:
+            raise DumpError("--rules", f"'{plan.canon}': no offline replay to take its key channels from")
+        prune_channels(m, state, offline_channels(selections, plan.canon, budget, m.num_layers), n_c, plan.canon)
+    if plan.name == "quant":
+        quantize_kept(m, state, kept, n_c, plan.canon)
+
+
 def split_rules(text, protocol="oneshot"):
     import kvsim
     specs = [s.strip() for s in text.split(";") if s.strip()]
@@ -120,6 +137,9 @@ def split_rules(text, protocol="oneshot"):
         name = canon.split("(", 1)[0]
         if name in NOT_EVICTING:
             raise DumpError("--rules", f"'{s}': {name} {NOT_EVICTING[name]}")
+        if name == "think" and "quant(" in canon:
+            raise DumpError("--rules", f"'{s}': think over a quantized cache: the closed loop writes either pruned "
+                                       "keys or codes into the model's cache, not both")
         if protocol == "decode" and name in NOT_DECODING:
             raise DumpError("--rules", f"'{s}': with --protocol decode, {name} {NOT_DECODING[name]}")
         if name == "h2o" and "variant=stepwise" in canon:
@@ -235,6 +255,7 @@ def run(args):
     model = load_model(args, info)
     rows, runs = [], []
     loop = ClosedLoop(model, info, kvsim.select, not args.no_free_run, args.evict_every)
+    loop.offline = offline
     if decode:
         loop.decode = dict(every=args.every, window=32, cut=kvsim._kvsim._decode_cut, start=start,
                            append_only=args.admission == "append-only")
@@ -262,6 +283,7 @@ class ClosedLoop:
     def __init__(self, model, info, select, free, every):
         self.m, self.info, self.select, self.free, self.every = model, info, select, free, every
         self.decode = None  # --protocol decode: {every, window, cut}
+        self.offline = None  # the offline replay (its selections: kept sets, ThinK's channels)
         n_c = info.n_c
         self.snapshot = Snapshot(model, info.ids[:n_c])
         self.continuation = info.ids[n_c:]
@@ -287,8 +309,9 @@ class ClosedLoop:
         m, n_c = self.m, self.info.n_c
         if plan.protocol == "decode":  # the whole cache stays, eviction by `alive`, cut every N fed tokens
             state, d = m.copy_state(self.snapshot.state), self.decode
-            if d["start"] is not None:  # --decode-start compressed: the one-shot kept sets first
-                apply_kept(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), n_c, plan.canon)
+            if d["start"] is not None:  # --decode-start compressed: the one-shot compression first
+                compress_start(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), d["start"], plan,
+                               budget, n_c)
             return state, self.snapshot.last_logits, decode_protocol(m, plan.canon, budget, d["every"], d["window"],
                                                                      self.snapshot.queries, n_c, d["cut"], self.info.rope,
                                                                      self.o_projs, d["append_only"])
@@ -299,9 +322,7 @@ class ClosedLoop:
                                             self.select)
             return state, last, None
         state = m.copy_state(self.snapshot.state)
-        apply_kept(m, state, kept, n_c, plan.canon)
-        if plan.name == "quant":
-            quantize_kept(m, state, kept, n_c, plan.canon)
+        compress_start(m, state, kept, self.offline, plan, budget, n_c)
         policy = None
         if mode == "decode":  # re-selection reads `alive` by position: the cache stays whole
             policy = decode_reselection(m, plan.one_shot, int(kept[0][0].sum()), self.every, self.select)

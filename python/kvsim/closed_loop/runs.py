@@ -71,7 +71,9 @@ def quant_params(canon):
 def quantize_kept(model, state, kept_by_layer, n_c, canon):
     """quant(...) (rules doc 2.33): each KV head's kept span [0, n_c) replaced by what the quantized
     cache gives back, from kvsim.quantize with the rule's parameters: the codes the replay
-    measures. Runs after apply_kept, while cache slots are still positions."""
+    measures. Runs after apply_kept, while cache slots are still positions. Which positions hold
+    codes goes to state["decode_coded"] (per layer, keys and values [Hkv, n_c]): a decode-protocol
+    cut keeps them (decode_rows)."""
     import kvsim
     q = quant_params(canon)
     for layer, mask in kept_by_layer.items():
@@ -79,12 +81,59 @@ def quantize_kept(model, state, kept_by_layer, n_c, canon):
             raise DumpError("--rules", f"'{canon}': a quantized cache holds one kept set per KV head (gqa=query "
                                        "selections have one per query head)")
         K, V = (np.array(x[:, :n_c], dtype=np.float32) for x in model.kv(state, layer))
+        coded = (np.zeros((model.num_kv_heads, n_c), bool), np.zeros((model.num_kv_heads, n_c), bool))
         for g in range(model.num_kv_heads):
             pos = np.flatnonzero(mask[g][:n_c])
-            for X, bits, axis in ((K, q["kbits"], q["kaxis"]), (V, q["vbits"], q["vaxis"])):
-                X[g, pos] = kvsim.quantize(X[g, pos], bits, axis=axis, scheme=q["scheme"], group=q["group"],
-                                           residual=q["residual"])["xhat"]
+            for side, (X, bits, axis) in enumerate(((K, q["kbits"], q["kaxis"]), (V, q["vbits"], q["vaxis"]))):
+                r = kvsim.quantize(X[g, pos], bits, axis=axis, scheme=q["scheme"], group=q["group"],
+                                   residual=q["residual"])
+                X[g, pos] = r["xhat"]
+                coded[side][g, pos[:r["quantized_rows"]]] = True  # the first rows in position order
         model.set_span_kv(state, layer, K, V)
+        state["decode_coded"] = {**(state.get("decode_coded") or {}), layer: coded}
+
+
+def prune_channels(model, state, channels_by_layer, n_c, canon):
+    """think(...) (rules doc 2.12): each KV head's pruned key channels ([Hkv, d] masks, True =
+    kept) zeroed in the kept span [0, n_c) of the cache; keys from n_c on stay whole, as kvpress
+    appends them after compressing. Runs while cache slots are still positions."""
+    for layer, ch in channels_by_layer.items():
+        if ch is None:
+            raise DumpError("--rules", f"'{canon}': the offline replay gave no key channels for layer {layer}")
+        K, V = (np.array(x[:, :n_c], dtype=np.float32) for x in model.kv(state, layer))
+        K[~np.broadcast_to(np.asarray(ch, bool)[:, None, :], K.shape)] = 0
+        model.set_span_kv(state, layer, K, V)
+
+
+def decode_rows(model, state, layer, L, r, canon):
+    """What a decode-protocol cut of ThinK or quant(...) does to the running cache (rules doc 1.9),
+    from kvsim._decode_cut's answer r: ThinK zeroes the cut's pruned channels of every key the
+    unit holds (on top of earlier cuts: the cache already has those zeros); quant writes the rows
+    of the tokens this cut quantized for the first time, while a token quantized before keeps its
+    codes (state["decode_coded"][layer]: per side, which positions hold codes). One set per KV
+    head: a query-mode cut (one per query head) cannot be written into a shared KV cache."""
+    if "key_channels" not in r and "quant" not in r:
+        return
+    if len(r["cached"]) != model.num_kv_heads:
+        raise DumpError("--rules", f"'{canon}': its decode cut has {len(r['cached'])} units; a model's cache holds "
+                                   f"one key per KV head ({model.num_kv_heads}): use gqa modes with one set per KV head")
+    K, V = (np.array(x[:, :L], dtype=np.float32) for x in model.kv(state, layer))
+    if "key_channels" in r:
+        K[~np.broadcast_to(r["key_channels"][:, None, :], K.shape)] = 0
+    else:
+        q = r["quant"]
+        coded = state.get("decode_coded") or {}
+        before = coded.get(layer)
+        now = []
+        for side, (X, rows, flags) in enumerate(((K, q["k"], q["k_coded"]), (V, q["v"], q["v_coded"]))):
+            had = np.zeros_like(flags)
+            if before is not None:
+                had[:, :before[side].shape[1]] = before[side]
+            fresh = flags & ~had
+            X[fresh] = rows[fresh]
+            now.append(had | flags)
+        state["decode_coded"] = {**coded, layer: tuple(now)}  # a new dict: copied states share the old
+    model.set_span_kv(state, layer, K, V)
 
 
 def teacher_forced(model, state, tokens, after_step=None, first_step=0):
@@ -268,5 +317,6 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
                 mask[u, c] = True
             first = L - every if append_only else 0
             state["alive"][layer][:, first:L] = head_rows(mask, H, Hkv, spec)[:, first:L]
+            decode_rows(model, state, layer, L, r, spec)
     after.every = every
     return after
