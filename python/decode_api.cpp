@@ -3,11 +3,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <map>
+
 #include "attention/layer_cache.h"
 #include "core/error.h"
 #include "engine_call.h"
 #include "select_arrays.h"
 #include "replay/decode_protocol.h"
+#include "replay/layer_plans.h"
 #include "replay/protocol.h"
 #include "rules/factory.h"
 #include "trace/trace_reader.h"
@@ -35,8 +38,16 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
     const auto data = std::make_shared<const LayerData>(reader.read_layer(layer));
     LayerCache cache(meta, *data, p.n_c, p.eval_rows, p.window_rows);
     const auto rule = make_rule(spec);
-    const RuleInput in = RuleInput::of_layer(meta, layer, data, p.n_c, p.eval_rows, &cache);
-    sels = decode_select(*rule, in, {Budget::parse(budget)}, {every, po.decode_start_compressed, window});
+    RuleInput in = RuleInput::of_layer(meta, layer, data, p.n_c, p.eval_rows, &cache);
+    const std::vector<Budget> budgets = {Budget::parse(budget)};
+    std::vector<std::vector<i64>> planned;  // a cross-layer rule's plan of this layer
+    if (rule->layer_planner()) {
+      std::vector<int> layers(static_cast<std::size_t>(meta.num_layers));
+      for (int l = 0; l < meta.num_layers; ++l) layers[l] = l;
+      planned.push_back(plan_layers(meta, p, reader, layers, {rule.get()}, budgets)[0][0].at(layer));
+      in.planned = &planned;
+    }
+    sels = decode_select(*rule, in, budgets, {every, po.decode_start_compressed, window});
     for (i64 r : p.eval_rows) eval_pos.push_back(meta.q_pos[static_cast<std::size_t>(r)]);
     seq_len = meta.seq_len;
   });
@@ -69,11 +80,39 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
 // holds (one array: shared); returns {cached, mode, cut} and, when the cut prunes key channels
 // (ThinK), key_channels bool [units, d], or quantizes (quant), quant: {k, v [units, L, d] by
 // position, k_coded, v_coded bool [units, L]}: the rows this cut's cache gives back.
+// A cross-layer rule's allocation at the compression point of `trace` (rules doc 1.9: kept under
+// the decode protocol): {layer: int array [units]} of kept tokens at n_c, or None for a rule
+// without one. The closed loop hands a layer's counts to _decode_cut.
+py::object decode_plan(const std::string& trace, const std::string& spec, const std::string& budget,
+                       const std::string& compression_point, int window) {
+  std::map<int, std::vector<i64>> plan;
+  bool planned = false;
+  call_command("decode_plan", [&] {
+    TraceReader reader(trace);
+    const TraceMeta& meta = reader.meta();
+    ProtocolOptions po;
+    po.compression_point = parse_compression_point(compression_point);
+    po.window = window;
+    const Protocol p = resolve_protocol(meta, po);
+    const auto rule = make_rule(spec);
+    if (!rule->layer_planner()) return;
+    std::vector<int> layers(static_cast<std::size_t>(meta.num_layers));
+    for (int l = 0; l < meta.num_layers; ++l) layers[l] = l;
+    plan = plan_layers(meta, p, reader, layers, {rule.get()}, {Budget::parse(budget)})[0][0];
+    planned = true;
+  });
+  if (!planned) return py::none();
+  py::dict d;
+  for (const auto& [layer, counts] : plan) d[py::int_(layer)] = py::array_t<i64>(static_cast<py::ssize_t>(counts.size()), counts.data());
+  return d;
+}
+
 py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py::array::c_style | py::array::forcecast>& k,
                            py::object v, py::object q, py::object q_pos, py::object o_proj,
                            const std::vector<std::vector<i64>>& cached,
                            const std::string& mode, long long L, const std::string& budget, int window,
-                           double attn_scale, long long num_heads, const py::dict& rope) {
+                           double attn_scale, long long num_heads, const py::dict& rope,
+                           const std::vector<i64>& plan, long long n0) {
   DecodeCut c;
   call_command("decode_cut", [&] {
     auto [meta, data] = arrays_layer(k, v, q, q_pos, o_proj, attn_scale, num_heads);
@@ -87,8 +126,19 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
     if (L < 1 || L > meta.seq_len) fail("kvsim.decode_cut", "L", "must be in 1..T (" + std::to_string(meta.seq_len) + ")");
     const Budget b = Budget::parse(budget);
     const auto rule = make_rule(spec);
-    c = decode_cut(*rule, meta, *data, cached, mode == "query" ? GqaMode::query : GqaMode::kv, L, L, b,
-                   decode_keep(b, L), window, 0);
+    const i64 keep = decode_keep(b, L);
+    // A cross-layer rule: its counts at this cut from the plan at n_0 (Rule::decode_counts).
+    std::vector<i64> counts;
+    if (rule->layer_planner()) {
+      if (plan.empty()) fail("kvsim.decode_cut", "plan", spec + " allocates across layers: pass its plan at n_0 (_decode_plan)");
+      if (keep < 0) fail(spec, "budget " + budget, "a threshold does not apply to a cross-layer rule");
+      std::vector<i64> held;
+      for (const auto& u : cached) held.push_back(static_cast<i64>(u.size()));
+      counts = rule->decode_counts(plan, n0, b.tokens_for(n0), keep, held);
+    }
+    // Tokens [L, T) of the arrays follow the cache: the next interval, which the oracles read.
+    c = decode_cut(*rule, meta, *data, cached, mode == "query" ? GqaMode::query : GqaMode::kv, L, meta.seq_len, b,
+                   keep, window, 0, counts.empty() ? nullptr : &counts);
   });
   py::dict d;
   d["cached"] = c.cached;
@@ -125,7 +175,9 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
 void bind_decode(py::module_& m) {
   m.def("_decode_cut", &decode_cut_arrays, py::arg("spec"), py::arg("k"), py::arg("v"), py::arg("q"), py::arg("q_pos"),
         py::arg("o_proj"), py::arg("cached"), py::arg("mode"), py::arg("L"), py::arg("budget"), py::arg("window"), py::arg("attn_scale"),
-        py::arg("num_heads"), py::arg("rope") = py::dict());
+        py::arg("num_heads"), py::arg("rope") = py::dict(), py::arg("plan") = std::vector<i64>{}, py::arg("n0") = 0);
+  m.def("_decode_plan", &decode_plan, py::arg("trace"), py::arg("spec"), py::arg("budget"),
+        py::arg("compression_point") = "agnostic", py::arg("window") = 32);
   m.def("decode_masks", &decode_masks, py::arg("trace"), py::arg("rule"), py::arg("budget"), py::arg("layer") = 0,
         py::arg("every") = 64, py::arg("decode_start") = "full", py::arg("compression_point") = "agnostic",
         py::arg("window") = 32,

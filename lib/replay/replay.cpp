@@ -31,6 +31,7 @@
 #include "core/table_io.h"
 #include "kernels/isa.h"
 #include "replay/decode_protocol.h"
+#include "replay/layer_plans.h"
 #include "replay/selection_file.h"
 #include "rules/factory.h"
 #include "rules/rule_labels.h"
@@ -251,36 +252,6 @@ ReplaySetup prepare_replay(const ReplayOptions& opt, const TraceMeta& meta) {
   return s;
 }
 
-namespace {
-
-// The plans of the run's cross-layer rules (rules/rule.h LayerPlanner), empty for the others:
-// every layer of the run (setup.layers, also when a sweep unit replays a part of them) is read
-// and observed once, then each planner allocates every budget.
-std::vector<std::vector<std::map<int, std::vector<i64>>>> plan_layers(const ReplaySetup& setup,
-                                                                      const TraceReader& reader) {
-  std::vector<std::vector<std::map<int, std::vector<i64>>>> plans(setup.rules.size());
-  std::vector<std::unique_ptr<LayerPlanner>> planners;
-  bool any = false;
-  for (const auto& rule : setup.rules) {
-    planners.push_back(rule->layer_planner());
-    any = any || planners.back();
-  }
-  if (!any) return plans;
-  const Protocol& p = setup.protocol;
-  for (int l : setup.layers) {
-    const auto owner = std::make_shared<const LayerData>(reader.read_layer(l));
-    LayerCache cache(setup.meta, *owner, p.n_c, p.eval_rows, p.window_rows);
-    const RuleInput in = RuleInput::of_layer(setup.meta, l, owner, p.n_c, p.eval_rows, &cache);
-    for (const auto& planner : planners)
-      if (planner) planner->observe(in);
-  }
-  for (std::size_t r = 0; r < planners.size(); ++r)
-    if (planners[r]) plans[r] = planners[r]->plan(setup.budgets);
-  return plans;
-}
-
-}  // namespace
-
 std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetup& setup, const TraceReader& reader,
                                       const std::vector<int>& layers, const ReplaySinks& sinks, ReplayTimings& tm,
                                       Progress* progress) {
@@ -300,7 +271,9 @@ std::vector<LayerTotal> replay_layers(const ReplayOptions& opt, const ReplaySetu
   for (const auto& rule : rules) specs.push_back(rule->spec());
   const auto labels = short_rule_labels(specs);  // the label column: unique within the run
 
-  const auto plans = plan_layers(setup, reader);
+  std::vector<const Rule*> rule_ptrs;
+  for (const auto& rule : setup.rules) rule_ptrs.push_back(rule.get());
+  const auto plans = plan_layers(meta, p, reader, setup.layers, rule_ptrs, budgets);
 
   std::vector<LayerTotal> totals;
   // --threads 0 (the default): OpenMP's count is the ceiling, lowered while other processes keep

@@ -273,10 +273,12 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     computed. Before the first cut nothing changed (full start); at the first cut layer 0's keys and
     queries are still the trace's, so its attention output change equals the offline decode replay's
     per-query perturbation at every layer-0 position up to the next cut; rules that undo RoPE get
-    the model's (interleaved for llama2.c)."""
+    the model's (interleaved for llama2.c). ThinK and quant write their rows into the model's cache;
+    the oracle reads the full-cache run's next interval and a cross-layer rule keeps the trace's
+    plan, both as offline."""
 
     RULES = ("full;snapkv(window=8);ada(snapkv(window=8));streaming;expected;think(snapkv(window=8),ratio=0.25);"
-             "quant(snapkv(window=8),group=8,residual=8)")
+             "quant(snapkv(window=8),group=8,residual=8);oracle;global(snapkv(window=8))")
 
     @classmethod
     def setUpClass(cls):
@@ -297,7 +299,7 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     def test_recorded(self):
         self.assertEqual(self.doc["protocol"], {"name": "decode", "every": 8, "decode_start": "full", "admission": "evict"})
         self.assertEqual(set(self.table["mode"]), {"decode"})
-        self.assertEqual(len(self.table), 7 * 2)
+        self.assertEqual(len(self.table), 9 * 2)
 
     def test_layer0_equals_offline_until_the_second_cut(self):
         n_c = int(self.off["query_pos"].min())
@@ -315,17 +317,17 @@ class ClosedLoopDecodeTest(unittest.TestCase):
                     compared += 1
                 if rule.startswith(("think", "quant")):  # pruned keys / codes changed layer 0 itself
                     self.assertGreater(c[(c["position"] >= n_c + 8) & (c["layer"] == 0)]["attn_out_l1"].min(), 0, rule)
-        self.assertEqual(compared, 7 * 2 * 16)
+        self.assertEqual(compared, 9 * 2 * 16)
 
     def test_errors(self):
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv", "--protocol", "decode", "--every", "0",
                         "--out", os.path.join(self.dir, "bad"))
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--every", r.stderr)
-        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv;oracle", "--protocol", "decode",
+        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv;quest", "--protocol", "decode",
                         "--out", os.path.join(self.dir, "bad2"))
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn("oracle", r.stderr)
+        self.assertIn("quest", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "bad2", "trace.h5")))
 
 if __name__ == "__main__":

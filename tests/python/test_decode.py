@@ -49,6 +49,29 @@ class DecodeApi(unittest.TestCase):
             kvsim.decode_masks(NIAH, "knorm", "256", every=0)
 
 
+    def test_quantized_cache_bytes(self):
+        """cache_bytes of quant(...) under the decode protocol: the context tokens the last query
+        still holds, at 2-bit codes (plus scales) where quantized, below float16's 4 head_dim."""
+        df = kvsim.replay(NIAH, rules="snapkv;quant(snapkv,group=8,residual=16)", budgets=[0.25], protocol="decode",
+                          every=8, threads=2)
+        m = df[(df["head"] == -1) & (df["eval"] == "queries")]
+        q, s = (m[m["rule"].str.startswith(x)] for x in ("quant", "snapkv("))
+        self.assertTrue((q["kept_tokens"] > 400).all())
+        self.assertTrue((s["cache_bytes"] == 4 * 8 * s["kept_tokens"]).all())
+        self.assertTrue((q["cache_bytes"] < 0.5 * 4 * 8 * q["kept_tokens"]).all())
+
+    def test_cross_layer_rule_keeps_its_plan(self):
+        """decode_masks of a cross-layer rule plans over every layer of the trace first (as the
+        replay does); each cut scales the plan, so the heads' caches keep its order."""
+        plan = kvsim._kvsim._decode_plan(NIAH, "global(snapkv)", "0.25")
+        self.assertIsNone(kvsim._kvsim._decode_plan(NIAH, "snapkv", "0.25"))
+        self.assertEqual(sorted(plan), list(range(5)))
+        r = kvsim.decode_masks(NIAH, "global(snapkv)", "0.25", layer=2, every=8)
+        held = r["masks"][:, -1].sum(axis=1)
+        self.assertEqual(list(np.argsort(held)), list(np.argsort(plan[2])))
+        self.assertGreater(held.max() - held.min(), 100)  # uneven heads, as planned
+
+
 class LongGeneration(unittest.TestCase):
     """stories260K at its limit (512 positions: a 102-token prompt, 400 generated): every rule of the
     default set and a quantized cache replay under the decode protocol, cut every 64 tokens; full is
@@ -87,12 +110,7 @@ class LongGeneration(unittest.TestCase):
                 self.assertEqual(len(rows), 2 * 5, spec)
                 self.assertTrue((rows["pert_l1"] > 0).all(), spec)
                 self.assertTrue((rows["pert_l1"] <= rows["bound_critical"]).all(), spec)
-            # quant keeps snapkv's tokens; the prompt tokens the last query still holds are codes
-            quant, snap = (m[m["rule"].str.startswith(x)].set_index(["budget", "layer"]) for x in ("quant", "snapkv("))
-            self.assertTrue((quant["kept_tokens"] == snap["kept_tokens"]).all())
-            held = snap["kept_tokens"] > 0
-            self.assertTrue(held.any())
-            self.assertTrue((quant["cache_bytes"][held] < snap["cache_bytes"][held]).all())
+
 
 
 class DecodingPressParity(unittest.TestCase):

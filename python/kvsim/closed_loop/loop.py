@@ -30,11 +30,8 @@ DEFAULT_RULES = ("snapkv;ada(snapkv);critical(snapkv);critical(ada(snapkv));keyd
                  "tova(variant=stepwise);streaming;knorm;random")
 NOT_EVICTING = {"quest": "selects pages per query inside each step's attention and evicts nothing; the closed "
                          "loop changes the cache between steps"}
-# Rules a running model cannot cut with while it generates (--protocol decode).
-NOT_DECODING = {"oracle": "reads the queries after each cut, which a running model does not have yet",
-                "oracle_greedy": "reads the queries after each cut, which a running model does not have yet",
-                "kvcompose": "allocates across layers once", "duo": "allocates across layers once",
-                "global": "allocates across layers once"}
+# Rules that read the queries after each cut: the closed loop gives them the full-cache run's.
+ORACLES = ("oracle", "oracle_greedy")
 
 
 def build_parser():
@@ -140,8 +137,6 @@ def split_rules(text, protocol="oneshot"):
         if name == "think" and "quant(" in canon:
             raise DumpError("--rules", f"'{s}': think over a quantized cache: the closed loop writes either pruned "
                                        "keys or codes into the model's cache, not both")
-        if protocol == "decode" and name in NOT_DECODING:
-            raise DumpError("--rules", f"'{s}': with --protocol decode, {name} {NOT_DECODING[name]}")
         if name == "h2o" and "variant=stepwise" in canon:
             raise DumpError("--rules", f"'{s}': decode-time H2O needs the attention of every decoded query, which "
                                        "the closed loop does not accumulate; use h2o (one-shot)")
@@ -257,8 +252,11 @@ def run(args):
     loop = ClosedLoop(model, info, kvsim.select, not args.no_free_run, args.evict_every)
     loop.offline = offline
     if decode:
+        def layer_plan(canon, budget):  # a cross-layer rule's allocation at n_c, from the trace
+            return kvsim._kvsim._decode_plan(trace, canon, budget, args.compression_point)
         loop.decode = dict(every=args.every, window=32, cut=kvsim._kvsim._decode_cut, start=start,
-                           append_only=args.admission == "append-only")
+                           append_only=args.admission == "append-only", plan=layer_plan)
+        loop.trace_path = trace
     jobs = [(plan, b, mode, offline_kept(offline, plan.canon, b, info.num_layers))
             for plan in (Plan(r, args.protocol) for r in rules) for b in budgets for mode in plan.modes]
     bar = Progress("kvsim-closed-loop", "runs", len(jobs))
@@ -284,6 +282,7 @@ class ClosedLoop:
         self.m, self.info, self.select, self.free, self.every = model, info, select, free, every
         self.decode = None  # --protocol decode: {every, window, cut}
         self.offline = None  # the offline replay (its selections: kept sets, ThinK's channels)
+        self.trace_path, self._trace_rows = None, {}
         n_c = info.n_c
         self.snapshot = Snapshot(model, info.ids[:n_c])
         self.continuation = info.ids[n_c:]
@@ -294,6 +293,17 @@ class ClosedLoop:
         self.forced = info.ids[n_c:info.P]
         self.full, self.full_free = self.continue_from(model.copy_state(self.snapshot.state),
                                                        self.snapshot.last_logits, None)
+
+    def trace_rows(self, layer):
+        """The trace's keys, values and queries of a layer at every position (the full-cache run:
+        what the oracles read after each cut), read once."""
+        if layer not in self._trace_rows:
+            import kvsim
+            t = kvsim.open_trace(self.trace_path).layer(layer)
+            if t.q.shape[1] != t.k.shape[1]:
+                raise DumpError(self.trace_path, "q: the oracles read every position's query (record --queries all)")
+            self._trace_rows[layer] = (np.array(t.k), np.array(t.v), np.array(t.q))
+        return self._trace_rows[layer]
 
     def reference_summary(self):
         out = {"n_c": self.info.n_c, "continuation": len(self.continuation), "generated": self.n_gen,
@@ -312,9 +322,10 @@ class ClosedLoop:
             if d["start"] is not None:  # --decode-start compressed: the one-shot compression first
                 compress_start(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), d["start"], plan,
                                budget, n_c)
-            return state, self.snapshot.last_logits, decode_protocol(m, plan.canon, budget, d["every"], d["window"],
-                                                                     self.snapshot.queries, n_c, d["cut"], self.info.rope,
-                                                                     self.o_projs, d["append_only"])
+            return state, self.snapshot.last_logits, decode_protocol(
+                m, plan.canon, budget, d["every"], d["window"], self.snapshot.queries, n_c, d["cut"], self.info.rope,
+                self.o_projs, d["append_only"], plan=d["plan"](plan.canon, budget),
+                future=self.trace_rows if plan.name in ORACLES else None)
         if mode == "blockwise":
             n_keep = int(kept[0][0].sum())
             recent = int(plan.recent * n_keep + 1e-9)

@@ -276,7 +276,8 @@ def decode_reselection(model, spec_one_shot, n_keep, every, select):
     return after
 
 
-def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut, rope, o_projs, append_only=False):
+def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut, rope, o_projs, append_only=False,
+                    plan=None, future=None):
     """after_step for the decode protocol (rules doc 1.9) in a running model: after every `every`
     fed tokens, each layer's cache is cut back to `budget` by the rule through the engine's own
     compression (cut = kvsim._kvsim._decode_cut: the compacted view the offline replay builds), from
@@ -286,9 +287,24 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
     cut falls at L = n_c + k * every, as offline. rope: the trace's RoPE fields (rope_theta,
     rope_style, rope_scaling, rotary_dim) for the rules that undo it; o_projs: each layer's W_o
     (CriticalKV's projected value norms). append_only: nothing cached
-    leaves; the tokens fed since the last cut stay where the cut kept them (admission)."""
+    leaves; the tokens fed since the last cut stay where the cut kept them (admission).
+    plan: a cross-layer rule's allocation at n_c ({layer: kept tokens per unit}, _decode_plan of
+    the trace: the same full-cache prefill), which each cut scales as offline (Rule::decode_counts).
+    future: for the oracles, layer -> the trace's (keys, values, queries) at every position: the
+    next interval [L, L + every) the full-cache run computes follows the view, as the offline
+    replay's oracle reads it (also in a free-running continuation, whose own tokens differ)."""
     H, Hkv = model.num_heads, model.num_kv_heads
     G = H // Hkv
+
+    def interval(layer, K, V, q, L):
+        """The cache's rows and queries up to L, then (oracles) the full-cache run's up to E."""
+        K, V, q = K[:, :L], V[:, :L], q[:, :L]
+        if future is not None:
+            fk, fv, fq = future(layer)
+            E = min(L + every, fk.shape[1])
+            K, V = np.concatenate([K, fk[:, L:E]], axis=1), np.concatenate([V, fv[:, L:E]], axis=1)
+            q = np.concatenate([q, fq[:, L:E]], axis=1)
+        return (np.ascontiguousarray(x, np.float32) for x in (K, V, q))
 
     def after(state, i, out):
         hist = state.get("decode_q") or [[] for _ in range(model.num_layers)]
@@ -305,10 +321,12 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
                 cached = [np.flatnonzero(r) for r in (alive if mode == "query" else alive[::G])]
             K, V = model.kv(state, layer)
             q = np.concatenate([prompt_queries[layer]] + state["decode_q"][layer], axis=1)
-            r = cut(spec, np.ascontiguousarray(K[:, :L], np.float32), np.ascontiguousarray(V[:, :L], np.float32),
-                    np.ascontiguousarray(q, np.float32), np.arange(L), o_projs[layer], [c.tolist() for c in cached],
-                    mode or "kv", L,
-                    str(budget), window, model.scale, H, rope)
+            K, V, q = interval(layer, K, V, q, L)
+            if K.shape[1] == L and future is not None:
+                continue  # an oracle past the recorded positions: no query to cut for
+            r = cut(spec, K, V, q, np.arange(K.shape[1]), o_projs[layer], [c.tolist() for c in cached],
+                    mode or "kv", L, str(budget), window, model.scale, H, rope,
+                    plan=[] if plan is None else [int(x) for x in plan[layer]], n0=n_c)
             if not r["cut"]:
                 continue
             state["decode_mode"] = r["mode"]
