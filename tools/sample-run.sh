@@ -41,16 +41,15 @@ fi
 main_job "$out/niah_smollm2.h5" "$out"
 
 # A long generation (docs/selection-rules.md 1.9): SmolLM2 writes 1024 tokens after a 1024-token
-# LongBench prompt; every default rule but ThinK (its key channels are chosen once) replays it
-# cutting the cache back to 25% of the tokens seen every 64 generated tokens (the decode protocol),
-# and the report shows how the error evolves over the generation.
+# LongBench prompt; every default rule replays it cutting the cache back to 25% of the tokens seen
+# every 64 generated tokens (the decode protocol), and the report shows how the error evolves over
+# the generation.
 long=runs/smollm2_long
 mkdir -p "$long"
 tools/kvsim-dump --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat \
   --longbench ../shared/corpora/longbench/multi_news.jsonl --record 0 --max-tokens 1024 \
   --generate 1024 --queries all --dtype float16 --out "$long/long_smollm2.h5" | tee "$long/dump.txt"
-rules=$(.venv/bin/python -c "import kvsim; print(';'.join(r for r in kvsim._kvsim.expand_rules('default') if not r.startswith('think')))")
-$kvsim replay "$long/long_smollm2.h5" --rules "$rules" --budgets 0.25 --protocol decode --every 64 \
+$kvsim replay "$long/long_smollm2.h5" --rules default --budgets 0.25 --protocol decode --every 64 \
   --decode-start compressed --compression-point aware --per-query --out "$long/decode"
 $kvsim report "$long/decode" --out "$long/report.html"
 echo "report: $long/report.html"

@@ -6,10 +6,12 @@
 #include <cmath>
 #include <filesystem>
 
+#include "attention/layer_cache.h"
 #include "core/error.h"
 #include "rules/factory.h"
 #include "rules/scored_rule.h"
 #include "rules_reference.h"
+#include "test_h2o_fixture.h"
 #include "testutil/testutil.h"
 
 using namespace kvsim;
@@ -176,4 +178,37 @@ TEST_CASE("defensivekv equals FFY0/DefensiveKV's presses in float64 (per layer a
   }
   CHECK_THROWS_WITH_AS(make_rule("defensivekv(window=16)")->select(layers[0]->input(), {Budget::parse("8")}),
                        doctest::Contains("fewer than the 16-token observation window"), Error);
+}
+
+TEST_CASE("8.5 defensivekv: with uniform attention the value-norm shares rank the tokens") {
+  using namespace kvsim::test_rules_more;
+  // 2 KV heads (G = 1), n_c = 5, window w = 1 (position 4), zero queries: every window row is
+  // uniform (1/5), so the defensive score is 0.2 for each prefix token 0..3 and snapkv-like rules
+  // tie everywhere. The values' L1 norms are [1, 3, 6, 8] in head 0 and [9, 7, 4, 2] in head 1
+  // (W_o the identity): shares 0.1 0.3 0.6 0.8 / 0.9 0.7 0.4 0.2, scores s = 0.2 x share =
+  // .02 .06 .12 .16 / .18 .14 .08 .04; mass=0 turns stage 1 off (0 - beta < 0: no token counted) and the window
+  // is raised to the layer maximum .18. Budget 0.6: the top int(2 x 5 x 0.6) = 6 entries are
+  // .18 (h1 window, h1 token 0, h0 window), .16, .14, .12: head 0 keeps {2, 3, 4}, head 1 {0, 1, 4}.
+  Layer L = make_layer(2, 2, 2, 6, 5, 1);
+  std::fill(L.data.q.begin(), L.data.q.end(), 0.0f);
+  std::fill(L.data.v.begin(), L.data.v.end(), 0.0f);
+  const float norms[2][6] = {{1, 3, 6, 8, 1, 1}, {9, 7, 4, 2, 1, 1}};
+  for (int g = 0; g < 2; ++g)
+    for (i64 t = 0; t < 6; ++t) L.data.v[(g * 6 + t) * 2] = norms[g][t];
+  // W_o = identity (hidden 4 = H d): ||v W_o^h||_1 = ||v||_1.
+  L.meta.has_o_proj = true;
+  L.data.o_proj.assign(16, 0.0f);
+  for (int e = 0; e < 4; ++e) L.data.o_proj[e * 4 + e] = 1.0f;
+  LayerCache cache(L.meta, L.data, L.n_c, L.eval_rows);  // the value norms defensivekv weights by
+  RuleInput in = L.input();
+  in.cache = &cache;
+  const auto kept = rule("defensivekv(window=1,kernel=1,mass=0)")->select(in, {Budget::parse("0.6")});
+  REQUIRE(kept.size() == 1);
+  const std::vector<std::uint8_t> h0 = {0, 0, 1, 1, 1}, h1 = {1, 1, 0, 0, 1};
+  CHECK(std::vector<std::uint8_t>(kept[0].unit_mask(0), kept[0].unit_mask(0) + 5) == h0);
+  CHECK(std::vector<std::uint8_t>(kept[0].unit_mask(1), kept[0].unit_mask(1) + 5) == h1);
+  // defensive alone: every prefix token scores 0.2 in both heads (the tie the shares break).
+  const UnitScores d = scores_of("defensive(window=1,kernel=1)", in);
+  for (int g = 0; g < 2; ++g)
+    for (i64 j = 0; j < 4; ++j) CHECK(d.unit(g)[j] == doctest::Approx(0.2).epsilon(1e-6));
 }
