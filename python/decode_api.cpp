@@ -20,6 +20,15 @@ namespace {
 
 namespace py = pybind11;
 
+// The decode API's protocol options: compression point and window (the decode protocol's own
+// options are set by the caller).
+ProtocolOptions api_options(const std::string& compression_point, int window) {
+  ProtocolOptions po;
+  po.compression_point = parse_compression_point(compression_point);
+  po.window = window;
+  return po;
+}
+
 py::dict decode_masks(const std::string& trace, const std::string& spec, const std::string& budget, int layer,
                       long long every, const std::string& decode_start, const std::string& compression_point,
                       int window) {
@@ -29,9 +38,7 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
   call_command("decode_masks", [&] {
     TraceReader reader(trace);
     const TraceMeta& meta = reader.meta();
-    ProtocolOptions po;
-    po.compression_point = parse_compression_point(compression_point);
-    po.window = window;
+    ProtocolOptions po = api_options(compression_point, window);
     set_decode_protocol(po, "decode", every, decode_start);
     const Protocol p = resolve_protocol(meta, po);
     if (layer < 0 || layer >= meta.num_layers) fail("kvsim.decode_masks", "layer", std::to_string(layer) + " is not a layer of " + trace);
@@ -42,9 +49,7 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
     const std::vector<Budget> budgets = {Budget::parse(budget)};
     std::vector<std::vector<i64>> planned;  // a cross-layer rule's plan of this layer
     if (rule->layer_planner()) {
-      std::vector<int> layers(static_cast<std::size_t>(meta.num_layers));
-      for (int l = 0; l < meta.num_layers; ++l) layers[l] = l;
-      planned.push_back(plan_layers(meta, p, reader, layers, {rule.get()}, budgets)[0][0].at(layer));
+      planned.push_back(plan_every_layer(meta, p, reader, *rule, budgets[0]).at(layer));
       in.planned = &planned;
     }
     sels = decode_select(*rule, in, budgets, {every, po.decode_start_compressed, window});
@@ -86,22 +91,13 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
 py::object decode_plan(const std::string& trace, const std::string& spec, const std::string& budget,
                        const std::string& compression_point, int window) {
   std::map<int, std::vector<i64>> plan;
-  bool planned = false;
   call_command("decode_plan", [&] {
     TraceReader reader(trace);
     const TraceMeta& meta = reader.meta();
-    ProtocolOptions po;
-    po.compression_point = parse_compression_point(compression_point);
-    po.window = window;
-    const Protocol p = resolve_protocol(meta, po);
-    const auto rule = make_rule(spec);
-    if (!rule->layer_planner()) return;
-    std::vector<int> layers(static_cast<std::size_t>(meta.num_layers));
-    for (int l = 0; l < meta.num_layers; ++l) layers[l] = l;
-    plan = plan_layers(meta, p, reader, layers, {rule.get()}, {Budget::parse(budget)})[0][0];
-    planned = true;
+    const Protocol p = resolve_protocol(meta, api_options(compression_point, window));
+    plan = plan_every_layer(meta, p, reader, *make_rule(spec), Budget::parse(budget));
   });
-  if (!planned) return py::none();
+  if (plan.empty()) return py::none();
   py::dict d;
   for (const auto& [layer, counts] : plan) d[py::int_(layer)] = py::array_t<i64>(static_cast<py::ssize_t>(counts.size()), counts.data());
   return d;

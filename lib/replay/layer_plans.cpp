@@ -28,4 +28,12 @@ LayerPlans plan_layers(const TraceMeta& meta, const Protocol& p, const TraceRead
   return plans;
 }
 
+std::map<int, std::vector<i64>> plan_every_layer(const TraceMeta& meta, const Protocol& p, const TraceReader& reader,
+                                                 const Rule& rule, const Budget& budget) {
+  if (!rule.layer_planner()) return {};
+  std::vector<int> layers(static_cast<std::size_t>(meta.num_layers));
+  for (int l = 0; l < meta.num_layers; ++l) layers[static_cast<std::size_t>(l)] = l;
+  return plan_layers(meta, p, reader, layers, {&rule}, {budget})[0][0];
+}
+
 }  // namespace kvsim

@@ -22,4 +22,9 @@ LayerPlans plan_layers(const TraceMeta& meta, const Protocol& protocol, const Tr
                        const std::vector<int>& layers, const std::vector<const Rule*>& rules,
                        const std::vector<Budget>& budgets);
 
+// One rule's plan of every layer of the trace for one budget (layer -> [unit] kept tokens); empty
+// for a rule without a planner.
+std::map<int, std::vector<i64>> plan_every_layer(const TraceMeta& meta, const Protocol& protocol,
+                                                 const TraceReader& reader, const Rule& rule, const Budget& budget);
+
 }  // namespace kvsim

@@ -276,35 +276,54 @@ TEST_CASE("per-query masks (step-wise rules) agree with the oracle") {
   }
 }
 
+namespace {
+
+// The recomputed-attention tests' layer: 4 heads, 2 KV heads, 40 positions compressed at 28,
+// soft-capped at `cap` (structured keys when capped), with or without o_proj; its evaluation
+// queries, cache and full-attention reference.
+struct SmallLayer {
+  LayerShape s;
+  TraceMeta meta;
+  LayerData L;
+  std::vector<i64> rows;
+  std::unique_ptr<LayerCache> cache;
+  std::unique_ptr<LayerReference> ref;
+  SmallLayer(double cap, bool op, unsigned seed) {
+    s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 28; s.o_proj = op;
+    s.structured = cap > 0;
+    meta = make_meta(s);
+    meta.attn_softcap = cap;
+    L = make_layer(s, seed);
+    rows = rows_from(meta, s.n_c, s.S);
+    cache = std::make_unique<LayerCache>(meta, L, s.n_c, rows);
+    ref = std::make_unique<LayerReference>(*cache, QuerySet::eval, NormKind::l1);
+  }
+};
+
+}  // namespace
+
 TEST_CASE("key-channel pruning (ThinK): metrics and its bounds agree with the oracle, and bound it") {
   unsigned seed = 21;
   for (double cap : {0.0, 0.75, 3.0})
     for (GqaMode mode : {GqaMode::kv, GqaMode::query})
       for (bool op : {true, false}) {
-        LayerShape s;
-        s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 28; s.o_proj = op;
-        s.structured = cap > 0;
-        auto meta = make_meta(s);
-        meta.attn_softcap = cap;
-        const auto L = make_layer(s, seed++);
-        const auto rows = rows_from(meta, s.n_c, s.S);
-        LayerCache cache(meta, L, s.n_c, rows);
-        LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+        const SmallLayer fx(cap, op, seed++);
+        const LayerShape& s = fx.s;
         auto sel = random_selection(s, mode, 0.5, seed++);
         sel.key_channels.assign(s.Hkv * s.d, 1);
         sel.key_channels[1] = sel.key_channels[5] = sel.key_channels[s.d + 2] = 0;
         auto support = [&](int h, i64, i64 j) { return j >= s.n_c || sel.unit_mask(mode == GqaMode::kv ? h / 2 : h)[j] != 0; };
         INFO("cap " << cap << " mode " << (mode == GqaMode::kv ? "kv" : "query") << " o_proj " << op);
-        const auto r = measure_perturbation(cache, ref, sel);
-        compare(r, oracle(meta, L, rows, support, sel.key_channels, s.n_c), ref);
+        const auto r = measure_perturbation(*fx.cache, *fx.ref, sel);
+        compare(r, oracle(fx.meta, fx.L, fx.rows, support, sel.key_channels, s.n_c), *fx.ref);
         check_bound_chain(r);
         // Pruning channels with every token kept still perturbs the output, and stays bounded.
         std::fill(sel.kept.begin(), sel.kept.end(), 1);
-        const auto r2 = measure_perturbation(cache, ref, sel);
+        const auto r2 = measure_perturbation(*fx.cache, *fx.ref, sel);
         CHECK(r2.F[0] == doctest::Approx(1.0));
         CHECK(r2.l1[0] > 0.0);
         CHECK(r2.theta[0] > 0.0);
-        compare(r2, oracle(meta, L, rows, [&](int, i64, i64) { return true; }, sel.key_channels, s.n_c), ref);
+        compare(r2, oracle(fx.meta, fx.L, fx.rows, [&](int, i64, i64) { return true; }, sel.key_channels, s.n_c), *fx.ref);
         check_bound_chain(r2);
       }
 }
@@ -314,15 +333,8 @@ TEST_CASE("held caches with rows of their own (decode protocol: ThinK, quant): m
   for (double cap : {0.0, 2.0})
     for (GqaMode mode : {GqaMode::kv, GqaMode::query})
       for (bool op : {true, false}) {
-        LayerShape s;
-        s.H = 4; s.Hkv = 2; s.S = 40; s.n_c = 28; s.o_proj = op;
-        s.structured = cap > 0;
-        auto meta = make_meta(s);
-        meta.attn_softcap = cap;
-        const auto L = make_layer(s, seed++);
-        const auto rows = rows_from(meta, s.n_c, s.S);
-        LayerCache cache(meta, L, s.n_c, rows);
-        LayerReference ref(cache, QuerySet::eval, NormKind::l1);
+        const SmallLayer fx(cap, op, seed++);
+        const LayerShape& s = fx.s;
         std::mt19937 rng(seed++);
         std::normal_distribution<float> N(0.f, 0.05f);
         Selection sel = random_selection(s, mode, 0.6, seed++);
@@ -345,7 +357,7 @@ TEST_CASE("held caches with rows of their own (decode protocol: ThinK, quant): m
               const int g = mode == GqaMode::kv ? u : u / G;
               for (i64 j = 0; j < from; ++j)
                 for (int x = 0; x < s.d; ++x) {
-                  const float k = L.k[(g * s.S + j) * s.d + x], v = L.v[(g * s.S + j) * s.d + x];
+                  const float k = fx.L.k[(g * s.S + j) * s.d + x], v = fx.L.v[(g * s.S + j) * s.d + x];
                   float* kr = r->k.data() + (static_cast<std::size_t>(u) * from + j) * s.d;
                   kr[x] = r->has_values() ? k + N(rng) : (x % 3 == u % 3 ? 0.f : k);
                   if (r->has_values()) r->v[(static_cast<std::size_t>(u) * from + j) * s.d + x] = v + N(rng);
@@ -355,8 +367,8 @@ TEST_CASE("held caches with rows of their own (decode protocol: ThinK, quant): m
           }
           sel.held_caches.push_back(std::move(c));
         }
-        for (i64 qi = 0; qi < static_cast<i64>(rows.size()); ++qi) {
-          const i64 t = meta.q_pos[rows[qi]];
+        for (i64 qi = 0; qi < static_cast<i64>(fx.rows.size()); ++qi) {
+          const i64 t = fx.meta.q_pos[fx.rows[qi]];
           sel.held_of.push_back(t < s.n_c + 4 ? 0 : t < s.n_c + 8 ? 1 : 2);
         }
         const auto unit = [&](int h) { return mode == GqaMode::kv ? h / G : h; };
@@ -374,13 +386,13 @@ TEST_CASE("held caches with rows of their own (decode protocol: ThinK, quant): m
           }
         };
         INFO("cap " << cap << " mode " << gqa_mode_name(mode) << " o_proj " << op);
-        const auto r = measure_perturbation(cache, ref, sel);
-        compare(r, oracle_given(meta, L, rows, support, given), ref);
+        const auto r = measure_perturbation(*fx.cache, *fx.ref, sel);
+        compare(r, oracle_given(fx.meta, fx.L, fx.rows, support, given), *fx.ref);
         check_bound_chain(r);
         // The rows matter: the same caches without them measure eviction alone.
         Selection plain = sel;
         for (auto& c : plain.held_caches) c.rows = nullptr;
-        compare(measure_perturbation(cache, ref, plain), oracle(meta, L, rows, support), ref);
+        compare(measure_perturbation(*fx.cache, *fx.ref, plain), oracle(fx.meta, fx.L, fx.rows, support), *fx.ref);
       }
 }
 

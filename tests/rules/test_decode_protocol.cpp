@@ -399,19 +399,28 @@ std::vector<i64> held_list(const Selection::HeldCache& c, int u) {
   return out;
 }
 
+// Each start (full, compressed) and budget (0.25, 64 tokens): the rule's decode selection cut
+// every 8 positions, with at least 5 held caches, handed to check(selection, start).
+template <class Check>
+void each_decode_case(const Rule& rule, const TestLayer& L, Check check) {
+  for (bool start : {false, true})
+    for (const std::string budget : {"0.25", "64"}) {
+      CAPTURE(start);
+      CAPTURE(budget);
+      const Selection s = decode_select(rule, L.input(), {Budget::parse(budget)}, {8, start, 32})[0];
+      REQUIRE(s.held_caches.size() >= 5);
+      check(s, start);
+    }
+}
+
 }  // namespace
 
 TEST_CASE("decode protocol: ThinK prunes every cached key at each cut, on top of earlier cuts; new tokens stay whole") {
   const auto L = decode_layer(21);
   const int d = L->data.head_dim;
-  const i64 w = 8, n0 = L->n_c;
+  const i64 w = 8;
   const auto rule = make_rule("think(knorm,ratio=0.25,window=8)");
-  for (bool start : {false, true})
-    for (const std::string budget : {"0.25", "64"}) {
-      CAPTURE(start);
-      CAPTURE(budget);
-      const Selection s = decode_select(*rule, L->input(), {Budget::parse(budget)}, {8, start, 32})[0];
-      REQUIRE(s.held_caches.size() >= 5);
+  each_decode_case(*rule, *L, [&](const Selection& s, bool start) {
       CHECK(s.held_rows());
       CHECK(s.kept_bytes.empty());  // ThinK stores float16 keys and values
       // Per unit, the cumulative mask of every position: AND of the masks of the cuts that held it.
@@ -443,7 +452,7 @@ TEST_CASE("decode protocol: ThinK prunes every cached key at each cut, on top of
       }
       CHECK(wrong == 0);
       CHECK(pruned > 0);
-    }
+  });
 }
 
 TEST_CASE("decode protocol: quant keeps a token's codes from the first cut that quantized it; bytes count them") {
@@ -453,12 +462,7 @@ TEST_CASE("decode protocol: quant keeps a token's codes from the first cut that 
   q.group = 8;
   q.residual = 16;
   const auto rule = make_rule("quant(knorm,group=8,residual=16)");
-  for (bool start : {false, true})
-    for (const std::string budget : {"0.25", "64"}) {
-      CAPTURE(start);
-      CAPTURE(budget);
-      const Selection s = decode_select(*rule, L->input(), {Budget::parse(budget)}, {8, start, 32})[0];
-      REQUIRE(s.held_caches.size() >= 5);
+  each_decode_case(*rule, *L, [&](const Selection& s, bool start) {
       i64 wrong = 0, carried = 0, fresh = 0;
       const QuantizedKV* prev = nullptr;
       for (std::size_t i = 0; i < s.held_caches.size(); ++i) {
@@ -508,5 +512,5 @@ TEST_CASE("decode protocol: quant keeps a token's codes from the first cut that 
         CHECK(s.kept_bytes[u] == doctest::Approx(want).epsilon(1e-12));
         CHECK(s.kept_bytes[u] < 4.0 * d * s.kept_count(u));
       }
-    }
+  });
 }
