@@ -166,12 +166,55 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
   return d;
 }
 
+// A query-aware rule's own cache for each of a running model's queries (Quest: the pages it
+// attends to), from the keys k [Hkv, T, d] of positions 0..T-1 and the queries q [H, n, d] at
+// q_pos (>= n_c); the rule's budget counts tokens of the compression point n_c, as offline.
+// Returns bool [H, n, T] (True: the query attends to that key), or None where the rule attends
+// densely (a layer below Quest's dense_layers, or a rule without per-query masks).
+py::object query_masks(const std::string& spec, const py::array_t<float, py::array::c_style | py::array::forcecast>& k,
+                       py::object q, py::object q_pos, long long n_c, const std::string& budget, int layer,
+                       double attn_scale, long long num_heads) {
+  Selection sel;
+  std::vector<i64> pos;
+  i64 T = 0;
+  int H = 0, G = 1;
+  call_command("query_masks", [&] {
+    auto [meta, data] = arrays_layer(k, py::none(), q, q_pos, py::none(), attn_scale, num_heads);
+    std::vector<i64> rows(static_cast<std::size_t>(meta.num_queries()));
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      rows[r] = static_cast<i64>(r);
+      if (meta.q_pos[r] < n_c) fail("kvsim.query_masks", "q_pos", "a query before the compression point n_c");
+    }
+    RuleInput in = RuleInput::of_layer(meta, layer, data, n_c, rows, nullptr);
+    sel = std::move(make_rule(spec)->select(in, {Budget::parse(budget)}).at(0));
+    pos = meta.q_pos;
+    T = data->seq_len;
+    H = data->num_heads;
+    G = data->num_heads / data->num_kv_heads;
+  });
+  if (sel.per_query.empty()) return py::none();
+  const py::ssize_t n = static_cast<py::ssize_t>(pos.size());
+  py::array_t<bool> out(std::vector<py::ssize_t>{H, n, static_cast<py::ssize_t>(T)});
+  bool* o = out.mutable_data();
+  std::fill(o, o + H * n * T, false);
+  for (int h = 0; h < H; ++h) {
+    const int u = sel.mode == GqaMode::kv ? h / G : h;
+    for (py::ssize_t qi = 0; qi < n; ++qi) {
+      const auto& m = sel.per_query[static_cast<std::size_t>(u * n + qi)];
+      for (std::size_t j = 0; j < m.size(); ++j) o[(h * n + qi) * T + static_cast<py::ssize_t>(j)] = m[j] != 0;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void bind_decode(py::module_& m) {
   m.def("_decode_cut", &decode_cut_arrays, py::arg("spec"), py::arg("k"), py::arg("v"), py::arg("q"), py::arg("q_pos"),
         py::arg("o_proj"), py::arg("cached"), py::arg("mode"), py::arg("L"), py::arg("budget"), py::arg("window"), py::arg("attn_scale"),
         py::arg("num_heads"), py::arg("rope") = py::dict(), py::arg("plan") = std::vector<i64>{}, py::arg("n0") = 0);
+  m.def("_query_masks", &query_masks, py::arg("spec"), py::arg("k"), py::arg("q"), py::arg("q_pos"), py::arg("n_c"),
+        py::arg("budget"), py::arg("layer"), py::arg("attn_scale"), py::arg("num_heads"));
   m.def("_decode_plan", &decode_plan, py::arg("trace"), py::arg("spec"), py::arg("budget"),
         py::arg("compression_point") = "agnostic", py::arg("window") = 32);
   m.def("decode_masks", &decode_masks, py::arg("trace"), py::arg("rule"), py::arg("budget"), py::arg("layer") = 0,

@@ -335,15 +335,17 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
       iv.q1 = qi;
       intervals.push_back(iv);
       if (k == bounds.size()) break;
-      // Compression at L: each unit holds its cached tokens plus [from, L), or after a step-wise
-      // interval what the rule's mask of the interval's last query held (and the tokens after it).
+      // Compression at L: each unit holds its cached tokens plus [from, L), or after an evicting
+      // step-wise interval what the rule's mask of the interval's last query held (and the
+      // tokens after it); Quest's masks evict nothing.
       const i64 L = end;
       std::vector<std::vector<i64>> cached;
-      const int held_units = iv.stepwise ? iv.stepwise->units : static_cast<int>(iv.state.cached.size());
+      const bool masks_evict = iv.stepwise && rule.per_query_evicts();
+      const int held_units = masks_evict ? iv.stepwise->units : static_cast<int>(iv.state.cached.size());
       for (int u = 0; u < held_units; ++u) {
         std::vector<i64> c;
         i64 next = iv.from;
-        if (iv.stepwise && iv.q1 > iv.q0) {
+        if (masks_evict && iv.q1 > iv.q0) {
           const auto m = query_mask(iv, u, iv.q1 - 1, eval_pos[iv.q1 - 1]);
           for (i64 j = 0; j < static_cast<i64>(m.size()); ++j)
             if (m[j]) c.push_back(j);
@@ -354,7 +356,7 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
         for (i64 t = next; t < L; ++t) c.push_back(t);
         cached.push_back(std::move(c));
       }
-      const GqaMode mode = iv.stepwise ? iv.stepwise->mode : iv.state.mode;
+      const GqaMode mode = masks_evict ? iv.stepwise->mode : iv.state.mode;
       const i64 next_end = k + 1 < bounds.size() ? bounds[k + 1] : eval_pos.back() + 1;
       const i64 keep = decode_keep(budgets[b], L);
       std::vector<i64> counts;

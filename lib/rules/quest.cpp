@@ -72,6 +72,7 @@ class QuestRule : public Rule {
   QuestRule(std::string spec, i64 page, i64 min_pages, int dense_layers, GqaChoice gqa)
       : spec_(std::move(spec)), page_(page), min_pages_(min_pages), dense_layers_(dense_layers), gqa_(gqa) {}
   std::string spec() const override { return spec_; }
+  bool per_query_evicts() const override { return false; }  // pages are picked, nothing leaves
 
   std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const override {
     rules_more::check_input(in, "quest");

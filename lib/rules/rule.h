@@ -85,6 +85,10 @@ class Rule {
   virtual std::vector<Selection> select(const RuleInput& in, const std::vector<Budget>& budgets) const = 0;
   // Whether select() takes threshold budgets (thr=X, rules doc 1.4): plain scorers only.
   virtual bool takes_threshold() const { return false; }
+  // Whether a step-wise selection's per-query masks evict (H2O, TOVA step-wise: a token a query's
+  // cache lacks is gone) or only pick each query's keys from a cache that keeps every token
+  // (Quest): under the decode protocol the next cut then starts from the whole cache.
+  virtual bool per_query_evicts() const { return true; }
   // Non-null for rules that allocate across layers (see LayerPlanner); a fresh planner per run.
   virtual std::unique_ptr<LayerPlanner> layer_planner() const { return nullptr; }
   // Under the decode protocol (rules doc 1.9) a cross-layer rule keeps the allocation it planned

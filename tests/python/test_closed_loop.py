@@ -160,7 +160,7 @@ class ClosedLoopStoriesTest(unittest.TestCase):
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "full", "--out", self.out)
         self.assertEqual(r.returncode, 1)
         self.assertIn("already holds a closed loop", r.stderr)
-        for rules, msg in (("quest", "evicts nothing"), ("think(quant(snapkv,group=8))", "quantized"),
+        for rules, msg in (("think(quant(snapkv,group=8))", "quantized"),
                            ("h2o(variant=stepwise)", "H2O"),
                            ("snapkv(windw=3)", "windw")):
             r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", rules, "--out", os.path.join(self.dir, "x"))
@@ -275,10 +275,10 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     per-query perturbation at every layer-0 position up to the next cut; rules that undo RoPE get
     the model's (interleaved for llama2.c). ThinK and quant write their rows into the model's cache;
     the oracle reads the full-cache run's next interval and a cross-layer rule keeps the trace's
-    plan, both as offline."""
+    plan, both as offline; Quest attends densely until the first cut, then to its pages per query."""
 
     RULES = ("full;snapkv(window=8);ada(snapkv(window=8));streaming;expected;think(snapkv(window=8),ratio=0.25);"
-             "quant(snapkv(window=8),group=8,residual=8);oracle;global(snapkv(window=8))")
+             "quant(snapkv(window=8),group=8,residual=8);oracle;global(snapkv(window=8));quest(page=4,dense_layers=0)")
 
     @classmethod
     def setUpClass(cls):
@@ -299,7 +299,7 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     def test_recorded(self):
         self.assertEqual(self.doc["protocol"], {"name": "decode", "every": 8, "decode_start": "full", "admission": "evict"})
         self.assertEqual(set(self.table["mode"]), {"decode"})
-        self.assertEqual(len(self.table), 9 * 2)
+        self.assertEqual(len(self.table), 10 * 2)
 
     def test_layer0_equals_offline_until_the_second_cut(self):
         n_c = int(self.off["query_pos"].min())
@@ -317,17 +317,17 @@ class ClosedLoopDecodeTest(unittest.TestCase):
                     compared += 1
                 if rule.startswith(("think", "quant")):  # pruned keys / codes changed layer 0 itself
                     self.assertGreater(c[(c["position"] >= n_c + 8) & (c["layer"] == 0)]["attn_out_l1"].min(), 0, rule)
-        self.assertEqual(compared, 9 * 2 * 16)
+        self.assertEqual(compared, 10 * 2 * 16)
 
     def test_errors(self):
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv", "--protocol", "decode", "--every", "0",
                         "--out", os.path.join(self.dir, "bad"))
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--every", r.stderr)
-        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv;quest", "--protocol", "decode",
-                        "--out", os.path.join(self.dir, "bad2"))
+        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv;h2o(variant=stepwise)", "--protocol",
+                        "decode", "--out", os.path.join(self.dir, "bad2"))
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn("quest", r.stderr)
+        self.assertIn("H2O", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "bad2", "trace.h5")))
 
 if __name__ == "__main__":
@@ -339,7 +339,8 @@ class ClosedLoopQuantTest(unittest.TestCase):
     values replaced by kvsim.quantize's rows, the codes the replay measures, so layer 0's attention
     output change equals the offline per-query perturbation; 16 bits equals full to the last bit.
     ThinK (2.12) likewise, with the kept span's pruned key channels zeroed in the model's cache
-    and the keys from n_c on whole."""
+    and the keys from n_c on whole; Quest (2.15) with every fed query attending to its own pages
+    (state["step_mask"]), nothing evicted."""
 
     @classmethod
     def setUpClass(cls):
@@ -347,7 +348,7 @@ class ClosedLoopQuantTest(unittest.TestCase):
         cls.dir = cls.tmp.__enter__()
         cls.out = os.path.join(cls.dir, "quant")
         rules = ("full;quant(full,k=16,v=16,group=8);quant(full,k=4,v=4,group=8);quant(snapkv(window=8),group=8);"
-                 "think(snapkv(window=8),ratio=0.25)")
+                 "think(snapkv(window=8),ratio=0.25);quest(page=4,dense_layers=0)")
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", rules, "--budgets", "0.25", "--out", cls.out)
         assert r.returncode == 0, r.stderr
         cls.cl, cls.table, cls.doc = read(cls.out)
@@ -368,7 +369,7 @@ class ClosedLoopQuantTest(unittest.TestCase):
 
     def test_first_layer_matches_offline_perturbation(self):
         pq = pd.read_csv(os.path.join(self.out, "replay", "metrics_per_query.csv"), dtype={"budget": str})
-        for prefix in ("quant(full,scheme=asym,k=4,v=4", "quant(snapkv(", "think("):
+        for prefix in ("quant(full,scheme=asym,k=4,v=4", "quant(snapkv(", "think(", "quest("):
             a = self.rows(prefix)
             a = a[(a["layer"] == 0) & (a["mode"] == "oneshot") & (a["decoding"] == "teacher_forced")]
             b = pq[pq["rule"].str.startswith(prefix) & (pq["budget"] == "0.25") & (pq["layer"] == 0) & (pq["head"] == -1)]

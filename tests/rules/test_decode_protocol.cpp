@@ -514,3 +514,34 @@ TEST_CASE("decode protocol: quant keeps a token's codes from the first cut that 
       }
   });
 }
+
+TEST_CASE("decode protocol: Quest's pages evict nothing; each cut's budget counts every token seen") {
+  // quest(page=4, dense_layers=0, min_pages=1), 0.25, cut every 8: a query after the cut at L
+  // attends to int(0.25 L) / 4 pages of the whole cache (nothing was evicted), so tokens the
+  // last query before a cut skipped come back after it.
+  const auto L = decode_layer(23);
+  const auto rule = make_rule("quest(page=4,dense_layers=0,min_pages=1)");
+  const Selection s = decode_select(*rule, L->input(), {Budget::parse("0.25")}, {8, false, 32})[0];
+  const auto masks = masks_of(s, *L);
+  const i64 n0 = L->n_c;
+  i64 returned = 0, checked = 0;
+  for (std::size_t q = 1; q < L->eval_rows.size(); ++q) {
+    const i64 t = L->meta.q_pos[L->eval_rows[q]];
+    if (t < n0 + 8) continue;  // full start: dense until the first cut
+    const i64 cut = n0 + (t - n0) / 8 * 8;
+    const i64 pages = std::min(Budget::parse("0.25").tokens_for(cut) / 4, t / 4 + 1);
+    for (int u = 0; u < s.units; ++u) {
+      const auto& m = masks[u][q];
+      // Whole pages, the query's own (partial) page among them: pages x 4 tokens, less the part
+      // of the last page past t.
+      const i64 held = std::count(m.begin(), m.end(), 1);
+      CHECK(held <= pages * 4);
+      CHECK(held > (pages - 1) * 4);
+      ++checked;
+      if (t == cut)  // the first query after a cut sees tokens the last one before it skipped
+        for (i64 j = 0; j < cut - 1; ++j) returned += m[j] && !masks[u][q - 1][j];
+    }
+  }
+  CHECK(checked > 100);
+  CHECK(returned > 0);
+}

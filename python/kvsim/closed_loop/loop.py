@@ -22,14 +22,15 @@ from kvsim.dump import cli
 from kvsim.dump.errors import DumpError
 from kvsim.closed_loop.metrics import free_rows, teacher_forced_rows
 from kvsim.closed_loop.runs import (Snapshot, apply_kept, blockwise_prefill, concat, decode_protocol, decode_reselection,
-                        free_running, free_running_batch, kv_kept, prune_channels, quantize_kept, teacher_forced)
+                        free_running, free_running_batch, kv_kept, prune_channels, quantize_kept, query_pages,
+                        teacher_forced)
 from kvsim.closed_loop.summary import write_outputs
 from kvsim.dump.progress import Progress
 
 DEFAULT_RULES = ("snapkv;ada(snapkv);critical(snapkv);critical(ada(snapkv));keydiff(block=64);tova;"
                  "tova(variant=stepwise);streaming;knorm;random")
-NOT_EVICTING = {"quest": "selects pages per query inside each step's attention and evicts nothing; the closed "
-                         "loop changes the cache between steps"}
+# Rules that pick each query's keys inside its attention (nothing evicted): state["step_mask"].
+QUERY_AWARE = ("quest",)
 # Rules that read the queries after each cut: the closed loop gives them the full-cache run's.
 ORACLES = ("oracle", "oracle_greedy")
 
@@ -132,8 +133,6 @@ def split_rules(text, protocol="oneshot"):
         except ValueError as e:
             raise DumpError("--rules", str(e))
         name = canon.split("(", 1)[0]
-        if name in NOT_EVICTING:
-            raise DumpError("--rules", f"'{s}': {name} {NOT_EVICTING[name]}")
         if name == "think" and "quant(" in canon:
             raise DumpError("--rules", f"'{s}': think over a quantized cache: the closed loop writes either pruned "
                                        "keys or codes into the model's cache, not both")
@@ -322,6 +321,10 @@ class ClosedLoop:
             if d["start"] is not None:  # --decode-start compressed: the one-shot compression first
                 compress_start(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), d["start"], plan,
                                budget, n_c)
+            if plan.name in QUERY_AWARE:  # dense until a cut (full start), then its pages per query
+                state["step_mask"] = query_pages(m, plan.canon, budget)
+                if d["start"] is not None:
+                    state["step_mask_nc"] = n_c
             return state, self.snapshot.last_logits, decode_protocol(
                 m, plan.canon, budget, d["every"], d["window"], self.snapshot.queries, n_c, d["cut"], self.info.rope,
                 self.o_projs, d["append_only"], plan=d["plan"](plan.canon, budget),
@@ -334,6 +337,8 @@ class ClosedLoop:
             return state, last, None
         state = m.copy_state(self.snapshot.state)
         compress_start(m, state, kept, self.offline, plan, budget, n_c)
+        if plan.name in QUERY_AWARE:
+            state["step_mask"], state["step_mask_nc"] = query_pages(m, plan.canon, budget), n_c
         policy = None
         if mode == "decode":  # re-selection reads `alive` by position: the cache stays whole
             policy = decode_reselection(m, plan.one_shot, int(kept[0][0].sum()), self.every, self.select)

@@ -70,7 +70,7 @@ class Llama2cLoop:
             s["k"][l] = np.concatenate([s["k"][l], k], axis=1)
             s["v"][l] = np.concatenate([s["v"][l], v], axis=1)
             s["alive"][l] = np.concatenate([s["alive"][l], np.ones((H, n), bool)], axis=1)
-            o = self._attention(q, s["k"][l], s["v"][l], s["alive"][l], pos, G)
+            o = self._attention(q, s["k"][l], s["v"][l], s["alive"][l], pos, G, step_mask(s, l, q, pos, s["k"][l]))
             hidden_attn = o.transpose(1, 0, 2).reshape(n, H * hd)
             x = x + hidden_attn @ w["wo"][l].T
             xb = rmsnorm(x, w["rms_ffn"][l])
@@ -83,8 +83,9 @@ class Llama2cLoop:
         xf = rmsnorm(x, w["rms_final"])
         return BlockOut((xf @ w["wcls"].T).astype(np.float64), hidden, attn, queries)
 
-    def _attention(self, q, K, V, alive, pos, G):
-        """The dumper's causal attention (llama2c_model.causal_attention) with dead keys masked."""
+    def _attention(self, q, K, V, alive, pos, G, visible=None):
+        """The dumper's causal attention (llama2c_model.causal_attention) with dead keys masked,
+        and keys a query does not attend to (visible [H, n, T] False: Quest's pages) too."""
         H, n, hd = q.shape
         T = K.shape[1]
         out = np.empty_like(q)
@@ -92,6 +93,8 @@ class Llama2cLoop:
         causal = key_pos[None, :] > pos[:, None]
         for g in range(K.shape[0]):
             hidden = causal[None] | ~alive[g * G:(g + 1) * G, None, :]  # [G, n, T]
+            if visible is not None:
+                hidden |= ~visible[g * G:(g + 1) * G]
             bias = np.where(hidden, np.float32(-np.inf), np.float32(0))
             logits = q[g * G:(g + 1) * G] @ K[g].T
             logits *= self.scale
@@ -101,6 +104,13 @@ class Llama2cLoop:
             logits /= logits.sum(axis=-1, keepdims=True)
             out[g * G:(g + 1) * G] = logits @ V[g]
         return out
+
+
+def step_mask(s, layer, q, pos, K):
+    """The keys each query attends to under a query-aware rule (state["step_mask"], Quest's
+    pages: bool [H, n, T]), or None (every key the cache holds)."""
+    hook = s.get("step_mask")
+    return None if hook is None else hook(s, layer, q, pos, np.ascontiguousarray(K[:, :int(pos[-1]) + 1]))
 
 
 class HFLoop:
@@ -187,7 +197,7 @@ class HFLoop:
         # prefill 5x slower than the model's. Once evicted entries are dropped (drop_evicted),
         # cache slots are no longer positions and the model's own mask would be wrong: every
         # layer takes the masked path.
-        intact = [slots is None and bool(a.all()) for a in s["alive"]]
+        intact = [slots is None and bool(a.all()) and "step_mask" not in s for a in s["alive"]]
 
         def wrap(original):
             def masked_attention(module, query, key, value, attention_mask, *args, **kwargs):
@@ -209,6 +219,10 @@ class HFLoop:
                 -1, self.num_kv_heads, T)  # slot positions per KV head
             key_pos = np.repeat(key_pos, self.num_heads // key_pos.shape[1], axis=1)
             visible = (key_pos[:, :, None, :] <= pos[None, None, :, None]) & alive[:, :, None, :]  # [B, H, n, T]
+            pages = step_mask(s, layer, query[0].float().cpu().numpy(), pos, key[0].float().cpu().numpy()) \
+                if not batched else None
+            if pages is not None:  # a query-aware rule's own keys per query (slots are positions here)
+                visible &= pages[None]
             mask = None
             if not visible.all():  # a single new token over a compacted cache needs none
                 mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)

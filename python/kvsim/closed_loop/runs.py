@@ -136,6 +136,23 @@ def decode_rows(model, state, layer, L, r, canon):
     model.set_span_kv(state, layer, K, V)
 
 
+def query_pages(model, spec, budget):
+    """state["step_mask"] for a query-aware rule (Quest, rules doc 2.15) in a running model: every
+    fed query attends only to the keys the rule picks with that query (its pages) over the keys
+    the cache holds, through kvsim._kvsim._query_masks, whose budget counts the tokens of the
+    compression point state["step_mask_nc"] (n_c; under the decode protocol the last cut's L, and
+    none yet after a full start: dense), as the offline replay's selections count it."""
+    import kvsim
+
+    def hook(state, layer, q, pos, K):
+        n_c = state.get("step_mask_nc")
+        if n_c is None:
+            return None
+        return kvsim._kvsim._query_masks(spec, K, np.ascontiguousarray(q, np.float32), np.asarray(pos), n_c,
+                                         str(budget), layer, model.scale, model.num_heads)
+    return hook
+
+
 def teacher_forced(model, state, tokens, after_step=None, first_step=0):
     """Feeds the recorded tokens; after_step(state, step, out) may evict after each one (steps
     counted on from first_step, the tokens fed before). Without it nothing changes the cache
@@ -330,6 +347,7 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
             if not r["cut"]:
                 continue
             state["decode_mode"] = r["mode"]
+            state["step_mask_nc"] = L  # a query-aware rule's budget now counts the L tokens seen
             mask = np.zeros((len(r["cached"]), L), bool)
             for u, c in enumerate(r["cached"]):
                 mask[u, c] = True
