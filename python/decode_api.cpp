@@ -10,6 +10,7 @@
 #include "engine_call.h"
 #include "select_arrays.h"
 #include "replay/decode_protocol.h"
+#include "replay/decode_view.h"
 #include "replay/layer_plans.h"
 #include "replay/protocol.h"
 #include "rules/factory.h"
@@ -82,7 +83,9 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
 // One compression of the decode protocol on a running model's cache (the closed loop): k, v
 // [Hkv, T, d] and q [H, len(q_pos), d] at every position so far, o_proj [D, H d] (or None: the
 // rules that need W_o refuse); cached[u] the positions unit u
-// holds (one array: shared); returns {cached, mode, cut} and, when the cut prunes key channels
+// holds (one array: shared); returns {cached, mode, cut}; for a step-wise rule, step_masks bool
+// [units, n, T] (each query of [L, T)'s cache, by position) and step_masks_evict (False: Quest,
+// whose masks evict nothing); and, when the cut prunes key channels
 // (ThinK), key_channels bool [units, d], or quantizes (quant), quant: {k, v [units, L, d] by
 // position, k_coded, v_coded bool [units, L]}: the rows this cut's cache gives back.
 // A cross-layer rule's allocation at the compression point of `trace` (rules doc 1.9: kept under
@@ -110,6 +113,7 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
                            double attn_scale, long long num_heads, const py::dict& rope,
                            const std::vector<i64>& plan, long long n0) {
   DecodeCut c;
+  bool evicts = true;
   call_command("decode_cut", [&] {
     auto [meta, data] = arrays_layer(k, v, q, q_pos, o_proj, attn_scale, num_heads);
     // The model's RoPE (a trace's meta: rope_theta, rope_style, rope_scaling, rotary_dim), for the
@@ -122,6 +126,7 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
     if (L < 1 || L > meta.seq_len) fail("kvsim.decode_cut", "L", "must be in 1..T (" + std::to_string(meta.seq_len) + ")");
     const Budget b = Budget::parse(budget);
     const auto rule = make_rule(spec);
+    evicts = rule->per_query_evicts();
     const i64 keep = decode_keep(b, L);
     // A cross-layer rule: its counts at this cut from the plan at n_0 (Rule::decode_counts).
     std::vector<i64> counts;
@@ -141,6 +146,23 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
   d["mode"] = gqa_mode_name(c.mode);
   d["cut"] = c.cut;
   const py::ssize_t U = static_cast<py::ssize_t>(c.cached.size());
+  if (c.stepwise && c.view) {  // a step-wise rule's cache of each query in [L, T), by position
+    const Selection& st = *c.stepwise;
+    const py::ssize_t n = static_cast<py::ssize_t>(st.per_query.size()) / st.units;
+    const py::ssize_t E = static_cast<py::ssize_t>(c.view->positions[0].size());  // tokens of the view
+    const i64 T = c.view->position(0, E - 1) + 1;
+    py::array_t<bool> m(std::vector<py::ssize_t>{st.units, n, static_cast<py::ssize_t>(T)});
+    bool* o = m.mutable_data();
+    std::fill(o, o + st.units * n * T, false);
+    for (int u = 0; u < st.units; ++u)
+      for (py::ssize_t qi = 0; qi < n; ++qi) {
+        const auto& pm = st.per_query[static_cast<std::size_t>(u * n + qi)];
+        for (std::size_t j = 0; j < pm.size(); ++j)
+          if (pm[j]) o[(u * n + qi) * T + c.view->position(u, static_cast<i64>(j))] = true;
+      }
+    d["step_masks"] = m;
+    d["step_masks_evict"] = evicts;
+  }
   if (!c.key_channels.empty()) {
     const py::ssize_t dim = static_cast<py::ssize_t>(c.key_channels.size()) / U;
     py::array_t<bool> ch(std::vector<py::ssize_t>{U, dim});

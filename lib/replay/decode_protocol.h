@@ -34,7 +34,7 @@ struct DecodeStats {
   double mean_cache_tokens() const { return cache_tokens_count ? cache_tokens_sum / cache_tokens_count : 0; }
 };
 
-class DecodeView;
+struct DecodeView;
 
 // What one compression left: each unit's cached positions (one shared list when nothing was cut
 // yet), the rule's GQA mode and, for a step-wise rule, its per-query masks over the view.

@@ -275,10 +275,12 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     per-query perturbation at every layer-0 position up to the next cut; rules that undo RoPE get
     the model's (interleaved for llama2.c). ThinK and quant write their rows into the model's cache;
     the oracle reads the full-cache run's next interval and a cross-layer rule keeps the trace's
-    plan, both as offline; Quest attends densely until the first cut, then to its pages per query."""
+    plan, both as offline; Quest attends densely until the first cut, then to its pages per query;
+    TOVA and H2O step-wise keep their own cache per step from each cut on, as offline."""
 
     RULES = ("full;snapkv(window=8);ada(snapkv(window=8));streaming;expected;think(snapkv(window=8),ratio=0.25);"
-             "quant(snapkv(window=8),group=8,residual=8);oracle;global(snapkv(window=8));quest(page=4,dense_layers=0)")
+             "quant(snapkv(window=8),group=8,residual=8);oracle;global(snapkv(window=8));quest(page=4,dense_layers=0);"
+             "tova(variant=stepwise);h2o(variant=stepwise)")
 
     @classmethod
     def setUpClass(cls):
@@ -299,7 +301,7 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     def test_recorded(self):
         self.assertEqual(self.doc["protocol"], {"name": "decode", "every": 8, "decode_start": "full", "admission": "evict"})
         self.assertEqual(set(self.table["mode"]), {"decode"})
-        self.assertEqual(len(self.table), 10 * 2)
+        self.assertEqual(len(self.table), 12 * 2)
 
     def test_layer0_equals_offline_until_the_second_cut(self):
         n_c = int(self.off["query_pos"].min())
@@ -317,17 +319,17 @@ class ClosedLoopDecodeTest(unittest.TestCase):
                     compared += 1
                 if rule.startswith(("think", "quant")):  # pruned keys / codes changed layer 0 itself
                     self.assertGreater(c[(c["position"] >= n_c + 8) & (c["layer"] == 0)]["attn_out_l1"].min(), 0, rule)
-        self.assertEqual(compared, 10 * 2 * 16)
+        self.assertEqual(compared, 12 * 2 * 16)
 
     def test_errors(self):
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv", "--protocol", "decode", "--every", "0",
                         "--out", os.path.join(self.dir, "bad"))
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--every", r.stderr)
-        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv;h2o(variant=stepwise)", "--protocol",
-                        "decode", "--out", os.path.join(self.dir, "bad2"))
+        r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv;think(quant(snapkv,group=8))",
+                        "--protocol", "decode", "--out", os.path.join(self.dir, "bad2"))
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn("H2O", r.stderr)
+        self.assertIn("quantized", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "bad2", "trace.h5")))
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ DEFAULT_RULES = ("snapkv;ada(snapkv);critical(snapkv);critical(ada(snapkv));keyd
                  "tova(variant=stepwise);streaming;knorm;random")
 # Rules that pick each query's keys inside its attention (nothing evicted): state["step_mask"].
 QUERY_AWARE = ("quest",)
+
+
+def evicts_per_step(canon):
+    """Step-wise rules whose per-query caches evict (TOVA, H2O step-wise)."""
+    return canon.split("(", 1)[0] in ("tova", "h2o") and "variant=stepwise" in canon
 # Rules that read the queries after each cut: the closed loop gives them the full-cache run's.
 ORACLES = ("oracle", "oracle_greedy")
 
@@ -136,9 +141,9 @@ def split_rules(text, protocol="oneshot"):
         if name == "think" and "quant(" in canon:
             raise DumpError("--rules", f"'{s}': think over a quantized cache: the closed loop writes either pruned "
                                        "keys or codes into the model's cache, not both")
-        if name == "h2o" and "variant=stepwise" in canon:
+        if name == "h2o" and "variant=stepwise" in canon and protocol != "decode":
             raise DumpError("--rules", f"'{s}': decode-time H2O needs the attention of every decoded query, which "
-                                       "the closed loop does not accumulate; use h2o (one-shot)")
+                                       "the one-shot closed loop does not accumulate; use --protocol decode or h2o")
         out.append(canon)
     return out
 
@@ -321,14 +326,20 @@ class ClosedLoop:
             if d["start"] is not None:  # --decode-start compressed: the one-shot compression first
                 compress_start(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), d["start"], plan,
                                budget, n_c)
+            policy = decode_protocol(m, plan.canon, budget, d["every"], d["window"], self.snapshot.queries, n_c,
+                                     d["cut"], self.info.rope, self.o_projs, d["append_only"],
+                                     plan=d["plan"](plan.canon, budget),
+                                     future=self.trace_rows if plan.name in ORACLES else None,
+                                     steps_evict=evicts_per_step(plan.canon))
             if plan.name in QUERY_AWARE:  # dense until a cut (full start), then its pages per query
                 state["step_mask"] = query_pages(m, plan.canon, budget)
                 if d["start"] is not None:
                     state["step_mask_nc"] = n_c
-            return state, self.snapshot.last_logits, decode_protocol(
-                m, plan.canon, budget, d["every"], d["window"], self.snapshot.queries, n_c, d["cut"], self.info.rope,
-                self.o_projs, d["append_only"], plan=d["plan"](plan.canon, budget),
-                future=self.trace_rows if plan.name in ORACLES else None)
+            if evicts_per_step(plan.canon):  # its own cache per step, from each cut on
+                state["step_mask"] = policy.step_mask
+                if d["start"] is not None:  # the one-shot start is a cut of the full cache at n_c
+                    state["step_view"] = {l: ([np.arange(n_c)], None, n_c) for l in range(m.num_layers)}
+            return state, self.snapshot.last_logits, policy
         if mode == "blockwise":
             n_keep = int(kept[0][0].sum())
             recent = int(plan.recent * n_keep + 1e-9)

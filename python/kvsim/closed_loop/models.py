@@ -70,7 +70,7 @@ class Llama2cLoop:
             s["k"][l] = np.concatenate([s["k"][l], k], axis=1)
             s["v"][l] = np.concatenate([s["v"][l], v], axis=1)
             s["alive"][l] = np.concatenate([s["alive"][l], np.ones((H, n), bool)], axis=1)
-            o = self._attention(q, s["k"][l], s["v"][l], s["alive"][l], pos, G, step_mask(s, l, q, pos, s["k"][l]))
+            o = self._attention(q, s["k"][l], s["v"][l], s["alive"][l], pos, G, step_mask(s, l, q, pos, s["k"][l], s["v"][l]))
             hidden_attn = o.transpose(1, 0, 2).reshape(n, H * hd)
             x = x + hidden_attn @ w["wo"][l].T
             xb = rmsnorm(x, w["rms_ffn"][l])
@@ -106,11 +106,13 @@ class Llama2cLoop:
         return out
 
 
-def step_mask(s, layer, q, pos, K):
-    """The keys each query attends to under a query-aware rule (state["step_mask"], Quest's
-    pages: bool [H, n, T]), or None (every key the cache holds)."""
+def step_mask(s, layer, q, pos, K, V):
+    """The keys each query attends to under a query-aware or step-wise rule (state["step_mask"]:
+    Quest's pages, TOVA's or H2O's per-step cache; bool [H, n, T]), or None (every key the cache
+    holds). K, V: the layer's keys and values [Hkv, T, d] by position."""
     hook = s.get("step_mask")
-    return None if hook is None else hook(s, layer, q, pos, np.ascontiguousarray(K[:, :int(pos[-1]) + 1]))
+    T = int(pos[-1]) + 1
+    return None if hook is None else hook(s, layer, q, pos, np.ascontiguousarray(K[:, :T]), np.ascontiguousarray(V[:, :T]))
 
 
 class HFLoop:
@@ -219,8 +221,8 @@ class HFLoop:
                 -1, self.num_kv_heads, T)  # slot positions per KV head
             key_pos = np.repeat(key_pos, self.num_heads // key_pos.shape[1], axis=1)
             visible = (key_pos[:, :, None, :] <= pos[None, None, :, None]) & alive[:, :, None, :]  # [B, H, n, T]
-            pages = step_mask(s, layer, query[0].float().cpu().numpy(), pos, key[0].float().cpu().numpy()) \
-                if not batched else None
+            pages = step_mask(s, layer, query[0].float().cpu().numpy(), pos, key[0].float().cpu().numpy(),
+                              value[0].float().cpu().numpy()) if not batched else None
             if pages is not None:  # a query-aware rule's own keys per query (slots are positions here)
                 visible &= pages[None]
             mask = None

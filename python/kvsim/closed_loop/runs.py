@@ -144,7 +144,7 @@ def query_pages(model, spec, budget):
     none yet after a full start: dense), as the offline replay's selections count it."""
     import kvsim
 
-    def hook(state, layer, q, pos, K):
+    def hook(state, layer, q, pos, K, V):
         n_c = state.get("step_mask_nc")
         if n_c is None:
             return None
@@ -294,7 +294,7 @@ def decode_reselection(model, spec_one_shot, n_keep, every, select):
 
 
 def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut, rope, o_projs, append_only=False,
-                    plan=None, future=None):
+                    plan=None, future=None, steps_evict=False):
     """after_step for the decode protocol (rules doc 1.9) in a running model: after every `every`
     fed tokens, each layer's cache is cut back to `budget` by the rule through the engine's own
     compression (cut = kvsim._kvsim._decode_cut: the compacted view the offline replay builds), from
@@ -309,9 +309,36 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
     the trace: the same full-cache prefill), which each cut scales as offline (Rule::decode_counts).
     future: for the oracles, layer -> the trace's (keys, values, queries) at every position: the
     next interval [L, L + every) the full-cache run computes follows the view, as the offline
-    replay's oracle reads it (also in a free-running continuation, whose own tokens differ)."""
+    replay's oracle reads it (also in a free-running continuation, whose own tokens differ).
+    steps_evict: a step-wise rule whose per-query caches evict (TOVA, H2O step-wise): after.step_mask
+    is its state["step_mask"]."""
     H, Hkv = model.num_heads, model.num_kv_heads
     G = H // Hkv
+
+    def call(layer, K, V, q, cached, mode, L):
+        return cut(spec, K, V, q, np.arange(K.shape[1]), o_projs[layer], [c.tolist() for c in cached], mode or "kv", L,
+                   str(budget), window, model.scale, H, rope, plan=[] if plan is None else [int(x) for x in plan[layer]],
+                   n0=n_c)
+
+    def stepwise(state, layer, q, pos, K, V):
+        """state["step_mask"] of a step-wise rule that evicts (TOVA, H2O step-wise): each fed query's
+        cache is the rule's own mask for it, from the cut that opened its interval (the cache
+        before it, state["step_view"][layer]) seen over every query since, as offline; the mask
+        is also the cache from then on (alive), so the next cut starts from the last one."""
+        view = (state.get("step_view") or {}).get(layer)
+        if view is None:
+            return None
+        cached, mode, L = view
+        T = K.shape[1]
+        fed = (state.get("decode_q") or [[]] * model.num_layers)[layer]  # queries fed since n_c, this one aside
+        q_all = np.concatenate([prompt_queries[layer]] + fed + [q], axis=1)[:, :T]
+        r = call(layer, K, V, np.ascontiguousarray(q_all, np.float32), cached, mode, L)
+        n = q.shape[1]  # the queries fed in this block are the view's last ones
+        m = np.stack([head_rows(r["step_masks"][:, -n + i, :T], H, Hkv, spec) for i in range(n)], axis=1)
+        alive = state["alive"][layer].copy()  # from the next block on; this block's attention has its own
+        alive[:, :T] &= m[:, -1]
+        state["alive"][layer] = alive
+        return m
 
     def interval(layer, K, V, q, L):
         """The cache's rows and queries up to L, then (oracles) the full-cache run's up to E."""
@@ -341,9 +368,9 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
             K, V, q = interval(layer, K, V, q, L)
             if K.shape[1] == L and future is not None:
                 continue  # an oracle past the recorded positions: no query to cut for
-            r = cut(spec, K, V, q, np.arange(K.shape[1]), o_projs[layer], [c.tolist() for c in cached],
-                    mode or "kv", L, str(budget), window, model.scale, H, rope,
-                    plan=[] if plan is None else [int(x) for x in plan[layer]], n0=n_c)
+            r = call(layer, K, V, q, cached, mode, L)
+            if steps_evict:  # the cache before this cut opens the next interval's per-step caches
+                state["step_view"] = {**(state.get("step_view") or {}), layer: (cached, mode, L) if r["cut"] else None}
             if not r["cut"]:
                 continue
             state["decode_mode"] = r["mode"]
@@ -355,4 +382,5 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
             state["alive"][layer][:, first:L] = head_rows(mask, H, Hkv, spec)[:, first:L]
             decode_rows(model, state, layer, L, r, spec)
     after.every = every
+    after.step_mask = stepwise
     return after
