@@ -123,6 +123,7 @@ def closed_loop_runs(args, prompt, trace, offline, model):
     from kvsim.closed_loop.loop import ClosedLoop, Plan, TraceInfo, offline_kept
     info = TraceInfo(trace, "agnostic")
     loop = ClosedLoop(model, info, kvsim.select, True, 1)
+    loop.offline = offline  # ThinK's key channels
     ref = loop.reference_summary()
     full_text = ref.get("free_text_full", "")
     out = {"full": {"text": full_text, "answered": answered(prompt, ref.get("needle_recall_full"), full_text)},
@@ -156,22 +157,15 @@ def answered(prompt, needle_recall, text):
     return None
 
 
-def evicting_rules(spec):
-    """The rule list of the study: kvsim's canonical specs, without those that evict nothing
-    (the closed loop cannot apply them: quest, think)."""
+def study_rules(spec):
+    """The rule list of the study: kvsim's canonical specs (every one runs in the closed loop: ThinK
+    zeroes its pruned channels in the model's cache, Quest attends to its pages per query)."""
     import kvsim
 
-    from kvsim.closed_loop.loop import NOT_EVICTING
     try:
-        names = kvsim._kvsim.expand_rules(spec)
+        return kvsim._kvsim.expand_rules(spec)
     except (ValueError, kvsim.KvsimError) as e:
         raise DumpError("--rules", str(e))
-    out, dropped = [], []
-    for canon in names:
-        (dropped if canon.split("(", 1)[0] in NOT_EVICTING else out).append(canon)
-    if dropped:
-        progress(f"note: {', '.join(d.split('(')[0] for d in dropped)} evict no tokens; left out of the study")
-    return out
 
 
 def run(args):
@@ -185,7 +179,7 @@ def run(args):
                                   [float(x) for x in args.niah_depths.split(",") if x],
                                   [int(x) for x in args.longbench_records.split(",") if x],
                                   args.longbench_tokens)
-    rules = evicting_rules(args.rules)
+    rules = study_rules(args.rules)
     if "full" not in [r.split("(", 1)[0] for r in rules]:
         rules = ["full"] + rules
     loop_model = None
