@@ -79,11 +79,6 @@ DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& D
     throw Error(std::string(e.what()) + " (decode protocol: compression at position " + std::to_string(L) +
                 ", layer " + std::to_string(layer) + ", budget " + budget.text + ")");
   }
-  const bool gives_rows = !sel.key_channels.empty() || sel.quant;
-  if (gives_rows && !sel.per_query.empty())
-    fail(rule.spec(), "--protocol decode",
-         "prunes key channels or quantizes over a step-wise base: its per-query caches have no rows of their own "
-         "past n_0");
   if (!sel.key_channels.empty() && sel.quant)
     fail(rule.spec(), "--protocol decode",
          "prunes key channels of a quantized cache: past n_0 only one of the two is carried (use --every larger "
@@ -317,10 +312,6 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
         for (i64 j = 0; j < n0; ++j)
           if (s0.unit_mask(u)[j]) iv.state.cached[u].push_back(j);
       if (!s0.per_query.empty()) iv.stepwise = std::make_shared<const Selection>(s0);
-      if ((!s0.key_channels.empty() || s0.quant) && !s0.per_query.empty())
-        fail(rule.spec(), "--protocol decode",
-             "prunes key channels or quantizes over a step-wise base: its per-query caches have no rows of their "
-             "own past n_0");
       iv.rows = start_rows(s0, iv.state, D, n0);
     } else {
       iv.state.cached.assign(1, {});
@@ -387,12 +378,16 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
     const GqaMode mode = intervals.back().stepwise ? intervals.back().stepwise->mode : intervals.back().state.mode;
     Selection s(mode, units, n0);
     const bool stepwise = std::any_of(intervals.begin(), intervals.end(), [](const Interval& v) { return v.stepwise; });
+    const bool rows = std::any_of(intervals.begin(), intervals.end(), [](const Interval& v) { return v.rows; });
     if (stepwise) {  // a step-wise rule's own masks: one per query
       s.per_query.resize(static_cast<std::size_t>(units * ne));
       for (const Interval& v : intervals)
         for (int u = 0; u < units; ++u)
           for (i64 q = v.q0; q < v.q1; ++q) s.per_query[u * ne + q] = query_mask(v, u, q, eval_pos[q]);
-    } else {  // one held cache per interval (Selection::held_caches)
+    }
+    // One held cache per interval (Selection::held_caches): the caches themselves, or (a step-wise
+    // rule, whose per-query masks decide the support) the rows each interval gives back.
+    if (!stepwise || rows) {
       s.held_of.assign(static_cast<std::size_t>(ne), 0);
       for (const Interval& v : intervals) {
         Selection::HeldCache c;

@@ -280,7 +280,7 @@ class ClosedLoopDecodeTest(unittest.TestCase):
 
     RULES = ("full;snapkv(window=8);ada(snapkv(window=8));streaming;expected;think(snapkv(window=8),ratio=0.25);"
              "quant(snapkv(window=8),group=8,residual=8);oracle;global(snapkv(window=8));quest(page=4,dense_layers=0);"
-             "tova(variant=stepwise);h2o(variant=stepwise)")
+             "tova(variant=stepwise);h2o(variant=stepwise);think(tova(variant=stepwise),ratio=0.25)")
 
     @classmethod
     def setUpClass(cls):
@@ -301,7 +301,7 @@ class ClosedLoopDecodeTest(unittest.TestCase):
     def test_recorded(self):
         self.assertEqual(self.doc["protocol"], {"name": "decode", "every": 8, "decode_start": "full", "admission": "evict"})
         self.assertEqual(set(self.table["mode"]), {"decode"})
-        self.assertEqual(len(self.table), 12 * 2)
+        self.assertEqual(len(self.table), 13 * 2)
 
     def test_layer0_equals_offline_until_the_second_cut(self):
         n_c = int(self.off["query_pos"].min())
@@ -319,7 +319,7 @@ class ClosedLoopDecodeTest(unittest.TestCase):
                     compared += 1
                 if rule.startswith(("think", "quant")):  # pruned keys / codes changed layer 0 itself
                     self.assertGreater(c[(c["position"] >= n_c + 8) & (c["layer"] == 0)]["attn_out_l1"].min(), 0, rule)
-        self.assertEqual(compared, 12 * 2 * 16)
+        self.assertEqual(compared, 13 * 2 * 16)
 
     def test_errors(self):
         r = closed_loop("--model", tu.CHECKPOINT, *PROMPT, "--rules", "snapkv", "--protocol", "decode", "--every", "0",

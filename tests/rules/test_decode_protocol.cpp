@@ -278,9 +278,9 @@ TEST_CASE("decode protocol: clear refusals") {
   const auto L = decode_layer(15);
   CHECK_THROWS_WITH_AS(decode_select(*make_rule("knorm"), L->input(), {Budget::parse("mem=0.25")}, {8, false, 32}),
                        doctest::Contains("mem=0.25"), Error);
-  CHECK_THROWS_WITH_AS(decode_select(*make_rule("think(tova(variant=stepwise))"), L->input(), {Budget::parse("64")},
-                                     {8, false, 32}),
-                       doctest::Contains("step-wise base"), Error);
+  CHECK_THROWS_WITH_AS(decode_select(*make_rule("think(quant(knorm,group=8,residual=16))"), L->input(),
+                                     {Budget::parse("64")}, {8, false, 32}),
+                       doctest::Contains("quantized cache"), Error);
   CHECK_THROWS_WITH_AS(decode_select(*make_rule("knorm"), L->input(), {Budget::parse("64")}, {0, false, 32}),
                        doctest::Contains("--every"), Error);
 }
@@ -419,13 +419,17 @@ TEST_CASE("decode protocol: ThinK prunes every cached key at each cut, on top of
   const auto L = decode_layer(21);
   const int d = L->data.head_dim;
   const i64 w = 8;
-  const auto rule = make_rule("think(knorm,ratio=0.25,window=8)");
+  // Over a per-head top-k and over a step-wise base (TOVA: per-query masks decide the support,
+  // the held caches carry the rows).
+  for (const std::string spec : {"think(knorm,ratio=0.25,window=8)", "think(tova(variant=stepwise),ratio=0.25,window=8)"}) {
+  CAPTURE(spec);
+  const auto rule = make_rule(spec);
   each_decode_case(*rule, *L, [&](const Selection& s, bool start) {
       CHECK(s.held_rows());
       CHECK(s.kept_bytes.empty());  // ThinK stores float16 keys and values
       // Per unit, the cumulative mask of every position: AND of the masks of the cuts that held it.
       std::vector<std::vector<std::vector<std::uint8_t>>> acc(s.units);
-      i64 wrong = 0, pruned = 0;
+      i64 wrong = 0, pruned = 0, carried = 0;
       for (std::size_t i = 0; i < s.held_caches.size(); ++i) {
         const auto& c = s.held_caches[i];
         if (i == 0 && !start) {  // the full cache at n_0: nothing pruned yet
@@ -433,6 +437,10 @@ TEST_CASE("decode protocol: ThinK prunes every cached key at each cut, on top of
           continue;
         }
         REQUIRE(c.rows != nullptr);
+        if (i > 0 && c.rows == s.held_caches[i - 1].rows) {  // no cut here (TOVA's own steps kept it
+          ++carried;                                          // within the budget): rows carried
+          continue;
+        }
         for (int u = 0; u < s.units; ++u) {
           const auto kept = held_list(c, u);
           // The cut at c.from: the window is the last w positions before it (the prompt's at n_0).
@@ -452,7 +460,9 @@ TEST_CASE("decode protocol: ThinK prunes every cached key at each cut, on top of
       }
       CHECK(wrong == 0);
       CHECK(pruned > 0);
+      CHECK(carried < static_cast<i64>(s.held_caches.size()) - 2);  // most intervals opened with a cut
   });
+  }
 }
 
 TEST_CASE("decode protocol: quant keeps a token's codes from the first cut that quantized it; bytes count them") {

@@ -34,8 +34,8 @@ QUERY_AWARE = ("quest",)
 
 
 def evicts_per_step(canon):
-    """Step-wise rules whose per-query caches evict (TOVA, H2O step-wise)."""
-    return canon.split("(", 1)[0] in ("tova", "h2o") and "variant=stepwise" in canon
+    """Step-wise rules whose per-query caches evict (TOVA, H2O step-wise, or a rule over them)."""
+    return re.search(r"\b(tova|h2o)\(variant=stepwise", canon) is not None
 # Rules that read the queries after each cut: the closed loop gives them the full-cache run's.
 ORACLES = ("oracle", "oracle_greedy")
 
@@ -298,6 +298,10 @@ class ClosedLoop:
         self.full, self.full_free = self.continue_from(model.copy_state(self.snapshot.state),
                                                        self.snapshot.last_logits, None)
 
+    def snapshot_kv(self, layer):
+        """The full-cache prefill's keys and values of a layer [Hkv, n_c, d] (before any rule)."""
+        return tuple(np.array(x[:, :self.info.n_c], dtype=np.float32) for x in self.m.kv(self.snapshot.state, layer))
+
     def trace_rows(self, layer):
         """The trace's keys, values and queries of a layer at every position (the full-cache run:
         what the oracles read after each cut), read once."""
@@ -338,7 +342,7 @@ class ClosedLoop:
             if evicts_per_step(plan.canon):  # its own cache per step, from each cut on
                 state["step_mask"] = policy.step_mask
                 if d["start"] is not None:  # the one-shot start is a cut of the full cache at n_c
-                    state["step_view"] = {l: ([np.arange(n_c)], None, n_c) for l in range(m.num_layers)}
+                    state["step_view"] = {l: ([np.arange(n_c)], None, n_c, *self.snapshot_kv(l)) for l in range(m.num_layers)}
             return state, self.snapshot.last_logits, policy
         if mode == "blockwise":
             n_keep = int(kept[0][0].sum())

@@ -328,8 +328,10 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
         view = (state.get("step_view") or {}).get(layer)
         if view is None:
             return None
-        cached, mode, L = view
+        cached, mode, L, K0, V0 = view
         T = K.shape[1]
+        if K0 is not None:  # the cache's rows as the cut saw them (before its own ThinK pruning)
+            K, V = np.concatenate([K0, K[:, L:]], axis=1), np.concatenate([V0, V[:, L:]], axis=1)
         fed = (state.get("decode_q") or [[]] * model.num_layers)[layer]  # queries fed since n_c, this one aside
         q_all = np.concatenate([prompt_queries[layer]] + fed + [q], axis=1)[:, :T]
         r = call(layer, K, V, np.ascontiguousarray(q_all, np.float32), cached, mode, L)
@@ -370,7 +372,8 @@ def decode_protocol(model, spec, budget, every, window, prompt_queries, n_c, cut
                 continue  # an oracle past the recorded positions: no query to cut for
             r = call(layer, K, V, q, cached, mode, L)
             if steps_evict:  # the cache before this cut opens the next interval's per-step caches
-                state["step_view"] = {**(state.get("step_view") or {}), layer: (cached, mode, L) if r["cut"] else None}
+                view = (cached, mode, L, K[:, :L].copy(), V[:, :L].copy()) if r["cut"] else None
+                state["step_view"] = {**(state.get("step_view") or {}), layer: view}
             if not r["cut"]:
                 continue
             state["decode_mode"] = r["mode"]
