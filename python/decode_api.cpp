@@ -80,14 +80,6 @@ py::dict decode_masks(const std::string& trace, const std::string& spec, const s
   return d;
 }
 
-// One compression of the decode protocol on a running model's cache (the closed loop): k, v
-// [Hkv, T, d] and q [H, len(q_pos), d] at every position so far, o_proj [D, H d] (or None: the
-// rules that need W_o refuse); cached[u] the positions unit u
-// holds (one array: shared); returns {cached, mode, cut}; for a step-wise rule, step_masks bool
-// [units, n, T] (each query of [L, T)'s cache, by position) and step_masks_evict (False: Quest,
-// whose masks evict nothing); and, when the cut prunes key channels
-// (ThinK), key_channels bool [units, d], or quantizes (quant), quant: {k, v [units, L, d] by
-// position, k_coded, v_coded bool [units, L]}: the rows this cut's cache gives back.
 // A cross-layer rule's allocation at the compression point of `trace` (rules doc 1.9: kept under
 // the decode protocol): {layer: int array [units]} of kept tokens at n_c, or None for a rule
 // without one. The closed loop hands a layer's counts to _decode_cut.
@@ -106,6 +98,13 @@ py::object decode_plan(const std::string& trace, const std::string& spec, const 
   return d;
 }
 
+// One compression of the decode protocol on a running model's cache (the closed loop): k, v
+// [Hkv, T, d] and q [H, len(q_pos), d] at every position so far, o_proj [D, H d] (or None: the
+// rules that need W_o refuse); cached[u] the positions unit u
+// holds (one array: shared); returns {cached, mode, cut}; for a step-wise rule, step_masks bool
+// [units, n, T] (each query of [L, T)'s cache, by position); and, when the cut prunes key channels
+// (ThinK), key_channels bool [units, d], or quantizes (quant), quant: {k, v [units, L, d] by
+// position, k_coded, v_coded bool [units, L]}: the rows this cut's cache gives back.
 py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py::array::c_style | py::array::forcecast>& k,
                            py::object v, py::object q, py::object q_pos, py::object o_proj,
                            const std::vector<std::vector<i64>>& cached,
@@ -113,7 +112,6 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
                            double attn_scale, long long num_heads, const py::dict& rope,
                            const std::vector<i64>& plan, long long n0) {
   DecodeCut c;
-  bool evicts = true;
   call_command("decode_cut", [&] {
     auto [meta, data] = arrays_layer(k, v, q, q_pos, o_proj, attn_scale, num_heads);
     // The model's RoPE (a trace's meta: rope_theta, rope_style, rope_scaling, rotary_dim), for the
@@ -126,7 +124,6 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
     if (L < 1 || L > meta.seq_len) fail("kvsim.decode_cut", "L", "must be in 1..T (" + std::to_string(meta.seq_len) + ")");
     const Budget b = Budget::parse(budget);
     const auto rule = make_rule(spec);
-    evicts = rule->per_query_evicts();
     const i64 keep = decode_keep(b, L);
     // A cross-layer rule: its counts at this cut from the plan at n_0 (Rule::decode_counts).
     std::vector<i64> counts;
@@ -161,7 +158,6 @@ py::dict decode_cut_arrays(const std::string& spec, const py::array_t<float, py:
           if (pm[j]) o[(u * n + qi) * T + c.view->position(u, static_cast<i64>(j))] = true;
       }
     d["step_masks"] = m;
-    d["step_masks_evict"] = evicts;
   }
   if (!c.key_channels.empty()) {
     const py::ssize_t dim = static_cast<py::ssize_t>(c.key_channels.size()) / U;

@@ -155,8 +155,8 @@ void recomputed_run(const LayerCache& cache, QuerySet set, NormKind nu_kind, con
   // The logit z' = q . ka and the shift's part q . kb (z = z' + q . kb), kept apart so the
   // shift of an uncapped logit is exact rather than a difference of two large logits: ka the key
   // the cache gives back (ThinK: k with the pruned channels zeroed; quant: khat), kb = k - ka.
-  avec<float> qa(static_cast<std::size_t>(nq) * s.d);
-  for (i64 qi = 0; qi < nq; ++qi) std::copy_n(L.q_row(h, cache.rows(set)[q0 + qi]), s.d, qa.data() + qi * s.d);
+  avec<float> Q(static_cast<std::size_t>(nq) * s.d);
+  for (i64 qi = 0; qi < nq; ++qi) std::copy_n(L.q_row(h, cache.rows(set)[q0 + qi]), s.d, Q.data() + qi * s.d);
   const std::size_t cells = static_cast<std::size_t>(nq) * w;
   float* logits = scratch_floats(0, std::max<std::size_t>(1, 2 * cells));  // per-thread, reused
   float* dropped = logits + cells;
@@ -196,8 +196,8 @@ void recomputed_run(const LayerCache& cache, QuerySet set, NormKind nu_kind, con
       kernels::row_abs_sums(dv, w, s.d, s.d, value_err.data());
   }
   if (w > 0) {
-    kernels::sgemm(false, true, nq, w, s.d, 1.f, qa.data(), s.d, Ka, s.d, 0.f, logits, w);
-    kernels::sgemm(false, true, nq, w, s.d, 1.f, qa.data(), s.d, Kb, s.d, 0.f, dropped, w);
+    kernels::sgemm(false, true, nq, w, s.d, 1.f, Q.data(), s.d, Ka, s.d, 0.f, logits, w);
+    kernels::sgemm(false, true, nq, w, s.d, 1.f, Q.data(), s.d, Kb, s.d, 0.f, dropped, w);
   }
   const kernels::LogitSpec logit = cache.meta().logits();
   auto transform = [&](double x) {

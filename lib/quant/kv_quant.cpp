@@ -10,6 +10,9 @@ namespace kvsim {
 
 namespace {
 
+// Bytes stored per group of an integer scheme: a float16 scale (and zero point for asym).
+double group_bytes(QuantScheme s) { return s == QuantScheme::sym ? 2.0 : 4.0; }
+
 struct Fp8Format {
   int mant, min_exp, bias;
   double max;
@@ -78,8 +81,8 @@ i64 quantized_row_count(i64 m, int bits, QuantAxis axis, const QuantSpec& spec) 
 double coded_row_bytes(int d, int bits, const QuantSpec& spec) {
   if (bits >= 16) return 2.0 * d;
   if (is_fp8(spec.scheme)) return static_cast<double>(d);
-  const double per_group = spec.scheme == QuantScheme::sym ? 2.0 : 4.0;  // float16 scale (and zero point)
-  return static_cast<double>(d) * bits / 8.0 + static_cast<double>(d) / static_cast<double>(spec.group) * per_group;
+  return static_cast<double>(d) * bits / 8.0 +
+         static_cast<double>(d) / static_cast<double>(spec.group) * group_bytes(spec.scheme);
 }
 
 double quantized_bytes(i64 m, int d, int bits, QuantAxis axis, const QuantSpec& spec) {
@@ -88,8 +91,7 @@ double quantized_bytes(i64 m, int d, int bits, QuantAxis axis, const QuantSpec& 
   const double full = 2.0 * static_cast<double>((m - mq) * d);
   if (mq == 0) return full;
   if (is_fp8(spec.scheme)) return full + static_cast<double>(n);
-  const double per_group = spec.scheme == QuantScheme::sym ? 2.0 : 4.0;
-  return full + static_cast<double>(n) * bits / 8.0 + static_cast<double>(n / spec.group) * per_group;
+  return full + static_cast<double>(n) * bits / 8.0 + static_cast<double>(n / spec.group) * group_bytes(spec.scheme);
 }
 
 double kept_bytes(i64 m, int d, const QuantSpec& spec) {

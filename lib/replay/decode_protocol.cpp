@@ -37,6 +37,34 @@ CacheState state_after(const Selection& sel, const DecodeView& view) {
   return s;
 }
 
+// ThinK's channel mask of each of `units` units ([units][d]; empty without key channels): the
+// selection's masks are per KV head of the data it saw, one per unit when that data had a KV
+// head per unit (a per-unit decode view), else shared by a query-mode unit's group.
+std::vector<std::uint8_t> unit_key_channels(const Selection& sel, int units, const LayerData& D, bool per_unit_heads) {
+  if (sel.key_channels.empty()) return {};
+  const int d = D.head_dim, G = D.num_heads / D.num_kv_heads;
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(units) * d);
+  for (int u = 0; u < units; ++u) {
+    const int g = per_unit_heads || sel.mode == GqaMode::kv ? u : u / G;
+    std::copy_n(sel.key_channels.begin() + static_cast<std::ptrdiff_t>(g) * d, d,
+                out.begin() + static_cast<std::ptrdiff_t>(u) * d);
+  }
+  return out;
+}
+
+// decode_cache_tokens of one evaluation query qi (position t) of unit u: a step-wise rule's own
+// mask (own_mask; m is scratch), else the `held` tokens before `from` plus every one since.
+void count_cache_tokens(DecodeStats& st, const Selection& s, int u, i64 qi, i64 t, i64 held, i64 from, bool own_mask,
+                        std::vector<std::uint8_t>& m) {
+  i64 c = held + (t - from + 1);
+  if (own_mask) {
+    s.query_mask(u, qi, t, m);
+    c = std::count(m.begin(), m.end(), 1);
+  }
+  st.cache_tokens_sum += static_cast<double>(c);
+  ++st.cache_tokens_count;
+}
+
 }  // namespace
 
 i64 decode_keep(const Budget& b, i64 L) {
@@ -87,15 +115,8 @@ DecodeCut decode_cut(const Rule& rule, const TraceMeta& meta, const LayerData& D
   out.mode = next.mode;
   out.cached = next.cached;
   out.cut = true;
-  const int units = static_cast<int>(next.cached.size()), d = D.head_dim, G = D.num_heads / D.num_kv_heads;
-  if (!sel.key_channels.empty()) {  // per view KV head: the unit's own, or its KV head's
-    out.key_channels.resize(static_cast<std::size_t>(units) * d);
-    for (int u = 0; u < units; ++u) {
-      const int gv = view->per_unit || sel.mode == GqaMode::kv ? u : u / G;
-      std::copy_n(sel.key_channels.begin() + static_cast<std::ptrdiff_t>(gv) * d, d,
-                  out.key_channels.begin() + static_cast<std::ptrdiff_t>(u) * d);
-    }
-  }
+  const int units = static_cast<int>(next.cached.size()), d = D.head_dim;
+  out.key_channels = unit_key_channels(sel, units, D, view->per_unit);
   if (sel.quant) {  // the view's rows, by model position
     const QuantizedKV& vq = *sel.quant;
     auto q = std::make_shared<QuantizedKV>();
@@ -220,13 +241,7 @@ std::shared_ptr<const QuantizedKV> start_rows(const Selection& s0, const CacheSt
   c.mode = s0.mode;
   c.cached = state.cached;
   c.quant = s0.quant;  // positions [0, n_0): its rows are by position already
-  if (!s0.key_channels.empty()) {
-    const int d = D.head_dim, G = D.num_heads / D.num_kv_heads;
-    c.key_channels.resize(static_cast<std::size_t>(s0.units) * d);
-    for (int u = 0; u < s0.units; ++u)
-      std::copy_n(s0.key_channels.begin() + static_cast<std::ptrdiff_t>(s0.mode == GqaMode::kv ? u : u / G) * d, d,
-                  c.key_channels.begin() + static_cast<std::ptrdiff_t>(u) * d);
-  }
+  c.key_channels = unit_key_channels(s0, s0.units, D, false);
   return held_rows_after(nullptr, c, D, n0);
 }
 
@@ -282,17 +297,13 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
         sels.emplace_back(GqaMode::kv, D.num_kv_heads, n0);
         std::fill(sels.back().kept.begin(), sels.back().kept.end(), 1);
       }
+    std::vector<std::uint8_t> m;
     if (stats)  // each query's cache: the kept span plus every token since n_0 (or its own mask)
       for (std::size_t b = 0; b < budgets.size(); ++b)
-        for (int u = 0; u < sels[b].units; ++u) {
-          const i64 kept = sels[b].kept_count(u);
-          for (i64 q = 0; q < ne; ++q) {
-            const auto* m = sels[b].per_query.empty() ? nullptr : &sels[b].per_query[static_cast<std::size_t>(u * ne + q)];
-            (*stats)[b].cache_tokens_sum +=
-                static_cast<double>(m ? std::count(m->begin(), m->end(), 1) : kept + eval_pos[q] - n0 + 1);
-            ++(*stats)[b].cache_tokens_count;
-          }
-        }
+        for (int u = 0; u < sels[b].units; ++u)
+          for (i64 q = 0; q < ne; ++q)
+            count_cache_tokens((*stats)[b], sels[b], u, q, eval_pos[q], sels[b].kept_count(u), n0,
+                               !sels[b].per_query.empty(), m);
     return sels;
   }
   // A cross-layer rule keeps the allocation it planned at n_0 (Rule::decode_counts).
@@ -407,15 +418,7 @@ std::vector<Selection> decode_select(const Rule& rule, const RuleInput& in, cons
       if (!stats) continue;
       for (const Interval& v : intervals) {  // a held cache's count once, not a mask per query
         const i64 held = stepwise ? 0 : static_cast<i64>(unit_list(v.state.cached, static_cast<std::size_t>(u)).size());
-        for (i64 q = v.q0; q < v.q1; ++q) {
-          i64 c = held + (eval_pos[q] - v.from + 1);
-          if (stepwise) {  // a step-wise rule's own masks
-            s.query_mask(u, q, eval_pos[q], m);
-            c = std::count(m.begin(), m.end(), 1);
-          }
-          (*stats)[b].cache_tokens_sum += static_cast<double>(c);
-          ++(*stats)[b].cache_tokens_count;
-        }
+        for (i64 q = v.q0; q < v.q1; ++q) count_cache_tokens((*stats)[b], s, u, q, eval_pos[q], held, v.from, stepwise, m);
       }
     }
     const auto& last_rows = intervals.back().rows;

@@ -31,13 +31,13 @@ DEFAULT_RULES = ("snapkv;ada(snapkv);critical(snapkv);critical(ada(snapkv));keyd
                  "tova(variant=stepwise);streaming;knorm;random")
 # Rules that pick each query's keys inside its attention (nothing evicted): state["step_mask"].
 QUERY_AWARE = ("quest",)
+# Rules that read the queries after each cut: the closed loop gives them the full-cache run's.
+ORACLES = ("oracle", "oracle_greedy")
 
 
 def evicts_per_step(canon):
     """Step-wise rules whose per-query caches evict (TOVA, H2O step-wise, or a rule over them)."""
     return re.search(r"\b(tova|h2o)\(variant=stepwise", canon) is not None
-# Rules that read the queries after each cut: the closed loop gives them the full-cache run's.
-ORACLES = ("oracle", "oracle_greedy")
 
 
 def build_parser():
@@ -330,16 +330,17 @@ class ClosedLoop:
             if d["start"] is not None:  # --decode-start compressed: the one-shot compression first
                 compress_start(m, state, offline_kept(d["start"], plan.canon, budget, m.num_layers), d["start"], plan,
                                budget, n_c)
+            steps_evict = evicts_per_step(plan.canon)
             policy = decode_protocol(m, plan.canon, budget, d["every"], d["window"], self.snapshot.queries, n_c,
                                      d["cut"], self.info.rope, self.o_projs, d["append_only"],
                                      plan=d["plan"](plan.canon, budget),
                                      future=self.trace_rows if plan.name in ORACLES else None,
-                                     steps_evict=evicts_per_step(plan.canon))
+                                     steps_evict=steps_evict)
             if plan.name in QUERY_AWARE:  # dense until a cut (full start), then its pages per query
                 state["step_mask"] = query_pages(m, plan.canon, budget)
                 if d["start"] is not None:
                     state["step_mask_nc"] = n_c
-            if evicts_per_step(plan.canon):  # its own cache per step, from each cut on
+            if steps_evict:  # its own cache per step, from each cut on
                 state["step_mask"] = policy.step_mask
                 if d["start"] is not None:  # the one-shot start is a cut of the full cache at n_c
                     state["step_view"] = {l: ([np.arange(n_c)], None, n_c, *self.snapshot_kv(l)) for l in range(m.num_layers)}

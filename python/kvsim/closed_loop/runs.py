@@ -93,6 +93,11 @@ def quantize_kept(model, state, kept_by_layer, n_c, canon):
         state["decode_coded"] = {**(state.get("decode_coded") or {}), layer: coded}
 
 
+def zero_pruned(K, channels):
+    """ThinK's pruning of keys K [Hkv, n, d] in place: the channels a KV head's mask [Hkv, d] drops."""
+    K[~np.broadcast_to(np.asarray(channels, bool)[:, None, :], K.shape)] = 0
+
+
 def prune_channels(model, state, channels_by_layer, n_c, canon):
     """think(...) (rules doc 2.12): each KV head's pruned key channels ([Hkv, d] masks, True =
     kept) zeroed in the kept span [0, n_c) of the cache; keys from n_c on stay whole, as kvpress
@@ -101,7 +106,7 @@ def prune_channels(model, state, channels_by_layer, n_c, canon):
         if ch is None:
             raise DumpError("--rules", f"'{canon}': the offline replay gave no key channels for layer {layer}")
         K, V = (np.array(x[:, :n_c], dtype=np.float32) for x in model.kv(state, layer))
-        K[~np.broadcast_to(np.asarray(ch, bool)[:, None, :], K.shape)] = 0
+        zero_pruned(K, ch)
         model.set_span_kv(state, layer, K, V)
 
 
@@ -119,7 +124,7 @@ def decode_rows(model, state, layer, L, r, canon):
                                    f"one key per KV head ({model.num_kv_heads}): use gqa modes with one set per KV head")
     K, V = (np.array(x[:, :L], dtype=np.float32) for x in model.kv(state, layer))
     if "key_channels" in r:
-        K[~np.broadcast_to(r["key_channels"][:, None, :], K.shape)] = 0
+        zero_pruned(K, r["key_channels"])
     else:
         q = r["quant"]
         coded = state.get("decode_coded") or {}
