@@ -1,11 +1,13 @@
 // dropkv(window, kernel, eps, gqa): DropKV (kvpress issue #284, PR #285, open; rules doc 2.18).
 // For query head h and each of the last `window` queries i before the compression point, with
 // causal attention p_ij over [begin, t_i] and output o_i = sum_j p_ij v_j, evicting token j alone
-// moves the output by p_ij / (1 - p_ij) (o_i - v_j); DropKV scores the prefix tokens by the
-// squared move summed over the window,
-//   s^h_j = sum_i (p_ij / (1 - p_ij + eps))^2 ||v_j - o_i||_2^2,
-// then, as SnapKV in kvpress, average-pools along the tokens (odd kernel, zero padding) and
-// reduces the group's heads (mean by default). The window tokens are protected.
+// moves the output by p_ij / (1 - p_ij) (o_i - v_j); DropKV scores a token by the squared move
+// summed over the window,
+//   s^h_j = sum_i (p_ij / (1 - p_ij + eps))^2 ||v_j - o_i||_2^2.
+// As the PR's DropKVPress: every token of the span is scored (the window's own from the window
+// queries that see them), the group's heads are reduced (mean by default), and the whole row is
+// average-pooled (odd kernel, zero padding), so the last prefix tokens' pools take in the window's
+// scores. The window tokens are protected. Defaults are the PR's: window 32, kernel 7.
 #include <algorithm>
 #include <cmath>
 
@@ -21,8 +23,8 @@ namespace kvsim {
 namespace {
 
 struct DropKVParams {
-  i64 window = 64;
-  int kernel = 5;
+  i64 window = 32;
+  int kernel = 7;
   double eps = 1e-6;
   GqaChoice gqa;
 };
@@ -37,11 +39,11 @@ class DropKVRule : public ScoredRule {
     const i64 w = p_.window, L = end - begin, m = L - w, dh = d.head_dim;
     const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, spec());
     const int G = d.num_heads / d.num_kv_heads;
-    avec<float> per_head(static_cast<std::size_t>(d.num_heads) * m, 0.0f);
+    avec<float> per_head(static_cast<std::size_t>(d.num_heads) * L, 0.0f);
 #pragma omp parallel
     {
       avec<float> qw(w * dh), probs(w * L), outs(w * dh);
-      std::vector<double> acc(m);
+      std::vector<double> acc(L);
 #pragma omp for schedule(dynamic)
       for (int h = 0; h < d.num_heads; ++h) {
         const int g = h / G;
@@ -52,8 +54,8 @@ class DropKVRule : public ScoredRule {
         for (i64 i = 0; i < w; ++i) {
           const float* p = probs.data() + i * L;
           const float* o = outs.data() + i * dh;
-          for (i64 j = 0; j < m; ++j) {
-            if (p[j] == 0.0f) continue;  // no move
+          for (i64 j = 0; j < L; ++j) {
+            if (p[j] == 0.0f) continue;  // no move (and no causal support: j after the query)
             const float* v = d.v_row(g, begin + j);
             float sq = 0.0f;
 #pragma omp simd reduction(+ : sq)
@@ -62,20 +64,22 @@ class DropKVRule : public ScoredRule {
             acc[j] += r * r * sq;
           }
         }
-        float* out = per_head.data() + static_cast<std::size_t>(h) * m;
-        for (i64 j = 0; j < m; ++j) out[j] = static_cast<float>(acc[j]);
+        float* out = per_head.data() + static_cast<std::size_t>(h) * L;
+        for (i64 j = 0; j < L; ++j) out[j] = static_cast<float>(acc[j]);
       }
     }
     UnitScores s(p_.gqa.mode, units_for(p_.gqa.mode, d), L);
-    SnapKVParams pool;  // kvpress's SnapKV pooling: average, zero padding, per head, then the group
+    // As the PR: the group's reduction first, then the average pool (zero padding) over the whole
+    // row, window included; the prefix's scores are kept.
+    SnapKVParams pool;
     pool.window = w;
     pool.kernel = p_.kernel;
     pool.max_pool = false;
     pool.gqa = p_.gqa;
-    pool.pool_then_reduce = true;
-    std::vector<float> red(static_cast<std::size_t>(s.units) * m);
-    snapkv_pool_reduce(per_head.data(), d.num_heads, G, m, pool, red.data());
-    for (int u = 0; u < s.units; ++u) std::copy_n(red.data() + u * m, m, s.unit(u));
+    pool.pool_then_reduce = false;
+    std::vector<float> red(static_cast<std::size_t>(s.units) * L);
+    snapkv_pool_reduce(per_head.data(), d.num_heads, G, L, pool, red.data());
+    for (int u = 0; u < s.units; ++u) std::copy_n(red.data() + u * L, m, s.unit(u));
     s.protect_range(m, L);
     return s;
   }
@@ -87,15 +91,15 @@ class DropKVRule : public ScoredRule {
 KVSIM_RULE((RuleInfo{"dropkv",
                      "DropKV (kvpress PR #285): the squared one-token eviction move (p/(1-p+eps))^2 ||v_j - o_i||^2 "
                      "summed over the last `window` queries, pooled; window protected",
-                     {{"window", "int", "64", "observation window w (queries; the w tokens are kept)"},
-                      {"kernel", "int", "5", "average pooling kernel, odd (1: none)"},
+                     {{"window", "int", "32", "observation window w (queries; the w tokens are kept)"},
+                      {"kernel", "int", "7", "average pooling kernel, odd (1: none), over the row with the window"},
                       {"eps", "double", "1e-06", "added to 1 - p in the denominator"},
                       {"gqa", "choice mean|max|sum|query", "mean", "group reduction, or per query head"}},
                      /*in_all=*/false}),  // in "all"; "default" stays the set earlier results used
            [](SpecReader& r) -> std::unique_ptr<Rule> {
              DropKVParams p;
-             p.window = r.get_int("window", 64, 1, 1 << 20);
-             p.kernel = r.get_pool_kernel(5);
+             p.window = r.get_int("window", 32, 1, 1 << 20);
+             p.kernel = r.get_pool_kernel(7);
              p.eps = r.get_double("eps", 1e-6, 0.0, 1.0);
              if (!(p.eps > 0)) r.error("parameter 'eps': must be > 0");
              p.gqa = read_gqa(r);

@@ -169,8 +169,10 @@ Mat ref_caote(const TestLayer& L, const Mat& prefix_scores, bool query_mode) {
 Mat ref_dropkv(const TestLayer& L, i64 window, int kernel, double eps, const std::string& gqa) {
   const LayerData& d = L.data;
   const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim;
+  // The PR's order: every token of [0, n_c) scored (window tokens by the window queries that see
+  // them), the group reduced, the whole row average-pooled, then the prefix [0, n_c - window) kept.
   const i64 m = L.n_c - window;
-  Mat per_head(d.num_heads, std::vector<double>(m, 0.0));
+  Mat per_head(d.num_heads, std::vector<double>(L.n_c, 0.0));
   for (int h = 0; h < d.num_heads; ++h) {
     const int g = h / G;
     auto v = [&](i64 j, int c) { return static_cast<double>(d.v[(g * d.seq_len + j) * dh + c]); };
@@ -179,16 +181,20 @@ Mat ref_dropkv(const TestLayer& L, i64 window, int kernel, double eps, const std
       std::vector<double> o(dh, 0.0);
       for (i64 j = 0; j <= t; ++j)
         for (int c = 0; c < dh; ++c) o[c] += p[j] * v(j, c);
-      for (i64 j = 0; j < m; ++j) {
+      for (i64 j = 0; j <= t; ++j) {
         double sq = 0;
         for (int c = 0; c < dh; ++c) sq += std::pow(v(j, c) - o[c], 2);
         const double r = p[j] / (1 - p[j] + eps);
         per_head[h][j] += r * r * sq;
       }
     }
-    per_head[h] = pool(per_head[h], kernel, false);
   }
-  return reduce(per_head, G, gqa);
+  Mat out = reduce(per_head, G, gqa);
+  for (auto& row : out) {
+    row = pool(row, kernel, false);
+    row.resize(static_cast<std::size_t>(m));
+  }
+  return out;
 }
 
 Mat ref_oracle(const TestLayer& L, const std::string& gqa) {
