@@ -29,41 +29,71 @@ struct DropKVParams {
   GqaChoice gqa;
 };
 
+// Query head h's one-token moves for the window queries `rows` (positions begin + width - |rows|
+// + i) over the keys [begin, begin + width): calls move(i, j, s) for every key j query i attends
+// to, s = (p_ij / (1 - p_ij + eps))^2 ||v_j - o_i||^2 in float64.
+template <class Move>
+void window_moves(const TraceMeta& meta, const LayerData& d, int h, const std::vector<i64>& rows, i64 begin, i64 width,
+                  double eps, Move&& move) {
+  const i64 w = static_cast<i64>(rows.size()), dh = d.head_dim;
+  const int g = h / (d.num_heads / d.num_kv_heads);
+  avec<float> qw(w * dh), probs(w * width), outs(w * dh);
+  window_probability_rows(meta, d, h, rows, begin, begin + width, qw.data(), probs.data());
+  // o_i = sum_j p_ij v_j over the query's causal span.
+  kernels::sgemm(false, false, w, dh, width, 1.0f, probs.data(), width, d.v_row(g, begin), dh, 0.0f, outs.data(), dh);
+  for (i64 i = 0; i < w; ++i) {
+    const float* p = probs.data() + i * width;
+    const float* o = outs.data() + i * dh;
+    for (i64 j = 0; j < width; ++j) {
+      if (p[j] == 0.0f) continue;  // no move (and no causal support: j after the query)
+      const float* v = d.v_row(g, begin + j);
+      float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+      for (i64 c = 0; c < dh; ++c) sq += (v[c] - o[c]) * (v[c] - o[c]);
+      const double r = static_cast<double>(p[j]) / (1.0 - p[j] + eps);
+      move(i, j, r * r * sq);
+    }
+  }
+}
+
 class DropKVRule : public ScoredRule {
  public:
   DropKVRule(std::string spec, DropKVParams p) : ScoredRule(std::move(spec)), p_(p) {}
 
+  // Each window query's moves over the prefix tokens (defensive(dropkv): their worst case).
+  bool has_query_rows() const override { return true; }
+  QueryScoreRows query_rows(const RuleInput& in, i64 begin, i64 end) const override {
+    const TraceMeta* meta = in.meta;
+    const LayerData* d = in.data;
+    const i64 w = p_.window, m = end - begin - w;
+    QueryScoreRows out;
+    out.m = m;
+    out.queries = w;
+    out.fill = [meta, d, begin, m, eps = p_.eps, rows = window_query_rows(*meta, *d, begin, end, w, spec())](
+                   int h, i64 i0, i64 i1, float* dst) {
+      std::fill(dst, dst + (i1 - i0) * m, 0.0f);
+      const std::vector<i64> block(rows.begin() + i0, rows.begin() + i1);
+      window_moves(*meta, *d, h, block, begin, m + i1, eps, [&](i64 i, i64 j, double s) {
+        if (j < m) dst[i * m + j] = static_cast<float>(s);
+      });
+    };
+    return out;
+  }
+
   UnitScores scores_range(const RuleInput& in, i64 begin, i64 end) const override {
     const TraceMeta& meta = *in.meta;
     const LayerData& d = *in.data;
-    const i64 w = p_.window, L = end - begin, m = L - w, dh = d.head_dim;
+    const i64 w = p_.window, L = end - begin, m = L - w;
     const std::vector<i64> rows = window_query_rows(meta, d, begin, end, w, spec());
     const int G = d.num_heads / d.num_kv_heads;
     avec<float> per_head(static_cast<std::size_t>(d.num_heads) * L, 0.0f);
 #pragma omp parallel
     {
-      avec<float> qw(w * dh), probs(w * L), outs(w * dh);
       std::vector<double> acc(L);
 #pragma omp for schedule(dynamic)
       for (int h = 0; h < d.num_heads; ++h) {
-        const int g = h / G;
-        window_probability_rows(meta, d, h, rows, begin, end, qw.data(), probs.data());
-        // o_i = sum_j p_ij v_j over the query's causal span.
-        kernels::sgemm(false, false, w, dh, L, 1.0f, probs.data(), L, d.v_row(g, begin), dh, 0.0f, outs.data(), dh);
         std::fill(acc.begin(), acc.end(), 0.0);
-        for (i64 i = 0; i < w; ++i) {
-          const float* p = probs.data() + i * L;
-          const float* o = outs.data() + i * dh;
-          for (i64 j = 0; j < L; ++j) {
-            if (p[j] == 0.0f) continue;  // no move (and no causal support: j after the query)
-            const float* v = d.v_row(g, begin + j);
-            float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-            for (i64 c = 0; c < dh; ++c) sq += (v[c] - o[c]) * (v[c] - o[c]);
-            const double r = static_cast<double>(p[j]) / (1.0 - p[j] + p_.eps);
-            acc[j] += r * r * sq;
-          }
-        }
+        window_moves(meta, d, h, rows, begin, L, p_.eps, [&](i64, i64 j, double s) { acc[j] += s; });
         float* out = per_head.data() + static_cast<std::size_t>(h) * L;
         for (i64 j = 0; j < L; ++j) out[j] = static_cast<float>(acc[j]);
       }

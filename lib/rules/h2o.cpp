@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "rules/registry.h"
+#include "rules/window_attention.h"
 #include "rules/scored_rule.h"
 
 namespace kvsim {
@@ -128,6 +129,17 @@ class H2oOneShot : public ScoredRule {
   H2oOneShot(std::string spec, bool normalise, i64 window, GqaChoice gqa)
       : ScoredRule(std::move(spec)), normalise_(normalise), window_(window), gqa_(gqa) {}
   bool attention_like() const override { return true; }
+
+  // Every prompt query's attention row (defensive(h2o)); factory's protected window is not scored.
+  bool has_query_rows() const override { return true; }
+  QueryScoreRows query_rows(const RuleInput& in, i64 begin, i64 end) const override {
+    const i64 n = end - begin;
+    const i64 m = normalise_ ? n : n - std::min(n, window_);
+    return attention_query_rows(in, begin, 0,
+                                rules_more::require_q_rows(*in.meta, begin, end, "h2o",
+                                                           "it sums the attention paid by every prompt query"),
+                                m);
+  }
 
   UnitScores scores_range(const RuleInput& in, i64 begin, i64 end) const override {
     const LayerData& D = *in.data;

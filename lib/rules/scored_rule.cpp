@@ -68,6 +68,10 @@ UnitScores ScoredRule::scores_range(const RuleInput&, i64, i64) const {
   fail(spec(), "", "this rule cannot score a sub-span (it cannot be wrapped by chunk)");
 }
 
+QueryScoreRows ScoredRule::query_rows(const RuleInput&, i64, i64) const {
+  fail(spec(), "", "has no per-query score rows (its scores do not aggregate over observation queries)");
+}
+
 i64 ScoredRule::layer_budget(const RuleInput&, const UnitScores&, i64 B, double) const { return B; }
 
 i64 ScoredRule::forced_per_unit(const RuleInput&, const UnitScores&, i64) const { return 0; }

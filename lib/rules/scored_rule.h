@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "rules/query_scores.h"
 #include "rules/rule.h"
 
 namespace kvsim {
@@ -79,6 +80,11 @@ class ScoredRule : public Rule {
   virtual bool attention_like() const { return false; }
   // Kind of wrapper, for nesting checks: "" for plain scorers, else "pyramid", "ada", "critical".
   virtual std::string wrapper_kind() const { return ""; }
+  // True when the scores aggregate per-query rows over observation queries (defensive(base) reads
+  // them); false for scores without such a history (key norms, positions, ...).
+  virtual bool has_query_rows() const { return false; }
+  // Those rows for the span [begin, end); only called when has_query_rows().
+  virtual QueryScoreRows query_rows(const RuleInput& in, i64 begin, i64 end) const;
 
   // Per-unit kept tokens of this layer for the nominal per-unit budget B (incl. protected);
   // exact = B before rounding (kvpress's n_c * (1 - cr)).

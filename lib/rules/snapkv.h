@@ -23,6 +23,9 @@ class SnapKVRule : public ScoredRule {
   SnapKVRule(std::string spec, SnapKVParams p);
   bool attention_like() const override { return true; }
   UnitScores scores_range(const RuleInput& in, i64 begin, i64 end) const override;
+  // The window queries' attention rows over the prefix (defensive(snapkv)).
+  bool has_query_rows() const override { return true; }
+  QueryScoreRows query_rows(const RuleInput& in, i64 begin, i64 end) const override;
   const SnapKVParams& params() const { return p_; }
 
  private:

@@ -90,3 +90,27 @@ std::shared_ptr<const avec<float>> WindowAttentionMemo::get(const TraceMeta& met
 }
 
 }  // namespace kvsim
+
+namespace kvsim {
+
+QueryScoreRows attention_query_rows(const RuleInput& in, i64 begin, i64 first, std::vector<i64> rows, i64 m) {
+  QueryScoreRows out;
+  out.m = m;
+  out.queries = static_cast<i64>(rows.size());
+  const TraceMeta* meta = in.meta;
+  const LayerData* d = in.data;
+  out.fill = [meta, d, begin, first, m, rows = std::move(rows)](int h, i64 i0, i64 i1, float* dst) {
+    const i64 b = i1 - i0, width = first + i1;  // keys [begin, begin + first + i1)
+    const std::vector<i64> block(rows.begin() + i0, rows.begin() + i1);
+    avec<float> qw(static_cast<std::size_t>(b * d->head_dim)), probs(static_cast<std::size_t>(b * width));
+    window_probability_rows(*meta, *d, h, block, begin, begin + width, qw.data(), probs.data());
+    for (i64 i = 0; i < b; ++i) {
+      const i64 n = std::min(m, width);
+      std::copy_n(probs.data() + i * width, n, dst + i * m);
+      std::fill(dst + i * m + n, dst + (i + 1) * m, 0.0f);
+    }
+  };
+  return out;
+}
+
+}  // namespace kvsim

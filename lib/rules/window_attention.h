@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "core/types.h"
+#include "rules/query_scores.h"
+#include "rules/rule.h"
 #include "trace/layer_data.h"
 #include "trace/trace_meta.h"
 
@@ -41,6 +43,12 @@ class WindowAttentionMemo {
 // The per-row form dropkv, defensive and finch aggregate in their own ways.
 void window_probability_rows(const TraceMeta& meta, const LayerData& d, int h, const std::vector<i64>& rows,
                              i64 begin, i64 end, float* qw, float* probs);
+
+// The observation queries at local positions [0, queries) ... as QueryScoreRows: query i sits at
+// span position first + i, its row over the keys [begin, begin + first + i] (0 after), cut to the
+// m scored columns. Used by the attention scorers' query_rows (snapkv: first = m, the window;
+// h2o: first = 0, every prompt query). `rows` are the data.q rows of the queries.
+QueryScoreRows attention_query_rows(const RuleInput& in, i64 begin, i64 first, std::vector<i64> rows, i64 m);
 
 // Row of data.q holding position t; throws naming `who` if the trace did not store it.
 i64 query_row(const TraceMeta& meta, i64 t, const std::string& who);

@@ -2,12 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <functional>
 #include <numeric>
 #include <stdexcept>
 
 #include "rules/factory.h"
 #include "rules/rope.h"
 #include "trace/synthetic.h"
+#include "testutil/testutil.h"
 #include "trace/trace_reader.h"
 
 namespace kvsim::test {
@@ -166,30 +169,35 @@ Mat ref_caote(const TestLayer& L, const Mat& prefix_scores, bool query_mode) {
   return out;
 }
 
-Mat ref_dropkv(const TestLayer& L, i64 window, int kernel, double eps, const std::string& gqa) {
+std::vector<double> ref_dropkv_row(const TestLayer& L, int h, i64 t, double eps) {
   const LayerData& d = L.data;
-  const int G = d.num_heads / d.num_kv_heads, dh = d.head_dim;
+  const int g = h / (d.num_heads / d.num_kv_heads), dh = d.head_dim;
+  auto v = [&](i64 j, int c) { return static_cast<double>(d.v[(g * d.seq_len + j) * dh + c]); };
+  const auto p = softmax_prefix(L, h, row_of(L, t), t);
+  std::vector<double> o(dh, 0.0), row(L.n_c, 0.0);
+  for (i64 j = 0; j <= t; ++j)
+    for (int c = 0; c < dh; ++c) o[c] += p[j] * v(j, c);
+  for (i64 j = 0; j <= t; ++j) {
+    double sq = 0;
+    for (int c = 0; c < dh; ++c) sq += std::pow(v(j, c) - o[c], 2);
+    const double r = p[j] / (1 - p[j] + eps);
+    row[j] = r * r * sq;
+  }
+  return row;
+}
+
+Mat ref_dropkv(const TestLayer& L, i64 window, int kernel, double eps, const std::string& gqa) {
   // The PR's order: every token of [0, n_c) scored (window tokens by the window queries that see
   // them), the group reduced, the whole row average-pooled, then the prefix [0, n_c - window) kept.
+  const LayerData& d = L.data;
   const i64 m = L.n_c - window;
   Mat per_head(d.num_heads, std::vector<double>(L.n_c, 0.0));
-  for (int h = 0; h < d.num_heads; ++h) {
-    const int g = h / G;
-    auto v = [&](i64 j, int c) { return static_cast<double>(d.v[(g * d.seq_len + j) * dh + c]); };
+  for (int h = 0; h < d.num_heads; ++h)
     for (i64 t = m; t < L.n_c; ++t) {
-      const auto p = softmax_prefix(L, h, row_of(L, t), t);
-      std::vector<double> o(dh, 0.0);
-      for (i64 j = 0; j <= t; ++j)
-        for (int c = 0; c < dh; ++c) o[c] += p[j] * v(j, c);
-      for (i64 j = 0; j <= t; ++j) {
-        double sq = 0;
-        for (int c = 0; c < dh; ++c) sq += std::pow(v(j, c) - o[c], 2);
-        const double r = p[j] / (1 - p[j] + eps);
-        per_head[h][j] += r * r * sq;
-      }
+      const auto row = ref_dropkv_row(L, h, t, eps);
+      for (i64 j = 0; j < L.n_c; ++j) per_head[h][j] += row[j];
     }
-  }
-  Mat out = reduce(per_head, G, gqa);
+  Mat out = reduce(per_head, d.num_heads / d.num_kv_heads, gqa);
   for (auto& row : out) {
     row = pool(row, kernel, false);
     row.resize(static_cast<std::size_t>(m));
@@ -566,19 +574,20 @@ Masks ref_keep_scored(const Mat& scores, i64 B) {
   return m;
 }
 
-Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string& gqa, bool prior) {
+Mat ref_defensive_of(const TestLayer& L, const std::vector<i64>& queries, i64 m,
+                     const std::function<std::vector<double>(int h, i64 t)>& row_of_query, int kernel,
+                     const std::string& gqa, bool prior) {
   const LayerData& d = L.data;
-  const i64 m = L.n_c - window;
   Mat worst(d.num_heads, std::vector<double>(m, 0.0));
   for (int h = 0; h < d.num_heads; ++h)
-    for (i64 t = L.n_c - window; t < L.n_c; ++t) {
-      const auto a = softmax_prefix(L, h, row_of(L, t), t);
-      std::vector<double> row(a.begin(), a.begin() + m);
+    for (i64 t : queries) {
+      const auto full = row_of_query(h, t);
+      std::vector<double> row(full.begin(), full.begin() + m);
       double raw = 0, after = 0;
       for (double x : row) raw += x;
       const std::vector<double> pooled = pool(row, kernel, false);
       for (double x : pooled) after += x;
-      for (i64 j = 0; j < m; ++j) worst[h][j] = std::max(worst[h][j], pooled[j] * raw / after);
+      for (i64 j = 0; j < m; ++j) worst[h][j] = std::max(worst[h][j], after > 0 ? pooled[j] * raw / after : 0.0);
     }
   Mat s = reduce(worst, d.num_heads / d.num_kv_heads, gqa);
   if (prior)
@@ -588,6 +597,36 @@ Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string&
       for (double& x : u) x = std::max(x, mean);
     }
   return s;
+}
+
+Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string& gqa, bool prior) {
+  std::vector<i64> queries;
+  for (i64 t = L.n_c - window; t < L.n_c; ++t) queries.push_back(t);
+  return ref_defensive_of(
+      L, queries, L.n_c - window, [&](int h, i64 t) { return softmax_prefix(L, h, row_of(L, t), t); }, kernel, gqa,
+      prior);
+}
+
+std::vector<std::unique_ptr<TestLayer>> standard_test_layers(std::uint64_t seed, int trace_layer) {
+  std::vector<std::unique_ptr<TestLayer>> out;
+  out.push_back(synthetic_test_layer(4, 4, 1, seed));
+  out.push_back(synthetic_test_layer(4, 2, 2, seed + 1));
+  out.push_back(synthetic_test_layer(8, 2, 3, seed + 2));
+  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
+  if (std::filesystem::exists(trace)) out.push_back(trace_test_layer(trace, trace_layer));
+  return out;
+}
+
+double worst_relative(const UnitScores& s, const Mat& ref) {
+  double worst = 0;
+  for (int u = 0; u < s.units; ++u) {
+    double top = 0;
+    for (double b : ref[u]) top = std::max(top, std::abs(b));
+    for (std::size_t j = 0; j < ref[u].size(); ++j)
+      if (std::abs(ref[u][j]) >= 1e-6 * top)
+        worst = std::max(worst, std::abs(s.unit(u)[j] - ref[u][j]) / std::abs(ref[u][j]));
+  }
+  return worst;
 }
 
 std::vector<std::unique_ptr<TestLayer>> synthetic_model(int H, int Hkv, std::uint64_t seed) {

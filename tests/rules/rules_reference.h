@@ -2,6 +2,7 @@
 // Brute-force float64 references for the core selection rules, written independently of
 // lib/rules (plain loops, double, their own softmax/pooling/sorting), and test layers.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "attention/layer_cache.h"
 #include "rules/budget.h"
 #include "rules/rule.h"
+#include "rules/scored_rule.h"
 #include "trace/layer_data.h"
 #include "trace/synthetic.h"
 #include "trace/trace_meta.h"
@@ -33,6 +35,9 @@ std::unique_ptr<TestLayer> trace_test_layer(const std::string& path, int layer);
 // The 4 layers of a small synthetic model (600 tokens, head_dim 16, hidden 48, every query
 // stored) for the cross-layer rules.
 std::vector<std::unique_ptr<TestLayer>> synthetic_model(int H, int Hkv, std::uint64_t seed);
+// Synthetic layers with G = 1, 2, 4 (seeds seed, seed + 1, seed + 2) and, when present, layer
+// trace_layer of traces/niah_stories260k.h5: the rule tests' usual set.
+std::vector<std::unique_ptr<TestLayer>> standard_test_layers(std::uint64_t seed, int trace_layer);
 // A cross-layer rule as a replay runs it: every layer observed, then each selected with its
 // planned counts. [budget][layer] kept sets.
 std::vector<std::vector<Selection>> planned_select(const std::string& spec,
@@ -55,6 +60,10 @@ Mat ref_snapkv(const TestLayer& L, const RefSnap& p);
 Mat ref_caote(const TestLayer& L, const Mat& prefix_scores, bool query_mode);
 // DropKV scores of the m = n_c - window prefix tokens: per head sum over the window queries of
 // (p/(1-p+eps))^2 ||v_j - o_t||^2, average-pooled, reduced per gqa.
+// Relative error of the scores within 1e-6 of the unit's largest (the far tail is rounding).
+double worst_relative(const UnitScores& s, const Mat& ref);
+// DropKV's one-token moves of query t of head h over [0, n_c) (0 after t), float64.
+std::vector<double> ref_dropkv_row(const TestLayer& L, int h, i64 t, double eps);
 Mat ref_dropkv(const TestLayer& L, i64 window, int kernel, double eps, const std::string& gqa);
 // Mean over evaluation queries of exact attention on [0, n_c), reduced per gqa.
 Mat ref_oracle(const TestLayer& L, const std::string& gqa);
@@ -105,6 +114,12 @@ Masks ref_keep_scored(const Mat& scores, i64 B);
 // defensive (rules doc 2.24): per head and window query, the prefix attention pooled (average)
 // and rescaled to the row's prefix mass; max over the window queries; the group reduction; the
 // floor at the mean (prior). Scores of the m = n_c - window prefix tokens.
+// DefensiveKV's aggregation of any per-query rows (rules doc 2.24): each query's row cut to the
+// m scored tokens, average-pooled and rescaled to its own sum, the max over the queries, the
+// group reduction and the prior floor. [unit][m].
+Mat ref_defensive_of(const TestLayer& L, const std::vector<i64>& queries, i64 m,
+                     const std::function<std::vector<double>(int h, i64 t)>& row_of_query, int kernel,
+                     const std::string& gqa, bool prior);
 Mat ref_defensive(const TestLayer& L, i64 window, int kernel, const std::string& gqa, bool prior);
 
 // Float64 causal attention of query head h at position t (stored) over [0, t].

@@ -18,13 +18,7 @@ using namespace kvsim;
 using namespace kvsim::test;
 
 TEST_CASE("defensive equals its float64 reference") {
-  std::vector<std::unique_ptr<TestLayer>> layers;
-  layers.push_back(synthetic_test_layer(4, 4, 1, 81));
-  layers.push_back(synthetic_test_layer(4, 2, 2, 82));
-  layers.push_back(synthetic_test_layer(8, 2, 3, 83));
-  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
-  if (std::filesystem::exists(trace)) layers.push_back(trace_test_layer(trace, 1));
-  for (const auto& Lp : layers) {
+  for (const auto& Lp : standard_test_layers(81, 1)) {
     const TestLayer& L = *Lp;
     for (const std::string gqa : {"max", "mean", "query"})
       for (const bool prior : {true, false}) {
@@ -34,13 +28,7 @@ TEST_CASE("defensive equals its float64 reference") {
         const Mat ref = ref_defensive(L, 16, 5, gqa, prior);
         const UnitScores s = dynamic_cast<const ScoredRule&>(*rule).scores(L.input());
         CHECK(s.n_protected == 16);
-        double worst = 0;
-        for (int u = 0; u < s.units; ++u) {
-          double top = 0;
-          for (double x : ref[u]) top = std::max(top, x);
-          for (std::size_t j = 0; j < ref[u].size(); ++j)
-            if (ref[u][j] >= 1e-6 * top) worst = std::max(worst, std::abs(s.unit(u)[j] - ref[u][j]) / ref[u][j]);
-        }
+        const double worst = worst_relative(s, ref);
         CHECK_MESSAGE(worst <= 1e-4, "worst relative score error " << worst);
         for (const std::string text : {"0.1", "0.3"}) {
           const Budget b = Budget::parse(text);
@@ -60,6 +48,66 @@ TEST_CASE("defensive equals its float64 reference") {
       }
   }
   CHECK_THROWS_AS(make_rule("defensive(kernel=4)"), Error);
+}
+
+TEST_CASE("defensive(base): the worst case of the base's own per-query rows") {
+  auto scores = [](const std::string& spec, const TestLayer& L) {
+    return dynamic_cast<const ScoredRule&>(*make_rule(spec)).scores(L.input());
+  };
+  SUBCASE("defensive(snapkv) is defensive over the same window, to the bit") {
+    for (const auto& Lp : standard_test_layers(81, 1))
+      for (const std::string gqa : {"max", "mean", "query"}) {
+        CAPTURE(gqa);
+        const UnitScores a = scores("defensive(window=16,kernel=5,gqa=" + gqa + ")", *Lp);
+        const UnitScores b = scores("defensive(snapkv(window=16),kernel=5,gqa=" + gqa + ")", *Lp);
+        CHECK(a.score == b.score);
+        CHECK(a.protect == b.protect);
+      }
+  }
+  SUBCASE("defensive(dropkv): the worst one-token move over the window, float64 reference") {
+    for (const auto& Lp : standard_test_layers(81, 1)) {
+      const TestLayer& L = *Lp;
+      std::vector<i64> window;
+      for (i64 t = L.n_c - 16; t < L.n_c; ++t) window.push_back(t);
+      for (const std::string gqa : {"max", "mean"}) {
+        CAPTURE(gqa);
+        const Mat ref = ref_defensive_of(
+            L, window, L.n_c - 16, [&](int h, i64 t) { return ref_dropkv_row(L, h, t, 1e-6); }, 5, gqa, true);
+        const UnitScores s = scores("defensive(dropkv(window=16),gqa=" + gqa + ")", L);
+        CHECK(s.n_protected == 16);
+        // DropKV's moves are differences that can nearly cancel (test_output_error_rules: 1e-3).
+        const double worst = worst_relative(s, ref);
+        CHECK_MESSAGE(worst <= 1e-3, "worst relative score error " << worst);
+        // The mean over the window is a different ranking: the worst case is what is measured.
+        const Mat sum = ref_dropkv(L, 16, 1, 1e-6, gqa);
+        CHECK(worst_relative(s, sum) > 1e-2);
+      }
+    }
+  }
+  SUBCASE("defensive(h2o): the worst case over every prompt query's attention") {
+    for (const auto& Lp : synthetic_model(4, 2, 91)) {
+      const TestLayer& L = *Lp;
+      std::vector<i64> prompt;
+      for (i64 t = 0; t < L.n_c; ++t) prompt.push_back(t);
+      const Mat ref = ref_defensive_of(
+          L, prompt, L.n_c, [&](int h, i64 t) { return ref_softmax_prefix(L, h, t); }, 5, "max", true);
+      const UnitScores s = scores("defensive(h2o)", L);
+      CHECK(s.n_protected == 0);
+      const double worst = worst_relative(s, ref);
+      CHECK_MESSAGE(worst <= 1e-4, "worst relative score error " << worst);
+      // factory's protected window is not scored.
+      CHECK(scores("defensive(h2o(variant=factory,window=8))", L).n_protected == 8);
+    }
+  }
+  CHECK_THROWS_WITH_AS(make_rule("defensive(knorm)"), doctest::Contains("no per-query score rows"), Error);
+  CHECK_THROWS_WITH_AS(make_rule("defensive(streaming)"), doctest::Contains("no per-query score rows"), Error);
+  CHECK_THROWS_WITH_AS(make_rule("defensive(keydiff)"), doctest::Contains("per-token scores"), Error);
+  CHECK_THROWS_WITH_AS(make_rule("defensive(ada(snapkv))"), doctest::Contains("plain scorer"), Error);
+  CHECK_THROWS_WITH_AS(make_rule("defensive(h2o(variant=stepwise))"), doctest::Contains("defensive"), Error);
+  CHECK_THROWS_AS(make_rule("defensive(snapkv,window=8)"), Error);  // the window is the base's
+  CHECK_NOTHROW(make_rule("critical(ada(defensive(snapkv)))"));
+  // DropKV's moves are not attention mass: Ada-KV's allocation is refused over them, as over dropkv.
+  CHECK_THROWS_WITH_AS(make_rule("ada(defensive(dropkv))"), doctest::Contains("does not score attention"), Error);
 }
 
 namespace {

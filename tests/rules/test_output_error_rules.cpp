@@ -17,29 +17,6 @@ using namespace kvsim::test;
 
 namespace {
 
-std::vector<std::unique_ptr<TestLayer>> test_layers() {
-  std::vector<std::unique_ptr<TestLayer>> out;
-  out.push_back(synthetic_test_layer(4, 4, 1, 21));
-  out.push_back(synthetic_test_layer(4, 2, 2, 22));
-  out.push_back(synthetic_test_layer(8, 2, 3, 23));
-  const std::string trace = source_dir() + "/traces/niah_stories260k.h5";
-  if (std::filesystem::exists(trace)) out.push_back(trace_test_layer(trace, 2));
-  return out;
-}
-
-// Relative error of the scores within 1e-6 of the unit's largest (the far tail is rounding).
-double worst_relative(const UnitScores& s, const Mat& ref) {
-  double worst = 0;
-  for (int u = 0; u < s.units; ++u) {
-    double top = 0;
-    for (double b : ref[u]) top = std::max(top, std::abs(b));
-    for (std::size_t j = 0; j < ref[u].size(); ++j)
-      if (std::abs(ref[u][j]) >= 1e-6 * top)
-        worst = std::max(worst, std::abs(s.unit(u)[j] - ref[u][j]) / std::abs(ref[u][j]));
-  }
-  return worst;
-}
-
 // Kept sets equal the reference's, except where the reference itself cannot tell: a token kept by
 // one and evicted by the other whose float64 score is within tol (relative) of the reference's
 // cut, a near-tie that float32 scores decide either way (counted, reported).
@@ -70,7 +47,7 @@ void check_kept(const Rule& rule, const TestLayer& L, const Mat& ref, i64 w, dou
 }  // namespace
 
 TEST_CASE("caote(snapkv): the one-token eviction error of SnapKV's scores equals the float64 reference") {
-  for (const auto& Lp : test_layers()) {
+  for (const auto& Lp : standard_test_layers(21, 2)) {
     const TestLayer& L = *Lp;
     for (const std::string gqa : {"mean", "query"}) {
       CAPTURE(gqa);
@@ -91,7 +68,7 @@ TEST_CASE("caote(snapkv): the one-token eviction error of SnapKV's scores equals
 }
 
 TEST_CASE("dropkv: the squared eviction move summed over the window equals the float64 reference") {
-  for (const auto& Lp : test_layers()) {
+  for (const auto& Lp : standard_test_layers(21, 2)) {
     const TestLayer& L = *Lp;
     for (const std::string gqa : {"mean", "max", "query"}) {
       CAPTURE(gqa);
