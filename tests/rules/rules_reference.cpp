@@ -581,8 +581,9 @@ Mat ref_defensive_of(const TestLayer& L, const std::vector<i64>& queries, i64 m,
   Mat worst(d.num_heads, std::vector<double>(m, 0.0));
   for (int h = 0; h < d.num_heads; ++h)
     for (i64 t : queries) {
-      const auto full = row_of_query(h, t);
-      std::vector<double> row(full.begin(), full.begin() + m);
+      const auto full = row_of_query(h, t);  // may end at the query (0 after it)
+      std::vector<double> row(static_cast<std::size_t>(m), 0.0);
+      std::copy_n(full.begin(), std::min<i64>(m, static_cast<i64>(full.size())), row.begin());
       double raw = 0, after = 0;
       for (double x : row) raw += x;
       const std::vector<double> pooled = pool(row, kernel, false);
