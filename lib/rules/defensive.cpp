@@ -69,10 +69,8 @@ DefensiveWindow defensive_window(const QueryScoreRows& rows, int num_heads, int 
 
 DefensiveWindow defensive_window(const RuleInput& in, i64 begin, i64 end, i64 window, int kernel, bool raw,
                                  const std::string& who) {
-  const i64 m = end - begin - window;
-  const QueryScoreRows rows =
-      attention_query_rows(in, begin, m, window_query_rows(*in.meta, *in.data, begin, end, window, who), m);
-  return defensive_window(rows, in.data->num_heads, in.data->num_kv_heads, kernel, raw);
+  return defensive_window(window_attention_rows(in, begin, end, window, who), in.data->num_heads,
+                          in.data->num_kv_heads, kernel, raw);
 }
 
 namespace {

@@ -5,8 +5,8 @@
 
 #include "core/error.h"
 #include "rules/registry.h"
-#include "rules/window_attention.h"
 #include "rules/scored_rule.h"
+#include "rules/window_attention.h"
 
 namespace kvsim {
 

@@ -27,8 +27,7 @@ void snapkv_pool_reduce(const float* per_head, int num_heads, int group, i64 m, 
 }
 
 QueryScoreRows SnapKVRule::query_rows(const RuleInput& in, i64 begin, i64 end) const {
-  const i64 m = end - begin - p_.window;
-  return attention_query_rows(in, begin, m, window_query_rows(*in.meta, *in.data, begin, end, p_.window, spec()), m);
+  return window_attention_rows(in, begin, end, p_.window, spec());
 }
 
 UnitScores SnapKVRule::scores_range(const RuleInput& in, i64 begin, i64 end) const {

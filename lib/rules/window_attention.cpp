@@ -89,10 +89,6 @@ std::shared_ptr<const avec<float>> WindowAttentionMemo::get(const TraceMeta& met
   return memo_.emplace(key, std::move(att)).first->second;
 }
 
-}  // namespace kvsim
-
-namespace kvsim {
-
 QueryScoreRows attention_query_rows(const RuleInput& in, i64 begin, i64 first, std::vector<i64> rows, i64 m) {
   QueryScoreRows out;
   out.m = m;
@@ -104,13 +100,18 @@ QueryScoreRows attention_query_rows(const RuleInput& in, i64 begin, i64 first, s
     const std::vector<i64> block(rows.begin() + i0, rows.begin() + i1);
     avec<float> qw(static_cast<std::size_t>(b * d->head_dim)), probs(static_cast<std::size_t>(b * width));
     window_probability_rows(*meta, *d, h, block, begin, begin + width, qw.data(), probs.data());
+    const i64 n = std::min(m, width);  // columns past the block's last query are 0
     for (i64 i = 0; i < b; ++i) {
-      const i64 n = std::min(m, width);
       std::copy_n(probs.data() + i * width, n, dst + i * m);
       std::fill(dst + i * m + n, dst + (i + 1) * m, 0.0f);
     }
   };
   return out;
+}
+
+QueryScoreRows window_attention_rows(const RuleInput& in, i64 begin, i64 end, i64 w, const std::string& who) {
+  const i64 m = end - begin - w;
+  return attention_query_rows(in, begin, m, window_query_rows(*in.meta, *in.data, begin, end, w, who), m);
 }
 
 }  // namespace kvsim

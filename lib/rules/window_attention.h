@@ -49,6 +49,9 @@ void window_probability_rows(const TraceMeta& meta, const LayerData& d, int h, c
 // m scored columns. Used by the attention scorers' query_rows (snapkv: first = m, the window;
 // h2o: first = 0, every prompt query). `rows` are the data.q rows of the queries.
 QueryScoreRows attention_query_rows(const RuleInput& in, i64 begin, i64 first, std::vector<i64> rows, i64 m);
+// The w window queries' attention rows over the prefix [begin, end - w) (snapkv's query_rows,
+// the window pass of defensive and defensivekv); `who` names the rule in errors.
+QueryScoreRows window_attention_rows(const RuleInput& in, i64 begin, i64 end, i64 w, const std::string& who);
 
 // Row of data.q holding position t; throws naming `who` if the trace did not store it.
 i64 query_row(const TraceMeta& meta, i64 t, const std::string& who);
