@@ -104,7 +104,7 @@ TEST_CASE("caote: hand-checked fixture; refuses bases that are not attention sco
   CHECK_THROWS_WITH_AS(make_rule("dropkv(kernel=4)"), doctest::Contains("must be odd"), Error);
 }
 
-TEST_CASE("caote and dropkv on a hand-made layer: zero keys make attention uniform, closed forms") {
+TEST_CASE("caote, dropkv and defensive(dropkv) on a hand-made layer: zero keys make attention uniform, closed forms") {
   // Every key zero: each query at position t attends 1/(t+1) to every token of [0, t]. Values: v_j
   // = (j mod 3, 1) in the first two channels, 0 elsewhere. Then, with w window queries at
   // positions t_i = n_c - w + i and m = n_c - w prefix tokens:
@@ -126,18 +126,29 @@ TEST_CASE("caote and dropkv on a hand-made layer: zero keys make attention unifo
   const i64 w = 16, m = L.n_c - w;
   auto vj = [](i64 j) { return static_cast<double>(j % 3); };  // channel 1 is 1 everywhere: no move
   {
-    std::vector<double> want(m, 0.0);
+    // dropkv sums the window's moves; defensive(dropkv) (rules doc 2.24; kernel 1, no prior floor)
+    // takes their largest, max_i (p_i / (1 - p_i + eps))^2 (v_j - o_i)^2.
+    std::vector<double> want(m, 0.0), worst(m, 0.0);
     for (i64 i = 0; i < w; ++i) {
       const i64 t = m + i;
       double o = 0;
       for (i64 j = 0; j <= t; ++j) o += vj(j) / static_cast<double>(t + 1);
       const double p = 1.0 / static_cast<double>(t + 1), r = p / (1 - p + 1e-6);
-      for (i64 j = 0; j < m; ++j) want[j] += r * r * (vj(j) - o) * (vj(j) - o);
+      for (i64 j = 0; j < m; ++j) {
+        want[j] += r * r * (vj(j) - o) * (vj(j) - o);
+        worst[j] = std::max(worst[j], r * r * (vj(j) - o) * (vj(j) - o));
+      }
     }
     const UnitScores s =
         dynamic_cast<const ScoredRule&>(*make_rule("dropkv(window=16,kernel=1,gqa=mean)")).scores(L.input());
+    const UnitScores d = dynamic_cast<const ScoredRule&>(
+                             *make_rule("defensive(dropkv(window=16,kernel=1),kernel=1,prior=false)"))
+                             .scores(L.input());
     for (int u = 0; u < s.units; ++u)
-      for (i64 j = 0; j < m; ++j) CHECK(s.unit(u)[j] == doctest::Approx(want[j]).epsilon(1e-4));
+      for (i64 j = 0; j < m; ++j) {
+        CHECK(s.unit(u)[j] == doctest::Approx(want[j]).epsilon(1e-4));
+        CHECK(d.unit(u)[j] == doctest::Approx(worst[j]).epsilon(1e-4));
+      }
   }
   {
     double o = 0;
